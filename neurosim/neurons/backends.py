@@ -1,0 +1,202 @@
+"""Neuron backends: who runs the time loop of :class:`neurosim.LIF` / :class:`neurosim.CubaLIF`.
+
+Every backend implements the semantics of :mod:`neurosim.neurons.functional` and exposes
+
+* ``check(kind, p)``: raise ``ValueError`` for a combination it cannot express exactly (never approximate);
+* ``run(kind, p, x, state) -> (spikes, mem_trace, final_state)`` for ``x`` of shape ``[T, B, ...]``.
+
+=====================  ==========================  =============================================
+backend                LIF                          CubaLIF
+=====================  ==========================  =============================================
+``"snntorch"``         all modes (``Leaky``)       all modes (``Synaptic``)
+``"norse"``            ``reset="zero"`` with        not available: Norse's ``LIFCell`` resets
+                       fast_sigmoid or sigmoid       before the next input and does not detach
+                       (``LIFBoxCell``)              the reset, so it cannot match either mode
+``"fused"``            all modes (Triton kernel on CUDA, reference path elsewhere)
+``"torch"``            all modes (the pure PyTorch reference loop)
+=====================  ==========================  =============================================
+
+snnTorch detaches the reset from the graph, so ``detach_reset=False`` is only available on ``"fused"`` and
+``"torch"``. Norse cannot express ``reset="subtract"`` (it subtracts the threshold *before* the next decay,
+snnTorch after it) nor the arctan surrogate (Norse 1.1 has none), and needs ``beta < 1``.
+"""
+from __future__ import annotations
+
+import importlib
+
+import torch
+
+from . import functional as F
+
+BACKENDS = ("snntorch", "norse", "fused", "torch")
+_MODULES = {
+    "snntorch": "neurosim.neurons.backends",
+    "norse": "neurosim.neurons.backends",
+    "fused": "neurosim.kernels.lif",
+    "torch": "neurosim.neurons.backends",
+}
+
+
+def get(name: str):
+    """Return the backend object for ``name`` (imported lazily: Triton and Norse only when used)."""
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}; got {name!r}")
+    module = importlib.import_module(_MODULES[name])
+    return module.BACKEND if name == "fused" else _LOCAL[name]
+
+
+class TorchBackend:
+    """The reference loop of :mod:`neurosim.neurons.functional`."""
+
+    name = "torch"
+
+    def check(self, kind, p):
+        pass
+
+    def run(self, kind, p, x, state=None):
+        return F.run_sequence(kind, p, x, state)
+
+
+class SnnTorchBackend:
+    """Steps ``snntorch.Leaky`` / ``snntorch.Synaptic`` over time."""
+
+    name = "snntorch"
+
+    def check(self, kind, p):
+        if not p.detach_reset:
+            raise ValueError(
+                "backend='snntorch' always detaches the reset from the graph; detach_reset=False needs "
+                "backend='fused' or 'torch'"
+            )
+
+    def _neuron(self, kind, p, cache):
+        import snntorch
+
+        key = (kind, p.reset, p.surrogate)
+        if cache.get("key") != key:
+            common = dict(threshold=1.0, spike_grad=p.surrogate.snntorch(), reset_mechanism=p.reset)
+            cache["key"] = key
+            cache["neuron"] = (
+                snntorch.Leaky(beta=0.5, **common) if kind == "lif" else snntorch.Synaptic(alpha=0.5, beta=0.5, **common)
+            )
+        neuron = cache["neuron"]
+        # neurosim owns the (possibly learnable) parameters: hand snnTorch the very tensors, so gradients reach them.
+        neuron.beta = p.beta
+        neuron.threshold = p.threshold
+        if kind == "cuba":
+            neuron.alpha = p.alpha
+        neuron.graded_spikes_factor = neuron.graded_spikes_factor.to(p.beta.device)
+        return neuron
+
+    def run(self, kind, p, x, state=None, cache=None):
+        neuron = self._neuron(kind, p, {} if cache is None else cache)
+        state = F.initial_state(kind, x[0]) if state is None else state
+        spikes, mems = [], []
+        if kind == "lif":
+            mem = state.mem
+            for x_t in x:
+                s, mem = neuron(x_t, mem)
+                spikes.append(s)
+                mems.append(mem)
+            final = F.LIFState(mem)
+        else:
+            syn, mem = state
+            for x_t in x:
+                s, syn, mem = neuron(x_t, syn, mem)
+                spikes.append(s)
+                mems.append(mem)
+            final = F.CubaLIFState(syn, mem)
+        return torch.stack(spikes), torch.stack(mems), final
+
+
+class _ScaleGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale):
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * ctx.scale, None
+
+
+def _detached_value_reset(z, v, reset, th):
+    # Norse's reset_value with the spike detached, which is how snnTorch resets.
+    z = z.detach()
+    return (1 - z) * v + z * reset
+
+
+class NorseBackend:
+    r"""Steps Norse's ``LIFBoxCell`` with parameters mapped onto neurosim's semantics.
+
+    With ``dt = 1`` Norse's Euler step ``v <- v + a (i - v)`` equals ``beta v + x`` for ``a = 1 - beta``
+    (``tau_mem_inv = 1 - beta``) and input ``i = x / a``; its reset-to-``v_reset = 0`` applied right after the
+    spike equals snnTorch's zero reset applied at the next step. The surrogate shapes map as
+    fast_sigmoid(k) -> Norse ``"super"`` on a membrane scaled by ``k`` and sigmoid(k) -> Norse ``"tanh"`` with
+    ``alpha = k/2``; the constant factor between Norse's surrogate and neurosim's (``1/k`` resp. ``k/4``) is
+    applied to the gradient of the spike output, so gradients agree exactly.
+    """
+
+    name = "norse"
+
+    def check(self, kind, p):
+        if kind != "lif":
+            raise ValueError(
+                "backend='norse' does not provide CubaLIF: Norse's LIFCell resets the membrane before the next "
+                "input (snnTorch's Synaptic zero-reset also drops that input) and does not detach the reset; "
+                "use backend='snntorch', 'fused' or 'torch'"
+            )
+        if p.reset != "zero":
+            raise ValueError(
+                "backend='norse' supports reset='zero' only: Norse's subtractive reset removes the threshold "
+                "before the next decay, snnTorch after it; use backend='snntorch', 'fused' or 'torch'"
+            )
+        if p.surrogate.name not in ("fast_sigmoid", "sigmoid"):
+            raise ValueError(
+                f"backend='norse' supports surrogate 'fast_sigmoid' or 'sigmoid' (Norse 1.1 has no arctan "
+                f"surrogate); got {p.surrogate.name!r}"
+            )
+        if not p.detach_reset:
+            raise ValueError("backend='norse' resets with a detached spike here; detach_reset=False needs 'fused'/'torch'")
+        if not p.beta.requires_grad and bool((p.beta >= 1).any()):
+            raise ValueError("backend='norse' needs beta < 1 (tau_mem_inv = 1 - beta must be > 0)")
+
+    def run(self, kind, p, x, state=None):
+        from norse.torch import LIFBoxCell, LIFBoxParameters
+        from norse.torch.functional.lif_box import LIFBoxFeedForwardState
+
+        beta = p.beta.clamp(0, 1)
+        a = 1 - beta
+        if bool((a <= 0).any()):
+            raise ValueError("backend='norse' needs beta < 1 (tau_mem_inv = 1 - beta must be > 0)")
+        k = p.surrogate.slope
+        if p.surrogate.name == "fast_sigmoid":
+            scale, method, alpha, gfactor = k, "super", k, 1.0 / k
+        else:
+            scale, method, alpha, gfactor = 1.0, "tanh", k / 2, k / 4
+        cell = LIFBoxCell(
+            LIFBoxParameters(
+                tau_mem_inv=a,
+                v_leak=torch.zeros((), device=x.device, dtype=x.dtype),
+                v_th=p.threshold * scale,
+                v_reset=torch.zeros((), device=x.device, dtype=x.dtype),
+                method=method,
+                alpha=alpha,
+                reset_method=_detached_value_reset,
+            ),
+            dt=1.0,
+        )
+        mem = (F.initial_state("lif", x[0]) if state is None else state).mem
+        # Norse keeps the post-reset voltage; neurosim reports the pre-reset membrane m_t = beta v_{t-1} + x_t.
+        v = mem * scale * (1 - (mem > p.threshold).to(mem.dtype))
+        nstate = LIFBoxFeedForwardState(v=v)
+        spikes, mems = [], []
+        for x_t in x:
+            v_prev = nstate.v
+            z, nstate = cell(x_t * scale / a, nstate)
+            mems.append((beta * v_prev + x_t * scale) / scale)
+            spikes.append(_ScaleGrad.apply(z, gfactor))
+        return torch.stack(spikes), torch.stack(mems), F.LIFState(mems[-1])
+
+
+_LOCAL = {"snntorch": SnnTorchBackend(), "norse": NorseBackend(), "torch": TorchBackend()}

@@ -1,0 +1,96 @@
+r"""Pure functional LIF dynamics: ``params, state, input -> spikes, state``.
+
+This is neurosim's definition of the neuron semantics (snnTorch 1.0's ``Leaky``/``Synaptic`` update order,
+strict ``mem > threshold``); every backend must reproduce it. With input current :math:`x_t`, the reset
+signal is computed from the *previous* membrane, :math:`r_t = H(m_{t-1} - \vartheta)` (detached from the
+graph unless ``detach_reset=False``), and
+
+LIF (``reset="subtract"``):  :math:`m_t = \beta m_{t-1} + x_t - r_t \vartheta`
+
+LIF (``reset="zero"``):      :math:`m_t = \beta (1 - r_t) m_{t-1} + x_t`
+
+CubaLIF: :math:`i_t = \alpha i_{t-1} + x_t`, then ``subtract``: :math:`m_t = \beta m_{t-1} + i_t - r_t\vartheta`,
+``zero``: :math:`m_t = (1 - r_t)(\beta m_{t-1} + i_t)` (snnTorch's ``Synaptic`` discards that step's input too).
+
+Spikes :math:`s_t = H(m_t - \vartheta)` with a surrogate gradient. ``beta`` and ``alpha`` are clamped to
+[0, 1] inside the step, as snnTorch does, so a learnable decay cannot leave the stable range.
+The reported membrane trace is :math:`m_t` (before the reset that the next step applies).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .surrogate import Surrogate
+
+
+class LIFParameters(NamedTuple):
+    beta: torch.Tensor
+    threshold: torch.Tensor
+    reset: str = "subtract"
+    surrogate: Surrogate = Surrogate()
+    detach_reset: bool = True
+
+
+class CubaLIFParameters(NamedTuple):
+    alpha: torch.Tensor
+    beta: torch.Tensor
+    threshold: torch.Tensor
+    reset: str = "subtract"
+    surrogate: Surrogate = Surrogate()
+    detach_reset: bool = True
+
+
+class LIFState(NamedTuple):
+    mem: torch.Tensor
+
+
+class CubaLIFState(NamedTuple):
+    syn: torch.Tensor
+    mem: torch.Tensor
+
+
+def _reset_signal(mem: torch.Tensor, p) -> torch.Tensor:
+    r = (mem > p.threshold).to(mem.dtype) if p.detach_reset else p.surrogate(mem - p.threshold)
+    return r
+
+
+def lif_step(x: torch.Tensor, state: LIFState, p: LIFParameters):
+    """One LIF step; returns ``(spikes, new_state)``."""
+    beta = p.beta.clamp(0, 1)
+    r = _reset_signal(state.mem, p)
+    if p.reset == "subtract":
+        mem = beta * state.mem + x - r * p.threshold
+    else:
+        mem = beta * (1 - r) * state.mem + x
+    return p.surrogate(mem - p.threshold), LIFState(mem)
+
+
+def cuba_lif_step(x: torch.Tensor, state: CubaLIFState, p: CubaLIFParameters):
+    """One current-based LIF step; returns ``(spikes, new_state)``."""
+    beta, alpha = p.beta.clamp(0, 1), p.alpha.clamp(0, 1)
+    r = _reset_signal(state.mem, p)
+    syn = alpha * state.syn + x
+    if p.reset == "subtract":
+        mem = beta * state.mem + syn - r * p.threshold
+    else:
+        mem = (1 - r) * (beta * state.mem + syn)
+    return p.surrogate(mem - p.threshold), CubaLIFState(syn, mem)
+
+
+def initial_state(kind: str, like: torch.Tensor):
+    z = torch.zeros_like(like)
+    return LIFState(z) if kind == "lif" else CubaLIFState(z, z.clone())
+
+
+def run_sequence(kind: str, p, x: torch.Tensor, state=None):
+    """Step through ``x`` of shape ``[T, B, ...]``; returns ``(spikes, mem_trace, final_state)``."""
+    step = lif_step if kind == "lif" else cuba_lif_step
+    state = initial_state(kind, x[0]) if state is None else state
+    spikes, mems = [], []
+    for x_t in x:
+        s, state = step(x_t, state, p)
+        spikes.append(s)
+        mems.append(state.mem)
+    return torch.stack(spikes), torch.stack(mems), state

@@ -1,0 +1,138 @@
+"""``neurosim.LIF`` and ``neurosim.CubaLIF``: spiking neuron layers with interchangeable backends.
+
+Both take input current shaped ``[T, B, ...]`` (time leading) and return spikes of the same shape; the
+dynamics are those of :mod:`neurosim.neurons.functional`, whichever ``backend`` runs them.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import validate
+from . import backends as B
+from . import functional as F
+from .surrogate import Surrogate, make
+
+RESETS = ("subtract", "zero")
+
+
+def _as_param(name, value, learn, lo, hi, lo_open=False):
+    validate.in_range(name, value, lo, hi, lo_open=lo_open)
+    t = torch.as_tensor(value, dtype=torch.float32).clone()
+    return nn.Parameter(t) if learn else t
+
+
+class _SpikingNeuron(nn.Module):
+    kind = "lif"
+
+    def __init__(self, threshold, reset, surrogate, slope, learn_threshold, backend, detach_reset):
+        super().__init__()
+        validate.one_of("reset", reset, RESETS)
+        validate.one_of("backend", backend, B.BACKENDS)
+        self.reset = reset
+        self.surrogate: Surrogate = make(surrogate, slope)
+        self.detach_reset = bool(detach_reset)
+        self._register("threshold", _as_param("threshold", threshold, learn_threshold, 0.0, float("inf"), lo_open=True))
+        self._backend_name = backend
+        self._cache: dict = {}
+
+    def _register(self, name, t):
+        if isinstance(t, nn.Parameter):
+            self.register_parameter(name, t)
+        else:
+            self.register_buffer(name, t)
+
+    @property
+    def backend(self) -> str:
+        return self._backend_name
+
+    @backend.setter
+    def backend(self, name: str):
+        validate.one_of("backend", name, B.BACKENDS)
+        B.get(name).check(self.kind, self.params())
+        self._backend_name = name
+        self._cache = {}
+
+    def params(self):  # pragma: no cover - defined by subclasses
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, state=None, return_mem: bool = False, return_state: bool = False):
+        """Run the neuron over ``x`` of shape ``[T, B, ...]``.
+
+        Returns spikes ``[T, B, ...]``; with ``return_mem`` also the membrane trace, with ``return_state``
+        also the final state (to continue a stream with ``state=``).
+        """
+        validate.finite("x", x)
+        validate.rank_at_least("x", x, 2, "[T, B, ...]")
+        p = self.params()
+        backend = B.get(self._backend_name)
+        backend.check(self.kind, p)
+        if backend.name == "snntorch":
+            spikes, mem, final = backend.run(self.kind, p, x, state, cache=self._cache)
+        else:
+            spikes, mem, final = backend.run(self.kind, p, x, state)
+        out = (spikes,)
+        if return_mem:
+            out += (mem,)
+        if return_state:
+            out += (final,)
+        return out[0] if len(out) == 1 else out
+
+    def extra_repr(self):
+        return f"reset={self.reset!r}, surrogate={self.surrogate.name}({self.surrogate.slope:g}), backend={self.backend!r}"
+
+
+class LIF(_SpikingNeuron):
+    r"""Leaky integrate-and-fire neuron layer.
+
+    .. math::
+        m_t = \beta m_{t-1} + x_t - r_t \vartheta \;(\text{subtract}) \quad\text{or}\quad
+        m_t = \beta (1 - r_t) m_{t-1} + x_t \;(\text{zero}),\qquad s_t = H(m_t - \vartheta)
+
+    with :math:`r_t = H(m_{t-1} - \vartheta)` (snnTorch's update order; see :mod:`neurosim.neurons.functional`).
+
+    Args:
+        beta: membrane decay in [0, 1] (scalar or a tensor broadcastable to the neuron shape).
+        threshold: firing threshold (> 0).
+        reset: ``"subtract"`` or ``"zero"``.
+        surrogate: ``"fast_sigmoid"``, ``"arctan"``, ``"sigmoid"`` or a :class:`Surrogate`; ``slope`` its k.
+        learn_beta, learn_threshold: make the parameter trainable.
+        backend: ``"snntorch"``, ``"norse"``, ``"fused"`` or ``"torch"`` (see :mod:`neurosim.neurons.backends`
+            for which modes each supports; an unsupported combination raises ``ValueError``).
+        detach_reset: cut the reset out of the gradient (snnTorch's behaviour, default).
+    """
+
+    kind = "lif"
+
+    def __init__(self, beta=0.9, threshold=1.0, reset="subtract", surrogate="fast_sigmoid", slope=None,
+                 learn_beta=False, learn_threshold=False, backend="snntorch", detach_reset=True):
+        super().__init__(threshold, reset, surrogate, slope, learn_threshold, backend, detach_reset)
+        self._register("beta", _as_param("beta", beta, learn_beta, 0.0, 1.0))
+        B.get(backend).check(self.kind, self.params())
+
+    def params(self) -> F.LIFParameters:
+        return F.LIFParameters(self.beta, self.threshold, self.reset, self.surrogate, self.detach_reset)
+
+
+class CubaLIF(_SpikingNeuron):
+    r"""Current-based LIF: a synaptic current with decay ``alpha`` feeds the membrane.
+
+    .. math::
+        i_t = \alpha i_{t-1} + x_t,\quad
+        m_t = \beta m_{t-1} + i_t - r_t\vartheta \;(\text{subtract}) \quad\text{or}\quad
+        m_t = (1 - r_t)(\beta m_{t-1} + i_t) \;(\text{zero}),\qquad s_t = H(m_t - \vartheta)
+
+    Same arguments as :class:`LIF` plus ``alpha`` in [0, 1] and ``learn_alpha``.
+    """
+
+    kind = "cuba"
+
+    def __init__(self, alpha=0.8, beta=0.9, threshold=1.0, reset="subtract", surrogate="fast_sigmoid", slope=None,
+                 learn_alpha=False, learn_beta=False, learn_threshold=False, backend="snntorch", detach_reset=True):
+        super().__init__(threshold, reset, surrogate, slope, learn_threshold, backend, detach_reset)
+        self._register("alpha", _as_param("alpha", alpha, learn_alpha, 0.0, 1.0))
+        self._register("beta", _as_param("beta", beta, learn_beta, 0.0, 1.0))
+        B.get(backend).check(self.kind, self.params())
+
+    def params(self) -> F.CubaLIFParameters:
+        return F.CubaLIFParameters(self.alpha, self.beta, self.threshold, self.reset, self.surrogate, self.detach_reset)

@@ -1,0 +1,82 @@
+"""Input checks shared by every public entry point.
+
+Each check raises :class:`ValueError` naming the argument and the allowed range, so bad input never turns
+into a silently clamped or truncated result.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+
+
+def finite(name: str, x: torch.Tensor) -> torch.Tensor:
+    """Reject NaN/inf anywhere in ``x``."""
+    if not torch.is_tensor(x):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"{name} contains {bad} NaN/inf value(s); all values must be finite")
+    return x
+
+
+def rank_at_least(name: str, x: torch.Tensor, k: int, layout: str) -> torch.Tensor:
+    if x.dim() < k:
+        raise ValueError(f"{name} must have at least {k} dimensions {layout}, got shape {tuple(x.shape)}")
+    return x
+
+
+def rank_exactly(name: str, x: torch.Tensor, ks: Iterable[int], layout: str) -> torch.Tensor:
+    ks = tuple(ks)
+    if x.dim() not in ks:
+        allowed = " or ".join(str(k) for k in ks)
+        raise ValueError(f"{name} must have {allowed} dimensions {layout}, got shape {tuple(x.shape)}")
+    return x
+
+
+def in_range(name: str, value, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False):
+    """Check a scalar or every element of a tensor lies in [lo, hi] (open ends where asked)."""
+    t = torch.as_tensor(value, dtype=torch.float64) if not torch.is_tensor(value) else value.detach().double()
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} must be finite, got {value}")
+    low_ok = (t > lo) if lo_open else (t >= lo)
+    high_ok = (t < hi) if hi_open else (t <= hi)
+    if not bool((low_ok & high_ok).all()):
+        interval = ("(" if lo_open else "[") + f"{lo}, {hi}" + (")" if hi_open else "]")
+        shown = value if not torch.is_tensor(value) or value.numel() == 1 else f"values in [{t.min():g}, {t.max():g}]"
+        raise ValueError(f"{name} must be in {interval}, got {shown}")
+    return value
+
+
+def positive_int(name: str, value, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) and not (
+        isinstance(value, float) and value.is_integer()
+    ):
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    value = int(value)
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+    return value
+
+
+def one_of(name: str, value, allowed: Iterable) -> None:
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(repr(a) for a in allowed)}; got {value!r}")
+
+
+def binary(name: str, x: torch.Tensor) -> torch.Tensor:
+    """Require a spike tensor: every element exactly 0 or 1."""
+    finite(name, x)
+    if not bool(((x == 0) | (x == 1)).all()):
+        vals = torch.unique(x.detach().flatten())[:5].tolist()
+        raise ValueError(f"{name} must be a binary spike tensor (values 0 or 1); found values such as {vals}")
+    return x
+
+
+def positive_float(name: str, value) -> float:
+    v = float(value)
+    if not math.isfinite(v) or v <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return v
