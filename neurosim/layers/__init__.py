@@ -1,0 +1,4 @@
+"""Reusable spiking layers."""
+from .ops import Add, MatMul
+
+__all__ = ["Add", "MatMul"]
