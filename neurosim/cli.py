@@ -125,8 +125,6 @@ def _config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace,
         if resume is not None:
             path = Path(cfg.out_dir) / "checkpoints" / "last.pt" if resume == "auto" else Path(resume)
             saved = ckpt_io.load(path)["config"]
-            saved.pop("epochs", None)   # a resumed run may be extended
-            saved.pop("device", None)
             cfg = TrainConfig.from_dict({**base, **saved, **file_values, **flags})
             resume = path
         for key, field in (("opt", "model_options"), ("data_opt", "dataset_options")):

@@ -11,6 +11,7 @@ import io
 import os
 import pickle
 import random
+import re
 import zipfile
 from pathlib import Path
 from typing import Any, Callable
@@ -70,16 +71,20 @@ def load(path: str | Path, map_location="cpu") -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {str(path)!r} is empty (0 bytes)")
+    if not zipfile.is_zipfile(path):   # torch.save always writes a zip archive; a cut one loses its directory
+        raise CheckpointError(f"checkpoint {str(path)!r} is truncated or not a torch file (no complete zip archive, "
+                              f"{path.stat().st_size} bytes)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} is not a neurosim checkpoint: weights_only loading refused it "
-            f"({str(err).splitlines()[0]})") from None
+        m = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        detail = f"it contains a {m.group(1)} object" if m else str(err).splitlines()[0][:200]
+        raise CheckpointError(f"checkpoint {str(path)!r} is not a neurosim checkpoint: weights_only loading refused "
+                              f"it ({detail})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as err:
         raise CheckpointError(
             f"checkpoint {str(path)!r} is truncated or not a torch file ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else 'no detail'})") from None
+            f"{str(err).splitlines()[0][:200] if str(err) else 'no detail'})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {str(path)!r} is a torch file but not a neurosim checkpoint "
                               f"(no format marker {FORMAT!r})")

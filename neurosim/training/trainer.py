@@ -178,8 +178,14 @@ class Trainer:
         self.sampler.set_epoch(self.epoch)
         order = list(self.sampler)
         batches = [order[i:i + self.local_batch] for i in range(0, len(order), self.local_batch)]
-        return DataLoader(self.train_set, batch_sampler=batches[self.step_in_epoch:],
-                          pin_memory=self.device.type == "cuda")
+        return self._loader(self.train_set, batch_sampler=batches[self.step_in_epoch:],
+                            pin_memory=self.device.type == "cuda")
+
+    @staticmethod
+    def _loader(dataset, **kwargs) -> DataLoader:
+        # A private generator: creating a DataLoader iterator otherwise draws a seed from the global RNG, so
+        # an iterator made mid-epoch on resume would shift every later random number.
+        return DataLoader(dataset, generator=torch.Generator(), **kwargs)
 
     def _train_epoch(self) -> dict:
         cfg = self.cfg
@@ -225,7 +231,7 @@ class Trainer:
         shard = indices[self.dist.rank::self.dist.world_size]
         self.model.eval()
         sums = MetricSums(self.device)
-        loader = DataLoader(Subset(self.info.dataset, shard), batch_size=self.local_batch, shuffle=False)
+        loader = self._loader(Subset(self.info.dataset, shard), batch_size=self.local_batch, shuffle=False)
         for x, y in loader:
             x, y = x.to(self.device), y.to(self.device)
             with self._autocast():
@@ -239,7 +245,8 @@ class Trainer:
         """(predictions, targets) of the current model on ``indices``, in order, on the CPU (this rank only)."""
         self.model.eval()
         preds, ys = [], []
-        for x, y in DataLoader(Subset(self.info.dataset, indices), batch_size=self.local_batch, shuffle=False):
+        for x, y in self._loader(Subset(self.info.dataset, indices), batch_size=self.local_batch,
+                                 shuffle=False):
             with self._autocast():
                 out = self.model(x.to(self.device))
             preds.append(out.float().cpu())

@@ -1,0 +1,101 @@
+"""A run killed with SIGKILL mid-epoch and resumed ends exactly where an uninterrupted run with the same
+seed ends (CPU, deterministic ops): same weights, optimizer state, metrics and log."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+from neurosim.training import checkpoint as ckpt_io
+
+CFG = dict(model="spiking_mlp", dataset="digits", encoder="rate", num_steps=4, epochs=3, batch_size=64, lr=3e-3,
+           seed=7, patience=0, save_every=3, progress=False, plots=False, model_options={"hidden": [32]})
+KILL_AT_STEP = 30          # epoch 2 (23 steps per epoch), step 7; the last checkpoint is from step 6
+
+CHILD = textwrap.dedent("""
+    import json, sys, time
+    from neurosim.training import TrainConfig, Trainer
+    cfg, marker, kill_at = TrainConfig(**json.loads(sys.argv[1])), sys.argv[2], int(sys.argv[3])
+
+    def hang_at_kill_step(event, trainer):
+        if event == "step_end" and trainer.global_step == kill_at:
+            with open(marker, "w") as f:
+                f.write(str(trainer.step_in_epoch))
+            while True:          # wait here for the parent's SIGKILL
+                time.sleep(0.1)
+
+    Trainer(cfg, callbacks=[hang_at_kill_step]).fit()
+""")
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _cli(*args):
+    subprocess.run([sys.executable, "-m", "neurosim.cli", "train", *args], check=True, env=_env(),
+                   stdout=subprocess.DEVNULL, timeout=120)
+
+
+def _rows(out_dir):
+    with open(out_dir / "log.csv") as f:
+        return [{k: v for k, v in r.items() if k != "train_time_s"} for r in csv.DictReader(f)]
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
+    killed, straight = tmp_path / "killed", tmp_path / "straight"
+    cfg_file = tmp_path / "cfg.json"
+    cfg_file.write_text(json.dumps({**CFG, "out_dir": str(straight)}))
+    ref = subprocess.Popen([sys.executable, "-m", "neurosim.cli", "train", "--config", str(cfg_file)],
+                           env=_env(), stdout=subprocess.DEVNULL)
+
+    marker = tmp_path / "killed.marker"
+    child = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps({**CFG, "out_dir": str(killed)}), str(marker),
+                              str(KILL_AT_STEP)], env=_env())
+    deadline = time.time() + 120
+    while not marker.exists():
+        assert child.poll() is None, "training process ended before reaching the kill step"
+        assert time.time() < deadline, "training process never reached the kill step"
+        time.sleep(0.05)
+    os.kill(child.pid, signal.SIGKILL)
+    assert child.wait(timeout=30) == -signal.SIGKILL
+    assert int(marker.read_text()) == KILL_AT_STEP - 23      # killed inside the second epoch
+
+    last = ckpt_io.load(killed / "checkpoints" / "last.pt")
+    assert (last["epoch"], last["step_in_epoch"], last["global_step"]) == (1, 6, 29)
+    assert not list((killed / "checkpoints").glob(".*tmp*")), "a temp file was left behind"
+
+    _cli("--out-dir", str(killed), "--resume", "--no-progress")      # config comes from the checkpoint
+    assert ref.wait(timeout=120) == 0
+
+    a = ckpt_io.load(killed / "checkpoints" / "last.pt")
+    b = ckpt_io.load(straight / "checkpoints" / "last.pt")
+    assert a["global_step"] == b["global_step"] == 3 * 23
+    for k in b["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for pid, st in b["optimizer"]["state"].items():
+        for name, v in st.items():
+            assert torch.equal(a["optimizer"]["state"][pid][name], v), (pid, name)
+    assert a["scheduler"] == b["scheduler"]
+    assert torch.equal(a["rng"][0]["torch"], b["rng"][0]["torch"])
+    assert _rows(killed) == _rows(straight)
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (killed, straight))
+    assert sa["best"] == sb["best"] and sa["best_epoch"] == sb["best_epoch"]
+    assert sa["best"]["accuracy"] > 0.5          # it did learn something (10 classes)
+
+
+def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
+    from neurosim.training import CheckpointError, TrainConfig, Trainer
+
+    cfg = TrainConfig(**{**CFG, "epochs": 1, "save_every": 0, "tensorboard": False, "out_dir": str(tmp_path / "a")})
+    Trainer(cfg).fit()
+    other = TrainConfig(**{**cfg.to_dict(), "seed": 8, "out_dir": str(tmp_path / "b")})
+    with pytest.raises(CheckpointError, match="different run.*seed: checkpoint 7 vs now 8"):
+        Trainer(other).fit(resume=tmp_path / "a" / "checkpoints" / "last.pt")
+    assert not (tmp_path / "b").exists()         # refused before writing anything
