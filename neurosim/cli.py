@@ -99,6 +99,8 @@ def _add_train_args(p: argparse.ArgumentParser, demo: bool) -> None:
     r.add_argument("--device", type=_device, default=SUP, help="auto (CUDA when present), cpu, cuda, cuda:N")
     r.add_argument("--bf16", dest="precision", action="store_const", const="bf16", default=SUP,
                    help="bfloat16 autocast")
+    r.add_argument("--cpu-threads", type=_int_at_least(0), default=SUP,
+                   help="torch threads when training on CPU (0: torch's default)")
     r.add_argument("--out-dir", metavar="DIR", default=SUP, help="where logs, checkpoints and plots go")
     r.add_argument("--save-every", type=_int_at_least(0), default=SUP,
                    help="also write the last checkpoint every N steps inside an epoch (0: end of epoch only)")

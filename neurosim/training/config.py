@@ -51,6 +51,7 @@ class TrainConfig:
     val_fraction: float = 0.2
     device: str = "auto"                # "auto": CUDA when present, else CPU
     precision: str = "fp32"             # "bf16": autocast to bfloat16 (on CUDA, or CPU if asked)
+    cpu_threads: int = 0                # torch intra-op threads when training on CPU (0: torch's default)
     out_dir: str = "runs/train"
     save_every: int = 0
     progress: bool = True
@@ -75,6 +76,7 @@ class TrainConfig:
         self.patience = validate.positive_int("patience", self.patience, minimum=0)
         self.seed = validate.positive_int("seed", self.seed, minimum=0)
         self.save_every = validate.positive_int("save_every", self.save_every, minimum=0)
+        self.cpu_threads = validate.positive_int("cpu_threads", self.cpu_threads, minimum=0)
         self.lr = validate.positive_float("lr", self.lr)
         validate.in_range("weight_decay", self.weight_decay, 0.0, float("inf"))
         validate.in_range("grad_clip", self.grad_clip, 0.0, float("inf"))

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt_io
 from . import distributed as D
-from . import logs, plots
+from . import logs
 from .config import IDENTITY_FIELDS, TrainConfig
 from .data import DataInfo, split_indices
 from .metrics import MetricSums, metric_names
@@ -68,6 +68,8 @@ class Trainer:
     def _setup(self) -> None:
         cfg = self.cfg
         self.dist, self.device = D.setup(cfg.device)
+        if self.device.type == "cpu" and cfg.cpu_threads:
+            torch.set_num_threads(cfg.cpu_threads)
         world = self.dist.world_size
         if cfg.batch_size % world:
             raise ValueError(f"batch_size must be a multiple of the number of processes ({world}), got {cfg.batch_size}")
@@ -324,6 +326,9 @@ class Trainer:
             "config": cfg.to_dict(),
         }
         if self.dist.is_main:
+            from . import plots   # matplotlib only when plotting
+
+            self._plots = plots
             paths = {k: str(v) for k, v in self.paths.items() if k != "tensorboard" or cfg.tensorboard}
             if cfg.plots and self.history:
                 plots.loss_curves(self.paths["loss_curve"], self.history,
@@ -346,6 +351,6 @@ class Trainer:
         self.model.load_state_dict(last)
         val = set(self.val_idx)
         path = self.out_dir / "prediction.png"
-        return plots.prediction_vs_target(path, y.reshape(len(order), -1)[:, 0].tolist(),
+        return self._plots.prediction_vs_target(path, y.reshape(len(order), -1)[:, 0].tolist(),
                                           pred.reshape(len(order), -1)[:, 0].tolist(), [i in val for i in order],
                                           f"{self.cfg.model} on {self.cfg.dataset}: prediction vs target (best epoch)")
