@@ -52,17 +52,23 @@ class TensorStats:
 
 
 def stats(x: torch.Tensor) -> TensorStats:
-    """Element counts of ``x`` computed on its device (no host synchronisation)."""
+    """Element counts of ``x`` computed on its device (no host synchronisation).
+
+    ``nonbinary`` counts elements with ``x * (x - 1) != 0`` (NaN and inf included); ``nonfinite`` is 1 when
+    the float64 sum of ``x`` is NaN/inf, i.e. when ``x`` holds any NaN or inf (the sum of finite float32/16
+    values cannot overflow float64), else 0.
+    """
     x = x.detach()
+    dev = x.device
     if x.dtype == torch.bool:
-        z = torch.zeros((), dtype=torch.int64, device=x.device)
+        z = torch.zeros((), dtype=torch.int64, device=dev)
         return TensorStats(x.numel(), torch.count_nonzero(x), z, z)
     nnz = torch.count_nonzero(x)
-    nonbinary = torch.count_nonzero((x != 0) & (x != 1))
-    if x.is_floating_point() or x.is_complex():
-        nonfinite = x.numel() - torch.count_nonzero(torch.isfinite(x))
+    nonbinary = torch.count_nonzero(x * (x - 1))
+    if x.is_floating_point():
+        nonfinite = (~torch.isfinite(x.sum(dtype=torch.float64))).to(torch.int64)
     else:
-        nonfinite = torch.zeros((), dtype=torch.int64, device=x.device)
+        nonfinite = torch.zeros((), dtype=torch.int64, device=dev)
     return TensorStats(x.numel(), nnz, nonbinary, nonfinite)
 
 
@@ -94,17 +100,15 @@ class Count:
 
 def spike_or_dense(x_stats: TensorStats, dense: int, exact_synops) -> Count:
     """A synaptic layer: SynOps from the spikes when the input is binary, otherwise the dense MACs."""
-    is_bin = x_stats.binary
-    zero = torch.zeros((), dtype=torch.float64, device=is_bin.device)
-    dense_t = torch.full((), float(dense), dtype=torch.float64, device=is_bin.device)
+    is_bin = x_stats.binary.to(torch.float64)
     exact = torch.as_tensor(exact_synops, device=is_bin.device).to(torch.float64)
-    rate = x_stats.nnz.to(torch.float64) / max(x_stats.numel, 1)
+    rate = x_stats.nnz.to(torch.float64) * (1.0 / max(x_stats.numel, 1))
     return Count(
         dense=dense,
-        macs=torch.where(is_bin, zero, dense_t),
-        synops=torch.where(is_bin, exact, zero),
+        macs=(1.0 - is_bin) * float(dense),
+        synops=is_bin * exact,
         spike_input=x_stats,
-        synops_paper=torch.where(is_bin, rate * dense, zero),
+        synops_paper=is_bin * rate * float(dense),
     )
 
 
@@ -214,7 +218,7 @@ def _pairs(padding, nd, kernel, dilation):
 def _spatial_sum(x: torch.Tensor, nd: int) -> torch.Tensor:
     """Sum a ``[N, C, *S]`` or ``[C, *S]`` tensor over everything but the ``nd`` spatial dims."""
     lead = tuple(range(x.dim() - nd))
-    return x.detach().to(torch.float64).sum(dim=lead) if lead else x.detach().to(torch.float64)
+    return x.detach().sum(dim=lead, dtype=torch.float64) if lead else x.detach().to(torch.float64)
 
 
 # ------------------------------------------------------------------------------------------------ counters
@@ -248,7 +252,8 @@ def _count_windows(x, output, nd, fan, total) -> Count:
     s = stats(x)
     lead = x.numel() // max(math.prod(x.shape[-nd:]), 1)
     exact = (_spatial_sum(x, nd) * fan).sum()
-    acs = torch.where(s.binary, exact, exact.new_tensor(float(total * lead)))
+    is_bin = s.binary.to(torch.float64)
+    acs = is_bin * exact + (1.0 - is_bin) * float(total * lead)
     return Count(dense=total * lead, dense_is_mac=False, acs=acs, spike_input=s)
 
 
@@ -303,8 +308,8 @@ def _binary_operand_matmul(a: torch.Tensor, b: torch.Tensor, sa: TensorStats, sb
     m, k, n = a2.shape[-2], a2.shape[-1], b2.shape[-1]
     batch = torch.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
     dense = math.prod(batch) * m * k * n
-    a_col = a2.to(torch.float64).sum(-2)  # [..., k]: ones in each column of a
-    b_row = b2.to(torch.float64).sum(-1)  # [..., k]: ones in each row of b
+    a_col = a2.sum(-2, dtype=torch.float64)  # [..., k]: ones in each column of a
+    b_row = b2.sum(-1, dtype=torch.float64)  # [..., k]: ones in each row of b
     both = (a_col * b_row).sum()  # products with both operands 1 (broadcast over batch)
     a_only = (a_col * torch.ones_like(b_row)).sum() * n  # a binary: each 1 of a meets n values of b
     b_only = (torch.ones_like(a_col) * b_row).sum() * m
@@ -317,12 +322,16 @@ def count_matmul(module: MatMul, args, output) -> Count:
     a, b = args[0], args[1]
     sa, sb = stats(a), stats(b)
     ac, dense, any_bin = _binary_operand_matmul(a, b, sa, sb)
-    zero = torch.zeros((), dtype=torch.float64, device=ac.device)
-    macs = torch.where(any_bin, zero, zero + float(dense))
+    macs = (1.0 - any_bin.to(torch.float64)) * float(dense)
     if module.scale != 1.0:
         macs = macs + output.numel()
+    # the papers' estimate: firing rate of the (first) binary operand x dense
+    rate = torch.where(sa.binary, sa.nnz, sb.nnz).to(torch.float64) / torch.where(
+        sa.binary, torch.tensor(float(max(sa.numel, 1)), device=ac.device),
+        torch.tensor(float(max(sb.numel, 1)), device=ac.device))
+    paper = any_bin.to(torch.float64) * rate * float(dense)
     # the operand that decides "spike driven" for require_spikes: the first one
-    return Count(dense=dense, macs=macs, synops=ac, spike_input=sa,
+    return Count(dense=dense, macs=macs, synops=ac, spike_input=sa, synops_paper=paper,
                  note="" if module.scale == 1.0 else "scale: 1 multiply per output counted as MAC")
 
 

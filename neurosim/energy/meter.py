@@ -152,9 +152,12 @@ class EnergyMeter:
 
     # ------------------------------------------------------------------------------------------ counting
     def _stats(self, x: torch.Tensor) -> C.TensorStats:
-        key = id(x)
+        # A contiguous tensor is identified by (storage address, numel, dtype): views such as a reshape of a
+        # neuron's output, fed to the next layer, reuse its stats. The cache holds the tensor itself, so the
+        # address cannot be reused while cached; ``_version`` catches in-place changes.
+        key = (x.data_ptr(), x.numel(), x.dtype, x.device) if x.is_contiguous() else ("id", id(x))
         hit = self._cache.get(key)
-        if hit is not None and hit[0] is x and hit[1] == x._version:
+        if hit is not None and hit[1] == x._version and (key[0] != "id" or hit[0] is x):
             self._cache.move_to_end(key)
             return hit[2]
         s = C.stats(x)
