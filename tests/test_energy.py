@@ -245,3 +245,19 @@ def test_cli_main_on_checkpoint(tmp_path, monkeypatch, capsys):
     with pytest.raises(ValueError, match="input-shape"):
         neurosim.energy.cli_main([str(tmp_path / "ck.pt"), "--model", "energy_cli_model:build",
                                   "--model-kwargs", '{"hidden": 6}', "--input-shape", "3,x"])
+
+
+def test_stats_flags_every_non_spike_value():
+    from neurosim.energy import stats
+
+    s = stats(torch.tensor([0.0, 1.0, 1.0, 2.0, -1.0, 0.5, float("nan"), float("inf")]))
+    assert (int(s.nnz), int(s.nonbinary), int(s.nonfinite)) == (7, 5, 1)
+    s = stats(torch.tensor([0.0, 1.0, 1.0]))
+    assert bool(s.binary) and int(s.nonfinite) == 0
+    assert bool(stats(torch.tensor([True, False])).binary)
+
+
+def test_add_broadcast_spikes():
+    s = torch.tensor([[[1.0, 0, 1, 1]]])  # [1, 1, 4] broadcast over T=2
+    real = torch.randn(2, 1, 4)
+    assert profile(Add(), (real, s)).layer("Add").acs == 3 * 2

@@ -54,9 +54,9 @@ class TensorStats:
 def stats(x: torch.Tensor) -> TensorStats:
     """Element counts of ``x`` computed on its device (no host synchronisation).
 
-    ``nonbinary`` counts elements with ``x * (x - 1) != 0`` (NaN and inf included); ``nonfinite`` is 1 when
-    the float64 sum of ``x`` is NaN/inf, i.e. when ``x`` holds any NaN or inf (the sum of finite float32/16
-    values cannot overflow float64), else 0.
+    ``nonbinary = count(x != 0) - count(x == 1)`` (NaN counts as nonzero and not one); ``nonfinite`` is 1
+    when the float64 sum of ``x`` is NaN/inf, i.e. when ``x`` holds any NaN or inf (a sum of finite float32
+    or float16 values cannot overflow float64), else 0. Three reads of ``x`` in all.
     """
     x = x.detach()
     dev = x.device
@@ -64,7 +64,7 @@ def stats(x: torch.Tensor) -> TensorStats:
         z = torch.zeros((), dtype=torch.int64, device=dev)
         return TensorStats(x.numel(), torch.count_nonzero(x), z, z)
     nnz = torch.count_nonzero(x)
-    nonbinary = torch.count_nonzero(x * (x - 1))
+    nonbinary = nnz - torch.count_nonzero(x == 1)
     if x.is_floating_point():
         nonfinite = (~torch.isfinite(x.sum(dtype=torch.float64))).to(torch.int64)
     else:
@@ -325,10 +325,9 @@ def count_matmul(module: MatMul, args, output) -> Count:
     macs = (1.0 - any_bin.to(torch.float64)) * float(dense)
     if module.scale != 1.0:
         macs = macs + output.numel()
-    # the papers' estimate: firing rate of the (first) binary operand x dense
-    rate = torch.where(sa.binary, sa.nnz, sb.nnz).to(torch.float64) / torch.where(
-        sa.binary, torch.tensor(float(max(sa.numel, 1)), device=ac.device),
-        torch.tensor(float(max(sb.numel, 1)), device=ac.device))
+    # the papers' estimate: firing rate of the (first) binary operand x dense (no host<->device copies here)
+    rate = torch.where(sa.binary, sa.nnz.to(torch.float64) / max(sa.numel, 1),
+                       sb.nnz.to(torch.float64) / max(sb.numel, 1))
     paper = any_bin.to(torch.float64) * rate * float(dense)
     # the operand that decides "spike driven" for require_spikes: the first one
     return Count(dense=dense, macs=macs, synops=ac, spike_input=sa, synops_paper=paper,
@@ -337,18 +336,17 @@ def count_matmul(module: MatMul, args, output) -> Count:
 
 def count_add(module: Add, args, output) -> Count:
     a, b = args[0], args[1]
-    sa = stats(a) if torch.is_tensor(a) else None
-    sb = stats(b) if torch.is_tensor(b) else None
     n = output.numel()
-    dev = output.device
-    ones = torch.ones(output.shape, dtype=torch.bool, device=dev)
-    mask = ones
-    for t, st in ((a, sa), (b, sb)):
-        if st is not None:
-            nz = torch.broadcast_to(t.detach() != 0, output.shape)
-            mask = mask & torch.where(st.binary, nz, ones)
-    acs = torch.count_nonzero(mask).to(torch.float64)
-    return Count(dense=n, dense_is_mac=False, acs=acs)
+    if not (torch.is_tensor(a) and torch.is_tensor(b)):  # tensor + Python number: one addition per element
+        return Count(dense=n, dense_is_mac=False, acs=n)
+    sa, sb = stats(a), stats(b)
+    ab, bb = sa.binary.to(torch.float64), sb.binary.to(torch.float64)
+    # a binary operand broadcast to the output repeats each of its spikes n / numel times
+    only_a = sa.nnz.to(torch.float64) * (n / max(sa.numel, 1))
+    only_b = sb.nnz.to(torch.float64) * (n / max(sb.numel, 1))
+    both = torch.count_nonzero(a.detach() * b.detach()).to(torch.float64)  # both binary: where both are 1
+    acs = ab * bb * both + ab * (1 - bb) * only_a + (1 - ab) * bb * only_b + (1 - ab) * (1 - bb) * float(n)
+    return Count(dense=n, dense_is_mac=False, acs=acs, spike_input=sa)
 
 
 def count_neuron(module, args, output) -> Count:
