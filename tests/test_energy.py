@@ -251,10 +251,11 @@ def test_stats_flags_every_non_spike_value():
     from neurosim.energy import stats
 
     s = stats(torch.tensor([0.0, 1.0, 1.0, 2.0, -1.0, 0.5, float("nan"), float("inf")]))
-    assert (int(s.nnz), int(s.nonbinary), int(s.nonfinite)) == (7, 5, 1)
+    assert (int(s.nnz), int(s.ones)) == (7, 2) and not torch.isfinite(s.total)  # nnz != ones: not spikes
     s = stats(torch.tensor([0.0, 1.0, 1.0]))
-    assert bool(s.binary) and int(s.nonfinite) == 0
-    assert bool(stats(torch.tensor([True, False])).binary)
+    assert int(s.nnz) == int(s.ones) == 2 and float(s.total) == 2.0
+    s = stats(torch.tensor([True, False]))
+    assert int(s.nnz) == int(s.ones) == 1
 
 
 def test_add_broadcast_spikes():

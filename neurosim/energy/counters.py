@@ -39,51 +39,43 @@ Number = "int | float | torch.Tensor"
 
 @dataclass
 class TensorStats:
-    """Counts over one tensor; ``nnz`` / ``nonbinary`` / ``nonfinite`` are 0-d int64 tensors on its device."""
+    """Raw counts over one tensor, as 0-d tensors on its device (read back once, after the forward pass).
+
+    ``nnz``: nonzero elements (NaN included); ``ones``: elements equal to 1; ``total``: float64 sum, which is
+    NaN/inf exactly when the tensor holds a NaN or inf (a sum of finite float32/16 values cannot overflow
+    float64). The tensor is binary (spikes) when ``nnz == ones``.
+    """
 
     numel: int
     nnz: torch.Tensor
-    nonbinary: torch.Tensor
-    nonfinite: torch.Tensor
-
-    @property
-    def binary(self) -> torch.Tensor:
-        return self.nonbinary == 0
+    ones: torch.Tensor
+    total: torch.Tensor | None = None
 
 
 def stats(x: torch.Tensor) -> TensorStats:
-    """Element counts of ``x`` computed on its device (no host synchronisation).
-
-    ``nonbinary = count(x != 0) - count(x == 1)`` (NaN counts as nonzero and not one); ``nonfinite`` is 1
-    when the float64 sum of ``x`` is NaN/inf, i.e. when ``x`` holds any NaN or inf (a sum of finite float32
-    or float16 values cannot overflow float64), else 0. Three reads of ``x`` in all.
-    """
+    """Counts of ``x`` computed on its device without host synchronisation (three reads of ``x``)."""
     x = x.detach()
-    dev = x.device
     if x.dtype == torch.bool:
-        z = torch.zeros((), dtype=torch.int64, device=dev)
-        return TensorStats(x.numel(), torch.count_nonzero(x), z, z)
-    nnz = torch.count_nonzero(x)
-    nonbinary = nnz - torch.count_nonzero(x == 1)
-    if x.is_floating_point():
-        nonfinite = (~torch.isfinite(x.sum(dtype=torch.float64))).to(torch.int64)
-    else:
-        nonfinite = torch.zeros((), dtype=torch.int64, device=dev)
-    return TensorStats(x.numel(), nnz, nonbinary, nonfinite)
+        nnz = torch.count_nonzero(x)
+        return TensorStats(x.numel(), nnz, nnz, None)
+    return TensorStats(x.numel(), torch.count_nonzero(x), torch.count_nonzero(x == 1),
+                       x.sum(dtype=torch.float64) if x.is_floating_point() else None)
 
 
 @dataclass
 class Count:
-    """Operations of one module call.
+    """Operations of one module call. Values may be numbers or 0-d tensors (read back after the forward).
+
+    Fixed counts go in ``macs`` / ``synops`` / ``acs`` / ``neuron_updates``. A count that depends on whether
+    an input is spikes uses the spike rule instead: ``spike_input`` (and ``spike_input2`` for two-operand
+    ops) with ``spike_count`` and ``spike_kind`` (``"synops"`` or ``"acs"``): when the operand(s) are binary,
+    ``spike_count`` is added to ``spike_kind``; when none is, ``dense`` is added to MACs (``dense_is_mac``)
+    or ACs. For two operands ``spike_count`` is a dict with keys ``"both"``, ``"first"``, ``"second"`` (the
+    count when both / only the first / only the second is binary). The decision is taken on the host after
+    the single read-back, per call.
 
     Attributes:
         dense: operations an ANN of the same shape would do (MACs when ``dense_is_mac``, else additions).
-        macs: multiply-accumulates actually needed (real-valued operands).
-        synops: spike-driven accumulates of synaptic layers (Linear, Conv, MatMul).
-        acs: other accumulates (residual additions, pooling).
-        neuron_updates: neuron state updates (neurons x time steps).
-        spike_input: stats of the input that decides spike vs real (checked by ``require_spikes``).
-        synops_paper: the papers' estimate ``firing_rate * dense`` for a spike-driven layer (for comparison).
         note: anything the reader must know about this count.
     """
 
@@ -94,22 +86,15 @@ class Count:
     acs: "Number" = 0
     neuron_updates: int = 0
     spike_input: TensorStats | None = None
-    synops_paper: "Number" = 0
+    spike_input2: TensorStats | None = None
+    spike_count: object = None
+    spike_kind: str = "synops"
     note: str = ""
 
 
 def spike_or_dense(x_stats: TensorStats, dense: int, exact_synops) -> Count:
-    """A synaptic layer: SynOps from the spikes when the input is binary, otherwise the dense MACs."""
-    is_bin = x_stats.binary.to(torch.float64)
-    exact = torch.as_tensor(exact_synops, device=is_bin.device).to(torch.float64)
-    rate = x_stats.nnz.to(torch.float64) * (1.0 / max(x_stats.numel, 1))
-    return Count(
-        dense=dense,
-        macs=(1.0 - is_bin) * float(dense),
-        synops=is_bin * exact,
-        spike_input=x_stats,
-        synops_paper=is_bin * rate * float(dense),
-    )
+    """A synaptic layer: ``exact_synops`` when its input is binary, otherwise the ``dense`` MACs."""
+    return Count(dense=dense, spike_input=x_stats, spike_count=exact_synops, spike_kind="synops")
 
 
 # ----------------------------------------------------------------------------------------------- registry
@@ -230,7 +215,7 @@ def count_linear(module: nn.Linear, args, output) -> Count:
     x = args[0]
     s = stats(x)
     dense = x.numel() * module.out_features
-    return spike_or_dense(s, dense, s.nnz.to(torch.float64) * module.out_features)
+    return spike_or_dense(s, dense, s.nnz * module.out_features)
 
 
 def count_conv(module: nn.modules.conv._ConvNd, args, output) -> Count:
@@ -252,9 +237,7 @@ def _count_windows(x, output, nd, fan, total) -> Count:
     s = stats(x)
     lead = x.numel() // max(math.prod(x.shape[-nd:]), 1)
     exact = (_spatial_sum(x, nd) * fan).sum()
-    is_bin = s.binary.to(torch.float64)
-    acs = is_bin * exact + (1.0 - is_bin) * float(total * lead)
-    return Count(dense=total * lead, dense_is_mac=False, acs=acs, spike_input=s)
+    return Count(dense=total * lead, dense_is_mac=False, spike_input=s, spike_count=exact, spike_kind="acs")
 
 
 def count_pool(module, args, output) -> Count:
@@ -301,36 +284,24 @@ def count_layernorm(module, args, output) -> Count:
     return Count(dense=3 * n, macs=3 * n, note="3 MACs per element (mean, variance, normalise+affine)")
 
 
-def _binary_operand_matmul(a: torch.Tensor, b: torch.Tensor, sa: TensorStats, sb: TensorStats):
-    """AC count and dense MACs of ``a @ b`` (torch.matmul semantics, batch dims broadcast)."""
-    a2 = a.detach().unsqueeze(0) if a.dim() == 1 else a.detach()
-    b2 = b.detach().unsqueeze(-1) if b.dim() == 1 else b.detach()
-    m, k, n = a2.shape[-2], a2.shape[-1], b2.shape[-1]
-    batch = torch.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
-    dense = math.prod(batch) * m * k * n
-    a_col = a2.sum(-2, dtype=torch.float64)  # [..., k]: ones in each column of a
-    b_row = b2.sum(-1, dtype=torch.float64)  # [..., k]: ones in each row of b
-    both = (a_col * b_row).sum()  # products with both operands 1 (broadcast over batch)
-    a_only = (a_col * torch.ones_like(b_row)).sum() * n  # a binary: each 1 of a meets n values of b
-    b_only = (torch.ones_like(a_col) * b_row).sum() * m
-    ab, bb = sa.binary, sb.binary
-    ac = torch.where(ab & bb, both, torch.where(ab, a_only, torch.where(bb, b_only, torch.zeros_like(both))))
-    return ac, dense, ab | bb
-
-
 def count_matmul(module: MatMul, args, output) -> Count:
     a, b = args[0], args[1]
     sa, sb = stats(a), stats(b)
-    ac, dense, any_bin = _binary_operand_matmul(a, b, sa, sb)
-    macs = (1.0 - any_bin.to(torch.float64)) * float(dense)
-    if module.scale != 1.0:
-        macs = macs + output.numel()
-    # the papers' estimate: firing rate of the (first) binary operand x dense (no host<->device copies here)
-    rate = torch.where(sa.binary, sa.nnz.to(torch.float64) / max(sa.numel, 1),
-                       sb.nnz.to(torch.float64) / max(sb.numel, 1))
-    paper = any_bin.to(torch.float64) * rate * float(dense)
-    # the operand that decides "spike driven" for require_spikes: the first one
-    return Count(dense=dense, macs=macs, synops=ac, spike_input=sa, synops_paper=paper,
+    a2 = a.detach().unsqueeze(0) if a.dim() == 1 else a.detach()
+    b2 = b.detach().unsqueeze(-1) if b.dim() == 1 else b.detach()
+    m, n = a2.shape[-2], b2.shape[-1]
+    batch = torch.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
+    dense = math.prod(batch) * m * a2.shape[-1] * n
+    a_col = a2.sum(-2, dtype=torch.float64)  # [..., k]: ones in each column of a (when a is binary)
+    b_row = b2.sum(-1, dtype=torch.float64)  # [..., k]: ones in each row of b (when b is binary)
+    # batch dims broadcast: an operand repeated r times over the broadcast batch counts r times
+    rep_a = math.prod(batch) // max(math.prod(a2.shape[:-2]), 1)
+    rep_b = math.prod(batch) // max(math.prod(b2.shape[:-2]), 1)
+    counts = {"both": (a_col * b_row).sum(),  # product terms whose two operands are both 1
+              "first": sa.nnz * (n * rep_a),  # each 1 of a meets the n values of its row of b
+              "second": sb.nnz * (m * rep_b)}
+    return Count(dense=dense, macs=output.numel() if module.scale != 1.0 else 0, spike_input=sa,
+                 spike_input2=sb, spike_count=counts, spike_kind="synops",
                  note="" if module.scale == 1.0 else "scale: 1 multiply per output counted as MAC")
 
 
@@ -340,13 +311,11 @@ def count_add(module: Add, args, output) -> Count:
     if not (torch.is_tensor(a) and torch.is_tensor(b)):  # tensor + Python number: one addition per element
         return Count(dense=n, dense_is_mac=False, acs=n)
     sa, sb = stats(a), stats(b)
-    ab, bb = sa.binary.to(torch.float64), sb.binary.to(torch.float64)
-    # a binary operand broadcast to the output repeats each of its spikes n / numel times
-    only_a = sa.nnz.to(torch.float64) * (n / max(sa.numel, 1))
-    only_b = sb.nnz.to(torch.float64) * (n / max(sb.numel, 1))
-    both = torch.count_nonzero(a.detach() * b.detach()).to(torch.float64)  # both binary: where both are 1
-    acs = ab * bb * both + ab * (1 - bb) * only_a + (1 - ab) * bb * only_b + (1 - ab) * (1 - bb) * float(n)
-    return Count(dense=n, dense_is_mac=False, acs=acs, spike_input=sa)
+    # an addition is needed where no binary operand is 0; a broadcast operand repeats its spikes
+    counts = {"both": torch.count_nonzero(a.detach() * b.detach()),
+              "first": sa.nnz * (n // max(sa.numel, 1)), "second": sb.nnz * (n // max(sb.numel, 1))}
+    return Count(dense=n, dense_is_mac=False, spike_input=sa, spike_input2=sb, spike_count=counts,
+                 spike_kind="acs")
 
 
 def count_neuron(module, args, output) -> Count:

@@ -6,6 +6,7 @@ forward pass the caller runs itself (``with EnergyMeter(model) as m: model(x)``;
 from __future__ import annotations
 
 import fnmatch
+import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -25,20 +26,9 @@ class _Slot:
     module: nn.Module
     counter: object  # callable or None (not counted)
     first_call: int = -1
-    calls: int = 0
-    dense: int = 0
-    dense_is_mac: bool = True
-    neuron_updates: int = 0
-    in_numel: int = 0
-    out_numel: int = 0
     notes: set = field(default_factory=set)
-    # 0-d tensors, summed at the end: name -> list
-    pending: dict = field(default_factory=dict)
-
-    def add(self, key, value):
-        if isinstance(value, (int, float)):
-            value = torch.tensor(float(value), dtype=torch.float64)
-        self.pending.setdefault(key, []).append(value.detach().to(torch.float64).reshape(()))
+    # one entry per call: (count or None, stats of the rate-defining input, output stats, all input stats)
+    calls: list = field(default_factory=list)
 
 
 def _first_tensor(obj):
@@ -138,7 +128,7 @@ class EnergyMeter:
         running, self._running = self._running, []
         if exc_type is not None and issubclass(exc_type, (ValueError, RuntimeError)):
             # name the layer: the first one whose input held NaN/inf, else the innermost one that was running
-            self._check_finite(self._sums())
+            self._check_finite(self._host_values())
             if running:
                 s = running[-1]
                 raise ValueError(f"layer {s.name!r} ({type(s.module).__name__}) failed: {exc}") from exc
@@ -175,37 +165,17 @@ class EnergyMeter:
             if slot.first_call < 0:
                 slot.first_call = self._seq
                 self._seq += 1
-            slot.calls += 1
-            ins = _tensors(args)
-            for t in ins:  # NaN/inf anywhere in the layer's inputs
-                slot.add("nonfinite", self._stats(t).nonfinite)
+            ins = [self._stats(t) for t in _tensors(args)]
             prev = C.stats
             C.stats = self._stats  # counters share this call's (and recent calls') tensor stats
             try:
                 cnt = slot.counter(module, args, output) if slot.counter is not None else None
             finally:
                 C.stats = prev
-            sin = cnt.spike_input if cnt is not None and cnt.spike_input is not None else (
-                self._stats(ins[0]) if ins else None)
-            if sin is not None:
-                slot.in_numel += sin.numel
-                slot.add("in_nnz", sin.nnz)
-                slot.add("in_nonbinary", sin.nonbinary)
+            sin = cnt.spike_input if cnt is not None and cnt.spike_input is not None else (ins[0] if ins else None)
             out = _first_tensor(output)
-            if out is not None:
-                so = self._stats(out)
-                slot.out_numel += so.numel
-                slot.add("out_nnz", so.nnz)
-            if cnt is None:
-                return
-            slot.dense += int(cnt.dense)
-            slot.dense_is_mac = cnt.dense_is_mac
-            slot.neuron_updates += int(cnt.neuron_updates)
-            for key in ("macs", "synops", "acs", "synops_paper"):
-                v = getattr(cnt, key)
-                if torch.is_tensor(v) or v:
-                    slot.add(key, v)
-            if cnt.note:
+            slot.calls.append((cnt, sin, self._stats(out) if out is not None else None, ins))
+            if cnt is not None and cnt.note:
                 slot.notes.add(cnt.note)
 
         return hook
@@ -214,59 +184,109 @@ class EnergyMeter:
     def _ran(self):
         return sorted((s for s in self._slots if s.calls), key=lambda s: s.first_call)
 
-    def _sums(self) -> dict:
-        """All pending 0-d counts summed per (layer, key): one device->host transfer per device."""
-        index, values = [], []
-        for s in self._ran():
-            for key, vals in s.pending.items():
-                for v in vals:
-                    index.append((s.name, key))
-                    values.append(v)
-        sums: dict = {}
-        by_dev: dict = {}
-        for i, v in enumerate(values):
-            by_dev.setdefault(v.device, []).append(i)
-        for dev, idx in by_dev.items():
-            host = torch.stack([values[i] for i in idx]).cpu().tolist()
-            for i, h in zip(idx, host):
-                sums[index[i]] = sums.get(index[i], 0.0) + h
-        return sums
+    def _host_values(self) -> dict:
+        """id(tensor) -> float for every 0-d count recorded: one stack + copy per (device, dtype)."""
+        tensors: dict = {}
 
-    def _check_finite(self, sums):
+        def visit(v):
+            if torch.is_tensor(v):
+                tensors[id(v)] = v
+            elif isinstance(v, C.TensorStats):
+                for t in (v.nnz, v.ones, v.total):
+                    visit(t)
+            elif isinstance(v, dict):
+                for t in v.values():
+                    visit(t)
+
+        for s in self._slots:
+            for cnt, sin, sout, ins in s.calls:
+                for v in [sin, sout, *ins]:
+                    visit(v)
+                if cnt is not None:
+                    for v in (cnt.macs, cnt.synops, cnt.acs, cnt.spike_count, cnt.spike_input, cnt.spike_input2):
+                        visit(v)
+        groups: dict = {}
+        for key, t in tensors.items():
+            groups.setdefault((t.device, t.dtype), []).append((key, t))
+        host = {}
+        for items in groups.values():
+            vals = torch.stack([t.reshape(()) for _, t in items]).cpu().tolist()
+            for (key, _), v in zip(items, vals):
+                host[key] = float(v)
+        return host
+
+    def _check_finite(self, host):
         for s in self._ran():
-            bad = int(sums.get((s.name, "nonfinite"), 0))
-            if bad:
-                raise ValueError(f"layer {s.name!r} ({type(s.module).__name__}): its input contains {bad} NaN/inf "
-                                 "value(s); all values must be finite")
+            for _, _, _, ins in s.calls:
+                for st in ins:
+                    if st.total is not None and not math.isfinite(host[id(st.total)]):
+                        raise ValueError(f"layer {s.name!r} ({type(s.module).__name__}): its input contains "
+                                         "NaN/inf value(s); all values must be finite")
 
     def report(self, batch_size: int | None = None) -> EnergyReport:
-        """Read all counts back (one transfer per device), check them, and price them on the hardware."""
+        """Read all counts back (one transfer per device and dtype), check them, price them on the hardware."""
         ran = self._ran()
-        sums = self._sums()
-        get = lambda s, k: sums.get((s.name, k), 0.0)  # noqa: E731
-        self._check_finite(sums)
-        for s in ran:
-            if any(fnmatch.fnmatchcase(s.name, p) for p in self.require):
-                nb = int(get(s, "in_nonbinary"))
-                if nb:
-                    raise ValueError(f"layer {s.name!r} ({type(s.module).__name__}) requires binary spikes "
-                                     f"(values 0 or 1) as input, but {nb} of {s.in_numel} input values were not "
-                                     "0 or 1")
+        host = self._host_values()
+        val = lambda v: host[id(v)] if torch.is_tensor(v) else float(v)  # noqa: E731
+        self._check_finite(host)
+
+        def binary(st):
+            return st is not None and val(st.nnz) == val(st.ones)
 
         hw = self.hardware
         rows, notes = [], []
         unpriced = 0
         for s in ran:
-            counted = s.counter is not None
-            r = LayerReport(name=s.name, type=type(s.module).__name__, calls=s.calls, counted=counted,
-                            dense=s.dense, dense_is_mac=s.dense_is_mac, macs=int(round(get(s, "macs"))),
-                            synops=int(round(get(s, "synops"))), acs=int(round(get(s, "acs"))),
-                            neuron_updates=s.neuron_updates, synops_paper=get(s, "synops_paper"),
-                            in_numel=s.in_numel, in_nnz=int(get(s, "in_nnz")), out_numel=s.out_numel,
-                            out_nnz=int(get(s, "out_nnz")),
-                            in_spikes=s.in_numel > 0 and int(get(s, "in_nonbinary")) == 0,
-                            note="; ".join(sorted(s.notes)) if counted else
-                            ("; ".join(sorted(s.notes)) or "no counter registered for this module type"))
+            r = LayerReport(name=s.name, type=type(s.module).__name__, calls=len(s.calls),
+                            counted=s.counter is not None)
+            require = any(fnmatch.fnmatchcase(s.name, p) for p in self.require)
+            macs = synops = acs = paper = 0.0
+            all_spikes = True
+            for cnt, sin, sout, ins in s.calls:
+                if sin is not None:
+                    r.in_numel += sin.numel
+                    r.in_nnz += int(val(sin.nnz))
+                    all_spikes &= binary(sin)
+                    if require and not binary(sin):
+                        bad = int(val(sin.nnz) - val(sin.ones))
+                        raise ValueError(f"layer {s.name!r} ({r.type}) requires binary spikes (values 0 or 1) as "
+                                         f"input, but {bad} of {sin.numel} input values were not 0 or 1")
+                if sout is not None:
+                    r.out_numel += sout.numel
+                    r.out_nnz += int(val(sout.nnz))
+                if cnt is None:
+                    continue
+                r.dense += int(cnt.dense)
+                r.dense_is_mac = cnt.dense_is_mac
+                r.neuron_updates += int(cnt.neuron_updates)
+                macs += val(cnt.macs)
+                synops += val(cnt.synops)
+                acs += val(cnt.acs)
+                if cnt.spike_count is None:
+                    continue
+                b1 = binary(cnt.spike_input)
+                if isinstance(cnt.spike_count, dict):
+                    b2 = binary(cnt.spike_input2)
+                    key = "both" if b1 and b2 else "first" if b1 else "second" if b2 else None
+                    spiking = val(cnt.spike_count[key]) if key else None
+                    rate_src = cnt.spike_input if b1 else cnt.spike_input2
+                else:
+                    spiking = val(cnt.spike_count) if b1 else None
+                    rate_src = cnt.spike_input
+                if spiking is None:  # no binary operand: the dense operations
+                    if cnt.dense_is_mac:
+                        macs += cnt.dense
+                    else:
+                        acs += cnt.dense
+                elif cnt.spike_kind == "synops":
+                    synops += spiking
+                    paper += val(rate_src.nnz) / max(rate_src.numel, 1) * cnt.dense  # the papers' rate x dense
+                else:
+                    acs += spiking
+            r.macs, r.synops, r.acs = int(round(macs)), int(round(synops)), int(round(acs))
+            r.synops_paper = paper
+            r.in_spikes = r.in_numel > 0 and all_spikes
+            r.note = "; ".join(sorted(s.notes)) or ("" if r.counted else "no counter registered for this module type")
             e_mac = hw.e_mac_pj
             if e_mac is None:
                 unpriced += r.macs
