@@ -24,11 +24,13 @@ pick_python() {
 
 if [ ! -x "$VENV/bin/python" ]; then
   PY="$(pick_python)"
-  if "$PY" -c 'import torch' >/dev/null 2>&1; then
-    echo "neurosim: keeping the torch that $PY already has ($("$PY" -c 'import torch; print(torch.__version__)'))"
-    "$PY" -m venv --system-site-packages "$VENV"
-  else
-    "$PY" -m venv "$VENV"
+  "$PY" -m venv "$VENV"
+  if torch_site="$("$PY" -c 'import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))' 2>/dev/null)"; then
+    # Works for a system, conda or virtualenv interpreter alike: the venv's own packages come first, the
+    # existing torch (and only what pip then finds already there) is used from its own site directory.
+    echo "neurosim: keeping the torch that $PY already has ($("$PY" -c 'import torch; print(torch.__version__)')) from $torch_site"
+    site="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+    echo "$torch_site" > "$site/_neurosim_existing_torch.pth"
   fi
 fi
 
@@ -44,7 +46,13 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "${pip[@]}" -r "$ROOT/requirements.txt"
   # norse depends on torchvision, which breaks beside a CPU torch and which neurosim does not need.
   "$VENV/bin/python" -c 'import norse' >/dev/null 2>&1 || "${pip[@]}" --no-deps norse==1.1.0
-  if [ "${NEUROSIM_DEV:-0}" = 1 ]; then "${pip[@]}" -r "$ROOT/requirements-dev.txt"; fi
+  if [ "${NEUROSIM_DEV:-0}" = 1 ]; then
+    "${pip[@]}" -r "$ROOT/requirements-dev.txt"
+    # Peer SynOps counters for the energy tests (issue 5). --no-deps: spikingjelly requires torchvision /
+    # torchaudio, which break beside a CPU torch; what they import at runtime (loguru, progress) is in
+    # requirements-dev.txt.
+    "${pip[@]}" --no-deps spikingjelly==2.0.0 syops==0.0.5
+  fi
   "${pip[@]}" --no-deps --no-build-isolation -e "$ROOT"
   echo "$want" > "$stamp"
 fi
