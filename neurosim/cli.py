@@ -2,9 +2,10 @@
 
 Train settings come from, in increasing precedence: built-in defaults, the config stored in the checkpoint
 being resumed, a ``--config`` YAML/JSON file, and explicit flags. Bad values are reported argparse-style
-(``neurosim train: error: ...``) with exit code 2. ``energy`` and ``export`` are provided by the modules
-``neurosim.energy.cli`` and ``neurosim.hardware.cli`` (each a ``register(subparsers)`` function); while those
-do not exist the commands say so and exit with status 1.
+(``neurosim train: error: ...``) with exit code 2. ``energy`` and ``export`` come from the modules
+``neurosim.energy.cli`` and ``neurosim.hardware.cli`` (a ``register(subparsers)`` function, or an
+``add_arguments(parser)`` + ``cli_main(args, load=...)`` pair); while one does not exist its command says so and
+exits with status 1.
 """
 from __future__ import annotations
 
@@ -163,11 +164,16 @@ def _cmd_demo(parser, args) -> int:
     return 0
 
 
-def _optional_command(sub, name: str, module: str, help_text: str) -> None:
-    """Let ``module.register(sub)`` add the command; while the module is missing, add a stub saying so."""
+def _optional_command(sub, name: str, module: str, help_text: str, load: str | None = None) -> None:
+    """Add the command from ``module``: either its ``register(subparsers)``, or its ``add_arguments(parser)`` +
+    ``cli_main(args, load=...)`` pair (``load``: 'module:function' giving trainer checkpoints to it). While the
+    module is missing, add a stub that says so and exits with status 1."""
     try:
         mod = importlib.import_module(module)
-        register = mod.register
+        if hasattr(mod, "register"):
+            mod.register(sub)
+            return
+        add_arguments, cli_main = mod.add_arguments, mod.cli_main
     except (ImportError, AttributeError) as err:
         reason = f"{module} is not available ({type(err).__name__}: {err})"
         p = sub.add_parser(name, help=f"{help_text} [not available yet]",
@@ -178,7 +184,21 @@ def _optional_command(sub, name: str, module: str, help_text: str) -> None:
             return 1
         p.set_defaults(handler=stub)
         return
-    register(sub)
+    p = sub.add_parser(name, help=help_text, description=f"{help_text}. Trainer checkpoints (neurosim train) "
+                       "rebuild their own model; other files need the options below.")
+    add_arguments(p)
+
+    def run(parser, args):
+        loader = None
+        if load:
+            mod_name, fn = load.split(":")
+            loader = getattr(importlib.import_module(mod_name), fn)
+        try:
+            cli_main(args, load=loader)
+        except ValueError as err:
+            parser.error(str(err))
+        return 0
+    p.set_defaults(handler=run)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "`torchrun --nproc_per_node=N -m neurosim.cli train ...` (DDP).")
     _add_train_args(train, demo=False)
     train.set_defaults(handler=_cmd_train)
-    _optional_command(sub, "energy", "neurosim.energy.cli", "estimate SynOps and energy of a model")
+    _optional_command(sub, "energy", "neurosim.energy.cli", "estimate SynOps and energy of a model",
+                      load="neurosim.training.restore:energy_loader")
     _optional_command(sub, "export", "neurosim.hardware.cli", "export a model to Lava-DL NetX or NIR")
     return parser
 

@@ -107,3 +107,23 @@ def test_console_script_is_installed():
     exe = shutil.which("neurosim") or str(__import__("pathlib").Path(sys.executable).with_name("neurosim"))
     res = subprocess.run([exe, "train", "--epochs", "x"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "neurosim train: error: argument --epochs" in res.stderr
+
+
+def test_energy_command_rebuilds_a_trainer_checkpoint(tmp_path, capsys):
+    pytest.importorskip("neurosim.energy.cli")
+    from neurosim.training import TrainConfig, Trainer
+    from neurosim.training.restore import time_major_inputs
+
+    out = tmp_path / "run"
+    Trainer(TrainConfig(epochs=1, num_steps=3, model_options={"hidden": [8]}, progress=False, tensorboard=False,
+                        plots=False, out_dir=str(out))).fit()
+    ckpt = out / "checkpoints" / "best.pt"
+    assert cli.main(["energy", str(ckpt), "--plain", "--json", str(tmp_path / "e.json")]) == 0
+    first = json.loads((tmp_path / "e.json").read_text())["layers"][0]
+    _, spikes = time_major_inputs(ckpt)                 # the same seeded encoding, recomputed here
+    assert spikes.shape == (3, 64, 64)
+    # hand count: every input spike drives the 8 hidden synapses once; dense = T*B*64*8 multiply-adds
+    assert first["name"] == "model.linears.0"
+    assert first["synops"] == int(spikes.sum()) * 8 and first["dense"] == 3 * 64 * 64 * 8
+    code, err = _fails(["energy", str(tmp_path / "missing.pt")], capsys)
+    assert code == 2 and "does not exist" in err

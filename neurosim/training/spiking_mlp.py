@@ -41,12 +41,19 @@ class SpikingMLP(nn.Module):
         self.neurons = nn.ModuleList(LIF(beta=beta, threshold=threshold, backend=backend) for _ in hidden)
         self.readout = nn.Linear(sizes[-1], validate.positive_int("num_outputs", num_outputs))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, ...]`` -> input spikes (or currents, for "direct") ``[T, B, F]``."""
         validate.rank_at_least("x", x, 2, "[B, ...]")
-        s = encode(x.flatten(1), self.encoder, self.num_steps)          # [T, B, F]
+        return encode(x.flatten(1), self.encoder, self.num_steps)
+
+    def forward_spikes(self, s: torch.Tensor) -> torch.Tensor:
+        """The network on encoded input ``[T, B, F]`` -> ``[B, num_outputs]`` (mean readout over T)."""
         for linear, neuron in zip(self.linears, self.neurons):
             s = neuron(linear(s))
-        return self.readout(s).mean(0)                                 # [B, num_outputs]
+        return self.readout(s).mean(0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_spikes(self.encode(x))
 
 
 def build(info, cfg) -> SpikingMLP:

@@ -1,0 +1,65 @@
+"""Rebuild a trained model from a trainer checkpoint (for ``neurosim energy`` / ``export`` and notebooks).
+
+The checkpoint's config names the registered model and dataset, so nothing but the file is needed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import checkpoint as ckpt_io
+from .config import TrainConfig
+from .data import split_indices
+from .registry import get_dataset, get_model
+
+
+def load_trained(path: str | Path, device: str | torch.device = "cpu"):
+    """Return ``(model, cfg, info, val_indices)`` from a neurosim checkpoint (weights loaded, eval mode)."""
+    ck = ckpt_io.load(path)
+    cfg = TrainConfig.from_dict(ck["config"])
+    info = get_dataset(cfg.dataset)(cfg)
+    model = get_model(cfg.model)(info, cfg)
+    ckpt_io.check_state_dict(path, "model", ck["model"], model.state_dict())
+    model.load_state_dict(ck["model"])
+    if info.val_indices is not None:
+        val = list(info.val_indices)
+    else:
+        val = split_indices(len(info.dataset), cfg.val_fraction, cfg.seed)[1]
+    return model.to(device).eval(), cfg, info, val
+
+
+class SpikeInput(nn.Module):
+    """Wraps a model with ``encode``/``forward_spikes`` so it takes already-encoded ``[T, B, ...]`` input."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, s):
+        return self.model.forward_spikes(s)
+
+
+def time_major_inputs(path: str | Path, num_samples: int = 64, seed: int = 0):
+    """``(module, inputs)`` taking time-major input: the model of a checkpoint on ``num_samples`` validation
+    samples, encoded by the model itself (seeded) when it can (``encode``/``forward_spikes``)."""
+    model, cfg, info, val = load_trained(path)
+    x = torch.stack([info.dataset[i][0] for i in val[:num_samples]])
+    if hasattr(model, "encode") and hasattr(model, "forward_spikes"):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return SpikeInput(model), model.encode(x)
+    return model, x
+
+
+def energy_loader(path, args):
+    """``load`` hook for :func:`neurosim.energy.cli_main`: trainer checkpoints rebuild themselves; any other file
+    goes to the energy module's own loader (state dict + ``--model``)."""
+    try:
+        ckpt_io.load(path)
+    except ckpt_io.CheckpointError:
+        from ..energy.cli import default_load
+
+        return default_load(path, args)
+    return time_major_inputs(path, seed=getattr(args, "seed", 0))
