@@ -10,9 +10,9 @@ from importlib import import_module
 
 _EXPORTS = {
     "export_lava": "export",
-    "run_lava": "lava",
-    "run_lava_many": "lava",
-    "LavaError": "lava",
+    "run_lava": "lava_sim",
+    "run_lava_many": "lava_sim",
+    "LavaError": "lava_sim",
     "LoihiNetwork": "loihi",
     "pad_steps": "loihi",
     "quantize": "loihi",

@@ -7,10 +7,15 @@ one process, so Lava is imported once). ``IN_NPZ`` holds ``spikes`` ``[T, B, *in
 run ``steps`` steps per sample, and between samples each layer's ``u``, ``v`` and synapse buffer are zeroed.
 This file must not import neurosim (it runs outside the main environment).
 """
+import os
 import sys
 import time
 
-import numpy as np
+# This file's folder holds neurosim modules (lava_sim.py, netx.py...) that must not shadow Lava's packages.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.getcwd()) != _HERE]
+
+import numpy as np  # noqa: E402
 
 
 def _to_lava(x: np.ndarray) -> np.ndarray:
