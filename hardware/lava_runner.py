@@ -78,11 +78,44 @@ def run_one(net_file: str, in_npz: str, out_npz: str) -> None:
           file=sys.stderr)
 
 
+def inspect(net_file: str, out_npz: str) -> None:
+    """Load ``net_file`` with ``netx.hdf5.Network`` and save what Lava built: per layer the block type, shape,
+    neuron parameters and the synapse weights/exponent Lava's process will use."""
+    from lava.lib.dl import netx
+
+    net = netx.hdf5.Network(net_config=net_file)
+    out = {"num_layers": np.int64(len(net.layers)), "inp_shape": np.array(net.inp.shape),
+           "out_shape": np.array(net.out.shape)}
+    for i, layer in enumerate(net.layers):
+        n, syn = layer.neuron, layer.synapse
+        out[f"{i}_block"] = np.array(type(layer).__name__)
+        out[f"{i}_shape"] = np.array(layer.shape)
+        for key in ("du", "dv", "vth", "bias_mant", "bias_exp"):
+            out[f"{i}_{key}"] = np.asarray(getattr(n, key).init)
+        if hasattr(syn, "weights"):
+            out[f"{i}_weight"] = np.asarray(syn.weights.init)
+            out[f"{i}_weight_exp"] = np.asarray(syn.proc_params.get("weight_exp", 0))
+        else:
+            out[f"{i}_weight"] = np.asarray(syn.weight.init)
+            for key in ("stride", "padding", "dilation", "groups"):
+                out[f"{i}_{key}"] = np.asarray(getattr(syn, key).init)
+    np.savez(out_npz, **out)
+
+
 def main(args) -> None:
-    if not args or len(args) % 3:
-        raise SystemExit("usage: lava_runner.py NET_FILE IN_NPZ OUT_NPZ [NET_FILE IN_NPZ OUT_NPZ ...]")
-    for i in range(0, len(args), 3):
-        run_one(*args[i:i + 3])
+    """Jobs, in order: ``NET IN OUT`` (simulate) or ``--inspect NET OUT`` (describe what NetX built)."""
+    i = 0
+    if not args:
+        raise SystemExit("usage: lava_runner.py [--inspect NET OUT | NET IN OUT] ...")
+    while i < len(args):
+        if args[i] == "--inspect" and i + 2 < len(args):
+            inspect(args[i + 1], args[i + 2])
+            i += 3
+        elif args[i] != "--inspect" and i + 2 < len(args):
+            run_one(*args[i:i + 3])
+            i += 3
+        else:
+            raise SystemExit("usage: lava_runner.py [--inspect NET OUT | NET IN OUT] ...")
 
 
 if __name__ == "__main__":

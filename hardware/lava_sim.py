@@ -59,13 +59,18 @@ def _spikes_np(spikes) -> np.ndarray:
     return x.numpy().astype(np.uint8)
 
 
-def run_lava_many(jobs, timeout: Optional[float] = None) -> list:
+def run_lava_many(jobs, inspect=(), timeout: Optional[float] = None):
     """Run several ``(path, spikes, steps)`` jobs in one Lava process (Lava is imported once).
 
-    Returns, per job, the list of every layer's spikes ``[steps, B, *shape]`` as float tensors.
+    Returns, per job, the list of every layer's spikes ``[steps, B, *shape]`` as float tensors. With
+    ``inspect`` (NetX file paths) it returns ``(results, descriptions)``: for each file, a dict of what
+    ``netx.hdf5.Network`` built from it (block types, shapes, neuron parameters, synapse weights).
     """
-    jobs = list(jobs)
+    jobs, inspect = list(jobs), [Path(p).resolve() for p in inspect]
     prepared = []
+    for p in inspect:
+        if not p.is_file():
+            raise ValueError(f"path {str(p)!r} does not exist")
     for path, spikes, steps in jobs:
         path = Path(path)
         if not path.is_file():
@@ -82,6 +87,8 @@ def run_lava_many(jobs, timeout: Optional[float] = None) -> list:
             inp, out = Path(tmp) / f"in{i}.npz", Path(tmp) / f"out{i}.npz"
             np.savez(inp, spikes=x, steps=np.int64(steps))
             args += [str(path), str(inp), str(out)]
+        for i, p in enumerate(inspect):
+            args += ["--inspect", str(p), str(Path(tmp) / f"inspect{i}.npz")]
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
         env.setdefault("OMP_NUM_THREADS", "1")
         res = subprocess.run([str(py), str(RUNNER), *args], env=env, capture_output=True, text=True,
@@ -93,7 +100,11 @@ def run_lava_many(jobs, timeout: Optional[float] = None) -> list:
             with np.load(Path(tmp) / f"out{i}.npz") as d:
                 n = len(d.files)
                 results.append([torch.from_numpy(d[f"layer_{j}"].astype(np.float32)) for j in range(n)])
-    return results
+        described = []
+        for i in range(len(inspect)):
+            with np.load(Path(tmp) / f"inspect{i}.npz") as d:
+                described.append({k: d[k] for k in d.files})
+    return (results, described) if inspect else results
 
 
 def run_lava(path, spikes, steps: Optional[int] = None, return_all: bool = False, timeout: Optional[float] = None):
