@@ -1,0 +1,30 @@
+"""Rate (Bernoulli) coding."""
+from __future__ import annotations
+
+import torch
+
+from neurosim import validate
+
+
+def rate(data: torch.Tensor, num_steps: int, gain: float = 1.0, offset: float = 0.0,
+         generator: torch.Generator | None = None, clamp: bool = False) -> torch.Tensor:
+    r"""Bernoulli spike trains: :math:`s_t \sim \mathrm{Bernoulli}(p)` with :math:`p = \text{gain}\cdot x + \text{offset}`.
+
+    Args:
+        data: intensities ``[B, ...]``; ``p`` must lie in [0, 1] unless ``clamp=True`` (then it is clipped).
+        num_steps: T >= 1.
+        generator: a seeded ``torch.Generator`` for reproducible spikes (the global RNG when ``None``;
+            with the same seed the draws equal ``snntorch.spikegen.rate``'s).
+    Returns:
+        float spikes ``[T, B, ...]``.
+    """
+    validate.finite("data", data)
+    validate.rank_at_least("data", data, 1, "[B, ...]")
+    num_steps = validate.positive_int("num_steps", num_steps)
+    p = data.float() * gain + offset
+    if clamp:
+        p = p.clamp(0.0, 1.0)
+    else:
+        validate.in_range("data*gain+offset (firing probability)", p, 0.0, 1.0)
+    probs = p.repeat((num_steps,) + (1,) * p.dim())
+    return torch.bernoulli(probs, generator=generator)
