@@ -91,6 +91,7 @@ def run_lava_many(jobs, inspect=(), timeout: Optional[float] = None):
             args += ["--inspect", str(p), str(Path(tmp) / f"inspect{i}.npz")]
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
         env.setdefault("OMP_NUM_THREADS", "1")
+        env["MPLBACKEND"] = "Agg"    # lava-dl imports matplotlib; a Jupyter kernel's inline backend is unknown there
         res = subprocess.run([str(py), str(RUNNER), *args], env=env, capture_output=True, text=True,
                              timeout=timeout, cwd=tmp)
         if res.returncode != 0:

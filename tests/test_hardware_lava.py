@@ -42,9 +42,11 @@ def lava(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("lava")
     out = {}
     xtr, ytr, xte, yte = demo.digits_spikes(T)
+    torch.manual_seed(0)
     mlp = demo.digits_mlp()
     demo.train_classifier(mlp, xtr, ytr, epochs=6, lr=5e-3, progress=False)
     ctr, _, cte, _ = demo.digits_spikes(T, image=True)
+    torch.manual_seed(0)
     conv = demo.digits_convnet()
     demo.train_classifier(conv, ctr, ytr, epochs=6, lr=1e-2, progress=False)
     edge = edge_net()
