@@ -93,9 +93,12 @@ def test_lava_accuracy_within_one_point_of_float(name, lava):
         float_acc = demo.accuracy(case["model"](pad(case["x"], case["steps"])), y)
         float_acc_t = demo.accuracy(case["model"](case["x"]), y)
     lava_acc = demo.accuracy(case["lava"][-1], y)
-    print(f"{name}: float {float_acc:.2f}% (T={T}: {float_acc_t:.2f}%), Lava {lava_acc:.2f}% on {len(y)} digits")
-    assert float_acc > 80
-    assert abs(lava_acc - float_acc) <= 1.0
+    print(f"{name}: float {float_acc_t:.2f}% (fed the zero-padded stream: {float_acc:.2f}%), Lava {lava_acc:.2f}% "
+          f"on {len(y)} digits")
+    # The float model as trained and evaluated (T steps) vs Lava (T + depth steps, so that the last layer sees
+    # every input step through the one-step-per-layer latency). One digit is 0.28 points.
+    assert float_acc_t > 80
+    assert abs(lava_acc - float_acc_t) <= 1.0
 
 
 def test_netx_network_reads_back_the_files(lava):
