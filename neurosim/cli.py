@@ -76,10 +76,10 @@ def _add_train_args(p: argparse.ArgumentParser, demo: bool) -> None:
         g.add_argument("--model", metavar="NAME", default=SUP,
                        help="registered model (built in: spiking_mlp; models register est, spikformer, ...)")
         g.add_argument("--dataset", metavar="NAME", default=SUP, help="registered dataset: digits, damped_sine, ...")
-        g.add_argument("--opt", metavar="KEY=VALUE", action="append", type=_key_value, default=SUP,
-                       help="model option (repeatable), e.g. --opt hidden=[256,128]")
-        g.add_argument("--data-opt", metavar="KEY=VALUE", action="append", type=_key_value, default=SUP,
-                       help="dataset option (repeatable), e.g. --data-opt seq_len=16")
+    g.add_argument("--opt", metavar="KEY=VALUE", action="append", type=_key_value, default=SUP,
+                   help="model option (repeatable), e.g. --opt hidden=[256,128]")
+    g.add_argument("--data-opt", metavar="KEY=VALUE", action="append", type=_key_value, default=SUP,
+                   help="dataset option (repeatable), e.g. --data-opt seq_len=16")
     g.add_argument("--encoder", choices=ENCODERS, default=SUP, help="input spike code (default: per model/task)")
     g.add_argument("--backend", choices=BACKENDS, default=SUP, help="LIF backend")
     g.add_argument("--num-steps", type=_int_at_least(1), default=SUP, help="time steps T")
@@ -120,7 +120,7 @@ def _config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace,
     from .training.registry import get_dataset, get_model
 
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "handler", "config", "resume", "opt",
-                                                              "data_opt")}
+                                                              "data_opt", "_argv")}
     try:
         file_values = load_config_file(args.config) if getattr(args, "config", None) else {}
         cfg = TrainConfig.from_dict({**base, **file_values, **flags})
@@ -201,6 +201,28 @@ def _optional_command(sub, name: str, module: str, help_text: str, load: str | N
     p.set_defaults(handler=run)
 
 
+def _export_command(sub) -> None:
+    """``neurosim export`` from :mod:`neurosim.hardware.cli` (``build_parser`` + ``cli_main(argv, load_model)``),
+    with trainer checkpoints rebuilt by :func:`neurosim.training.restore.export_loader`."""
+    help_text = "export a model to Lava-DL NetX or NIR"
+    try:
+        hw = importlib.import_module("neurosim.hardware.cli")
+        build, cli_main = hw.build_parser, hw.cli_main
+    except (ImportError, AttributeError):
+        _optional_command(sub, "export", "neurosim.hardware.cli", help_text)
+        return
+    p = sub.add_parser("export", help=help_text, description=f"{help_text}. Trainer checkpoints (neurosim train) "
+                       "rebuild their own model.")
+    build(p)
+
+    def run(parser, args):
+        from .training.restore import export_loader
+
+        raw = args._argv
+        return cli_main(raw[raw.index("export") + 1:], load_model=export_loader)
+    p.set_defaults(handler=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="neurosim", description="neurosim: neuromorphic simulation toolkit")
     from . import __version__
@@ -219,13 +241,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=_cmd_train)
     _optional_command(sub, "energy", "neurosim.energy.cli", "estimate SynOps and energy of a model",
                       load="neurosim.training.restore:energy_loader")
-    _optional_command(sub, "export", "neurosim.hardware.cli", "export a model to Lava-DL NetX or NIR")
+    _export_command(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args._argv = argv
     sub_parser = parser._subparsers._group_actions[0].choices[args.command]  # for parser.error in that command
     return int(args.handler(sub_parser, args) or 0)
 

@@ -63,3 +63,17 @@ def energy_loader(path, args):
 
         return default_load(path, args)
     return time_major_inputs(path, seed=getattr(args, "seed", 0))
+
+
+def export_loader(path):
+    """``load_model`` hook for :func:`neurosim.hardware.cli.cli_main`: a trainer checkpoint gives its model's
+    ``export_stack()`` (a Sequential of synapses and LIF neurons taking ``[T, B, F]``) when the model has one,
+    else the model; any other file goes to the exporter's own loader."""
+    try:
+        ckpt_io.load(path)
+    except ckpt_io.CheckpointError:
+        from ..hardware.cli import load_exportable
+
+        return load_exportable(path)
+    model = load_trained(path)[0]
+    return model.export_stack() if hasattr(model, "export_stack") else model

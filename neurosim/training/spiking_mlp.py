@@ -30,7 +30,8 @@ def encode(x: torch.Tensor, encoder: str, num_steps: int) -> torch.Tensor:
 
 class SpikingMLP(nn.Module):
     def __init__(self, in_features: int, num_outputs: int, hidden=(128,), num_steps: int = 16,
-                 encoder: str = "rate", beta: float = 0.9, threshold: float = 1.0, backend: str = "snntorch"):
+                 encoder: str = "rate", beta: float = 0.9, threshold: float = 1.0, backend: str = "snntorch",
+                 reset: str = "subtract"):
         super().__init__()
         validate.one_of("encoder", encoder, ENCODERS)
         self.encoder = encoder
@@ -38,7 +39,7 @@ class SpikingMLP(nn.Module):
         hidden = [hidden] if isinstance(hidden, int) else list(hidden)
         sizes = [validate.positive_int("in_features", in_features)] + [validate.positive_int("hidden", h) for h in hidden]
         self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
-        self.neurons = nn.ModuleList(LIF(beta=beta, threshold=threshold, backend=backend) for _ in hidden)
+        self.neurons = nn.ModuleList(LIF(beta=beta, threshold=threshold, reset=reset, backend=backend) for _ in hidden)
         self.readout = nn.Linear(sizes[-1], validate.positive_int("num_outputs", num_outputs))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -55,10 +56,27 @@ class SpikingMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_spikes(self.encode(x))
 
+    def export_stack(self) -> nn.Sequential:
+        """The network as a stack of synapses and LIF neurons on encoded input ``[T, B, F]`` (for export).
+
+        The time-averaged readout becomes a non-leaking integrator (beta=1) whose threshold lies above any
+        membrane it can reach in ``num_steps`` steps (T * max over outputs of sum|W| + |b|), so it never fires:
+        its final membrane is ``num_steps`` times this model's output, the same class ranking.
+        """
+        layers = []
+        for linear, neuron in zip(self.linears, self.neurons):
+            layers += [linear, neuron]
+        w, b = self.readout.weight.detach(), self.readout.bias.detach()
+        bound = float((w.abs().sum(1) + b.abs()).max()) * self.num_steps
+        layers += [self.readout, LIF(beta=1.0, threshold=bound + 1.0, reset="zero", backend=self.neurons[0].backend
+                                     if len(self.neurons) else "snntorch")]
+        return nn.Sequential(*layers)
+
 
 def build(info, cfg) -> SpikingMLP:
-    """Registry builder: options ``hidden`` (list or int, default [128]), ``beta`` (0.9), ``threshold`` (1.0)."""
-    allowed = {"hidden": [128], "beta": 0.9, "threshold": 1.0}
+    """Registry builder: options ``hidden`` (list or int, default [128]), ``beta`` (0.9), ``threshold`` (1.0),
+    ``reset`` ("subtract"; "zero" exports exactly to Lava-DL / NIR)."""
+    allowed = {"hidden": [128], "beta": 0.9, "threshold": 1.0, "reset": "subtract"}
     unknown = sorted(set(cfg.model_options) - set(allowed))
     if unknown:
         raise ValueError(f"unknown model_options {', '.join(unknown)} for model 'spiking_mlp'; "
@@ -69,7 +87,7 @@ def build(info, cfg) -> SpikingMLP:
     for s in info.input_shape:
         in_features *= s
     return SpikingMLP(in_features, info.num_outputs, opts["hidden"], cfg.num_steps, encoder, opts["beta"],
-                      opts["threshold"], cfg.backend)
+                      opts["threshold"], cfg.backend, opts["reset"])
 
 
 register_model("spiking_mlp", build)
