@@ -1,0 +1,213 @@
+"""The ``neurosim`` command: ``demo``, ``train``, ``energy``, ``export`` (``neurosim <command> --help``).
+
+Train settings come from, in increasing precedence: built-in defaults, the config stored in the checkpoint
+being resumed, a ``--config`` YAML/JSON file, and explicit flags. Bad values are reported argparse-style
+(``neurosim train: error: ...``) with exit code 2. ``energy`` and ``export`` are provided by the modules
+``neurosim.energy.cli`` and ``neurosim.hardware.cli`` (each a ``register(subparsers)`` function); while those
+do not exist the commands say so and exit with status 1.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+SUP = argparse.SUPPRESS
+
+
+# ---- argument types (raise ArgumentTypeError -> "argument --x: ..." and exit 2) -----------------------------
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {v}")
+        return v
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def _float_in(lo: float, hi: float, lo_open: bool, hi_open: bool):
+    interval = ("(" if lo_open else "[") + f"{lo:g}, {hi:g}" + (")" if hi_open else "]")
+
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number in {interval}, got {text!r}") from None
+        ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+        if not ok or v != v:
+            raise argparse.ArgumentTypeError(f"must be a number in {interval}, got {text}")
+        return v
+    parse.__name__ = f"number in {interval}"
+    return parse
+
+
+def _device(text: str) -> str:
+    if text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
+        return text
+    raise argparse.ArgumentTypeError(f"must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {text!r}")
+
+
+def _key_value(text: str) -> tuple[str, object]:
+    if "=" not in text or not text.split("=", 1)[0]:
+        raise argparse.ArgumentTypeError(f"must look like KEY=VALUE, got {text!r}")
+    import yaml
+
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError as err:
+        raise argparse.ArgumentTypeError(f"cannot parse value of {key!r}: {err}") from None
+    return key, value
+
+
+def _add_train_args(p: argparse.ArgumentParser, demo: bool) -> None:
+    from .neurons import BACKENDS
+    from .training.config import ENCODERS, OPTIMIZERS
+
+    g = p.add_argument_group("what to train")
+    if not demo:
+        g.add_argument("--config", metavar="FILE", default=SUP, help="YAML or JSON file of TrainConfig fields")
+        g.add_argument("--model", metavar="NAME", default=SUP,
+                       help="registered model (built in: spiking_mlp; models register est, spikformer, ...)")
+        g.add_argument("--dataset", metavar="NAME", default=SUP, help="registered dataset: digits, damped_sine, ...")
+        g.add_argument("--opt", metavar="KEY=VALUE", action="append", type=_key_value, default=SUP,
+                       help="model option (repeatable), e.g. --opt hidden=[256,128]")
+        g.add_argument("--data-opt", metavar="KEY=VALUE", action="append", type=_key_value, default=SUP,
+                       help="dataset option (repeatable), e.g. --data-opt seq_len=16")
+    g.add_argument("--encoder", choices=ENCODERS, default=SUP, help="input spike code (default: per model/task)")
+    g.add_argument("--backend", choices=BACKENDS, default=SUP, help="LIF backend")
+    g.add_argument("--num-steps", type=_int_at_least(1), default=SUP, help="time steps T")
+    h = p.add_argument_group("optimisation")
+    h.add_argument("--epochs", type=_int_at_least(1), default=SUP)
+    h.add_argument("--lr", type=_float_in(0, float("inf"), True, True), default=SUP, help="learning rate")
+    h.add_argument("--batch-size", type=_int_at_least(1), default=SUP, help="global batch size (all processes)")
+    h.add_argument("--weight-decay", type=_float_in(0, float("inf"), False, True), default=SUP)
+    h.add_argument("--optimizer", choices=OPTIMIZERS, default=SUP)
+    h.add_argument("--lr-factor", type=_float_in(0, 1, True, True), default=SUP, help="ReduceLROnPlateau factor")
+    h.add_argument("--lr-patience", type=_int_at_least(0), default=SUP, help="ReduceLROnPlateau patience (epochs)")
+    h.add_argument("--patience", type=_int_at_least(0), default=SUP, help="early-stopping patience (0: off)")
+    h.add_argument("--grad-clip", type=_float_in(0, float("inf"), False, True), default=SUP,
+                   help="max gradient norm (0: off)")
+    h.add_argument("--seed", type=_int_at_least(0), default=SUP)
+    h.add_argument("--val-fraction", type=_float_in(0, 1, True, True), default=SUP)
+    r = p.add_argument_group("run")
+    r.add_argument("--device", type=_device, default=SUP, help="auto (CUDA when present), cpu, cuda, cuda:N")
+    r.add_argument("--bf16", dest="precision", action="store_const", const="bf16", default=SUP,
+                   help="bfloat16 autocast")
+    r.add_argument("--out-dir", metavar="DIR", default=SUP, help="where logs, checkpoints and plots go")
+    r.add_argument("--save-every", type=_int_at_least(0), default=SUP,
+                   help="also write the last checkpoint every N steps inside an epoch (0: end of epoch only)")
+    r.add_argument("--resume", nargs="?", const="auto", metavar="CHECKPOINT", default=SUP,
+                   help="continue a killed run (default checkpoint: OUT_DIR/checkpoints/last.pt)")
+    r.add_argument("--no-progress", dest="progress", action="store_false", default=SUP, help="no progress bar")
+    r.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=SUP)
+    r.add_argument("--no-plots", dest="plots", action="store_false", default=SUP)
+
+
+def _config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace, base: dict):
+    """Merge defaults < resumed checkpoint's config < --config file < flags; check names; return (cfg, resume)."""
+    from .training import checkpoint as ckpt_io
+    from .training.config import TrainConfig, load_config_file
+    from .training.distributed import resolve_device
+    from .training.registry import get_dataset, get_model
+
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "handler", "config", "resume", "opt",
+                                                              "data_opt")}
+    try:
+        file_values = load_config_file(args.config) if getattr(args, "config", None) else {}
+        cfg = TrainConfig.from_dict({**base, **file_values, **flags})
+        resume = getattr(args, "resume", None)
+        if resume is not None:
+            path = Path(cfg.out_dir) / "checkpoints" / "last.pt" if resume == "auto" else Path(resume)
+            saved = ckpt_io.load(path)["config"]
+            saved.pop("epochs", None)   # a resumed run may be extended
+            saved.pop("device", None)
+            cfg = TrainConfig.from_dict({**base, **saved, **file_values, **flags})
+            resume = path
+        for key, field in (("opt", "model_options"), ("data_opt", "dataset_options")):
+            if getattr(args, key, None):
+                setattr(cfg, field, {**getattr(cfg, field), **dict(getattr(args, key))})
+        cfg.validate()
+        get_model(cfg.model)
+        get_dataset(cfg.dataset)
+        resolve_device(cfg.device)
+    except ValueError as err:
+        parser.error(str(err))
+    return cfg, resume
+
+
+def _cmd_train(parser, args) -> int:
+    from .training import Trainer
+
+    cfg, resume = _config_from_args(parser, args, {})
+    summary = Trainer(cfg).fit(resume=resume)
+    if "paths" in summary:
+        best = ", ".join(f"{k} {v:.4g}" for k, v in summary["best"].items())
+        print(f"neurosim train: {cfg.model} on {cfg.dataset}, {summary['epochs_run']} epochs on {summary['device']}"
+              f" x{summary['world_size']}; best epoch {summary['best_epoch']}: {best}")
+        for key, path in summary["paths"].items():
+            print(f"  {key:<16} {path}")
+    return 0
+
+
+def _cmd_demo(parser, args) -> int:
+    from .training.demo import DEMO_DEFAULTS, run_demo
+
+    cfg, resume = _config_from_args(parser, args, dict(DEMO_DEFAULTS))
+    run_demo(cfg, resume=resume)
+    return 0
+
+
+def _optional_command(sub, name: str, module: str, help_text: str) -> None:
+    """Let ``module.register(sub)`` add the command; while the module is missing, add a stub saying so."""
+    try:
+        mod = importlib.import_module(module)
+        register = mod.register
+    except (ImportError, AttributeError) as err:
+        reason = f"{module} is not available ({type(err).__name__}: {err})"
+        p = sub.add_parser(name, help=f"{help_text} [not available yet]",
+                           description=f"{help_text}. Not available in this installation yet: {reason}.")
+
+        def stub(parser, args, reason=reason):
+            print(f"neurosim {name}: not available yet: {reason}", file=sys.stderr)
+            return 1
+        p.set_defaults(handler=stub)
+        return
+    register(sub)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="neurosim", description="neurosim: neuromorphic simulation toolkit")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"neurosim {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    demo = sub.add_parser("demo", help="train a small spiking MLP on scikit-learn's digits (about a minute on CPU)",
+                          description="Train the small spiking MLP on the digits data set through the trainer "
+                                      "and print the accuracy and where the outputs went.")
+    _add_train_args(demo, demo=True)
+    demo.set_defaults(handler=_cmd_demo)
+    train = sub.add_parser("train", help="train a registered model on a registered dataset",
+                           description="Train a registered model on a registered dataset. Works unchanged under "
+                                       "`torchrun --nproc_per_node=N -m neurosim.cli train ...` (DDP).")
+    _add_train_args(train, demo=False)
+    train.set_defaults(handler=_cmd_train)
+    _optional_command(sub, "energy", "neurosim.energy.cli", "estimate SynOps and energy of a model")
+    _optional_command(sub, "export", "neurosim.hardware.cli", "export a model to Lava-DL NetX or NIR")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    sub_parser = parser._subparsers._group_actions[0].choices[args.command]  # for parser.error in that command
+    return int(args.handler(sub_parser, args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Atomic checkpoint files and RNG state capture.
+
+Writing: to a temporary file in the same folder, flushed and fsync'ed, then renamed over the target (and the
+folder fsync'ed), so a crash at any moment leaves either the old file or the new one, never half of one.
+Reading: ``torch.load(weights_only=True)``; a truncated, foreign or mismatching file raises
+:class:`CheckpointError` (a ``ValueError``) that names the file and what is wrong, before anything is changed.
+"""
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import random
+import zipfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+FORMAT = "neurosim.checkpoint"
+VERSION = 1
+REQUIRED_KEYS = ("format", "version", "model", "optimizer", "scheduler", "epoch", "step_in_epoch",
+                 "global_step", "rng", "config", "trainer")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used (truncated, not a neurosim checkpoint, or for another model)."""
+
+
+def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -> Path:
+    """Call ``write(f)`` on a temp file next to ``path``, fsync it and rename it onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # pragma: no cover - folders that cannot be opened (some platforms)
+        return path
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def save(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write a checkpoint dict atomically (adds the format marker)."""
+    payload = {"format": FORMAT, "version": VERSION, **payload}
+    return atomic_write(path, lambda f: torch.save(payload, f))
+
+
+def load(path: str | Path, map_location="cpu") -> dict[str, Any]:
+    """Read and check a neurosim checkpoint with ``weights_only=True``; raise :class:`CheckpointError` if unusable."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {str(path)!r} is empty (0 bytes)")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is not a neurosim checkpoint: weights_only loading refused it "
+            f"({str(err).splitlines()[0]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as err:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is truncated or not a torch file ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else 'no detail'})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {str(path)!r} is a torch file but not a neurosim checkpoint "
+                              f"(no format marker {FORMAT!r})")
+    if ckpt.get("version") != VERSION:
+        raise CheckpointError(f"checkpoint {str(path)!r} has format version {ckpt.get('version')!r}; "
+                              f"this neurosim reads version {VERSION}")
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"checkpoint {str(path)!r} lacks {', '.join(missing)}")
+    return ckpt
+
+
+def check_state_dict(path, name: str, saved: dict, expected: dict) -> None:
+    """Raise :class:`CheckpointError` unless ``saved`` has exactly ``expected``'s keys and tensor shapes."""
+    missing = sorted(set(expected) - set(saved))
+    extra = sorted(set(saved) - set(expected))
+    if missing or extra:
+        raise CheckpointError(f"checkpoint {str(path)!r} does not fit this {name}: missing {missing[:5]}, "
+                              f"unexpected {extra[:5]}")
+    for k, v in expected.items():
+        if torch.is_tensor(v) and (not torch.is_tensor(saved[k]) or saved[k].shape != v.shape):
+            shape = tuple(saved[k].shape) if torch.is_tensor(saved[k]) else type(saved[k]).__name__
+            raise CheckpointError(f"checkpoint {str(path)!r} does not fit this {name}: {k} has shape {shape}, "
+                                  f"expected {tuple(v.shape)}")
+
+
+# ---- RNG states as plain tensors / ints (all loadable with weights_only=True) -------------------------------
+
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """RNG states of torch (CPU, and the CUDA ``device`` in use if any), numpy and Python's ``random``."""
+    np_state = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": {"version": py_version, "internal": torch.tensor(py_internal, dtype=torch.int64),
+                   "gauss": py_gauss},
+        "cuda": torch.cuda.get_rng_state(device) if device is not None and device.type == "cuda" else None,
+    }
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["internal"].tolist()), p["gauss"]))
+    if state.get("cuda") is not None and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)

@@ -1,0 +1,137 @@
+"""Training configuration: one flat dataclass, loadable from YAML/JSON and overridable field by field.
+
+Precedence used by the command line: dataclass defaults < config file < explicit flags.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import validate
+
+OPTIMIZERS = ("adamw", "adam")
+PRECISIONS = ("fp32", "bf16")
+ENCODERS = ("rate", "latency", "direct")
+
+# Fields that decide what a run computes: a resumed run must agree with its checkpoint on all of them.
+IDENTITY_FIELDS = ("model", "dataset", "encoder", "backend", "num_steps", "batch_size", "lr", "weight_decay",
+                   "optimizer", "seed", "val_fraction", "grad_clip", "precision", "model_options",
+                   "dataset_options", "lr_factor", "lr_patience")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; every field is a plain JSON value so it can live in a checkpoint.
+
+    ``model_options`` / ``dataset_options`` are passed through to the registered builders.
+    ``save_every`` writes the "last" checkpoint every that many optimizer steps inside an epoch as well
+    (0: only at the end of each epoch); resuming from it replays the rest of the epoch exactly.
+    ``patience`` (early stopping) and ``lr_patience`` (ReduceLROnPlateau) count epochs without a lower
+    validation loss; ``patience=0`` disables early stopping.
+    """
+
+    model: str = "spiking_mlp"
+    dataset: str = "digits"
+    encoder: str | None = None          # None: the model's default for the task
+    backend: str = "snntorch"
+    num_steps: int = 16
+    epochs: int = 10
+    lr: float = 1e-3
+    batch_size: int = 64
+    weight_decay: float = 0.0
+    optimizer: str = "adamw"
+    lr_factor: float = 0.5
+    lr_patience: int = 2
+    patience: int = 5
+    grad_clip: float = 1.0              # max global gradient norm; 0 disables clipping
+    seed: int = 0
+    val_fraction: float = 0.2
+    device: str = "auto"                # "auto": CUDA when present, else CPU
+    precision: str = "fp32"             # "bf16": autocast to bfloat16 (on CUDA, or CPU if asked)
+    out_dir: str = "runs/train"
+    save_every: int = 0
+    progress: bool = True
+    tensorboard: bool = True
+    plots: bool = True
+    model_options: dict = field(default_factory=dict)
+    dataset_options: dict = field(default_factory=dict)
+
+    def validate(self) -> "TrainConfig":
+        """Check every field; raise ValueError naming the field and its allowed range."""
+        for name in ("model", "dataset", "backend", "device", "out_dir"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ValueError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
+        if self.encoder is not None:
+            validate.one_of("encoder", self.encoder, ENCODERS)
+        validate.one_of("optimizer", self.optimizer, OPTIMIZERS)
+        validate.one_of("precision", self.precision, PRECISIONS)
+        self.num_steps = validate.positive_int("num_steps", self.num_steps)
+        self.epochs = validate.positive_int("epochs", self.epochs)
+        self.batch_size = validate.positive_int("batch_size", self.batch_size)
+        self.lr_patience = validate.positive_int("lr_patience", self.lr_patience, minimum=0)
+        self.patience = validate.positive_int("patience", self.patience, minimum=0)
+        self.seed = validate.positive_int("seed", self.seed, minimum=0)
+        self.save_every = validate.positive_int("save_every", self.save_every, minimum=0)
+        self.lr = validate.positive_float("lr", self.lr)
+        validate.in_range("weight_decay", self.weight_decay, 0.0, float("inf"))
+        validate.in_range("grad_clip", self.grad_clip, 0.0, float("inf"))
+        validate.in_range("lr_factor", self.lr_factor, 0.0, 1.0, lo_open=True, hi_open=True)
+        validate.in_range("val_fraction", self.val_fraction, 0.0, 1.0, lo_open=True, hi_open=True)
+        for name in ("model_options", "dataset_options"):
+            if not isinstance(getattr(self, name), dict):
+                raise ValueError(f"{name} must be a mapping, got {type(getattr(self, name)).__name__}")
+        dev = self.device
+        if not (dev in ("auto", "cpu", "cuda") or dev.startswith("cuda:")):
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {dev!r}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], base: "TrainConfig | None" = None) -> "TrainConfig":
+        """Overlay ``data`` on ``base`` (defaults when None). Unknown keys are an error; '-' equals '_'."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a config must be a mapping of field names to values, got {type(data).__name__}")
+        known = set(cls.field_names())
+        clean = {str(k).replace("-", "_"): v for k, v in data.items()}
+        unknown = sorted(set(clean) - known)
+        if unknown:
+            raise ValueError(f"unknown config key(s) {', '.join(unknown)}; allowed keys: {', '.join(sorted(known))}")
+        values = (base or cls()).to_dict()
+        values.update(clean)
+        return cls(**values)
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML (.yaml/.yml) or JSON (.json) config file into a dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {str(path)!r} does not exist")
+    text = path.read_text()
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".json":
+            data = json.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            raise ValueError(f"config file must end in .json, .yaml or .yml, got {str(path)!r}")
+    except (json.JSONDecodeError, ImportError) as err:
+        raise ValueError(f"cannot parse config file {str(path)!r}: {err}") from err
+    except Exception as err:  # yaml.YAMLError without importing yaml at module level
+        if type(err).__module__.startswith("yaml"):
+            raise ValueError(f"cannot parse config file {str(path)!r}: {err}") from err
+        raise
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {str(path)!r} must hold a mapping at top level, got {type(data).__name__}")
+    return data

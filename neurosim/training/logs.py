@@ -1,0 +1,65 @@
+"""Run outputs written by rank 0: the CSV log (rewritten atomically from the history each epoch, so a
+resumed run's log equals an uninterrupted one's), TensorBoard scalars, and JSON files."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import warnings
+from pathlib import Path
+
+from .checkpoint import atomic_write_text
+
+
+def write_csv(path: Path, history: list[dict]) -> Path:
+    columns: list[str] = []
+    for row in history:
+        columns += [k for k in row if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()
+    for row in history:
+        writer.writerow(row)
+    return atomic_write_text(path, buf.getvalue())
+
+
+def _json_safe(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def write_json(path: Path, data: dict) -> Path:
+    return atomic_write_text(path, json.dumps(_json_safe(data), indent=2, sort_keys=True) + "\n")
+
+
+class TensorBoardLog:
+    """Scalars per epoch under ``folder``; ``start_epoch`` purges events a killed run wrote past it."""
+
+    def __init__(self, folder: Path, start_epoch: int):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as err:  # tensorboard is an optional dependency of neurosim
+            warnings.warn(f"TensorBoard logging skipped: {err} (pip install tensorboard)", stacklevel=2)
+            self.writer = None
+            return
+        self.writer = SummaryWriter(log_dir=str(folder), purge_step=start_epoch if start_epoch > 0 else None)
+
+    def log(self, row: dict) -> None:
+        if self.writer is None:
+            return
+        epoch = row["epoch"]
+        for k, v in row.items():
+            if k != "epoch" and isinstance(v, (int, float)):
+                tag = k.replace("_", "/", 1) if k.startswith(("train_", "val_")) else k
+                self.writer.add_scalar(tag, v, epoch)
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

@@ -1,0 +1,344 @@
+"""The trainer shared by the ``neurosim`` command, the demo and the models' examples.
+
+One :class:`Trainer` handles classification (cross-entropy; accuracy) and regression/forecasting (MSE;
+MSE, MAE, R2). Models take batch-first input and return ``[B, outputs]``; how they use time is their business.
+
+Reproducibility: the split is fixed by ``seed``; each epoch's sample order comes from a
+``DistributedSampler`` seeded by ``seed`` and the epoch (also with one process), so a checkpoint only needs
+the epoch, the step inside it, the RNG states and the partial metric sums to continue a killed run exactly.
+Under torchrun each rank takes ``batch_size / world_size`` samples of every global batch, gradients are
+averaged by DistributedDataParallel, metrics are summed over ranks, and only rank 0 writes files.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+from tqdm.auto import tqdm
+
+from . import checkpoint as ckpt_io
+from . import distributed as D
+from . import logs, plots
+from .config import IDENTITY_FIELDS, TrainConfig
+from .data import DataInfo, split_indices
+from .metrics import MetricSums, metric_names
+from .registry import get_dataset, get_model
+
+Callback = Callable[[str, "Trainer"], None]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Build the dataset and model named in ``cfg`` and train them; :meth:`fit` returns the summary dict.
+
+    ``callbacks``: functions ``cb(event, trainer)`` called with ``"step_end"`` after every optimizer step and
+    ``"epoch_end"`` after every epoch (on every rank); ``trainer.epoch``, ``trainer.step_in_epoch`` and
+    ``trainer.global_step`` say where the run is.
+    """
+
+    def __init__(self, cfg: TrainConfig, callbacks: Iterable[Callback] = ()):
+        self.cfg = cfg.validate()
+        self.callbacks = list(callbacks)
+        self.out_dir = Path(cfg.out_dir)
+        self.ckpt_dir = self.out_dir / "checkpoints"
+        self.paths = {
+            "summary": self.out_dir / "summary.json",
+            "config": self.out_dir / "config.json",
+            "csv_log": self.out_dir / "log.csv",
+            "tensorboard": self.out_dir / "tb",
+            "loss_curve": self.out_dir / "loss_curve.png",
+            "best_checkpoint": self.ckpt_dir / "best.pt",
+            "last_checkpoint": self.ckpt_dir / "last.pt",
+        }
+
+    # ---- set-up ---------------------------------------------------------------------------------------------
+    def _setup(self) -> None:
+        cfg = self.cfg
+        self.dist, self.device = D.setup(cfg.device)
+        world = self.dist.world_size
+        if cfg.batch_size % world:
+            raise ValueError(f"batch_size must be a multiple of the number of processes ({world}), got {cfg.batch_size}")
+        self.local_batch = cfg.batch_size // world
+
+        self.info: DataInfo = get_dataset(cfg.dataset)(cfg)
+        if self.info.train_indices is not None and self.info.val_indices is not None:
+            self.train_idx, self.val_idx = list(self.info.train_indices), list(self.info.val_indices)
+        else:
+            self.train_idx, self.val_idx = split_indices(len(self.info.dataset), cfg.val_fraction, cfg.seed)
+        self.task = self.info.task
+        self.elements_per_sample = self.info.num_outputs if self.task == "regression" else 1
+
+        seed_everything(cfg.seed)                       # identical initial weights on every rank
+        model = get_model(cfg.model)(self.info, cfg)
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model builder {cfg.model!r} returned {type(model).__name__}, not an nn.Module")
+        self.model = model.to(self.device)
+        seed_everything(cfg.seed + self.dist.rank)      # per-rank stream for encoders / dropout
+        if self.dist.enabled:
+            ids = [self.device] if self.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(self.model, device_ids=ids)
+        else:
+            self.ddp = self.model
+        opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = opt_cls(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience)
+        self.loss_fn = nn.CrossEntropyLoss() if self.task == "classification" else nn.MSELoss()
+        self.train_set = Subset(self.info.dataset, self.train_idx)
+        self.sampler = DistributedSampler(self.train_set, num_replicas=world, rank=self.dist.rank, shuffle=True,
+                                          seed=cfg.seed, drop_last=False)
+        self.steps_per_epoch = math.ceil(len(self.sampler) / self.local_batch)
+
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self.global_step = 0
+        self.best_val = math.inf
+        self.best_epoch = -1
+        self.bad_epochs = 0
+        self.stopped_early = False
+        self.history: list[dict] = []
+        self.train_time = 0.0
+        self.train_samples = 0
+        self.sums = MetricSums(self.device)
+
+    # ---- checkpoints ------------------------------------------------------------------------------------------
+    def _state(self) -> dict:
+        return {"best_val": self.best_val, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
+                "stopped_early": self.stopped_early, "history": self.history, "train_sums": self.sums.state.cpu(),
+                "world_size": self.dist.world_size, "train_time": self.train_time,
+                "train_samples": self.train_samples}
+
+    def _save(self, which: Iterable[str]) -> None:
+        rngs = D.gather_objects(ckpt_io.rng_state(self.device), self.dist)   # collective: all ranks call it
+        if not self.dist.is_main:
+            return
+        payload = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                   "scheduler": self.scheduler.state_dict(), "epoch": self.epoch,
+                   "step_in_epoch": self.step_in_epoch, "global_step": self.global_step, "rng": rngs,
+                   "config": self.cfg.to_dict(), "trainer": self._state()}
+        for name in which:
+            ckpt_io.save(self.paths[f"{name}_checkpoint"], payload)
+
+    def _resume(self, path) -> None:
+        ck = ckpt_io.load(path, map_location="cpu")
+        diff = [f"{k}: checkpoint {ck['config'].get(k)!r} vs now {getattr(self.cfg, k)!r}"
+                for k in IDENTITY_FIELDS if ck["config"].get(k) != getattr(self.cfg, k)]
+        if diff:
+            raise ckpt_io.CheckpointError(f"checkpoint {str(path)!r} was written by a different run ("
+                                          + "; ".join(diff) + ")")
+        # Check everything before changing anything, so a bad file leaves the trainer untouched.
+        ckpt_io.check_state_dict(path, "model", ck["model"], self.model.state_dict())
+        saved_groups = ck["optimizer"].get("param_groups", [])
+        groups = self.optimizer.state_dict()["param_groups"]
+        if [len(g["params"]) for g in saved_groups] != [len(g["params"]) for g in groups]:
+            raise ckpt_io.CheckpointError(f"checkpoint {str(path)!r} holds an optimizer for other parameters")
+        if not isinstance(ck["rng"], list) or not ck["rng"]:
+            raise ckpt_io.CheckpointError(f"checkpoint {str(path)!r} holds no RNG states")
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.scheduler.load_state_dict(ck["scheduler"])
+        st = ck["trainer"]
+        self.epoch, self.step_in_epoch, self.global_step = ck["epoch"], ck["step_in_epoch"], ck["global_step"]
+        self.best_val, self.best_epoch, self.bad_epochs = st["best_val"], st["best_epoch"], st["bad_epochs"]
+        self.stopped_early, self.history = st["stopped_early"], list(st["history"])
+        self.train_time, self.train_samples = st["train_time"], st["train_samples"]
+        self.sums = MetricSums(self.device, st["train_sums"])
+        if len(ck["rng"]) == self.dist.world_size:
+            ckpt_io.set_rng_state(ck["rng"][self.dist.rank], self.device)
+        else:  # different number of processes: the data order still matches, the random streams cannot
+            seed_everything(self.cfg.seed + self.dist.rank + 1_000_003 * self.global_step)
+
+    # ---- loops ------------------------------------------------------------------------------------------------
+    def _autocast(self):
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16,
+                              enabled=self.cfg.precision == "bf16")
+
+    def _loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = out.float()
+        if self.task == "regression":
+            out = out.reshape(y.shape) if out.numel() == y.numel() else out
+            y = y.float()
+        return self.loss_fn(out, y)
+
+    def _batches(self):
+        """This rank's remaining batches of the current epoch (skipping those done before a resume)."""
+        self.sampler.set_epoch(self.epoch)
+        order = list(self.sampler)
+        batches = [order[i:i + self.local_batch] for i in range(0, len(order), self.local_batch)]
+        return DataLoader(self.train_set, batch_sampler=batches[self.step_in_epoch:],
+                          pin_memory=self.device.type == "cuda")
+
+    def _train_epoch(self) -> dict:
+        cfg = self.cfg
+        self.ddp.train()
+        bar = tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+                   disable=not (cfg.progress and self.dist.is_main), leave=False, dynamic_ncols=True)
+        refresh = max(1, self.steps_per_epoch // 10)
+        t0 = time.perf_counter()
+        for x, y in self._batches():
+            x = x.to(self.device, non_blocking=True)
+            y = y.to(self.device, non_blocking=True)
+            with self._autocast():
+                out = self.ddp(x)
+            loss = self._loss(out, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            self.sums.update(self.task, loss, out, y)
+            self.step_in_epoch += 1
+            self.global_step += 1
+            self.train_samples += y.shape[0] * self.dist.world_size
+            bar.update(1)
+            if self.step_in_epoch % refresh == 0 and bar.disable is False:
+                bar.set_postfix(loss=f"{self.sums.compute(self.task).get('loss', float('nan')):.4f}")
+            self._emit("step_end")
+            if cfg.save_every and self.step_in_epoch % cfg.save_every == 0 and self.step_in_epoch < self.steps_per_epoch:
+                self.train_time += time.perf_counter() - t0
+                self._save(["last"])
+                t0 = time.perf_counter()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.train_time += time.perf_counter() - t0
+        bar.close()
+        total = MetricSums(self.device, D.all_reduce_sum(self.sums.state, self.dist))
+        return total.compute(self.task, self.elements_per_sample)
+
+    @torch.no_grad()
+    def evaluate(self, indices: list[int] | None = None) -> dict:
+        """Metrics of the current model on ``indices`` (default: the validation split), summed over ranks."""
+        indices = self.val_idx if indices is None else indices
+        shard = indices[self.dist.rank::self.dist.world_size]
+        self.model.eval()
+        sums = MetricSums(self.device)
+        loader = DataLoader(Subset(self.info.dataset, shard), batch_size=self.local_batch, shuffle=False)
+        for x, y in loader:
+            x, y = x.to(self.device), y.to(self.device)
+            with self._autocast():
+                out = self.model(x)      # the bare module: ranks may run different numbers of batches
+            sums.update(self.task, self._loss(out, y), out, y)
+        total = MetricSums(self.device, D.all_reduce_sum(sums.state, self.dist))
+        return total.compute(self.task, self.elements_per_sample)
+
+    @torch.no_grad()
+    def predict(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(predictions, targets) of the current model on ``indices``, in order, on the CPU (this rank only)."""
+        self.model.eval()
+        preds, ys = [], []
+        for x, y in DataLoader(Subset(self.info.dataset, indices), batch_size=self.local_batch, shuffle=False):
+            with self._autocast():
+                out = self.model(x.to(self.device))
+            preds.append(out.float().cpu())
+            ys.append(y)
+        return torch.cat(preds), torch.cat(ys)
+
+    def _emit(self, event: str) -> None:
+        for cb in self.callbacks:
+            cb(event, self)
+
+    # ---- the run ----------------------------------------------------------------------------------------------
+    def fit(self, resume: str | Path | None = None) -> dict:
+        """Train (continuing from the checkpoint ``resume`` if given); return the summary dict."""
+        self._setup()
+        try:
+            return self._fit(resume)
+        finally:
+            D.teardown(self.dist)
+
+    def _fit(self, resume) -> dict:
+        cfg = self.cfg
+        if resume is not None:
+            self._resume(resume)
+        main = self.dist.is_main
+        tb = None
+        if main:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            logs.write_json(self.paths["config"], cfg.to_dict())
+            if cfg.tensorboard:
+                tb = logs.TensorBoardLog(self.paths["tensorboard"], start_epoch=self.epoch)
+        try:
+            while self.epoch < cfg.epochs and not self.stopped_early:
+                train = self._train_epoch()
+                val = self.evaluate()
+                self.scheduler.step(val["loss"])
+                improved = val["loss"] < self.best_val
+                if improved:
+                    self.best_val, self.best_epoch, self.bad_epochs = val["loss"], self.epoch, 0
+                else:
+                    self.bad_epochs += 1
+                row = {"epoch": self.epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
+                row.update({f"train_{k}": v for k, v in train.items()})
+                row.update({f"val_{k}": v for k, v in val.items()})
+                row["train_time_s"] = self.train_time
+                self.history.append(row)
+                self.epoch += 1
+                self.step_in_epoch = 0
+                self.sums = MetricSums(self.device)
+                if cfg.patience and self.bad_epochs >= cfg.patience:
+                    self.stopped_early = True
+                self._save(["last", "best"] if improved else ["last"])
+                if main:
+                    logs.write_csv(self.paths["csv_log"], self.history)
+                    if tb is not None:
+                        tb.log(row)
+                self._emit("epoch_end")
+        finally:
+            if tb is not None:
+                tb.close()
+        return self._finish()
+
+    def _finish(self) -> dict:
+        cfg = self.cfg
+        best = self.history[self.best_epoch] if self.best_epoch >= 0 else {}
+        summary = {
+            "task": self.task, "model": cfg.model, "dataset": cfg.dataset, "device": str(self.device),
+            "world_size": self.dist.world_size, "epochs_run": len(self.history), "stopped_early": self.stopped_early,
+            "best_epoch": self.best_epoch + 1,
+            "best": {k[4:]: v for k, v in best.items() if k.startswith("val_")},
+            "final": {k: v for k, v in (self.history[-1] if self.history else {}).items()},
+            "train_samples": self.train_samples, "train_time_s": self.train_time,
+            "train_samples_per_s": self.train_samples / self.train_time if self.train_time > 0 else None,
+            "num_train": len(self.train_idx), "num_val": len(self.val_idx),
+            "metrics": list(metric_names(self.task)),
+            "config": cfg.to_dict(),
+        }
+        if self.dist.is_main:
+            paths = {k: str(v) for k, v in self.paths.items() if k != "tensorboard" or cfg.tensorboard}
+            if cfg.plots and self.history:
+                plots.loss_curves(self.paths["loss_curve"], self.history,
+                                  f"{cfg.model} on {cfg.dataset}: loss per epoch")
+                if self.task == "regression":
+                    paths["prediction_plot"] = str(self._forecast_plot())
+            elif not cfg.plots:
+                paths.pop("loss_curve")
+            summary["paths"] = paths
+            logs.write_json(self.paths["summary"], summary)
+        return summary
+
+    def _forecast_plot(self) -> Path:
+        """Prediction vs target over the whole series with the best weights (then restores the last ones)."""
+        last = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        if self.paths["best_checkpoint"].is_file():
+            self.model.load_state_dict(ckpt_io.load(self.paths["best_checkpoint"])["model"])
+        order = list(range(len(self.info.dataset)))
+        pred, y = self.predict(order)
+        self.model.load_state_dict(last)
+        val = set(self.val_idx)
+        path = self.out_dir / "prediction.png"
+        return plots.prediction_vs_target(path, y.reshape(len(order), -1)[:, 0].tolist(),
+                                          pred.reshape(len(order), -1)[:, 0].tolist(), [i in val for i in order],
+                                          f"{self.cfg.model} on {self.cfg.dataset}: prediction vs target (best epoch)")
