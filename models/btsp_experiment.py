@@ -58,9 +58,9 @@ def seed_config(model: str = "btspformer", seq_len: int = 50, num_samples: int =
     ).validate()
 
 
-def make_trainer(cfg: TrainConfig) -> Trainer:
+def make_trainer(cfg: TrainConfig, callbacks=()) -> Trainer:
     """A trainer whose logs go to ``out_dir/logs`` and checkpoints to ``out_dir/checkpoints``."""
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, callbacks)
     logs = Path(cfg.out_dir) / "logs"
     trainer.paths.update(summary=logs / "summary.json", config=logs / "config.json", csv_log=logs / "log.csv",
                          tensorboard=logs / "tb")
@@ -151,11 +151,14 @@ def save_model(path: Path, model: torch.nn.Module, cfg: TrainConfig) -> Path:
     return ckpt_io.atomic_write(path, write)
 
 
-def run(cfg: TrainConfig, prefix: str | None = None) -> dict:
-    """Train, restore the best weights, write every output file; return the metrics dict."""
+def run(cfg: TrainConfig, prefix: str | None = None, callbacks=()) -> dict:
+    """Train, restore the best weights, write every output file; return the metrics dict.
+
+    ``callbacks`` are the trainer's (``cb(event, trainer)``); one that sets ``trainer.budget_stopped`` is reported.
+    """
     prefix = prefix or cfg.model
     out = Path(cfg.out_dir)
-    trainer = make_trainer(cfg)
+    trainer = make_trainer(cfg, callbacks)
     summary = trainer.fit()
     best = trainer.paths["best_checkpoint"]
     trainer.model.load_state_dict(ckpt_io.load(best, map_location=trainer.device)["model"])
@@ -171,6 +174,7 @@ def run(cfg: TrainConfig, prefix: str | None = None) -> dict:
     metrics = {
         "model": cfg.model, "seed": cfg.seed, "device": summary["device"], "epochs_run": summary["epochs_run"],
         "best_epoch": summary["best_epoch"], "stopped_early": summary["stopped_early"],
+        "stopped_by_budget": getattr(trainer, "budget_stopped", False),
         "train_time_s": summary["train_time_s"],
         "parameters": sum(p.numel() for p in trainer.model.parameters()),
         "val": {"mse": val["mse"], "mae": val["mae"]},

@@ -81,3 +81,19 @@ def test_frame_predictor_through_registry(tmp_path):
     assert rc == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["best"]["mse"] > 0
+
+
+def test_comparison_script_quick(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("research_compare", ROOT / "examples/research_compare.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    results = mod.main(["--quick", "--seeds", "0", "--out", str(tmp_path)])
+    models = sorted(r["model"] for r in results)
+    assert models == sorted(["astro_transformer", "btspformer", "spiking_btspformer", "vanilla_transformer",
+                             "frame_predictor[lif]", "frame_predictor[stc_lif]"])
+    md = (tmp_path / "results.md").read_text()
+    assert "btspformer" in md and "Persistence baseline" in md
+    btsp = next(r for r in results if r["model"] == "btspformer")
+    assert btsp["plasticity"]["mean_row_tv"] > 0 and btsp["plasticity"]["val_without_plasticity"]["mse"] > 0
