@@ -1,0 +1,116 @@
+r"""Behavioral-timescale synaptic plasticity (BTSP) applied to attention weights.
+
+After Milstein et al., eLife 2021 (doi 10.7554/eLife.73046): a synapse carries an *eligibility trace* (ET) left
+by recent presynaptic activity, a dendritic plateau delivers an *instructive signal* (IS), and the weight moves
+by an amount set by the overlap of the two, towards a target: weak synapses are potentiated, strong ones
+depressed. neurosim maps this onto attention, with query position ``i`` as the postsynaptic site (the plateau)
+and key position ``j`` as the presynaptic input:
+
+* presynaptic tag :math:`e_j = \sigma(w_e\cdot x_j + b_e)` and plateau :math:`p_i = \sigma(w_p\cdot x_i + b_p)`
+  (one per head, learned);
+* time-asymmetric overlap kernel, with :math:`\Delta = i - j`: :math:`K(\Delta) = e^{-\Delta/\tau_{ET}}` for an
+  input before (or at) the plateau, :math:`e^{\Delta/\tau_{IS}}` for an input after it; the ET outlasts the IS
+  (:math:`\tau_{ET} > \tau_{IS}` at initialisation, 8 vs 2 steps), so inputs slightly *before* the plateau get
+  the largest change, as in BTSP;
+* signal overlap :math:`c_{ij} = p_i\,e_j\,K(i-j) \in [0, 1]`;
+* bidirectional update of an attention weight :math:`a \in [0, 1]`:
+  :math:`\Delta a = c\,(k_+ (1 - a) - k_- a)` with rates :math:`k_\pm = \tfrac12\sigma(\rho_\pm)`. The update is
+  positive below the equilibrium :math:`a^* = k_+/(k_+ + k_-)` and negative above it; since
+  :math:`c(k_+ + k_-) \le 1` the new weight stays in [0, 1] without clamping.
+
+:func:`btsp_update` is the pure rule; :class:`BTSPPlasticity` holds the learned gates, time constants and rates
+and is shared by the analog and the spiking BTSP attention.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from neurosim import validate
+from neurosim.layers import MatMul
+
+
+def asymmetric_kernel(n: int, tau_et: torch.Tensor, tau_is: torch.Tensor) -> torch.Tensor:
+    """``[..., n, n]`` kernel ``K[i, j]``: ``exp(-(i-j)/tau_et)`` for ``j <= i``, ``exp(-(j-i)/tau_is)`` for ``j > i``.
+
+    ``tau_et``/``tau_is`` are tensors broadcastable to the leading dimensions (e.g. ``[heads, 1, 1]``).
+    """
+    idx = torch.arange(n, device=tau_et.device, dtype=tau_et.dtype)
+    delta = idx[:, None] - idx[None, :]                                  # i - j
+    before = torch.exp(-delta.clamp(min=0) / tau_et)
+    after = torch.exp(delta.clamp(max=0) / tau_is)
+    return torch.where(delta >= 0, before, after)
+
+
+def btsp_update(weights: torch.Tensor, overlap: torch.Tensor, k_plus: torch.Tensor, k_minus: torch.Tensor) -> torch.Tensor:
+    r"""The bidirectional BTSP change :math:`\Delta a = c\,(k_+(1-a) - k_- a)` (broadcasting)."""
+    return overlap * (k_plus * (1 - weights) - k_minus * weights)
+
+
+class PlasticityStats(NamedTuple):
+    """What one plastic step did (detached): mean |delta a|, mean total-variation distance per row between the
+    attention before and after plasticity, and the fractions of weights potentiated / depressed."""
+
+    mean_abs_change: float
+    mean_row_tv: float
+    potentiated: float
+    depressed: float
+
+
+class BTSPPlasticity(nn.Module):
+    """Learned ET/IS gates, asymmetric time constants and rates of the BTSP rule, per head.
+
+    ``forward(attn, x, renormalize)``: ``attn`` ``[M, heads, n, n]`` in [0, 1], ``x`` ``[M, n, dim]`` the tokens
+    the signals are read from; returns the plastic weights (rows renormalised to sum 1 when ``renormalize``).
+    With ``record=True`` the last call's :class:`PlasticityStats` is kept in ``last_stats``.
+    """
+
+    def __init__(self, dim: int, heads: int, tau_et: float = 8.0, tau_is: float = 2.0):
+        super().__init__()
+        validate.positive_float("tau_et", tau_et)
+        validate.positive_float("tau_is", tau_is)
+        self.heads = heads
+        self.et_gate = nn.Linear(dim, heads)
+        self.is_gate = nn.Linear(dim, heads)
+        # softplus^-1(tau) so that the time constants start at the given values and stay positive
+        self.raw_tau_et = nn.Parameter(torch.full((heads,), float(tau_et)).expm1().log())
+        self.raw_tau_is = nn.Parameter(torch.full((heads,), float(tau_is)).expm1().log())
+        self.rho_plus = nn.Parameter(torch.zeros(heads))
+        self.rho_minus = nn.Parameter(torch.zeros(heads))
+        self.outer = MatMul()
+        self.enabled = True
+        self.record = False
+        self.last_stats: PlasticityStats | None = None
+
+    def time_constants(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return F.softplus(self.raw_tau_et), F.softplus(self.raw_tau_is)
+
+    def rates(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return 0.5 * torch.sigmoid(self.rho_plus), 0.5 * torch.sigmoid(self.rho_minus)
+
+    def overlap(self, x: torch.Tensor) -> torch.Tensor:
+        """Signal overlap ``c`` ``[M, heads, n, n]`` from tokens ``x`` ``[M, n, dim]``."""
+        n = x.shape[-2]
+        plateau = torch.sigmoid(self.is_gate(x)).transpose(-1, -2).unsqueeze(-1)   # [M, heads, n, 1]
+        tag = torch.sigmoid(self.et_gate(x)).transpose(-1, -2).unsqueeze(-2)       # [M, heads, 1, n]
+        tau_et, tau_is = self.time_constants()
+        kernel = asymmetric_kernel(n, tau_et[:, None, None], tau_is[:, None, None])
+        return self.outer(plateau, tag) * kernel
+
+    def forward(self, attn: torch.Tensor, x: torch.Tensor, renormalize: bool = True) -> torch.Tensor:
+        if not self.enabled:
+            return attn
+        k_plus, k_minus = self.rates()
+        delta = btsp_update(attn, self.overlap(x), k_plus[:, None, None], k_minus[:, None, None])
+        new = attn + delta
+        if renormalize:
+            new = new / new.sum(-1, keepdim=True)
+        if self.record:
+            with torch.no_grad():
+                self.last_stats = PlasticityStats(
+                    float(delta.abs().mean()), float(0.5 * (new - attn).abs().sum(-1).mean()),
+                    float((delta > 0).float().mean()), float((delta < 0).float().mean()))
+        return new

@@ -1,0 +1,112 @@
+r"""Astrocyte-modulated self-attention (after the Astromorphic Transformer, arXiv 2312.10925).
+
+neurosim's formulation of the neuron-astrocyte attention, per head with queries :math:`q_i`, keys :math:`k_j`
+and values :math:`v_j` of width :math:`d`:
+
+* presynaptic firing rates :math:`\phi(u) = \mathrm{elu}(u) + 1 > 0`; presynaptic plasticity driven by the
+  astrocyte's calcium, non-linear in the presynaptic rate: :math:`p_j = \phi(k_j)^{\alpha}` (``alpha=0.25``);
+* Hebbian neuron term (pre x post coincidence): :math:`h^{n}_{ij} = \phi(q_i)\cdot p_j / d`;
+* Hebbian astrocyte -> postsynaptic term with the non-linearity :math:`\sigma` (logistic):
+  :math:`h^{a}_{ij} = m\,\sigma(q_i\cdot k_j/\sqrt d)`, with a learnable per-head scale ``m = softplus(.) >= 0``;
+* relative positional astrocyte weights :math:`w_{ij} = \exp(a_{i-j})`, one learnable :math:`a` per head and
+  relative offset (initialised to 0, i.e. no positional preference);
+* astrocyte feedback normalises the synaptic drive: :math:`A_{ij} = w_{ij}(h^n_{ij} + h^a_{ij}) /
+  \sum_{j'} w_{ij'}(h^n_{ij'} + h^a_{ij'})`, masked to :math:`j \le i` when ``causal``; output
+  :math:`o_i = \sum_j A_{ij} v_j`.
+
+Every weight is non-negative, so each row of :math:`A` is a distribution, as softmax attention's is.
+Layouts: ``[B, L, D]`` (sequence of L tokens) or ``[T, B, N, D]`` (time-leading spiking layout: attention over
+the N tokens of each time step, independently per step). All products go through
+:class:`neurosim.layers.MatMul` so energy hooks count them.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .. import validate
+from .ops import MatMul
+
+
+def presynaptic_rate(u: torch.Tensor) -> torch.Tensor:
+    r""":math:`\phi(u) = \mathrm{elu}(u) + 1`, a positive firing rate."""
+    return F.elu(u) + 1
+
+
+class AstroAttention(nn.Module):
+    """Multi-head astrocyte-modulated self-attention (see the module docstring for the equations).
+
+    Args:
+        dim: model width D (divisible by ``heads``).
+        heads: number of heads.
+        alpha: presynaptic non-linearity exponent in (0, 1] (0.25 as in the paper).
+        max_len: longest sequence the relative positional weights cover.
+        causal: mask future tokens (``j > i``).
+        dropout: dropout on the attention weights.
+    """
+
+    def __init__(self, dim: int, heads: int = 4, alpha: float = 0.25, max_len: int = 512, causal: bool = False,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.dim = validate.positive_int("dim", dim)
+        self.heads = validate.positive_int("heads", heads)
+        if self.dim % self.heads:
+            raise ValueError(f"dim={self.dim} must be divisible by heads={self.heads}")
+        validate.in_range("alpha", alpha, 0.0, 1.0, lo_open=True)
+        self.alpha = float(alpha)
+        self.max_len = validate.positive_int("max_len", max_len)
+        self.causal = bool(causal)
+        self.head_dim = self.dim // self.heads
+        self.qkv = nn.Linear(self.dim, 3 * self.dim)
+        self.proj = nn.Linear(self.dim, self.dim)
+        self.drop = nn.Dropout(dropout)
+        self.rel_pos = nn.Parameter(torch.zeros(self.heads, 2 * self.max_len - 1))
+        self.astro_scale = nn.Parameter(torch.zeros(self.heads))          # m = softplus(0) = log 2 at start
+        self.neuron_mm = MatMul(scale=1.0 / self.head_dim)
+        self.astro_mm = MatMul(scale=1.0 / math.sqrt(self.head_dim))
+        self.value_mm = MatMul()
+        self.last_attention: torch.Tensor | None = None
+        self.record = False
+
+    def relative_weights(self, n: int) -> torch.Tensor:
+        """``[heads, n, n]`` astrocyte weights ``exp(a_{i-j})``."""
+        idx = torch.arange(n, device=self.rel_pos.device)
+        offsets = idx[:, None] - idx[None, :] + self.max_len - 1
+        return torch.exp(self.rel_pos[:, offsets])
+
+    def attention(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """Weights ``[..., heads, n, n]`` from per-head ``q, k`` ``[..., heads, n, head_dim]``."""
+        n = q.shape[-2]
+        pre = presynaptic_rate(k).pow(self.alpha)
+        neuron = self.neuron_mm(presynaptic_rate(q), pre.transpose(-1, -2))
+        astro = F.softplus(self.astro_scale)[:, None, None] * torch.sigmoid(self.astro_mm(q, k.transpose(-1, -2)))
+        drive = self.relative_weights(n) * (neuron + astro)
+        if self.causal:
+            mask = torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1)
+            drive = drive.masked_fill(mask, 0.0)
+        return drive / drive.sum(-1, keepdim=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, L, D]`` -> ``[B, L, D]`` or ``[T, B, N, D]`` -> ``[T, B, N, D]``."""
+        validate.finite("x", x)
+        validate.rank_exactly("x", x, (3, 4), "[B, L, D] or [T, B, N, D]")
+        if x.shape[-1] != self.dim:
+            raise ValueError(f"x must have last dimension dim={self.dim}, got shape {tuple(x.shape)}")
+        n = x.shape[-2]
+        if n > self.max_len:
+            raise ValueError(f"sequence length {n} exceeds max_len={self.max_len}")
+        lead = x.shape[:-2]
+        h = self.qkv(x.reshape(-1, n, self.dim)).reshape(-1, n, 3, self.heads, self.head_dim)
+        q, k, v = h.permute(2, 0, 3, 1, 4)                                # [M, heads, n, head_dim] each
+        attn = self.attention(q, k)
+        if self.record:
+            self.last_attention = attn.detach()
+        out = self.value_mm(self.drop(attn), v)                           # [M, heads, n, head_dim]
+        out = out.transpose(1, 2).reshape(*lead, n, self.dim)
+        return self.proj(out)
+
+    def extra_repr(self):
+        return f"dim={self.dim}, heads={self.heads}, alpha={self.alpha:g}, max_len={self.max_len}, causal={self.causal}"

@@ -1,0 +1,167 @@
+"""BTSP plastic attention and the BTSPFormer models: the rule's defining properties and the model wiring."""
+import math
+
+import pytest
+import torch
+
+from neurosim.models import (BTSPFormer, BTSPPlasticity, SpikingBTSPFormer, asymmetric_envelope, asymmetric_kernel,
+                             btsp_update)
+from neurosim.models.btspformer import SoftmaxAttention
+
+
+def test_update_potentiates_weak_and_depresses_strong():
+    k_plus, k_minus = torch.tensor(0.1), torch.tensor(0.3)
+    eq = float(k_plus / (k_plus + k_minus))                               # 0.25
+    a = torch.tensor([0.0, 0.05, 0.2, eq, 0.4, 0.9, 1.0])
+    c = torch.full_like(a, 0.7)
+    d = btsp_update(a, c, k_plus, k_minus)
+    assert (d[a < eq] > 0).all() and (d[a > eq] < 0).all()
+    assert abs(float(d[3])) < 1e-7
+    # hand-computed: 0.7 * (0.1 * 0.95 - 0.3 * 0.05) = 0.056
+    assert math.isclose(float(d[1]), 0.7 * (0.1 * 0.95 - 0.3 * 0.05), rel_tol=1e-6)
+    # no overlap of eligibility trace and instructive signal: no change
+    assert torch.equal(btsp_update(a, torch.zeros_like(a), k_plus, k_minus), torch.zeros_like(a))
+    # largest rates and overlap keep the weight inside [0, 1]
+    new = a + btsp_update(a, torch.ones_like(a), torch.tensor(0.5), torch.tensor(0.5))
+    assert float(new.min()) >= 0 and float(new.max()) <= 1
+
+
+def test_kernel_is_time_asymmetric():
+    k = asymmetric_kernel(9, torch.tensor(6.0), torch.tensor(1.5))
+    i = 4
+    for d in (1, 2, 3, 4):
+        before, after = float(k[i, i - d]), float(k[i, i + d])
+        assert math.isclose(before, math.exp(-d / 6.0), rel_tol=1e-6)
+        assert math.isclose(after, math.exp(-d / 1.5), rel_tol=1e-6)
+        assert before > after          # input before the plateau changes more than one after it
+    assert float(k[i, i]) == 1.0
+
+
+def _plasticity(heads=2, dim=4, tau_et=6.0, tau_is=1.5):
+    p = BTSPPlasticity(dim, heads, tau_et, tau_is)
+    with torch.no_grad():   # constant signals: tag and plateau sigmoid(3) for every token
+        for gate in (p.et_gate, p.is_gate):
+            gate.weight.zero_()
+            gate.bias.fill_(3.0)
+    return p
+
+
+def test_plastic_change_is_larger_for_inputs_before_the_plateau():
+    p = _plasticity()
+    n = 9
+    attn = torch.full((1, 2, n, n), 0.05)                       # weak, uniform weights: all potentiated
+    new = p(attn, torch.zeros(1, n, 4), renormalize=False)
+    delta = new - attn
+    assert (delta > 0).all()
+    i = 4
+    for d in (1, 2, 3):
+        assert (delta[0, :, i, i - d] > delta[0, :, i, i + d]).all()
+    # strong weights are depressed by the same signals
+    strong = p(torch.full((1, 2, n, n), 0.95), torch.zeros(1, n, 4), renormalize=False)
+    assert (strong < 0.95).all()
+
+
+def test_renormalised_rows_and_disable():
+    p = _plasticity()
+    attn = torch.softmax(torch.randn(3, 2, 7, 7), -1)
+    x = torch.randn(3, 7, 4)
+    new = p(attn, x)
+    torch.testing.assert_close(new.sum(-1), torch.ones(3, 2, 7))
+    assert not torch.allclose(new, attn)
+    p.enabled = False
+    assert p(attn, x) is attn
+
+
+def test_position_envelope_peaks_before_target_and_is_asymmetric():
+    L = 50
+    env = asymmetric_envelope(L, peak_offset=2.0, width_past=L / 4, width_future=1.0)
+    # d = L - t steps before the target step L; the peak is at d = 2, i.e. t = L - 2
+    assert int(env.argmax()) == L - 2
+    assert math.isclose(float(env.max()), 1.0, rel_tol=1e-6)
+    peak = L - 2
+    # one step towards the target falls much faster than one step into the past
+    assert float(env[peak + 1]) < float(env[peak - 1])
+    assert math.isclose(float(env[peak + 1]), math.exp(-0.5), rel_tol=1e-5)
+    assert math.isclose(float(env[peak - 1]), math.exp(-0.5 * (1 / (L / 4)) ** 2), rel_tol=1e-5)
+
+
+def _record(model, on=True):
+    for m in model.modules():
+        if hasattr(m, "last_attention_pre"):
+            m.record = on
+    for p in model.plasticity_modules():
+        p.record = on
+
+
+def test_btspformer_plasticity_changes_attention_and_output():
+    torch.manual_seed(0)
+    model = BTSPFormer(20, model_dim=16, heads=2, layers=2).eval()
+    _record(model)
+    x = torch.randn(4, 20)
+    y = model(x)
+    assert y.shape == (4, 1)
+    attn = [m for m in model.modules() if isinstance(m, SoftmaxAttention)]
+    assert len(attn) == 2
+    for m in attn:
+        change = 0.5 * (m.last_attention - m.last_attention_pre).abs().sum(-1).mean()
+        assert float(change) > 1e-3
+    stats = model.plasticity_modules()[0].last_stats
+    assert stats.mean_row_tv > 1e-3 and stats.potentiated + stats.depressed > 0
+    model.set_plasticity(False)
+    y_off = model(x)
+    for m in attn:
+        assert torch.equal(m.last_attention, m.last_attention_pre)
+    assert not torch.allclose(y, y_off)
+
+
+def test_btspformer_gradients_reach_plasticity_and_accepts_column_input():
+    torch.manual_seed(0)
+    model = BTSPFormer(12, model_dim=16, heads=4, layers=2)  # layer 1 reads later keys too
+    out = model(torch.randn(5, 12, 1))
+    out.square().mean().backward()
+    p = model.plasticity_modules()[0]
+    for name in ("raw_tau_et", "raw_tau_is", "rho_plus", "rho_minus"):
+        assert float(getattr(p, name).grad.abs().sum()) > 0, name
+    assert float(p.et_gate.weight.grad.abs().sum()) > 0
+
+
+def test_vanilla_and_astro_have_the_same_size_class():
+    counts = {kind: sum(q.numel() for q in BTSPFormer(50, attention=kind, position="sinusoidal").parameters())
+              for kind in ("btsp", "softmax", "astro")}
+    assert abs(counts["btsp"] - counts["softmax"]) / counts["softmax"] < 0.02
+    assert abs(counts["astro"] - counts["softmax"]) / counts["softmax"] < 0.02
+    assert not BTSPFormer(50, attention="softmax").plasticity_modules()
+
+
+def test_spiking_btspformer_runs_on_spikes():
+    torch.manual_seed(0)
+    model = SpikingBTSPFormer(10, model_dim=16, heads=2, layers=1, num_steps=3)
+    seen = []
+    model.attn[0].qkv_lif.register_forward_hook(lambda m, i, o: seen.append(o))
+    _record(model)
+    out = model(torch.randn(4, 10))
+    assert out.shape == (4, 1)
+    spikes = seen[0].detach()
+    assert spikes.shape == (3, 4, 10, 48)
+    assert bool(((spikes == 0) | (spikes == 1)).all()) and 0 < float(spikes.mean()) < 1
+    a = model.attn[0]
+    assert float(a.last_attention_pre.min()) >= 0 and float(a.last_attention_pre.max()) <= 1
+    assert float((a.last_attention - a.last_attention_pre).abs().max()) > 0
+    out.sum().backward()
+    assert float(a.plasticity.rho_plus.grad.abs().sum()) > 0
+
+
+@pytest.mark.parametrize("kwargs,match", [(dict(seq_len=10, model_dim=10, heads=4), "divisible"),
+                                          (dict(seq_len=10, attention="linear"), "attention"),
+                                          (dict(seq_len=0), "seq_len")])
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        BTSPFormer(**kwargs)
+
+
+def test_bad_input():
+    model = BTSPFormer(10, model_dim=8, heads=2, layers=1)
+    with pytest.raises(ValueError, match="seq_len"):
+        model(torch.randn(2, 11))
+    with pytest.raises(ValueError, match="dimensions"):
+        model(torch.randn(2, 10, 3))
