@@ -99,11 +99,12 @@ class _FusedFn(torch.autograd.Function):
         if cuba and mem0 is not None:
             i0 = syn0.detach().float().expand(neuron_shape).contiguous().reshape(N)
         needs_grad = any(ctx.needs_input_grad[:6])
-        spikes, trace, mT, iT, ck, _ = K.launch_forward(
+        spikes, trace, mT, iT, ck, launch_cfg = K.launch_forward(
             xf, m0, i0, b, th, a, cuba=cuba, zero=cfg.reset == "zero", write_trace=cfg.need_mem,
             write_ck=needs_grad, interpret=cfg.interpret,
         )
         ctx.cfg = cfg
+        ctx.launch_cfg = launch_cfg
         ctx.neuron_shape = neuron_shape
         ctx.set_materialize_grads(False)
         if needs_grad:
@@ -133,7 +134,7 @@ class _FusedFn(torch.autograd.Function):
         gx, gm0, gi0, gb, gth, ga = K.launch_backward(
             xf, g_spikes, g_trace, g_mT, g_iT, (ckm, cki), b, th, a, cuba=cuba, zero=cfg.reset == "zero",
             detach=cfg.detach, surrogate=cfg.surrogate, slope=cfg.slope, learn_beta=need[3], learn_th=need[4],
-            learn_alpha=cuba and need[5], interpret=cfg.interpret,
+            learn_alpha=cuba and need[5], cfg=ctx.launch_cfg, interpret=cfg.interpret,
         )
         shape = ctx.neuron_shape
         g_mem0 = gm0.reshape(shape) if need[1] else None

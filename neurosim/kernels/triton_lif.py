@@ -272,7 +272,7 @@ def kernels(interpret: bool = False):
     """``(forward, backward)`` kernels. ``interpret=True`` needs Triton's interpreter, which must be switched on
     (``TRITON_INTERPRET=1``) before ``triton`` is first imported: :func:`neurosim.kernels.lif` does that for
     ``NEUROSIM_TRITON_INTERPRET=1``."""
-    if interpret != bool(triton.knobs.runtime.interpret) or interpret != _stdlib_interpreted():
+    if interpret != _stdlib_interpreted():
         raise RuntimeError(
             "the Triton interpreter is "
             + ("needed" if interpret else "active")
@@ -351,12 +351,13 @@ def launch_forward(x, state_m, state_i, beta, th, alpha, *, cuba, zero, write_tr
 
 
 def launch_backward(x, g_spikes, g_trace, g_mT, g_iT, ck, beta, th, alpha, *, cuba, zero, detach, surrogate,
-                    slope, learn_beta, learn_th, learn_alpha, interpret=False):
+                    slope, learn_beta, learn_th, learn_alpha, cfg, interpret=False):
     """Run the backward kernel; returns ``g_x`` (x's dtype), ``g_m0``, ``g_i0`` (``[N]`` fp32, ``g_i0`` ``None``
     for LIF) and per-neuron partial gradients of beta (of the clamped beta), threshold and alpha (``[N]`` or
-    ``None`` where not learned). ``g_trace``, ``g_mT``, ``g_iT`` may be ``None`` (no gradient there)."""
+    ``None`` where not learned). ``g_trace``, ``g_mT``, ``g_iT`` may be ``None`` (no gradient there). ``ck`` and
+    ``cfg`` are what :func:`launch_forward` returned (the checkpoints are ``K`` steps apart)."""
     T, N = x.shape
-    K, VEC, warps = config(T, N, x.element_size(), interpret)
+    K, VEC, warps = cfg
     BLOCK = 32 * warps * VEC
     f32 = dict(device=x.device, dtype=torch.float32)
     dummy = torch.empty(1, **f32)
