@@ -47,7 +47,9 @@ CASES = {
     "cuba_zero_bf16": dict(kind="cuba", reset="zero", shape=(7, 2, 11), learn=True, dtype="bfloat16",
                            state=True),
 }
-GPU_CASES = dict(CASES, **{
+# On the GPU every case compiles its own kernel variants, so a selection of the CPU cases plus larger shapes
+GPU_CASES = dict({k: CASES[k] for k in ("lif_sub_T1", "lif_zero_nodetach", "lif_state_mem", "lif_neuron_params",
+                                        "cuba_zero_nodetach", "cuba_sub_nodetach_T1", "cuba_zero_bf16")}, **{
     "lif_sub_big": dict(kind="lif", reset="subtract", shape=(50, 8, 1000), learn=True),
     "cuba_zero_big": dict(kind="cuba", reset="zero", shape=(37, 4, 999), learn=True, detach=False),
     "lif_zero_bf16_big": dict(kind="lif", reset="zero", shape=(40, 8, 1000), learn=True, dtype="bfloat16"),
@@ -124,7 +126,7 @@ def compare_case(name: str, device: str, interpret=None) -> dict:
     """The fused backend on one case against float64 (and snnTorch in float32): a dict of numbers."""
     from neurosim.kernels.lif import BACKEND
 
-    case = GPU_CASES[name]
+    case = {**CASES, **GPU_CASES}[name]
     x, params, state, weights = _setup(case, device)
     dtype = getattr(torch, case.get("dtype", "float32"))
     need_mem = bool(case.get("return_mem"))
@@ -157,7 +159,7 @@ def compare_case(name: str, device: str, interpret=None) -> dict:
 
 
 def _check(name, res):
-    case = GPU_CASES[name]
+    case = {**CASES, **GPU_CASES}[name]
     dtype = case.get("dtype", "float32")
     assert res["spikes_binary"], res
     assert res["spikes_dtype"] == f"torch.{dtype}", res
