@@ -38,11 +38,11 @@ def _fwd_kernel(
     beta_ptr, th_ptr, alpha_ptr, T, N,
     BETA_VEC: tl.constexpr, TH_VEC: tl.constexpr, ALPHA_VEC: tl.constexpr,
     CUBA: tl.constexpr, ZERO: tl.constexpr, HAS_STATE: tl.constexpr,
-    WRITE_TRACE: tl.constexpr, WRITE_CK: tl.constexpr, K: tl.constexpr, VEC: tl.constexpr, BLOCK: tl.constexpr,
+    WRITE_TRACE: tl.constexpr, WRITE_CK: tl.constexpr, K: tl.constexpr, BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
     z0 = pid * 0  # a scalar tensor zero: keeps loop indices tensors under the interpreter too
-    cols = tl.max_contiguous(pid * BLOCK + tl.arange(0, BLOCK), VEC)
+    cols = pid * BLOCK + tl.arange(0, BLOCK)
     tz = cols * 0  # per-lane time index base: "t < T" as a vector (the interpreter mishandles scalar masks)
     cmask = cols < N
     kk = tl.arange(0, K)
@@ -132,12 +132,12 @@ def _bwd_kernel(
     CUBA: tl.constexpr, ZERO: tl.constexpr, DETACH: tl.constexpr, SURR: tl.constexpr,
     HAS_GTR: tl.constexpr, HAS_GFINAL: tl.constexpr,
     LEARN_B: tl.constexpr, LEARN_TH: tl.constexpr, LEARN_A: tl.constexpr,
-    NEED_I: tl.constexpr, K: tl.constexpr, VEC: tl.constexpr, BLOCK: tl.constexpr,
+    NEED_I: tl.constexpr, K: tl.constexpr, BLOCK: tl.constexpr,
 ):
     # NEED_I: keep the recomputed currents i_t (alpha gradient; CubaLIF zero reset without DETACH)
     pid = tl.program_id(0)
     z0 = pid * 0  # a scalar tensor zero: keeps loop indices tensors under the interpreter too
-    cols = tl.max_contiguous(pid * BLOCK + tl.arange(0, BLOCK), VEC)
+    cols = pid * BLOCK + tl.arange(0, BLOCK)
     tz = cols * 0  # per-lane time index base: "t < T" as a vector (the interpreter mishandles scalar masks)
     cmask = cols < N
     kk = tl.arange(0, K)
@@ -282,13 +282,17 @@ def kernels(interpret: bool = False):
             "(CUDA) in the environment before anything imports triton"
         )
     helpers = {name: triton.jit(globals()[name]) for name in ("_step", "_sg", "_row")}
+    # N is not specialized on divisibility: with N % 16 == 0 known, Triton vectorizes the [K, BLOCK] tile loads
+    # and (Triton 3.6) spreads the K rows over threads, so every row pick becomes shuffles and barriers (measured
+    # ~15-30x the memory floor on an H200). Unspecialized, each thread holds whole rows: no shuffles, no barriers.
+    jit = functools.partial(triton.jit, do_not_specialize=["T", "N"])
     out = []
     for fn in (_fwd_kernel, _bwd_kernel):
         # a copy of the kernel function whose globals see the jit-wrapped helpers under their own names
         clone = types.FunctionType(fn.__code__, dict(fn.__globals__, **helpers), fn.__name__, fn.__defaults__,
                                    fn.__closure__)
         functools.update_wrapper(clone, fn)
-        out.append(triton.jit(clone))
+        out.append(jit(clone))
     return tuple(out)
 
 
@@ -300,9 +304,9 @@ def _stdlib_interpreted() -> bool:
 def config(T: int, N: int, elem_size: int, interpret: bool = False):
     """``(K, VEC, num_warps)`` for a ``[T, N]`` problem; ``BLOCK = 32 * num_warps * VEC`` neurons a program.
 
-    ``VEC`` neurons a thread (``VEC * elem_size`` bytes a load, at most 16), so every row of a ``[K, BLOCK]``
-    tile is held by the thread that uses it. Small ``N`` (few neurons, long ``T``): one neuron a thread and
-    one-warp programs, the most threads and loads in flight. The environment variable
+    ``VEC`` neurons a thread (scalar loads, each warp reading 32 consecutive neurons of a row), every row of a
+    ``[K, BLOCK]`` tile held by the thread that uses it. Small ``N`` (few neurons, long ``T``): one neuron a
+    thread and one-warp programs, the most threads and loads in flight. The environment variable
     ``NEUROSIM_FUSED_CONFIG="K,VEC,WARPS"`` overrides the choice (benchmark sweeps).
     """
     import os
@@ -346,7 +350,7 @@ def launch_forward(x, state_m, state_i, beta, th, alpha, *, cuba, zero, write_tr
         mT, _or(iT, dummy), beta, th, _or(alpha, dummy), T, N,
         BETA_VEC=int(beta.numel() > 1), TH_VEC=int(th.numel() > 1), ALPHA_VEC=int(alpha is not None and alpha.numel() > 1),
         CUBA=cuba, ZERO=zero, HAS_STATE=state_m is not None, WRITE_TRACE=write_trace, WRITE_CK=write_ck,
-        K=K, VEC=VEC, BLOCK=BLOCK, num_warps=warps, enable_fp_fusion=False,
+        K=K, BLOCK=BLOCK, num_warps=warps, enable_fp_fusion=False,
     )
     return spikes, trace, mT, iT, (ckm, cki), cfg
 
@@ -383,7 +387,7 @@ def launch_backward(x, g_spikes, g_trace, g_mT, g_iT, ck, beta, th, alpha, *, cu
         HAS_GTR=g_trace is not None, HAS_GFINAL=has_gfinal,
         LEARN_B=learn_beta, LEARN_TH=learn_th, LEARN_A=learn_alpha,
         NEED_I=cuba and (learn_alpha or (zero and not detach)),
-        K=K, VEC=VEC, BLOCK=BLOCK, num_warps=warps, enable_fp_fusion=False,
+        K=K, BLOCK=BLOCK, num_warps=warps, enable_fp_fusion=False,
     )
     return gx, gm0, gi0, gb, gth, ga
 
