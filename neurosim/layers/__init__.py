@@ -1,4 +1,5 @@
 """Reusable spiking layers."""
 from .ops import Add, MatMul
+from .time_distributed import TimeDistributed
 
-__all__ = ["Add", "MatMul"]
+__all__ = ["Add", "MatMul", "TimeDistributed"]

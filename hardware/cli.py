@@ -1,0 +1,95 @@
+"""``neurosim export``: a checkpoint -> Lava-DL NetX file or NIR graph.
+
+``cli_main(argv, load_model=None)``: ``load_model(path) -> nn.Module`` rebuilds the trained model from a
+checkpoint (``neurosim.cli`` passes the trainer's loader). The default loader reads files written by
+:func:`save_exportable`: ``{"builder": "neurosim.<module>:<function>", "kwargs": {...}, "state_dict": ...}``,
+loaded with ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = parser or argparse.ArgumentParser(prog="neurosim export",
+                                          description="Export a trained model to Lava-DL NetX (HDF5) or NIR")
+    p.add_argument("checkpoint", help="checkpoint file of the trained model")
+    p.add_argument("--format", required=True, choices=("lava", "nir"), help="lava: NetX HDF5; nir: NIR HDF5 graph")
+    p.add_argument("--out", required=True, help="output file")
+    p.add_argument("--input-shape", type=int, nargs="+", default=None,
+                   help="shape of one input timestep, e.g. 64 or 1 8 8 (needed when the first layer is a Conv2d)")
+    p.add_argument("--steps", type=int, default=0, help="steps per sample stored in the NetX file (informative)")
+    p.add_argument("--allow-reset-change", action="store_true",
+                   help="export reset='subtract' neurons as reset-to-zero (a dynamics change)")
+    return p
+
+
+def save_exportable(model, path, builder: str, **kwargs) -> Path:
+    """Save ``model``'s weights with the ``"module:function"`` that rebuilds it (atomically, weights_only-safe)."""
+    import os
+
+    import torch
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save({"builder": builder, "kwargs": kwargs, "state_dict": model.state_dict()}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_exportable(path):
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same clear message
+        raise ValueError(f"checkpoint {str(path)!r} cannot be read ({type(err).__name__}: {err})") from None
+    if not isinstance(ckpt, dict) or not {"builder", "state_dict"} <= set(ckpt):
+        raise ValueError(f"checkpoint {str(path)!r} has no 'builder'/'state_dict': pass a model loader "
+                         "(neurosim export uses the trainer's) or write it with save_exportable")
+    mod, _, fn = str(ckpt["builder"]).partition(":")
+    if not mod.startswith("neurosim") or not fn:
+        raise ValueError(f"builder {ckpt['builder']!r} must be 'neurosim.<module>:<function>'")
+    model = getattr(importlib.import_module(mod), fn)(**ckpt.get("kwargs", {}))
+    model.load_state_dict(ckpt["state_dict"])
+    return model
+
+
+def cli_main(argv=None, load_model=None) -> int:
+    """Entry point of ``neurosim export``; returns the exit status (errors are printed, status 2)."""
+    args = build_parser().parse_args(argv)
+    from .graph import ExportError
+
+    try:
+        model = (load_model or load_exportable)(args.checkpoint)
+        model.eval()
+        shape = tuple(args.input_shape) if args.input_shape else None
+        if args.format == "lava":
+            from .export import export_lava
+            net = export_lava(model, args.out, input_shape=shape, steps=args.steps,
+                              allow_reset_change=args.allow_reset_change)
+            print(f"wrote {args.out}: NetX network, {net.depth} layers, input {net.input_shape}")
+        else:
+            import nir
+
+            from .nir_io import export_nir
+            graph = export_nir(model, input_shape=shape, allow_reset_change=args.allow_reset_change)
+            out = Path(args.out)
+            tmp = out.with_name(f".{out.name}.tmp")
+            nir.write(str(tmp), graph)
+            tmp.replace(out)
+            print(f"wrote {args.out}: NIR graph with {len(graph.nodes)} nodes")
+    except (ExportError, ValueError) as err:
+        print(f"neurosim export: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(cli_main())

@@ -1,0 +1,120 @@
+"""Running exported NetX files on Lava's CPU simulator, from the main environment.
+
+lava-dl 0.6.0 needs Python 3.10 (torch < 2.4, numpy < 2), so it lives in its own virtual environment:
+``$NEUROSIM_LAVA_VENV`` or ``<repo>/.venv-lava``, created by ``scripts/lava_env.sh`` when missing (a few
+minutes, once). :func:`run_lava` writes the input spikes to an ``.npz`` in a temporary folder, runs
+``lava_runner.py`` (next to this file) with the Lava interpreter, and reads the spikes back.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from neurosim import validate
+
+RUNNER = Path(__file__).with_name("lava_runner.py")
+REPO = Path(__file__).resolve().parent.parent
+
+
+class LavaError(RuntimeError):
+    """The Lava environment could not be created or the Lava simulation failed (message has its output)."""
+
+
+def lava_venv() -> Path:
+    return Path(os.environ.get("NEUROSIM_LAVA_VENV") or REPO / ".venv-lava")
+
+
+def lava_python(create: bool = True) -> Path:
+    """Path of the Lava environment's interpreter; runs ``scripts/lava_env.sh`` to create it if needed."""
+    venv = lava_venv()
+    py = venv / "bin" / "python"
+    script = REPO / "scripts" / "lava_env.sh"
+    ready = (venv / ".neurosim-lava-stamp").is_file() and py.exists()
+    if not ready:
+        if not create:
+            raise LavaError(f"no Lava environment at {venv}")
+        if not script.is_file():
+            raise LavaError(f"no Lava environment at {venv} and no scripts/lava_env.sh to create it; set "
+                            "NEUROSIM_LAVA_VENV to an environment with lava-dl 0.6.0 (Python 3.10)")
+        print(f"neurosim: creating the Lava environment in {venv} (scripts/lava_env.sh)", file=sys.stderr)
+        env = dict(os.environ, NEUROSIM_LAVA_VENV=str(venv))
+        res = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+        if res.returncode != 0 or not py.exists():
+            raise LavaError(f"scripts/lava_env.sh failed (exit {res.returncode}):\n{res.stdout[-3000:]}\n"
+                            f"{res.stderr[-3000:]}")
+    return py
+
+
+def _spikes_np(spikes) -> np.ndarray:
+    x = torch.as_tensor(spikes).detach().cpu().float()
+    validate.binary("spikes", x)
+    validate.rank_at_least("spikes", x, 3, "[T, B, *input_shape]")
+    return x.numpy().astype(np.uint8)
+
+
+def run_lava_many(jobs, inspect=(), timeout: Optional[float] = None):
+    """Run several ``(path, spikes, steps)`` jobs in one Lava process (Lava is imported once).
+
+    Returns, per job, the list of every layer's spikes ``[steps, B, *shape]`` as float tensors. With
+    ``inspect`` (NetX file paths) it returns ``(results, descriptions)``: for each file, a dict of what
+    ``netx.hdf5.Network`` built from it (block types, shapes, neuron parameters, synapse weights).
+    """
+    jobs, inspect = list(jobs), [Path(p).resolve() for p in inspect]
+    prepared = []
+    for p in inspect:
+        if not p.is_file():
+            raise ValueError(f"path {str(p)!r} does not exist")
+    for path, spikes, steps in jobs:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"path {str(path)!r} does not exist")
+        x = _spikes_np(spikes)
+        steps = x.shape[0] if steps is None else validate.positive_int("steps", steps)
+        if steps < x.shape[0]:
+            raise ValueError(f"steps must be >= the input length T={x.shape[0]}, got {steps}")
+        prepared.append((path.resolve(), x, steps))
+    py = lava_python()
+    with tempfile.TemporaryDirectory(prefix="neurosim-lava-") as tmp:
+        args = []
+        for i, (path, x, steps) in enumerate(prepared):
+            inp, out = Path(tmp) / f"in{i}.npz", Path(tmp) / f"out{i}.npz"
+            np.savez(inp, spikes=x, steps=np.int64(steps))
+            args += [str(path), str(inp), str(out)]
+        for i, p in enumerate(inspect):
+            args += ["--inspect", str(p), str(Path(tmp) / f"inspect{i}.npz")]
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+        env.setdefault("OMP_NUM_THREADS", "1")
+        env["MPLBACKEND"] = "Agg"    # lava-dl imports matplotlib; a Jupyter kernel's inline backend is unknown there
+        res = subprocess.run([str(py), str(RUNNER), *args], env=env, capture_output=True, text=True,
+                             timeout=timeout, cwd=tmp)
+        if res.returncode != 0:
+            raise LavaError(f"the Lava simulation failed (exit {res.returncode}):\n{res.stderr[-4000:]}")
+        results = []
+        for i in range(len(prepared)):
+            with np.load(Path(tmp) / f"out{i}.npz") as d:
+                n = len(d.files)
+                results.append([torch.from_numpy(d[f"layer_{j}"].astype(np.float32)) for j in range(n)])
+        described = []
+        for i in range(len(inspect)):
+            with np.load(Path(tmp) / f"inspect{i}.npz") as d:
+                described.append({k: d[k] for k in d.files})
+    return (results, described) if inspect else results
+
+
+def run_lava(path, spikes, steps: Optional[int] = None, return_all: bool = False, timeout: Optional[float] = None):
+    """Run the NetX file ``path`` on Lava's CPU simulator (Loihi 2 sim config, fixed point).
+
+    ``spikes``: binary input ``[T, B, *input_shape]`` (tensor or array); ``steps`` >= T (the input is padded
+    with zeros; use :func:`neurosim.hardware.pad_steps` to cover the network's latency). Each sample starts
+    from rest. Returns the output layer's spikes ``[steps, B, *out_shape]`` (float tensor), or the list of
+    every layer's spikes with ``return_all=True``.
+    """
+    layers = run_lava_many([(path, spikes, steps)], timeout=timeout)[0]
+    return layers if return_all else layers[-1]

@@ -1,0 +1,129 @@
+"""Export checks that need no Lava: refusals list every offending layer, nothing partial is written, the
+NetX file reads back into the same Loihi-mode network, corrupt files and bad inputs give clear errors."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import neurosim
+from neurosim import hardware as hw
+from neurosim.hardware.cli import cli_main, save_exportable
+from neurosim.layers import MatMul, TimeDistributed as TD
+
+
+def small_mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 6), neurosim.LIF(beta=0.8, threshold=0.3, reset="zero"),
+                         nn.Linear(6, 3), neurosim.CubaLIF(alpha=0.5, beta=0.9, threshold=0.2, reset="zero"))
+
+
+def test_unsupported_layers_are_all_listed_and_nothing_is_written(tmp_path):
+    model = nn.Sequential(TD(nn.Conv2d(1, 2, 3)), neurosim.LIF(reset="zero"), TD(nn.MaxPool2d(2)), MatMul(),
+                          TD(nn.Flatten()), nn.Linear(2, 4), nn.ReLU(),
+                          nn.Linear(4, 2), neurosim.LIF(beta=torch.tensor([0.5, 0.9]), reset="subtract"))
+    path = tmp_path / "bad.net"
+    with pytest.raises(hw.ExportError) as err:
+        hw.export_lava(model, path, input_shape=(1, 6, 6))
+    names = [n for n, _ in err.value.problems]
+    text = str(err.value)
+    for expected in ("MaxPool2d", "MatMul", "ReLU", "beta differs", "reset='subtract'"):
+        assert expected in text
+    assert "2" in names and "3" in names and "8" in names
+    assert not path.exists() and not list(tmp_path.iterdir())
+
+
+def test_conv_first_needs_input_shape():
+    model = nn.Sequential(TD(nn.Conv2d(1, 2, 3)), neurosim.LIF(reset="zero"))
+    with pytest.raises(hw.ExportError, match="input_shape"):
+        hw.lower(model)
+
+
+def test_uneven_pool_and_trailing_synapse_are_refused():
+    model = nn.Sequential(TD(nn.Conv2d(1, 2, 3, padding=1)), neurosim.LIF(reset="zero"), TD(nn.AvgPool2d(2)),
+                          TD(nn.Conv2d(2, 2, 3)), neurosim.LIF(reset="zero"), TD(nn.Flatten()), nn.Linear(2, 2))
+    with pytest.raises(hw.ExportError) as err:
+        hw.lower(model, input_shape=(1, 5, 5))
+    text = str(err.value)
+    assert "not divisible by the pool size" in text and "no LIF/CubaLIF neuron" in text
+
+
+def test_file_reads_back_into_the_same_loihi_network(tmp_path):
+    model = small_mlp()
+    net = hw.export_lava(model, tmp_path / "m.net", steps=10)
+    back = hw.LoihiNetwork.from_netx(tmp_path / "m.net")
+    x = (torch.rand(10, 5, 8, generator=torch.Generator().manual_seed(0)) < 0.5).float()
+    for a, b in zip(net.run(x, 12), back.run(x, 12)):
+        assert torch.equal(a, b)
+    q = net.layers[1]
+    assert q.i_decay == round(0.5 * 4096) and q.v_decay == round(0.1 * 4096)
+    assert np.abs(net.layers[0].weight).max() == 254
+
+
+def test_loihi_mode_is_quantized_float_for_lif_zero():
+    """Without bias, LIF(reset='zero') in Loihi mode equals the float model delayed by one step per layer,
+    up to quantization: most spikes agree on this random net."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(30, 20, bias=False), neurosim.LIF(beta=0.75, threshold=0.3, reset="zero"))
+    x = (torch.rand(20, 8, 30) < 0.3).float()
+    net = hw.LoihiNetwork.from_model(model)
+    with torch.no_grad():
+        ref = model(x)
+    out = net(x, 21)[1:]
+    assert ref.sum() > 20
+    assert (out == ref).float().mean() > 0.97
+
+
+@pytest.mark.parametrize("content", [b"", b"not an hdf5 file at all", None])
+def test_corrupt_netx_files_give_clear_errors(tmp_path, content):
+    path = tmp_path / "c.net"
+    if content is None:
+        hw.export_lava(small_mlp(), path)
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])           # truncated
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ValueError, match="cannot read the NetX file"):
+        hw.read_netx(path)
+
+
+def test_netx_file_with_unsupported_layer_type(tmp_path):
+    import h5py
+
+    path = tmp_path / "m.net"
+    hw.export_lava(small_mlp(), path)
+    with h5py.File(path, "r+") as f:
+        del f["layer/2/type"]
+        f["layer/2/type"] = np.array([b"pool"])
+        del f["layer/1/neuron/vThMant"]
+    with pytest.raises(ValueError) as err:
+        hw.read_netx(path)
+    assert "layer/2: layer type 'pool'" in str(err.value) and "layer/1: missing field" in str(err.value)
+
+
+def test_run_lava_rejects_bad_input_before_starting_lava(tmp_path):
+    path = tmp_path / "m.net"
+    hw.export_lava(small_mlp(), path)
+    with pytest.raises(ValueError, match="binary"):
+        hw.run_lava(path, torch.full((4, 2, 8), 0.5))
+    with pytest.raises(ValueError, match="steps must be >="):
+        hw.run_lava(path, torch.zeros(4, 2, 8), steps=3)
+    with pytest.raises(ValueError, match="does not exist"):
+        hw.run_lava(tmp_path / "missing.net", torch.zeros(4, 2, 8))
+
+
+def test_cli_exports_lava_and_nir(tmp_path, capsys):
+    import nir
+
+    from neurosim.hardware import demo
+
+    ckpt = save_exportable(demo.digits_mlp(hidden=16), tmp_path / "m.pt", "neurosim.hardware.demo:digits_mlp",
+                           hidden=16)
+    assert cli_main([str(ckpt), "--format", "lava", "--out", str(tmp_path / "m.net")]) == 0
+    assert hw.LoihiNetwork.from_netx(tmp_path / "m.net").layers[0].weight.shape == (16, 64)
+    assert cli_main([str(ckpt), "--format", "nir", "--out", str(tmp_path / "m.nir")]) == 0
+    g = nir.read(str(tmp_path / "m.nir"))
+    assert set(g.nodes) >= {"input", "syn0", "lif0", "syn1", "lif1", "output"}
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    assert cli_main([str(tmp_path / "junk.pt"), "--format", "lava", "--out", str(tmp_path / "j.net")]) == 2
+    assert "cannot be read" in capsys.readouterr().err
+    assert not (tmp_path / "j.net").exists()

@@ -1,0 +1,132 @@
+"""Exported NetX files on Lava's own CPU simulator (real Lava environment, created by scripts/lava_env.sh if
+missing): spikes equal the Loihi mode for every neuron and step, accuracy within 1 point of the float model,
+and the files as lava-dl's ``netx.hdf5.Network`` builds them. All Lava work runs in one subprocess."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import neurosim
+from neurosim import hardware as hw
+from neurosim.hardware import demo
+from neurosim.hardware.loihi import netx_dense_weights
+from neurosim.layers import TimeDistributed as TD
+
+T = 12
+
+
+def edge_net():
+    """Covers the quantization branches: CubaLIF, subtract->zero reset, stride/dilation/groups, no bias,
+    all-positive and all-negative dense weights (with a bias that makes the inhibited layer spike)."""
+    torch.manual_seed(5)
+    net = nn.Sequential(TD(nn.Conv2d(4, 6, 3, stride=2, padding=2, dilation=2, groups=2)),
+                        neurosim.CubaLIF(alpha=0.7, beta=0.8, threshold=0.3, reset="zero"),
+                        TD(nn.Flatten()), nn.Linear(6 * 5 * 5, 20, bias=False),
+                        neurosim.LIF(beta=0.6, threshold=0.2, reset="subtract"),
+                        nn.Linear(20, 7), neurosim.LIF(beta=0.95, threshold=0.5, reset="zero"),
+                        nn.Linear(7, 3), neurosim.LIF(beta=0.5, threshold=0.3, reset="zero"))
+    with torch.no_grad():
+        net[5].weight.abs_()                 # excitatory-only
+        net[7].weight.copy_(-net[7].weight.abs())  # inhibitory-only
+        net[5].bias.fill_(0.4)
+        net[7].bias.fill_(0.25)                    # spikes unless inhibited
+    return net
+
+
+def pad(x, steps):
+    return torch.cat([x, torch.zeros(steps - x.shape[0], *x.shape[1:])])
+
+
+@pytest.fixture(scope="module")
+def lava(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("lava")
+    out = {}
+    xtr, ytr, xte, yte = demo.digits_spikes(T)
+    torch.manual_seed(0)
+    mlp = demo.digits_mlp()
+    demo.train_classifier(mlp, xtr, ytr, epochs=6, lr=5e-3, progress=False)
+    ctr, _, cte, _ = demo.digits_spikes(T, image=True)
+    torch.manual_seed(0)
+    conv = demo.digits_convnet()
+    demo.train_classifier(conv, ctr, ytr, epochs=6, lr=1e-2, progress=False)
+    edge = edge_net()
+    with pytest.warns(UserWarning, match="subtract"):
+        edge_loihi = hw.export_lava(edge, tmp / "edge.net", input_shape=(4, 9, 9), allow_reset_change=True)
+    g = torch.Generator().manual_seed(7)
+    x_edge = (torch.rand(T, 4, 4, 9, 9, generator=g) < 0.5).float()
+    jobs = {"mlp": (mlp, xte, None), "conv": (conv, cte, (1, 8, 8))}
+    lava_jobs = []
+    for name, (model, x, shape) in jobs.items():
+        loihi = hw.export_lava(model, tmp / f"{name}.net", input_shape=shape, steps=T)
+        out[name] = dict(model=model, x=x, loihi=loihi, steps=hw.pad_steps(loihi, T), path=tmp / f"{name}.net")
+        lava_jobs.append((out[name]["path"], x, out[name]["steps"]))
+    out["edge"] = dict(model=edge, x=x_edge, loihi=edge_loihi, steps=hw.pad_steps(edge_loihi, T), path=tmp / "edge.net")
+    lava_jobs.append((out["edge"]["path"], x_edge, out["edge"]["steps"]))
+    results, described = hw.run_lava_many(lava_jobs, inspect=[out[k]["path"] for k in ("mlp", "conv")])
+    for name, res in zip(("mlp", "conv", "edge"), results):
+        out[name]["lava"] = res
+    for name, d in zip(("mlp", "conv"), described):
+        out[name]["netx"] = d
+    out["y"] = yte
+    return out
+
+
+@pytest.mark.parametrize("name", ["mlp", "conv", "edge"])
+def test_lava_spikes_equal_loihi_mode(name, lava):
+    case = lava[name]
+    mine = case["loihi"].run(case["x"], case["steps"])
+    assert len(mine) == len(case["lava"])
+    total = agree = 0
+    for i, (a, b) in enumerate(zip(mine, case["lava"])):
+        assert a.shape == b.shape, f"layer {i}"
+        agree += int((a == b).sum())
+        total += a.numel()
+        assert 0 < a.sum() < a.numel(), f"layer {i} is silent or saturated: the check would be vacuous"
+    print(f"{name}: Lava vs Loihi-mode spike agreement {100 * agree / total:.3f}% of {total} neuron-steps")
+    assert agree == total
+
+
+@pytest.mark.parametrize("name", ["mlp", "conv"])
+def test_lava_accuracy_within_one_point_of_float(name, lava):
+    case, y = lava[name], lava["y"]
+    with torch.no_grad():
+        float_acc = demo.accuracy(case["model"](pad(case["x"], case["steps"])), y)
+        float_acc_t = demo.accuracy(case["model"](case["x"]), y)
+    lava_acc = demo.accuracy(case["lava"][-1], y)
+    print(f"{name}: float {float_acc_t:.2f}% (fed the zero-padded stream: {float_acc:.2f}%), Lava {lava_acc:.2f}% "
+          f"on {len(y)} digits")
+    # The float model as trained and evaluated (T steps) vs Lava (T + depth steps, so that the last layer sees
+    # every input step through the one-step-per-layer latency). One digit is 0.28 points.
+    assert float_acc_t > 80
+    assert abs(lava_acc - float_acc_t) <= 1.0
+
+
+def test_netx_network_reads_back_the_files(lava):
+    for name in ("mlp", "conv"):
+        d, layers = lava[name]["netx"], lava[name]["loihi"].layers
+        assert int(d["num_layers"]) == len(layers)
+        first = layers[0]
+        assert tuple(d["inp_shape"]) == (tuple(first.in_shape[::-1]) if first.kind == "conv" else first.in_shape)
+        for i, q in enumerate(layers):
+            assert str(d[f"{i}_block"]) == ("Conv" if q.kind == "conv" else "Dense")
+            assert tuple(d[f"{i}_shape"]) == tuple(q.out_shape[::-1])          # Lava's (x, y, z) = W, H, C
+            assert int(d[f"{i}_du"]) == q.i_decay - 1                           # + Lava's ds_offset of 1
+            assert int(d[f"{i}_dv"]) == q.v_decay
+            assert int(d[f"{i}_vth"]) == q.vth
+            assert int(d[f"{i}_bias_exp"]) == 6
+            if q.bias is not None:
+                bias = d[f"{i}_bias_mant"]
+                expect = np.broadcast_to(q.bias, bias.shape) if q.kind == "dense" else \
+                    np.broadcast_to(q.bias, bias.shape)
+                assert np.array_equal(bias, expect)
+            w = d[f"{i}_weight"]
+            if q.kind == "dense":
+                w_eff, e = netx_dense_weights(q.weight)
+                assert int(d[f"{i}_weight_exp"]) == e
+                assert np.array_equal(w, w_eff)
+                assert np.array_equal(w_eff >> -e if e < 0 else w_eff, q.weight)   # lossless 8-bit weights
+            else:
+                # netx flips the kernel and reorders to [C_out, kx, ky, C_in]; Lava's conv flips it back
+                assert np.array_equal(w, q.weight[:, :, ::-1, ::-1].transpose(0, 3, 2, 1))
+                assert tuple(d[f"{i}_stride"]) == q.stride[::-1]
+                assert tuple(d[f"{i}_padding"]) == q.padding[::-1]
