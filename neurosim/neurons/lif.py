@@ -71,6 +71,8 @@ class _SpikingNeuron(nn.Module):
         backend.check(self.kind, p)
         if backend.name == "snntorch":
             spikes, mem, final = backend.run(self.kind, p, x, state, cache=self._cache)
+        elif backend.name == "fused":  # writes the membrane trace only when asked for
+            spikes, mem, final = backend.run(self.kind, p, x, state, need_mem=return_mem)
         else:
             spikes, mem, final = backend.run(self.kind, p, x, state)
         out = (spikes,)
