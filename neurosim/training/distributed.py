@@ -69,8 +69,15 @@ def setup(device_spec: str) -> tuple[DistInfo, torch.device]:
     return info, device
 
 
-def teardown(info: DistInfo) -> None:
+def teardown(info: DistInfo, ok: bool = True) -> None:
+    """Leave the process group this process joined.
+
+    After a run that finished normally every rank first waits at a barrier: a rank that tears its gloo pairs
+    down while another is still writing plots/checkpoints can abort the other side ("terminate called without
+    an active exception", SIGABRT; seen in CI). After an error no barrier (the other ranks may never arrive)."""
     if info.initialized_here and dist.is_initialized():
+        if ok:
+            dist.barrier()
         dist.destroy_process_group()
 
 

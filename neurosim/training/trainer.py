@@ -264,9 +264,12 @@ class Trainer:
         """Train (continuing from the checkpoint ``resume`` if given); return the summary dict."""
         self._setup()
         try:
-            return self._fit(resume)
-        finally:
-            D.teardown(self.dist)
+            summary = self._fit(resume)
+        except BaseException:
+            D.teardown(self.dist, ok=False)
+            raise
+        D.teardown(self.dist)
+        return summary
 
     def _fit(self, resume) -> dict:
         cfg = self.cfg
