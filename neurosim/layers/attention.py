@@ -5,7 +5,10 @@ Input spikes ``[T, B, N, D]`` (N tokens, e.g. sequence positions). Per timestep,
 .. math::  Q = \mathrm{SN}(\mathrm{BN}(W_Q s)),\ K = \mathrm{SN}(\mathrm{BN}(W_K s)),\ V = \mathrm{SN}(\mathrm{BN}(W_V s)),
            \quad A = \mathrm{SN}_{0.5}\big(\mathrm{scale}\cdot Q K^\top V\big), \quad y = \mathrm{BN}(W_O A)
 
-per head. Q, K, V are binary, so both products are accumulate-only; there is no softmax. With ``qk="conv"``
+per head (with ``attn_norm=True``, the default, a BatchNorm sits before :math:`\mathrm{SN}_{0.5}`: Spikformer's
+fixed scale 0.125 leaves the attention neuron silent in small models, where :math:`QK^\top V` sums few spikes;
+in eval mode that BatchNorm is a per-channel affine map that folds into the neuron's threshold, so inference
+stays spike-driven; ``attn_norm=False`` is the original). Q, K, V are binary, so both products are accumulate-only; there is no softmax. With ``qk="conv"``
 (convolutional spiking self-attention) ``W_Q`` and ``W_K`` are causal 1-D convolutions along the token axis
 (kernel ``kernel_size``), so queries and keys carry local context; V stays pointwise. With ``causal=True``
 the score matrix is masked to keys ``j <= i`` (no softmax, so masking is just zeroing), and every part of the
@@ -30,7 +33,7 @@ class SpikingSelfAttention(nn.Module):
     ``forward(s)`` the spikes of its output neuron."""
 
     def __init__(self, dim: int, heads: int = 4, qk: str = "linear", kernel_size: int = 3, causal: bool = False,
-                 scale: float = 0.125, attn_threshold: float = 0.5, neuron=None):
+                 scale: float = 0.125, attn_threshold: float = 0.5, attn_norm: bool = True, neuron=None):
         super().__init__()
         dim = validate.positive_int("dim", dim)
         heads = validate.positive_int("heads", heads)
@@ -50,6 +53,7 @@ class SpikingSelfAttention(nn.Module):
         self.sn_q, self.sn_k, self.sn_v = spec.make(), spec.make(), spec.make()
         self.qk_matmul = MatMul(scale=scale)
         self.av_matmul = MatMul()
+        self.bn_attn = SpikeBatchNorm(dim) if attn_norm else nn.Identity()
         self.sn_attn = spec.make(threshold=attn_threshold)
         self.w_o = nn.Linear(dim, dim)
         self.bn_o = SpikeBatchNorm(dim)
@@ -72,7 +76,7 @@ class SpikingSelfAttention(nn.Module):
             scores = scores.masked_fill(future, 0.0)
         a = self.av_matmul(scores, v)  # [T, B, H, N, dh]
         t, b, h, n, dh = a.shape
-        return self.sn_attn(a.transpose(2, 3).reshape(t, b, n, h * dh))
+        return self.sn_attn(self.bn_attn(a.transpose(2, 3).reshape(t, b, n, h * dh)))
 
     def pre(self, s: torch.Tensor) -> torch.Tensor:
         return self.bn_o(self.w_o(self.attention_map(s)))
