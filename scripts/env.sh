@@ -24,11 +24,13 @@ pick_python() {
 
 if [ ! -x "$VENV/bin/python" ]; then
   PY="$(pick_python)"
-  if "$PY" -c 'import torch' >/dev/null 2>&1; then
-    echo "neurosim: keeping the torch that $PY already has ($("$PY" -c 'import torch; print(torch.__version__)'))"
-    "$PY" -m venv --system-site-packages "$VENV"
-  else
-    "$PY" -m venv "$VENV"
+  "$PY" -m venv "$VENV"
+  if torch_site="$("$PY" -c 'import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))' 2>/dev/null)"; then
+    # Works for a system, conda or virtualenv interpreter alike: the venv's own packages come first, the
+    # existing torch (and only what pip then finds already there) is used from its own site directory.
+    echo "neurosim: keeping the torch that $PY already has ($("$PY" -c 'import torch; print(torch.__version__)')) from $torch_site"
+    site="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+    echo "$torch_site" > "$site/_neurosim_existing_torch.pth"
   fi
 fi
 

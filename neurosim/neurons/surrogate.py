@@ -45,8 +45,7 @@ class Surrogate:
             return 1.0 / (k * u.abs() + 1.0) ** 2
         if self.name == "arctan":
             return (k / 2) / (1 + (math.pi / 2 * k * u) ** 2)
-        s = torch.sigmoid(k * u)
-        return k * s * (1 - s)
+        return k * torch.sigmoid(k * u) * torch.sigmoid(-k * u)  # = k s (1 - s) without cancellation
 
     def __call__(self, u: torch.Tensor) -> torch.Tensor:
         """Heaviside forward, this surrogate backward."""

@@ -1,0 +1,135 @@
+"""Encoders against snntorch.spikegen (exact for latency/delta, statistical + seeded for rate) and CPG properties."""
+import math
+
+import pytest
+import torch
+from snntorch import spikegen
+
+import neurosim.encoders as E
+
+
+def _data(shape=(5, 7), seed=0):
+    return torch.rand(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_rate_identical_to_snntorch_for_same_seed():
+    x = _data()
+    ours = E.rate(x, 12, generator=torch.Generator().manual_seed(42))
+    torch.manual_seed(42)
+    theirs = spikegen.rate(x, num_steps=12)
+    assert ours.shape == (12, 5, 7)
+    assert torch.equal(ours, theirs)
+    again = E.rate(x, 12, generator=torch.Generator().manual_seed(42))
+    assert torch.equal(ours, again)
+
+
+@pytest.mark.parametrize("p", [0.05, 0.3, 0.77])
+def test_rate_probability_within_binomial_bound(p):
+    n_steps, n = 200, 500
+    spikes = E.rate(torch.full((n,), p), n_steps, generator=torch.Generator().manual_seed(1))
+    trials = spikes.numel()
+    k = spikes.sum().item()
+    # 99.9% two-sided normal approximation to the binomial: z = 3.29
+    half_width = 3.29 * math.sqrt(p * (1 - p) / trials)
+    assert abs(k / trials - p) <= half_width
+    assert set(spikes.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_rate_gain_offset_and_clamp():
+    x = torch.tensor([[0.2, 0.9]])
+    with pytest.raises(ValueError, match=r"firing probability\) must be in \[0.0, 1.0\]"):
+        E.rate(x, 5, gain=2.0)
+    out = E.rate(x, 50, gain=2.0, clamp=True, generator=torch.Generator().manual_seed(0))
+    assert out[:, 0, 1].sum() == 50  # p clamped to 1
+
+
+@pytest.mark.parametrize("linear", [False, True])
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("clip", [False, True])
+@pytest.mark.parametrize("tau", [1.0, 5.0])
+def test_latency_exact_match(linear, normalize, clip, tau):
+    x = _data((4, 9), seed=3)
+    kw = dict(tau=tau, linear=linear, normalize=normalize, clip=clip, threshold=0.05)
+    try:
+        theirs = spikegen.latency(x, 25, **kw)
+    except Exception as e:  # snnTorch refuses spike times beyond num_steps-1: so must we
+        with pytest.raises(ValueError, match="num_steps"):
+            E.latency(x, 25, **kw)
+        assert "out of bounds" in str(e)
+        return
+    ours = E.latency(x, 25, **kw)
+    assert torch.equal(ours, theirs)
+    assert ours.sum(0).max() <= 1  # at most one spike per input
+
+
+def test_latency_first_spike_time_match():
+    x = _data((3, 4), seed=4)
+    ours = E.latency(x, 30, first_spike_time=3, tau=4.0, normalize=True)
+    assert torch.equal(ours, spikegen.latency(x, 30, first_spike_time=3, tau=4.0, normalize=True))
+    assert ours[:3].sum() == 0
+
+
+def test_latency_refuses_to_drop_spikes():
+    x = torch.tensor([[0.011, 1.0]])
+    with pytest.raises(ValueError, match="num_steps"):
+        E.latency(x, 3, tau=5.0)
+
+
+@pytest.mark.parametrize("padding", [False, True])
+def test_delta_exact_match(padding):
+    g = torch.Generator().manual_seed(7)
+    s = torch.randn(30, 3, 4, generator=g).cumsum(0)
+    assert torch.equal(E.delta(s, 0.4, padding=padding), spikegen.delta(s, 0.4, padding=padding))
+    both = E.delta(s, 0.4, padding=padding, off_spikes=True)
+    assert both.shape == (30, 3, 2, 4)
+    signed = spikegen.delta(s, 0.4, padding=padding, off_spike=True)
+    assert torch.equal(both[:, :, 0] - both[:, :, 1], signed)
+    assert both[:, :, 1].sum() > 0 and both[:, :, 0].sum() > 0
+
+
+@pytest.mark.parametrize("n_osc", [3, 6, 8])
+def test_cpg_binary_periodic_and_distinct(n_osc):
+    max_len = 2**n_osc
+    code = E.cpg_code(max_len, n_osc)
+    assert code.shape == (max_len, 2 * n_osc)
+    assert set(code.unique().tolist()) <= {0.0, 1.0}
+    assert torch.unique(code, dim=0).shape[0] == max_len  # distinct for every position
+    periods = E.default_periods(n_osc)
+    long = E.cpg_code(3 * max(periods), n_osc, check_distinct=False)
+    for i, p in enumerate(periods):
+        cells = long[:, 2 * i:2 * i + 2]
+        assert torch.equal(cells[p:], cells[:-p]), f"oscillator {i} not periodic with period {p}"
+        for q in range(1, p):  # and no shorter period
+            if p % q == 0:
+                assert not torch.equal(cells[q:], cells[:-q])
+        # the two cells of a pair never fire together (anti-phase half-centre)
+        assert (cells[:, 0] * cells[:, 1]).sum() == 0
+    batch = E.cpg(max_len, batch_size=3, num_oscillators=n_osc)
+    assert batch.shape == (max_len, 3, 2 * n_osc) and torch.equal(batch[:, 1], code)
+
+
+def test_cpg_threshold_sparsifies_and_errors():
+    dense = E.cpg_code(64, 6)
+    sparse = E.cpg_code(64, 6, threshold=0.5, check_distinct=False)
+    assert sparse.sum() < dense.sum() and (sparse <= dense).all()
+    with pytest.raises(ValueError, match="not distinct"):
+        E.cpg_code(2**4 + 1, 4)
+    with pytest.raises(ValueError, match="periods must have"):
+        E.cpg_code(8, 2, periods=[4])
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: E.rate(torch.tensor([0.5, float("nan")]), 4), "NaN/inf"),
+    (lambda: E.rate(torch.tensor([0.5, 1.2]), 4), r"must be in \[0.0, 1.0\]"),
+    (lambda: E.rate(torch.tensor([0.5]), 0), "num_steps must be an integer >= 1"),
+    (lambda: E.rate(torch.tensor(0.5), 3), r"at least 1 dimensions \[B, ...\]"),
+    (lambda: E.latency(torch.tensor([0.5, -0.1]), 4), r"data must be in \[0.0, 1.0\]"),
+    (lambda: E.latency(torch.tensor([0.5]), 4, threshold=1.5), r"threshold must be in \(0.0, 1.0\)"),
+    (lambda: E.latency(torch.tensor([[0.5, float("inf")]]), 4), "NaN/inf"),
+    (lambda: E.delta(torch.ones(5), 0.1), r"at least 2 dimensions \[T, B, ...\]"),
+    (lambda: E.delta(torch.ones(5, 2), 0.0), "threshold must be a finite number > 0"),
+    (lambda: E.cpg(0), "max_len must be an integer >= 1"),
+])
+def test_bad_input(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()

@@ -1,0 +1,197 @@
+"""LIF/CubaLIF backend equivalence against snnTorch (the reference semantics) and Norse."""
+import zlib
+
+import pytest
+import snntorch
+import torch
+
+import neurosim
+from neurosim.neurons import Surrogate
+
+SHAPES = [(1, 3, 4), (7, 2, 5), (16, 4, 3, 2)]
+
+
+def _run(module, x, weights):
+    x = x.clone().requires_grad_(True)
+    spikes, mem = module(x, return_mem=True)
+    # a loss that touches both outputs, so gradients flow through spikes (surrogate) and membranes
+    loss = (spikes * weights).sum() + 0.1 * (mem * weights).sum()
+    loss.backward()
+    grads = {"x": x.grad}
+    for name, p in module.named_parameters():
+        grads[name] = p.grad
+    return spikes.detach(), mem.detach(), grads
+
+
+def _close_rel(a, b, rtol=1e-5):
+    torch.testing.assert_close(a, b, rtol=rtol, atol=1e-9)
+
+
+def _inputs(shape, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g) + 0.6
+    w = torch.randn(shape, generator=g)
+    return x, w
+
+
+def _build(cls, backend, learn, **kw):
+    extra = {"learn_beta": learn, "learn_threshold": learn}
+    if cls is neurosim.CubaLIF:
+        extra["learn_alpha"] = learn
+    return cls(backend=backend, **extra, **kw)
+
+
+CASES = [
+    # (class, reset, surrogate, other backend that must match snntorch)
+    (neurosim.LIF, "subtract", s, "torch") for s in ("fast_sigmoid", "arctan", "sigmoid")
+] + [
+    (neurosim.LIF, "zero", s, "torch") for s in ("fast_sigmoid", "arctan", "sigmoid")
+] + [
+    (neurosim.CubaLIF, r, "fast_sigmoid", "torch") for r in ("subtract", "zero")
+] + [
+    (neurosim.LIF, "zero", s, "norse") for s in ("fast_sigmoid", "sigmoid")
+]
+
+
+@pytest.mark.parametrize("cls,reset,surrogate,other", CASES)
+@pytest.mark.parametrize("learn", [False, True])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_backends_match_snntorch(cls, reset, surrogate, other, learn, shape):
+    x, w = _inputs(shape, seed=zlib.crc32(repr((reset, surrogate, shape)).encode()))
+    kw = dict(beta=0.85, threshold=0.9, reset=reset, surrogate=surrogate)
+    if cls is neurosim.CubaLIF:
+        kw["alpha"] = 0.7
+    # float32 (the working precision): identical spikes, membranes within 1e-6
+    ref = _run(_build(cls, "snntorch", learn, **kw), x, w)
+    got = _run(_build(cls, other, learn, **kw), x, w)
+    assert ref[0].sum() > 0, "test input must make the neurons fire"
+    assert torch.equal(got[0], ref[0]), "spikes differ"
+    torch.testing.assert_close(got[1], ref[1], rtol=0, atol=1e-6)
+    # gradients within 1e-5 relative, compared in float64 so that the reductions behind parameter
+    # gradients (sums of terms that cancel) do not drown the comparison in float32 rounding
+    ref = _run(_build(cls, "snntorch", learn, **kw).double(), x.double(), w.double())
+    got = _run(_build(cls, other, learn, **kw).double(), x.double(), w.double())
+    assert torch.equal(got[0], ref[0]), "spikes differ (float64)"
+    assert got[2].keys() == ref[2].keys()
+    for name in ref[2]:
+        _close_rel(got[2][name], ref[2][name])
+
+
+@pytest.mark.parametrize("reset", ["subtract", "zero"])
+def test_snntorch_backend_is_snntorch_leaky(reset):
+    """The backend must be a faithful driver of snntorch.Leaky: compare with a hand-written Leaky loop."""
+    x, _ = _inputs((9, 3, 6), seed=5)
+    leaky = snntorch.Leaky(beta=0.8, threshold=1.1, reset_mechanism=reset,
+                           spike_grad=snntorch.surrogate.atan(3.0))
+    mem = leaky.init_leaky()
+    ref_s, ref_m = [], []
+    for x_t in x:
+        s, mem = leaky(x_t, mem)
+        ref_s.append(s)
+        ref_m.append(mem)
+    s, m = neurosim.LIF(beta=0.8, threshold=1.1, reset=reset, surrogate="arctan", slope=3.0)(x, return_mem=True)
+    assert torch.equal(s, torch.stack(ref_s))
+    assert torch.equal(m, torch.stack(ref_m))
+
+
+def test_cuba_snntorch_backend_is_snntorch_synaptic():
+    x, _ = _inputs((9, 3, 6), seed=6)
+    syn_n = snntorch.Synaptic(alpha=0.6, beta=0.9, threshold=1.0, reset_mechanism="zero")
+    syn, mem = syn_n.init_synaptic()
+    ref = []
+    for x_t in x:
+        s, syn, mem = syn_n(x_t, syn, mem)
+        ref.append(s)
+    s = neurosim.CubaLIF(alpha=0.6, beta=0.9, reset="zero")(x)
+    assert torch.equal(s, torch.stack(ref))
+
+
+def test_reference_definition_by_hand():
+    """Spot-check the documented equations on a sequence worked out by hand (beta=0.5, thr=1, subtract)."""
+    x = torch.tensor([1.5, 0.0, 0.8, 0.0]).view(4, 1, 1)
+    s, m = neurosim.LIF(beta=0.5, threshold=1.0, reset="subtract")(x, return_mem=True)
+    # m0 = 1.5 (spike); m1 = 0.75 - 1 = -0.25; m2 = -0.125 + 0.8 = 0.675; m3 = 0.3375
+    assert s.flatten().tolist() == [1.0, 0.0, 0.0, 0.0]
+    torch.testing.assert_close(m.flatten(), torch.tensor([1.5, -0.25, 0.675, 0.3375]))
+    # strict threshold: exactly at threshold does not fire
+    assert neurosim.LIF(beta=0.5, threshold=1.0)(torch.ones(1, 1, 1)).item() == 0.0
+
+
+@pytest.mark.parametrize("name,factory", [
+    ("fast_sigmoid", lambda k: snntorch.surrogate.fast_sigmoid(k)),
+    ("arctan", lambda k: snntorch.surrogate.atan(k)),
+    ("sigmoid", lambda k: snntorch.surrogate.sigmoid(k)),
+])
+@pytest.mark.parametrize("slope", [1.0, 5.0, 25.0])
+def test_surrogate_gradients_match_snntorch(name, factory, slope):
+    u = torch.linspace(-1.5, 1.5, 301)
+    a = u.clone().requires_grad_(True)
+    Surrogate(name, slope)(a).sum().backward()
+    b = u.clone().requires_grad_(True)
+    factory(slope)(b).sum().backward()
+    finite = torch.isfinite(b.grad)  # snnTorch's sigmoid overflows to NaN for large slope*|u|
+    assert finite.float().mean() > 0.5
+    torch.testing.assert_close(a.grad[finite], b.grad[finite], rtol=1e-5, atol=1e-7)
+    assert torch.isfinite(a.grad).all()
+
+
+def test_learnable_parameters_are_trained_on_every_backend():
+    x, w = _inputs((6, 2, 4), seed=9)
+    for backend in ("snntorch", "norse", "torch"):
+        m = neurosim.LIF(beta=0.7, reset="zero", learn_beta=True, learn_threshold=True, backend=backend)
+        assert {n for n, _ in m.named_parameters()} == {"beta", "threshold"}
+        (m(x) * w).sum().backward()
+        assert m.beta.grad is not None and m.threshold.grad is not None and m.threshold.grad != 0
+
+
+def test_state_continues_a_stream():
+    x, _ = _inputs((10, 2, 3), seed=2)
+    for backend in ("snntorch", "torch"):
+        m = neurosim.CubaLIF(backend=backend)
+        whole = m(x)
+        a, st = m(x[:4], return_state=True)
+        b = m(x[4:], state=st)
+        assert torch.equal(torch.cat([a, b]), whole)
+
+
+def test_backend_can_be_switched_and_state_dict_is_shared():
+    m = neurosim.LIF(beta=0.6, reset="zero", learn_beta=True)
+    sd = m.state_dict()
+    m.backend = "norse"
+    assert m.state_dict().keys() == sd.keys()
+    with pytest.raises(ValueError, match="reset='zero' only"):
+        neurosim.LIF(reset="subtract", backend="norse")
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(backend="loihi"), "backend must be one of"),
+    (dict(beta=1.5), r"beta must be in \[0.0, 1.0\]"),
+    (dict(beta=-0.1), r"beta must be in \[0.0, 1.0\]"),
+    (dict(threshold=0.0), r"threshold must be in \(0.0, inf\]"),
+    (dict(reset="none"), "reset must be one of"),
+    (dict(surrogate="relu"), "surrogate must be one of"),
+    (dict(slope=-1.0), "slope must be a finite number > 0"),
+    (dict(reset="zero", surrogate="arctan", backend="norse"), "no arctan"),
+    (dict(reset="zero", backend="norse", beta=1.0), "beta < 1"),
+])
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        neurosim.LIF(**kwargs)
+
+
+def test_cuba_not_on_norse_and_detach_reset_needs_reference():
+    with pytest.raises(ValueError, match="does not provide CubaLIF"):
+        neurosim.CubaLIF(reset="zero", backend="norse")
+    with pytest.raises(ValueError, match="detach_reset=False"):
+        neurosim.LIF(detach_reset=False, backend="snntorch")
+    neurosim.LIF(detach_reset=False, backend="torch")
+
+
+@pytest.mark.parametrize("x,match", [
+    (torch.tensor([1.0, float("nan")]).view(2, 1, 1), "NaN/inf"),
+    (torch.tensor([1.0, float("inf")]).view(2, 1), "NaN/inf"),
+    (torch.ones(5), r"at least 2 dimensions \[T, B, ...\]"),
+])
+def test_bad_input(x, match):
+    with pytest.raises(ValueError, match=match):
+        neurosim.LIF()(x)
