@@ -46,7 +46,13 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "${pip[@]}" -r "$ROOT/requirements.txt"
   # norse depends on torchvision, which breaks beside a CPU torch and which neurosim does not need.
   "$VENV/bin/python" -c 'import norse' >/dev/null 2>&1 || "${pip[@]}" --no-deps norse==1.1.0
-  if [ "${NEUROSIM_DEV:-0}" = 1 ]; then "${pip[@]}" -r "$ROOT/requirements-dev.txt"; fi
+  if [ "${NEUROSIM_DEV:-0}" = 1 ]; then
+    "${pip[@]}" -r "$ROOT/requirements-dev.txt"
+    # Peer SynOps counters for the energy tests (issue 5). --no-deps: spikingjelly requires torchvision /
+    # torchaudio, which break beside a CPU torch; what they import at runtime (loguru, progress) is in
+    # requirements-dev.txt.
+    "${pip[@]}" --no-deps spikingjelly==2.0.0 syops==0.0.5
+  fi
   "${pip[@]}" --no-deps --no-build-isolation -e "$ROOT"
   echo "$want" > "$stamp"
 fi

@@ -24,6 +24,8 @@ def _as_param(name, value, learn, lo, hi, lo_open=False):
 
 class _SpikingNeuron(nn.Module):
     kind = "lif"
+    # protocol read by neurosim.energy (and anything else that must find the neurons of a network)
+    is_spiking_neuron = True
 
     def __init__(self, threshold, reset, surrogate, slope, learn_threshold, backend, detach_reset):
         super().__init__()

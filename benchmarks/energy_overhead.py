@@ -1,0 +1,169 @@
+"""Overhead of ``neurosim.energy.profile`` versus a plain forward pass (issue 5).
+
+Three spiking networks (MLP, conv net, spike-driven attention block); for each, the median wall time of
+``model(x)`` under ``torch.no_grad()`` and of ``profile(model, x)`` (hook setup + the same forward + the one
+read-back and report), runs interleaved, device synchronised before each clock read. Also checks that the
+counts on the GPU equal those on the CPU for the same model and input.
+
+    python benchmarks/energy_overhead.py [--device cuda] [--repeats 30] [--quick] [--out results.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+
+import torch
+from torch import nn
+
+import neurosim
+from neurosim.energy import profile
+from neurosim.layers import Add, MatMul
+
+
+class MLP(nn.Module):
+    def __init__(self, d_in, hidden, d_out):
+        super().__init__()
+        self.fc1, self.lif1 = nn.Linear(d_in, hidden), neurosim.LIF(beta=0.9, threshold=0.5, backend="torch")
+        self.fc2, self.lif2 = nn.Linear(hidden, hidden), neurosim.LIF(beta=0.9, threshold=0.5, backend="torch")
+        self.fc3 = nn.Linear(hidden, d_out)
+
+    def forward(self, x):
+        return self.fc3(self.lif2(self.fc2(self.lif1(self.fc1(x)))))
+
+
+class ConvNet(nn.Module):
+    def __init__(self, c, hw, classes=10):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, 64, 3, padding=1), nn.BatchNorm2d(64)
+        self.lif1 = neurosim.LIF(beta=0.9, threshold=0.5, backend="torch")
+        self.conv2, self.bn2 = nn.Conv2d(64, 128, 3, stride=2, padding=1), nn.BatchNorm2d(128)
+        self.lif2 = neurosim.LIF(beta=0.9, threshold=0.5, backend="torch")
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(128 * (hw // 4) ** 2, classes)
+
+    def forward(self, x):
+        t, b = x.shape[:2]
+        y = self.bn1(self.conv1(x.flatten(0, 1)))
+        y = self.lif1(y.reshape(t, b, *y.shape[1:])).flatten(0, 1)
+        y = self.bn2(self.conv2(y))
+        y = self.lif2(y.reshape(t, b, *y.shape[1:])).flatten(0, 1)
+        return self.fc(self.pool(y).flatten(1))
+
+
+class AttentionBlock(nn.Module):
+    def __init__(self, d, heads):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(d, 3 * d, bias=False)
+        self.lif_qkv = neurosim.LIF(beta=0.5, threshold=0.5, backend="torch")
+        self.qk, self.av = MatMul(scale=0.125), MatMul()
+        self.lif_attn = neurosim.LIF(beta=0.5, threshold=0.5, backend="torch")
+        self.proj = nn.Linear(d, d)
+        self.add = Add()
+        self.norm = nn.LayerNorm(d)
+
+    def forward(self, x):  # [T, B, N, D] spikes
+        t, b, n, d = x.shape
+        s = self.lif_qkv(self.qkv(x))
+        q, k, v = s.reshape(t, b, n, 3, self.heads, d // self.heads).permute(3, 0, 1, 4, 2, 5)
+        y = self.av(self.qk(q, k.transpose(-1, -2)), v)  # [T, B, H, N, dh]
+        y = self.lif_attn(y.transpose(2, 3).reshape(t, b, n, d))
+        return self.norm(self.add(x, self.proj(y)))
+
+
+def cases(quick: bool):
+    if quick:
+        return [("spiking MLP", MLP(64, 128, 10), (4, 8, 64)),
+                ("spiking conv net", ConvNet(2, 16), (2, 4, 2, 16, 16)),
+                ("spiking attention block", AttentionBlock(32, 4), (2, 4, 16, 32))]
+    return [("spiking MLP", MLP(784, 2048, 10), (16, 512, 784)),
+            ("spiking conv net", ConvNet(2, 64), (8, 64, 2, 64, 64)),
+            ("spiking attention block", AttentionBlock(256, 8), (4, 32, 128, 256))]
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench(model, x, device, repeats, warmup):
+    plain, prof = [], []
+
+    def run_plain():
+        with torch.no_grad():
+            model(x)
+
+    for _ in range(warmup):
+        run_plain()
+        profile(model, x)
+    sync(device)
+    for _ in range(repeats):  # interleaved, so drift affects both alike
+        t0 = time.perf_counter()
+        run_plain()
+        sync(device)
+        t1 = time.perf_counter()
+        profile(model, x)
+        sync(device)
+        t2 = time.perf_counter()
+        plain.append(t1 - t0)
+        prof.append(t2 - t1)
+    return plain, prof
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="tiny shapes (a CPU smoke run)")
+    ap.add_argument("--out", default=None, help="write the results as JSON")
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    # full fp32 on the GPU, so that its spikes can be compared with the CPU's
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    env = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+           "torch": torch.__version__, "python": platform.python_version(), "neurosim": neurosim.__version__,
+           "cuda": torch.version.cuda, "repeats": args.repeats, "warmup": args.warmup}
+    print(json.dumps(env), flush=True)
+    results = []
+    for name, model, shape in cases(args.quick):
+        model = model.eval()
+        x_cpu = (torch.rand(shape) < 0.2).float()
+        ref = profile(model, x_cpu)  # CPU counts for the same model and input
+        model = model.to(device)
+        x = x_cpu.to(device)
+        plain, prof = bench(model, x, device, args.repeats, args.warmup)
+        rep = profile(model, x)
+        key = lambda r: (r.name, r.synops, r.macs, r.acs, r.neuron_updates, r.dense)  # noqa: E731
+        # the first layer sees the identical input spikes: its counts must match exactly; deeper layers can
+        # differ only where float rounding (GPU vs CPU sums) flips a neuron sitting on its threshold
+        same_first = key(rep.layers[0]) == key(ref.layers[0])
+        same = [key(a) for a in rep.layers] == [key(b) for b in ref.layers]
+        mp, mq = statistics.median(plain), statistics.median(prof)
+        row = {"model": name, "input": list(shape), "plain_ms": mp * 1e3, "profile_ms": mq * 1e3,
+               "overhead_pct": (mq / mp - 1) * 100, "plain_ms_min": min(plain) * 1e3,
+               "profile_ms_min": min(prof) * 1e3, "counts_equal_cpu": same, "first_layer_equal_cpu": same_first,
+               "synops_cpu": ref.totals()["synops"], "synops": rep.totals()["synops"],
+               "energy_uJ_cmos45nm": rep.totals()["energy_pj"] / 1e6}
+        results.append(row)
+        print(json.dumps(row), flush=True)
+    print("\n| model | input [T, B, ...] | plain forward (ms, median) | profile (ms, median) | overhead | "
+          "GPU counts = CPU counts |")
+    print("|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['model']} | {r['input']} | {r['plain_ms']:.3f} | {r['profile_ms']:.3f} | "
+              f"{r['overhead_pct']:+.1f}% | {r['counts_equal_cpu']} |")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"env": env, "results": results}, f, indent=2)
+    return 0 if all(r["first_layer_equal_cpu"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

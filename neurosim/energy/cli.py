@@ -1,0 +1,131 @@
+"""``neurosim energy``: profile a saved checkpoint and print / write the report.
+
+Wiring into the ``neurosim`` command (neurosim/cli.py)::
+
+    sub = subparsers.add_parser("energy", help="SynOps and energy per layer of a checkpoint")
+    neurosim.energy.add_arguments(sub)
+    sub.set_defaults(func=lambda a: neurosim.energy.cli_main(a, load=<trainer's loader or None>))
+
+``load(checkpoint_path, args) -> (model, inputs or None)`` rebuilds the model of a checkpoint (the training
+code knows its format). Without one, the checkpoint is a state dict (or a dict holding one under "model" /
+"state_dict" / "model_state") and ``--model package.module:builder`` builds the network.
+Inputs: ``--input x.pt`` (a saved tensor ``[T, B, ...]``) or ``--input-shape T,B,... --input-rate p``
+(Bernoulli spikes, seeded), unless the loader returns some.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+from pathlib import Path
+
+import torch
+
+from .. import validate
+from .hardware import HardwareProfile, list_profiles
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("checkpoint", help="saved checkpoint (.pt)")
+    parser.add_argument("--hardware", default="cmos45nm",
+                        help=f"energy profile: one of {', '.join(list_profiles())}, or a JSON file with the "
+                             "fields of neurosim.energy.HardwareProfile")
+    parser.add_argument("--model", default=None, help="builder 'package.module:function' returning the nn.Module")
+    parser.add_argument("--model-kwargs", default="{}", help="JSON keyword arguments for --model")
+    parser.add_argument("--input", default=None, help="tensor file [T, B, ...] to feed the model")
+    parser.add_argument("--input-shape", default=None, help="T,B,... of random spike input (with --input-rate)")
+    parser.add_argument("--input-rate", type=float, default=0.2, help="firing probability of random input")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--require-spikes", action="append", default=None, metavar="PATTERN",
+                        help="layer name / glob whose input must be binary (repeatable)")
+    parser.add_argument("--csv", default=None, help="write the per-layer table as CSV")
+    parser.add_argument("--json", default=None, help="write the report as JSON")
+    parser.add_argument("--plot", default=None, help="write a per-layer bar chart (PNG)")
+    parser.add_argument("--plain", action="store_true", help="plain-text table even when rich is installed")
+    return parser
+
+
+def _hardware(spec: str):
+    if spec.endswith(".json"):
+        path = Path(spec)
+        if not path.is_file():
+            raise ValueError(f"--hardware: file {spec!r} does not exist")
+        return HardwareProfile(**json.loads(path.read_text()))
+    return spec
+
+
+def _builder(spec: str):
+    if not spec or ":" not in spec:
+        raise ValueError(f"--model must be 'package.module:function', got {spec!r}")
+    mod, fn = spec.split(":", 1)
+    obj = importlib.import_module(mod)
+    for part in fn.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def default_load(path, args):
+    """State dict checkpoint + ``--model`` builder (the fallback when the caller passes no ``load``)."""
+    if args.model is None:
+        raise ValueError("--model is required to rebuild the network from a plain state-dict checkpoint")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    state = ckpt
+    if isinstance(ckpt, dict):
+        for key in ("model", "state_dict", "model_state"):
+            if isinstance(ckpt.get(key), dict):
+                state = ckpt[key]
+                break
+    kwargs = json.loads(args.model_kwargs)
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"--model-kwargs must be a JSON object, got {args.model_kwargs!r}")
+    model = _builder(args.model)(**kwargs)
+    model.load_state_dict(state)
+    return model, None
+
+
+def _inputs(args):
+    if args.input is not None:
+        x = torch.load(args.input, map_location="cpu", weights_only=True)
+        if not torch.is_tensor(x):
+            raise ValueError(f"--input must hold one tensor [T, B, ...], got {type(x).__name__}")
+        return x
+    if args.input_shape is None:
+        raise ValueError("give --input FILE or --input-shape T,B,... (the checkpoint loader returned no inputs)")
+    try:
+        shape = [int(v) for v in args.input_shape.split(",")]
+    except ValueError:
+        raise ValueError(f"--input-shape must be comma-separated integers T,B,..., got {args.input_shape!r}")
+    for i, v in enumerate(shape):
+        validate.positive_int(f"--input-shape[{i}]", v)
+    if len(shape) < 2:
+        raise ValueError(f"--input-shape needs at least 2 dimensions [T, B, ...], got {args.input_shape!r}")
+    validate.in_range("--input-rate", args.input_rate, 0.0, 1.0)
+    g = torch.Generator().manual_seed(args.seed)
+    return (torch.rand(shape, generator=g) < args.input_rate).float()
+
+
+def cli_main(args, load=None):
+    """Run ``neurosim energy``; ``args`` is an argparse Namespace (see :func:`add_arguments`) or an argv list.
+
+    Returns the :class:`~neurosim.energy.report.EnergyReport` (the caller's exit code is 0 when it returns).
+    """
+    from .meter import profile
+
+    if not isinstance(args, argparse.Namespace):
+        args = add_arguments(argparse.ArgumentParser(prog="neurosim energy")).parse_args(args)
+    if not Path(args.checkpoint).is_file():
+        raise ValueError(f"checkpoint {args.checkpoint!r} does not exist")
+    model, inputs = (load or default_load)(args.checkpoint, args)
+    if inputs is None:
+        inputs = _inputs(args)
+    device = torch.device(args.device)
+    model = model.to(device).eval()
+    inputs = inputs.to(device) if torch.is_tensor(inputs) else inputs
+    report = profile(model, inputs, hardware=_hardware(args.hardware), require_spikes=args.require_spikes)
+    report.print(rich=False if args.plain else None)
+    for path, write in ((args.csv, report.to_csv), (args.json, report.to_json), (args.plot, report.plot)):
+        if path:
+            write(path)
+            print(f"wrote {path}")
+    return report

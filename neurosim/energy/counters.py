@@ -1,0 +1,334 @@
+"""Per-layer operation counters, looked up by module type.
+
+A counter is ``fn(module, args, output) -> Count``, called from a forward hook with the module's actual
+inputs and output. Counts may be Python ints or 0-d tensors on the model's device: the profiler reads all
+of them back in one transfer after the forward pass, so counting never stalls the GPU mid-forward.
+
+Conventions (all exact, from the actual tensors):
+
+* A layer's input is a *spike* input when every element is 0 or 1. Then each 1 costs one accumulate (AC,
+  a synaptic operation) per output it reaches (its fan-out); zeros cost nothing. A real-valued input costs
+  the dense multiply-accumulates (MACs) an ANN of the same shape would do. ``dense`` is always that ANN
+  figure, so both are reported.
+* Linear: fan-out = ``out_features``. Conv: fan-out of an input position = (number of output positions
+  whose receptive field holds it, padding/stride/dilation included) x ``out_channels / groups``.
+  Bias additions are not counted (as in SpikingJelly's SynOp counter and the spiking-transformer papers).
+* :class:`neurosim.layers.MatMul` ``a @ b``: a product term ``a[i,k] * b[k,j]`` costs one AC when every
+  binary operand in it is 1 (spike x spike: both 1; spike x real: the spike is 1); with no binary operand
+  every term is a MAC. A ``scale`` other than 1 adds one multiply (MAC) per output element.
+* :class:`neurosim.layers.Add` ``a + b``: an addition costs one AC where no binary operand is 0
+  (adding a zero spike is free); real + real costs one AC per element.
+* Pooling: one AC per (input element, window holding it), counting only nonzero inputs when the input is
+  binary. Normalisation: MACs per element (BatchNorm at inference folds to 1 MAC per element; LayerNorm /
+  GroupNorm compute statistics per sample: 3 per element). Neurons: one update per neuron per time step.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..layers import Add, MatMul
+
+Number = "int | float | torch.Tensor"
+
+
+@dataclass
+class TensorStats:
+    """Raw counts over one tensor, as 0-d tensors on its device (read back once, after the forward pass).
+
+    ``nnz``: nonzero elements (NaN included); ``ones``: elements equal to 1; ``total``: float64 sum, which is
+    NaN/inf exactly when the tensor holds a NaN or inf (a sum of finite float32/16 values cannot overflow
+    float64). The tensor is binary (spikes) when ``nnz == ones``.
+    """
+
+    numel: int
+    nnz: torch.Tensor
+    ones: torch.Tensor
+    total: torch.Tensor | None = None
+
+
+def stats(x: torch.Tensor) -> TensorStats:
+    """Counts of ``x`` computed on its device without host synchronisation (three reads of ``x``)."""
+    x = x.detach()
+    if x.dtype == torch.bool:
+        nnz = torch.count_nonzero(x)
+        return TensorStats(x.numel(), nnz, nnz, None)
+    return TensorStats(x.numel(), torch.count_nonzero(x), torch.count_nonzero(x == 1),
+                       x.sum(dtype=torch.float64) if x.is_floating_point() else None)
+
+
+@dataclass
+class Count:
+    """Operations of one module call. Values may be numbers or 0-d tensors (read back after the forward).
+
+    Fixed counts go in ``macs`` / ``synops`` / ``acs`` / ``neuron_updates``. A count that depends on whether
+    an input is spikes uses the spike rule instead: ``spike_input`` (and ``spike_input2`` for two-operand
+    ops) with ``spike_count`` and ``spike_kind`` (``"synops"`` or ``"acs"``): when the operand(s) are binary,
+    ``spike_count`` is added to ``spike_kind``; when none is, ``dense`` is added to MACs (``dense_is_mac``)
+    or ACs. For two operands ``spike_count`` is a dict with keys ``"both"``, ``"first"``, ``"second"`` (the
+    count when both / only the first / only the second is binary). The decision is taken on the host after
+    the single read-back, per call.
+
+    Attributes:
+        dense: operations an ANN of the same shape would do (MACs when ``dense_is_mac``, else additions).
+        note: anything the reader must know about this count.
+    """
+
+    dense: int = 0
+    dense_is_mac: bool = True
+    macs: "Number" = 0
+    synops: "Number" = 0
+    acs: "Number" = 0
+    neuron_updates: int = 0
+    spike_input: TensorStats | None = None
+    spike_input2: TensorStats | None = None
+    spike_count: object = None
+    spike_kind: str = "synops"
+    note: str = ""
+
+
+def spike_or_dense(x_stats: TensorStats, dense: int, exact_synops) -> Count:
+    """A synaptic layer: ``exact_synops`` when its input is binary, otherwise the ``dense`` MACs."""
+    return Count(dense=dense, spike_input=x_stats, spike_count=exact_synops, spike_kind="synops")
+
+
+# ----------------------------------------------------------------------------------------------- registry
+Counter = Callable[[nn.Module, tuple, object], Count]
+_COUNTERS: dict[type, Counter] = {}
+_ZERO_COST: tuple[type, ...] = (nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
+                                nn.Dropout3d, nn.AlphaDropout)
+
+
+def register_counter(module_type: type, fn: Counter | None = None, overwrite: bool = False):
+    """Register ``fn(module, args, output) -> Count`` for ``module_type`` (and its subclasses).
+
+    A module whose type has a counter is counted by it alone: the profiler does not look inside it. Usable
+    as a decorator: ``@register_counter(MyLayer)``.
+    """
+    if not isinstance(module_type, type) or not issubclass(module_type, nn.Module):
+        raise ValueError(f"module_type must be an nn.Module subclass, got {module_type!r}")
+
+    def deco(f: Counter) -> Counter:
+        if not callable(f):
+            raise ValueError(f"counter for {module_type.__name__} must be callable, got {type(f).__name__}")
+        if module_type in _COUNTERS and _COUNTERS[module_type] is not f and not overwrite:
+            raise ValueError(f"a counter for {module_type.__name__} is already registered; pass overwrite=True")
+        _COUNTERS[module_type] = f
+        return f
+
+    return deco(fn) if fn is not None else deco
+
+
+def is_spiking_neuron(module: nn.Module) -> bool:
+    """The neuron protocol: a module class with ``is_spiking_neuron = True`` (e.g. neurosim.LIF)."""
+    return bool(getattr(type(module), "is_spiking_neuron", False))
+
+
+def counter_for(module: nn.Module) -> Counter | None:
+    """The registered counter for ``module`` (most specific class first), or None."""
+    for cls in type(module).__mro__:
+        if cls in _COUNTERS:
+            return _COUNTERS[cls]
+    if is_spiking_neuron(module):
+        return count_neuron
+    if isinstance(module, _ZERO_COST):
+        return count_nothing
+    return None
+
+
+# --------------------------------------------------------------------------------------------- fan-out maps
+_FANOUT_CACHE: dict[tuple, torch.Tensor] = {}
+
+
+def window_fanout(spatial, kernel, stride, padding, dilation, out_spatial, padding_mode="zeros",
+                  device=None) -> tuple[torch.Tensor, int]:
+    """Number of sliding windows holding each input position, shape ``spatial``.
+
+    ``padding`` is a per-dimension (left, right) pair; windows past the right edge (``ceil_mode``) are
+    covered by cropping to ``out_spatial``, the shape the layer actually produced. Computed once per shape
+    (as the gradient of the summed window sums with respect to an all-ones input) and cached; returns the
+    map on ``device`` and its total (the number of (input position, window) pairs) as a Python int.
+    """
+    key = (tuple(spatial), tuple(kernel), tuple(stride), tuple(padding), tuple(dilation), tuple(out_spatial),
+           padding_mode, str(device))
+    hit = _FANOUT_CACHE.get(key)
+    if hit is not None:
+        return hit
+    nd = len(spatial)
+    conv = (F.conv1d, F.conv2d, F.conv3d)[nd - 1]
+    with torch.enable_grad():
+        x = torch.ones((1, 1) + tuple(spatial), dtype=torch.float64, requires_grad=True)
+        # the right side gets extra zeros so that every window the layer produced (ceil_mode) exists here
+        extra = [max(0, (o - 1) * s + d * (k - 1) + 1 - (n + pl + pr))
+                 for o, s, d, k, n, (pl, pr) in zip(out_spatial, stride, dilation, kernel, spatial, padding)]
+        pads = []
+        for (pl, pr) in reversed(padding):
+            pads += [pl, pr]
+        xp = F.pad(x, pads, mode="constant" if padding_mode == "zeros" else padding_mode) if any(pads) else x
+        if any(extra):
+            xp = F.pad(xp, [v for e in reversed(extra) for v in (0, e)])
+        w = torch.ones((1, 1) + tuple(kernel), dtype=torch.float64)
+        y = conv(xp, w, stride=tuple(stride), dilation=tuple(dilation))
+        y = y[(0, 0) + tuple(slice(0, o) for o in out_spatial)]
+        (g,) = torch.autograd.grad(y.sum(), x)
+    fan = g[0, 0].round()
+    total = int(fan.sum().item())
+    if device is not None:
+        fan = fan.to(device)
+    _FANOUT_CACHE[key] = (fan, total)
+    return fan, total
+
+
+def _tuple(v, nd):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v,) * nd
+
+
+def _pairs(padding, nd, kernel, dilation):
+    if padding == "valid":
+        return ((0, 0),) * nd
+    if padding == "same":
+        out = []
+        for k, d in zip(kernel, dilation):
+            total = d * (k - 1)
+            out.append((total // 2, total - total // 2))
+        return tuple(out)
+    return tuple((p, p) for p in _tuple(padding, nd))
+
+
+def _spatial_sum(x: torch.Tensor, nd: int) -> torch.Tensor:
+    """Sum a ``[N, C, *S]`` or ``[C, *S]`` tensor over everything but the ``nd`` spatial dims."""
+    lead = tuple(range(x.dim() - nd))
+    return x.detach().sum(dim=lead, dtype=torch.float64) if lead else x.detach().to(torch.float64)
+
+
+# ------------------------------------------------------------------------------------------------ counters
+def count_nothing(module, args, output) -> Count:
+    return Count(dense=0)
+
+
+def count_linear(module: nn.Linear, args, output) -> Count:
+    x = args[0]
+    s = stats(x)
+    dense = x.numel() * module.out_features
+    return spike_or_dense(s, dense, s.nnz * module.out_features)
+
+
+def count_conv(module: nn.modules.conv._ConvNd, args, output) -> Count:
+    x = args[0]
+    nd = len(module.kernel_size)
+    s = stats(x)
+    out_spatial = tuple(output.shape[-nd:])
+    k = tuple(module.kernel_size)
+    per_group_out = module.out_channels // module.groups
+    dense = output.numel() * (module.in_channels // module.groups) * math.prod(k)
+    fan, _ = window_fanout(x.shape[-nd:], k, _tuple(module.stride, nd),
+                        _pairs(module.padding, nd, k, _tuple(module.dilation, nd)), _tuple(module.dilation, nd),
+                        out_spatial, module.padding_mode, device=x.device)
+    exact = (_spatial_sum(x, nd) * fan).sum() * per_group_out
+    return spike_or_dense(s, dense, exact)
+
+
+def _count_windows(x, output, nd, fan, total) -> Count:
+    s = stats(x)
+    lead = x.numel() // max(math.prod(x.shape[-nd:]), 1)
+    exact = (_spatial_sum(x, nd) * fan).sum()
+    return Count(dense=total * lead, dense_is_mac=False, spike_input=s, spike_count=exact, spike_kind="acs")
+
+
+def count_pool(module, args, output) -> Count:
+    x = args[0]
+    out = output[0] if isinstance(output, tuple) else output
+    nd = 1 if isinstance(module, (nn.MaxPool1d, nn.AvgPool1d)) else 2
+    k = _tuple(module.kernel_size, nd)
+    stride = _tuple(module.stride if module.stride else module.kernel_size, nd)
+    dil = _tuple(getattr(module, "dilation", 1), nd)
+    fan, total = window_fanout(x.shape[-nd:], k, stride, _pairs(module.padding, nd, k, dil), dil,
+                               tuple(out.shape[-nd:]), device=x.device)
+    return _count_windows(x, out, nd, fan, total)
+
+
+def _adaptive_fanout(n_in: int, n_out: int) -> torch.Tensor:
+    fan = torch.zeros(n_in, dtype=torch.float64)
+    for i in range(n_out):
+        start, end = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+        fan[start:end] += 1
+    return fan
+
+
+def count_adaptive_pool(module, args, output) -> Count:
+    x = args[0]
+    out = output[0] if isinstance(output, tuple) else output
+    nd = 1 if isinstance(module, (nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d)) else 2
+    key = ("adaptive", tuple(x.shape[-nd:]), tuple(out.shape[-nd:]), str(x.device))
+    if key not in _FANOUT_CACHE:
+        fan = torch.ones((), dtype=torch.float64)
+        for n_in, n_out in zip(x.shape[-nd:], out.shape[-nd:]):
+            fan = fan.unsqueeze(-1) * _adaptive_fanout(n_in, n_out)
+        _FANOUT_CACHE[key] = (fan.to(x.device), int(fan.sum().item()))
+    fan, total = _FANOUT_CACHE[key]
+    return _count_windows(x, out, nd, fan, total)
+
+
+def count_batchnorm(module, args, output) -> Count:
+    n = args[0].numel()
+    return Count(dense=n, macs=n, note="1 MAC per element (affine folded at inference)")
+
+
+def count_layernorm(module, args, output) -> Count:
+    n = args[0].numel()
+    return Count(dense=3 * n, macs=3 * n, note="3 MACs per element (mean, variance, normalise+affine)")
+
+
+def count_matmul(module: MatMul, args, output) -> Count:
+    a, b = args[0], args[1]
+    sa, sb = stats(a), stats(b)
+    a2 = a.detach().unsqueeze(0) if a.dim() == 1 else a.detach()
+    b2 = b.detach().unsqueeze(-1) if b.dim() == 1 else b.detach()
+    m, n = a2.shape[-2], b2.shape[-1]
+    batch = torch.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
+    dense = math.prod(batch) * m * a2.shape[-1] * n
+    a_col = a2.sum(-2, dtype=torch.float64)  # [..., k]: ones in each column of a (when a is binary)
+    b_row = b2.sum(-1, dtype=torch.float64)  # [..., k]: ones in each row of b (when b is binary)
+    # batch dims broadcast: an operand repeated r times over the broadcast batch counts r times
+    rep_a = math.prod(batch) // max(math.prod(a2.shape[:-2]), 1)
+    rep_b = math.prod(batch) // max(math.prod(b2.shape[:-2]), 1)
+    counts = {"both": (a_col * b_row).sum(),  # product terms whose two operands are both 1
+              "first": sa.nnz * (n * rep_a),  # each 1 of a meets the n values of its row of b
+              "second": sb.nnz * (m * rep_b)}
+    return Count(dense=dense, macs=output.numel() if module.scale != 1.0 else 0, spike_input=sa,
+                 spike_input2=sb, spike_count=counts, spike_kind="synops",
+                 note="" if module.scale == 1.0 else "scale: 1 multiply per output counted as MAC")
+
+
+def count_add(module: Add, args, output) -> Count:
+    a, b = args[0], args[1]
+    n = output.numel()
+    if not (torch.is_tensor(a) and torch.is_tensor(b)):  # tensor + Python number: one addition per element
+        return Count(dense=n, dense_is_mac=False, acs=n)
+    sa, sb = stats(a), stats(b)
+    # an addition is needed where no binary operand is 0; a broadcast operand repeats its spikes
+    counts = {"both": torch.count_nonzero(a.detach() * b.detach()),
+              "first": sa.nnz * (n // max(sa.numel, 1)), "second": sb.nnz * (n // max(sb.numel, 1))}
+    return Count(dense=n, dense_is_mac=False, spike_input=sa, spike_input2=sb, spike_count=counts,
+                 spike_kind="acs")
+
+
+def count_neuron(module, args, output) -> Count:
+    x = args[0]
+    return Count(dense=0, neuron_updates=x.numel())
+
+
+for _t, _f in [(nn.Linear, count_linear), (nn.Conv1d, count_conv), (nn.Conv2d, count_conv),
+               (nn.Conv3d, count_conv), (nn.MaxPool1d, count_pool), (nn.MaxPool2d, count_pool),
+               (nn.AvgPool1d, count_pool), (nn.AvgPool2d, count_pool),
+               (nn.AdaptiveAvgPool1d, count_adaptive_pool), (nn.AdaptiveAvgPool2d, count_adaptive_pool),
+               (nn.AdaptiveMaxPool1d, count_adaptive_pool), (nn.AdaptiveMaxPool2d, count_adaptive_pool),
+               (nn.BatchNorm1d, count_batchnorm), (nn.BatchNorm2d, count_batchnorm),
+               (nn.BatchNorm3d, count_batchnorm), (nn.LayerNorm, count_layernorm),
+               (nn.GroupNorm, count_layernorm), (MatMul, count_matmul), (Add, count_add)]:
+    register_counter(_t, _f)

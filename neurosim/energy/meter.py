@@ -1,0 +1,334 @@
+"""Counting during a forward pass: forward hooks on the counted modules, one device->host transfer at the end.
+
+``profile(model, inputs)`` runs the model once under an :class:`EnergyMeter`; the meter can also wrap any
+forward pass the caller runs itself (``with EnergyMeter(model) as m: model(x)``; ``m.report()``).
+"""
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from . import counters as C
+from .hardware import HardwareProfile, get_profile
+from .report import EnergyReport, LayerReport
+
+_STATS_CACHE_SIZE = 8  # recent tensors whose stats are reused (a neuron's output is the next layer's input)
+
+
+@dataclass
+class _Slot:
+    name: str
+    module: nn.Module
+    counter: object  # callable or None (not counted)
+    first_call: int = -1
+    notes: set = field(default_factory=set)
+    # one entry per call: (count or None, stats of the rate-defining input, output stats, all input stats)
+    calls: list = field(default_factory=list)
+
+
+def _first_tensor(obj):
+    if torch.is_tensor(obj):
+        return obj
+    if isinstance(obj, (tuple, list)):
+        for o in obj:
+            t = _first_tensor(o)
+            if t is not None:
+                return t
+    if isinstance(obj, dict):
+        for o in obj.values():
+            t = _first_tensor(o)
+            if t is not None:
+                return t
+    return None
+
+
+def _tensors(args):
+    return [a for a in args if torch.is_tensor(a)]
+
+
+def _patterns(require_spikes):
+    if require_spikes is None or require_spikes is False:
+        return ()
+    if require_spikes is True:
+        return ("*",)
+    if isinstance(require_spikes, str):
+        return (require_spikes,)
+    try:
+        pats = tuple(require_spikes)
+    except TypeError:
+        pats = None
+    if pats is None or not all(isinstance(p, str) for p in pats):
+        raise ValueError("require_spikes must be None, a bool, a layer name / glob pattern, or a list of them; "
+                         f"got {require_spikes!r}")
+    return pats
+
+
+class EnergyMeter:
+    """Count operations of ``model`` during the forward passes run inside ``with EnergyMeter(model):``.
+
+    Args:
+        model: the network; modules with a registered counter are hooked, containers are walked into, and
+            any other module that runs is listed as "not counted".
+        hardware: profile name (``"cmos45nm"``, ``"loihi"``, or registered), a HardwareProfile or a dict.
+        require_spikes: layer names or glob patterns (``True``: every layer) whose spike-deciding input must
+            be binary; a non-binary input raises ValueError naming the layer.
+    """
+
+    def __init__(self, model: nn.Module, hardware="cmos45nm", require_spikes=None):
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.hardware: HardwareProfile = get_profile(hardware)
+        self.require = _patterns(require_spikes)
+        self._slots: list[_Slot] = []
+        self._handles = []
+        self._seq = 0
+        self._cache: OrderedDict = OrderedDict()
+        self._running: list[_Slot] = []  # modules entered and not yet left (to name the layer of an error)
+
+    # ----------------------------------------------------------------------------------------- hooking
+    def _walk(self, module: nn.Module, name: str):
+        counter = C.counter_for(module)
+        children = list(module.named_children())
+        if counter is not None or not children:
+            self._attach(module, name or type(module).__name__, counter)
+            return
+        own = [n for n, p in module._parameters.items() if p is not None]
+        if own:
+            # a container that also holds parameters uses them outside its children: flag it if it runs
+            self._attach(module, name or type(module).__name__, None,
+                         note=f"own parameters ({', '.join(own)}) used outside child modules are not counted")
+        for child_name, child in children:
+            self._walk(child, f"{name}.{child_name}" if name else child_name)
+
+    def _attach(self, module, name, counter, note=""):
+        slot = _Slot(name, module, counter)
+        if note:
+            slot.notes.add(note)
+        self._slots.append(slot)
+        self._handles.append(module.register_forward_pre_hook(self._make_pre_hook(slot)))
+        self._handles.append(module.register_forward_hook(self._make_hook(slot), with_kwargs=True))
+
+    def __enter__(self):
+        if self._handles:
+            raise RuntimeError("EnergyMeter is already active")
+        self._walk(self.model, "")
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self._cache.clear()
+        running, self._running = self._running, []
+        if exc_type is not None and issubclass(exc_type, (ValueError, RuntimeError)):
+            # name the layer: the first one whose input held NaN/inf, else the innermost one that was running
+            self._check_finite(self._host_values())
+            if running:
+                s = running[-1]
+                raise ValueError(f"layer {s.name!r} ({type(s.module).__name__}) failed: {exc}") from exc
+        return False
+
+    def _make_pre_hook(self, slot: _Slot):
+        def pre_hook(module, args):
+            self._running.append(slot)
+
+        return pre_hook
+
+    # ------------------------------------------------------------------------------------------ counting
+    def _stats(self, x: torch.Tensor) -> C.TensorStats:
+        # A contiguous tensor is identified by (storage address, numel, dtype): views such as a reshape of a
+        # neuron's output, fed to the next layer, reuse its stats. The cache holds the tensor itself, so the
+        # address cannot be reused while cached; ``_version`` catches in-place changes.
+        key = (x.data_ptr(), x.numel(), x.dtype, x.device) if x.is_contiguous() else ("id", id(x))
+        hit = self._cache.get(key)
+        if hit is not None and hit[1] == x._version and (key[0] != "id" or hit[0] is x):
+            self._cache.move_to_end(key)
+            return hit[2]
+        s = C.stats(x)
+        self._cache[key] = (x, x._version, s)
+        if len(self._cache) > _STATS_CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return s
+
+    def _make_hook(self, slot: _Slot):
+        def hook(module, args, kwargs, output):
+            if self._running and self._running[-1] is slot:
+                self._running.pop()
+            if kwargs:
+                args = tuple(args) + tuple(kwargs.values())
+            if slot.first_call < 0:
+                slot.first_call = self._seq
+                self._seq += 1
+            ins = [self._stats(t) for t in _tensors(args)]
+            prev = C.stats
+            C.stats = self._stats  # counters share this call's (and recent calls') tensor stats
+            try:
+                cnt = slot.counter(module, args, output) if slot.counter is not None else None
+            finally:
+                C.stats = prev
+            sin = cnt.spike_input if cnt is not None and cnt.spike_input is not None else (ins[0] if ins else None)
+            out = _first_tensor(output)
+            slot.calls.append((cnt, sin, self._stats(out) if out is not None else None, ins))
+            if cnt is not None and cnt.note:
+                slot.notes.add(cnt.note)
+
+        return hook
+
+    # -------------------------------------------------------------------------------------------- report
+    def _ran(self):
+        return sorted((s for s in self._slots if s.calls), key=lambda s: s.first_call)
+
+    def _host_values(self) -> dict:
+        """id(tensor) -> float for every 0-d count recorded: one stack + copy per (device, dtype)."""
+        tensors: dict = {}
+
+        def visit(v):
+            if torch.is_tensor(v):
+                tensors[id(v)] = v
+            elif isinstance(v, C.TensorStats):
+                for t in (v.nnz, v.ones, v.total):
+                    visit(t)
+            elif isinstance(v, dict):
+                for t in v.values():
+                    visit(t)
+
+        for s in self._slots:
+            for cnt, sin, sout, ins in s.calls:
+                for v in [sin, sout, *ins]:
+                    visit(v)
+                if cnt is not None:
+                    for v in (cnt.macs, cnt.synops, cnt.acs, cnt.spike_count, cnt.spike_input, cnt.spike_input2):
+                        visit(v)
+        groups: dict = {}
+        for key, t in tensors.items():
+            groups.setdefault((t.device, t.dtype), []).append((key, t))
+        host = {}
+        for items in groups.values():
+            vals = torch.stack([t.reshape(()) for _, t in items]).cpu().tolist()
+            for (key, _), v in zip(items, vals):
+                host[key] = float(v)
+        return host
+
+    def _check_finite(self, host):
+        for s in self._ran():
+            for _, _, _, ins in s.calls:
+                for st in ins:
+                    if st.total is not None and not math.isfinite(host[id(st.total)]):
+                        raise ValueError(f"layer {s.name!r} ({type(s.module).__name__}): its input contains "
+                                         "NaN/inf value(s); all values must be finite")
+
+    def report(self, batch_size: int | None = None) -> EnergyReport:
+        """Read all counts back (one transfer per device and dtype), check them, price them on the hardware."""
+        ran = self._ran()
+        host = self._host_values()
+        val = lambda v: host[id(v)] if torch.is_tensor(v) else float(v)  # noqa: E731
+        self._check_finite(host)
+
+        def binary(st):
+            return st is not None and val(st.nnz) == val(st.ones)
+
+        hw = self.hardware
+        rows, notes = [], []
+        unpriced = 0
+        for s in ran:
+            r = LayerReport(name=s.name, type=type(s.module).__name__, calls=len(s.calls),
+                            counted=s.counter is not None)
+            require = any(fnmatch.fnmatchcase(s.name, p) for p in self.require)
+            macs = synops = acs = paper = 0.0
+            all_spikes = True
+            for cnt, sin, sout, ins in s.calls:
+                if sin is not None:
+                    r.in_numel += sin.numel
+                    r.in_nnz += int(val(sin.nnz))
+                    all_spikes &= binary(sin)
+                    if require and not binary(sin):
+                        bad = int(val(sin.nnz) - val(sin.ones))
+                        raise ValueError(f"layer {s.name!r} ({r.type}) requires binary spikes (values 0 or 1) as "
+                                         f"input, but {bad} of {sin.numel} input values were not 0 or 1")
+                if sout is not None:
+                    r.out_numel += sout.numel
+                    r.out_nnz += int(val(sout.nnz))
+                if cnt is None:
+                    continue
+                r.dense += int(cnt.dense)
+                r.dense_is_mac = cnt.dense_is_mac
+                r.neuron_updates += int(cnt.neuron_updates)
+                macs += val(cnt.macs)
+                synops += val(cnt.synops)
+                acs += val(cnt.acs)
+                if cnt.spike_count is None:
+                    continue
+                b1 = binary(cnt.spike_input)
+                if isinstance(cnt.spike_count, dict):
+                    b2 = binary(cnt.spike_input2)
+                    key = "both" if b1 and b2 else "first" if b1 else "second" if b2 else None
+                    spiking = val(cnt.spike_count[key]) if key else None
+                    rate_src = cnt.spike_input if b1 else cnt.spike_input2
+                else:
+                    spiking = val(cnt.spike_count) if b1 else None
+                    rate_src = cnt.spike_input
+                if spiking is None:  # no binary operand: the dense operations
+                    if cnt.dense_is_mac:
+                        macs += cnt.dense
+                    else:
+                        acs += cnt.dense
+                elif cnt.spike_kind == "synops":
+                    synops += spiking
+                    paper += val(rate_src.nnz) / max(rate_src.numel, 1) * cnt.dense  # the papers' rate x dense
+                else:
+                    acs += spiking
+            r.macs, r.synops, r.acs = int(round(macs)), int(round(synops)), int(round(acs))
+            r.synops_paper = paper
+            r.in_spikes = r.in_numel > 0 and all_spikes
+            r.note = "; ".join(sorted(s.notes)) or ("" if r.counted else "no counter registered for this module type")
+            e_mac = hw.e_mac_pj
+            if e_mac is None:
+                unpriced += r.macs
+                e_mac = 0.0
+            base = r.neuron_updates * hw.e_neuron_pj + r.acs * hw.e_ac_pj + r.macs * e_mac
+            r.energy_pj = base + r.synops * hw.e_ac_pj
+            r.energy_paper_pj = base + r.synops_paper * hw.e_ac_pj
+            rows.append(r)
+        if unpriced:
+            notes.append(f"{unpriced:,} MACs are not priced: profile {hw.name!r} has no MAC energy "
+                         "(real-valued layers run off this hardware)")
+        return EnergyReport(hardware=hw, layers=rows, batch_size=batch_size, notes=notes)
+
+
+def _call(model, inputs):
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def profile(model: nn.Module, inputs, hardware="cmos45nm", require_spikes=None, grad: bool = False):
+    """Run ``model(inputs)`` once and count, per layer, dense ANN MACs, SynOps, MACs, ACs, neuron updates,
+    firing rates and energy on ``hardware``.
+
+    Args:
+        model: network taking ``[T, B, ...]`` input(s).
+        inputs: a tensor, a tuple/list of positional inputs, or a dict of keyword inputs.
+        hardware: ``"cmos45nm"`` (default), ``"loihi"``, a registered name, a HardwareProfile or a dict.
+        require_spikes: see :class:`EnergyMeter`.
+        grad: run with autograd enabled (default: under ``torch.no_grad()``).
+
+    Returns:
+        :class:`EnergyReport` (``print(report)``, ``.to_csv()``, ``.to_json()``, ``.plot()``). Counts cover the
+        whole batch; ``batch_size`` is taken from dim 1 of the first input tensor.
+    """
+    first = _first_tensor(inputs)
+    if first is None:
+        raise ValueError("inputs must contain at least one tensor shaped [T, B, ...]")
+    batch = int(first.shape[1]) if first.dim() >= 2 else None
+    meter = EnergyMeter(model, hardware=hardware, require_spikes=require_spikes)
+    with meter, torch.set_grad_enabled(grad):
+        _call(model, inputs)
+    return meter.report(batch_size=batch)

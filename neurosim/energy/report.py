@@ -1,0 +1,261 @@
+"""The energy report: per-layer rows, totals, and its renderings (terminal table, CSV, JSON, bar chart)."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .hardware import HardwareProfile
+
+
+@dataclass
+class LayerReport:
+    """One module's counts over the profiled forward pass (all calls of the module added up).
+
+    ``in_rate`` / ``out_rate``: fraction of nonzero elements (the firing rate when the tensor is spikes);
+    ``sparsity = 1 - in_rate``. ``in_spikes``: the input was binary on every call. ``counted=False`` marks a
+    module no counter knows: its operations are missing from the totals.
+    """
+
+    name: str
+    type: str
+    calls: int = 0
+    counted: bool = True
+    dense: int = 0
+    dense_is_mac: bool = True
+    macs: int = 0
+    synops: int = 0
+    acs: int = 0
+    neuron_updates: int = 0
+    synops_paper: float = 0.0
+    in_numel: int = 0
+    in_nnz: int = 0
+    out_numel: int = 0
+    out_nnz: int = 0
+    in_spikes: bool = False
+    energy_pj: float = 0.0
+    energy_paper_pj: float = 0.0
+    note: str = ""
+
+    @property
+    def in_rate(self) -> float:
+        return self.in_nnz / self.in_numel if self.in_numel else 0.0
+
+    @property
+    def out_rate(self) -> float:
+        return self.out_nnz / self.out_numel if self.out_numel else 0.0
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.in_rate if self.in_numel else 0.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(in_rate=self.in_rate, out_rate=self.out_rate, sparsity=self.sparsity)
+        return d
+
+
+COLUMNS = ("name", "type", "calls", "counted", "dense", "macs", "synops", "acs", "neuron_updates", "in_rate",
+           "out_rate", "sparsity", "in_spikes", "synops_paper", "energy_pj", "energy_paper_pj", "note")
+
+
+def _atomic_write(path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _fmt_int(v) -> str:
+    return f"{int(v):,}"
+
+
+def _fmt_energy(pj: float) -> str:
+    for unit, scale in (("J", 1e12), ("mJ", 1e9), ("uJ", 1e6), ("nJ", 1e3)):
+        if abs(pj) >= scale:
+            return f"{pj / scale:.3f} {unit}"
+    return f"{pj:.3f} pJ"
+
+
+@dataclass
+class EnergyReport:
+    """Result of :func:`neurosim.energy.profile`. Counts are for the whole batch that was profiled."""
+
+    hardware: HardwareProfile
+    layers: list[LayerReport]
+    batch_size: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    # -------------------------------------------------------------------------------------------- totals
+    def layer(self, name: str) -> LayerReport:
+        for row in self.layers:
+            if row.name == name:
+                return row
+        raise KeyError(f"no layer named {name!r}; layers: {', '.join(r.name for r in self.layers)}")
+
+    @property
+    def not_counted(self) -> list[str]:
+        return [r.name for r in self.layers if not r.counted]
+
+    def totals(self) -> dict:
+        t = {k: sum(getattr(r, k) for r in self.layers)
+             for k in ("dense", "macs", "synops", "acs", "neuron_updates", "synops_paper", "energy_pj",
+                       "energy_paper_pj")}
+        hw = self.hardware
+        ann = None
+        if hw.e_mac_pj is not None:
+            ann = sum(r.dense * (hw.e_mac_pj if r.dense_is_mac else hw.e_ac_pj) for r in self.layers)
+        t["ann_energy_pj"] = ann
+        t["energy_ratio_vs_ann"] = (t["energy_pj"] / ann) if ann else None
+        if self.batch_size:
+            t["energy_per_sample_pj"] = t["energy_pj"] / self.batch_size
+        t["not_counted"] = self.not_counted
+        return t
+
+    # ----------------------------------------------------------------------------------------- renderings
+    def to_dict(self) -> dict:
+        return {"hardware": self.hardware.to_dict(), "batch_size": self.batch_size,
+                "layers": [r.to_dict() for r in self.layers], "totals": self.totals(), "notes": list(self.notes)}
+
+    def to_json(self, path=None) -> str:
+        text = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            _atomic_write(path, text + "\n")
+        return text
+
+    def to_csv(self, path=None) -> str:
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(COLUMNS)
+        for r in self.layers:
+            d = r.to_dict()
+            w.writerow([d[c] for c in COLUMNS])
+        text = buf.getvalue()
+        if path is not None:
+            _atomic_write(path, text)
+        return text
+
+    def _rows(self):
+        head = ["layer", "type", "dense", "MACs", "SynOps", "ACs", "neuron upd", "in rate", "out rate", "energy"]
+        rows = []
+        for r in self.layers:
+            if not r.counted:
+                rows.append([r.name, r.type, "not counted", "", "", "", "", "", "", ""])
+                continue
+            rows.append([r.name, r.type, _fmt_int(r.dense), _fmt_int(r.macs), _fmt_int(r.synops), _fmt_int(r.acs),
+                         _fmt_int(r.neuron_updates), f"{r.in_rate:.3f}" + ("" if r.in_spikes else "*"),
+                         f"{r.out_rate:.3f}", _fmt_energy(r.energy_pj)])
+        t = self.totals()
+        rows.append(["TOTAL", "", _fmt_int(t["dense"]), _fmt_int(t["macs"]), _fmt_int(t["synops"]),
+                     _fmt_int(t["acs"]), _fmt_int(t["neuron_updates"]), "", "", _fmt_energy(t["energy_pj"])])
+        return head, rows
+
+    def _footer(self) -> list[str]:
+        t = self.totals()
+        hw = self.hardware
+        lines = [f"hardware: {hw.name} ({hw.source})",
+                 "* input not binary on every call: counted as MACs (dense), not SynOps"]
+        if t["ann_energy_pj"] is not None:
+            lines.append(f"same-shape ANN: {_fmt_energy(t['ann_energy_pj'])}; SNN/ANN energy ratio: "
+                         f"{t['energy_ratio_vs_ann']:.4f}" if t["ann_energy_pj"] else "same-shape ANN: 0 pJ")
+        lines.append(f"papers' estimate (rate x dense): {_fmt_int(round(t['synops_paper']))} SynOps, "
+                     f"{_fmt_energy(t['energy_paper_pj'])}")
+        if self.batch_size:
+            lines.append(f"batch size {self.batch_size}: {_fmt_energy(t['energy_per_sample_pj'])} per sample")
+        if t["not_counted"]:
+            lines.append("NOT COUNTED (no counter; missing from totals): " + ", ".join(t["not_counted"]))
+        lines += self.notes
+        return lines
+
+    def table(self) -> str:
+        """Plain-text table (what ``print(report)`` shows)."""
+        head, rows = self._rows()
+        widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+        line = lambda cells: "  ".join(str(c).rjust(w) if i >= 2 else str(c).ljust(w)  # noqa: E731
+                                       for i, (c, w) in enumerate(zip(cells, widths)))
+        out = [line(head), "-" * (sum(widths) + 2 * (len(widths) - 1))]
+        out += [line(r) for r in rows[:-1]]
+        out += ["-" * (sum(widths) + 2 * (len(widths) - 1)), line(rows[-1])]
+        return "\n".join(out + self._footer())
+
+    __str__ = table
+
+    def print(self, rich: bool | None = None, file=None) -> None:
+        """Print the table, with ``rich`` when it is installed (``rich=False`` forces plain text)."""
+        if rich is not False:
+            try:
+                from rich.console import Console
+                from rich.table import Table
+            except ImportError:
+                if rich:
+                    raise
+            else:
+                head, rows = self._rows()
+                tab = Table(title=f"neurosim energy ({self.hardware.name})")
+                for i, h in enumerate(head):
+                    tab.add_column(h, justify="right" if i >= 2 else "left")
+                for r in rows:
+                    tab.add_row(*[str(c) for c in r], end_section=r is rows[-2])
+                con = Console(file=file)
+                con.print(tab)
+                for ln in self._footer():
+                    con.print(ln, markup=False)
+                return
+        print(self.table(), file=file)
+
+    def plot(self, path) -> Path:
+        """Bar chart per layer (PNG): operations (log scale) and energy, split by kind."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import numpy as np
+
+        rows = [r for r in self.layers if r.counted and (r.dense or r.macs or r.synops or r.acs or r.neuron_updates)]
+        names = [r.name for r in rows]
+        x = np.arange(len(rows))
+        hw = self.hardware
+        fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(6, 0.6 * len(rows) + 2), 8), sharex=True)
+        w = 0.2
+        for i, (key, label) in enumerate((("dense", "dense (ANN)"), ("macs", "MACs"), ("synops", "SynOps"),
+                                          ("acs", "ACs"))):
+            ax1.bar(x + (i - 1.5) * w, [max(getattr(r, key), 0) for r in rows], w, label=label)
+        ax1.set_yscale("symlog")
+        ax1.set_ylabel("operations")
+        ax1.set_title(f"Operations per layer (batch {self.batch_size or '?'})")
+        ax1.legend(fontsize=8)
+        e_mac = hw.e_mac_pj or 0.0
+        parts = [("MAC", [r.macs * e_mac for r in rows]),
+                 ("SynOp/AC", [(r.synops + r.acs) * hw.e_ac_pj for r in rows]),
+                 ("neuron update", [r.neuron_updates * hw.e_neuron_pj for r in rows])]
+        bottom = np.zeros(len(rows))
+        for label, vals in parts:
+            vals = np.asarray(vals) / 1e6
+            ax2.bar(x, vals, 0.6, bottom=bottom, label=label)
+            bottom += vals
+        ax2.set_ylabel("energy (uJ)")
+        ax2.set_xlabel("layer")
+        ax2.set_title(f"Energy per layer on {hw.name}")
+        ax2.legend(fontsize=8)
+        ax2.set_xticks(x)
+        ax2.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
+        fig.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.tmp.png")
+        fig.savefig(tmp, dpi=120)
+        plt.close(fig)
+        os.replace(tmp, path)
+        return path

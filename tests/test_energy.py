@@ -1,0 +1,264 @@
+"""neurosim.energy: counts checked against hand-computed figures and brute-force loops over fixed spikes."""
+import json
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import neurosim
+from neurosim.energy import Count, HardwareProfile, profile, register_counter
+from neurosim.layers import Add, MatMul
+
+
+def spikes(*shape, p=0.3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(shape, generator=g) < p).float()
+
+
+def brute_conv_synops(x, conv):
+    """Independent reference: loop over every output position and kernel tap, count taps landing on a spike."""
+    n, cin, h, w = x.shape
+    kh, kw = conv.kernel_size
+    sh, sw = conv.stride
+    ph, pw = conv.padding
+    dh, dw = conv.dilation
+    g = conv.groups
+    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    per_group_out = conv.out_channels // g
+    total = 0
+    for i in range(ho):
+        for j in range(wo):
+            for a in range(kh):
+                for b in range(kw):
+                    r, c = i * sh - ph + a * dh, j * sw - pw + b * dw
+                    if 0 <= r < h and 0 <= c < w:
+                        total += int(x[:, :, r, c].sum()) * per_group_out
+    return total
+
+
+class TB(nn.Module):
+    """Apply a per-sample layer to [T, B, ...] by flattening T*B (as the models do)."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x):
+        y = self.layer(x.flatten(0, 1))
+        return y.reshape(x.shape[:2] + y.shape[1:])
+
+
+def test_linear_hand_counts_and_masked_input():
+    x = torch.tensor([[[1.0, 0, 1, 0]], [[0, 0, 0, 1]]])  # [T=2, B=1, 4]: 3 spikes
+    fc = nn.Linear(4, 3)
+    r = profile(fc, x).layer("Linear")
+    assert (r.synops, r.macs, r.dense) == (3 * 3, 0, 2 * 4 * 3)
+    assert r.in_spikes and r.in_rate == pytest.approx(3 / 8)
+    # a mask (random spike masking) that removes two of the three spikes: they cost nothing
+    mask = torch.tensor([[[0.0, 1, 1, 1]], [[1, 1, 1, 0]]])
+    r = profile(fc, x * mask).layer("Linear")
+    assert r.synops == 1 * 3 and r.dense == 24
+    # silent input: nothing at all
+    assert profile(fc, torch.zeros(2, 1, 4)).layer("Linear").synops == 0
+
+
+def test_real_input_counts_macs():
+    x = torch.randn(2, 3, 5)
+    r = profile(nn.Linear(5, 4), x).layer("Linear")
+    assert (r.macs, r.synops, r.dense, r.in_spikes) == (2 * 3 * 5 * 4, 0, 120, False)
+    e = profile(nn.Linear(5, 4), x).totals()["energy_pj"]
+    assert e == pytest.approx(120 * 4.6)
+
+
+def test_conv_padding_stride_hand_counts():
+    # 4x4 input, kernel 3, stride 2, padding 1 -> 2x2 output. Windows cover rows {-1,0,1} and {1,2,3}, so
+    # row r lies in [1, 2, 1, 1] windows (same for columns): fan-out(r, c) = cnt[r] * cnt[c] * out_channels.
+    x = torch.zeros(1, 1, 1, 4, 4)
+    for r, c in [(0, 0), (1, 1), (3, 3), (1, 2)]:
+        x[0, 0, 0, r, c] = 1
+    conv = nn.Conv2d(1, 2, 3, stride=2, padding=1)
+    rep = profile(TB(conv), x).layer("layer")
+    assert rep.synops == (1 * 1 + 2 * 2 + 1 * 1 + 2 * 1) * 2 == 16
+    assert rep.dense == 2 * 2 * 2 * 9  # outputs x taps (padded taps included, the ANN convention)
+    assert rep.synops_paper == pytest.approx(4 / 16 * 72)  # the papers' rate x dense overestimates here
+
+
+@pytest.mark.parametrize("kw", [dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=(2, 3), stride=(1, 2),
+                                padding=(0, 2), dilation=(2, 1)), dict(kernel_size=3, padding=1, groups=2)])
+def test_conv_matches_brute_force(kw):
+    conv = nn.Conv2d(4, 6, **kw)
+    x = spikes(2, 3, 4, 7, 6, seed=1)
+    rep = profile(TB(conv), x).layer("layer")
+    assert rep.synops == brute_conv_synops(x.flatten(0, 1), conv)
+
+
+def test_conv1d_and_same_padding():
+    conv = nn.Conv1d(2, 3, 4, padding="same")
+    x = torch.zeros(1, 1, 2, 5)
+    x[0, 0, 0, 0] = 1
+    x[0, 0, 1, 4] = 1
+    rep = profile(TB(conv), x).layer("layer")
+    # 'same' with k=4 pads 1 left, 2 right: 5 windows start at s=-1..3 and cover s..s+3;
+    # position 0 lies in s=-1,0 (2 windows), position 4 in s=1,2,3 (3 windows); 3 output channels
+    assert rep.synops == (2 + 3) * 3
+
+
+def test_matmul_spike_spike_spike_real_and_real_real():
+    a = torch.tensor([[[[1.0, 0], [1, 1]]]])  # [1, 1, 2, 2]
+    b = torch.tensor([[[[1.0, 1, 0], [0, 1, 1]]]])  # [1, 1, 2, 3]
+    mm = MatMul()
+    # spike x spike: products with both operands 1 = sum(a @ b) = 1+1+0+1+2+1
+    assert profile(mm, (a, b)).layer("MatMul").synops == 6
+    # spike x real: each 1 of a meets the 3 values of its row of b
+    r = profile(mm, (a, b + 0.5)).layer("MatMul")
+    assert (r.synops, r.macs) == (3 * 3, 0)
+    r = profile(MatMul(scale=0.5), (a + 0.5, b + 0.5)).layer("MatMul")
+    assert (r.synops, r.macs, r.dense) == (0, 2 * 2 * 3 + 2 * 3, 12)  # + one scale multiply per output
+
+
+def test_matmul_broadcast_batch():
+    a = spikes(2, 3, 4, 5, seed=3)
+    b = torch.randn(5, 6)  # broadcast over [2, 3]
+    assert profile(MatMul(), (a, b)).layer("MatMul").synops == int(a.sum()) * 6
+
+
+def test_add_residual_counts():
+    s = torch.tensor([[[1.0, 0, 1, 0]]])
+    real = torch.tensor([[[0.5, -1, 2, 3]]])
+    assert profile(Add(), (s, real)).layer("Add").acs == 2  # only where the spike is 1
+    assert profile(Add(), (s, torch.tensor([[[1.0, 1, 0, 0]]]))).layer("Add").acs == 1  # both 1
+    assert profile(Add(), (real, real)).layer("Add").acs == 4
+
+
+def test_pooling_and_norm():
+    x = torch.zeros(1, 1, 1, 4, 4)
+    x[0, 0, 0, 0, 0] = x[0, 0, 0, 3, 3] = x[0, 0, 0, 1, 2] = 1
+    assert profile(TB(nn.MaxPool2d(2)), x).layer("layer").acs == 3  # each input in exactly one window
+    # 3x3 windows, stride 1, no padding on 4x4 -> rows in [1, 2, 2, 1] windows
+    assert profile(TB(nn.AvgPool2d(3, stride=1)), x).layer("layer").acs == 1 * 1 + 1 * 1 + 2 * 2
+    assert profile(TB(nn.AdaptiveAvgPool2d(1)), x).layer("layer").acs == 3
+    r = profile(TB(nn.BatchNorm2d(1)), x).layer("layer")
+    assert r.macs == r.dense == 16
+
+
+def test_neurons_not_counted_and_totals():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(6, 4)
+            self.lif = neurosim.LIF(beta=0.5, backend="torch")
+            self.act = nn.Tanh()
+
+        def forward(self, x):
+            return self.act(self.lif(self.fc(x)))
+
+    x = spikes(3, 2, 6, seed=2)
+    rep = profile(Net(), x, hardware="loihi")
+    lif = rep.layer("lif")
+    assert lif.neuron_updates == 3 * 2 * 4 and lif.type == "LIF"
+    assert rep.not_counted == ["act"] and not rep.layer("act").counted
+    fc = rep.layer("fc")
+    assert fc.synops == int(x.sum()) * 4
+    assert rep.totals()["energy_pj"] == pytest.approx(23.6 * fc.synops + 52.0 * lif.neuron_updates)
+    assert "not counted" in rep.table().lower() and "act" in rep.table()
+    assert rep.batch_size == 2
+
+
+def test_spiking_neuron_protocol_and_register_counter():
+    class MyNeuron(nn.Module):
+        is_spiking_neuron = True
+
+        def forward(self, x):
+            return (x > 0).float()
+
+    class Odd(nn.Module):
+        def forward(self, x):
+            return x * 2
+
+    register_counter(Odd, lambda m, args, out: Count(dense=args[0].numel(), macs=args[0].numel()), overwrite=True)
+    net = nn.Sequential(MyNeuron(), Odd())
+    rep = profile(net, torch.randn(2, 3, 5))
+    assert rep.layer("0").neuron_updates == 30
+    assert rep.layer("1").macs == 30 and rep.not_counted == []
+    with pytest.raises(ValueError, match="already registered"):
+        register_counter(Odd, lambda m, a, o: Count())
+
+
+def test_nan_and_non_binary_errors_name_the_layer():
+    net = nn.Sequential(nn.Linear(4, 4), neurosim.LIF(backend="torch"), nn.Linear(4, 2))
+    x = spikes(2, 1, 4)
+    x[0, 0, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"layer '0' \(Linear\).*NaN"):
+        profile(net, x)
+    with pytest.raises(ValueError, match=r"layer '0' \(Linear\) requires binary spikes"):
+        profile(net, torch.randn(2, 1, 4), require_spikes=["0", "2"])
+    profile(net, torch.randn(2, 1, 4), require_spikes="2")  # LIF output feeds layer 2: spikes, fine
+    with pytest.raises(ValueError, match="require_spikes"):
+        profile(net, x, require_spikes=3)
+
+
+def test_hardware_profiles():
+    with pytest.raises(ValueError, match="hardware"):
+        profile(nn.Linear(2, 2), torch.zeros(1, 1, 2), hardware="tpu")
+    with pytest.raises(ValueError, match="e_ac_pj"):
+        HardwareProfile("bad", 1.0, -1.0)
+    x = torch.randn(1, 2, 3)
+    rep = profile(nn.Linear(3, 2), x, hardware=dict(name="mine", e_mac_pj=2.0, e_ac_pj=0.5))
+    assert rep.totals()["energy_pj"] == pytest.approx(2.0 * 12)
+    rep = profile(nn.Linear(3, 2), x, hardware="loihi")
+    assert rep.totals()["energy_pj"] == 0 and "not priced" in " ".join(rep.notes)
+
+
+def test_outputs_csv_json_png(tmp_path):
+    import csv
+
+    net = nn.Sequential(nn.Linear(5, 4), neurosim.LIF(backend="torch"), nn.Linear(4, 3))
+    rep = profile(net, spikes(4, 2, 5))
+    rep.to_csv(tmp_path / "e.csv")
+    rep.to_json(tmp_path / "e.json")
+    rep.plot(tmp_path / "e.png")
+    rows = list(csv.DictReader(open(tmp_path / "e.csv")))
+    assert [r["name"] for r in rows] == ["0", "1", "2"] and int(rows[0]["synops"]) == rep.layer("0").synops
+    data = json.loads((tmp_path / "e.json").read_text())
+    assert data["totals"]["synops"] == rep.totals()["synops"] and data["hardware"]["name"] == "cmos45nm"
+    assert (tmp_path / "e.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_main_on_checkpoint(tmp_path, monkeypatch, capsys):
+    (tmp_path / "energy_cli_model.py").write_text(
+        "import torch.nn as nn, neurosim\n"
+        "def build(hidden=4):\n"
+        "    return nn.Sequential(nn.Linear(5, hidden), neurosim.LIF(backend='torch'), nn.Linear(hidden, 2))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("energy_cli_model", None)
+    import energy_cli_model
+
+    torch.save({"model": energy_cli_model.build(6).state_dict(), "epoch": 3}, tmp_path / "ck.pt")
+    rep = neurosim.energy.cli_main([str(tmp_path / "ck.pt"), "--model", "energy_cli_model:build", "--model-kwargs",
+                                    '{"hidden": 6}', "--input-shape", "3,2,5", "--plain", "--json",
+                                    str(tmp_path / "o.json"), "--csv", str(tmp_path / "o.csv")])
+    out = capsys.readouterr().out
+    assert "TOTAL" in out and "SynOps" in out and (tmp_path / "o.csv").exists()
+    assert json.loads((tmp_path / "o.json").read_text())["totals"]["synops"] == rep.totals()["synops"]
+    with pytest.raises(ValueError, match="input-shape"):
+        neurosim.energy.cli_main([str(tmp_path / "ck.pt"), "--model", "energy_cli_model:build",
+                                  "--model-kwargs", '{"hidden": 6}', "--input-shape", "3,x"])
+
+
+def test_stats_flags_every_non_spike_value():
+    from neurosim.energy import stats
+
+    s = stats(torch.tensor([0.0, 1.0, 1.0, 2.0, -1.0, 0.5, float("nan"), float("inf")]))
+    assert (int(s.nnz), int(s.ones)) == (7, 2) and not torch.isfinite(s.total)  # nnz != ones: not spikes
+    s = stats(torch.tensor([0.0, 1.0, 1.0]))
+    assert int(s.nnz) == int(s.ones) == 2 and float(s.total) == 2.0
+    s = stats(torch.tensor([True, False]))
+    assert int(s.nnz) == int(s.ones) == 1
+
+
+def test_add_broadcast_spikes():
+    s = torch.tensor([[[1.0, 0, 1, 1]]])  # [1, 1, 4] broadcast over T=2
+    real = torch.randn(2, 1, 4)
+    assert profile(Add(), (real, s)).layer("Add").acs == 3 * 2
