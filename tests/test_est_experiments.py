@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from neurosim.layers import MatMul, RandomSpikeMask
+from neurosim.layers import CausalConv1d, MatMul, RandomSpikeMask
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,3 +78,44 @@ def test_population_rates_are_known_and_counts_poisson():
     resid = counts - rates
     assert abs(float(resid.mean())) < 0.05
     assert abs(float((resid ** 2).mean() / rates.mean()) - 1) < 0.05
+
+
+def _reseed(model):
+    for m in model.modules():
+        if isinstance(m, RandomSpikeMask):
+            m.reseed()
+
+
+def test_script_synops_agree_with_energy_module_on_est():
+    """The script's hook counter (used for the committed GPU results) against neurosim.energy.profile."""
+    from neurosim.energy import profile
+    from neurosim.models import ESTConfig, EnhancedSpikingTransformer
+
+    torch.manual_seed(0)
+    x = (torch.rand(4, 3, 8, 5) < 0.4).float()  # spike input [T, B, N, F]
+    for attention, tpu in (("linear", False), ("conv", True)):
+        cfg = ESTConfig(5, 2, dim=16, depth=2, heads=2, max_len=8, pe_dim=8, attention=attention, tpu=tpu,
+                        rsm_ratio=0.5, rsm_mode="always")
+        model = EnhancedSpikingTransformer(cfg).eval()
+        edge = []  # spikes near the end of a causal conv's axis reach fewer than kernel_size outputs
+
+        def conv_edge(mod, inp, out):
+            a = inp[0].detach()
+            a = a if mod.axis == "time" else a.transpose(0, 2)  # put the convolved axis first
+            L, K = a.shape[0], mod.kernel_size
+            missing = torch.tensor([K - min(K, L - p) for p in range(L)], dtype=torch.float64)
+            per_pos = a.reshape(L, -1).sum(1).double()
+            edge.append(float((per_pos * missing).sum()) * mod.conv.out_channels // mod.conv.groups)
+
+        hooks = [m.register_forward_hook(conv_edge) for m in model.modules() if isinstance(m, CausalConv1d)]
+        _reseed(model)
+        mine = E.count_ops(model, x, batch=1)
+        for h in hooks:
+            h.remove()
+        _reseed(model)
+        rep = profile(model, x)
+        assert rep.not_counted == []
+        tot = rep.totals()
+        # the script gives every spike the full kernel fan-out; the module trims it at the end of the axis
+        assert (sum(edge) > 0) == (attention == "conv")
+        assert math.isclose(mine["synops"] - sum(edge), tot["synops"], rel_tol=1e-9)
