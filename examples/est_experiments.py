@@ -205,7 +205,7 @@ def run_one(job: dict) -> dict:
                rsm_ratio=cfg.rsm_ratio, residual=cfg.residual, pos_encoding=cfg.pos_encoding)
     res.update(_metrics(data["kind"], out, yte, None if extra is None else extra.to(dev)))
     res.update(count_ops(model, xin))
-    res.pop("device", None)
+    res["device"] = dev.type
     return res
 
 
@@ -293,6 +293,8 @@ def main(argv=None):
     ap.add_argument("--backend", default="snntorch", help="neuron backend of every model")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--tasks", nargs="+", default=None, help="only these tasks (default: all of the suite)")
+    ap.add_argument("--rsm-mode", default=None, choices=["train", "always"], help="only RSM runs of this mode")
     ap.add_argument("--budget-s", type=float, default=float("inf"), help="stop starting jobs after this many seconds")
     ap.add_argument("--out", default="runs/est")
     ap.add_argument("--summarize", default=None, help="print markdown tables from a results.jsonl and exit")
@@ -303,6 +305,10 @@ def main(argv=None):
     small = args.suite == "smoke"
     steps = args.steps or (20 if small else 600)
     jobs = jobs_for(args.suite, args.seeds, args.device, steps, small, args.backend)
+    if args.tasks:
+        jobs = [j for j in jobs if j["task"] in args.tasks]
+    if args.rsm_mode:
+        jobs = [j for j in jobs if j["overrides"].get("rsm_mode", args.rsm_mode) == args.rsm_mode]
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "results.jsonl")
     start = time.time()
