@@ -1,6 +1,5 @@
 """Enhanced Spiking Transformer and the Spikformer baseline: causality, shapes, overfitting on every backend."""
 import importlib.util
-from dataclasses import replace
 
 import pytest
 import torch
