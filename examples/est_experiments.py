@@ -297,9 +297,12 @@ def main(argv=None):
     ap.add_argument("--budget-s", type=float, default=float("inf"), help="stop starting jobs after this many seconds")
     ap.add_argument("--out", default="runs/est")
     ap.add_argument("--summarize", default=None, help="print markdown tables from a results.jsonl and exit")
+    ap.add_argument("--plot", default=None, help="with --summarize: also draw the RSM sweep into this PNG")
     args = ap.parse_args(argv)
     if args.summarize:
         print(summarize(args.summarize))
+        if args.plot:
+            plot_rsm(args.summarize, args.plot)
         return
     small = args.suite == "smoke"
     steps = args.steps or (20 if small else 600)
@@ -389,6 +392,40 @@ def summarize(path) -> str:
     secs = [r["seconds"] for r in rows]
     out.append(f"\n{len(rows)} runs, {np.mean(secs):.1f} s per run on average.")
     return "\n".join(out)
+
+
+def plot_rsm(path, png):
+    """Score and SynOps against the mask ratio (mean and std over seeds), one panel per task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in open(path) if json.loads(line)["group"] == "rsm"]
+    tasks = sorted({r["task"] for r in rows})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        ax2 = ax.twinx()
+        for mode, style in (("always", "-o"), ("train", "--s")):
+            sel = [r for r in rows if r["task"] == task and (r["rsm_mode"] == mode or r["rsm_ratio"] == 0)]
+            ratios = sorted({r["rsm_ratio"] for r in sel})
+            if len(ratios) < 2:
+                continue
+            score = [[r.get("accuracy", r.get("r2")) for r in sel if r["rsm_ratio"] == q] for q in ratios]
+            syn = [[r["synops"] for r in sel if r["rsm_ratio"] == q] for q in ratios]
+            ax.errorbar(ratios, [np.mean(v) for v in score], [np.std(v) for v in score], fmt=style, color="C0",
+                        label=f"score, mask {mode}")
+            ax2.errorbar(ratios, [np.mean(v) for v in syn], [np.std(v) for v in syn], fmt=style, color="C3",
+                         label=f"SynOps, mask {mode}")
+        ax.set_xlabel("RSM mask ratio")
+        ax.set_ylabel("accuracy" if task == "digits" else "R2 vs known rates", color="C0")
+        ax2.set_ylabel("SynOps per test sample", color="C3")
+        ax.set_title(f"Random spike masking: {task}")
+        ax.legend(loc="lower left", fontsize=8)
+        ax2.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
