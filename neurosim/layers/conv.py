@@ -1,0 +1,53 @@
+"""Causal 1-D convolutions along the time axis or the token (sequence) axis of ``[T, B, N, C]`` tensors."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as Fn
+from torch import nn
+
+from .. import validate
+
+AXES = ("time", "tokens")
+
+
+class CausalConv1d(nn.Module):
+    """1-D convolution whose output at position ``i`` sees only positions ``<= i`` of the chosen axis.
+
+    Input ``[T, B, N, C]`` (or ``[T, B, C]`` for ``axis="time"``). ``axis="time"`` convolves along ``T`` (the
+    spike history of each token and channel); ``axis="tokens"`` convolves along ``N`` separately at every
+    timestep (the convolution is applied per timestep). Left padding of ``(kernel_size - 1) * dilation``
+    zeros makes it causal; ``groups=channels`` gives a depthwise convolution.
+    """
+
+    def __init__(self, channels: int, out_channels: int | None = None, kernel_size: int = 3, axis: str = "tokens",
+                 groups: int = 1, dilation: int = 1, bias: bool = True):
+        super().__init__()
+        validate.one_of("axis", axis, AXES)
+        channels = validate.positive_int("channels", channels)
+        out_channels = channels if out_channels is None else validate.positive_int("out_channels", out_channels)
+        self.kernel_size = validate.positive_int("kernel_size", kernel_size)
+        self.dilation = validate.positive_int("dilation", dilation)
+        self.axis = axis
+        self.conv = nn.Conv1d(channels, out_channels, self.kernel_size, groups=validate.positive_int("groups", groups),
+                              dilation=self.dilation, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        validate.rank_at_least("x", x, 3, "[T, B, (N,) C]")
+        c = x.shape[-1]
+        if self.axis == "time":
+            # [T, B, ..., C] -> [B*..., C, T]
+            t = x.shape[0]
+            lead = x.shape[1:-1]
+            y = x.reshape(t, -1, c).permute(1, 2, 0)
+        else:
+            validate.rank_at_least("x", x, 4, "[T, B, N, C] for axis='tokens'")
+            t, b, n = x.shape[:3]
+            y = x.reshape(t * b, n, c).transpose(1, 2)
+        y = self.conv(Fn.pad(y, ((self.kernel_size - 1) * self.dilation, 0)))
+        o = y.shape[1]
+        if self.axis == "time":
+            return y.permute(2, 0, 1).reshape(t, *lead, o)
+        return y.transpose(1, 2).reshape(t, b, n, o)
+
+    def extra_repr(self):
+        return f"axis={self.axis!r}"

@@ -1,0 +1,121 @@
+"""The EST experiment script: its SynOps counter against hand counts, and a smoke run of every task."""
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from neurosim.layers import CausalConv1d, MatMul, RandomSpikeMask
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("est_experiments", ROOT / "examples" / "est_experiments.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+E = load_script()
+
+
+class _Net(nn.Module):
+    def __init__(self, ratio=0.0):
+        super().__init__()
+        self.rsm = RandomSpikeMask(ratio, mode="always", seed=0)
+        self.fc = nn.Linear(6, 5)
+        self.conv = nn.Conv1d(6, 6, 3, groups=3)
+        self.mm = MatMul()
+
+    def forward(self, x):  # x [T, B, 6] spikes
+        s = self.rsm(x)
+        self.fc(s)
+        self.conv(s.permute(1, 2, 0))
+        return self.mm(s.unsqueeze(-2), s.unsqueeze(-1))  # per (t, b): s . s
+
+
+def test_count_ops_matches_hand_count():
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(4, 2, 6, generator=g) < 0.5).float()
+    ops = E.count_ops(_Net(), x, batch=2)
+    nnz = float(x.sum())
+    # Linear: each spike reaches 5 outputs; grouped conv: 6/3 = 2 output channels x 3 taps;
+    # MatMul s.s: one product per spike with both operands non-zero
+    assert math.isclose(ops["synops"] * 2, nnz * 5 + nnz * 2 * 3 + nnz)
+    assert ops["macs"] == 0
+    real = torch.randn(4, 2, 6)
+    assert E.count_ops(nn.Sequential(nn.Linear(6, 5)), real, batch=1)["macs"] == 4 * 2 * 6 * 5
+
+
+def test_masked_spikes_cost_no_synops():
+    g = torch.Generator().manual_seed(1)
+    x = (torch.rand(50, 8, 6, generator=g) < 0.5).float()
+    net = nn.Sequential(RandomSpikeMask(0.75, mode="always", seed=3), nn.Linear(6, 5))
+    full = E.count_ops(nn.Sequential(nn.Linear(6, 5)), x, batch=1)["synops"] / 5
+    masked = E.count_ops(net, x, batch=1)["synops"] / 5
+    net[0].reseed()
+    assert masked == float(net[0](x).sum())  # exactly the surviving spikes
+    n = float(x.sum())
+    assert abs((full - masked) - 0.75 * n) <= 5 * math.sqrt(n * 0.75 * 0.25)
+
+
+def test_smoke_suite_runs_every_task(tmp_path):
+    E.main(["--suite", "smoke", "--seeds", "0", "--steps", "3", "--out", str(tmp_path)])
+    rows = [json.loads(line) for line in open(tmp_path / "results.jsonl")]
+    assert {r["task"] for r in rows} == {"population", "digits", "forecast_damped"}
+    for r in rows:
+        assert r["synops"] > 0 and math.isfinite(r.get("r2", r.get("accuracy", float("nan"))))
+    assert "Smoke" in E.summarize(tmp_path / "results.jsonl")
+
+
+def test_population_rates_are_known_and_counts_poisson():
+    counts, rates = E.population(400, 30, seed=0)
+    assert counts.shape == rates.shape == (400, 30, 16)
+    # Poisson: mean and variance of counts both match the known rates (pooled over bins)
+    resid = counts - rates
+    assert abs(float(resid.mean())) < 0.05
+    assert abs(float((resid ** 2).mean() / rates.mean()) - 1) < 0.05
+
+
+def _reseed(model):
+    for m in model.modules():
+        if isinstance(m, RandomSpikeMask):
+            m.reseed()
+
+
+def test_script_synops_agree_with_energy_module_on_est():
+    """The script's hook counter (used for the committed GPU results) against neurosim.energy.profile."""
+    from neurosim.energy import profile
+    from neurosim.models import ESTConfig, EnhancedSpikingTransformer
+
+    torch.manual_seed(0)
+    x = (torch.rand(4, 3, 8, 5) < 0.4).float()  # spike input [T, B, N, F]
+    for attention, tpu in (("linear", False), ("conv", True)):
+        cfg = ESTConfig(5, 2, dim=16, depth=2, heads=2, max_len=8, pe_dim=8, attention=attention, tpu=tpu,
+                        rsm_ratio=0.5, rsm_mode="always")
+        model = EnhancedSpikingTransformer(cfg).eval()
+        edge = []  # spikes near the end of a causal conv's axis reach fewer than kernel_size outputs
+
+        def conv_edge(mod, inp, out):
+            a = inp[0].detach()
+            a = a if mod.axis == "time" else a.transpose(0, 2)  # put the convolved axis first
+            L, K = a.shape[0], mod.kernel_size
+            missing = torch.tensor([K - min(K, L - p) for p in range(L)], dtype=torch.float64)
+            per_pos = a.reshape(L, -1).sum(1).double()
+            edge.append(float((per_pos * missing).sum()) * mod.conv.out_channels // mod.conv.groups)
+
+        hooks = [m.register_forward_hook(conv_edge) for m in model.modules() if isinstance(m, CausalConv1d)]
+        _reseed(model)
+        mine = E.count_ops(model, x, batch=1)
+        for h in hooks:
+            h.remove()
+        _reseed(model)
+        rep = profile(model, x)
+        assert rep.not_counted == []
+        tot = rep.totals()
+        # the script gives every spike the full kernel fan-out; the module trims it at the end of the axis
+        assert (sum(edge) > 0) == (attention == "conv")
+        assert math.isclose(mine["synops"] - sum(edge), tot["synops"], rel_tol=1e-9)

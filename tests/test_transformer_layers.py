@@ -1,0 +1,263 @@
+"""Spiking transformer layers: binary outputs, causality (perturb the future), RSM statistics, references."""
+import math
+
+import pytest
+import torch
+
+from neurosim.encoders import cpg_code
+from neurosim.layers import (CausalConv1d, LearnedPositionalEncoding, NeuronSpec, RandomSpikeMask, SEWConnect,
+                             SinusoidalPositionalEncoding, SpikeBatchNorm, SpikeResidual, SpikingMLP,
+                             SpikingSelfAttention, TemporalProcessingUnit, positional_encoding, random_spike_mask)
+
+T, B, N, D = 5, 2, 7, 8
+
+
+def spikes(*shape, p=0.4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(*shape, generator=g) < p).float()
+
+
+def is_binary(x):
+    return bool(((x == 0) | (x == 1)).all())
+
+
+# ---------------------------------------------------------------- binary outputs
+@pytest.mark.parametrize("make", [
+    lambda: SpikingSelfAttention(D, heads=2, qk="linear"),
+    lambda: SpikingSelfAttention(D, heads=2, qk="conv", kernel_size=3, causal=True),
+    lambda: SpikingMLP(D, 16),
+    lambda: TemporalProcessingUnit(D, kernel_size=3),
+    lambda: SpikeResidual(SpikingMLP(D), "sew_and"),
+    lambda: SpikeResidual(SpikingMLP(D), "sew_iand"),
+])
+def test_spiking_layer_outputs_are_binary_and_fire(make):
+    torch.manual_seed(0)
+    layer = make()
+    out = layer(spikes(T, B, N, D))
+    assert out.shape == (T, B, N, D)
+    assert is_binary(out)
+    assert 0 < out.mean() < 1  # the check is not vacuous: some neurons fire, some do not
+
+
+def test_attention_map_is_spikes_and_scores_are_coincidence_counts():
+    torch.manual_seed(1)
+    attn = SpikingSelfAttention(D, heads=2, qk="linear")
+    s = spikes(T, B, N, D, seed=3)
+    assert is_binary(attn.attention_map(s))
+    # independent reference for the score/value products: integer spike coincidences, no softmax
+    q = attn.sn_q(attn.bn_q(attn.w_q(s)))
+    k = attn.sn_k(attn.bn_k(attn.w_k(s)))
+    v = attn.sn_v(attn.bn_v(attn.w_v(s)))
+    h, dh = 2, D // 2
+    ref = torch.zeros(T, B, N, D)
+    for t in range(T):
+        for b in range(B):
+            for head in range(h):
+                sl = slice(head * dh, (head + 1) * dh)
+                for i in range(N):
+                    for j in range(N):
+                        score = sum(float(q[t, b, i, c].detach() * k[t, b, j, c].detach()) for c in range(sl.start, sl.stop))
+                        ref[t, b, i, sl] += 0.125 * score * v[t, b, j, sl]
+    out = attn.av_matmul(attn.qk_matmul(attn._heads(q), attn._heads(k).transpose(-1, -2)), attn._heads(v))
+    torch.testing.assert_close(out.transpose(2, 3).reshape(T, B, N, D), ref)
+
+
+# ---------------------------------------------------------------- causality
+def calibrated(layer, x, passes=30):
+    """Fill BatchNorm running statistics with a few training passes, then switch to eval (causal) mode."""
+    with torch.no_grad():
+        layer.train()
+        for _ in range(passes):
+            layer(x)
+    return layer.eval()
+
+
+def _future_unchanged(f, x, axis, i, ref_changes=True):
+    """Perturb ``x`` after index ``i`` on ``axis``; outputs up to ``i`` must not move (and later ones must)."""
+    y0 = f(x)
+    x2 = x.clone()
+    idx = [slice(None)] * x.dim()
+    idx[axis] = slice(i + 1, None)
+    x2[tuple(idx)] = 1 - x2[tuple(idx)]  # flip all future spikes
+    y1 = f(x2)
+    keep = [slice(None)] * y0.dim()
+    keep[axis] = slice(0, i + 1)
+    torch.testing.assert_close(y1[tuple(keep)], y0[tuple(keep)], rtol=0, atol=0)
+    if ref_changes:
+        assert not torch.equal(y0, y1), "perturbing the future changed nothing at all: test would be vacuous"
+
+
+@pytest.mark.parametrize("qk", ["linear", "conv"])
+def test_causal_attention_ignores_future_tokens(qk):
+    torch.manual_seed(2)
+    attn = calibrated(SpikingSelfAttention(D, heads=2, qk=qk, kernel_size=5, causal=True), spikes(T, B, N, D))
+    for i in (0, 3, N - 2):
+        _future_unchanged(attn.pre, spikes(T, B, N, D, seed=i), axis=2, i=i)
+        _future_unchanged(attn, spikes(T, B, N, D, seed=i), axis=2, i=i, ref_changes=False)
+
+
+def test_non_causal_attention_does_see_future_tokens():
+    torch.manual_seed(2)
+    attn = calibrated(SpikingSelfAttention(D, heads=2, qk="linear", causal=False), spikes(T, B, N, D))
+    with pytest.raises(AssertionError):
+        _future_unchanged(attn.pre, spikes(T, B, N, D), axis=2, i=2, ref_changes=False)
+
+
+@pytest.mark.parametrize("axis_name,axis", [("tokens", 2), ("time", 0)])
+def test_causal_conv_matches_loop_reference_and_is_causal(axis_name, axis):
+    torch.manual_seed(3)
+    conv = CausalConv1d(D, 3, kernel_size=4, axis=axis_name, dilation=1)
+    x = torch.randn(T, B, N, D)
+    y = conv(x)
+    w, bias = conv.conv.weight, conv.conv.bias  # [out, in, K]
+    ref = torch.zeros(T, B, N, 3)
+    L = x.shape[axis]
+    for pos in range(L):
+        acc = bias.clone().expand(*([T, B] if axis == 2 else [B, N]), 3).clone()
+        for k in range(4):
+            src = pos - (3 - k)
+            if src < 0:
+                continue
+            xs = x[:, :, src] if axis == 2 else x[src]
+            acc = acc + xs @ w[:, :, k].T
+        if axis == 2:
+            ref[:, :, pos] = acc
+        else:
+            ref[pos] = acc
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    _future_unchanged(conv, x, axis=axis, i=2)
+
+
+def test_tpu_is_causal_in_time_and_mixes_timesteps():
+    torch.manual_seed(4)
+    s = spikes(T, B, N, D)
+    tpu = calibrated(TemporalProcessingUnit(D, kernel_size=3), s)
+    _future_unchanged(tpu.pre, s, axis=0, i=1)
+    # cross-timestep: with the neuron removed from the picture, step t's pre-activation depends on s[t-1]
+    s2 = s.clone()
+    s2[1] = 1 - s2[1]
+    assert not torch.equal(tpu.pre(s)[2], tpu.pre(s2)[2])
+
+
+@pytest.mark.parametrize("mode", ["membrane", "sew_add", "sew_iand"])
+def test_residual_blocks_causal_in_time(mode):
+    torch.manual_seed(5)
+    s = spikes(T, B, N, D)
+    blk = calibrated(SpikeResidual(SpikingMLP(D), mode), s)
+    _future_unchanged(blk, s, axis=0, i=2)
+
+
+def test_batchnorm_causal_only_in_eval():
+    torch.manual_seed(6)
+    bn = SpikeBatchNorm(D)
+    x = torch.randn(T, B, N, D)
+    with pytest.raises(AssertionError):  # training statistics pool all timesteps
+        _future_unchanged(bn, x, axis=0, i=1)
+    _future_unchanged(bn.eval(), x, axis=0, i=1)
+
+
+def test_spike_batchnorm_matches_hand_statistics():
+    bn = SpikeBatchNorm(D)
+    x = torch.randn(T, B, N, D) * 3 + 1
+    y = bn(x)
+    flat = x.reshape(-1, D).double()
+    ref = (flat - flat.mean(0)) / torch.sqrt(flat.var(0, unbiased=False) + 1e-5)
+    torch.testing.assert_close(y.reshape(-1, D).double(), ref, rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------- random spike masking
+def test_rsm_ratio_zero_is_identity():
+    x = spikes(T, B, N, D)
+    m = RandomSpikeMask(0.0, mode="always", seed=0)
+    assert m(x) is x
+    assert random_spike_mask(x, 0.0) is x
+
+
+@pytest.mark.parametrize("ratio", [0.1, 0.5, 0.75, 0.9])
+def test_rsm_removes_fraction_within_binomial_bound(ratio):
+    x = spikes(20, 8, 16, 32, p=0.5, seed=1)
+    out = RandomSpikeMask(ratio, mode="train", seed=123).train()(x)
+    assert is_binary(out)
+    assert bool((out <= x).all())  # only removes, never adds spikes
+    n = int(x.sum())
+    removed = n - int(out.sum())
+    bound = 5 * math.sqrt(n * ratio * (1 - ratio))  # 5 sigma of Binomial(n, ratio)
+    assert abs(removed - n * ratio) <= bound, (removed, n * ratio, bound)
+
+
+def test_rsm_modes_seeding_and_validation():
+    x = spikes(T, B, N, D)
+    train_only = RandomSpikeMask(0.5, mode="train", seed=7)
+    assert train_only.eval()(x) is x
+    always = RandomSpikeMask(0.5, mode="always", seed=7).eval()
+    a = always(x)
+    assert not torch.equal(a, x)
+    always.reseed()
+    torch.testing.assert_close(always(x), a)  # same seed, same mask
+    assert not torch.equal(RandomSpikeMask(0.5, "always", seed=8).eval()(x), a)
+    for bad in (-0.1, 1.0, 1.5):
+        with pytest.raises(ValueError, match="ratio"):
+            RandomSpikeMask(bad)
+    with pytest.raises(ValueError, match="mode"):
+        RandomSpikeMask(0.5, mode="inference")
+
+
+# ---------------------------------------------------------------- residual connect functions
+def test_sew_connect_truth_tables():
+    a = torch.tensor([0.0, 0.0, 1.0, 1.0])
+    s = torch.tensor([0.0, 1.0, 0.0, 1.0])
+    assert SEWConnect("add")(a, s).tolist() == [0, 1, 1, 2]
+    assert SEWConnect("and")(a, s).tolist() == [0, 0, 0, 1]
+    assert SEWConnect("iand")(a, s).tolist() == [0, 1, 0, 0]
+    with pytest.raises(ValueError, match="fn"):
+        SEWConnect("or")
+
+
+def test_membrane_shortcut_adds_pre_activation_to_stream():
+    torch.manual_seed(8)
+    blk = SpikeResidual(SpikingMLP(D), "membrane").eval()
+    x = torch.randn(T, B, N, D)
+    torch.testing.assert_close(blk(x), x + blk.block.pre(blk.sn_pre(x)))
+    assert is_binary(blk.sn_pre(x))  # the block reads spikes
+
+
+# ---------------------------------------------------------------- positional encodings
+def test_cpg_encoding_is_spike_code_and_concatenates():
+    pe = positional_encoding("cpg", max_len=16, dim=8)
+    table = pe.table()
+    assert is_binary(table) and table.shape == (16, 8)
+    torch.testing.assert_close(table, cpg_code(16, 4))
+    assert torch.unique(table, dim=0).shape[0] == 16
+    x = torch.randn(T, B, 10, 3)
+    y = pe(x)
+    assert y.shape == (T, B, 10, 11)
+    torch.testing.assert_close(y[..., 3:], table[:10].expand(T, B, 10, 8))
+    with pytest.raises(ValueError, match="max_len"):
+        pe(torch.randn(T, B, 17, 3))
+
+
+def test_sinusoidal_and_learned_encodings():
+    pe = SinusoidalPositionalEncoding(32, dim=6)
+    i, k = 5, 2  # column 2k = sin(i / 10000^(2k/d))
+    assert abs(float(pe.table()[i, 2 * k]) - math.sin(i / 10000 ** (2 * k / 6))) < 1e-6
+    assert abs(float(pe.table()[i, 2 * k + 1]) - math.cos(i / 10000 ** (2 * k / 6))) < 1e-6
+    add = SinusoidalPositionalEncoding(32, dim=4, mode="add")
+    x = torch.randn(T, B, 6, 4)
+    torch.testing.assert_close(add(x), x + add.table()[:6])
+    learned = LearnedPositionalEncoding(32, dim=4)
+    assert learned.pe.requires_grad
+    learned(x).sum().backward()
+    assert learned.pe.grad[:6].abs().sum() > 0 and learned.pe.grad[6:].abs().sum() == 0
+
+
+def test_layers_validate_arguments():
+    with pytest.raises(ValueError, match="heads"):
+        SpikingSelfAttention(10, heads=3)
+    with pytest.raises(ValueError, match="qk"):
+        SpikingSelfAttention(8, qk="softmax")
+    with pytest.raises(ValueError, match="axis"):
+        CausalConv1d(4, axis="space")
+    with pytest.raises(ValueError, match="backend"):
+        NeuronSpec(backend="loihi")
+    with pytest.raises(ValueError, match="s must have"):
+        SpikingSelfAttention(8)(torch.zeros(2, 3, 8))
