@@ -1,14 +1,22 @@
 """Registry builders for the research models and the moving-digits dataset.
 
-Models: ``btspformer``, ``spiking_btspformer``, ``vanilla_transformer`` (BTSPFormer with plain softmax attention
+Models: ``est`` and ``spikformer`` (token adapters around :class:`EnhancedSpikingTransformer`), ``btspformer``, ``spiking_btspformer``, ``vanilla_transformer`` (BTSPFormer with plain softmax attention
 and sinusoidal positions), ``astro_transformer`` (BTSPFormer blocks with astrocyte attention) and
 ``frame_predictor``; dataset: ``moving_digits``. Registered when :mod:`neurosim.training.registry` exists.
 """
 from __future__ import annotations
 
+import math
+from dataclasses import fields
+
+import torch
+from torch import nn
 from torch.utils.data import TensorDataset
 
+from neurosim import validate
+
 from .btspformer import BTSPFormer, SpikingBTSPFormer
+from .est import ESTConfig, EnhancedSpikingTransformer, spikformer_config
 from .moving_digits import FramePredictor, moving_digits
 
 
@@ -81,6 +89,75 @@ def register() -> bool:
         register_model(name, builder)
     register_dataset("moving_digits", moving_digits_dataset)
     return True
+
+
+# ------------------------------------------------------------------------------------------ spiking transformers
+class TokenSequenceModel(nn.Module):
+    """Adapter from the trainer's flat samples ``[B, F]`` to a token model's ``[T, B, N, F/N]``.
+
+    Classification (e.g. digits, 64 pixels): ``tokens`` rows of ``F/tokens`` features, pooled readout.
+    Forecasting (a window of L values): L tokens of one value each, causal, the last token's output is the
+    next-step prediction. ``encoder`` "direct" feeds the analog tokens at every SNN step (the EST embeds them with a
+    Linear + spiking neuron); "rate"/"latency" turn them into spikes with :mod:`neurosim.encoders` first.
+    """
+
+    def __init__(self, net: nn.Module, tokens: int, encoder: str, num_steps: int, last_token: bool):
+        super().__init__()
+        self.net, self.tokens, self.encoder, self.num_steps, self.last_token = net, tokens, encoder, num_steps, last_token
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, F]`` -> ``[T, B, tokens, F/tokens]``."""
+        from neurosim.training.spiking_mlp import encode
+
+        validate.rank_exactly("x", x, (2,), "[B, F]")
+        steps = encode(x, self.encoder, self.num_steps)          # [T, B, F]
+        return steps.reshape(*steps.shape[:2], self.tokens, -1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.net(self.encode(x))
+        return y[:, -1] if self.last_token else y
+
+
+EST_OPTIONS = {"dim": 32, "depth": 2, "heads": 4, "tokens": None}
+
+
+def _token_model(name: str, make_config):
+    def build(info, cfg):
+        from neurosim.layers import NeuronSpec
+        from neurosim.training.spiking_mlp import ENCODERS
+
+        if len(info.input_shape) != 1:
+            raise ValueError(f"model {name!r} takes flat samples [F] (got input_shape={info.input_shape})")
+        feats = info.input_shape[0]
+        allowed = set(EST_OPTIONS) | {f.name for f in fields(ESTConfig)} - {"in_features", "out_features",
+                                                                            "num_steps", "max_len", "readout"}
+        unknown = sorted(set(cfg.model_options) - allowed)
+        if unknown:
+            raise ValueError(f"unknown model_options {', '.join(unknown)} for model {name!r}; "
+                             f"allowed: {', '.join(sorted(allowed))}")
+        opts = {**EST_OPTIONS, **cfg.model_options}
+        forecast = info.task == "regression"
+        tokens = opts.pop("tokens") or (feats if forecast else _default_tokens(feats))
+        if feats % tokens:
+            raise ValueError(f"model_options tokens={tokens} must divide the {feats} input features")
+        encoder = cfg.encoder or "direct"
+        validate.one_of("encoder", encoder, ENCODERS)
+        neuron = {"backend": cfg.backend, **opts.pop("neuron", {})}
+        est_cfg = make_config(feats // tokens, info.num_outputs, num_steps=cfg.num_steps, max_len=max(tokens, 8),
+                              readout="tokens" if forecast else "pool", neuron=NeuronSpec(**neuron), **opts)
+        return TokenSequenceModel(EnhancedSpikingTransformer(est_cfg), tokens, encoder, cfg.num_steps, forecast)
+
+    build.__name__ = f"build_{name}"
+    return build
+
+
+def _default_tokens(feats: int) -> int:
+    """The largest divisor of ``feats`` not above its square root (8 rows of 8 pixels for digits)."""
+    return max(d for d in range(1, int(math.isqrt(feats)) + 1) if feats % d == 0)
+
+
+MODELS["est"] = _token_model("est", ESTConfig)
+MODELS["spikformer"] = _token_model("spikformer", spikformer_config)
 
 
 register()

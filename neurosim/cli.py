@@ -145,8 +145,13 @@ def _config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace,
 def _cmd_train(parser, args) -> int:
     from .training import Trainer
 
+    from .training.config import ConfigError
+
     cfg, resume = _config_from_args(parser, args, {})
-    summary = Trainer(cfg).fit(resume=resume)
+    try:
+        summary = Trainer(cfg).fit(resume=resume)
+    except ConfigError as err:
+        parser.error(str(err))
     if "paths" in summary:
         best = ", ".join(f"{k} {v:.4g}" for k, v in summary["best"].items())
         print(f"neurosim train: {cfg.model} on {cfg.dataset}, {summary['epochs_run']} epochs on {summary['device']}"

@@ -137,3 +137,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"config file {str(path)!r} must hold a mapping at top level, got {type(data).__name__}")
     return data
+
+
+class ConfigError(ValueError):
+    """A configuration the dataset or model builder rejected (bad ``model_options``/``dataset_options``); raised
+    before any training step, so the command line reports it as a usage error (exit 2)."""

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt_io
 from . import distributed as D
 from . import logs
-from .config import IDENTITY_FIELDS, TrainConfig
+from .config import IDENTITY_FIELDS, ConfigError, TrainConfig
 from .data import DataInfo, split_indices
 from .metrics import MetricSums, metric_names
 from .registry import get_dataset, get_model
@@ -75,7 +75,10 @@ class Trainer:
             raise ValueError(f"batch_size must be a multiple of the number of processes ({world}), got {cfg.batch_size}")
         self.local_batch = cfg.batch_size // world
 
-        self.info: DataInfo = get_dataset(cfg.dataset)(cfg)
+        try:
+            self.info: DataInfo = get_dataset(cfg.dataset)(cfg)
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
         if self.info.train_indices is not None and self.info.val_indices is not None:
             self.train_idx, self.val_idx = list(self.info.train_indices), list(self.info.val_indices)
         else:
@@ -84,7 +87,10 @@ class Trainer:
         self.elements_per_sample = self.info.num_outputs if self.task == "regression" else 1
 
         seed_everything(cfg.seed)                       # identical initial weights on every rank
-        model = get_model(cfg.model)(self.info, cfg)
+        try:
+            model = get_model(cfg.model)(self.info, cfg)
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
         if not isinstance(model, nn.Module):
             raise ValueError(f"model builder {cfg.model!r} returned {type(model).__name__}, not an nn.Module")
         self.model = model.to(self.device)
