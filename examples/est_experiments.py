@@ -8,6 +8,12 @@ the EST section of RESULTS.md comes from::
     python examples/est_experiments.py --summarize runs/est/results.jsonl                     # tables
     python examples/est_experiments.py --suite smoke --device cpu --out runs/smoke            # tiny CPU check
 
+The astro-vs-SSA comparison (issue 8; "attention" suite: conv SSA, linear SSA and astrocyte-modulated attention in
+the full EST, digits) was run on CPU::
+
+    python examples/est_experiments.py --suite attention --seeds 0 1 2 --steps 500 --backend torch --device cpu \
+        --out benchmarks/results/est
+
 Data layout: every task yields ``[B, N, F]`` sequences (N positions = tokens); the model repeats real input over
 ``num_steps`` SNN timesteps, or takes rate-coded spikes ``[T, B, N, F]`` (digits: rows are tokens, columns
 features). Sequence tasks are causal: the output at position i predicts position i + horizon from positions <= i.
@@ -248,6 +254,8 @@ def ema_baseline(seed=0, alpha=0.2):
 ABLATION_VARIANTS = ["EST (full)", "- conv attention (linear SSA)", "- CPG-PE (no PE)", "- TPU",
                      "- membrane shortcut (SEW-ADD)", "- RSM (ratio 0)", "Spikformer baseline"]
 RSM_RATIOS = [0.0, 0.25, 0.5, 0.75, 0.9]
+# astrocyte-modulated attention (issue 8) against the two spiking self-attentions, the rest of the EST unchanged
+ATTENTION_VARIANTS = ["EST (full)", "- conv attention (linear SSA)", "astro attention"]
 
 
 def jobs_for(suite, seeds, device, steps, small=False, backend="snntorch"):
@@ -273,6 +281,9 @@ def jobs_for(suite, seeds, device, steps, small=False, backend="snntorch"):
                 add("rsm", task, rsm_ratio=r, rsm_mode="always")
         for r in RSM_RATIOS[1:]:
             add("rsm", "digits", rsm_ratio=r, rsm_mode="train")
+    if suite == "attention":
+        for v in ATTENTION_VARIANTS:
+            add("attention", "digits", v)
     if suite == "smoke":
         add("smoke", "population")
         add("smoke", "digits", "Spikformer baseline")
@@ -286,7 +297,7 @@ def _worker_init():
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--suite", default="smoke", choices=["all", "ablation", "pe", "rsm", "smoke"])
+    ap.add_argument("--suite", default="smoke", choices=["all", "ablation", "pe", "rsm", "attention", "smoke"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--backend", default="snntorch", help="neuron backend of every model")
@@ -384,6 +395,8 @@ def summarize(path) -> str:
           lambda r: r["variant"], "variant")
     table("Positional encoding (full EST otherwise)", "pe", lambda r: r["pos_encoding"], "PE")
     table("Random spike masking sweep", "rsm", lambda r: f"ratio {r['rsm_ratio']} ({r['rsm_mode']})", "RSM")
+    table("Astrocyte-modulated vs spiking self-attention (full EST otherwise)", "attention",
+          lambda r: r["variant"], "variant")
     table("Smoke", "smoke", lambda r: r["variant"], "variant")
     if any(r["task"] == "population" for r in rows):
         ema = [ema_baseline(seed=s) for s in (0, 1, 2)]

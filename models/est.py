@@ -4,7 +4,8 @@ Data layout: a sequence batch ``[B, N, F]`` (N positions, F features, e.g. from 
 *tokens*; the SNN runs a separate time axis of ``num_steps`` timesteps over which the real input is repeated
 (direct encoding), giving ``[T, B, N, F]``. Spike input already shaped ``[T, B, N, F]`` (e.g. rate-coded) is
 used as is. With ``causal=True`` every layer that mixes tokens is causal along N (causal Q/K convolutions,
-attention masked to keys ``j <= i``), so the prediction for position ``i`` uses positions ``<= i`` only
+attention masked to keys ``j <= i``; ``attention="astro"``: astrocyte-modulated attention on spike Q/K/V,
+masked the same way), so the prediction for position ``i`` uses positions ``<= i`` only
 (BatchNorm in eval mode); everything is causal along T by construction (neurons, the TPU's causal time
 convolution).
 
@@ -21,11 +22,14 @@ import torch
 from torch import nn
 
 from neurosim import validate
-from neurosim.layers import (NeuronSpec, RandomSpikeMask, SpikeBatchNorm, SpikeResidual, SpikingMLP,
-                             SpikingSelfAttention, TemporalProcessingUnit, positional_encoding)
+from neurosim.layers import (AstroSpikingAttention, NeuronSpec, RandomSpikeMask, SpikeBatchNorm, SpikeResidual,
+                             SpikingMLP, SpikingSelfAttention, TemporalProcessingUnit, positional_encoding)
 from neurosim.layers.neuron import as_spec
 from neurosim.layers.residual import MODES as RESIDUALS
 from neurosim.layers.masking import MODES as RSM_MODES
+
+
+ATTENTIONS = ("conv", "linear", "astro")
 
 
 @dataclass
@@ -40,7 +44,9 @@ class ESTConfig:
     mlp_ratio: float = 2.0
     num_steps: int = 4
     max_len: int = 64
-    attention: str = "conv"            # "conv": causal conv Q/K (convolutional SSA); "linear": Spikformer SSA
+    attention: str = "conv"            # "conv": causal conv Q/K (convolutional SSA); "linear": Spikformer SSA;
+                                       # "astro": astrocyte-modulated attention on spike Q/K/V (linear Q/K)
+    astro_alpha: float = 0.25          # presynaptic exponent of the astro attention
     kernel_sizes: tuple = (3, 5, 7)    # Q/K kernel per layer (the last one repeats)
     causal: bool = True
     pos_encoding: str = "cpg"          # "cpg", "sin", "learned", "none"
@@ -59,7 +65,8 @@ class ESTConfig:
                      "tpu_kernel"):
             validate.positive_int(name, getattr(self, name))
         validate.positive_float("mlp_ratio", self.mlp_ratio)
-        validate.one_of("attention", self.attention, ("conv", "linear"))
+        validate.one_of("attention", self.attention, ATTENTIONS)
+        validate.in_range("astro_alpha", self.astro_alpha, 0.0, 1.0, lo_open=True)
         validate.one_of("pos_encoding", self.pos_encoding, ("cpg", "sin", "learned", "none"))
         validate.one_of("residual", self.residual, RESIDUALS)
         validate.one_of("rsm_mode", self.rsm_mode, RSM_MODES)
@@ -91,10 +98,12 @@ def spikformer_config(in_features: int, out_features: int, **overrides) -> ESTCo
 
 
 def ablation_configs(cfg: ESTConfig) -> dict[str, ESTConfig]:
-    """The full EST and one variant per component switched back to the baseline choice."""
+    """The full EST, one variant per component switched back to the baseline choice, and the full EST with
+    astrocyte-modulated attention in place of the convolutional SSA ("astro attention", issue 8)."""
     return {
         "EST (full)": cfg,
         "- conv attention (linear SSA)": replace(cfg, attention="linear"),
+        "astro attention": replace(cfg, attention="astro"),
         "- CPG-PE (no PE)": replace(cfg, pos_encoding="none"),
         "- TPU": replace(cfg, tpu=False),
         "- membrane shortcut (SEW-ADD)": replace(cfg, residual="sew_add"),
@@ -115,8 +124,12 @@ class ESTLayer(nn.Module):
             return RandomSpikeMask(ratio, cfg.rsm_mode, None if seed is None else seed + offset) if ratio > 0 else None
 
         kernel = cfg.kernel_sizes[min(index, len(cfg.kernel_sizes) - 1)]
-        attn = SpikingSelfAttention(cfg.dim, cfg.heads, qk=cfg.attention, kernel_size=kernel, causal=cfg.causal,
-                                    neuron=cfg.neuron)
+        if cfg.attention == "astro":
+            attn = AstroSpikingAttention(cfg.dim, cfg.heads, causal=cfg.causal, alpha=cfg.astro_alpha,
+                                         max_len=cfg.max_len, neuron=cfg.neuron)
+        else:
+            attn = SpikingSelfAttention(cfg.dim, cfg.heads, qk=cfg.attention, kernel_size=kernel, causal=cfg.causal,
+                                        neuron=cfg.neuron)
         self.attn = SpikeResidual(attn, cfg.residual, cfg.neuron, rsm(0))
         self.tpu = (SpikeResidual(TemporalProcessingUnit(cfg.dim, cfg.tpu_kernel, neuron=cfg.neuron), cfg.residual,
                                   cfg.neuron) if cfg.tpu else None)

@@ -1,5 +1,6 @@
 """Reusable spiking layers. Tensors are ``[T, B, ...]`` (time leading); token layers take ``[T, B, N, D]``."""
-from .attention import SpikingSelfAttention
+from .astro_attention import AstroAttention, AstroMixing
+from .attention import AstroSpikingAttention, SpikingAttentionBlock, SpikingSelfAttention
 from .conv import CausalConv1d
 from .masking import RandomSpikeMask, random_spike_mask
 from .mlp import SpikingMLP
@@ -13,6 +14,7 @@ from .temporal import TemporalProcessingUnit
 from .time_distributed import TimeDistributed
 
 __all__ = ["Add", "MatMul", "NeuronSpec", "SpikeBatchNorm", "CausalConv1d", "RandomSpikeMask", "random_spike_mask",
-           "SpikingSelfAttention", "SpikingMLP", "TemporalProcessingUnit", "SEWConnect", "SpikeResidual",
+           "SpikingSelfAttention", "SpikingAttentionBlock", "AstroSpikingAttention", "AstroAttention",
+           "AstroMixing", "SpikingMLP", "TemporalProcessingUnit", "SEWConnect", "SpikeResidual",
            "sew_connect", "CPGPositionalEncoding", "SinusoidalPositionalEncoding", "LearnedPositionalEncoding",
            "positional_encoding", "sinusoidal_table", "TimeDistributed"]

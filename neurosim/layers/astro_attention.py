@@ -36,32 +36,24 @@ def presynaptic_rate(u: torch.Tensor) -> torch.Tensor:
     return F.elu(u) + 1
 
 
-class AstroAttention(nn.Module):
-    """Multi-head astrocyte-modulated self-attention (see the module docstring for the equations).
+class AstroMixing(nn.Module):
+    """The astrocyte-modulated attention of per-head ``q, k, v`` (no projections): weights from ``q, k`` (see
+    the module docstring), output ``A v``. Holds the relative positional astrocyte weights, the astrocyte
+    scale and the three products (:class:`MatMul`, so energy hooks count them).
 
-    Args:
-        dim: model width D (divisible by ``heads``).
-        heads: number of heads.
-        alpha: presynaptic non-linearity exponent in (0, 1] (0.25 as in the paper).
-        max_len: longest sequence the relative positional weights cover.
-        causal: mask future tokens (``j > i``).
-        dropout: dropout on the attention weights.
+    Input ``q, k, v`` ``[..., heads, n, head_dim]``; used by :class:`AstroAttention` (real-valued tokens) and by
+    :class:`neurosim.layers.AstroSpikingAttention` (spike Q/K/V).
     """
 
-    def __init__(self, dim: int, heads: int = 4, alpha: float = 0.25, max_len: int = 512, causal: bool = False,
+    def __init__(self, heads: int, head_dim: int, alpha: float = 0.25, max_len: int = 512, causal: bool = False,
                  dropout: float = 0.0):
         super().__init__()
-        self.dim = validate.positive_int("dim", dim)
         self.heads = validate.positive_int("heads", heads)
-        if self.dim % self.heads:
-            raise ValueError(f"dim={self.dim} must be divisible by heads={self.heads}")
+        self.head_dim = validate.positive_int("head_dim", head_dim)
         validate.in_range("alpha", alpha, 0.0, 1.0, lo_open=True)
         self.alpha = float(alpha)
         self.max_len = validate.positive_int("max_len", max_len)
         self.causal = bool(causal)
-        self.head_dim = self.dim // self.heads
-        self.qkv = nn.Linear(self.dim, 3 * self.dim)
-        self.proj = nn.Linear(self.dim, self.dim)
         self.drop = nn.Dropout(dropout)
         self.rel_pos = nn.Parameter(torch.zeros(self.heads, 2 * self.max_len - 1))
         self.astro_scale = nn.Parameter(torch.zeros(self.heads))          # m = softplus(0) = log 2 at start
@@ -80,6 +72,8 @@ class AstroAttention(nn.Module):
     def attention(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """Weights ``[..., heads, n, n]`` from per-head ``q, k`` ``[..., heads, n, head_dim]``."""
         n = q.shape[-2]
+        if n > self.max_len:
+            raise ValueError(f"sequence length {n} exceeds max_len={self.max_len}")
         pre = presynaptic_rate(k).pow(self.alpha)
         neuron = self.neuron_mm(presynaptic_rate(q), pre.transpose(-1, -2))
         astro = F.softplus(self.astro_scale)[:, None, None] * torch.sigmoid(self.astro_mm(q, k.transpose(-1, -2)))
@@ -88,6 +82,40 @@ class AstroAttention(nn.Module):
             mask = torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1)
             drive = drive.masked_fill(mask, 0.0)
         return drive / drive.sum(-1, keepdim=True)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``A v`` ``[..., heads, n, head_dim]``."""
+        attn = self.attention(q, k)
+        if self.record:
+            self.last_attention = attn.detach()
+        return self.value_mm(self.drop(attn), v)
+
+    def extra_repr(self):
+        return f"heads={self.heads}, alpha={self.alpha:g}, max_len={self.max_len}, causal={self.causal}"
+
+
+class AstroAttention(AstroMixing):
+    """Multi-head astrocyte-modulated self-attention (see the module docstring for the equations).
+
+    Args:
+        dim: model width D (divisible by ``heads``).
+        heads: number of heads.
+        alpha: presynaptic non-linearity exponent in (0, 1] (0.25 as in the paper).
+        max_len: longest sequence the relative positional weights cover.
+        causal: mask future tokens (``j > i``).
+        dropout: dropout on the attention weights.
+    """
+
+    def __init__(self, dim: int, heads: int = 4, alpha: float = 0.25, max_len: int = 512, causal: bool = False,
+                 dropout: float = 0.0):
+        dim = validate.positive_int("dim", dim)
+        heads = validate.positive_int("heads", heads)
+        if dim % heads:
+            raise ValueError(f"dim={dim} must be divisible by heads={heads}")
+        super().__init__(heads, dim // heads, alpha, max_len, causal, dropout)
+        self.dim = dim
+        self.qkv = nn.Linear(self.dim, 3 * self.dim)
+        self.proj = nn.Linear(self.dim, self.dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, L, D]`` -> ``[B, L, D]`` or ``[T, B, N, D]`` -> ``[T, B, N, D]``."""
@@ -101,12 +129,9 @@ class AstroAttention(nn.Module):
         lead = x.shape[:-2]
         h = self.qkv(x.reshape(-1, n, self.dim)).reshape(-1, n, 3, self.heads, self.head_dim)
         q, k, v = h.permute(2, 0, 3, 1, 4)                                # [M, heads, n, head_dim] each
-        attn = self.attention(q, k)
-        if self.record:
-            self.last_attention = attn.detach()
-        out = self.value_mm(self.drop(attn), v)                           # [M, heads, n, head_dim]
+        out = super().forward(q, k, v)                                    # [M, heads, n, head_dim]
         out = out.transpose(1, 2).reshape(*lead, n, self.dim)
         return self.proj(out)
 
     def extra_repr(self):
-        return f"dim={self.dim}, heads={self.heads}, alpha={self.alpha:g}, max_len={self.max_len}, causal={self.causal}"
+        return f"dim={self.dim}, " + super().extra_repr()
