@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from neurosim.encoders import cpg_code
-from neurosim.layers import (CausalConv1d, LearnedPositionalEncoding, NeuronSpec, RandomSpikeMask, SEWConnect,
+from neurosim.layers import (AstroSpikingAttention, CausalConv1d, LearnedPositionalEncoding, NeuronSpec, RandomSpikeMask, SEWConnect,
                              SinusoidalPositionalEncoding, SpikeBatchNorm, SpikeResidual, SpikingMLP,
                              SpikingSelfAttention, TemporalProcessingUnit, positional_encoding, random_spike_mask)
 
@@ -25,6 +25,8 @@ def is_binary(x):
 @pytest.mark.parametrize("make", [
     lambda: SpikingSelfAttention(D, heads=2, qk="linear"),
     lambda: SpikingSelfAttention(D, heads=2, qk="conv", kernel_size=3, causal=True),
+    lambda: AstroSpikingAttention(D, heads=2, causal=True, max_len=N),
+    lambda: AstroSpikingAttention(D, heads=2, qk="conv", causal=False, max_len=N),
     lambda: SpikingMLP(D, 16),
     lambda: TemporalProcessingUnit(D, kernel_size=3),
     lambda: SpikeResidual(SpikingMLP(D), "sew_and"),
@@ -87,20 +89,69 @@ def _future_unchanged(f, x, axis, i, ref_changes=True):
         assert not torch.equal(y0, y1), "perturbing the future changed nothing at all: test would be vacuous"
 
 
-@pytest.mark.parametrize("qk", ["linear", "conv"])
-def test_causal_attention_ignores_future_tokens(qk):
+CAUSAL_ATTENTIONS = {
+    "linear": lambda: SpikingSelfAttention(D, heads=2, qk="linear", causal=True),
+    "conv": lambda: SpikingSelfAttention(D, heads=2, qk="conv", kernel_size=5, causal=True),
+    "astro": lambda: AstroSpikingAttention(D, heads=2, causal=True, max_len=N),
+}
+
+
+@pytest.mark.parametrize("kind", list(CAUSAL_ATTENTIONS))
+def test_causal_attention_ignores_future_tokens(kind):
     torch.manual_seed(2)
-    attn = calibrated(SpikingSelfAttention(D, heads=2, qk=qk, kernel_size=5, causal=True), spikes(T, B, N, D))
+    attn = calibrated(CAUSAL_ATTENTIONS[kind](), spikes(T, B, N, D))
     for i in (0, 3, N - 2):
         _future_unchanged(attn.pre, spikes(T, B, N, D, seed=i), axis=2, i=i)
         _future_unchanged(attn, spikes(T, B, N, D, seed=i), axis=2, i=i, ref_changes=False)
 
 
-def test_non_causal_attention_does_see_future_tokens():
+@pytest.mark.parametrize("make", [lambda: SpikingSelfAttention(D, heads=2, qk="linear", causal=False),
+                                  lambda: AstroSpikingAttention(D, heads=2, causal=False, max_len=N)])
+def test_non_causal_attention_does_see_future_tokens(make):
     torch.manual_seed(2)
-    attn = calibrated(SpikingSelfAttention(D, heads=2, qk="linear", causal=False), spikes(T, B, N, D))
+    attn = calibrated(make(), spikes(T, B, N, D))
     with pytest.raises(AssertionError):
         _future_unchanged(attn.pre, spikes(T, B, N, D), axis=2, i=2, ref_changes=False)
+
+
+def test_astro_spiking_attention_is_causal_in_time():
+    """Even with every token mixed (causal=False), timestep t never sees later timesteps."""
+    torch.manual_seed(4)
+    attn = calibrated(AstroSpikingAttention(D, heads=2, causal=False, max_len=N), spikes(T, B, N, D), passes=10)
+    for t in (0, 2):
+        _future_unchanged(attn.pre, spikes(T, B, N, D, seed=10 + t), axis=0, i=t)
+        _future_unchanged(attn, spikes(T, B, N, D, seed=10 + t), axis=0, i=t, ref_changes=False)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_astro_spiking_attention_mixes_spike_qkv_as_the_equations_say(causal):
+    """Loop reference (float64) of the astro mixing of spike Q/K/V: for a spike u, phi(u) = elu(u) + 1 = 1 + u."""
+    torch.manual_seed(5)
+    attn = AstroSpikingAttention(D, heads=2, causal=causal, max_len=N).double()
+    with torch.no_grad():
+        attn.astro.rel_pos.normal_(0, 0.5)
+        attn.astro.astro_scale.normal_(0, 1)
+    q, k, v = (attn._heads(spikes(2, 1, N, D, p=0.5, seed=s).double()) for s in (1, 2, 3))
+    got = attn.mix(q, k, v)
+    assert got.shape == (2, 1, 2, N, D // 2)
+    H, d, alpha = 2, D // 2, attn.astro.alpha
+    ref = torch.zeros_like(got)
+    for t in range(2):
+        for h in range(H):
+            m = math.log1p(math.exp(attn.astro.astro_scale[h].item()))
+            for i in range(N):
+                drive = []
+                for j in range(N):
+                    if causal and j > i:
+                        drive.append(0.0)
+                        continue
+                    qi, kj = q[t, 0, h, i].tolist(), k[t, 0, h, j].tolist()
+                    hn = sum((1 + a) * (1 + b) ** alpha for a, b in zip(qi, kj)) / d
+                    ha = m / (1 + math.exp(-sum(a * b for a, b in zip(qi, kj)) / math.sqrt(d)))
+                    drive.append(math.exp(attn.astro.rel_pos[h, i - j + N - 1].item()) * (hn + ha))
+                for j in range(N):
+                    ref[t, 0, h, i] += drive[j] / sum(drive) * v[t, 0, h, j]
+    torch.testing.assert_close(got, ref.detach(), rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("axis_name,axis", [("tokens", 2), ("time", 0)])
