@@ -33,7 +33,8 @@ def calibrate(model, x, passes=20):
     return model.eval()
 
 
-@pytest.mark.parametrize("name", ["EST (full)", "- TPU", "- membrane shortcut (SEW-ADD)", "Spikformer baseline"])
+@pytest.mark.parametrize("name", ["EST (full)", "- TPU", "- membrane shortcut (SEW-ADD)", "Spikformer baseline",
+                                  "astro attention"])
 def test_causal_model_prediction_at_i_ignores_positions_after_i(name):
     torch.manual_seed(0)
     cfg = ablation_configs(tiny(rsm_ratio=0.5, rsm_mode="always"))[name]
@@ -134,3 +135,76 @@ def test_tiny_est_overfits_small_batch(backend):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.1 * losses[0], (backend, losses[0], losses[-1])
+
+
+# ------------------------------------------------------------------------------- astrocyte-modulated attention
+def test_astro_est_overfits_small_batch():
+    torch.manual_seed(0)
+    cfg = ESTConfig(3, 2, dim=32, depth=1, heads=2, max_len=8, pe_dim=8, attention="astro", tpu=False,
+                    neuron=NeuronSpec(backend="torch"))
+    model = EnhancedSpikingTransformer(cfg)
+    assert type(model.layers[0].attn.block).__name__ == "AstroSpikingAttention"
+    x, y = torch.randn(4, 8, 3), torch.randn(4, 8, 2)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-2)
+    losses = []
+    for _ in range(200):  # stops once the loss has fallen by 90% (about 70 steps)
+        loss = ((model(x) - y) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if losses[-1] < 0.1 * losses[0]:
+            break
+    assert losses[-1] < 0.1 * losses[0], (losses[0], losses[-1])
+
+
+def test_energy_profile_lists_astro_attention_products_with_hand_counts():
+    from neurosim.energy import profile
+
+    torch.manual_seed(3)
+    cfg = tiny(attention="astro", depth=1, causal=True)
+    spikes_in = (torch.rand(3, B, N, F) < 0.6).float()
+    model = EnhancedSpikingTransformer(cfg).train()            # batch statistics: Q and K fire from the start
+    block = model.layers[0].attn.block
+    seen = {}
+    handle = block.astro.register_forward_hook(lambda m, args, out: seen.update(qkv=[a.detach() for a in args]))
+    try:
+        rep = profile(model, spikes_in)
+    finally:
+        handle.remove()
+    q, k, v = seen["qkv"]                                    # spike Q/K/V [T, B, H, N, dh]
+    assert all(bool(((t == 0) | (t == 1)).all()) for t in (q, k, v)) and q.sum() > 0 and k.sum() > 0
+    t, b, h, n, dh = q.shape
+    outputs = t * b * h * n * n
+    pre = "layers.0.attn.block.astro."
+    # Q K^T: spike x spike -> one SynOp per (i, j, c) with q_ic = k_jc = 1 (brute force), + 1 scale MAC per output
+    both = sum(int(q[ti, bi, hi, i, c] * k[ti, bi, hi, j, c]) for ti in range(t) for bi in range(b)
+               for hi in range(h) for i in range(n) for j in range(n) for c in range(dh))
+    r = rep.layer(pre + "astro_mm")
+    assert (r.synops, r.macs, r.dense) == (both, outputs, outputs * dh)
+    # neuron term phi(Q) phi(K)^alpha^T: neither operand is binary (phi(0) = 1) -> every product is a MAC
+    r = rep.layer(pre + "neuron_mm")
+    assert (r.synops, r.macs) == (0, outputs * dh + outputs) and not r.in_spikes
+    # A V: real weights x spike V -> each spike of V meets the n weights of its column of A
+    r = rep.layer(pre + "value_mm")
+    assert (r.synops, r.macs) == (int(v.sum()) * n, 0)
+    assert "own parameters" in rep.layer(pre[:-1]).note    # the element-wise astrocyte terms are flagged
+
+
+def test_trainer_builds_an_astro_est_from_model_options():
+    from neurosim.training import TrainConfig
+    from neurosim.training.data import DataInfo
+    from neurosim.training.registry import get_model
+
+    cfg = TrainConfig(model="est", num_steps=2, model_options={"dim": 8, "depth": 1, "heads": 2,
+                                                                "attention": "astro", "astro_alpha": 0.5})
+    info = DataInfo(torch.utils.data.TensorDataset(torch.zeros(4, 64), torch.zeros(4, dtype=torch.long)),
+                    "classification", 10, (64,))
+    model = get_model("est")(info, cfg)
+    block = model.net.layers[0].attn.block
+    assert type(block).__name__ == "AstroSpikingAttention" and block.astro.alpha == 0.5
+    assert model(torch.rand(5, 64)).shape == (5, 10)
+    with pytest.raises(ValueError, match="attention"):
+        tiny(attention="astrocyte")
+    with pytest.raises(ValueError, match="astro_alpha"):
+        tiny(attention="astro", astro_alpha=0.0)
