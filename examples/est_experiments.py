@@ -21,8 +21,9 @@ features). Sequence tasks are causal: the output at position i predicts position
 SynOps: ``neurosim.energy`` (issue 5) was not in main, so :func:`count_ops` counts them with forward hooks:
 for ``nn.Linear`` / ``nn.Conv1d`` inputs holding non-negative integers (spikes; SEW-ADD sums count k times) the
 ops are ``sum(input) x fan-out`` (Linear: out_features; Conv1d: out_channels/groups x kernel_size, edge effects
-ignored); for real-valued inputs they are MACs ``numel x fan-out``; for :class:`neurosim.layers.MatMul` the ops
-are the exact number of products with both operands non-zero. Neuron updates and BatchNorm are not counted.
+ignored); for real-valued inputs they are MACs ``numel x fan-out``; for :class:`neurosim.layers.MatMul` with at
+least one spike operand the ops are the exact number of products with both operands non-zero, with no spike
+operand (the astro attention's neuron term) every product is a MAC. Neuron updates and BatchNorm are not counted.
 Masked spikes are zeros, so they cost nothing.
 """
 from __future__ import annotations
@@ -131,7 +132,10 @@ def count_ops(model: nn.Module, x: torch.Tensor, batch: int | None = None) -> di
 
     def matmul_hook(mod, inp, out):
         a, b = (t.detach() for t in inp)
-        ops["synops"] += float(torch.matmul((a != 0).float(), (b != 0).float()).sum())
+        if _spike_like(a) or _spike_like(b):
+            ops["synops"] += float(torch.matmul((a != 0).float(), (b != 0).float()).sum())
+        else:  # no spike operand (e.g. the astro attention's neuron term): every product is a MAC
+            ops["macs"] += float(a.shape[-1] * torch.matmul(a, b).numel())
 
     handles = []
     for m in model.modules():

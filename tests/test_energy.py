@@ -262,3 +262,36 @@ def test_add_broadcast_spikes():
     s = torch.tensor([[[1.0, 0, 1, 1]]])  # [1, 1, 4] broadcast over T=2
     real = torch.randn(2, 1, 4)
     assert profile(Add(), (real, s)).layer("Add").acs == 3 * 2
+
+
+def test_counter_summary_adds_layer_info_and_a_report_note():
+    from neurosim.energy import Count, register_counter
+
+    class Gate(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.open = True
+
+        def forward(self, x):
+            return x if self.open else torch.zeros_like(x)
+
+    def count_gate(module, args, output):
+        return Count(dense=0, info={"open": module.open, "passed": torch.count_nonzero(output)})
+
+    def summary(row, infos):
+        passed = sum(i["passed"] for i in infos)
+        return {"open_calls": sum(i["open"] for i in infos), "passed": passed}, f"gate {row.name}: {passed:g} passed"
+
+    register_counter(Gate, count_gate, summary=summary)
+    net = nn.Sequential(Gate(), nn.Linear(4, 2))
+    x = spikes(3, 2, 4, seed=5)
+    rep = profile(net, x)
+    assert rep.layer("0").info == {"open_calls": 1, "passed": float(x.sum())}
+    assert f"gate 0: {x.sum().item():g} passed" in rep.notes and rep.notes[-1] in rep.table()
+    net[0].open = False
+    rep = profile(net, x)
+    assert rep.layer("0").info["open_calls"] == 0 and "gate 0: 0 passed" in rep.notes
+    register_counter(Gate, count_gate, overwrite=True)  # re-registered without a summary: no note any more
+    assert not profile(net, x).notes
+    with pytest.raises(ValueError, match="summary"):
+        register_counter(Gate, count_gate, overwrite=True, summary="not callable")

@@ -208,3 +208,53 @@ def test_trainer_builds_an_astro_est_from_model_options():
         tiny(attention="astrocyte")
     with pytest.raises(ValueError, match="astro_alpha"):
         tiny(attention="astro", astro_alpha=0.0)
+
+
+# ------------------------------------------------------------------------ RSM state in the energy report
+@pytest.mark.parametrize("mode", ["train", "always"])
+@pytest.mark.parametrize("training", [True, False])
+def test_energy_report_states_whether_rsm_masked(mode, training, tmp_path):
+    import json
+
+    from torch import nn
+
+    from neurosim.energy import profile
+
+    ratio, seed, fan = 0.5, 11, 3
+    net = nn.Sequential(RandomSpikeMask(ratio, mode, seed=seed), nn.Linear(16, fan, bias=False)).train(training)
+    x = (torch.rand(5, 4, 16, generator=torch.Generator().manual_seed(0)) < 0.5).float()
+    rep = profile(net, x)
+    # the mask the layer applies, drawn independently from a generator seeded the same way
+    keep = torch.rand(x.shape, generator=torch.Generator().manual_seed(seed)) >= ratio
+    masks = training or mode == "always"
+    kept = int((x * keep).sum()) if masks else int(x.sum())
+    spikes_in = int(x.sum())
+    assert rep.layer("1").synops == kept * fan                       # masked spikes cost no SynOps
+    row = rep.layer("0")
+    assert row.info["rsm_ratio"] == ratio and row.info["rsm_mode"] == mode
+    assert (row.info["inputs_nonzero"], row.info["outputs_nonzero"]) == (spikes_in, kept)
+    line = [n for n in rep.notes if n.startswith("RSM 0:")]
+    assert len(line) == 1 and f"ratio 0.5, mode {mode!r}" in line[0]
+    kind = "training-mode" if training else "eval"
+    if masks:
+        assert 0.35 < 1 - kept / spikes_in < 0.65                     # the check below is not vacuous
+        assert f"masked {100 * (1 - kept / spikes_in):.1f}% of spikes ({spikes_in - kept:,} of {spikes_in:,}) " \
+               f"in this {kind} pass" in line[0]
+        assert row.info["active_calls"] == 1
+    else:
+        assert f"inactive in this {kind} pass" in line[0] and row.info["active_calls"] == 0
+    assert line[0] in rep.table()                                      # terminal report
+    data = json.loads(rep.to_json(tmp_path / "e.json"))
+    assert line[0] in data["notes"] and data["layers"][0]["info"]["outputs_nonzero"] == kept
+    csv_row = rep.to_csv().splitlines()[1]
+    assert line[0] in csv_row and '""masked_fraction""' in csv_row
+
+
+def test_energy_report_lists_every_rsm_layer_of_an_est():
+    from neurosim.energy import profile
+
+    torch.manual_seed(0)
+    model = EnhancedSpikingTransformer(tiny(rsm_ratio=(0.25, 0.5), rsm_mode="train")).eval()
+    notes = [n for n in profile(model, torch.randn(B, N, F)).notes if n.startswith("RSM ")]
+    assert notes == [f"RSM layers.{i}.{part}.rsm: ratio {r:g}, mode 'train' -> inactive in this eval pass "
+                     "(no spike masked)" for i, r in enumerate((0.25, 0.5)) for part in ("attn", "mlp")]

@@ -77,6 +77,9 @@ class Count:
     Attributes:
         dense: operations an ANN of the same shape would do (MACs when ``dense_is_mac``, else additions).
         note: anything the reader must know about this count.
+        info: facts about this call that are not operation counts (e.g. a spike mask's ratio and whether it
+            was active); values are numbers, strings, bools or 0-d tensors (read back with the counts). A
+            ``summary`` registered with the counter turns them into the layer's ``info`` and a report note.
     """
 
     dense: int = 0
@@ -90,6 +93,7 @@ class Count:
     spike_count: object = None
     spike_kind: str = "synops"
     note: str = ""
+    info: dict = field(default_factory=dict)
 
 
 def spike_or_dense(x_stats: TensorStats, dense: int, exact_synops) -> Count:
@@ -99,19 +103,30 @@ def spike_or_dense(x_stats: TensorStats, dense: int, exact_synops) -> Count:
 
 # ----------------------------------------------------------------------------------------------- registry
 Counter = Callable[[nn.Module, tuple, object], Count]
+# summary(row, infos) -> (info dict for the layer's report row, one line for the report's notes, or "")
+Summary = Callable[[object, list], tuple]
 _COUNTERS: dict[type, Counter] = {}
+_SUMMARIES: dict[type, Summary] = {}
 _ZERO_COST: tuple[type, ...] = (nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
                                 nn.Dropout3d, nn.AlphaDropout)
 
 
-def register_counter(module_type: type, fn: Counter | None = None, overwrite: bool = False):
+def register_counter(module_type: type, fn: Counter | None = None, overwrite: bool = False,
+                     summary: Summary | None = None):
     """Register ``fn(module, args, output) -> Count`` for ``module_type`` (and its subclasses).
 
     A module whose type has a counter is counted by it alone: the profiler does not look inside it. Usable
     as a decorator: ``@register_counter(MyLayer)``.
+
+    ``summary(row, infos) -> (info, line)``, optional, is called when the report is built, with the layer's
+    :class:`~neurosim.energy.LayerReport` (its counts, input/output nonzeros) and the ``Count.info`` of each
+    call (tensors read back as floats); ``info`` becomes ``row.info`` (JSON, CSV) and a non-empty ``line`` is
+    added to the report's notes (terminal table, JSON) and to the row's note (CSV).
     """
     if not isinstance(module_type, type) or not issubclass(module_type, nn.Module):
         raise ValueError(f"module_type must be an nn.Module subclass, got {module_type!r}")
+    if summary is not None and not callable(summary):
+        raise ValueError(f"summary for {module_type.__name__} must be callable, got {type(summary).__name__}")
 
     def deco(f: Counter) -> Counter:
         if not callable(f):
@@ -119,6 +134,10 @@ def register_counter(module_type: type, fn: Counter | None = None, overwrite: bo
         if module_type in _COUNTERS and _COUNTERS[module_type] is not f and not overwrite:
             raise ValueError(f"a counter for {module_type.__name__} is already registered; pass overwrite=True")
         _COUNTERS[module_type] = f
+        if summary is not None:
+            _SUMMARIES[module_type] = summary
+        else:
+            _SUMMARIES.pop(module_type, None)
         return f
 
     return deco(fn) if fn is not None else deco
@@ -127,6 +146,14 @@ def register_counter(module_type: type, fn: Counter | None = None, overwrite: bo
 def is_spiking_neuron(module: nn.Module) -> bool:
     """The neuron protocol: a module class with ``is_spiking_neuron = True`` (e.g. neurosim.LIF)."""
     return bool(getattr(type(module), "is_spiking_neuron", False))
+
+
+def summary_for(module: nn.Module) -> Summary | None:
+    """The summary registered with the counter that counts ``module``, or None."""
+    for cls in type(module).__mro__:
+        if cls in _COUNTERS:
+            return _SUMMARIES.get(cls)
+    return None
 
 
 def counter_for(module: nn.Module) -> Counter | None:

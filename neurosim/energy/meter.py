@@ -203,7 +203,8 @@ class EnergyMeter:
                 for v in [sin, sout, *ins]:
                     visit(v)
                 if cnt is not None:
-                    for v in (cnt.macs, cnt.synops, cnt.acs, cnt.spike_count, cnt.spike_input, cnt.spike_input2):
+                    for v in (cnt.macs, cnt.synops, cnt.acs, cnt.spike_count, cnt.spike_input, cnt.spike_input2,
+                              cnt.info):
                         visit(v)
         groups: dict = {}
         for key, t in tensors.items():
@@ -287,6 +288,14 @@ class EnergyMeter:
             r.synops_paper = paper
             r.in_spikes = r.in_numel > 0 and all_spikes
             r.note = "; ".join(sorted(s.notes)) or ("" if r.counted else "no counter registered for this module type")
+            summary = C.summary_for(s.module) if r.counted else None
+            if summary is not None:
+                infos = [{k: (val(v) if torch.is_tensor(v) else v) for k, v in cnt.info.items()}
+                         for cnt, *_ in s.calls if cnt is not None]
+                r.info, line = summary(r, infos)
+                if line:
+                    notes.append(line)
+                    r.note = f"{r.note}; {line}" if r.note else line
             e_mac = hw.e_mac_pj
             if e_mac is None:
                 unpriced += r.macs

@@ -40,6 +40,7 @@ class LayerReport:
     energy_pj: float = 0.0
     energy_paper_pj: float = 0.0
     note: str = ""
+    info: dict = field(default_factory=dict)  # facts from the layer's counter summary (e.g. a spike mask's state)
 
     @property
     def in_rate(self) -> float:
@@ -60,7 +61,7 @@ class LayerReport:
 
 
 COLUMNS = ("name", "type", "calls", "counted", "dense", "macs", "synops", "acs", "neuron_updates", "in_rate",
-           "out_rate", "sparsity", "in_spikes", "synops_paper", "energy_pj", "energy_paper_pj", "note")
+           "out_rate", "sparsity", "in_spikes", "synops_paper", "energy_pj", "energy_paper_pj", "note", "info")
 
 
 def _atomic_write(path, text: str) -> Path:
@@ -141,6 +142,7 @@ class EnergyReport:
         w.writerow(COLUMNS)
         for r in self.layers:
             d = r.to_dict()
+            d["info"] = json.dumps(d["info"]) if d["info"] else ""
             w.writerow([d[c] for c in COLUMNS])
         text = buf.getvalue()
         if path is not None:
