@@ -22,7 +22,7 @@ SynOps: ``neurosim.energy`` (issue 5) was not in main, so :func:`count_ops` coun
 for ``nn.Linear`` / ``nn.Conv1d`` inputs holding non-negative integers (spikes; SEW-ADD sums count k times) the
 ops are ``sum(input) x fan-out`` (Linear: out_features; Conv1d: out_channels/groups x kernel_size, edge effects
 ignored); for real-valued inputs they are MACs ``numel x fan-out``; for :class:`neurosim.layers.MatMul` with at
-least one spike operand the ops are the exact number of products with both operands non-zero, with no spike
+least one binary (spike) operand the ops are the exact number of products with both operands non-zero, with no spike
 operand (the astro attention's neuron term) every product is a MAC. Neuron updates and BatchNorm are not counted.
 Masked spikes are zeros, so they cost nothing.
 """
@@ -117,6 +117,10 @@ def _spike_like(x):
     return bool((x >= 0).all()) and bool((x == torch.round(x)).all())
 
 
+def _binary(x):
+    return bool(((x == 0) | (x == 1)).all())
+
+
 def count_ops(model: nn.Module, x: torch.Tensor, batch: int | None = None) -> dict:
     """Forward ``x`` once and count synaptic operations (see the module docstring). Returns totals divided by
     ``batch`` (default: the batch size of a model input, ``[B, N, F]`` or ``[T, B, N, F]``)."""
@@ -132,9 +136,9 @@ def count_ops(model: nn.Module, x: torch.Tensor, batch: int | None = None) -> di
 
     def matmul_hook(mod, inp, out):
         a, b = (t.detach() for t in inp)
-        if _spike_like(a) or _spike_like(b):
+        if _binary(a) or _binary(b):
             ops["synops"] += float(torch.matmul((a != 0).float(), (b != 0).float()).sum())
-        else:  # no spike operand (e.g. the astro attention's neuron term): every product is a MAC
+        else:  # no spike operand (e.g. the astro attention's neuron term, phi(Q) in {1, 2}): every product is a MAC
             ops["macs"] += float(a.shape[-1] * torch.matmul(a, b).numel())
 
     handles = []
@@ -255,8 +259,8 @@ def ema_baseline(seed=0, alpha=0.2):
 
 
 # ------------------------------------------------------------------------------------------------ suites
-ABLATION_VARIANTS = ["EST (full)", "- conv attention (linear SSA)", "astro attention", "- CPG-PE (no PE)", "- TPU",
-                     "- membrane shortcut (SEW-ADD)", "- RSM (ratio 0)", "Spikformer baseline"]
+ABLATION_VARIANTS = ["EST (full)", "- conv attention (linear SSA)", "astro attention", "- CPG-PE (no PE)",
+                     "- TPU", "- membrane shortcut (SEW-ADD)", "- RSM (ratio 0)", "Spikformer baseline"]
 RSM_RATIOS = [0.0, 0.25, 0.5, 0.75, 0.9]
 
 

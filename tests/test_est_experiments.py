@@ -48,6 +48,21 @@ def test_count_ops_matches_hand_count():
     assert ops["macs"] == 0
     real = torch.randn(4, 2, 6)
     assert E.count_ops(nn.Sequential(nn.Linear(6, 5)), real, batch=1)["macs"] == 4 * 2 * 6 * 5
+    # MatMul with no binary operand (the astro attention's phi(Q) in {1, 2} x real): every product is a MAC
+    a, b = 1 + (torch.rand(3, 4, 5, generator=g) < 0.5).float(), torch.rand(3, 5, 2, generator=g)
+    ops = E.count_ops(_MM(), (a, b), batch=1)
+    assert (ops["synops"], ops["macs"]) == (0, 3 * 4 * 5 * 2)
+    ops = E.count_ops(_MM(), (a - 1, b), batch=1)                   # spikes x real: the nonzero products
+    assert (ops["synops"], ops["macs"]) == (float((a - 1).sum()) * 2, 0)
+
+
+class _MM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.mm = MatMul()
+
+    def forward(self, ab):
+        return self.mm(*ab)
 
 
 def test_masked_spikes_cost_no_synops():
