@@ -117,7 +117,7 @@ def test_non_causal_attention_does_see_future_tokens(make):
 def test_astro_spiking_attention_is_causal_in_time():
     """Even with every token mixed (causal=False), timestep t never sees later timesteps."""
     torch.manual_seed(4)
-    attn = calibrated(AstroSpikingAttention(D, heads=2, causal=False, max_len=N), spikes(T, B, N, D), passes=10)
+    attn = calibrated(AstroSpikingAttention(D, heads=2, causal=False, max_len=N), spikes(T, B, N, D))
     for t in (0, 2):
         _future_unchanged(attn.pre, spikes(T, B, N, D, seed=10 + t), axis=0, i=t)
         _future_unchanged(attn, spikes(T, B, N, D, seed=10 + t), axis=0, i=t, ref_changes=False)
