@@ -89,10 +89,11 @@ def _future_unchanged(f, x, axis, i, ref_changes=True):
         assert not torch.equal(y0, y1), "perturbing the future changed nothing at all: test would be vacuous"
 
 
+TORCH = NeuronSpec(backend="torch")  # the reference time loop (fast on CPU); the layers take any backend
 CAUSAL_ATTENTIONS = {
     "linear": lambda: SpikingSelfAttention(D, heads=2, qk="linear", causal=True),
     "conv": lambda: SpikingSelfAttention(D, heads=2, qk="conv", kernel_size=5, causal=True),
-    "astro": lambda: AstroSpikingAttention(D, heads=2, causal=True, max_len=N),
+    "astro": lambda: AstroSpikingAttention(D, heads=2, causal=True, max_len=N, neuron=TORCH),
 }
 
 
@@ -106,7 +107,7 @@ def test_causal_attention_ignores_future_tokens(kind):
 
 
 @pytest.mark.parametrize("make", [lambda: SpikingSelfAttention(D, heads=2, qk="linear", causal=False),
-                                  lambda: AstroSpikingAttention(D, heads=2, causal=False, max_len=N)])
+                                  lambda: AstroSpikingAttention(D, heads=2, causal=False, max_len=N, neuron=TORCH)])
 def test_non_causal_attention_does_see_future_tokens(make):
     torch.manual_seed(2)
     attn = calibrated(make(), spikes(T, B, N, D))
@@ -117,7 +118,7 @@ def test_non_causal_attention_does_see_future_tokens(make):
 def test_astro_spiking_attention_is_causal_in_time():
     """Even with every token mixed (causal=False), timestep t never sees later timesteps."""
     torch.manual_seed(4)
-    attn = calibrated(AstroSpikingAttention(D, heads=2, causal=False, max_len=N), spikes(T, B, N, D))
+    attn = calibrated(AstroSpikingAttention(D, heads=2, causal=False, max_len=N, neuron=TORCH), spikes(T, B, N, D))
     for t in (0, 2):
         _future_unchanged(attn.pre, spikes(T, B, N, D, seed=10 + t), axis=0, i=t)
         _future_unchanged(attn, spikes(T, B, N, D, seed=10 + t), axis=0, i=t, ref_changes=False)
