@@ -35,7 +35,8 @@ SHAPES = [  # (T, B, N, dtype)
     (16, 64, 65536, torch.bfloat16),
     (500, 16, 4096, torch.bfloat16),
 ]
-SWEEP = [(16, 1, 1), (32, 1, 1), (8, 1, 1), (16, 1, 4)]
+SWEEP = [(16, 1, 1), (32, 1, 1), (8, 1, 1), (16, 1, 4), (8, 1, 4), (4, 1, 4), (16, 1, 2), (8, 1, 8),
+         (8, 2, 2), (4, 2, 4), (32, 1, 4)]
 COMPILE_MAX_T = 64  # torch.compile unrolls the Python loop: a 500-step graph takes too long to compile here
 
 

@@ -89,6 +89,33 @@ def leaves(model: nn.Module, prefix: str = ""):
         yield (prefix or type(model).__name__), model
 
 
+_EXPORTABLE = (nn.Linear, nn.Conv2d, nn.AvgPool2d, nn.Flatten, nn.Identity, nn.Dropout, LIF, CubaLIF)
+
+
+def _inexpressible(model: nn.Module) -> list:
+    """``(name, why)`` for every module inside a non-sequential ``model`` that no NetX/NIR layer can express, so
+    the error names each offending layer, not only the structure."""
+    from neurosim.layers import RandomSpikeMask
+
+    out = []
+    for name, m in model.named_modules():
+        if not name or isinstance(m, _EXPORTABLE) or isinstance(m, TimeDistributed):
+            continue
+        if isinstance(m, (MatMul, Add)):
+            why = "multiplies/adds two activations (attention products, residual sums); NetX and NIR chains only " \
+                  "have weight synapses"
+        elif isinstance(m, RandomSpikeMask):
+            why = "random spike masking has no hardware equivalent (drops spikes at random)"
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            why = "normalisation layers are not folded into the synapse before it automatically"
+        elif any(True for _ in m.children()):
+            continue                       # a container: its leaves are listed
+        else:
+            why = f"{type(m).__name__} is not an exportable layer (Linear, Conv2d, AvgPool2d, Flatten, LIF, CubaLIF)"
+        out.append((name, why))
+    return out
+
+
 def _uniform(name, what, t, problems):
     t = torch.as_tensor(t).detach().double().flatten()
     if t.numel() > 1 and not bool((t == t[0]).all()):
@@ -159,7 +186,7 @@ def lower(model: nn.Module, input_shape=None, allow_reset_change: bool = False) 
         name, m = items[0]
         raise ExportError([(name, f"{type(m).__name__} is not a sequential stack; export an nn.Sequential of "
                                   "Linear/Conv2d/AvgPool2d/Flatten and LIF/CubaLIF modules (wrap per-timestep "
-                                  "layers in neurosim.layers.TimeDistributed)")])
+                                  "layers in neurosim.layers.TimeDistributed)")] + _inexpressible(m))
     if input_shape is None:
         first = next((m for _, m in items if isinstance(m, (nn.Linear, nn.Conv2d))), None)
         if isinstance(first, nn.Linear):

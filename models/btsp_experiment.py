@@ -76,6 +76,33 @@ def persistence_baseline(trainer: Trainer) -> dict:
 
 
 @torch.no_grad()
+def attention_change(model: torch.nn.Module, x: torch.Tensor) -> list[dict] | None:
+    """What the BTSP step does to attention on inputs ``x``: one :class:`~neurosim.models.btsp.PlasticityStats`
+    dict per plastic layer (mean row total-variation distance, mean |delta a|, fractions potentiated/depressed),
+    measured in eval mode (the model's train/eval mode is restored). ``None`` for models without BTSP plasticity."""
+    mods = model.plasticity_modules() if hasattr(model, "plasticity_modules") else []
+    if not mods:
+        return None
+    was_training = model.training
+    model.eval()
+    for m in mods:
+        m.record = True
+    try:
+        model(x)
+    finally:
+        for m in mods:
+            m.record = False
+        model.train(was_training)
+    return [m.last_stats._asdict() for m in mods]
+
+
+def validation_inputs(trainer: Trainer, max_samples: int = 512) -> torch.Tensor:
+    """The first ``max_samples`` validation inputs, stacked on the trainer's device."""
+    idx = trainer.val_idx[:max_samples]
+    return torch.stack([trainer.info.dataset[i][0] for i in idx]).to(trainer.device)
+
+
+@torch.no_grad()
 def plasticity_effect(trainer: Trainer, max_samples: int = 512) -> dict | None:
     """How much the BTSP rule changes attention on validation windows, and what switching it off costs.
 
@@ -84,40 +111,61 @@ def plasticity_effect(trainer: Trainer, max_samples: int = 512) -> dict | None:
     rule switched off (same trained weights). ``None`` for models without BTSP plasticity.
     """
     model = trainer.model
-    mods = model.plasticity_modules() if hasattr(model, "plasticity_modules") else []
-    if not mods:
+    stats = attention_change(model, validation_inputs(trainer, max_samples))
+    if stats is None:
         return None
-    model.eval()
-    idx = trainer.val_idx[:max_samples]
-    x = torch.stack([trainer.info.dataset[i][0] for i in idx]).to(trainer.device)
-    for m in mods:
-        m.record = True
-    model(x)
-    stats = [m.last_stats._asdict() for m in mods]
-    for m in mods:
-        m.record = False
+    was_training = model.training
     model.set_plasticity(False)
-    off = trainer.evaluate()
-    model.set_plasticity(True)
+    try:
+        off = trainer.evaluate()
+    finally:
+        model.set_plasticity(True)
+        model.train(was_training)
     return {"per_layer": stats,
             "mean_row_tv": sum(s["mean_row_tv"] for s in stats) / len(stats),
             "val_without_plasticity": {"mse": off["mse"], "mae": off["mae"]}}
 
 
-def inference_plot(path: Path, target, pred, val_mask, title: str) -> Path:
-    """Two panels: prediction and target over time (validation points marked), and sorted by target value."""
-    import matplotlib
+class PlasticityHistory:
+    """Trainer callback recording :func:`plasticity_effect` over training, for plots of attention plasticity.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    ``every_steps``: also record the (cheaper) :func:`attention_change` every that many optimizer steps (0: only
+    at epoch ends). Rows (``self.rows``): ``epoch`` (completed epochs, fractional inside one), ``step``,
+    ``mean_row_tv``, ``per_layer``, and at epoch ends ``val_mse``, ``val_mse_without_plasticity``.
+    """
 
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 7))
+    def __init__(self, every_steps: int = 0, max_samples: int = 256):
+        self.every_steps = validate.positive_int("every_steps", every_steps, minimum=0)
+        self.max_samples = validate.positive_int("max_samples", max_samples)
+        self.rows: list[dict] = []
+
+    def __call__(self, event: str, trainer: Trainer) -> None:
+        if event == "step_end" and self.every_steps and trainer.global_step % self.every_steps == 0:
+            stats = attention_change(trainer.model, validation_inputs(trainer, self.max_samples))
+            if stats is not None:
+                self.rows.append({"epoch": trainer.epoch + trainer.step_in_epoch / trainer.steps_per_epoch,
+                                  "step": trainer.global_step, "per_layer": stats,
+                                  "mean_row_tv": sum(s["mean_row_tv"] for s in stats) / len(stats)})
+        elif event == "epoch_end":
+            effect = plasticity_effect(trainer, self.max_samples)
+            if effect is not None:
+                self.rows.append({"epoch": float(trainer.epoch), "step": trainer.global_step,
+                                  "per_layer": effect["per_layer"], "mean_row_tv": effect["mean_row_tv"],
+                                  "val_mse": trainer.history[-1]["val_mse"],
+                                  "val_mse_without_plasticity": effect["val_without_plasticity"]["mse"]})
+
+
+def draw_inference(ax1, ax2, target, pred, val_mask, title: str, time=None) -> None:
+    """Prediction vs target on two axes: over time (validation points marked; x = ``time`` when given, else the
+    window index), and the validation samples sorted by target value."""
     n = len(target)
-    ax1.plot(range(n), target, color="black", lw=1.2, label="target")
-    ax1.plot(range(n), pred, color="tab:orange", lw=0.9, label="prediction")
+    xs = list(range(n)) if time is None else list(time)
+    ax1.plot(xs, target, color="black", lw=1.2, label="target")
+    ax1.plot(xs, pred, color="tab:orange", lw=0.9, label="prediction")
     vi = [i for i in range(n) if val_mask[i]]
-    ax1.scatter(vi, [pred[i] for i in vi], s=4, color="tab:blue", label="prediction (validation)", zorder=3)
-    ax1.set_xlabel("time step (window index)")
+    ax1.scatter([xs[i] for i in vi], [pred[i] for i in vi], s=4, color="tab:blue", label="prediction (validation)",
+                zorder=3)
+    ax1.set_xlabel("time step (window index)" if time is None else "time t of the predicted value")
     ax1.set_ylabel("x(t)")
     ax1.set_title(f"{title}: time-aligned")
     ax1.legend(loc="upper right")
@@ -132,6 +180,17 @@ def inference_plot(path: Path, target, pred, val_mask, title: str) -> Path:
     ax2.set_title(f"{title}: validation samples sorted by target")
     ax2.legend(loc="upper left")
     ax2.grid(alpha=0.3)
+
+
+def inference_plot(path: Path, target, pred, val_mask, title: str) -> Path:
+    """Two panels (:func:`draw_inference`): prediction and target over time, and sorted by target value."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 7))
+    draw_inference(ax1, ax2, target, pred, val_mask, title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

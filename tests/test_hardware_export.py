@@ -32,6 +32,20 @@ def test_unsupported_layers_are_all_listed_and_nothing_is_written(tmp_path):
     assert not path.exists() and not list(tmp_path.iterdir())
 
 
+def test_spiking_transformer_is_refused_with_each_offending_layer_named(tmp_path):
+    from neurosim.models import ESTConfig, EnhancedSpikingTransformer
+
+    model = EnhancedSpikingTransformer(ESTConfig(8, 10, depth=1, rsm_ratio=0.5))
+    with pytest.raises(hw.ExportError) as err:
+        hw.export_lava(model, tmp_path / "est.net")
+    named = dict(err.value.problems)
+    for layer, why in [("layers.0.attn.block.qk_matmul", "two activations"), ("layers.0.attn.rsm", "masking"),
+                       ("layers.0.attn.block.w_q.conv", "Conv1d"), ("embed_bn.bn", "normalisation")]:
+        assert why in named[layer], (layer, named.get(layer))
+    assert not any(name.startswith("layers.0.attn.block.w_v") for name in named)   # Linear: exportable
+    assert not (tmp_path / "est.net").exists()
+
+
 def test_conv_first_needs_input_shape():
     model = nn.Sequential(TD(nn.Conv2d(1, 2, 3)), neurosim.LIF(reset="zero"))
     with pytest.raises(hw.ExportError, match="input_shape"):

@@ -305,8 +305,8 @@ def config(T: int, N: int, elem_size: int, interpret: bool = False):
     """``(K, VEC, num_warps)`` for a ``[T, N]`` problem; ``BLOCK = 32 * num_warps * VEC`` neurons a program.
 
     ``VEC`` neurons a thread (scalar loads, each warp reading 32 consecutive neurons of a row), every row of a
-    ``[K, BLOCK]`` tile held by the thread that uses it. Small ``N`` (few neurons, long ``T``): one neuron a
-    thread and one-warp programs, the most threads and loads in flight. The environment variable
+    ``[K, BLOCK]`` tile held by the thread that uses it. One neuron a thread and one-warp programs: the most
+    threads and loads in flight. The environment variable
     ``NEUROSIM_FUSED_CONFIG="K,VEC,WARPS"`` overrides the choice (benchmark sweeps).
     """
     import os
@@ -317,10 +317,11 @@ def config(T: int, N: int, elem_size: int, interpret: bool = False):
     if env:
         k, vec, warps = (int(v) for v in env.split(","))
         return k, vec, warps
-    # more neurons a thread (VEC > 1) makes the backward spill registers at K=16 (ptxas, sm_90)
-    if N <= (1 << 18):
-        return 16, 1, 1
-    return 16, 1, 4
+    # Chosen from the launch-config sweep of benchmarks/lif_kernels.py on an H200 (BENCHMARKS.md, issue 4):
+    # K=8, one neuron a thread, one-warp programs was the best or within ~13% of the best at all three shapes
+    # (T=500 x 65k neurons, T=16 x 4M neurons in fp32 and bf16); K=16 was 15-45% slower. More neurons a thread
+    # (VEC > 1) makes the backward spill registers at K=16 (ptxas, sm_90).
+    return 8, 1, 1
 
 
 def launch_forward(x, state_m, state_i, beta, th, alpha, *, cuba, zero, write_trace, write_ck, interpret=False):
