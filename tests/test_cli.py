@@ -109,7 +109,6 @@ def test_console_script_is_installed():
 
 
 def test_energy_command_rebuilds_a_trainer_checkpoint(tmp_path, capsys):
-    pytest.importorskip("neurosim.energy.cli")
     from neurosim.training import TrainConfig, Trainer
     from neurosim.training.restore import time_major_inputs
 
