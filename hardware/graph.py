@@ -89,6 +89,8 @@ def leaves(model: nn.Module, prefix: str = ""):
         yield (prefix or type(model).__name__), model
 
 
+ACTIVATION_PRODUCT = ("multiplies/adds two activations (attention products, residual sums); NetX and NIR chains "
+                      "only have weight synapses")
 _EXPORTABLE = (nn.Linear, nn.Conv2d, nn.AvgPool2d, nn.Flatten, nn.Identity, nn.Dropout, LIF, CubaLIF)
 
 
@@ -102,8 +104,7 @@ def _inexpressible(model: nn.Module) -> list:
         if not name or isinstance(m, _EXPORTABLE) or isinstance(m, TimeDistributed):
             continue
         if isinstance(m, (MatMul, Add)):
-            why = "multiplies/adds two activations (attention products, residual sums); NetX and NIR chains only " \
-                  "have weight synapses"
+            why = ACTIVATION_PRODUCT
         elif isinstance(m, RandomSpikeMask):
             why = "random spike masking has no hardware equivalent (drops spikes at random)"
         elif isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -205,8 +206,7 @@ def lower(model: nn.Module, input_shape=None, allow_reset_change: bool = False) 
         if isinstance(m, (nn.Identity, nn.Dropout)):
             continue
         if isinstance(m, (MatMul, Add)):
-            problems.append((name, f"{type(m).__name__} multiplies/adds two activations (attention products, residual "
-                                   "sums); NetX and NIR chains only have weight synapses"))
+            problems.append((name, f"{type(m).__name__} {ACTIVATION_PRODUCT}"))
             continue
         if isinstance(m, (LIF, CubaLIF)):
             neuron = _neuron(name, m, allow_reset_change, problems)

@@ -20,11 +20,15 @@ from .est import ESTConfig, EnhancedSpikingTransformer, spikformer_config
 from .moving_digits import FramePredictor, moving_digits
 
 
-def _options(cfg, name: str, allowed: dict) -> dict:
+def _reject_unknown(cfg, name: str, allowed) -> None:
     unknown = sorted(set(cfg.model_options) - set(allowed))
     if unknown:
         raise ValueError(f"unknown model_options {', '.join(unknown)} for model {name!r}; "
                          f"allowed: {', '.join(sorted(allowed))}")
+
+
+def _options(cfg, name: str, allowed: dict) -> dict:
+    _reject_unknown(cfg, name, allowed)
     return {**allowed, **cfg.model_options}
 
 
@@ -119,6 +123,9 @@ class TokenSequenceModel(nn.Module):
 
 
 EST_OPTIONS = {"dim": 32, "depth": 2, "heads": 4, "tokens": None}
+# model_options the EST builders take: the adapter's and every ESTConfig field the builder does not set itself
+EST_ALLOWED = frozenset(EST_OPTIONS) | ({f.name for f in fields(ESTConfig)}
+                                       - {"in_features", "out_features", "num_steps", "max_len", "readout"})
 
 
 def _token_model(name: str, make_config):
@@ -129,12 +136,7 @@ def _token_model(name: str, make_config):
         if len(info.input_shape) != 1:
             raise ValueError(f"model {name!r} takes flat samples [F] (got input_shape={info.input_shape})")
         feats = info.input_shape[0]
-        allowed = set(EST_OPTIONS) | {f.name for f in fields(ESTConfig)} - {"in_features", "out_features",
-                                                                            "num_steps", "max_len", "readout"}
-        unknown = sorted(set(cfg.model_options) - allowed)
-        if unknown:
-            raise ValueError(f"unknown model_options {', '.join(unknown)} for model {name!r}; "
-                             f"allowed: {', '.join(sorted(allowed))}")
+        _reject_unknown(cfg, name, EST_ALLOWED)
         opts = {**EST_OPTIONS, **cfg.model_options}
         forecast = info.task == "regression"
         tokens = opts.pop("tokens") or (feats if forecast else _default_tokens(feats))

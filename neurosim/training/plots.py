@@ -9,13 +9,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def loss_curves(path: Path, history: list[dict], title: str) -> Path:
-    epochs = [r["epoch"] for r in history]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(epochs, [r["train_loss"] for r in history], marker="o", label="train")
-    ax.plot(epochs, [r["val_loss"] for r in history], marker="o", label="validation")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
+def _finish(fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> Path:
+    """Labels, title, legend and grid; save ``fig`` to ``path`` and close it."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend()
     ax.grid(alpha=0.3)
@@ -23,6 +20,14 @@ def loss_curves(path: Path, history: list[dict], title: str) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def loss_curves(path: Path, history: list[dict], title: str) -> Path:
+    epochs = [r["epoch"] for r in history]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(epochs, [r["train_loss"] for r in history], marker="o", label="train")
+    ax.plot(epochs, [r["val_loss"] for r in history], marker="o", label="validation")
+    return _finish(fig, ax, path, "epoch", "loss", title)
 
 
 def prediction_vs_target(path: Path, target, prediction, val_mask, title: str) -> Path:
@@ -34,12 +39,4 @@ def prediction_vs_target(path: Path, target, prediction, val_mask, title: str) -
     val_idx = [i for i in idx if val_mask[i]]
     ax.scatter(val_idx, [prediction[i] for i in val_idx], s=6, color="tab:blue", label="prediction (validation)",
                zorder=3)
-    ax.set_xlabel("time step (window index)")
-    ax.set_ylabel("value")
-    ax.set_title(title)
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path, "time step (window index)", "value", title)
