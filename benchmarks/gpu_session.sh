@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call for the GPU evidence of several issues (run from the repository root on the GPU machine):
 #   fused-LIF GPU tests + kernel benchmark (issue 4), energy profiling overhead (issue 5),
-#   EST training-step throughput fused vs snnTorch (issue 6; only with EST_STEP=1).
+#   EST training-step throughput fused vs snnTorch (issue 6).
 # The GPU image has torch/triton but no network: the carried .whl/ wheels supply snntorch, norse, nir,
 # spikingjelly; neurosim is assembled into /tmp/ns with the package_dir mapping of setup.py (an editable
 # install needs network there).
@@ -19,9 +19,19 @@ cd /tmp/ns
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
   python3 -c "import torch, triton, snntorch, norse, spikingjelly; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, 'snntorch', snntorch.__version__, 'norse', norse.__version__)"
 } 2>&1 | tee "$OUT/versions.txt"
-timeout 150 python3 -m pytest -q -p no:cacheprovider -k "gpu" tests/test_fused_lif.py 2>&1 | tail -15 | tee "$OUT/fused_gpu_tests.txt"
-timeout 220 python3 benchmarks/lif_kernels.py --shapes 3 --out "$OUT/lif_kernels.json" 2>&1 | tail -40 | tee "$OUT/lif_kernels.txt"
-timeout 90 python3 benchmarks/energy_overhead.py --device cuda --out "$OUT/energy_overhead.json" 2>&1 | tail -20 | tee "$OUT/energy_overhead.txt"
-if [ "${EST_STEP:-0}" = 1 ] && [ -f benchmarks/est_step.py ]; then
+# PARTS picks what runs (default: tests lif energy); "sweep" adds the launch-config sweep to the kernel benchmark,
+# "est" the EST training step.
+PARTS=" ${PARTS:-tests lif energy} "
+if [[ $PARTS == *" tests "* ]]; then
+  timeout 150 python3 -m pytest -q -p no:cacheprovider -k "gpu" tests/test_fused_lif.py 2>&1 | tail -15 | tee "$OUT/fused_gpu_tests.txt"
+fi
+if [[ $PARTS == *" lif "* ]]; then
+  SWEEP_ARG=""; [[ $PARTS == *" sweep "* ]] && SWEEP_ARG="--sweep"
+  timeout "${LIF_TIMEOUT:-240}" python3 benchmarks/lif_kernels.py --shapes 3 $SWEEP_ARG --out "$OUT" 2>&1 | tail -60 | tee "$OUT/lif_kernels.txt"
+fi
+if [[ $PARTS == *" energy "* ]]; then
+  timeout 90 python3 benchmarks/energy_overhead.py --device cuda --out "$OUT/energy_overhead.json" 2>&1 | tail -20 | tee "$OUT/energy_overhead.txt"
+fi
+if [[ $PARTS == *" est "* ]]; then
   timeout 120 python3 benchmarks/est_step.py --device cuda --depth 4 --out "$OUT/est_step.json" 2>&1 | tail -20 | tee "$OUT/est_step.txt"
 fi

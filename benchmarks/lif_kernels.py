@@ -35,8 +35,9 @@ SHAPES = [  # (T, B, N, dtype)
     (16, 64, 65536, torch.bfloat16),
     (500, 16, 4096, torch.bfloat16),
 ]
-SWEEP = [(16, 1, 1), (32, 1, 1), (8, 1, 1), (16, 1, 4), (8, 1, 4), (4, 1, 4), (16, 1, 2), (8, 1, 8),
-         (8, 2, 2), (4, 2, 4), (32, 1, 4)]
+# launch configurations (K, VEC, WARPS[, BWD_VEC, BWD_WARPS]) of the kernels tried by --sweep
+SWEEP = [(16, 1, 8), (16, 1, 4), (8, 1, 8), (32, 1, 8), (16, 2, 4), (16, 4, 4), (16, 4, 2), (16, 4, 4, 2, 4),
+         (16, 4, 4, 1, 8), (8, 2, 4)]
 COMPILE_MAX_T = 64  # torch.compile unrolls the Python loop: a 500-step graph takes too long to compile here
 
 
@@ -53,7 +54,10 @@ def _sync():
 
 
 def bench(fn, budget_ms=1000.0, min_reps=5, max_reps=100):
-    """Median milliseconds of ``fn()`` (CUDA events around each call, after two warm-up calls)."""
+    """Median milliseconds of ``fn()`` after two warm-up calls: CUDA events around each call, calls issued back
+    to back and one synchronisation at the end (as ``triton.testing.do_bench``), so the host's work for the next
+    call overlaps the device's work on this one wherever the device is the slower of the two. ``SYNC_EACH``
+    (``--sync-each``): synchronise after every call instead (the host's launch cost is then in every time)."""
     for _ in range(2):
         fn()
     _sync()
@@ -62,20 +66,25 @@ def bench(fn, budget_ms=1000.0, min_reps=5, max_reps=100):
     _sync()
     est = (time.perf_counter() - t0) * 1e3
     reps = int(max(min_reps, min(max_reps, budget_ms / max(est, 1e-3))))
-    times = []
-    for _ in range(reps):
-        if DEVICE != "cuda":  # --smoke on a CPU: wall clock
+    if DEVICE != "cuda":  # --smoke on a CPU: wall clock
+        times = []
+        for _ in range(reps):
             t0 = time.perf_counter()
             fn()
             times.append((time.perf_counter() - t0) * 1e3)
-            continue
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        return statistics.median(times), reps
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+    for a, b in events:
         a.record()
         fn()
         b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times), reps
+        if SYNC_EACH:
+            b.synchronize()
+    torch.cuda.synchronize()
+    return statistics.median(a.elapsed_time(b) for a, b in events), reps
+
+
+SYNC_EACH = False
 
 
 def copy_bandwidth():
@@ -115,6 +124,12 @@ def make_impls(T):
     impls = {}
     lif = neurosim.LIF(beta=BETA, threshold=THRESHOLD, backend="fused").to(DEVICE)
     impls["neurosim fused"] = lambda x: lif(x)
+    from neurosim.kernels.lif import BACKEND
+
+    # the kernels alone: the layer above also has its kernel flag NaN/inf inputs (one host read of the flag)
+    impls["neurosim fused, kernels only"] = lambda x: BACKEND.run("lif", lif.params(), x, need_mem=False,
+                                                                  check_finite=False)[0]
+
 
     def snntorch_impl():
         import snntorch as snn
@@ -182,15 +197,15 @@ def make_impls(T):
 
 
 # ----------------------------------------------------------------------------- measurements
-def time_impl(fn, x, g):
+def time_impl(fn, x, g, budget_ms=1000.0):
     with torch.no_grad():
-        fwd, _ = bench(lambda: fn(x))
+        fwd, _ = bench(lambda: fn(x), budget_ms=budget_ms)
 
     def fb():
         out = fn(x)
         torch.autograd.grad(out, x, g)
 
-    fb_ms, reps = bench(fb)
+    fb_ms, reps = bench(fb, budget_ms=budget_ms)
     return fwd, fb_ms, reps
 
 
@@ -208,11 +223,17 @@ def check_fused(x, g):
 
 def sweep(x, g, floor_ms):
     rows = []
-    fn = neurosim.LIF(beta=BETA, threshold=THRESHOLD, backend="fused").to(DEVICE)
+    from neurosim.kernels.lif import BACKEND
+
+    lif = neurosim.LIF(beta=BETA, threshold=THRESHOLD, backend="fused").to(DEVICE)
+
+    def fn(x):  # the kernels alone (no input check), so that configurations differ only in the kernels
+        return BACKEND.run("lif", lif.params(), x, need_mem=False, check_finite=False)[0]
+
     for cfg in SWEEP:
         os.environ["NEUROSIM_FUSED_CONFIG"] = ",".join(map(str, cfg))
         try:
-            fwd, fb, _ = time_impl(fn, x, g)
+            fwd, fb, _ = time_impl(fn, x, g, budget_ms=300)
             rows.append({"config": cfg, "fwd_ms": fwd, "fwd_bwd_ms": fb, "x_floor": fb / floor_ms})
         except Exception as e:
             rows.append({"config": cfg, "error": repr(e)[:200]})
@@ -268,8 +289,10 @@ def main():
     ap.add_argument("--sweep", action="store_true", help="also time other launch configurations of the kernels")
     ap.add_argument("--shapes", type=int, default=4, help="run only the first SHAPES shapes")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU: checks the script, times nothing")
+    ap.add_argument("--sync-each", action="store_true", help="synchronise after every timed call (see bench)")
     args = ap.parse_args()
-    global DEVICE, SHAPES, SWEEP
+    global DEVICE, SHAPES, SWEEP, SYNC_EACH
+    SYNC_EACH = args.sync_each
     if args.smoke:
         DEVICE = "cpu"
         SHAPES = [(5, 2, 64, torch.float32), (3, 2, 64, torch.bfloat16)]

@@ -283,7 +283,57 @@ def test_gpu_kernel_writes_every_output():
     assert torch.equal(s, ref_s) and torch.equal(tr, ref_m)
 
 
+# ---------------------------------------------------------------- NaN/inf inputs: the kernel's own check
+def nonfinite_messages(device: str, interpret=None) -> dict:
+    """What the fused backend says for inputs holding NaN/inf (the kernel flags them as it reads ``x``): the
+    ValueError's message, or "ok" when it accepted the input. Bad values sit in a partial chunk and a partial
+    block (T=9, 39 neurons), in both kinds and in bf16; finite extremes must pass."""
+    from neurosim.kernels.lif import BACKEND
+
+    out = {}
+    for label, kind, dtype, where, value in [
+        ("nan_last_step", "lif", torch.float32, (8, 2, 12), float("nan")),
+        ("inf_first", "cuba", torch.float32, (0, 0, 0), float("inf")),
+        ("neg_inf_bf16", "lif", torch.bfloat16, (4, 1, 7), float("-inf")),
+        ("finite_extremes", "lif", torch.float32, (3, 1, 1), 3.4e38),
+    ]:
+        x = torch.zeros(9, 3, 13)
+        x[where] = value
+        x[5, 0, 3] = -3.4e38 if label == "finite_extremes" else 0.5
+        p = F.CubaLIFParameters(torch.tensor(0.9), torch.tensor(0.8), torch.tensor(1.0)) if kind == "cuba" \
+            else F.LIFParameters(torch.tensor(0.9), torch.tensor(1.0))
+        try:
+            BACKEND.run(kind, p, x.to(device=device, dtype=dtype), need_mem=False, interpret=interpret)
+            out[label] = "ok"
+        except ValueError as e:
+            out[label] = str(e)
+    return out
+
+
+EXPECTED_NONFINITE = {"nan_last_step": "x contains 1 NaN/inf value(s)", "inf_first": "x contains 1 NaN/inf value(s)",
+                      "neg_inf_bf16": "x contains 1 NaN/inf value(s)", "finite_extremes": "ok"}
+
+
+def test_kernel_in_interpreter_flags_nonfinite_input():
+    env = dict(os.environ, NEUROSIM_TRITON_INTERPRET="1", TRITON_DEFAULT_FP_FUSION="0")
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--interpreter-nonfinite"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    for label, want in EXPECTED_NONFINITE.items():
+        assert got[label].startswith(want), (label, got[label])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_kernel_flags_nonfinite_input():
+    got = nonfinite_messages("cuda")
+    for label, want in EXPECTED_NONFINITE.items():
+        assert got[label].startswith(want), (label, got[label])
+
+
 # ---------------------------------------------------------------- child process entry point
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--interpreter":
     results = {name: compare_case(name, "cpu", interpret=True) for name in sys.argv[2:]}
     print(json.dumps(results))
+if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--interpreter-nonfinite":
+    print(json.dumps(nonfinite_messages("cpu", interpret=True)))

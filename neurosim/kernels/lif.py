@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import torch
 
+from .. import validate
 from ..neurons import functional as F
 from ..neurons.surrogate import SURROGATES
 
@@ -83,7 +84,7 @@ def _param_grad(partial, param, neuron_shape, clamp):
 
 class _FusedFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, mem0, syn0, beta, threshold, alpha, cfg: _Cfg):
+    def forward(ctx, x, mem0, syn0, beta, threshold, alpha, bad, cfg: _Cfg):
         from . import triton_lif as K
 
         T = x.shape[0]
@@ -101,7 +102,7 @@ class _FusedFn(torch.autograd.Function):
         needs_grad = any(ctx.needs_input_grad[:6])
         spikes, trace, mT, iT, ck, launch_cfg = K.launch_forward(
             xf, m0, i0, b, th, a, cuba=cuba, zero=cfg.reset == "zero", write_trace=cfg.need_mem,
-            write_ck=needs_grad, interpret=cfg.interpret,
+            write_ck=needs_grad, bad=bad, interpret=cfg.interpret,
         )
         ctx.cfg = cfg
         ctx.launch_cfg = launch_cfg
@@ -147,6 +148,7 @@ class _FusedFn(torch.autograd.Function):
             _param_grad(gth, threshold, shape, clamp=False),
             _param_grad(ga, alpha, shape, clamp=True) if cuba else None,
             None,
+            None,
         )
 
 
@@ -184,9 +186,11 @@ class FusedBackend:
             return "interpreter"
         return "reference"
 
-    def run(self, kind, p, x, state=None, need_mem: bool = True, interpret=None):
+    def run(self, kind, p, x, state=None, need_mem: bool = True, interpret=None, check_finite: bool = True):
         """``(spikes, mem_trace, final_state)``; ``need_mem=False`` returns ``None`` for the trace and skips
-        writing it. ``interpret=True`` runs the Triton kernels in Triton's interpreter on CPU tensors."""
+        writing it. ``interpret=True`` runs the Triton kernels in Triton's interpreter on CPU tensors.
+        ``check_finite``: raise ValueError when ``x`` holds NaN/inf (the kernel flags them as it reads ``x``;
+        one device->host read of the flag)."""
         self.check(kind, p)
         for name in ("beta", "threshold") + (("alpha",) if kind == "cuba" else ()):
             _check_shape(name, getattr(p, name), x.shape[1:])
@@ -197,6 +201,8 @@ class FusedBackend:
                                      f"{tuple(x.shape[1:])}")
         path = self.path(x, interpret)
         if path == "reference":
+            if check_finite:
+                validate.finite("x", x)
             return _reference(kind, p, x, state, need_mem)
         cfg = _Cfg(kind, p.reset, p.surrogate.name, float(p.surrogate.slope), bool(p.detach_reset),
                    bool(need_mem), path == "interpreter")
@@ -205,7 +211,10 @@ class FusedBackend:
             mem0 = state.mem
             syn0 = state.syn if kind == "cuba" else None
         alpha = p.alpha if kind == "cuba" else None
-        spikes, trace, mT, iT = _FusedFn.apply(x, mem0, syn0, p.beta, p.threshold, alpha, cfg)
+        bad = torch.zeros(1, dtype=torch.int32, device=x.device) if check_finite else None
+        spikes, trace, mT, iT = _FusedFn.apply(x, mem0, syn0, p.beta, p.threshold, alpha, bad, cfg)
+        if bad is not None and bool(bad.item()):
+            validate.finite_after_flag("x", x)
         final = F.CubaLIFState(iT, mT) if kind == "cuba" else F.LIFState(mT)
         return spikes, (trace if need_mem else None), final
 
