@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device call for the GPU evidence of several issues (run from the repository root on the GPU machine):
 #   fused-LIF GPU tests + kernel benchmark (issue 4), energy profiling overhead (issue 5),
+#   or with ENERGY_ONLY=1 just issue 5 (stats-kernel GPU test, overhead with LIF backends torch and fused),
 #   EST training-step throughput fused vs snnTorch (issue 6; only with EST_STEP=1).
 # The GPU image has torch/triton but no network: the carried .whl/ wheels supply snntorch, norse, nir,
 # spikingjelly; neurosim is assembled into /tmp/ns with the package_dir mapping of setup.py (an editable
@@ -19,9 +20,17 @@ cd /tmp/ns
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
   python3 -c "import torch, triton, snntorch, norse, spikingjelly; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, 'snntorch', snntorch.__version__, 'norse', norse.__version__)"
 } 2>&1 | tee "$OUT/versions.txt"
-timeout 150 python3 -m pytest -q -p no:cacheprovider -k "gpu" tests/test_fused_lif.py 2>&1 | tail -15 | tee "$OUT/fused_gpu_tests.txt"
+if [ "${ENERGY_ONLY:-0}" = 1 ]; then
+  # issue 5 only: the stats-kernel GPU test, then the profile overhead with the torch and the fused LIF backend
+  timeout 150 python3 -m pytest -q -p no:cacheprovider -k "gpu" tests/test_energy_kernel.py 2>&1 | tail -15 | tee "$OUT/energy_gpu_tests.txt"
+  for b in torch fused; do
+    timeout 200 python3 benchmarks/energy_overhead.py --device cuda --backend "$b" --out "$OUT/energy_overhead_$b.json" 2>&1 | tail -20 | tee "$OUT/energy_overhead_$b.txt"
+  done
+  exit 0
+fi
+timeout 150 python3 -m pytest -q -p no:cacheprovider -k "gpu" tests/test_fused_lif.py tests/test_energy_kernel.py 2>&1 | tail -15 | tee "$OUT/fused_gpu_tests.txt"
 timeout 220 python3 benchmarks/lif_kernels.py --shapes 3 --out "$OUT/lif_kernels.json" 2>&1 | tail -40 | tee "$OUT/lif_kernels.txt"
-timeout 90 python3 benchmarks/energy_overhead.py --device cuda --out "$OUT/energy_overhead.json" 2>&1 | tail -20 | tee "$OUT/energy_overhead.txt"
+timeout 150 python3 benchmarks/energy_overhead.py --device cuda --out "$OUT/energy_overhead.json" 2>&1 | tail -20 | tee "$OUT/energy_overhead.txt"
 if [ "${EST_STEP:-0}" = 1 ] && [ -f benchmarks/est_step.py ]; then
   timeout 120 python3 benchmarks/est_step.py --device cuda --depth 4 --out "$OUT/est_step.json" 2>&1 | tail -20 | tee "$OUT/est_step.txt"
 fi

@@ -96,7 +96,7 @@ def interpreter_results(tmp_path_factory):
     path = tmp_path_factory.mktemp("kernel") / "conv.pt"
     net, x = conv_case()
     torch.save({"state": net.state_dict(), "x": x}, path)
-    env = dict(os.environ, NEUROSIM_TRITON_INTERPRET="1", TRITON_INTERPRET="1")
+    env = dict(os.environ, NEUROSIM_TRITON_INTERPRET="1")
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--interpreter", str(path)],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
@@ -188,6 +188,28 @@ def test_import_and_profile_without_triton():
     env = {k: v for k, v in os.environ.items() if k not in ("NEUROSIM_TRITON_INTERPRET", "TRITON_INTERPRET")}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
+# ---------------------------------------------------------------- GPU (compiled kernel)
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the issue allows GPU-only tests)")
+
+
+@cuda
+def test_gpu_kernel_counts_and_profile_equal_torch_path():
+    buf = CountBuffer("auto")
+    rows = {name: buf.stats(x.cuda(), None if fan is None else fan.cuda())
+            for name, (x, fan) in _tensor_cases().items()}
+    host = buf.host()
+    assert buf.paths == {"kernel"}
+    for name, (x, fan) in _tensor_cases().items():
+        st = rows[name]
+        assert host[st.dev][st.row] == reference(x, fan), name
+    torch.backends.cudnn.deterministic = True
+    net, x = conv_case()
+    net, x = net.cuda(), x.cuda()
+    kernel, ref = profile(net, x), profile(net, x, counting="torch")
+    assert (kernel.counting, ref.counting) == ("kernel", "torch")
+    assert kernel.to_json() == ref.to_json()
 
 
 # ---------------------------------------------------------------- child process entry point

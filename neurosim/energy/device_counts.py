@@ -100,7 +100,9 @@ def _dense_span(x: torch.Tensor) -> bool:
     return True
 
 
-def _triton_ok() -> bool:
+def _triton_ok(interpret: bool = False) -> bool:
+    if interpret and "triton" not in sys.modules:
+        os.environ["TRITON_INTERPRET"] = "1"  # Triton's interpreter is chosen when triton is first imported
     try:
         import triton  # noqa: F401
     except Exception:  # pragma: no cover - depends on the installation
@@ -184,7 +186,7 @@ class CountBuffer:
             return "torch"
         if x.is_cuda and (self.backend == "kernel" or _triton_ok()):
             return "kernel"
-        if x.device.type == "cpu" and interpreter_requested() and _triton_ok():
+        if x.device.type == "cpu" and interpreter_requested() and _triton_ok(interpret=True):
             return "interpreter"
         if self.backend == "kernel":
             raise RuntimeError(f"counting backend 'kernel' cannot count a {x.device.type} tensor: needs CUDA, or "
@@ -217,8 +219,6 @@ class CountBuffer:
             flat = x.as_strided((x.numel(),), (1,), x.storage_offset())
         else:
             flat = x.contiguous()
-        if path == "interpreter" and "triton" not in sys.modules:
-            os.environ["TRITON_INTERPRET"] = "1"  # must be set before triton is first imported
         from ..kernels import stats as K
 
         K.launch(flat, out, None if fan is None else self._fan_maps(fan)[1], interpret=path == "interpreter")
