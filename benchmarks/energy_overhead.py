@@ -3,9 +3,11 @@
 Three spiking networks (MLP, conv net, spike-driven attention block); for each, the median wall time of
 ``model(x)`` under ``torch.no_grad()`` and of ``profile(model, x)`` (hook setup + the same forward + the one
 read-back and report), runs interleaved, device synchronised before each clock read. Also checks that the
-counts on the GPU equal those on the CPU for the same model and input.
+counts on the GPU equal those on the CPU for the same model and input, and prints how the profile counted
+(``kernel``: the one-read Triton statistics kernel; ``torch``: torch ops).
 
-    python benchmarks/energy_overhead.py [--device cuda] [--repeats 30] [--quick] [--out results.json]
+    python benchmarks/energy_overhead.py [--device cuda] [--repeats 30] [--quick] [--backend torch|fused|snntorch]
+                                         [--counting auto|torch|kernel] [--out results.json]
 """
 from __future__ import annotations
 
@@ -23,12 +25,14 @@ import neurosim
 from neurosim.energy import profile
 from neurosim.layers import Add, MatMul
 
+BACKEND = "torch"  # LIF backend of the benchmark models (--backend)
+
 
 class MLP(nn.Module):
     def __init__(self, d_in, hidden, d_out):
         super().__init__()
-        self.fc1, self.lif1 = nn.Linear(d_in, hidden), neurosim.LIF(beta=0.9, threshold=0.5, backend="torch")
-        self.fc2, self.lif2 = nn.Linear(hidden, hidden), neurosim.LIF(beta=0.9, threshold=0.5, backend="torch")
+        self.fc1, self.lif1 = nn.Linear(d_in, hidden), neurosim.LIF(beta=0.9, threshold=0.5, backend=BACKEND)
+        self.fc2, self.lif2 = nn.Linear(hidden, hidden), neurosim.LIF(beta=0.9, threshold=0.5, backend=BACKEND)
         self.fc3 = nn.Linear(hidden, d_out)
 
     def forward(self, x):
@@ -39,9 +43,9 @@ class ConvNet(nn.Module):
     def __init__(self, c, hw, classes=10):
         super().__init__()
         self.conv1, self.bn1 = nn.Conv2d(c, 64, 3, padding=1), nn.BatchNorm2d(64)
-        self.lif1 = neurosim.LIF(beta=0.9, threshold=0.5, backend="torch")
+        self.lif1 = neurosim.LIF(beta=0.9, threshold=0.5, backend=BACKEND)
         self.conv2, self.bn2 = nn.Conv2d(64, 128, 3, stride=2, padding=1), nn.BatchNorm2d(128)
-        self.lif2 = neurosim.LIF(beta=0.9, threshold=0.5, backend="torch")
+        self.lif2 = neurosim.LIF(beta=0.9, threshold=0.5, backend=BACKEND)
         self.pool = nn.MaxPool2d(2)
         self.fc = nn.Linear(128 * (hw // 4) ** 2, classes)
 
@@ -59,9 +63,9 @@ class AttentionBlock(nn.Module):
         super().__init__()
         self.heads = heads
         self.qkv = nn.Linear(d, 3 * d, bias=False)
-        self.lif_qkv = neurosim.LIF(beta=0.5, threshold=0.5, backend="torch")
+        self.lif_qkv = neurosim.LIF(beta=0.5, threshold=0.5, backend=BACKEND)
         self.qk, self.av = MatMul(scale=0.125), MatMul()
-        self.lif_attn = neurosim.LIF(beta=0.5, threshold=0.5, backend="torch")
+        self.lif_attn = neurosim.LIF(beta=0.5, threshold=0.5, backend=BACKEND)
         self.proj = nn.Linear(d, d)
         self.add = Add()
         self.norm = nn.LayerNorm(d)
@@ -90,7 +94,7 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def bench(model, x, device, repeats, warmup):
+def bench(model, x, device, repeats, warmup, counting="auto"):
     plain, prof = [], []
 
     def run_plain():
@@ -99,14 +103,14 @@ def bench(model, x, device, repeats, warmup):
 
     for _ in range(warmup):
         run_plain()
-        profile(model, x)
+        profile(model, x, counting=counting)
     sync(device)
     for _ in range(repeats):  # interleaved, so drift affects both alike
         t0 = time.perf_counter()
         run_plain()
         sync(device)
         t1 = time.perf_counter()
-        profile(model, x)
+        profile(model, x, counting=counting)
         sync(device)
         t2 = time.perf_counter()
         plain.append(t1 - t0)
@@ -120,8 +124,13 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="tiny shapes (a CPU smoke run)")
+    ap.add_argument("--backend", default="torch", choices=("torch", "fused", "snntorch"), help="LIF backend")
+    ap.add_argument("--counting", default="auto", choices=("auto", "torch", "kernel"),
+                    help="how profile counts tensors (auto: the Triton kernel on CUDA, torch ops on CPU)")
     ap.add_argument("--out", default=None, help="write the results as JSON")
     args = ap.parse_args(argv)
+    global BACKEND
+    BACKEND = args.backend
     device = torch.device(args.device)
     torch.manual_seed(0)
     # full fp32 on the GPU, so that its spikes can be compared with the CPU's
@@ -129,7 +138,8 @@ def main(argv=None):
     torch.backends.cudnn.allow_tf32 = False
     env = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
            "torch": torch.__version__, "python": platform.python_version(), "neurosim": neurosim.__version__,
-           "cuda": torch.version.cuda, "repeats": args.repeats, "warmup": args.warmup}
+           "cuda": torch.version.cuda, "repeats": args.repeats, "warmup": args.warmup, "lif_backend": args.backend,
+           "counting": args.counting}
     print(json.dumps(env), flush=True)
     results = []
     for name, model, shape in cases(args.quick):
@@ -138,26 +148,27 @@ def main(argv=None):
         ref = profile(model, x_cpu)  # CPU counts for the same model and input
         model = model.to(device)
         x = x_cpu.to(device)
-        plain, prof = bench(model, x, device, args.repeats, args.warmup)
-        rep = profile(model, x)
+        plain, prof = bench(model, x, device, args.repeats, args.warmup, args.counting)
+        rep = profile(model, x, counting=args.counting)
         key = lambda r: (r.name, r.synops, r.macs, r.acs, r.neuron_updates, r.dense)  # noqa: E731
         # the first layer sees the identical input spikes: its counts must match exactly; deeper layers can
         # differ only where float rounding (GPU vs CPU sums) flips a neuron sitting on its threshold
         same_first = key(rep.layers[0]) == key(ref.layers[0])
         same = [key(a) for a in rep.layers] == [key(b) for b in ref.layers]
         mp, mq = statistics.median(plain), statistics.median(prof)
-        row = {"model": name, "input": list(shape), "plain_ms": mp * 1e3, "profile_ms": mq * 1e3,
+        row = {"model": name, "input": list(shape), "counted_with": rep.counting, "plain_ms": mp * 1e3, "profile_ms": mq * 1e3,
                "overhead_pct": (mq / mp - 1) * 100, "plain_ms_min": min(plain) * 1e3,
                "profile_ms_min": min(prof) * 1e3, "counts_equal_cpu": same, "first_layer_equal_cpu": same_first,
                "synops_cpu": ref.totals()["synops"], "synops": rep.totals()["synops"],
                "energy_uJ_cmos45nm": rep.totals()["energy_pj"] / 1e6}
         results.append(row)
         print(json.dumps(row), flush=True)
-    print("\n| model | input [T, B, ...] | plain forward (ms, median) | profile (ms, median) | overhead | "
+    print(f"\nLIF backend {args.backend}; counting {args.counting}")
+    print("| model | input [T, B, ...] | counted with | plain forward (ms, median) | profile (ms, median) | overhead | "
           "GPU counts = CPU counts |")
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['model']} | {r['input']} | {r['plain_ms']:.3f} | {r['profile_ms']:.3f} | "
+        print(f"| {r['model']} | {r['input']} | {r['counted_with']} | {r['plain_ms']:.3f} | {r['profile_ms']:.3f} | "
               f"{r['overhead_pct']:+.1f}% | {r['counts_equal_cpu']} |")
     if args.out:
         with open(args.out, "w") as f:

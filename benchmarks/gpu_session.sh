@@ -19,18 +19,21 @@ cd /tmp/ns
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
   python3 -c "import torch, triton, snntorch, norse, spikingjelly; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, 'snntorch', snntorch.__version__, 'norse', norse.__version__)"
 } 2>&1 | tee "$OUT/versions.txt"
-# PARTS picks what runs (default: tests lif energy); "sweep" adds the launch-config sweep to the kernel benchmark,
-# "est" the EST training step.
+# PARTS picks what runs (default: tests lif energy): "tests" the fused-LIF and stats-kernel GPU tests, "lif" the
+# kernel benchmark ("sweep" adds its launch-config sweep), "energy" the profile overhead with the torch and the
+# fused LIF backend, "est" the EST training step.
 PARTS=" ${PARTS:-tests lif energy} "
 if [[ $PARTS == *" tests "* ]]; then
-  timeout 150 python3 -m pytest -q -p no:cacheprovider -k "gpu" tests/test_fused_lif.py 2>&1 | tail -15 | tee "$OUT/fused_gpu_tests.txt"
+  timeout 150 python3 -m pytest -q -p no:cacheprovider -k "gpu" tests/test_fused_lif.py tests/test_energy_kernel.py 2>&1 | tail -15 | tee "$OUT/gpu_tests.txt"
 fi
 if [[ $PARTS == *" lif "* ]]; then
   SWEEP_ARG=""; [[ $PARTS == *" sweep "* ]] && SWEEP_ARG="--sweep"
-  timeout "${LIF_TIMEOUT:-240}" python3 benchmarks/lif_kernels.py --shapes 3 $SWEEP_ARG --out "$OUT" 2>&1 | tail -60 | tee "$OUT/lif_kernels.txt"
+  timeout "${LIF_TIMEOUT:-240}" python3 benchmarks/lif_kernels.py --shapes 3 $SWEEP_ARG --out "$OUT" 2>&1 | tail -60
 fi
 if [[ $PARTS == *" energy "* ]]; then
-  timeout 90 python3 benchmarks/energy_overhead.py --device cuda --out "$OUT/energy_overhead.json" 2>&1 | tail -20 | tee "$OUT/energy_overhead.txt"
+  for b in torch fused; do
+    timeout 200 python3 benchmarks/energy_overhead.py --device cuda --backend "$b" --out "$OUT/energy_overhead_$b.json" 2>&1 | tail -20
+  done
 fi
 if [[ $PARTS == *" est "* ]]; then
   timeout 120 python3 benchmarks/est_step.py --device cuda --depth 4 --out "$OUT/est_step.json" 2>&1 | tail -20 | tee "$OUT/est_step.txt"

@@ -53,13 +53,25 @@ class TensorStats:
 
 
 def stats(x: torch.Tensor) -> TensorStats:
-    """Counts of ``x`` computed on its device without host synchronisation (three reads of ``x``)."""
+    """Counts of ``x`` computed on its device without host synchronisation (three reads of ``x``).
+
+    Inside an :class:`~neurosim.energy.EnergyMeter` the counters get the meter's stats instead: the same
+    ``numel`` / ``nnz`` / ``ones``, with ``nnz`` and ``ones`` as
+    :class:`~neurosim.energy.device_counts.DeviceCount` values (exact integers read back after the forward
+    pass; they can be scaled and added, and ``int()`` reads them at once), computed by one read of ``x``."""
     x = x.detach()
     if x.dtype == torch.bool:
         nnz = torch.count_nonzero(x)
         return TensorStats(x.numel(), nnz, nnz, None)
     return TensorStats(x.numel(), torch.count_nonzero(x), torch.count_nonzero(x == 1),
                        x.sum(dtype=torch.float64) if x.is_floating_point() else None)
+
+
+def fan_stats(x: torch.Tensor, fan: torch.Tensor):
+    """``(stats(x), fan-weighted count)``: the count is ``sum(x * fan)`` with ``fan`` (integer weights, shape
+    ``x.shape[-fan.dim():]``) broadcast over the leading dims, which for binary ``x`` is the number of
+    (spike, weight) pairs. Inside a meter both come from one read of ``x`` (the count weighs nonzeros)."""
+    return stats(x), (_spatial_sum(x, fan.dim()) * fan).sum()
 
 
 @dataclass
@@ -248,7 +260,6 @@ def count_linear(module: nn.Linear, args, output) -> Count:
 def count_conv(module: nn.modules.conv._ConvNd, args, output) -> Count:
     x = args[0]
     nd = len(module.kernel_size)
-    s = stats(x)
     out_spatial = tuple(output.shape[-nd:])
     k = tuple(module.kernel_size)
     per_group_out = module.out_channels // module.groups
@@ -256,14 +267,13 @@ def count_conv(module: nn.modules.conv._ConvNd, args, output) -> Count:
     fan, _ = window_fanout(x.shape[-nd:], k, _tuple(module.stride, nd),
                         _pairs(module.padding, nd, k, _tuple(module.dilation, nd)), _tuple(module.dilation, nd),
                         out_spatial, module.padding_mode, device=x.device)
-    exact = (_spatial_sum(x, nd) * fan).sum() * per_group_out
-    return spike_or_dense(s, dense, exact)
+    s, weighted = fan_stats(x, fan)
+    return spike_or_dense(s, dense, weighted * per_group_out)
 
 
 def _count_windows(x, output, nd, fan, total) -> Count:
-    s = stats(x)
+    s, exact = fan_stats(x, fan)
     lead = x.numel() // max(math.prod(x.shape[-nd:]), 1)
-    exact = (_spatial_sum(x, nd) * fan).sum()
     return Count(dense=total * lead, dense_is_mac=False, spike_input=s, spike_count=exact, spike_kind="acs")
 
 
@@ -349,6 +359,10 @@ def count_neuron(module, args, output) -> Count:
     x = args[0]
     return Count(dense=0, neuron_updates=x.numel())
 
+
+# counters that count their first input with a fan-out map (:func:`fan_stats`): the meter leaves that input's
+# deferred counts to them, so that one read gives its firing counts and its SynOps / ACs
+FAN_COUNTERS = frozenset({count_conv, count_pool, count_adaptive_pool})
 
 for _t, _f in [(nn.Linear, count_linear), (nn.Conv1d, count_conv), (nn.Conv2d, count_conv),
                (nn.Conv3d, count_conv), (nn.MaxPool1d, count_pool), (nn.MaxPool2d, count_pool),

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from . import counters as C
+from .device_counts import CountBuffer, DeviceCount, RowStats
 from .hardware import HardwareProfile, get_profile
 from .report import EnergyReport, LayerReport
 
@@ -29,6 +30,9 @@ class _Slot:
     notes: set = field(default_factory=set)
     # one entry per call: (count or None, stats of the rate-defining input, output stats, all input stats)
     calls: list = field(default_factory=list)
+
+    def changed_output(self):
+        self.notes.add("output changed in place before it was counted: its output counts are of the changed values")
 
 
 def _first_tensor(obj):
@@ -77,9 +81,15 @@ class EnergyMeter:
         hardware: profile name (``"cmos45nm"``, ``"loihi"``, or registered), a HardwareProfile or a dict.
         require_spikes: layer names or glob patterns (``True``: every layer) whose spike-deciding input must
             be binary; a non-binary input raises ValueError naming the layer.
+        counting: how tensors are counted: ``"auto"`` (the one-read Triton kernel for CUDA tensors, torch ops on
+            CPU unless ``NEUROSIM_TRITON_INTERPRET=1``), ``"torch"`` or ``"kernel"``. Same counts either way.
+
+    Every tensor is read once: a layer's output is counted when the next layer starts (or by that layer's
+    counter, when it needs the tensor's fan-out-weighted count: convolutions, pooling), its counts go to a
+    device buffer, and :meth:`report` reads the buffer back once.
     """
 
-    def __init__(self, model: nn.Module, hardware="cmos45nm", require_spikes=None):
+    def __init__(self, model: nn.Module, hardware="cmos45nm", require_spikes=None, counting: str = "auto"):
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
@@ -90,6 +100,7 @@ class EnergyMeter:
         self._seq = 0
         self._cache: OrderedDict = OrderedDict()
         self._running: list[_Slot] = []  # modules entered and not yet left (to name the layer of an error)
+        self._counts = CountBuffer(counting)
 
     # ----------------------------------------------------------------------------------------- hooking
     def _walk(self, module: nn.Module, name: str):
@@ -125,6 +136,7 @@ class EnergyMeter:
             h.remove()
         self._handles = []
         self._cache.clear()
+        self._counts.flush()  # count what is still deferred (no host sync) and drop the tensors it held
         running, self._running = self._running, []
         if exc_type is not None and issubclass(exc_type, (ValueError, RuntimeError)):
             # name the layer: the first one whose input held NaN/inf, else the innermost one that was running
@@ -135,26 +147,72 @@ class EnergyMeter:
         return False
 
     def _make_pre_hook(self, slot: _Slot):
+        counts = self._counts
+        fan_input = slot.counter in C.FAN_COUNTERS  # counts its first input with a fan-out map, in one read
+
         def pre_hook(module, args):
             self._running.append(slot)
+            if counts.pending:
+                # deferred outputs are counted before any module may change them in place, except the input
+                # of a fan-map counter, which its counter counts in the same read as its SynOps
+                keep = self._cached(args[0]) if fan_input and args and torch.is_tensor(args[0]) else None
+                for st in [p for p in counts.pending if p is not keep]:
+                    counts.force(st)
 
         return pre_hook
 
     # ------------------------------------------------------------------------------------------ counting
-    def _stats(self, x: torch.Tensor) -> C.TensorStats:
+    @staticmethod
+    def _key(x: torch.Tensor):
         # A contiguous tensor is identified by (storage address, numel, dtype): views such as a reshape of a
         # neuron's output, fed to the next layer, reuse its stats. The cache holds the tensor itself, so the
         # address cannot be reused while cached; ``_version`` catches in-place changes.
-        key = (x.data_ptr(), x.numel(), x.dtype, x.device) if x.is_contiguous() else ("id", id(x))
+        return (x.data_ptr(), x.numel(), x.dtype, x.device) if x.is_contiguous() else ("id", id(x))
+
+    def _cached(self, x: torch.Tensor) -> RowStats | None:
+        """The cached stats of ``x`` (possibly still deferred), or None."""
+        key = self._key(x)
         hit = self._cache.get(key)
-        if hit is not None and hit[1] == x._version and (key[0] != "id" or hit[0] is x):
-            self._cache.move_to_end(key)
-            return hit[2]
-        s = C.stats(x)
-        self._cache[key] = (x, x._version, s)
+        if hit is None or (key[0] == "id" and hit[0] is not x):
+            return None
+        st = hit[2]
+        if hit[1] != x._version:
+            if st.pending is None:
+                return None  # changed in place since it was counted: count it again
+            self._counts.force(st)  # deferred, then changed in place: counted as it is now (its producer is told)
+            self._cache[key] = (x, x._version, st)
+        self._cache.move_to_end(key)
+        return st
+
+    def _insert(self, x, st):
+        self._cache[self._key(x)] = (x, x._version, st)
         if len(self._cache) > _STATS_CACHE_SIZE:
-            self._cache.popitem(last=False)
-        return s
+            _, (_, _, old) = self._cache.popitem(last=False)
+            self._counts.force(old)  # no-op unless still deferred
+
+    def _stats(self, x: torch.Tensor) -> RowStats:
+        st = self._cached(x)
+        if st is None:
+            st = self._counts.stats(x)
+            self._insert(x, st)
+        elif st.pending is not None:
+            self._counts.force(st)
+        return st
+
+    def _fan_stats(self, x: torch.Tensor, fan: torch.Tensor):
+        st = self._cached(x)
+        if st is None:
+            st = self._counts.stats(x, fan)
+            self._insert(x, st)
+        return st, self._counts.fan_count(st, x, fan)
+
+    def _defer(self, x: torch.Tensor, slot: _Slot) -> RowStats:
+        st = self._cached(x)
+        if st is None:
+            st = self._counts.stats(x, defer=True)
+            st.on_change = slot.changed_output
+            self._insert(x, st)
+        return st
 
     def _make_hook(self, slot: _Slot):
         def hook(module, args, kwargs, output):
@@ -165,16 +223,20 @@ class EnergyMeter:
             if slot.first_call < 0:
                 slot.first_call = self._seq
                 self._seq += 1
+            cnt = None
+            if slot.counter is not None:
+                prev = C.stats, C.fan_stats
+                # counters share the meter's tensor stats (one read per tensor; conv/pool get their fan-out
+                # weighted count from the same read)
+                C.stats, C.fan_stats = self._stats, self._fan_stats
+                try:
+                    cnt = slot.counter(module, args, output)
+                finally:
+                    C.stats, C.fan_stats = prev
             ins = [self._stats(t) for t in _tensors(args)]
-            prev = C.stats
-            C.stats = self._stats  # counters share this call's (and recent calls') tensor stats
-            try:
-                cnt = slot.counter(module, args, output) if slot.counter is not None else None
-            finally:
-                C.stats = prev
             sin = cnt.spike_input if cnt is not None and cnt.spike_input is not None else (ins[0] if ins else None)
             out = _first_tensor(output)
-            slot.calls.append((cnt, sin, self._stats(out) if out is not None else None, ins))
+            slot.calls.append((cnt, sin, self._defer(out, slot) if out is not None else None, ins))
             if cnt is not None and cnt.note:
                 slot.notes.add(cnt.note)
 
@@ -220,7 +282,11 @@ class EnergyMeter:
         for s in self._ran():
             for _, _, _, ins in s.calls:
                 for st in ins:
-                    if st.total is not None and not math.isfinite(host[id(st.total)]):
+                    if isinstance(st, RowStats):
+                        bad = self._counts.value(st.bad) > 0
+                    else:
+                        bad = st.total is not None and not math.isfinite(host[id(st.total)])
+                    if bad:
                         raise ValueError(f"layer {s.name!r} ({type(s.module).__name__}): its input contains "
                                          "NaN/inf value(s); all values must be finite")
 
@@ -228,7 +294,12 @@ class EnergyMeter:
         """Read all counts back (one transfer per device and dtype), check them, price them on the hardware."""
         ran = self._ran()
         host = self._host_values()
-        val = lambda v: host[id(v)] if torch.is_tensor(v) else float(v)  # noqa: E731
+        counts = self._counts
+
+        def val(v):
+            if torch.is_tensor(v):
+                return host[id(v)]
+            return float(counts.value(v)) if isinstance(v, DeviceCount) else float(v)
         self._check_finite(host)
 
         def binary(st):
@@ -290,7 +361,8 @@ class EnergyMeter:
             r.note = "; ".join(sorted(s.notes)) or ("" if r.counted else "no counter registered for this module type")
             summary = C.summary_for(s.module) if r.counted else None
             if summary is not None:
-                infos = [{k: (val(v) if torch.is_tensor(v) else v) for k, v in cnt.info.items()}
+                infos = [{k: (val(v) if torch.is_tensor(v) or isinstance(v, DeviceCount) else v)
+                          for k, v in cnt.info.items()}
                          for cnt, *_ in s.calls if cnt is not None]
                 r.info, line = summary(r, infos)
                 if line:
@@ -307,7 +379,8 @@ class EnergyMeter:
         if unpriced:
             notes.append(f"{unpriced:,} MACs are not priced: profile {hw.name!r} has no MAC energy "
                          "(real-valued layers run off this hardware)")
-        return EnergyReport(hardware=hw, layers=rows, batch_size=batch_size, notes=notes)
+        return EnergyReport(hardware=hw, layers=rows, batch_size=batch_size, notes=notes,
+                            counting="+".join(sorted(counts.paths)))
 
 
 def _call(model, inputs):
@@ -318,7 +391,8 @@ def _call(model, inputs):
     return model(inputs)
 
 
-def profile(model: nn.Module, inputs, hardware="cmos45nm", require_spikes=None, grad: bool = False):
+def profile(model: nn.Module, inputs, hardware="cmos45nm", require_spikes=None, grad: bool = False,
+            counting: str = "auto"):
     """Run ``model(inputs)`` once and count, per layer, dense ANN MACs, SynOps, MACs, ACs, neuron updates,
     firing rates and energy on ``hardware``.
 
@@ -328,6 +402,7 @@ def profile(model: nn.Module, inputs, hardware="cmos45nm", require_spikes=None, 
         hardware: ``"cmos45nm"`` (default), ``"loihi"``, a registered name, a HardwareProfile or a dict.
         require_spikes: see :class:`EnergyMeter`.
         grad: run with autograd enabled (default: under ``torch.no_grad()``).
+        counting: ``"auto"``, ``"torch"`` or ``"kernel"``: see :class:`EnergyMeter` (same counts).
 
     Returns:
         :class:`EnergyReport` (``print(report)``, ``.to_csv()``, ``.to_json()``, ``.plot()``). Counts cover the
@@ -337,7 +412,7 @@ def profile(model: nn.Module, inputs, hardware="cmos45nm", require_spikes=None, 
     if first is None:
         raise ValueError("inputs must contain at least one tensor shaped [T, B, ...]")
     batch = int(first.shape[1]) if first.dim() >= 2 else None
-    meter = EnergyMeter(model, hardware=hardware, require_spikes=require_spikes)
+    meter = EnergyMeter(model, hardware=hardware, require_spikes=require_spikes, counting=counting)
     with meter, torch.set_grad_enabled(grad):
         _call(model, inputs)
     return meter.report(batch_size=batch)

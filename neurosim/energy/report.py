@@ -98,6 +98,8 @@ class EnergyReport:
     layers: list[LayerReport]
     batch_size: int | None = None
     notes: list[str] = field(default_factory=list)
+    # how the per-tensor counts were computed: "kernel" (Triton, one read per tensor), "interpreter" or "torch"
+    counting: str = ""
 
     # -------------------------------------------------------------------------------------------- totals
     def layer(self, name: str) -> LayerReport:

@@ -1,0 +1,263 @@
+"""Exact per-tensor counts kept in one int64 buffer per device, read back once after the forward pass.
+
+Each counted tensor gets a row of :data:`COLS` int64: ``[nonzeros, elements equal to 1, non-finite elements,
+fan-weighted nonzeros]``. The row is filled either by the one-read Triton kernel of
+:mod:`neurosim.kernels.stats` (CUDA tensors; CPU tensors under Triton's interpreter with
+``NEUROSIM_TRITON_INTERPRET=1``) or by torch ops giving the same numbers. Nothing here synchronises with the
+host or allocates per tensor (beyond the torch path's temporaries).
+
+A row may be *deferred*: its tensor is kept and counted later, by the first consumer that asks (with that
+consumer's fan-out map, so a conv input is read once for its firing counts and its SynOps) or at
+:meth:`CountBuffer.flush`. Counts derived from rows are :class:`DeviceCount` values: integer linear forms over
+buffer entries that counters can scale and add, evaluated on the host after the single read-back.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+import torch
+
+NNZ, ONES, BAD, FANW = range(4)
+COLS = 4
+_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64, torch.bool, torch.uint8,
+                  torch.int8, torch.int16, torch.int32, torch.int64)
+BACKENDS = ("auto", "torch", "kernel")
+
+
+class DeviceCount:
+    """``const + sum(coef * buffer[dev][row, col])``: an exact count known after the read-back.
+
+    Supports ``+`` with numbers and other DeviceCounts of the same buffer and ``*`` with numbers (kept lazy,
+    no device work). ``int()`` / ``float()`` read the value now (a host synchronisation)."""
+
+    __slots__ = ("owner", "terms", "const")
+
+    def __init__(self, owner: "CountBuffer", terms: tuple, const=0):
+        self.owner, self.terms, self.const = owner, terms, const
+
+    def __mul__(self, k):
+        if isinstance(k, (int, float)) and not isinstance(k, bool):
+            return DeviceCount(self.owner, tuple((d, r, c, w * k) for d, r, c, w in self.terms), self.const * k)
+        return NotImplemented
+
+    __rmul__ = __mul__
+
+    def __add__(self, o):
+        if isinstance(o, DeviceCount) and o.owner is self.owner:
+            return DeviceCount(self.owner, self.terms + o.terms, self.const + o.const)
+        if isinstance(o, (int, float)) and not isinstance(o, bool):
+            return DeviceCount(self.owner, self.terms, self.const + o)
+        return NotImplemented
+
+    __radd__ = __add__
+
+    def __int__(self):
+        return int(self.owner.value(self))
+
+    def __float__(self):
+        return float(self.owner.value(self))
+
+    def __repr__(self):
+        return f"DeviceCount({len(self.terms)} terms + {self.const})"
+
+
+class RowStats:
+    """Counts of one tensor in a :class:`CountBuffer` row; duck-types :class:`~neurosim.energy.TensorStats`
+    (``numel``, ``nnz``, ``ones``; binary when ``nnz == ones``) with :class:`DeviceCount` values."""
+
+    __slots__ = ("owner", "numel", "dev", "row", "pending", "version", "fan", "on_change")
+
+    def __init__(self, owner, numel, dev, row):
+        self.owner, self.numel, self.dev, self.row = owner, numel, dev, row
+        self.pending = None  # the tensor, while its counts are deferred
+        self.version = 0
+        self.fan = None  # the fan map the row's FANW column was counted with
+        self.on_change = None  # called when a deferred tensor was changed in place before it was counted
+
+    @property
+    def nnz(self) -> DeviceCount:
+        return DeviceCount(self.owner, ((self.dev, self.row, NNZ, 1),))
+
+    @property
+    def ones(self) -> DeviceCount:
+        return DeviceCount(self.owner, ((self.dev, self.row, ONES, 1),))
+
+    @property
+    def bad(self) -> DeviceCount:
+        """Non-finite elements (NaN, +-inf)."""
+        return DeviceCount(self.owner, ((self.dev, self.row, BAD, 1),))
+
+
+def _dense_span(x: torch.Tensor) -> bool:
+    """Whether ``x``'s elements fill ``numel`` consecutive storage elements (a permuted contiguous tensor)."""
+    expected = 1
+    for st, sz in sorted((st, sz) for sz, st in zip(x.shape, x.stride()) if sz != 1):
+        if st != expected:
+            return False
+        expected *= sz
+    return True
+
+
+def _triton_ok(interpret: bool = False) -> bool:
+    if interpret and "triton" not in sys.modules:
+        os.environ["TRITON_INTERPRET"] = "1"  # Triton's interpreter is chosen when triton is first imported
+    try:
+        import triton  # noqa: F401
+    except Exception:  # pragma: no cover - depends on the installation
+        return False
+    return True
+
+
+def interpreter_requested() -> bool:
+    return os.environ.get("NEUROSIM_TRITON_INTERPRET", "0") == "1"
+
+
+class CountBuffer:
+    """Rows of exact counts, one int64 ``[capacity, COLS]`` buffer per device (grown by doubling).
+
+    ``backend``: ``"auto"`` (kernel on CUDA, and on CPU under ``NEUROSIM_TRITON_INTERPRET=1``; torch ops
+    otherwise), ``"torch"`` or ``"kernel"`` (raises when the kernel cannot run)."""
+
+    def __init__(self, backend: str = "auto", capacity: int = 256):
+        if backend not in BACKENDS:
+            raise ValueError(f"counting backend must be one of {BACKENDS}, got {backend!r}")
+        self.backend = backend
+        self.capacity0 = capacity
+        self.bufs: dict = {}  # device -> [buffer, rows used]
+        self.pending: list[RowStats] = []
+        self.paths: set[str] = set()  # "kernel", "interpreter", "torch": what counted
+        self._fans: dict = {}  # id(fan map) -> (map, int32 copy, int64 copy)
+        self._host = None
+
+    # ------------------------------------------------------------------------------------------- rows
+    def _row(self, device) -> tuple:
+        entry = self.bufs.get(device)
+        if entry is None:
+            entry = self.bufs[device] = [torch.zeros(self.capacity0, COLS, dtype=torch.int64, device=device), 0]
+        buf, used = entry
+        if used == buf.shape[0]:
+            grown = torch.zeros(2 * used, COLS, dtype=torch.int64, device=device)
+            grown[:used].copy_(buf)
+            entry[0] = grown
+        entry[1] = used + 1
+        self._host = None
+        return device, used
+
+    def stats(self, x: torch.Tensor, fan: torch.Tensor | None = None, defer: bool = False) -> RowStats:
+        """A new row for ``x``: counted now (with ``fan``), or deferred (``defer=True``: ``x`` is kept)."""
+        dev, row = self._row(x.device)
+        st = RowStats(self, x.numel(), dev, row)
+        if defer:
+            st.pending, st.version = x, x._version
+            self.pending.append(st)
+        else:
+            self._count(st, x, fan)
+        return st
+
+    def force(self, st: RowStats, fan: torch.Tensor | None = None):
+        """Count a deferred row now (with ``fan`` for its FANW column); no-op when already counted."""
+        x = st.pending
+        if x is None:
+            return
+        st.pending = None
+        self.pending.remove(st)
+        if x._version != st.version and st.on_change is not None:
+            st.on_change()
+        self._count(st, x, fan)
+
+    def flush(self):
+        while self.pending:
+            self.force(self.pending[0])
+
+    def fan_count(self, st: RowStats, x: torch.Tensor, fan: torch.Tensor) -> DeviceCount:
+        """Fan-weighted nonzeros of ``x`` (whose stats are ``st``): from ``st``'s own pass when it is still
+        deferred or was counted with the same map, else from a new row (a second read of ``x``)."""
+        if st.pending is not None:
+            self.force(st, fan)
+        if st.fan is not fan:
+            st = self.stats(x, fan)
+        return DeviceCount(self, ((st.dev, st.row, FANW, 1),))
+
+    # ----------------------------------------------------------------------------------------- counting
+    def _path(self, x: torch.Tensor) -> str:
+        if self.backend == "torch" or x.dtype not in _KERNEL_DTYPES:
+            return "torch"
+        if x.is_cuda and (self.backend == "kernel" or _triton_ok()):
+            return "kernel"
+        if x.device.type == "cpu" and interpreter_requested() and _triton_ok(interpret=True):
+            return "interpreter"
+        if self.backend == "kernel":
+            raise RuntimeError(f"counting backend 'kernel' cannot count a {x.device.type} tensor: needs CUDA, or "
+                               "triton with NEUROSIM_TRITON_INTERPRET=1 on CPU")
+        return "torch"
+
+    def _fan_maps(self, fan: torch.Tensor):
+        hit = self._fans.get(id(fan))
+        if hit is None or hit[0] is not fan:
+            f64 = fan.round().to(torch.int64)
+            hit = self._fans[id(fan)] = (fan, f64.to(torch.int32).contiguous().reshape(-1), f64.reshape(-1))
+        return hit
+
+    def _count(self, st: RowStats, x: torch.Tensor, fan: torch.Tensor | None):
+        x = x.detach()
+        out = self.bufs[st.dev][0][st.row]
+        st.fan = fan
+        path = self._path(x)
+        self.paths.add(path)
+        if path == "torch":
+            fan64 = None if fan is None else self._fan_maps(fan)[2]
+            if x.device.type == "cpu":  # host values at once (no device to wait for), written in place
+                self.bufs[st.dev][0].numpy()[st.row] = _host_counts(x, fan64)
+            else:
+                _count_torch(x, out, fan64)
+            return
+        if x.is_contiguous():
+            flat = x
+        elif fan is None and _dense_span(x):  # order does not matter without a fan map: read the storage span
+            flat = x.as_strided((x.numel(),), (1,), x.storage_offset())
+        else:
+            flat = x.contiguous()
+        from ..kernels import stats as K
+
+        K.launch(flat, out, None if fan is None else self._fan_maps(fan)[1], interpret=path == "interpreter")
+
+    # ------------------------------------------------------------------------------------------ read-back
+    def host(self) -> dict:
+        """device -> rows as lists of Python ints (one transfer per device; pending rows are counted first)."""
+        self.flush()
+        if self._host is None:
+            self._host = {dev: buf[:used].cpu().tolist() for dev, (buf, used) in self.bufs.items()}
+        return self._host
+
+    def value(self, c: DeviceCount):
+        host = self.host()
+        return c.const + sum(w * host[d][r][col] for d, r, col, w in c.terms)
+
+
+def _host_counts(x: torch.Tensor, fan64: torch.Tensor | None) -> tuple:
+    """The kernel's numbers for a CPU tensor, as Python ints."""
+    nnz = int(torch.count_nonzero(x))
+    ones = nnz if x.dtype == torch.bool else int(torch.count_nonzero(x == 1))
+    bad = 0
+    # a float64 sum of finite values is finite (for float64 input it may overflow: then the exact count decides)
+    if x.is_floating_point() and not math.isfinite(x.sum(dtype=torch.float64).item()):
+        bad = x.numel() - int(torch.count_nonzero(torch.isfinite(x)))
+    fanw = 0 if fan64 is None else int(((x != 0).reshape(-1, fan64.numel()).sum(0) * fan64).sum())
+    return nnz, ones, bad, fanw
+
+
+def _count_torch(x: torch.Tensor, out: torch.Tensor, fan64: torch.Tensor | None):
+    """The kernel's numbers with torch ops on the tensor's device, written to ``out`` without a host sync."""
+    zero = torch.zeros((), dtype=torch.int64, device=x.device)
+    if x.dtype == torch.bool:
+        nnz = torch.count_nonzero(x)
+        ones = nnz
+    else:
+        nnz, ones = torch.count_nonzero(x), torch.count_nonzero(x == 1)
+    bad = x.numel() - torch.count_nonzero(torch.isfinite(x)) if x.is_floating_point() else zero
+    fanw = zero
+    if fan64 is not None:
+        fanw = ((x != 0).reshape(-1, fan64.numel()).sum(0) * fan64).sum()
+    out.copy_(torch.stack([nnz, ones, bad, fanw]))

@@ -1,0 +1,107 @@
+r"""One-read tensor statistics for the energy profiler (Triton; imported only when a kernel is launched).
+
+:func:`launch` reads a contiguous tensor once and adds four exact int64 counts to a row of the caller's buffer:
+``[nonzeros, elements equal to 1, non-finite elements, fan-weighted nonzeros]``. The fan map (optional) holds
+one integer weight per position of the tensor's trailing ``C`` elements (``C = fan.numel()``): element ``i``
+weighs ``fan[i % C]``, e.g. a conv input ``[N, Cin, H, W]`` with a ``[H, W]`` fan-out map.
+
+Layout: the tensor is viewed as ``R`` rows of ``C`` elements (without a fan map ``C`` is the tile width and the
+last row is masked at ``numel``). A program owns a ``BLOCK_C`` column slice (its fan weights are loaded once)
+and walks every ``G``-th group of ``ROWS`` rows, keeping per-lane counts in registers; at the end it adds its
+totals to the row with four integer atomics, so the result is exact and independent of the schedule. There is
+no host synchronisation and no allocation besides the caller's buffer.
+
+As in :mod:`neurosim.kernels.triton_lif`, the kernel is a plain Python function wrapped by :func:`kernel` with
+``triton.jit``; with ``interpret=True`` it runs in Triton's interpreter on CPU tensors (the tests), which must
+have been chosen (``TRITON_INTERPRET=1``) before triton was imported.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+TILE = 4096  # elements per program iteration
+COLS = 4  # nnz, ones, non-finite, fan-weighted nnz
+
+
+def _stats_kernel(x_ptr, fan_ptr, out_ptr, N, C, R, IS_FLOAT: tl.constexpr, HAS_FAN: tl.constexpr,
+                  ROWS: tl.constexpr, BLOCK_C: tl.constexpr):
+    pid_c = tl.program_id(0)
+    pid_r = tl.program_id(1)
+    n_r = tl.num_programs(1)
+    cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    rr = tl.arange(0, ROWS)
+    acc_nz = tl.zeros([ROWS, BLOCK_C], tl.int32)
+    acc_one = tl.zeros([ROWS, BLOCK_C], tl.int32)
+    acc_bad = tl.zeros([ROWS, BLOCK_C], tl.int32)
+    acc_fan = tl.zeros([ROWS, BLOCK_C], tl.int64)
+    if HAS_FAN:
+        fan = tl.load(fan_ptr + cols, mask=cmask, other=0).to(tl.int64)
+    for r0 in range(pid_r * ROWS, R, n_r * ROWS):
+        rows = r0 + rr
+        offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
+        mask = (rows[:, None] < R) & cmask[None, :] & (offs < N)
+        v = tl.load(x_ptr + offs, mask=mask, other=0)
+        nz = v != 0
+        acc_nz += nz.to(tl.int32)
+        acc_one += (v == 1).to(tl.int32)
+        if IS_FLOAT:
+            # NaN fails every comparison and |inf| < inf is false: the non-finite elements (0 for padding lanes)
+            acc_bad += (~(tl.abs(v) < float("inf")) & mask).to(tl.int32)
+        if HAS_FAN:
+            acc_fan += tl.where(nz, fan[None, :], 0)
+    tl.atomic_add(out_ptr + 0, tl.sum(tl.sum(acc_nz.to(tl.int64), axis=1), axis=0))
+    tl.atomic_add(out_ptr + 1, tl.sum(tl.sum(acc_one.to(tl.int64), axis=1), axis=0))
+    if IS_FLOAT:
+        tl.atomic_add(out_ptr + 2, tl.sum(tl.sum(acc_bad.to(tl.int64), axis=1), axis=0))
+    if HAS_FAN:
+        tl.atomic_add(out_ptr + 3, tl.sum(tl.sum(acc_fan, axis=1), axis=0))
+
+
+@functools.lru_cache(maxsize=2)
+def kernel(interpret: bool = False):
+    """The jit-wrapped kernel; ``interpret`` must match how triton was imported (see the module docstring)."""
+    if interpret != (type(tl.cdiv).__name__ == "InterpretedFunction"):
+        raise RuntimeError("the Triton interpreter is " + ("needed" if interpret else "active") + " but triton was "
+                           "imported " + ("without" if interpret else "with") + " TRITON_INTERPRET=1: set "
+                           "NEUROSIM_TRITON_INTERPRET=1 (CPU tensors, interpreter) or leave it unset (CUDA) before "
+                           "anything imports triton")
+    return triton.jit(_stats_kernel, do_not_specialize=["R"])
+
+
+@functools.lru_cache(maxsize=8)
+def _programs(device: torch.device) -> int:
+    if device.type == "cuda":
+        return 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    return 2  # the interpreter runs programs one after the other
+
+
+def launch(x: torch.Tensor, out_row: torch.Tensor, fan: torch.Tensor | None = None, interpret: bool = False):
+    """Add the counts of contiguous ``x`` to ``out_row`` (int64, ``COLS`` elements, zeroed by the caller).
+
+    ``fan``: int32 contiguous weights with ``x.numel() % fan.numel() == 0``, on ``x``'s device, or None (the
+    fan-weighted column is left untouched). bool tensors are read as bytes.
+    """
+    n = x.numel()
+    if n == 0:
+        return
+    if x.dtype == torch.bool:
+        x = x.view(torch.uint8)
+    if fan is not None:
+        c = fan.numel()
+        block_c = min(TILE, triton.next_power_of_2(c))
+    else:
+        c = block_c = TILE
+    rows_per_tile = TILE // block_c
+    r = triton.cdiv(n, c)
+    col_blocks = triton.cdiv(c, block_c)
+    groups = max(1, min(triton.cdiv(r, rows_per_tile), _programs(x.device) // col_blocks))
+    kernel(interpret)[(col_blocks, groups)](
+        x, fan if fan is not None else out_row, out_row, n, c, r,
+        IS_FLOAT=x.is_floating_point(), HAS_FAN=fan is not None, ROWS=rows_per_tile, BLOCK_C=block_c,
+        num_warps=8,
+    )

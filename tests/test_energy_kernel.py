@@ -1,0 +1,223 @@
+"""The one-read statistics kernel of the energy profiler (neurosim.kernels.stats) and the meter's count buffer.
+
+The Triton kernel runs here in Triton's interpreter, in a child process (TRITON_INTERPRET must be set before
+triton is imported); its counts are checked against plain torch counts in float64, and a profile counted by the
+kernel against the same profile counted by torch ops.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import neurosim
+from neurosim.energy import profile
+from neurosim.energy.device_counts import CountBuffer
+
+
+def _tensor_cases():
+    """name -> (tensor, fan map or None), deterministic."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(3, 5, 7, 9, generator=g)
+    x[x.abs() < 0.6] = 0  # zeros, non-binary values
+    x[0, 0, 0, :4] = 1
+    x[1, 1, 1, 1] = float("nan")
+    x[2, 2, 2, 2] = float("-inf")
+    x[2, 3, 4, 5] = float("inf")
+    spikes = (torch.rand(10007, generator=g) < 0.3).float()  # > 2 tiles of 4096, ragged end
+    conv_in = (torch.rand(6, 3, 11, 13, generator=g) < 0.25).float()
+    wide = (torch.rand(3, 4100, generator=g) < 0.4).float()  # fan map wider than a tile
+    fan_sp = torch.randint(1, 10, (11, 13), generator=g).double()
+    return {
+        "f32_nan_inf_nonbinary": (x, None),
+        "f32_fan": (x, torch.randint(0, 5, (7, 9), generator=g).double()),
+        "bf16": (x.bfloat16(), None),
+        "f16_fan": (x.half(), torch.randint(1, 4, (9,), generator=g).double()),
+        "bool": (x > 0, torch.randint(1, 4, (7, 9), generator=g).double()),
+        "spikes_10007": (spikes, None),
+        "spikes_fan_35": (spikes[:35 * 285].reshape(285, 35), torch.arange(35).double() % 6),
+        "conv_input_fan": (conv_in, fan_sp),
+        "wide_fan_4100": (wide, torch.randint(1, 3, (4100,), generator=g).double()),
+        "transposed": (conv_in.transpose(1, 3), None),
+        "empty": (torch.zeros(0, 4), None),
+    }
+
+
+def reference(x, fan):
+    """Plain torch counts in float64: [nonzeros, ones, non-finite, fan-weighted nonzeros]."""
+    d = x.double()
+    nz = (d != 0).double()
+    fanw = 0 if fan is None else int((nz.reshape(-1, fan.numel()) * fan.reshape(-1)).sum())
+    return [int(nz.sum()), int((d == 1).sum()), int((~torch.isfinite(d)).sum()), fanw]
+
+
+def buffer_counts(backend):
+    buf = CountBuffer(backend)
+    rows = {name: buf.stats(x, fan) for name, (x, fan) in _tensor_cases().items()}
+    host = buf.host()
+    return {name: host[st.dev][st.row] for name, st in rows.items()}, sorted(buf.paths)
+
+
+class ConvNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(2, 6, 3, padding=1), nn.BatchNorm2d(6)
+        self.lif1 = neurosim.LIF(beta=0.8, threshold=0.4, backend="torch")
+        self.conv2 = nn.Conv2d(6, 8, 3, stride=2, padding=1, groups=2)
+        self.lif2 = neurosim.LIF(beta=0.8, threshold=0.4, backend="torch")
+        self.pool = nn.AvgPool2d(3, stride=2, ceil_mode=True)
+        self.fc = nn.Linear(8 * 2 * 2, 4)
+
+    def forward(self, x):
+        t, b = x.shape[:2]
+        y = self.bn1(self.conv1(x.flatten(0, 1)))
+        y = self.lif1(y.reshape(t, b, *y.shape[1:])).flatten(0, 1)
+        y = self.conv2(y)
+        y = self.lif2(y.reshape(t, b, *y.shape[1:])).flatten(0, 1)
+        return self.fc(self.pool(y).flatten(1))
+
+
+def conv_case():
+    torch.manual_seed(3)
+    net = ConvNet().eval()
+    x = (torch.rand(3, 2, 2, 10, 10) < 0.3).float()
+    return net, x
+
+
+# ---------------------------------------------------------------- Triton interpreter (child process)
+@pytest.fixture(scope="module")
+def interpreter_results(tmp_path_factory):
+    import triton  # noqa: F401  (a dev requirement: missing triton must fail here, not skip)
+
+    path = tmp_path_factory.mktemp("kernel") / "conv.pt"
+    net, x = conv_case()
+    torch.save({"state": net.state_dict(), "x": x}, path)
+    env = dict(os.environ, NEUROSIM_TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--interpreter", str(path)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_kernel_counts_match_float64_reference(interpreter_results):
+    counts = interpreter_results["counts"]
+    assert interpreter_results["paths"] == ["interpreter"]  # the kernel ran, not the torch path
+    cases = _tensor_cases()
+    assert set(counts) == set(cases)
+    for name, (x, fan) in cases.items():
+        assert counts[name] == reference(x, fan), name
+    # the cases exercise what they claim to
+    assert counts["f32_nan_inf_nonbinary"][2] == 3 and counts["bf16"][2] == 3
+    assert counts["f32_nan_inf_nonbinary"][0] > counts["f32_nan_inf_nonbinary"][1] > 0
+    assert counts["wide_fan_4100"][3] > counts["wide_fan_4100"][0] > 0
+
+
+def test_torch_path_gives_the_kernel_numbers(interpreter_results):
+    counts, paths = buffer_counts("torch")
+    assert paths == ["torch"]
+    assert counts == interpreter_results["counts"]
+
+
+def test_profile_kernel_equals_torch_path(interpreter_results):
+    net, x = conv_case()
+    rep = profile(net, x, counting="torch")
+    assert rep.counting == "torch"
+    assert interpreter_results["counting"] == "interpreter"
+    assert interpreter_results["report"] == json.loads(rep.to_json())
+    assert rep.layer("conv2").synops > 0 and rep.layer("pool").acs > 0  # fan-weighted counts were used
+
+
+# ---------------------------------------------------------------- meter behaviour (this process, torch path)
+def test_conv_input_read_once():
+    """Each tensor is counted once; lif1's / lif2's outputs by conv2's / the pool's counter, in the same read as
+    their fan-weighted counts."""
+    net, x = conv_case()
+    counted = []
+    orig = CountBuffer._count
+
+    def spy(self, st, t, fan):
+        counted.append((tuple(t.shape), fan is not None))
+        return orig(self, st, t, fan)
+
+    CountBuffer._count = spy
+    try:
+        rep = profile(net, x)
+    finally:
+        CountBuffer._count = orig
+    # input, conv1 out, bn1 out, lif1 out, conv2 out, lif2 out, pool out, fc out
+    assert len(counted) == 8
+    # with a fan map: the input (conv1), lif1's output [T, B, ...] (conv2 reads a view of it), lif2's (pool)
+    assert [s for s, f in counted if f] == [(6, 2, 10, 10), (3, 2, 6, 10, 10), (3, 2, 8, 5, 5)]
+    assert rep.layer("conv2").synops > 0
+
+
+def test_in_place_change_after_output_is_noted():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lif = neurosim.LIF(beta=0.5, threshold=0.1, backend="torch")
+            self.fc = nn.Linear(5, 3)
+
+        def forward(self, x):
+            s = self.lif(x)
+            s.mul_(0)  # outside any counted module: the deferred counts see the changed tensor
+            return self.fc(s)
+
+    rep = profile(Net(), torch.rand(4, 2, 5) + 0.5)
+    assert rep.layer("fc").synops == 0  # the consumer counts what it actually received
+    assert "changed in place" in rep.layer("lif").note
+
+
+def test_kernel_counting_of_cpu_tensors_needs_the_interpreter(monkeypatch):
+    monkeypatch.delenv("NEUROSIM_TRITON_INTERPRET", raising=False)
+    with pytest.raises(RuntimeError, match="counting backend 'kernel' cannot count a cpu tensor"):
+        profile(nn.Linear(3, 2), torch.zeros(1, 1, 3), counting="kernel")
+    with pytest.raises(ValueError, match="counting backend"):
+        profile(nn.Linear(3, 2), torch.zeros(1, 1, 3), counting="fast")
+
+
+def test_import_and_profile_without_triton():
+    code = ("import sys; sys.modules['triton'] = None\n"
+            "import torch, neurosim.energy\nfrom torch import nn\n"
+            "r = neurosim.energy.profile(nn.Linear(3, 2), torch.ones(2, 1, 3))\n"
+            "assert r.counting == 'torch' and r.layer('Linear').synops == 12, r\nprint('ok')")
+    env = {k: v for k, v in os.environ.items() if k not in ("NEUROSIM_TRITON_INTERPRET", "TRITON_INTERPRET")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
+# ---------------------------------------------------------------- GPU (compiled kernel)
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the issue allows GPU-only tests)")
+
+
+@cuda
+def test_gpu_kernel_counts_and_profile_equal_torch_path():
+    buf = CountBuffer("auto")
+    rows = {name: buf.stats(x.cuda(), None if fan is None else fan.cuda())
+            for name, (x, fan) in _tensor_cases().items()}
+    host = buf.host()
+    assert buf.paths == {"kernel"}
+    for name, (x, fan) in _tensor_cases().items():
+        st = rows[name]
+        assert host[st.dev][st.row] == reference(x, fan), name
+    torch.backends.cudnn.deterministic = True
+    net, x = conv_case()
+    net, x = net.cuda(), x.cuda()
+    kernel, ref = profile(net, x), profile(net, x, counting="torch")
+    assert (kernel.counting, ref.counting) == ("kernel", "torch")
+    assert kernel.to_json() == ref.to_json()
+
+
+# ---------------------------------------------------------------- child process entry point
+if __name__ == "__main__" and len(sys.argv) > 2 and sys.argv[1] == "--interpreter":
+    counts, paths = buffer_counts("auto")
+    saved = torch.load(sys.argv[2])
+    net, _ = conv_case()
+    net.load_state_dict(saved["state"])
+    rep = profile(net.eval(), saved["x"], counting="kernel")
+    print(json.dumps({"counts": counts, "paths": paths, "report": json.loads(rep.to_json()),
+                      "counting": rep.counting}))
