@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 import neurosim
-from neurosim.energy import profile
+from neurosim.energy import EnergyMeter, profile
 from neurosim.layers import Add, MatMul
 
 BACKEND = "torch"  # LIF backend of the benchmark models (--backend)
@@ -118,10 +118,35 @@ def bench(model, x, device, repeats, warmup, counting="auto"):
     return plain, prof
 
 
+def bench_metered(model, x, device, repeats, batches, counting="auto"):
+    """``batches`` plain forwards against the same forwards inside one EnergyMeter plus its one report (what
+    metering a validation set costs per batch), interleaved, times per batch."""
+    plain, metered = [], []
+    for i in range(repeats + 1):  # the first round is a warm-up
+        sync(device)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for _ in range(batches):
+                model(x)
+        sync(device)
+        t1 = time.perf_counter()
+        with torch.no_grad(), EnergyMeter(model, counting=counting) as m:
+            for _ in range(batches):
+                model(x)
+        m.report()
+        sync(device)
+        t2 = time.perf_counter()
+        if i:
+            plain.append((t1 - t0) / batches)
+            metered.append((t2 - t1) / batches)
+    return plain, metered
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--batches", type=int, default=10, help="forwards under one EnergyMeter (the metered column)")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="tiny shapes (a CPU smoke run)")
     ap.add_argument("--backend", default="torch", choices=("torch", "fused", "snntorch"), help="LIF backend")
@@ -149,6 +174,7 @@ def main(argv=None):
         model = model.to(device)
         x = x_cpu.to(device)
         plain, prof = bench(model, x, device, args.repeats, args.warmup, args.counting)
+        mplain, mmeter = bench_metered(model, x, device, max(3, args.repeats // 5), args.batches, args.counting)
         rep = profile(model, x, counting=args.counting)
         key = lambda r: (r.name, r.synops, r.macs, r.acs, r.neuron_updates, r.dense)  # noqa: E731
         # the first layer sees the identical input spikes: its counts must match exactly; deeper layers can
@@ -160,16 +186,19 @@ def main(argv=None):
                "overhead_pct": (mq / mp - 1) * 100, "plain_ms_min": min(plain) * 1e3,
                "profile_ms_min": min(prof) * 1e3, "counts_equal_cpu": same, "first_layer_equal_cpu": same_first,
                "synops_cpu": ref.totals()["synops"], "synops": rep.totals()["synops"],
-               "energy_uJ_cmos45nm": rep.totals()["energy_pj"] / 1e6}
+               "energy_uJ_cmos45nm": rep.totals()["energy_pj"] / 1e6, "batches": args.batches,
+               "metered_plain_ms": statistics.median(mplain) * 1e3, "metered_ms": statistics.median(mmeter) * 1e3,
+               "metered_overhead_pct": (statistics.median(mmeter) / statistics.median(mplain) - 1) * 100}
         results.append(row)
         print(json.dumps(row), flush=True)
     print(f"\nLIF backend {args.backend}; counting {args.counting}")
     print("| model | input [T, B, ...] | counted with | plain forward (ms, median) | profile (ms, median) | overhead | "
-          "GPU counts = CPU counts |")
-    print("|---|---|---|---|---|---|---|")
+          f"{args.batches} batches metered, 1 report: ms a batch (plain) | overhead | GPU counts = CPU counts |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['model']} | {r['input']} | {r['counted_with']} | {r['plain_ms']:.3f} | {r['profile_ms']:.3f} | "
-              f"{r['overhead_pct']:+.1f}% | {r['counts_equal_cpu']} |")
+              f"{r['overhead_pct']:+.1f}% | {r['metered_ms']:.3f} ({r['metered_plain_ms']:.3f}) | "
+              f"{r['metered_overhead_pct']:+.1f}% | {r['counts_equal_cpu']} |")
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"env": env, "results": results}, f, indent=2)

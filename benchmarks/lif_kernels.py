@@ -197,7 +197,27 @@ def make_impls(T):
 
 
 # ----------------------------------------------------------------------------- measurements
-def time_impl(fn, x, g, budget_ms=1000.0):
+def device_ms(fn, reps=10):
+    """GPU time of ``fn()`` alone: the summed duration of every device kernel/copy it ran (torch.profiler, CUPTI),
+    per call, median over ``reps`` calls made one at a time. Host work (Python, launches, autograd) and the gaps it
+    leaves on the device are excluded: this is what the memory floor bounds."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    _sync()
+    per_call = []
+    for _ in range(reps):
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            fn()
+            _sync()
+        per_call.append(sum(e.self_device_time_total for e in prof.key_averages()) / 1e3)
+    return statistics.median(per_call)
+
+
+DEVICE_TIMED = ("neurosim", "SpikingJelly", "torch.compile")  # rows that also get device_ms (few kernels a call)
+
+
+def time_impl(fn, x, g, budget_ms=1000.0, device_time=False):
     with torch.no_grad():
         fwd, _ = bench(lambda: fn(x), budget_ms=budget_ms)
 
@@ -206,7 +226,11 @@ def time_impl(fn, x, g, budget_ms=1000.0):
         torch.autograd.grad(out, x, g)
 
     fb_ms, reps = bench(fb, budget_ms=budget_ms)
-    return fwd, fb_ms, reps
+    if not device_time or DEVICE != "cuda":
+        return fwd, fb_ms, reps
+    with torch.no_grad():
+        fwd_dev = device_ms(lambda: fn(x))
+    return fwd, fb_ms, reps, fwd_dev, device_ms(fb)
 
 
 def check_fused(x, g):
@@ -233,8 +257,10 @@ def sweep(x, g, floor_ms):
     for cfg in SWEEP:
         os.environ["NEUROSIM_FUSED_CONFIG"] = ",".join(map(str, cfg))
         try:
-            fwd, fb, _ = time_impl(fn, x, g, budget_ms=300)
+            fwd, fb, _, *dev = time_impl(fn, x, g, budget_ms=300, device_time=True)
             rows.append({"config": cfg, "fwd_ms": fwd, "fwd_bwd_ms": fb, "x_floor": fb / floor_ms})
+            if dev:
+                rows[-1].update(fwd_dev_ms=dev[0], fwd_bwd_dev_ms=dev[1], dev_x_floor=dev[1] / floor_ms)
         except Exception as e:
             rows.append({"config": cfg, "error": repr(e)[:200]})
         finally:
@@ -346,10 +372,13 @@ def main():
                 continue
             try:
                 t0 = time.perf_counter()
-                fwd, fb, reps = time_impl(fn, x, g)
+                fwd, fb, reps, *dev = time_impl(fn, x, g, device_time=name.startswith(DEVICE_TIMED))
                 entry["rows"].append({"impl": name, "fwd_ms": fwd, "fwd_bwd_ms": fb, "reps": reps,
                                       "fwd_x_floor": fwd / floor_fwd, "fwd_bwd_x_floor": fb / floor_fb,
                                       "wall_s": time.perf_counter() - t0})
+                if dev:
+                    entry["rows"][-1].update(fwd_dev_ms=dev[0], fwd_bwd_dev_ms=dev[1],
+                                             fwd_dev_x_floor=dev[0] / floor_fwd, fwd_bwd_dev_x_floor=dev[1] / floor_fb)
             except Exception as e:
                 entry["rows"].append({"impl": name, "error": f"{type(e).__name__}: {e}"[:300]})
             log("  ", entry["rows"][-1])
@@ -377,20 +406,25 @@ def markdown(result):
                      f"fwd+bwd {e['floor_fwd_bwd_ms']:.3f} ms")
         if "check" in e:
             lines.append(f"(fused vs torch loop, fp32: {e['check']})")
-        lines += ["", "| implementation | fwd ms | x floor | fwd+bwd ms | x floor | fused speed-up (fwd+bwd) |",
-                  "|---|---:|---:|---:|---:|---:|"]
+        lines += ["", "| implementation | fwd ms | x floor | fwd+bwd ms | x floor | fused speed-up (fwd+bwd) | "
+                      "device fwd ms (x floor) | device fwd+bwd ms (x floor) |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
         fused = next((r for r in e["rows"] if r["impl"] == "neurosim fused" and "fwd_bwd_ms" in r), None)
         for r in e["rows"]:
             if "error" in r:
                 lines.append(f"| {r['impl']} | failed: {r['error'][:120]} | | | | |")
                 continue
             sp = r["fwd_bwd_ms"] / fused["fwd_bwd_ms"] if fused else math.nan
+            dev = (f"{r['fwd_dev_ms']:.3f} ({r['fwd_dev_x_floor']:.2f}) | {r['fwd_bwd_dev_ms']:.3f} "
+                   f"({r['fwd_bwd_dev_x_floor']:.2f})") if "fwd_dev_ms" in r else " | "
             lines.append(f"| {r['impl']} | {r['fwd_ms']:.3f} | {r['fwd_x_floor']:.2f} | {r['fwd_bwd_ms']:.3f} | "
-                         f"{r['fwd_bwd_x_floor']:.2f} | {sp:.1f}x |")
+                         f"{r['fwd_bwd_x_floor']:.2f} | {sp:.1f}x | {dev} |")
         if e.get("sweep"):
             lines.append("")
             lines.append("fused launch configs (K steps a chunk, VEC neurons a thread, warps): " + "; ".join(
-                f"{s['config']}: {s['fwd_bwd_ms']:.3f} ms ({s['x_floor']:.2f}x)" if "fwd_bwd_ms" in s
+                f"{s['config']}: {s['fwd_bwd_ms']:.3f} ms ({s['x_floor']:.2f}x)"
+                + (f", device {s['fwd_dev_ms']:.3f} / {s['fwd_bwd_dev_ms']:.3f} ms ({s['dev_x_floor']:.2f}x)"
+                   if "fwd_dev_ms" in s else "") if "fwd_bwd_ms" in s
                 else f"{s['config']}: failed" for s in e["sweep"]))
         lines.append("")
     m = result.get("mlp", {})

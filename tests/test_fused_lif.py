@@ -300,8 +300,8 @@ def nonfinite_messages(device: str, interpret=None) -> dict:
         x = torch.zeros(9, 3, 13)
         x[where] = value
         x[5, 0, 3] = -3.4e38 if label == "finite_extremes" else 0.5
-        p = F.CubaLIFParameters(torch.tensor(0.9), torch.tensor(0.8), torch.tensor(1.0)) if kind == "cuba" \
-            else F.LIFParameters(torch.tensor(0.9), torch.tensor(1.0))
+        t = lambda v: torch.tensor(v, device=device)  # noqa: E731
+        p = F.CubaLIFParameters(t(0.9), t(0.8), t(1.0)) if kind == "cuba" else F.LIFParameters(t(0.9), t(1.0))
         try:
             BACKEND.run(kind, p, x.to(device=device, dtype=dtype), need_mem=False, interpret=interpret)
             out[label] = "ok"

@@ -322,13 +322,12 @@ def config(T: int, N: int, elem_size: int, interpret: bool = False) -> LaunchCon
         if len(v) == 3:
             v += v[1:]
         return LaunchConfig(*v)
-    # From the launch-config sweep on an H200 (BENCHMARKS.md, issue 4): K=16 at every shape; one neuron a
-    # thread while the neurons alone barely fill the GPU (65k neurons: 8-warp programs), 16 bytes a thread
-    # once there are millions.
-    vec = 1
-    while vec < 16 // elem_size and vec < 4 and N >= vec * (1 << 20):
-        vec *= 2
-    return LaunchConfig(16, vec, 8 if vec == 1 else 4, vec, 8 if vec == 1 else 4)
+    # From the launch-config sweeps on an H200 (BENCHMARKS.md, issue 4, runs 6-7; device time of fwd+bwd): K=16;
+    # one neuron a thread in 8-warp programs while the neurons alone barely fill the GPU (65k neurons), two
+    # neurons a thread (8-byte fp32 accesses) in 4-warp programs once there are millions; 4 a thread was 10-15%
+    # slower in fp32 and 2x slower at 65k neurons.
+    vec = 2 if N >= (1 << 20) else 1
+    return LaunchConfig(16, vec, 4 if vec == 2 else 8, vec, 4 if vec == 2 else 8)
 
 
 def launch_forward(x, state_m, state_i, beta, th, alpha, *, cuba, zero, write_trace, write_ck, bad=None,
