@@ -53,6 +53,8 @@ GPU_CASES = dict({k: CASES[k] for k in ("lif_sub_T1", "lif_zero_nodetach", "lif_
     "lif_sub_big": dict(kind="lif", reset="subtract", shape=(50, 8, 1000), learn=True),
     "cuba_zero_big": dict(kind="cuba", reset="zero", shape=(37, 4, 999), learn=True, detach=False),
     "lif_zero_bf16_big": dict(kind="lif", reset="zero", shape=(40, 8, 1000), learn=True, dtype="bfloat16"),
+    # >= 2**20 neurons: the launch config with 2 neurons a thread, ending in a partial chunk and block
+    "cuba_sub_wide": dict(kind="cuba", reset="subtract", shape=(19, 1025, 1031), learn=True),
 })
 GRAD_RTOL = {"float32": 1e-5, "bfloat16": 1e-2}  # ||g - g64|| / ||g64||; bf16: METHOD.md's bf16 band
 
