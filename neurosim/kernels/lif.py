@@ -14,25 +14,16 @@ or tensors broadcastable to the neuron shape ``x.shape[1:]``; their gradients ar
 """
 from __future__ import annotations
 
-import os
-import sys
 from typing import NamedTuple
 
 import torch
 
 from .. import validate
+from . import runtime
 from ..neurons import functional as F
 from ..neurons.surrogate import SURROGATES
 
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
-
-def _triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except Exception:  # pragma: no cover - depends on the installation
-        return False
-    return True
 
 
 class _Cfg(NamedTuple):
@@ -153,14 +144,11 @@ class _FusedFn(torch.autograd.Function):
 
 
 def _use_interpreter(interpret) -> bool:
-    if interpret is None:
-        return os.environ.get("NEUROSIM_TRITON_INTERPRET", "0") == "1"
-    return bool(interpret)
+    return runtime.interpreter_requested() if interpret is None else bool(interpret)
 
 
-if _use_interpreter(None) and "triton" not in sys.modules:
-    # Triton's interpreter must be chosen before triton is imported (it wraps triton.language at import)
-    os.environ["TRITON_INTERPRET"] = "1"
+if runtime.interpreter_requested():
+    runtime.request_interpreter()
 
 
 class FusedBackend:
@@ -178,7 +166,7 @@ class FusedBackend:
 
     def path(self, x: torch.Tensor, interpret=None) -> str:
         """Which implementation :meth:`run` uses for ``x``: ``"triton"``, ``"interpreter"`` or ``"reference"``."""
-        if x.dtype not in _KERNEL_DTYPES or x.numel() == 0 or not _triton_available():
+        if x.dtype not in _KERNEL_DTYPES or x.numel() == 0 or not runtime.triton_available():
             return "reference"
         if x.is_cuda:
             return "triton"

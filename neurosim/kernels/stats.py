@@ -23,6 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .runtime import check_mode
+
 TILE = 4096  # elements per program iteration
 COLS = 4  # nnz, ones, non-finite, fan-weighted nnz
 
@@ -65,11 +67,7 @@ def _stats_kernel(x_ptr, fan_ptr, out_ptr, N, C, R, IS_FLOAT: tl.constexpr, HAS_
 @functools.lru_cache(maxsize=2)
 def kernel(interpret: bool = False):
     """The jit-wrapped kernel; ``interpret`` must match how triton was imported (see the module docstring)."""
-    if interpret != (type(tl.cdiv).__name__ == "InterpretedFunction"):
-        raise RuntimeError("the Triton interpreter is " + ("needed" if interpret else "active") + " but triton was "
-                           "imported " + ("without" if interpret else "with") + " TRITON_INTERPRET=1: set "
-                           "NEUROSIM_TRITON_INTERPRET=1 (CPU tensors, interpreter) or leave it unset (CUDA) before "
-                           "anything imports triton")
+    check_mode(interpret)
     return triton.jit(_stats_kernel, do_not_specialize=["R"])
 
 

@@ -31,6 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .runtime import check_mode
+
 SURROGATE_CODES = {"fast_sigmoid": 0, "arctan": 1, "sigmoid": 2}
 HALF_PI = 1.5707963267948966
 
@@ -127,9 +129,8 @@ def _bwd_kernel(
     CUBA: tl.constexpr, ZERO: tl.constexpr, DETACH: tl.constexpr, SURR: tl.constexpr,
     HAS_GTR: tl.constexpr, HAS_GFINAL: tl.constexpr,
     LEARN_B: tl.constexpr, LEARN_TH: tl.constexpr, LEARN_A: tl.constexpr,
-    NEED_I: tl.constexpr, K: tl.constexpr, BLOCK: tl.constexpr,
+    K: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    # NEED_I: keep the recomputed currents i_t (alpha gradient; CubaLIF zero reset without DETACH)
     pid = tl.program_id(0)
     z0 = pid * 0
     cols = pid * BLOCK + tl.arange(0, BLOCK)
@@ -277,15 +278,7 @@ def kernels(interpret: bool = False):
     """``(forward, backward)`` kernels. ``interpret=True`` needs Triton's interpreter, which must be switched on
     (``TRITON_INTERPRET=1``) before ``triton`` is first imported: :func:`neurosim.kernels.lif` does that for
     ``NEUROSIM_TRITON_INTERPRET=1``."""
-    if interpret != _stdlib_interpreted():
-        raise RuntimeError(
-            "the Triton interpreter is "
-            + ("needed" if interpret else "active")
-            + " but triton was imported "
-            + ("without" if interpret else "with")
-            + " TRITON_INTERPRET=1: set NEUROSIM_TRITON_INTERPRET=1 (CPU tensors, interpreter) or leave it unset "
-            "(CUDA) in the environment before anything imports triton"
-        )
+    check_mode(interpret)
     # copies of the kernel and helper functions whose globals see the jit-wrapped helpers under their own names
     ns = dict(globals())
     for name in _HELPERS:
@@ -301,12 +294,7 @@ def _rebind(fn, ns):
     return clone
 
 
-def _stdlib_interpreted() -> bool:
-    # triton.language's own jit functions (tl.sum, tl.cdiv, ...) are wrapped once, when triton is imported
-    return type(tl.cdiv).__name__ == "InterpretedFunction"
-
-
-def config(T: int, N: int, elem_size: int, interpret: bool = False) -> LaunchConfig:
+def config(T: int, N: int, interpret: bool = False) -> LaunchConfig:
     """The :class:`LaunchConfig` for a ``[T, N]`` problem (``N`` = every neuron of the batch).
 
     ``NEUROSIM_FUSED_CONFIG="K,VEC,WARPS"`` (both passes) or ``"K,VEC,WARPS,BWD_VEC,BWD_WARPS"`` overrides the
@@ -341,7 +329,7 @@ def launch_forward(x, state_m, state_i, beta, th, alpha, *, cuba, zero, write_tr
     tensor of one element, zero, that the kernel sets to 1 when ``x`` holds a NaN or inf (``None``: no check).
     """
     T, N = x.shape
-    cfg = config(T, N, x.element_size(), interpret)
+    cfg = config(T, N, interpret)
     K = cfg.K
     BLOCK = 32 * cfg.fwd_warps * cfg.fwd_vec
     dev = x.device
@@ -396,7 +384,6 @@ def launch_backward(x, g_spikes, g_trace, g_mT, g_iT, ck, beta, th, alpha, *, cu
         CUBA=cuba, ZERO=zero, DETACH=detach, SURR=SURROGATE_CODES[surrogate],
         HAS_GTR=g_trace is not None, HAS_GFINAL=has_gfinal,
         LEARN_B=learn_beta, LEARN_TH=learn_th, LEARN_A=learn_alpha,
-        NEED_I=cuba and (learn_alpha or (zero and not detach)),
         K=K, BLOCK=BLOCK, num_warps=cfg.bwd_warps, enable_fp_fusion=False,
     )
     return gx, gm0, gi0, gb, gth, ga

@@ -1,0 +1,46 @@
+"""How neurosim's Triton kernels reach Triton, shared by every kernel module (nothing here imports triton at
+import time).
+
+``NEUROSIM_TRITON_INTERPRET=1`` asks for Triton's interpreter (the kernels run on CPU tensors: the test suite).
+The interpreter must be switched on (``TRITON_INTERPRET=1``) before triton is first imported, because triton
+wraps ``triton.language`` when it is imported; :func:`check_mode` tells a kernel built the other way apart.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+
+def interpreter_requested() -> bool:
+    return os.environ.get("NEUROSIM_TRITON_INTERPRET", "0") == "1"
+
+
+def request_interpreter():
+    """Switch Triton's interpreter on for this process, if triton is not imported yet."""
+    if "triton" not in sys.modules:
+        os.environ["TRITON_INTERPRET"] = "1"
+
+
+def triton_available(interpret: bool = False) -> bool:
+    """Whether triton imports (``interpret``: with the interpreter requested first)."""
+    if interpret:
+        request_interpreter()
+    try:
+        import triton  # noqa: F401
+    except Exception:  # pragma: no cover - depends on the installation
+        return False
+    return True
+
+
+def check_mode(interpret: bool):
+    """Raise RuntimeError when ``interpret`` does not match how triton was imported."""
+    import triton.language as tl
+
+    # triton.language's own jit functions (tl.sum, tl.cdiv, ...) are wrapped once, when triton is imported
+    active = type(tl.cdiv).__name__ == "InterpretedFunction"
+    if interpret != active:
+        raise RuntimeError(
+            "the Triton interpreter is " + ("needed" if interpret else "active") + " but triton was imported "
+            + ("without" if interpret else "with") + " TRITON_INTERPRET=1: set NEUROSIM_TRITON_INTERPRET=1 (CPU "
+            "tensors, interpreter) or leave it unset (CUDA) in the environment before anything imports triton"
+        )
