@@ -21,11 +21,15 @@ def finite(name: str, x: torch.Tensor) -> torch.Tensor:
     """
     if not torch.is_tensor(x):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point() or x.numel() == 0:
-        return x
-    if math.isfinite(float(x.detach().sum(dtype=torch.float64))):
+    if not x.is_floating_point() or x.numel() == 0 or sum_is_finite(x):
         return x
     return finite_after_flag(name, x)
+
+
+def sum_is_finite(x: torch.Tensor) -> bool:
+    """True when floating-point ``x`` certainly holds no NaN/inf: its float64 sum is finite (one read of ``x``; a
+    host sync for a GPU tensor). False can still mean all-finite: a float64 input whose sum overflowed."""
+    return math.isfinite(float(x.detach().sum(dtype=torch.float64)))
 
 
 def finite_after_flag(name: str, x: torch.Tensor) -> torch.Tensor:

@@ -13,11 +13,10 @@ buffer entries that counters can scale and add, evaluated on the host after the 
 """
 from __future__ import annotations
 
-import math
-import os
-import sys
-
 import torch
+
+from .. import validate
+from ..kernels.runtime import interpreter_requested, triton_available
 
 NNZ, ONES, BAD, FANW = range(4)
 COLS = 4
@@ -100,20 +99,6 @@ def _dense_span(x: torch.Tensor) -> bool:
     return True
 
 
-def _triton_ok(interpret: bool = False) -> bool:
-    if interpret and "triton" not in sys.modules:
-        os.environ["TRITON_INTERPRET"] = "1"  # Triton's interpreter is chosen when triton is first imported
-    try:
-        import triton  # noqa: F401
-    except Exception:  # pragma: no cover - depends on the installation
-        return False
-    return True
-
-
-def interpreter_requested() -> bool:
-    return os.environ.get("NEUROSIM_TRITON_INTERPRET", "0") == "1"
-
-
 class CountBuffer:
     """Rows of exact counts, one int64 ``[capacity, COLS]`` buffer per device (grown by doubling).
 
@@ -184,9 +169,9 @@ class CountBuffer:
     def _path(self, x: torch.Tensor) -> str:
         if self.backend == "torch" or x.dtype not in _KERNEL_DTYPES:
             return "torch"
-        if x.is_cuda and (self.backend == "kernel" or _triton_ok()):
+        if x.is_cuda and (self.backend == "kernel" or triton_available()):
             return "kernel"
-        if x.device.type == "cpu" and interpreter_requested() and _triton_ok(interpret=True):
+        if x.device.type == "cpu" and interpreter_requested() and triton_available(interpret=True):
             return "interpreter"
         if self.backend == "kernel":
             raise RuntimeError(f"counting backend 'kernel' cannot count a {x.device.type} tensor: needs CUDA, or "
@@ -207,11 +192,7 @@ class CountBuffer:
         path = self._path(x)
         self.paths.add(path)
         if path == "torch":
-            fan64 = None if fan is None else self._fan_maps(fan)[2]
-            if x.device.type == "cpu":  # host values at once (no device to wait for), written in place
-                self.bufs[st.dev][0].numpy()[st.row] = _host_counts(x, fan64)
-            else:
-                _count_torch(x, out, fan64)
+            _count_torch(x, out, None if fan is None else self._fan_maps(fan)[2])
             return
         if x.is_contiguous():
             flat = x
@@ -236,18 +217,6 @@ class CountBuffer:
         return c.const + sum(w * host[d][r][col] for d, r, col, w in c.terms)
 
 
-def _host_counts(x: torch.Tensor, fan64: torch.Tensor | None) -> tuple:
-    """The kernel's numbers for a CPU tensor, as Python ints."""
-    nnz = int(torch.count_nonzero(x))
-    ones = nnz if x.dtype == torch.bool else int(torch.count_nonzero(x == 1))
-    bad = 0
-    # a float64 sum of finite values is finite (for float64 input it may overflow: then the exact count decides)
-    if x.is_floating_point() and not math.isfinite(x.sum(dtype=torch.float64).item()):
-        bad = x.numel() - int(torch.count_nonzero(torch.isfinite(x)))
-    fanw = 0 if fan64 is None else int(((x != 0).reshape(-1, fan64.numel()).sum(0) * fan64).sum())
-    return nnz, ones, bad, fanw
-
-
 def _count_torch(x: torch.Tensor, out: torch.Tensor, fan64: torch.Tensor | None):
     """The kernel's numbers with torch ops on the tensor's device, written to ``out`` without a host sync."""
     zero = torch.zeros((), dtype=torch.int64, device=x.device)
@@ -256,7 +225,10 @@ def _count_torch(x: torch.Tensor, out: torch.Tensor, fan64: torch.Tensor | None)
         ones = nnz
     else:
         nnz, ones = torch.count_nonzero(x), torch.count_nonzero(x == 1)
-    bad = x.numel() - torch.count_nonzero(torch.isfinite(x)) if x.is_floating_point() else zero
+    bad = zero
+    # on the CPU a host value costs no wait: one float64 sum settles the usual all-finite case
+    if x.is_floating_point() and not (x.device.type == "cpu" and validate.sum_is_finite(x)):
+        bad = x.numel() - torch.count_nonzero(torch.isfinite(x))
     fanw = zero
     if fan64 is not None:
         fanw = ((x != 0).reshape(-1, fan64.numel()).sum(0) * fan64).sum()
