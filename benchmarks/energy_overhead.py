@@ -94,52 +94,47 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def bench(model, x, device, repeats, warmup, counting="auto"):
-    plain, prof = [], []
+def interleaved(plain, measured, device, repeats, warmup, per=1):
+    """Wall times (seconds, divided by ``per``) of ``plain()`` and ``measured()``, run alternately so that drift
+    affects both alike, the device synchronised before each clock read, after ``warmup`` rounds."""
+    times = ([], [])
+    for i in range(warmup + repeats):
+        sync(device)
+        t = [time.perf_counter()]
+        for fn in (plain, measured):
+            fn()
+            sync(device)
+            t.append(time.perf_counter())
+        if i >= warmup:
+            times[0].append((t[1] - t[0]) / per)
+            times[1].append((t[2] - t[1]) / per)
+    return times
 
+
+def bench(model, x, device, repeats, warmup, counting="auto"):
+    """One plain forward against one ``profile`` call (hooks, the same forward, the read-back, the report)."""
     def run_plain():
         with torch.no_grad():
             model(x)
 
-    for _ in range(warmup):
-        run_plain()
-        profile(model, x, counting=counting)
-    sync(device)
-    for _ in range(repeats):  # interleaved, so drift affects both alike
-        t0 = time.perf_counter()
-        run_plain()
-        sync(device)
-        t1 = time.perf_counter()
-        profile(model, x, counting=counting)
-        sync(device)
-        t2 = time.perf_counter()
-        plain.append(t1 - t0)
-        prof.append(t2 - t1)
-    return plain, prof
+    return interleaved(run_plain, lambda: profile(model, x, counting=counting), device, repeats, warmup)
 
 
 def bench_metered(model, x, device, repeats, batches, counting="auto"):
     """``batches`` plain forwards against the same forwards inside one EnergyMeter plus its one report (what
-    metering a validation set costs per batch), interleaved, times per batch."""
-    plain, metered = [], []
-    for i in range(repeats + 1):  # the first round is a warm-up
-        sync(device)
-        t0 = time.perf_counter()
+    metering a validation set costs per batch), times per batch, one warm-up round."""
+    def run_plain():
         with torch.no_grad():
             for _ in range(batches):
                 model(x)
-        sync(device)
-        t1 = time.perf_counter()
+
+    def run_metered():
         with torch.no_grad(), EnergyMeter(model, counting=counting) as m:
             for _ in range(batches):
                 model(x)
         m.report()
-        sync(device)
-        t2 = time.perf_counter()
-        if i:
-            plain.append((t1 - t0) / batches)
-            metered.append((t2 - t1) / batches)
-    return plain, metered
+
+    return interleaved(run_plain, run_metered, device, repeats, 1, per=batches)
 
 
 def main(argv=None):

@@ -120,31 +120,33 @@ def torch_loop(x):
     return torch.stack(out)
 
 
+def kernels_only(lif):
+    """``lif``'s fused kernels without the layer around them (no NaN/inf check, so no host read of its flag)."""
+    from neurosim.kernels.lif import BACKEND
+
+    return lambda x: BACKEND.run("lif", lif.params(), x, need_mem=False, check_finite=False)[0]
+
+
+def stepped(cell, x, state):
+    """A single-step cell ``(x_t, state) -> (spikes_t, state)`` run over the time dimension of ``x``."""
+    out = []
+    for x_t in x:
+        z, state = cell(x_t, state)
+        out.append(z)
+    return torch.stack(out)
+
+
 def make_impls(T):
     impls = {}
     lif = neurosim.LIF(beta=BETA, threshold=THRESHOLD, backend="fused").to(DEVICE)
     impls["neurosim fused"] = lambda x: lif(x)
-    from neurosim.kernels.lif import BACKEND
-
-    # the kernels alone: the layer above also has its kernel flag NaN/inf inputs (one host read of the flag)
-    impls["neurosim fused, kernels only"] = lambda x: BACKEND.run("lif", lif.params(), x, need_mem=False,
-                                                                  check_finite=False)[0]
-
+    impls["neurosim fused, kernels only"] = kernels_only(lif)
 
     def snntorch_impl():
         import snntorch as snn
 
         leaky = snn.Leaky(beta=BETA, threshold=THRESHOLD, spike_grad=snn.surrogate.fast_sigmoid(SLOPE)).to(DEVICE)
-
-        def run(x):
-            mem = torch.zeros_like(x[0])
-            out = []
-            for x_t in x:
-                s, mem = leaky(x_t, mem)
-                out.append(s)
-            return torch.stack(out)
-
-        return run
+        return lambda x: stepped(leaky, x, torch.zeros_like(x[0]))
 
     def norse_lif():
         import norse.torch as nt
@@ -156,15 +158,7 @@ def make_impls(T):
         import norse.torch as nt
 
         cell = nt.LIFBoxCell().to(DEVICE)  # the leaky (current-free) cell, stepped over time
-
-        def run(x):
-            state, out = None, []
-            for x_t in x:
-                z, state = cell(x_t, state)
-                out.append(z)
-            return torch.stack(out)
-
-        return run
+        return lambda x: stepped(cell, x, None)
 
     def sj_impl():
         from spikingjelly.activation_based import functional as sjf
@@ -247,12 +241,8 @@ def check_fused(x, g):
 
 def sweep(x, g, floor_ms):
     rows = []
-    from neurosim.kernels.lif import BACKEND
-
-    lif = neurosim.LIF(beta=BETA, threshold=THRESHOLD, backend="fused").to(DEVICE)
-
-    def fn(x):  # the kernels alone (no input check), so that configurations differ only in the kernels
-        return BACKEND.run("lif", lif.params(), x, need_mem=False, check_finite=False)[0]
+    # the kernels alone (no input check), so that configurations differ only in the kernels
+    fn = kernels_only(neurosim.LIF(beta=BETA, threshold=THRESHOLD, backend="fused").to(DEVICE))
 
     for cfg in SWEEP:
         os.environ["NEUROSIM_FUSED_CONFIG"] = ",".join(map(str, cfg))
