@@ -191,8 +191,8 @@ def test_import_and_profile_without_triton():
 
 
 # ---------------------------------------------------------------- GPU (compiled kernel)
-cuda = pytest.mark.skipif(not torch.cuda.is_available(),
-                          reason="needs CUDA: the compiled kernel (the CPU tests run the same kernel code in Triton's interpreter)")
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the compiled kernel (the CPU tests "
+                          "run the same kernel code in Triton's interpreter)")
 
 
 @cuda
