@@ -5,10 +5,88 @@ into a silently clamped or truncated result.
 """
 from __future__ import annotations
 
+import contextvars
 import math
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
+
+_DEFERRED: contextvars.ContextVar = contextvars.ContextVar("neurosim_deferred_checks", default=None)
+
+
+class DeferredChecks:
+    """NaN/inf checks whose verdicts stay on the device until :meth:`check` reads them all at once.
+
+    Made active by :func:`deferred_checks`. While active, :func:`finite` and :func:`flag` do not read anything
+    back to the host (a GPU would wait for all queued work at every check): they queue a 0-d device value,
+    labelled with ``where()`` (e.g. the layer running, as the energy meter passes it), and :meth:`check` reads
+    every queued value with one transfer per device and dtype, raising for the first bad one in call order.
+    """
+
+    def __init__(self, where: Callable[[], str] | None = None):
+        self.where = where
+        self._items: list = []  # (label, name, value, kind): "sum" bad when not finite, "flag" bad when nonzero
+
+    def __len__(self):
+        return len(self._items)
+
+    def _label(self) -> str:
+        label = self.where() if self.where is not None else ""
+        return f"{label}: " if label else ""
+
+    def add_values(self, name: str, x: torch.Tensor):
+        """Queue the check of ``x``'s values (one device reduction, no host read)."""
+        x = x.detach()
+        if x.dtype == torch.float64:  # finite float64 values can overflow a float64 sum: test them one by one
+            self._items.append((self._label(), name, (~torch.isfinite(x)).any().reshape(1), "flag"))
+        else:
+            self._items.append((self._label(), name, x.sum(dtype=torch.float64).reshape(1), "sum"))
+
+    def add_flag(self, name: str, bad: torch.Tensor):
+        """Queue a kernel's flag (a one-element device tensor, nonzero when ``name`` held NaN/inf)."""
+        self._items.append((self._label(), name, bad.reshape(1), "flag"))
+
+    def check(self):
+        """Read the queued values back (one transfer per device and dtype) and clear them; raise ValueError
+        naming the first bad one."""
+        items, self._items = self._items, []
+        groups: dict = {}
+        for i, (_, _, v, _) in enumerate(items):
+            groups.setdefault((v.device, v.dtype), []).append(i)
+        values = [None] * len(items)
+        for idx in groups.values():
+            host = torch.cat([items[i][2] for i in idx]).cpu().tolist()
+            for i, h in zip(idx, host):
+                values[i] = h
+        for (label, name, _, kind), v in zip(items, values):
+            if (kind == "sum" and not math.isfinite(v)) or (kind == "flag" and v):
+                raise ValueError(f"{label}{name} contains NaN/inf value(s); all values must be finite")
+
+
+class deferred_checks:
+    """``with deferred_checks(where) as checks:``: NaN/inf checks inside the block are queued on the device
+    (:class:`DeferredChecks`) and read back once, at the end of the block (no exception pending) or when the
+    caller runs ``checks.check()``. The error names the argument and ``where()``'s label, not the count of bad
+    values. Blocks nest; each reads its own checks."""
+
+    def __init__(self, where: Callable[[], str] | None = None):
+        self.checks = DeferredChecks(where)
+        self._token = None
+
+    def __enter__(self) -> DeferredChecks:
+        self._token = _DEFERRED.set(self.checks)
+        return self.checks
+
+    def __exit__(self, exc_type, exc, tb):
+        _DEFERRED.reset(self._token)
+        if exc_type is None:
+            self.checks.check()
+        return False
+
+
+def active_checks() -> DeferredChecks | None:
+    """The innermost active :class:`DeferredChecks`, or None (checks run at once)."""
+    return _DEFERRED.get()
 
 
 def finite(name: str, x: torch.Tensor) -> torch.Tensor:
@@ -17,13 +95,30 @@ def finite(name: str, x: torch.Tensor) -> torch.Tensor:
     One read of ``x``: its float64 sum is finite exactly when every element is (a NaN or inf propagates; a sum
     of finite float32/16 values cannot overflow float64). Only a non-finite sum (or float64 input, whose finite
     values can overflow a float64 sum) is confirmed element by element (``torch.isfinite`` makes several
-    passes and temporaries).
+    passes and temporaries). Inside :func:`deferred_checks` the verdict is queued instead of read.
     """
     if not torch.is_tensor(x):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point() or x.numel() == 0 or sum_is_finite(x):
+    if not x.is_floating_point() or x.numel() == 0:
+        return x
+    checks = _DEFERRED.get()
+    if checks is not None:
+        checks.add_values(name, x)
+        return x
+    if sum_is_finite(x):
         return x
     return finite_after_flag(name, x)
+
+
+def flag(name: str, x: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
+    """A kernel's verdict on ``x``: ``bad`` (one-element device tensor) is nonzero when ``x`` held NaN/inf.
+    Read now (and confirmed by :func:`finite_after_flag`), or queued inside :func:`deferred_checks`."""
+    checks = _DEFERRED.get()
+    if checks is not None:
+        checks.add_flag(name, bad)
+    elif bool(bad.item()):
+        finite_after_flag(name, x)
+    return x
 
 
 def sum_is_finite(x: torch.Tensor) -> bool:

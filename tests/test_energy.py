@@ -199,6 +199,41 @@ def test_nan_and_non_binary_errors_name_the_layer():
         profile(net, x, require_spikes=3)
 
 
+class _Inner(nn.Module):
+    """Counted as one layer (its own counter), so the meter never sees the tensor it checks inside."""
+
+    def __init__(self, w):
+        super().__init__()
+        self.w = w
+
+    def forward(self, x):
+        neurosim.validate.finite("current", x * self.w)
+        return x
+
+
+def test_meter_defers_the_layers_own_checks_and_names_the_layer_running():
+    register_counter(_Inner, lambda m, a, o: Count(), overwrite=True)
+    net = nn.Sequential(nn.Linear(4, 4), _Inner(float("nan")))
+    x = spikes(2, 1, 4)
+    with pytest.raises(ValueError, match=r"^layer '1' \(_Inner\): current contains NaN/inf"):
+        with neurosim.energy.EnergyMeter(net) as meter:
+            net(x)  # no error here: the check's verdict stays on the device until the block ends
+            assert len(meter._checks.checks) == 1
+    with pytest.raises(ValueError, match=r"^layer '1' \(_Inner\): current contains NaN/inf"):
+        profile(net, x)
+    with pytest.raises(ValueError, match=r"^layer '1' \(_Inner\) failed: current contains 8 NaN/inf"):  # at once
+        with neurosim.energy.EnergyMeter(net, defer_checks=False):
+            net(x)
+    net[1].w = 1.0
+    assert profile(net, x).layer("1").calls == 1
+    # the first counted layer whose input held NaN is named before any deferred check (here the LIF's)
+    net = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), neurosim.LIF(backend="torch"))
+    with torch.no_grad():
+        net[0].weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"^layer '1' \(Linear\): its input contains NaN"):
+        profile(net, torch.ones(2, 1, 4))
+
+
 def test_hardware_profiles():
     with pytest.raises(ValueError, match="hardware"):
         profile(nn.Linear(2, 2), torch.zeros(1, 1, 2), hardware="tpu")

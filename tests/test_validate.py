@@ -30,3 +30,46 @@ def test_finite_rejects_non_tensors_and_ignores_integer_tensors():
         validate.finite("x", [1.0])
     i = torch.arange(5)
     assert validate.finite("x", i) is i
+
+
+def test_deferred_checks_queue_verdicts_and_raise_once_at_the_end_naming_where():
+    where = ["layer 'a'"]
+    good = torch.ones(4)
+    nan = torch.tensor([1.0, float("nan")])
+    with pytest.raises(ValueError, match=r"^layer 'b': x contains NaN/inf value\(s\)"):
+        with validate.deferred_checks(where=lambda: where[0]) as checks:
+            validate.finite("x", good)
+            where[0] = "layer 'b'"
+            assert validate.finite("x", nan) is nan  # no error yet: the verdict is queued
+            validate.finite("x", torch.tensor([float("inf")], dtype=torch.float16))
+            assert len(checks) == 3
+    assert validate.active_checks() is None
+    with pytest.raises(ValueError, match="contains 1 NaN"):  # outside the block: checked at once again
+        validate.finite("x", nan)
+
+
+def test_deferred_checks_float64_overflowing_sums_and_kernel_flags():
+    big = torch.finfo(torch.float64).max
+    with validate.deferred_checks() as checks:
+        validate.finite("x", torch.tensor([big, big], dtype=torch.float64))  # finite values, overflowing sum
+        validate.flag("y", torch.zeros(2), torch.zeros(1, dtype=torch.int32))
+        assert len(checks) == 2
+    with pytest.raises(ValueError, match=r"^y contains NaN/inf"):
+        with validate.deferred_checks():
+            validate.flag("y", torch.zeros(2), torch.ones(1, dtype=torch.int32))
+    with pytest.raises(ValueError, match=r"^y contains 1 NaN/inf"):  # not deferred: confirmed and counted
+        validate.flag("y", torch.tensor([0.0, float("nan")]), torch.ones(1, dtype=torch.int32))
+
+
+def test_deferred_checks_nest_and_are_not_read_when_an_exception_is_pending():
+    nan = torch.tensor([float("nan")])
+    with pytest.raises(KeyError):
+        with validate.deferred_checks():
+            validate.finite("x", nan)
+            raise KeyError("first error wins")
+    with pytest.raises(ValueError, match="^outer: x"):
+        with validate.deferred_checks(where=lambda: "outer"):
+            with validate.deferred_checks(where=lambda: "inner") as inner:
+                validate.finite("z", torch.ones(1))
+            assert len(inner) == 0  # read and cleared at its own end
+            validate.finite("x", nan)

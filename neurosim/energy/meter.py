@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .. import validate
 from . import counters as C
 from .device_counts import CountBuffer, DeviceCount, RowStats
 from .hardware import HardwareProfile, get_profile
@@ -83,13 +84,18 @@ class EnergyMeter:
             be binary; a non-binary input raises ValueError naming the layer.
         counting: how tensors are counted: ``"auto"`` (the one-read Triton kernel for CUDA tensors, torch ops on
             CPU unless ``NEUROSIM_TRITON_INTERPRET=1``), ``"torch"`` or ``"kernel"``. Same counts either way.
+        defer_checks: run the layers' own NaN/inf input checks (:func:`neurosim.validate.finite`, the fused
+            kernel's flag) as :func:`neurosim.validate.deferred_checks`: verdicts stay on the device and are read
+            once when the ``with`` block ends, so the forward never waits for the GPU mid-way; the error names
+            the layer that was running. ``False``: each check reads its verdict at once (a host sync per check).
 
     Every tensor is read once: a layer's output is counted when the next layer starts (or by that layer's
     counter, when it needs the tensor's fan-out-weighted count: convolutions, pooling), its counts go to a
     device buffer, and :meth:`report` reads the buffer back once.
     """
 
-    def __init__(self, model: nn.Module, hardware="cmos45nm", require_spikes=None, counting: str = "auto"):
+    def __init__(self, model: nn.Module, hardware="cmos45nm", require_spikes=None, counting: str = "auto",
+                 defer_checks: bool = True):
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
@@ -101,6 +107,8 @@ class EnergyMeter:
         self._cache: OrderedDict = OrderedDict()
         self._running: list[_Slot] = []  # modules entered and not yet left (to name the layer of an error)
         self._counts = CountBuffer(counting)
+        self.defer_checks = bool(defer_checks)
+        self._checks = None  # the active validate.deferred_checks, while inside ``with``
 
     # ----------------------------------------------------------------------------------------- hooking
     def _walk(self, module: nn.Module, name: str):
@@ -129,7 +137,17 @@ class EnergyMeter:
         if self._handles:
             raise RuntimeError("EnergyMeter is already active")
         self._walk(self.model, "")
+        if self.defer_checks:
+            self._checks = validate.deferred_checks(where=self._where)
+            self._checks.__enter__()
         return self
+
+    def _where(self) -> str:
+        """The innermost layer running (labels a deferred NaN/inf check)."""
+        if not self._running:
+            return ""
+        s = self._running[-1]
+        return f"layer {s.name!r} ({type(s.module).__name__})"
 
     def __exit__(self, exc_type, exc, tb):
         for h in self._handles:
@@ -138,12 +156,22 @@ class EnergyMeter:
         self._cache.clear()
         self._counts.flush()  # count what is still deferred (no host sync) and drop the tensors it held
         running, self._running = self._running, []
+        checks, self._checks = self._checks, None
         if exc_type is not None and issubclass(exc_type, (ValueError, RuntimeError)):
+            if checks is not None:
+                checks.__exit__(exc_type, exc, tb)
             # name the layer: the first one whose input held NaN/inf, else the innermost one that was running
             self._check_finite(self._host_values())
             if running:
                 s = running[-1]
                 raise ValueError(f"layer {s.name!r} ({type(s.module).__name__}) failed: {exc}") from exc
+            return False
+        if checks is not None:
+            try:
+                checks.__exit__(exc_type, exc, tb)  # reads the deferred checks (when no exception is pending)
+            except ValueError:
+                self._check_finite(self._host_values())  # the first counted layer whose input held NaN/inf
+                raise
         return False
 
     def _make_pre_hook(self, slot: _Slot):

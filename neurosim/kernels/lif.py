@@ -178,7 +178,7 @@ class FusedBackend:
         """``(spikes, mem_trace, final_state)``; ``need_mem=False`` returns ``None`` for the trace and skips
         writing it. ``interpret=True`` runs the Triton kernels in Triton's interpreter on CPU tensors.
         ``check_finite``: raise ValueError when ``x`` holds NaN/inf (the kernel flags them as it reads ``x``;
-        one device->host read of the flag)."""
+        one device->host read of the flag, or queued inside :func:`neurosim.validate.deferred_checks`)."""
         self.check(kind, p)
         for name in ("beta", "threshold") + (("alpha",) if kind == "cuba" else ()):
             _check_shape(name, getattr(p, name), x.shape[1:])
@@ -201,8 +201,8 @@ class FusedBackend:
         alpha = p.alpha if kind == "cuba" else None
         bad = torch.zeros(1, dtype=torch.int32, device=x.device) if check_finite else None
         spikes, trace, mT, iT = _FusedFn.apply(x, mem0, syn0, p.beta, p.threshold, alpha, bad, cfg)
-        if bad is not None and bool(bad.item()):
-            validate.finite_after_flag("x", x)
+        if bad is not None:
+            validate.flag("x", x, bad)
         final = F.CubaLIFState(iT, mT) if kind == "cuba" else F.LIFState(mT)
         return spikes, (trace if need_mem else None), final
 
