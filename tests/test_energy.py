@@ -124,6 +124,27 @@ def test_matmul_broadcast_batch():
     assert profile(MatMul(), (a, b)).layer("MatMul").synops == int(a.sum()) * 6
 
 
+@pytest.mark.parametrize("dtype,k,scale", [(torch.float32, 24, 1 / 24 ** 0.5), (torch.bfloat16, 100, 0.3),
+                                           (torch.bfloat16, 300, 0.3), (torch.float16, 64, 1 / 8),
+                                           (torch.float32, 8, 0.0)])
+def test_matmul_spike_spike_from_its_output_or_operands(dtype, k, scale):
+    """Both binary: the count is recovered from the scaled output when the dtype holds the products exactly
+    (bf16 k=300 and scale 0 take the operand sums instead); reference: the float64 product, summed."""
+    a = spikes(2, 3, 5, k, p=0.5, seed=4).to(dtype)
+    b = spikes(3, k, 7, p=0.5, seed=5).to(dtype)  # broadcast over the leading 2
+    expected = int((a.double() @ b.double()).sum())
+    assert profile(MatMul(scale=scale), (a, b)).layer("MatMul").synops == expected
+    with neurosim.energy.EnergyMeter(MatMul(scale=scale)) as m:  # a consumer reads the output afterwards
+        out = m.model(a, b)
+        nn.Identity()(out)
+    assert m.report().layer("MatMul").synops == expected
+
+
+def test_add_spike_spike_broadcast_matches_brute_force():
+    a, b = spikes(3, 2, 5, seed=6), spikes(2, 5, seed=7)
+    assert profile(Add(), (a, b)).layer("Add").acs == int(torch.count_nonzero(a * b))
+
+
 def test_add_residual_counts():
     s = torch.tensor([[[1.0, 0, 1, 0]]])
     real = torch.tensor([[[0.5, -1, 2, 3]]])

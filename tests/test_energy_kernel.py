@@ -19,8 +19,17 @@ from neurosim.energy import profile
 from neurosim.energy.device_counts import CountBuffer
 
 
-def _tensor_cases():
-    """name -> (tensor, fan map or None), deterministic."""
+def _products(dtype, k, scale, seed):
+    """A scaled product of binary operands, as attention's q @ k^T makes it, and its exact integer sum."""
+    g = torch.Generator().manual_seed(seed)
+    a = (torch.rand(2, 3, 9, k, generator=g) < 0.5).to(dtype)
+    b = (torch.rand(2, 3, k, 7, generator=g) < 0.5).to(dtype)
+    p = a.double() @ b.double()
+    return torch.matmul(a, b) * scale, int(p.sum())
+
+
+def _tensor_cases(device="cpu"):
+    """name -> (tensor, fan map or None, inv_scale or None), deterministic; views are taken on ``device``."""
     g = torch.Generator().manual_seed(11)
     x = torch.randn(3, 5, 7, 9, generator=g)
     x[x.abs() < 0.6] = 0  # zeros, non-binary values
@@ -32,32 +41,48 @@ def _tensor_cases():
     conv_in = (torch.rand(6, 3, 11, 13, generator=g) < 0.25).float()
     wide = (torch.rand(3, 4100, generator=g) < 0.4).float()  # fan map wider than a tile
     fan_sp = torch.randint(1, 10, (11, 13), generator=g).double()
+    # attention's q, k, v: slices of a permuted [T, B, N, 3, H, dh] spike tensor (strided views, read in place)
+    qkv = (torch.rand(2, 3, 10, 3, 4, 6, generator=g) < 0.3).float().to(device).permute(3, 0, 1, 4, 2, 5)
+    deep = torch.randn(2, 3, 4, 5, 6, 7, generator=g).to(device).permute(5, 3, 1, 4, 2, 0)[..., 1:]  # 6 dims: copied
+    conv_t = conv_in.to(device)
     return {
-        "f32_nan_inf_nonbinary": (x, None),
-        "f32_fan": (x, torch.randint(0, 5, (7, 9), generator=g).double()),
-        "bf16": (x.bfloat16(), None),
-        "f16_fan": (x.half(), torch.randint(1, 4, (9,), generator=g).double()),
-        "bool": (x > 0, torch.randint(1, 4, (7, 9), generator=g).double()),
-        "spikes_10007": (spikes, None),
-        "spikes_fan_35": (spikes[:35 * 285].reshape(285, 35), torch.arange(35).double() % 6),
-        "conv_input_fan": (conv_in, fan_sp),
-        "wide_fan_4100": (wide, torch.randint(1, 3, (4100,), generator=g).double()),
-        "transposed": (conv_in.transpose(1, 3), None),
-        "empty": (torch.zeros(0, 4), None),
+        "f32_nan_inf_nonbinary": (x, None, None),
+        "f32_nan_inf_sum": (x * 3.7, None, 1 / 3.7),
+        "f32_fan": (x, torch.randint(0, 5, (7, 9), generator=g).double(), None),
+        "bf16": (x.bfloat16(), None, None),
+        "f16_fan": (x.half(), torch.randint(1, 4, (9,), generator=g).double(), None),
+        "bool": (x > 0, torch.randint(1, 4, (7, 9), generator=g).double(), None),
+        "spikes_10007": (spikes, None, None),
+        "spikes_fan_35": (spikes[:35 * 285].reshape(285, 35), torch.arange(35).double() % 6, None),
+        "conv_input_fan": (conv_in, fan_sp, None),
+        "wide_fan_4100": (wide, torch.randint(1, 3, (4100,), generator=g).double(), None),
+        "transposed": (conv_t.transpose(1, 3), None, None),
+        "transposed_fan": (conv_t.transpose(2, 3), fan_sp.t().contiguous(), None),
+        "q_slice": (qkv[0], None, None),
+        "k_transposed": (qkv[1].transpose(-1, -2), torch.arange(10).double() % 3, None),
+        "deep_view": (deep, None, None),
+        "products_f32": (_products(torch.float32, 33, 1 / 33 ** 0.5, 1)[0], None, 33 ** 0.5),
+        "products_bf16": (_products(torch.bfloat16, 120, 0.3, 2)[0], None, 1 / 0.3),
+        "products_f16": (_products(torch.float16, 200, 1 / 7, 3)[0], None, 7.0),
+        "empty": (torch.zeros(0, 4), None, None),
     }
 
 
-def reference(x, fan):
-    """Plain torch counts in float64: [nonzeros, ones, non-finite, fan-weighted nonzeros]."""
+def reference(x, fan, inv_scale=None):
+    """Plain torch counts in float64: [nonzeros, ones, non-finite, fan-weighted nonzeros, rounded scaled sum]."""
     d = x.double()
     nz = (d != 0).double()
     fanw = 0 if fan is None else int((nz.reshape(-1, fan.numel()) * fan.reshape(-1)).sum())
-    return [int(nz.sum()), int((d == 1).sum()), int((~torch.isfinite(d)).sum()), fanw]
+    isum = 0
+    if inv_scale is not None:  # float32 products, as documented
+        v = torch.floor(x.float() * torch.tensor(inv_scale, dtype=torch.float32) + 0.5).double()
+        isum = int(v[torch.isfinite(d)].sum())
+    return [int(nz.sum()), int((d == 1).sum()), int((~torch.isfinite(d)).sum()), fanw, isum]
 
 
 def buffer_counts(backend):
     buf = CountBuffer(backend)
-    rows = {name: buf.stats(x, fan) for name, (x, fan) in _tensor_cases().items()}
+    rows = {name: buf.stats(x, fan, inv_scale=inv) for name, (x, fan, inv) in _tensor_cases().items()}
     host = buf.host()
     return {name: host[st.dev][st.row] for name, st in rows.items()}, sorted(buf.paths)
 
@@ -108,12 +133,27 @@ def test_kernel_counts_match_float64_reference(interpreter_results):
     assert interpreter_results["paths"] == ["interpreter"]  # the kernel ran, not the torch path
     cases = _tensor_cases()
     assert set(counts) == set(cases)
-    for name, (x, fan) in cases.items():
-        assert counts[name] == reference(x, fan), name
+    for name, (x, fan, inv) in cases.items():
+        assert counts[name] == reference(x, fan, inv), name
     # the cases exercise what they claim to
     assert counts["f32_nan_inf_nonbinary"][2] == 3 and counts["bf16"][2] == 3
     assert counts["f32_nan_inf_nonbinary"][0] > counts["f32_nan_inf_nonbinary"][1] > 0
     assert counts["wide_fan_4100"][3] > counts["wide_fan_4100"][0] > 0
+    assert not cases["q_slice"][0].is_contiguous() and not cases["deep_view"][0].is_contiguous()
+    # the integer products behind each scaled product, from float64 operands (within the documented dtype limits)
+    for name, (dtype, k, scale, seed) in {"products_f32": (torch.float32, 33, 1 / 33 ** 0.5, 1),
+                                          "products_bf16": (torch.bfloat16, 120, 0.3, 2),
+                                          "products_f16": (torch.float16, 200, 1 / 7, 3)}.items():
+        assert counts[name][4] == _products(dtype, k, scale, seed)[1], name
+
+
+def test_strided_views_are_read_in_place():
+    from neurosim.kernels.stats import MAX_DIMS, collapse
+
+    cases = _tensor_cases()
+    assert len(collapse(cases["q_slice"][0])) <= MAX_DIMS and len(collapse(cases["k_transposed"][0])) <= MAX_DIMS
+    assert len(collapse(cases["deep_view"][0])) > MAX_DIMS  # counted from a contiguous copy
+    assert collapse(torch.zeros(3, 4, 5)) == [(60, 1)] and collapse(torch.zeros(3, 1, 5).transpose(0, 2)) == [(5, 1), (3, 5)]
 
 
 def test_torch_path_gives_the_kernel_numbers(interpreter_results):
@@ -198,13 +238,15 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the
 @cuda
 def test_gpu_kernel_counts_and_profile_equal_torch_path():
     buf = CountBuffer("auto")
-    rows = {name: buf.stats(x.cuda(), None if fan is None else fan.cuda())
-            for name, (x, fan) in _tensor_cases().items()}
+    cases = _tensor_cases("cuda")
+    assert not cases["q_slice"][0].is_contiguous() and cases["q_slice"][0].is_cuda
+    rows = {name: buf.stats(x.cuda(), None if fan is None else fan.cuda(), inv_scale=inv)
+            for name, (x, fan, inv) in cases.items()}
     host = buf.host()
     assert buf.paths == {"kernel"}
-    for name, (x, fan) in _tensor_cases().items():
+    for name, (x, fan, inv) in cases.items():
         st = rows[name]
-        assert host[st.dev][st.row] == reference(x, fan), name
+        assert host[st.dev][st.row] == reference(x.cpu(), fan, inv), name
     torch.backends.cudnn.deterministic = True
     net, x = conv_case()
     net, x = net.cuda(), x.cuda()

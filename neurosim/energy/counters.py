@@ -67,6 +67,20 @@ def stats(x: torch.Tensor) -> TensorStats:
                        x.sum(dtype=torch.float64) if x.is_floating_point() else None)
 
 
+def output_stats(x: torch.Tensor) -> TensorStats:
+    """:func:`stats` of a counter's module *output*. Inside a meter its counts are read together with the next
+    layer's read of the same tensor (no extra pass)."""
+    return stats(x)
+
+
+def scaled_sum(x: torch.Tensor, inv_scale: float):
+    """``sum(round(x * inv_scale))`` over the finite elements of a module output ``x`` (float32 products), as a
+    0-d int64 tensor; inside a meter, from the same read that counts ``x`` as the next layer's input."""
+    x = x.detach()
+    v = torch.floor(x.float() * inv_scale + 0.5)
+    return torch.where(torch.isfinite(x), v, 0).sum(dtype=torch.float64).to(torch.int64)
+
+
 def fan_stats(x: torch.Tensor, fan: torch.Tensor):
     """``(stats(x), fan-weighted count)``: the count is ``sum(x * fan)`` with ``fan`` (integer weights, shape
     ``x.shape[-fan.dim():]``) broadcast over the leading dims, which for binary ``x`` is the number of
@@ -321,20 +335,32 @@ def count_layernorm(module, args, output) -> Count:
     return Count(dense=3 * n, macs=3 * n, note="3 MACs per element (mean, variance, normalise+affine)")
 
 
+# largest contraction length k for which a product of binary operands, p = (a @ b)[i, j] <= k, is recovered
+# exactly as round(out / scale) from the result in this dtype (relative error of the stored result, plus the
+# float32 division, times p must stay below 1/2)
+_EXACT_PRODUCTS = {torch.float32: 1 << 21, torch.float64: 1 << 21, torch.float16: 1000, torch.bfloat16: 120}
+
+
 def count_matmul(module: MatMul, args, output) -> Count:
     a, b = args[0], args[1]
     sa, sb = stats(a), stats(b)
     a2 = a.detach().unsqueeze(0) if a.dim() == 1 else a.detach()
     b2 = b.detach().unsqueeze(-1) if b.dim() == 1 else b.detach()
-    m, n = a2.shape[-2], b2.shape[-1]
+    m, k, n = a2.shape[-2], a2.shape[-1], b2.shape[-1]
     batch = torch.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
-    dense = math.prod(batch) * m * a2.shape[-1] * n
-    a_col = a2.sum(-2, dtype=torch.float64)  # [..., k]: ones in each column of a (when a is binary)
-    b_row = b2.sum(-1, dtype=torch.float64)  # [..., k]: ones in each row of b (when b is binary)
+    dense = math.prod(batch) * m * k * n
+    if module.scale != 0 and k <= _EXACT_PRODUCTS.get(output.dtype, 0):
+        # when both operands are binary, out[i, j] = scale * (terms whose two operands are 1): summed from the
+        # output itself (in the read that counts it as the next layer's input), no pass over a or b
+        both = scaled_sum(output, 1.0 / module.scale)
+    else:
+        a_col = a2.sum(-2, dtype=torch.float64)  # [..., k]: ones in each column of a (when a is binary)
+        b_row = b2.sum(-1, dtype=torch.float64)  # [..., k]: ones in each row of b (when b is binary)
+        both = (a_col * b_row).sum()
     # batch dims broadcast: an operand repeated r times over the broadcast batch counts r times
     rep_a = math.prod(batch) // max(math.prod(a2.shape[:-2]), 1)
     rep_b = math.prod(batch) // max(math.prod(b2.shape[:-2]), 1)
-    counts = {"both": (a_col * b_row).sum(),  # product terms whose two operands are both 1
+    counts = {"both": both,  # product terms whose two operands are both 1
               "first": sa.nnz * (n * rep_a),  # each 1 of a meets the n values of its row of b
               "second": sb.nnz * (m * rep_b)}
     return Count(dense=dense, macs=output.numel() if module.scale != 1.0 else 0, spike_input=sa,
@@ -349,8 +375,10 @@ def count_add(module: Add, args, output) -> Count:
         return Count(dense=n, dense_is_mac=False, acs=n)
     sa, sb = stats(a), stats(b)
     # an addition is needed where no binary operand is 0; a broadcast operand repeats its spikes
-    counts = {"both": torch.count_nonzero(a.detach() * b.detach()),
-              "first": sa.nnz * (n // max(sa.numel, 1)), "second": sb.nnz * (n // max(sb.numel, 1))}
+    first, second = sa.nnz * (n // max(sa.numel, 1)), sb.nnz * (n // max(sb.numel, 1))
+    # both binary: a + b is nonzero where either is 1, so the positions where both are 1 number
+    # first + second - nonzeros(a + b), counted from the output (no pass over a * b)
+    counts = {"both": first + second + output_stats(output).nnz * -1, "first": first, "second": second}
     return Count(dense=n, dense_is_mac=False, spike_input=sa, spike_input2=sb, spike_count=counts,
                  spike_kind="acs")
 

@@ -1,7 +1,7 @@
 """Exact per-tensor counts kept in one int64 buffer per device, read back once after the forward pass.
 
 Each counted tensor gets a row of :data:`COLS` int64: ``[nonzeros, elements equal to 1, non-finite elements,
-fan-weighted nonzeros]``. The row is filled either by the one-read Triton kernel of
+fan-weighted nonzeros, sum of round(x * inv_scale)]`` (the last two when asked for). The row is filled either by the one-read Triton kernel of
 :mod:`neurosim.kernels.stats` (CUDA tensors; CPU tensors under Triton's interpreter with
 ``NEUROSIM_TRITON_INTERPRET=1``) or by torch ops giving the same numbers. Nothing here synchronises with the
 host or allocates per tensor (beyond the torch path's temporaries).
@@ -18,8 +18,8 @@ import torch
 from .. import validate
 from ..kernels.runtime import interpreter_requested, triton_available
 
-NNZ, ONES, BAD, FANW = range(4)
-COLS = 4
+NNZ, ONES, BAD, FANW, ISUM = range(5)
+COLS = 5
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64, torch.bool, torch.uint8,
                   torch.int8, torch.int16, torch.int32, torch.int64)
 BACKENDS = ("auto", "torch", "kernel")
@@ -52,6 +52,15 @@ class DeviceCount:
 
     __radd__ = __add__
 
+    def __neg__(self):
+        return self * -1
+
+    def __sub__(self, o):
+        return self + (-o)
+
+    def __rsub__(self, o):
+        return (-self) + o
+
     def __int__(self):
         return int(self.owner.value(self))
 
@@ -66,13 +75,14 @@ class RowStats:
     """Counts of one tensor in a :class:`CountBuffer` row; duck-types :class:`~neurosim.energy.TensorStats`
     (``numel``, ``nnz``, ``ones``; binary when ``nnz == ones``) with :class:`DeviceCount` values."""
 
-    __slots__ = ("owner", "numel", "dev", "row", "pending", "version", "fan", "on_change")
+    __slots__ = ("owner", "numel", "dev", "row", "pending", "version", "fan", "inv_scale", "on_change")
 
     def __init__(self, owner, numel, dev, row):
         self.owner, self.numel, self.dev, self.row = owner, numel, dev, row
         self.pending = None  # the tensor, while its counts are deferred
         self.version = 0
         self.fan = None  # the fan map the row's FANW column was counted with
+        self.inv_scale = None  # the factor the row's ISUM column was counted with (None: not counted)
         self.on_change = None  # called when a deferred tensor was changed in place before it was counted
 
     @property
@@ -87,6 +97,24 @@ class RowStats:
     def bad(self) -> DeviceCount:
         """Non-finite elements (NaN, +-inf)."""
         return DeviceCount(self.owner, ((self.dev, self.row, BAD, 1),))
+
+    @property
+    def isum(self) -> DeviceCount:
+        """``sum(round(x * inv_scale))`` over the finite elements (the row must have been asked for it)."""
+        return DeviceCount(self.owner, ((self.dev, self.row, ISUM, 1),))
+
+
+_FANS: dict = {}  # id(fan map) -> (map, int32 copy, int64 copy); the maps live in the counters' fan-out cache
+
+
+def _fan_maps(fan: torch.Tensor):
+    hit = _FANS.get(id(fan))
+    if hit is None or hit[0] is not fan:
+        if len(_FANS) > 256:
+            _FANS.clear()
+        f64 = fan.round().to(torch.int64)
+        hit = _FANS[id(fan)] = (fan, f64.to(torch.int32).contiguous().reshape(-1), f64.reshape(-1))
+    return hit
 
 
 def _dense_span(x: torch.Tensor) -> bool:
@@ -113,7 +141,6 @@ class CountBuffer:
         self.bufs: dict = {}  # device -> [buffer, rows used]
         self.pending: list[RowStats] = []
         self.paths: set[str] = set()  # "kernel", "interpreter", "torch": what counted
-        self._fans: dict = {}  # id(fan map) -> (map, int32 copy, int64 copy)
         self._host = None
 
     # ------------------------------------------------------------------------------------------- rows
@@ -130,16 +157,28 @@ class CountBuffer:
         self._host = None
         return device, used
 
-    def stats(self, x: torch.Tensor, fan: torch.Tensor | None = None, defer: bool = False) -> RowStats:
-        """A new row for ``x``: counted now (with ``fan``), or deferred (``defer=True``: ``x`` is kept)."""
+    def stats(self, x: torch.Tensor, fan: torch.Tensor | None = None, defer: bool = False,
+              inv_scale: float | None = None) -> RowStats:
+        """A new row for ``x``: counted now (with ``fan``, and the ISUM column when ``inv_scale`` is given), or
+        deferred (``defer=True``: ``x`` is kept; :meth:`want_sum` may still ask for the ISUM column)."""
         dev, row = self._row(x.device)
         st = RowStats(self, x.numel(), dev, row)
+        st.inv_scale = inv_scale
         if defer:
             st.pending, st.version = x, x._version
             self.pending.append(st)
         else:
             self._count(st, x, fan)
         return st
+
+    def want_sum(self, st: RowStats, x: torch.Tensor, inv_scale: float) -> DeviceCount:
+        """``sum(round(x * inv_scale))`` of ``x`` (whose stats are ``st``): from ``st``'s own pass when it is still
+        deferred or was counted with the same factor, else from a new row (a second read of ``x``)."""
+        if st.pending is not None and st.inv_scale in (None, inv_scale):
+            st.inv_scale = inv_scale
+        elif st.inv_scale != inv_scale:
+            st = self.stats(x, inv_scale=inv_scale)
+        return st.isum
 
     def force(self, st: RowStats, fan: torch.Tensor | None = None):
         """Count a deferred row now (with ``fan`` for its FANW column); no-op when already counted."""
@@ -178,13 +217,6 @@ class CountBuffer:
                                "triton with NEUROSIM_TRITON_INTERPRET=1 on CPU")
         return "torch"
 
-    def _fan_maps(self, fan: torch.Tensor):
-        hit = self._fans.get(id(fan))
-        if hit is None or hit[0] is not fan:
-            f64 = fan.round().to(torch.int64)
-            hit = self._fans[id(fan)] = (fan, f64.to(torch.int32).contiguous().reshape(-1), f64.reshape(-1))
-        return hit
-
     def _count(self, st: RowStats, x: torch.Tensor, fan: torch.Tensor | None):
         x = x.detach()
         out = self.bufs[st.dev][0][st.row]
@@ -192,17 +224,19 @@ class CountBuffer:
         path = self._path(x)
         self.paths.add(path)
         if path == "torch":
-            _count_torch(x, out, None if fan is None else self._fan_maps(fan)[2])
+            _count_torch(x, out, None if fan is None else _fan_maps(fan)[2], st.inv_scale)
             return
+        from ..kernels import stats as K
+
         if x.is_contiguous():
             flat = x
         elif fan is None and _dense_span(x):  # order does not matter without a fan map: read the storage span
             flat = x.as_strided((x.numel(),), (1,), x.storage_offset())
+        elif K.readable(x):  # a view the kernel reads in place (strided loads, no copy)
+            flat = x
         else:
             flat = x.contiguous()
-        from ..kernels import stats as K
-
-        K.launch(flat, out, None if fan is None else self._fan_maps(fan)[1], interpret=path == "interpreter")
+        K.launch(flat, out, None if fan is None else _fan_maps(fan)[1], st.inv_scale, interpret=path == "interpreter")
 
     # ------------------------------------------------------------------------------------------ read-back
     def host(self) -> dict:
@@ -217,7 +251,7 @@ class CountBuffer:
         return c.const + sum(w * host[d][r][col] for d, r, col, w in c.terms)
 
 
-def _count_torch(x: torch.Tensor, out: torch.Tensor, fan64: torch.Tensor | None):
+def _count_torch(x: torch.Tensor, out: torch.Tensor, fan64: torch.Tensor | None, inv_scale: float | None = None):
     """The kernel's numbers with torch ops on the tensor's device, written to ``out`` without a host sync."""
     zero = torch.zeros((), dtype=torch.int64, device=x.device)
     if x.dtype == torch.bool:
@@ -229,7 +263,10 @@ def _count_torch(x: torch.Tensor, out: torch.Tensor, fan64: torch.Tensor | None)
     # on the CPU a host value costs no wait: one float64 sum settles the usual all-finite case
     if x.is_floating_point() and not (x.device.type == "cpu" and validate.sum_is_finite(x)):
         bad = x.numel() - torch.count_nonzero(torch.isfinite(x))
-    fanw = zero
+    fanw = isum = zero
     if fan64 is not None:
         fanw = ((x != 0).reshape(-1, fan64.numel()).sum(0) * fan64).sum()
-    out.copy_(torch.stack([nnz, ones, bad, fanw]))
+    if inv_scale is not None and x.is_floating_point():  # float32 products, as the kernel computes them
+        v = torch.floor(x.float() * inv_scale + 0.5)
+        isum = torch.where(torch.isfinite(x), v, 0).sum(dtype=torch.float64).to(torch.int64)
+    out.copy_(torch.stack([nnz, ones, bad, fanw, isum]))

@@ -109,6 +109,7 @@ class EnergyMeter:
         self._counts = CountBuffer(counting)
         self.defer_checks = bool(defer_checks)
         self._checks = None  # the active validate.deferred_checks, while inside ``with``
+        self._counting = None  # the slot whose counter runs
 
     # ----------------------------------------------------------------------------------------- hooking
     def _walk(self, module: nn.Module, name: str):
@@ -242,6 +243,12 @@ class EnergyMeter:
             self._insert(x, st)
         return st
 
+    def _output_stats(self, x: torch.Tensor) -> RowStats:
+        return self._defer(x, self._counting)
+
+    def _scaled_sum(self, x: torch.Tensor, inv_scale: float) -> DeviceCount:
+        return self._counts.want_sum(self._defer(x, self._counting), x, inv_scale)
+
     def _make_hook(self, slot: _Slot):
         def hook(module, args, kwargs, output):
             if self._running and self._running[-1] is slot:
@@ -253,14 +260,16 @@ class EnergyMeter:
                 self._seq += 1
             cnt = None
             if slot.counter is not None:
-                prev = C.stats, C.fan_stats
+                prev = C.stats, C.fan_stats, C.output_stats, C.scaled_sum
                 # counters share the meter's tensor stats (one read per tensor; conv/pool get their fan-out
-                # weighted count from the same read)
+                # weighted count from the same read; the output's counts come from the next layer's read)
                 C.stats, C.fan_stats = self._stats, self._fan_stats
+                C.output_stats, C.scaled_sum = self._output_stats, self._scaled_sum
+                self._counting = slot
                 try:
                     cnt = slot.counter(module, args, output)
                 finally:
-                    C.stats, C.fan_stats = prev
+                    C.stats, C.fan_stats, C.output_stats, C.scaled_sum = prev
             ins = [self._stats(t) for t in _tensors(args)]
             sin = cnt.spike_input if cnt is not None and cnt.spike_input is not None else (ins[0] if ins else None)
             out = _first_tensor(output)
