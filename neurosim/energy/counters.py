@@ -341,13 +341,21 @@ def count_layernorm(module, args, output) -> Count:
 _EXACT_PRODUCTS = {torch.float32: 1 << 21, torch.float64: 1 << 21, torch.float16: 1000, torch.bfloat16: 120}
 
 
+def _broadcast(s1, s2) -> tuple:
+    """torch.broadcast_shapes for two shapes that torch.matmul already accepted (without its symbolic-shape
+    machinery, which costs tens of microseconds a call)."""
+    n = max(len(s1), len(s2))
+    s1, s2 = (1,) * (n - len(s1)) + tuple(s1), (1,) * (n - len(s2)) + tuple(s2)
+    return tuple(b if a == 1 else a for a, b in zip(s1, s2))
+
+
 def count_matmul(module: MatMul, args, output) -> Count:
     a, b = args[0], args[1]
     sa, sb = stats(a), stats(b)
     a2 = a.detach().unsqueeze(0) if a.dim() == 1 else a.detach()
     b2 = b.detach().unsqueeze(-1) if b.dim() == 1 else b.detach()
     m, k, n = a2.shape[-2], a2.shape[-1], b2.shape[-1]
-    batch = torch.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
+    batch = _broadcast(a2.shape[:-2], b2.shape[:-2])
     dense = math.prod(batch) * m * k * n
     if module.scale != 0 and k <= _EXACT_PRODUCTS.get(output.dtype, 0):
         # when both operands are binary, out[i, j] = scale * (terms whose two operands are 1): summed from the

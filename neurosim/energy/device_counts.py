@@ -28,7 +28,7 @@ BACKENDS = ("auto", "torch", "kernel")
 class DeviceCount:
     """``const + sum(coef * buffer[dev][row, col])``: an exact count known after the read-back.
 
-    Supports ``+`` with numbers and other DeviceCounts of the same buffer and ``*`` with numbers (kept lazy,
+    Supports ``+`` and ``-`` with numbers and other DeviceCounts of the same buffer and ``*`` with numbers (lazy,
     no device work). ``int()`` / ``float()`` read the value now (a host synchronisation)."""
 
     __slots__ = ("owner", "terms", "const")
@@ -142,6 +142,7 @@ class CountBuffer:
         self.pending: list[RowStats] = []
         self.paths: set[str] = set()  # "kernel", "interpreter", "torch": what counted
         self._host = None
+        self._cuda_kernel = None
 
     # ------------------------------------------------------------------------------------------- rows
     def _row(self, device) -> tuple:
@@ -208,8 +209,11 @@ class CountBuffer:
     def _path(self, x: torch.Tensor) -> str:
         if self.backend == "torch" or x.dtype not in _KERNEL_DTYPES:
             return "torch"
-        if x.is_cuda and (self.backend == "kernel" or triton_available()):
-            return "kernel"
+        if x.is_cuda:
+            if self._cuda_kernel is None:  # decided once per buffer (an import test)
+                self._cuda_kernel = self.backend == "kernel" or triton_available()
+            if self._cuda_kernel:
+                return "kernel"
         if x.device.type == "cpu" and interpreter_requested() and triton_available(interpret=True):
             return "interpreter"
         if self.backend == "kernel":
@@ -247,8 +251,11 @@ class CountBuffer:
         return self._host
 
     def value(self, c: DeviceCount):
-        host = self.host()
-        return c.const + sum(w * host[d][r][col] for d, r, col, w in c.terms)
+        host = self._host if self._host is not None and not self.pending else self.host()
+        v = c.const
+        for d, r, col, w in c.terms:
+            v += w * host[d][r][col]
+        return v
 
 
 def _count_torch(x: torch.Tensor, out: torch.Tensor, fan64: torch.Tensor | None, inv_scale: float | None = None):

@@ -15,7 +15,7 @@ from torch import nn
 
 from .. import validate
 from . import counters as C
-from .device_counts import CountBuffer, DeviceCount, RowStats
+from .device_counts import NNZ, ONES, CountBuffer, DeviceCount, RowStats
 from .hardware import HardwareProfile, get_profile
 from .report import EnergyReport, LayerReport
 
@@ -286,8 +286,11 @@ class EnergyMeter:
     def _host_values(self) -> dict:
         """id(tensor) -> float for every 0-d count recorded: one stack + copy per (device, dtype)."""
         tensors: dict = {}
+        plain = (int, float, bool, str, DeviceCount, RowStats, type(None))  # nothing to read back
 
         def visit(v):
+            if isinstance(v, plain):
+                return
             if torch.is_tensor(v):
                 tensors[id(v)] = v
             elif isinstance(v, C.TensorStats):
@@ -298,12 +301,10 @@ class EnergyMeter:
                     visit(t)
 
         for s in self._slots:
-            for cnt, sin, sout, ins in s.calls:
-                for v in [sin, sout, *ins]:
-                    visit(v)
+            for cnt, sin, _, _ in s.calls:  # a call's input and output stats are the meter's rows
                 if cnt is not None:
                     for v in (cnt.macs, cnt.synops, cnt.acs, cnt.spike_count, cnt.spike_input, cnt.spike_input2,
-                              cnt.info):
+                              cnt.info, sin):
                         visit(v)
         groups: dict = {}
         for key, t in tensors.items():
@@ -333,13 +334,23 @@ class EnergyMeter:
         host = self._host_values()
         counts = self._counts
 
+        host_rows = counts.host()  # device -> buffer rows (read once)
+
         def val(v):
+            if type(v) is DeviceCount:
+                r = v.const
+                for d, row, col, w in v.terms:
+                    r += w * host_rows[d][row][col]
+                return float(r)
             if torch.is_tensor(v):
                 return host[id(v)]
-            return float(counts.value(v)) if isinstance(v, DeviceCount) else float(v)
+            return float(v)
         self._check_finite(host)
 
         def binary(st):
+            if type(st) is RowStats:
+                r = host_rows[st.dev][st.row]
+                return r[NNZ] == r[ONES]
             return st is not None and val(st.nnz) == val(st.ones)
 
         hw = self.hardware
