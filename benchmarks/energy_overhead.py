@@ -1,8 +1,12 @@
 """Overhead of ``neurosim.energy.profile`` versus a plain forward pass (issue 5).
 
-Three spiking networks (MLP, conv net, spike-driven attention block); for each, the median wall time of
-``model(x)`` under ``torch.no_grad()`` and of ``profile(model, x)`` (hook setup + the same forward + the one
-read-back and report), runs interleaved, device synchronised before each clock read. Also checks that the
+Spiking networks (MLP, conv net, spike-driven attention block, and two whole transformers from
+``neurosim.models``: a 4-layer Spikformer and a 4-layer EST); for each, the median wall time of ``model(x)``
+under ``torch.no_grad()`` and of ``profile(model, x)`` (hook setup + the same forward + the one read-back and
+report), runs interleaved, device synchronised before each clock read. Two baselines: the plain forward as it
+runs by default (each layer's NaN/inf input check reads its verdict at once, a host sync per LIF call) and the
+plain forward inside ``neurosim.validate.deferred_checks()`` (verdicts read once at the end), which is how the
+meter runs the same checks; the overhead is given against both. Also checks that the
 counts on the GPU equal those on the CPU for the same model and input, and prints how the profile counted
 (``kernel``: the one-read Triton statistics kernel; ``torch``: torch ops).
 
@@ -22,8 +26,10 @@ import torch
 from torch import nn
 
 import neurosim
+from neurosim import validate
 from neurosim.energy import EnergyMeter, profile
-from neurosim.layers import Add, MatMul
+from neurosim.layers import Add, MatMul, NeuronSpec
+from neurosim.models import EnhancedSpikingTransformer, ESTConfig, spikformer
 
 BACKEND = "torch"  # LIF backend of the benchmark models (--backend)
 
@@ -79,14 +85,26 @@ class AttentionBlock(nn.Module):
         return self.norm(self.add(x, self.proj(y)))
 
 
+def transformers(features, dim, tokens, heads=8, depth=4):
+    """A Spikformer (linear SSA, SEW-ADD residuals) and a full EST (conv SSA, CPG-PE, TPU, membrane residuals),
+    ``depth`` layers, T=4, taking ``[B, tokens, features]`` spike inputs."""
+    neuron = NeuronSpec(backend=BACKEND, threshold=0.5)
+    kw = dict(dim=dim, depth=depth, heads=heads, num_steps=4, max_len=tokens, readout="pool", neuron=neuron)
+    return (spikformer(features, 10, **kw), EnhancedSpikingTransformer(ESTConfig(features, 10, **kw)))
+
+
 def cases(quick: bool):
     if quick:
+        sf, est = transformers(16, 32, 8, heads=4, depth=2)
         return [("spiking MLP", MLP(64, 128, 10), (4, 8, 64)),
                 ("spiking conv net", ConvNet(2, 16), (2, 4, 2, 16, 16)),
-                ("spiking attention block", AttentionBlock(32, 4), (2, 4, 16, 32))]
+                ("spiking attention block", AttentionBlock(32, 4), (2, 4, 16, 32)),
+                ("Spikformer 2x32", sf, (4, 8, 16)), ("EST 2x32", est, (4, 8, 16))]
+    sf, est = transformers(128, 384, 64)
     return [("spiking MLP", MLP(784, 2048, 10), (16, 512, 784)),
             ("spiking conv net", ConvNet(2, 64), (8, 64, 2, 64, 64)),
-            ("spiking attention block", AttentionBlock(256, 8), (4, 32, 128, 256))]
+            ("spiking attention block", AttentionBlock(256, 8), (4, 32, 128, 256)),
+            ("Spikformer 4x384", sf, (64, 64, 128)), ("EST 4x384", est, (64, 64, 128))]
 
 
 def sync(device):
@@ -94,47 +112,55 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def interleaved(plain, measured, device, repeats, warmup, per=1):
-    """Wall times (seconds, divided by ``per``) of ``plain()`` and ``measured()``, run alternately so that drift
-    affects both alike, the device synchronised before each clock read, after ``warmup`` rounds."""
-    times = ([], [])
+def interleaved(fns, device, repeats, warmup, per=1):
+    """Wall times (seconds, divided by ``per``) of each of ``fns``, run in turn so that drift affects all alike,
+    the device synchronised before each clock read, after ``warmup`` rounds."""
+    times = tuple([] for _ in fns)
     for i in range(warmup + repeats):
         sync(device)
         t = [time.perf_counter()]
-        for fn in (plain, measured):
+        for fn in fns:
             fn()
             sync(device)
             t.append(time.perf_counter())
         if i >= warmup:
-            times[0].append((t[1] - t[0]) / per)
-            times[1].append((t[2] - t[1]) / per)
+            for k in range(len(fns)):
+                times[k].append((t[k + 1] - t[k]) / per)
     return times
 
 
-def bench(model, x, device, repeats, warmup, counting="auto"):
-    """One plain forward against one ``profile`` call (hooks, the same forward, the read-back, the report)."""
-    def run_plain():
+def forwards(model, x, batches, deferred=False):
+    """``batches`` plain forwards (``deferred``: inside validate.deferred_checks, as the meter runs them)."""
+    def run():
         with torch.no_grad():
-            model(x)
+            if deferred:
+                with validate.deferred_checks():
+                    for _ in range(batches):
+                        model(x)
+            else:
+                for _ in range(batches):
+                    model(x)
+    return run
 
-    return interleaved(run_plain, lambda: profile(model, x, counting=counting), device, repeats, warmup)
+
+def bench(model, x, device, repeats, warmup, counting="auto"):
+    """One plain forward (both baselines) against one ``profile`` call (hooks, the same forward, the read-back,
+    the report)."""
+    return interleaved([forwards(model, x, 1), forwards(model, x, 1, deferred=True),
+                        lambda: profile(model, x, counting=counting)], device, repeats, warmup)
 
 
 def bench_metered(model, x, device, repeats, batches, counting="auto"):
-    """``batches`` plain forwards against the same forwards inside one EnergyMeter plus its one report (what
-    metering a validation set costs per batch), times per batch, one warm-up round."""
-    def run_plain():
-        with torch.no_grad():
-            for _ in range(batches):
-                model(x)
-
+    """``batches`` plain forwards (both baselines) against the same forwards inside one EnergyMeter plus its one
+    report (what metering a validation set costs per batch), times per batch, one warm-up round."""
     def run_metered():
         with torch.no_grad(), EnergyMeter(model, counting=counting) as m:
             for _ in range(batches):
                 model(x)
         m.report()
 
-    return interleaved(run_plain, run_metered, device, repeats, 1, per=batches)
+    return interleaved([forwards(model, x, batches), forwards(model, x, batches, deferred=True), run_metered],
+                       device, repeats, 1, per=batches)
 
 
 def main(argv=None):
@@ -168,32 +194,39 @@ def main(argv=None):
         ref = profile(model, x_cpu)  # CPU counts for the same model and input
         model = model.to(device)
         x = x_cpu.to(device)
-        plain, prof = bench(model, x, device, args.repeats, args.warmup, args.counting)
-        mplain, mmeter = bench_metered(model, x, device, max(3, args.repeats // 5), args.batches, args.counting)
+        plain, pdef, prof = bench(model, x, device, args.repeats, args.warmup, args.counting)
+        mplain, mdef, mmeter = bench_metered(model, x, device, max(3, args.repeats // 5), args.batches,
+                                             args.counting)
         rep = profile(model, x, counting=args.counting)
         key = lambda r: (r.name, r.synops, r.macs, r.acs, r.neuron_updates, r.dense)  # noqa: E731
         # the first layer sees the identical input spikes: its counts must match exactly; deeper layers can
         # differ only where float rounding (GPU vs CPU sums) flips a neuron sitting on its threshold
         same_first = key(rep.layers[0]) == key(ref.layers[0])
         same = [key(a) for a in rep.layers] == [key(b) for b in ref.layers]
-        mp, mq = statistics.median(plain), statistics.median(prof)
-        row = {"model": name, "input": list(shape), "counted_with": rep.counting, "plain_ms": mp * 1e3, "profile_ms": mq * 1e3,
-               "overhead_pct": (mq / mp - 1) * 100, "plain_ms_min": min(plain) * 1e3,
-               "profile_ms_min": min(prof) * 1e3, "counts_equal_cpu": same, "first_layer_equal_cpu": same_first,
-               "synops_cpu": ref.totals()["synops"], "synops": rep.totals()["synops"],
-               "energy_uJ_cmos45nm": rep.totals()["energy_pj"] / 1e6, "batches": args.batches,
-               "metered_plain_ms": statistics.median(mplain) * 1e3, "metered_ms": statistics.median(mmeter) * 1e3,
-               "metered_overhead_pct": (statistics.median(mmeter) / statistics.median(mplain) - 1) * 100}
+        mp, md, mq = statistics.median(plain), statistics.median(pdef), statistics.median(prof)
+        bp, bd, bq = (statistics.median(t) for t in (mplain, mdef, mmeter))
+        row = {"model": name, "input": list(shape), "counted_with": rep.counting, "plain_ms": mp * 1e3,
+               "plain_deferred_ms": md * 1e3, "profile_ms": mq * 1e3,
+               "overhead_pct": (mq / mp - 1) * 100, "overhead_vs_deferred_pct": (mq / md - 1) * 100,
+               "plain_ms_min": min(plain) * 1e3, "profile_ms_min": min(prof) * 1e3, "counts_equal_cpu": same,
+               "first_layer_equal_cpu": same_first, "synops_cpu": ref.totals()["synops"],
+               "synops": rep.totals()["synops"], "energy_uJ_cmos45nm": rep.totals()["energy_pj"] / 1e6,
+               "batches": args.batches, "metered_plain_ms": bp * 1e3, "metered_plain_deferred_ms": bd * 1e3,
+               "metered_ms": bq * 1e3, "metered_overhead_pct": (bq / bp - 1) * 100,
+               "metered_overhead_vs_deferred_pct": (bq / bd - 1) * 100}
         results.append(row)
         print(json.dumps(row), flush=True)
     print(f"\nLIF backend {args.backend}; counting {args.counting}")
-    print("| model | input [T, B, ...] | counted with | plain forward (ms, median) | profile (ms, median) | overhead | "
-          f"{args.batches} batches metered, 1 report: ms a batch (plain) | overhead | GPU counts = CPU counts |")
+    print("| model | input | counted with | plain forward ms (deferred checks) | profile ms | overhead (vs deferred) | "
+          f"{args.batches} batches metered, 1 report: ms a batch (plain; deferred) | overhead (vs deferred) | "
+          "GPU counts = CPU counts |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['model']} | {r['input']} | {r['counted_with']} | {r['plain_ms']:.3f} | {r['profile_ms']:.3f} | "
-              f"{r['overhead_pct']:+.1f}% | {r['metered_ms']:.3f} ({r['metered_plain_ms']:.3f}) | "
-              f"{r['metered_overhead_pct']:+.1f}% | {r['counts_equal_cpu']} |")
+        print(f"| {r['model']} | {r['input']} | {r['counted_with']} | {r['plain_ms']:.3f} ({r['plain_deferred_ms']:.3f}) "
+              f"| {r['profile_ms']:.3f} | {r['overhead_pct']:+.1f}% ({r['overhead_vs_deferred_pct']:+.1f}%) | "
+              f"{r['metered_ms']:.3f} ({r['metered_plain_ms']:.3f}; {r['metered_plain_deferred_ms']:.3f}) | "
+              f"{r['metered_overhead_pct']:+.1f}% ({r['metered_overhead_vs_deferred_pct']:+.1f}%) | "
+              f"{r['counts_equal_cpu']} |")
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"env": env, "results": results}, f, indent=2)

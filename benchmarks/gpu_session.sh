@@ -32,7 +32,7 @@ if [[ $PARTS == *" lif "* ]]; then
 fi
 if [[ $PARTS == *" energy "* ]]; then
   for b in torch fused; do
-    timeout 200 python3 benchmarks/energy_overhead.py --device cuda --backend "$b" --out "$OUT/energy_overhead_$b.json" 2>&1 | tail -20
+    timeout 280 python3 benchmarks/energy_overhead.py --device cuda --backend "$b" --out "$OUT/energy_overhead_$b.json" 2>&1 | tail -20
   done
 fi
 if [[ $PARTS == *" est "* ]]; then
