@@ -50,17 +50,22 @@ class DeferredChecks:
         """Read the queued values back (one transfer per device and dtype) and clear them; raise ValueError
         naming the first bad one."""
         items, self._items = self._items, []
-        groups: dict = {}
-        for i, (_, _, v, _) in enumerate(items):
-            groups.setdefault((v.device, v.dtype), []).append(i)
-        values = [None] * len(items)
-        for idx in groups.values():
-            host = torch.cat([items[i][2] for i in idx]).cpu().tolist()
-            for i, h in zip(idx, host):
-                values[i] = h
+        values = read_back([v for _, _, v, _ in items])
         for (label, name, _, kind), v in zip(items, values):
             if (kind == "sum" and not math.isfinite(v)) or (kind == "flag" and v):
                 raise ValueError(f"{label}{name} contains NaN/inf value(s); all values must be finite")
+
+
+def read_back(values: list) -> list:
+    """Python numbers of one-element tensors, read with one device->host transfer per (device, dtype)."""
+    groups: dict = {}
+    for i, v in enumerate(values):
+        groups.setdefault((v.device, v.dtype), []).append(i)
+    out = [None] * len(values)
+    for idx in groups.values():
+        for i, h in zip(idx, torch.cat([values[i].reshape(1) for i in idx]).cpu().tolist()):
+            out[i] = h
+    return out
 
 
 class deferred_checks:

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers import Add, MatMul
+from .device_counts import rounded_scaled_sum
 
 Number = "int | float | torch.Tensor"
 
@@ -76,9 +77,7 @@ def output_stats(x: torch.Tensor) -> TensorStats:
 def scaled_sum(x: torch.Tensor, inv_scale: float):
     """``sum(round(x * inv_scale))`` over the finite elements of a module output ``x`` (float32 products), as a
     0-d int64 tensor; inside a meter, from the same read that counts ``x`` as the next layer's input."""
-    x = x.detach()
-    v = torch.floor(x.float() * inv_scale + 0.5)
-    return torch.where(torch.isfinite(x), v, 0).sum(dtype=torch.float64).to(torch.int64)
+    return rounded_scaled_sum(x, inv_scale)
 
 
 def fan_stats(x: torch.Tensor, fan: torch.Tensor):
@@ -386,7 +385,7 @@ def count_add(module: Add, args, output) -> Count:
     first, second = sa.nnz * (n // max(sa.numel, 1)), sb.nnz * (n // max(sb.numel, 1))
     # both binary: a + b is nonzero where either is 1, so the positions where both are 1 number
     # first + second - nonzeros(a + b), counted from the output (no pass over a * b)
-    counts = {"both": first + second + output_stats(output).nnz * -1, "first": first, "second": second}
+    counts = {"both": first + second - output_stats(output).nnz, "first": first, "second": second}
     return Count(dense=n, dense_is_mac=False, spike_input=sa, spike_input2=sb, spike_count=counts,
                  spike_kind="acs")
 

@@ -85,23 +85,14 @@ class RowStats:
         self.inv_scale = None  # the factor the row's ISUM column was counted with (None: not counted)
         self.on_change = None  # called when a deferred tensor was changed in place before it was counted
 
-    @property
-    def nnz(self) -> DeviceCount:
-        return DeviceCount(self.owner, ((self.dev, self.row, NNZ, 1),))
+    def col(self, col: int) -> DeviceCount:
+        return DeviceCount(self.owner, ((self.dev, self.row, col, 1),))
 
-    @property
-    def ones(self) -> DeviceCount:
-        return DeviceCount(self.owner, ((self.dev, self.row, ONES, 1),))
-
-    @property
-    def bad(self) -> DeviceCount:
-        """Non-finite elements (NaN, +-inf)."""
-        return DeviceCount(self.owner, ((self.dev, self.row, BAD, 1),))
-
-    @property
-    def isum(self) -> DeviceCount:
-        """``sum(round(x * inv_scale))`` over the finite elements (the row must have been asked for it)."""
-        return DeviceCount(self.owner, ((self.dev, self.row, ISUM, 1),))
+    nnz = property(lambda self: self.col(NNZ))
+    ones = property(lambda self: self.col(ONES))
+    bad = property(lambda self: self.col(BAD), doc="Non-finite elements (NaN, +-inf).")
+    isum = property(lambda self: self.col(ISUM), doc="``sum(round(x * inv_scale))`` over the finite elements (the "
+                    "row must have been asked for it).")
 
 
 _FANS: dict = {}  # id(fan map) -> (map, int32 copy, int64 copy); the maps live in the counters' fan-out cache
@@ -251,11 +242,19 @@ class CountBuffer:
         return self._host
 
     def value(self, c: DeviceCount):
-        host = self._host if self._host is not None and not self.pending else self.host()
+        host = self.host()
         v = c.const
         for d, r, col, w in c.terms:
             v += w * host[d][r][col]
         return v
+
+
+def rounded_scaled_sum(x: torch.Tensor, inv_scale: float) -> torch.Tensor:
+    """``sum(round(x * inv_scale))`` over the finite elements of floating ``x``, the products in float32 (as the
+    counting kernel computes them), as a 0-d int64 tensor on ``x``'s device (no host sync)."""
+    x = x.detach()
+    v = torch.floor(x.float() * inv_scale + 0.5)
+    return torch.where(torch.isfinite(x), v, 0).sum(dtype=torch.float64).to(torch.int64)
 
 
 def _count_torch(x: torch.Tensor, out: torch.Tensor, fan64: torch.Tensor | None, inv_scale: float | None = None):
@@ -273,7 +272,6 @@ def _count_torch(x: torch.Tensor, out: torch.Tensor, fan64: torch.Tensor | None,
     fanw = isum = zero
     if fan64 is not None:
         fanw = ((x != 0).reshape(-1, fan64.numel()).sum(0) * fan64).sum()
-    if inv_scale is not None and x.is_floating_point():  # float32 products, as the kernel computes them
-        v = torch.floor(x.float() * inv_scale + 0.5)
-        isum = torch.where(torch.isfinite(x), v, 0).sum(dtype=torch.float64).to(torch.int64)
+    if inv_scale is not None and x.is_floating_point():
+        isum = rounded_scaled_sum(x, inv_scale)
     out.copy_(torch.stack([nnz, ones, bad, fanw, isum]))

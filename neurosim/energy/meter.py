@@ -284,7 +284,7 @@ class EnergyMeter:
         return sorted((s for s in self._slots if s.calls), key=lambda s: s.first_call)
 
     def _host_values(self) -> dict:
-        """id(tensor) -> float for every 0-d count recorded: one stack + copy per (device, dtype)."""
+        """id(tensor) -> float for every 0-d count recorded: one transfer per (device, dtype)."""
         tensors: dict = {}
         plain = (int, float, bool, str, DeviceCount, RowStats, type(None))  # nothing to read back
 
@@ -306,15 +306,7 @@ class EnergyMeter:
                     for v in (cnt.macs, cnt.synops, cnt.acs, cnt.spike_count, cnt.spike_input, cnt.spike_input2,
                               cnt.info, sin):
                         visit(v)
-        groups: dict = {}
-        for key, t in tensors.items():
-            groups.setdefault((t.device, t.dtype), []).append((key, t))
-        host = {}
-        for items in groups.values():
-            vals = torch.stack([t.reshape(()) for _, t in items]).cpu().tolist()
-            for (key, _), v in zip(items, vals):
-                host[key] = float(v)
-        return host
+        return {key: float(v) for key, v in zip(tensors, validate.read_back(list(tensors.values())))}
 
     def _check_finite(self, host):
         for s in self._ran():
@@ -337,18 +329,13 @@ class EnergyMeter:
         host_rows = counts.host()  # device -> buffer rows (read once)
 
         def val(v):
-            if type(v) is DeviceCount:
-                r = v.const
-                for d, row, col, w in v.terms:
-                    r += w * host_rows[d][row][col]
-                return float(r)
             if torch.is_tensor(v):
                 return host[id(v)]
-            return float(v)
+            return float(counts.value(v)) if type(v) is DeviceCount else float(v)
         self._check_finite(host)
 
         def binary(st):
-            if type(st) is RowStats:
+            if type(st) is RowStats:  # the row itself, without building its DeviceCounts
                 r = host_rows[st.dev][st.row]
                 return r[NNZ] == r[ONES]
             return st is not None and val(st.nnz) == val(st.ones)
