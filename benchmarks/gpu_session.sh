@@ -21,7 +21,7 @@ cd /tmp/ns
 } 2>&1 | tee "$OUT/versions.txt"
 # PARTS picks what runs (default: tests lif energy): "tests" the fused-LIF and stats-kernel GPU tests, "lif" the
 # kernel benchmark ("sweep" adds its launch-config sweep), "energy" the profile overhead with the torch and the
-# fused LIF backend, "est" the EST training step.
+# fused LIF backend, "costs" where the profiler's overhead goes (energy_costs.py), "est" the EST training step.
 PARTS=" ${PARTS:-tests lif energy} "
 if [[ $PARTS == *" tests "* ]]; then
   timeout 150 python3 -m pytest -q -p no:cacheprovider -k "gpu" tests/test_fused_lif.py tests/test_energy_kernel.py 2>&1 | tail -15 | tee "$OUT/gpu_tests.txt"
@@ -34,6 +34,9 @@ if [[ $PARTS == *" energy "* ]]; then
   for b in torch fused; do
     timeout 280 python3 benchmarks/energy_overhead.py --device cuda --backend "$b" --out "$OUT/energy_overhead_$b.json" 2>&1 | tail -20
   done
+fi
+if [[ $PARTS == *" costs "* ]]; then
+  timeout 240 python3 benchmarks/energy_costs.py > "$OUT/energy_costs.txt" 2>&1; grep -E "^\{|^====|Self CUDA" "$OUT/energy_costs.txt"
 fi
 if [[ $PARTS == *" est "* ]]; then
   timeout 120 python3 benchmarks/est_step.py --device cuda --depth 4 --out "$OUT/est_step.json" 2>&1 | tail -20 | tee "$OUT/est_step.txt"
