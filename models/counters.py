@@ -10,12 +10,15 @@
 from __future__ import annotations
 
 from neurosim.energy import Count, register_counter
+from neurosim.energy import counters as C
 from neurosim.energy.counters import count_add
 from neurosim.layers import RandomSpikeMask, SEWConnect
 
 
 def count_mask(module, args, output) -> Count:
-    return Count(dense=0, note="spike masking: dropped spikes cost nothing",
+    # the summary compares the mask's input and output nonzeros: both are read, whatever the meter's ``rates``
+    C.output_stats(output)
+    return Count(dense=0, spike_input=C.stats(args[0]), note="spike masking: dropped spikes cost nothing",
                  info={"ratio": module.ratio, "mode": module.mode, "training": module.training,
                        "active": module.active})
 

@@ -152,7 +152,9 @@ def test_paper_estimate_equals_syops(make, shape):
         if isinstance(m, nn.Linear):
             bias_ops = m.out_features if m.bias is not None else 0  # syops: once, not per row
         else:
-            bias_ops = row.out_numel if m.bias is not None else 0  # one add per output element
+            # one add per output element (dense = outputs x MACs per output)
+            outputs = row.dense // (m.in_channels // m.groups * math.prod(m.kernel_size))
+            bias_ops = outputs if m.bias is not None else 0
         if row.in_spikes:  # syops' counts[1]: spike-driven ops = rate * (dense + bias)
             assert counts[2] == 0 and counts[1] > 0
             assert counts[1] == pytest.approx(row.synops_paper + row.in_rate * bias_ops, rel=1e-6), name

@@ -8,7 +8,9 @@ host or allocates per tensor (beyond the torch path's temporaries).
 
 A row may be *deferred*: its tensor is kept and counted later, by the first consumer that asks (with that
 consumer's fan-out map, so a conv input is read once for its firing counts and its SynOps) or at
-:meth:`CountBuffer.flush`. Counts derived from rows are :class:`DeviceCount` values: integer linear forms over
+:meth:`CountBuffer.flush`. A deferred row may also be *optional*: counted only if a consumer asks for it, and
+otherwise dropped (never read) when it is released or flushed; the meter uses these for tensors whose counts
+would only give a rate nobody needs for an operation count. Counts derived from rows are :class:`DeviceCount` values: integer linear forms over
 buffer entries that counters can scale and add, evaluated on the host after the single read-back.
 """
 from __future__ import annotations
@@ -75,11 +77,14 @@ class RowStats:
     """Counts of one tensor in a :class:`CountBuffer` row; duck-types :class:`~neurosim.energy.TensorStats`
     (``numel``, ``nnz``, ``ones``; binary when ``nnz == ones``) with :class:`DeviceCount` values."""
 
-    __slots__ = ("owner", "numel", "dev", "row", "pending", "version", "fan", "inv_scale", "on_change")
+    __slots__ = ("owner", "numel", "dev", "row", "pending", "optional", "dropped", "version", "fan", "inv_scale",
+                 "on_change")
 
     def __init__(self, owner, numel, dev, row):
         self.owner, self.numel, self.dev, self.row = owner, numel, dev, row
         self.pending = None  # the tensor, while its counts are deferred
+        self.optional = False  # deferred rows only: counted if a consumer asks, else dropped (see CountBuffer)
+        self.dropped = False  # an optional row nobody asked for: its counts were never taken (all zero)
         self.version = 0
         self.fan = None  # the fan map the row's FANW column was counted with
         self.inv_scale = None  # the factor the row's ISUM column was counted with (None: not counted)
@@ -130,7 +135,8 @@ class CountBuffer:
         self.backend = backend
         self.capacity0 = capacity
         self.bufs: dict = {}  # device -> [buffer, rows used]
-        self.pending: list[RowStats] = []
+        self.pending: list[RowStats] = []  # deferred rows that will be counted
+        self.optional: list[RowStats] = []  # deferred rows counted only if asked for (else dropped)
         self.paths: set[str] = set()  # "kernel", "interpreter", "torch": what counted
         self._host = None
         self._cuda_kernel = None
@@ -150,23 +156,50 @@ class CountBuffer:
         return device, used
 
     def stats(self, x: torch.Tensor, fan: torch.Tensor | None = None, defer: bool = False,
-              inv_scale: float | None = None) -> RowStats:
+              inv_scale: float | None = None, optional: bool = False) -> RowStats:
         """A new row for ``x``: counted now (with ``fan``, and the ISUM column when ``inv_scale`` is given), or
-        deferred (``defer=True``: ``x`` is kept; :meth:`want_sum` may still ask for the ISUM column)."""
+        deferred (``defer=True``: ``x`` is kept; :meth:`want_sum` may still ask for the ISUM column); a deferred
+        row is ``optional`` when it is to be dropped unless a consumer forces it (:meth:`release`)."""
         dev, row = self._row(x.device)
         st = RowStats(self, x.numel(), dev, row)
         st.inv_scale = inv_scale
         if defer:
             st.pending, st.version = x, x._version
-            self.pending.append(st)
+            st.optional = optional
+            (self.optional if optional else self.pending).append(st)
         else:
             self._count(st, x, fan)
         return st
+
+    def kernel_row(self, x: torch.Tensor) -> tuple[RowStats, torch.Tensor]:
+        """A row for a tensor shaped like ``x`` that another kernel counts as it writes it (a fused neuron layer's
+        spikes): its stats and the int64 ``[COLS]`` view of the buffer the kernel adds to."""
+        dev, row = self._row(x.device)
+        self.paths.add("neuron kernel")
+        return RowStats(self, x.numel(), dev, row), self.bufs[dev][0][row]
+
+    def require(self, st: RowStats):
+        """Make a deferred optional row one that will be counted (a count now depends on it)."""
+        if st.pending is not None and st.optional:
+            self.optional.remove(st)
+            st.optional = False
+            self.pending.append(st)
+
+    def release(self, st: RowStats):
+        """Done with a deferred row's tensor: count it now, or drop it when it is optional."""
+        if st.pending is None:
+            return
+        if st.optional:
+            self.optional.remove(st)
+            st.pending, st.dropped = None, True
+        else:
+            self.force(st)
 
     def want_sum(self, st: RowStats, x: torch.Tensor, inv_scale: float) -> DeviceCount:
         """``sum(round(x * inv_scale))`` of ``x`` (whose stats are ``st``): from ``st``'s own pass when it is still
         deferred or was counted with the same factor, else from a new row (a second read of ``x``)."""
         if st.pending is not None and st.inv_scale in (None, inv_scale):
+            self.require(st)
             st.inv_scale = inv_scale
         elif st.inv_scale != inv_scale:
             st = self.stats(x, inv_scale=inv_scale)
@@ -178,14 +211,18 @@ class CountBuffer:
         if x is None:
             return
         st.pending = None
-        self.pending.remove(st)
+        (self.optional if st.optional else self.pending).remove(st)
+        st.optional = False
         if x._version != st.version and st.on_change is not None:
             st.on_change()
         self._count(st, x, fan)
 
     def flush(self):
+        """Count every deferred row that will be counted; drop the optional ones."""
         while self.pending:
             self.force(self.pending[0])
+        while self.optional:
+            self.release(self.optional[0])
 
     def fan_count(self, st: RowStats, x: torch.Tensor, fan: torch.Tensor) -> DeviceCount:
         """Fan-weighted nonzeros of ``x`` (whose stats are ``st``): from ``st``'s own pass when it is still

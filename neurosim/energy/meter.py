@@ -13,13 +13,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .. import validate
+from .. import spike_tally, validate
 from . import counters as C
 from .device_counts import NNZ, ONES, CountBuffer, DeviceCount, RowStats
 from .hardware import HardwareProfile, get_profile
 from .report import EnergyReport, LayerReport
 
 _STATS_CACHE_SIZE = 8  # recent tensors whose stats are reused (a neuron's output is the next layer's input)
+RATES = ("needed", "all")
 
 
 @dataclass
@@ -27,6 +28,8 @@ class _Slot:
     name: str
     module: nn.Module
     counter: object  # callable or None (not counted)
+    require: bool = False  # its spike-deciding input must be binary (require_spikes)
+    neuron: bool = False  # a spiking neuron: its output (spikes) is always counted
     first_call: int = -1
     notes: set = field(default_factory=set)
     # one entry per call: (count or None, stats of the rate-defining input, output stats, all input stats)
@@ -84,6 +87,14 @@ class EnergyMeter:
             be binary; a non-binary input raises ValueError naming the layer.
         counting: how tensors are counted: ``"auto"`` (the one-read Triton kernel for CUDA tensors, torch ops on
             CPU unless ``NEUROSIM_TRITON_INTERPRET=1``), ``"torch"`` or ``"kernel"``. Same counts either way.
+        rates: which tensors are read for rates alone. ``"needed"`` (default): a tensor is read when an operation
+            count depends on it (the input of a synaptic layer, pooling, a product or an addition, the output of
+            a product or an addition), when it is a spiking neuron's output (its firing rate), or when it is the
+            input of a layer named by ``require_spikes``; other layers' inputs and outputs (the real-valued
+            currents between a synaptic layer, its normalisation and its neurons) get a rate only if one of these
+            reads covers them, else the report says "not measured" (None). ``"all"``: every input and output of
+            every hooked layer is read (up to three times as many reads in a spiking transformer).
+            Operation counts and energy are the same either way.
         defer_checks: run the layers' own NaN/inf input checks (:func:`neurosim.validate.finite`, the fused
             kernel's flag) as :func:`neurosim.validate.deferred_checks`: verdicts stay on the device and are read
             once when the ``with`` block ends, so the forward never waits for the GPU mid-way; the error names
@@ -95,9 +106,12 @@ class EnergyMeter:
     """
 
     def __init__(self, model: nn.Module, hardware="cmos45nm", require_spikes=None, counting: str = "auto",
-                 defer_checks: bool = True):
+                 defer_checks: bool = True, rates: str = "needed"):
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if rates not in RATES:
+            raise ValueError(f"rates must be one of {RATES}, got {rates!r}")
+        self.rates_all = rates == "all"
         self.model = model
         self.hardware: HardwareProfile = get_profile(hardware)
         self.require = _patterns(require_spikes)
@@ -110,6 +124,8 @@ class EnergyMeter:
         self.defer_checks = bool(defer_checks)
         self._checks = None  # the active validate.deferred_checks, while inside ``with``
         self._counting = None  # the slot whose counter runs
+        self._tally = None  # (buffer row, stats) handed to a neuron kernel that counts its own spikes
+        self._collecting = None  # the active spike_tally.collecting block, while inside ``with``
 
     # ----------------------------------------------------------------------------------------- hooking
     def _walk(self, module: nn.Module, name: str):
@@ -127,7 +143,8 @@ class EnergyMeter:
             self._walk(child, f"{name}.{child_name}" if name else child_name)
 
     def _attach(self, module, name, counter, note=""):
-        slot = _Slot(name, module, counter)
+        slot = _Slot(name, module, counter, require=any(fnmatch.fnmatchcase(name, p) for p in self.require),
+                     neuron=counter is C.count_neuron or C.is_spiking_neuron(module))
         if note:
             slot.notes.add(note)
         self._slots.append(slot)
@@ -138,6 +155,8 @@ class EnergyMeter:
         if self._handles:
             raise RuntimeError("EnergyMeter is already active")
         self._walk(self.model, "")
+        self._collecting = spike_tally.collecting(self)
+        self._collecting.__enter__()
         if self.defer_checks:
             self._checks = validate.deferred_checks(where=self._where)
             self._checks.__enter__()
@@ -154,6 +173,9 @@ class EnergyMeter:
         for h in self._handles:
             h.remove()
         self._handles = []
+        if self._collecting is not None:
+            self._collecting.__exit__(exc_type, exc, tb)
+            self._collecting = self._tally = None
         self._cache.clear()
         self._counts.flush()  # count what is still deferred (no host sync) and drop the tensors it held
         running, self._running = self._running, []
@@ -174,6 +196,21 @@ class EnergyMeter:
                 self._check_finite(self._host_values())  # the first counted layer whose input held NaN/inf
                 raise
         return False
+
+    # ------------------------------------------------------------------ spike_tally sink (fused neuron kernels)
+    def row(self, x: torch.Tensor):
+        """A buffer row for the spikes a neuron kernel is about to write (only for a hooked neuron layer)."""
+        if not (self._running and self._running[-1].neuron):
+            return None
+        st, view = self._counts.kernel_row(x)
+        self._tally = (view, st)
+        return view
+
+    def counted(self, row: torch.Tensor, spikes: torch.Tensor):
+        """The kernel that got ``row`` wrote ``spikes``: their counts need no read (the next layer reuses them)."""
+        if self._tally is not None and self._tally[0] is row:
+            self._insert(spikes, self._tally[1])
+            self._tally = None
 
     def _make_pre_hook(self, slot: _Slot):
         counts = self._counts
@@ -208,6 +245,10 @@ class EnergyMeter:
         if hit[1] != x._version:
             if st.pending is None:
                 return None  # changed in place since it was counted: count it again
+            if st.optional:  # a rate nobody needed yet, of values now gone: not measured
+                self._counts.release(st)
+                del self._cache[key]
+                return None
             self._counts.force(st)  # deferred, then changed in place: counted as it is now (its producer is told)
             self._cache[key] = (x, x._version, st)
         self._cache.move_to_end(key)
@@ -217,7 +258,7 @@ class EnergyMeter:
         self._cache[self._key(x)] = (x, x._version, st)
         if len(self._cache) > _STATS_CACHE_SIZE:
             _, (_, _, old) = self._cache.popitem(last=False)
-            self._counts.force(old)  # no-op unless still deferred
+            self._counts.release(old)  # counted if still deferred, or dropped if optional
 
     def _stats(self, x: torch.Tensor) -> RowStats:
         st = self._cached(x)
@@ -235,13 +276,20 @@ class EnergyMeter:
             self._insert(x, st)
         return st, self._counts.fan_count(st, x, fan)
 
-    def _defer(self, x: torch.Tensor, slot: _Slot) -> RowStats:
+    def _defer(self, x: torch.Tensor, slot: _Slot, optional: bool = False) -> RowStats:
+        """``x``'s row, deferred if new; ``optional``: dropped unless a consumer asks (a required row stays so)."""
         st = self._cached(x)
         if st is None:
-            st = self._counts.stats(x, defer=True)
+            st = self._counts.stats(x, defer=True, optional=optional)
             st.on_change = slot.changed_output
             self._insert(x, st)
+        elif not optional:
+            self._counts.require(st)
         return st
+
+    def _known(self, x: torch.Tensor) -> RowStats | None:
+        """``x``'s row if it has one (counted or deferred), without reading ``x``."""
+        return self._cached(x)
 
     def _output_stats(self, x: torch.Tensor) -> RowStats:
         return self._defer(x, self._counting)
@@ -270,10 +318,14 @@ class EnergyMeter:
                     cnt = slot.counter(module, args, output)
                 finally:
                     C.stats, C.fan_stats, C.output_stats, C.scaled_sum = prev
-            ins = [self._stats(t) for t in _tensors(args)]
+            full = self.rates_all or slot.require
+            ins = [self._stats(t) if full else self._known(t) for t in _tensors(args)]
             sin = cnt.spike_input if cnt is not None and cnt.spike_input is not None else (ins[0] if ins else None)
             out = _first_tensor(output)
-            slot.calls.append((cnt, sin, self._defer(out, slot) if out is not None else None, ins))
+            sout = None
+            if out is not None:
+                sout = self._defer(out, slot, optional=not (self.rates_all or slot.neuron))
+            slot.calls.append((cnt, sin, sout, ins))
             if cnt is not None and cnt.note:
                 slot.notes.add(cnt.note)
 
@@ -312,6 +364,8 @@ class EnergyMeter:
         for s in self._ran():
             for _, _, _, ins in s.calls:
                 for st in ins:
+                    if st is None or (type(st) is RowStats and st.dropped):
+                        continue
                     if isinstance(st, RowStats):
                         bad = self._counts.value(st.bad) > 0
                     else:
@@ -346,11 +400,13 @@ class EnergyMeter:
         for s in ran:
             r = LayerReport(name=s.name, type=type(s.module).__name__, calls=len(s.calls),
                             counted=s.counter is not None)
-            require = any(fnmatch.fnmatchcase(s.name, p) for p in self.require)
+            require = s.require
             macs = synops = acs = paper = 0.0
             all_spikes = True
             for cnt, sin, sout, ins in s.calls:
-                if sin is not None:
+                if not _measured(sin):
+                    all_spikes = False  # not read (rates="needed"): the layer's input rate is not measured
+                else:
                     r.in_numel += sin.numel
                     r.in_nnz += int(val(sin.nnz))
                     all_spikes &= binary(sin)
@@ -358,7 +414,7 @@ class EnergyMeter:
                         bad = int(val(sin.nnz) - val(sin.ones))
                         raise ValueError(f"layer {s.name!r} ({r.type}) requires binary spikes (values 0 or 1) as "
                                          f"input, but {bad} of {sin.numel} input values were not 0 or 1")
-                if sout is not None:
+                if _measured(sout):
                     r.out_numel += sout.numel
                     r.out_nnz += int(val(sout.nnz))
                 if cnt is None:
@@ -418,6 +474,11 @@ class EnergyMeter:
                             counting="+".join(sorted(counts.paths)))
 
 
+def _measured(st) -> bool:
+    """Whether a call's input/output stats exist: not None, and not an optional row that was never read."""
+    return st is not None and not (type(st) is RowStats and st.dropped)
+
+
 def _call(model, inputs):
     if isinstance(inputs, dict):
         return model(**inputs)
@@ -427,7 +488,7 @@ def _call(model, inputs):
 
 
 def profile(model: nn.Module, inputs, hardware="cmos45nm", require_spikes=None, grad: bool = False,
-            counting: str = "auto"):
+            counting: str = "auto", rates: str = "needed"):
     """Run ``model(inputs)`` once and count, per layer, dense ANN MACs, SynOps, MACs, ACs, neuron updates,
     firing rates and energy on ``hardware``.
 
@@ -438,6 +499,8 @@ def profile(model: nn.Module, inputs, hardware="cmos45nm", require_spikes=None, 
         require_spikes: see :class:`EnergyMeter`.
         grad: run with autograd enabled (default: under ``torch.no_grad()``).
         counting: ``"auto"``, ``"torch"`` or ``"kernel"``: see :class:`EnergyMeter` (same counts).
+        rates: ``"needed"`` or ``"all"``: which layers' input/output rates are measured, see :class:`EnergyMeter`
+            (same operation counts and energy).
 
     Returns:
         :class:`EnergyReport` (``print(report)``, ``.to_csv()``, ``.to_json()``, ``.plot()``). Counts cover the
@@ -447,7 +510,7 @@ def profile(model: nn.Module, inputs, hardware="cmos45nm", require_spikes=None, 
     if first is None:
         raise ValueError("inputs must contain at least one tensor shaped [T, B, ...]")
     batch = int(first.shape[1]) if first.dim() >= 2 else None
-    meter = EnergyMeter(model, hardware=hardware, require_spikes=require_spikes, counting=counting)
+    meter = EnergyMeter(model, hardware=hardware, require_spikes=require_spikes, counting=counting, rates=rates)
     with meter, torch.set_grad_enabled(grad):
         _call(model, inputs)
     return meter.report(batch_size=batch)

@@ -17,7 +17,9 @@ class LayerReport:
     """One module's counts over the profiled forward pass (all calls of the module added up).
 
     ``in_rate`` / ``out_rate``: fraction of nonzero elements (the firing rate when the tensor is spikes);
-    ``sparsity = 1 - in_rate``. ``in_spikes``: the input was binary on every call. ``counted=False`` marks a
+    ``sparsity = 1 - in_rate``; None when not measured (``in_numel`` / ``out_numel`` count only the elements
+    whose counts were read; see ``rates`` in :class:`~neurosim.energy.EnergyMeter`). ``in_spikes``: the input
+    was read and binary on every call. ``counted=False`` marks a
     module no counter knows: its operations are missing from the totals.
     """
 
@@ -43,16 +45,16 @@ class LayerReport:
     info: dict = field(default_factory=dict)  # facts from the layer's counter summary (e.g. a spike mask's state)
 
     @property
-    def in_rate(self) -> float:
-        return self.in_nnz / self.in_numel if self.in_numel else 0.0
+    def in_rate(self) -> float | None:
+        return self.in_nnz / self.in_numel if self.in_numel else None
 
     @property
-    def out_rate(self) -> float:
-        return self.out_nnz / self.out_numel if self.out_numel else 0.0
+    def out_rate(self) -> float | None:
+        return self.out_nnz / self.out_numel if self.out_numel else None
 
     @property
-    def sparsity(self) -> float:
-        return 1.0 - self.in_rate if self.in_numel else 0.0
+    def sparsity(self) -> float | None:
+        return 1.0 - self.in_nnz / self.in_numel if self.in_numel else None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -81,6 +83,10 @@ def _atomic_write(path, text: str) -> Path:
 
 def _fmt_int(v) -> str:
     return f"{int(v):,}"
+
+
+def _fmt_rate(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate:.3f}"
 
 
 def _fmt_energy(pj: float) -> str:
@@ -145,7 +151,7 @@ class EnergyReport:
         for r in self.layers:
             d = r.to_dict()
             d["info"] = json.dumps(d["info"]) if d["info"] else ""
-            w.writerow([d[c] for c in COLUMNS])
+            w.writerow(["" if d[c] is None else d[c] for c in COLUMNS])
         text = buf.getvalue()
         if path is not None:
             _atomic_write(path, text)
@@ -159,8 +165,8 @@ class EnergyReport:
                 rows.append([r.name, r.type, "not counted", "", "", "", "", "", "", ""])
                 continue
             rows.append([r.name, r.type, _fmt_int(r.dense), _fmt_int(r.macs), _fmt_int(r.synops), _fmt_int(r.acs),
-                         _fmt_int(r.neuron_updates), f"{r.in_rate:.3f}" + ("" if r.in_spikes else "*"),
-                         f"{r.out_rate:.3f}", _fmt_energy(r.energy_pj)])
+                         _fmt_int(r.neuron_updates), _fmt_rate(r.in_rate) + ("" if r.in_spikes or r.in_rate is None else "*"),
+                         _fmt_rate(r.out_rate), _fmt_energy(r.energy_pj)])
         t = self.totals()
         rows.append(["TOTAL", "", _fmt_int(t["dense"]), _fmt_int(t["macs"]), _fmt_int(t["synops"]),
                      _fmt_int(t["acs"]), _fmt_int(t["neuron_updates"]), "", "", _fmt_energy(t["energy_pj"])])
@@ -170,7 +176,8 @@ class EnergyReport:
         t = self.totals()
         hw = self.hardware
         lines = [f"hardware: {hw.name} ({hw.source})",
-                 "* input not binary on every call: counted as MACs (dense), not SynOps"]
+                 "* input not binary on every call: counted as MACs (dense), not SynOps",
+                 "rate -: not measured (tensors are read where a count needs them; rates='all' reads every layer)"]
         if t["ann_energy_pj"] is not None:
             lines.append(f"same-shape ANN: {_fmt_energy(t['ann_energy_pj'])}; SNN/ANN energy ratio: "
                          f"{t['energy_ratio_vs_ann']:.4f}" if t["ann_energy_pj"] else "same-shape ANN: 0 pJ")
