@@ -88,12 +88,12 @@ def buffer_counts(backend):
 
 
 class ConvNet(nn.Module):
-    def __init__(self):
+    def __init__(self, backend="torch"):
         super().__init__()
         self.conv1, self.bn1 = nn.Conv2d(2, 6, 3, padding=1), nn.BatchNorm2d(6)
-        self.lif1 = neurosim.LIF(beta=0.8, threshold=0.4, backend="torch")
+        self.lif1 = neurosim.LIF(beta=0.8, threshold=0.4, backend=backend)
         self.conv2 = nn.Conv2d(6, 8, 3, stride=2, padding=1, groups=2)
-        self.lif2 = neurosim.LIF(beta=0.8, threshold=0.4, backend="torch")
+        self.lif2 = neurosim.LIF(beta=0.8, threshold=0.4, backend=backend)
         self.pool = nn.AvgPool2d(3, stride=2, ceil_mode=True)
         self.fc = nn.Linear(8 * 2 * 2, 4)
 
@@ -171,11 +171,29 @@ def test_profile_kernel_equals_torch_path(interpreter_results):
     assert rep.layer("conv2").synops > 0 and rep.layer("pool").acs > 0  # fan-weighted counts were used
 
 
+def test_fused_lif_kernel_counts_its_spikes(interpreter_results):
+    """The fused LIF kernel's own spike count (neurosim.spike_tally) equals the spikes it wrote, and a profile
+    that uses these counts equals the profile that reads every spike tensor, with fewer reads."""
+    check_fused_counts(interpreter_results["fused"])
+
+
+def check_fused_counts(fused):
+    for row, total, nonzero in fused["direct"]:
+        assert total == nonzero > 0
+        assert row == [total, total, 0, 0, 0]  # nonzeros, ones; nothing else touched
+    for name in ("conv", "spikformer"):
+        own, read = fused[f"{name}_True"], fused[f"{name}_False"]
+        assert own["counting"] == "kernel+neuron kernel" and read["counting"] == "kernel"
+        assert own["report"] == read["report"], name
+        lifs = [r for r in own["report"]["layers"] if r["type"] == "LIF"]
+        assert lifs and all(r["out_rate"] is not None for r in lifs)
+        # the Spikformer's LIF outputs feed Linear layers and products: one read fewer per LIF layer; the conv
+        # net's feed a conv and a pool, whose fan-weighted counts need the spike positions (a read either way)
+        assert read["reads"] - own["reads"] == (len(lifs) if name == "spikformer" else 0), name
+
+
 # ---------------------------------------------------------------- meter behaviour (this process, torch path)
-def test_conv_input_read_once():
-    """Each tensor is counted once; lif1's / lif2's outputs by conv2's / the pool's counter, in the same read as
-    their fan-weighted counts."""
-    net, x = conv_case()
+def _reads(net, x, **kw):
     counted = []
     orig = CountBuffer._count
 
@@ -185,14 +203,36 @@ def test_conv_input_read_once():
 
     CountBuffer._count = spy
     try:
-        rep = profile(net, x)
+        rep = profile(net, x, **kw)
     finally:
         CountBuffer._count = orig
+    return rep, counted
+
+
+def test_conv_input_read_once():
+    """Each tensor is counted once; lif1's / lif2's outputs by conv2's / the pool's counter, in the same read as
+    their fan-weighted counts. rates="needed" (default) reads only what a count needs, with the same counts."""
+    net, x = conv_case()
+    full, counted = _reads(net, x, rates="all")
     # input, conv1 out, bn1 out, lif1 out, conv2 out, lif2 out, pool out, fc out
     assert len(counted) == 8
     # with a fan map: the input (conv1), lif1's output [T, B, ...] (conv2 reads a view of it), lif2's (pool)
-    assert [s for s, f in counted if f] == [(6, 2, 10, 10), (3, 2, 6, 10, 10), (3, 2, 8, 5, 5)]
-    assert rep.layer("conv2").synops > 0
+    fan_reads = [(6, 2, 10, 10), (3, 2, 6, 10, 10), (3, 2, 8, 5, 5)]
+    assert [s for s, f in counted if f] == fan_reads
+    assert full.layer("conv2").synops > 0
+    lean, counted = _reads(net, x)
+    # the three fan-map reads (conv1's input, lif1's and lif2's spikes) and the pool's output (fc's input)
+    assert counted == [(s, True) for s in fan_reads] + [((6, 8, 2, 2), False)]
+    ops = ("dense", "macs", "synops", "acs", "neuron_updates", "synops_paper", "energy_pj", "in_spikes")
+    for a, b in zip(full.layers, lean.layers):
+        assert [getattr(a, k) for k in ops] == [getattr(b, k) for k in ops], a.name
+        for k in ("in_rate", "out_rate"):  # a rate is measured or None, never a different value
+            assert getattr(b, k) is None or getattr(b, k) == getattr(a, k), (a.name, k)
+    # the neurons' firing rates are always measured; the currents between conv, bn and lif are not read
+    assert lean.layer("lif1").out_rate == full.layer("lif1").out_rate > 0
+    assert lean.layer("bn1").in_rate is None and lean.layer("bn1").out_rate is None
+    assert lean.totals() == full.totals()
+    assert "-" in lean.table() and lean.to_csv().count(",,") >= 1
 
 
 def test_in_place_change_after_output_is_noted():
@@ -236,6 +276,11 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the
 
 
 @cuda
+def test_gpu_fused_lif_kernel_counts_its_spikes():
+    check_fused_counts(json.loads(json.dumps(fused_kernel_counts("cuda"))))
+
+
+@cuda
 def test_gpu_kernel_counts_and_profile_equal_torch_path():
     buf = CountBuffer("auto")
     cases = _tensor_cases("cuda")
@@ -255,6 +300,71 @@ def test_gpu_kernel_counts_and_profile_equal_torch_path():
     assert kernel.to_json() == ref.to_json()
 
 
+def fused_models(device="cpu"):
+    """Models whose neurons use backend="fused" (in the child process: the LIF kernel run by the interpreter)."""
+    from neurosim.layers import NeuronSpec
+    from neurosim.models import spikformer
+
+    torch.manual_seed(5)
+    conv = ConvNet("fused").eval()
+    sf = spikformer(12, 3, dim=16, depth=1, heads=2, num_steps=3, max_len=5, readout="pool",
+                    neuron=NeuronSpec(backend="fused", threshold=0.5)).eval()
+    g = torch.Generator().manual_seed(6)
+    return {"conv": (conv.to(device), (torch.rand(3, 2, 2, 10, 10, generator=g) < 0.3).float().to(device)),
+            "spikformer": (sf.to(device), (torch.rand(2, 5, 12, generator=g) < 0.4).float().to(device))}
+
+
+def fused_kernel_counts(device="cpu"):
+    """In the interpreter: the spike counts the fused LIF kernel reports (neurosim.spike_tally) against the spikes
+    it returned, and profiles of fused-neuron models with those counts against the same profiles with every
+    spike tensor read by the counting kernel instead (the sink refuses the kernel's offer)."""
+    from neurosim import spike_tally
+
+    class Sink:
+        def __init__(self):
+            self.rows = []
+
+        def row(self, x):
+            self.rows.append([torch.zeros(5, dtype=torch.int64, device=device), None])
+            return self.rows[-1][0]
+
+        def counted(self, row, spikes):
+            assert row is self.rows[-1][0]
+            self.rows[-1][1] = spikes
+
+    direct = []
+    g = torch.Generator().manual_seed(7)
+    for kind, shape, dtype in (("lif", (9, 3, 13), torch.float32), ("cuba", (5, 2, 3, 7), torch.bfloat16)):
+        layer = (neurosim.LIF if kind == "lif" else neurosim.CubaLIF)(beta=0.7, threshold=0.3, backend="fused")
+        sink = Sink()
+        with spike_tally.collecting(sink):
+            layer(torch.rand(shape, generator=g).to(device, dtype))
+        (row, spikes), = sink.rows
+        direct.append([row.tolist(), int(spikes.double().sum()), int((spikes != 0).sum())])
+    out = {"direct": direct}
+    orig_row, orig_count = spike_tally.row, CountBuffer._count
+    reads = []
+
+    def spy(self, st, t, fan):
+        reads.append(tuple(t.shape))
+        return orig_count(self, st, t, fan)
+
+    CountBuffer._count = spy
+    try:
+        for name, (model, x) in fused_models(device).items():
+            with torch.no_grad():
+                for offered in (True, False):
+                    spike_tally.row = orig_row if offered else (lambda x: None)
+                    reads.clear()
+                    rep = profile(model, x, counting="kernel")
+                    counting = rep.counting.replace("interpreter", "kernel")  # the same code, run either way
+                    out[f"{name}_{offered}"] = {"report": json.loads(rep.to_json()), "reads": len(reads),
+                                                "counting": counting}
+    finally:
+        spike_tally.row, CountBuffer._count = orig_row, orig_count
+    return out
+
+
 # ---------------------------------------------------------------- child process entry point
 if __name__ == "__main__" and len(sys.argv) > 2 and sys.argv[1] == "--interpreter":
     counts, paths = buffer_counts("auto")
@@ -263,4 +373,4 @@ if __name__ == "__main__" and len(sys.argv) > 2 and sys.argv[1] == "--interprete
     net.load_state_dict(saved["state"])
     rep = profile(net.eval(), saved["x"], counting="kernel")
     print(json.dumps({"counts": counts, "paths": paths, "report": json.loads(rep.to_json()),
-                      "counting": rep.counting}))
+                      "counting": rep.counting, "fused": fused_kernel_counts()}))

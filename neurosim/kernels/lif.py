@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import torch
 
-from .. import validate
+from .. import spike_tally, validate
 from . import runtime
 from ..neurons import functional as F
 from ..neurons.surrogate import SURROGATES
@@ -75,7 +75,7 @@ def _param_grad(partial, param, neuron_shape, clamp):
 
 class _FusedFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, mem0, syn0, beta, threshold, alpha, bad, cfg: _Cfg):
+    def forward(ctx, x, mem0, syn0, beta, threshold, alpha, bad, count, cfg: _Cfg):
         from . import triton_lif as K
 
         T = x.shape[0]
@@ -93,7 +93,7 @@ class _FusedFn(torch.autograd.Function):
         needs_grad = any(ctx.needs_input_grad[:6])
         spikes, trace, mT, iT, ck, launch_cfg = K.launch_forward(
             xf, m0, i0, b, th, a, cuba=cuba, zero=cfg.reset == "zero", write_trace=cfg.need_mem,
-            write_ck=needs_grad, bad=bad, interpret=cfg.interpret,
+            write_ck=needs_grad, bad=bad, count=count, interpret=cfg.interpret,
         )
         ctx.cfg = cfg
         ctx.launch_cfg = launch_cfg
@@ -140,6 +140,7 @@ class _FusedFn(torch.autograd.Function):
             _param_grad(ga, alpha, shape, clamp=True) if cuba else None,
             None,
             None,
+            None,
         )
 
 
@@ -178,7 +179,8 @@ class FusedBackend:
         """``(spikes, mem_trace, final_state)``; ``need_mem=False`` returns ``None`` for the trace and skips
         writing it. ``interpret=True`` runs the Triton kernels in Triton's interpreter on CPU tensors.
         ``check_finite``: raise ValueError when ``x`` holds NaN/inf (the kernel flags them as it reads ``x``;
-        one device->host read of the flag, or queued inside :func:`neurosim.validate.deferred_checks`)."""
+        one device->host read of the flag, or queued inside :func:`neurosim.validate.deferred_checks`).
+        Inside an energy meter the kernel also counts the spikes it writes (:mod:`neurosim.spike_tally`)."""
         self.check(kind, p)
         for name in ("beta", "threshold") + (("alpha",) if kind == "cuba" else ()):
             _check_shape(name, getattr(p, name), x.shape[1:])
@@ -200,7 +202,9 @@ class FusedBackend:
             syn0 = state.syn if kind == "cuba" else None
         alpha = p.alpha if kind == "cuba" else None
         bad = torch.zeros(1, dtype=torch.int32, device=x.device) if check_finite else None
-        spikes, trace, mT, iT = _FusedFn.apply(x, mem0, syn0, p.beta, p.threshold, alpha, bad, cfg)
+        count = spike_tally.row(x)  # an energy meter's row for the spike count (None: not metering)
+        spikes, trace, mT, iT = _FusedFn.apply(x, mem0, syn0, p.beta, p.threshold, alpha, bad, count, cfg)
+        spike_tally.counted(count, spikes)
         if bad is not None:
             validate.flag("x", x, bad)
         final = F.CubaLIFState(iT, mT) if kind == "cuba" else F.LIFState(mT)

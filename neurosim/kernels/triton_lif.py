@@ -74,13 +74,16 @@ def _replay(m, i, xs, b, a, th, CUBA: tl.constexpr, ZERO: tl.constexpr, K: tl.co
 
 
 def _fwd_kernel(
-    x_ptr, s_ptr, tr_ptr, ckm_ptr, cki_ptr, m0_ptr, i0_ptr, mT_ptr, iT_ptr, bad_ptr,
+    x_ptr, s_ptr, tr_ptr, ckm_ptr, cki_ptr, m0_ptr, i0_ptr, mT_ptr, iT_ptr, bad_ptr, cnt_ptr,
     beta_ptr, th_ptr, alpha_ptr, T, N,
     BETA_VEC: tl.constexpr, TH_VEC: tl.constexpr, ALPHA_VEC: tl.constexpr,
     CUBA: tl.constexpr, ZERO: tl.constexpr, HAS_STATE: tl.constexpr,
-    WRITE_TRACE: tl.constexpr, WRITE_CK: tl.constexpr, CHECK: tl.constexpr, K: tl.constexpr, BLOCK: tl.constexpr,
+    WRITE_TRACE: tl.constexpr, WRITE_CK: tl.constexpr, CHECK: tl.constexpr, COUNT: tl.constexpr,
+    K: tl.constexpr, BLOCK: tl.constexpr,
 ):
     # CHECK: set bad_ptr[0] to 1 when an input value is NaN or +-inf (no extra read of x for the input check)
+    # COUNT: add the number of spikes written to cnt_ptr[0] and cnt_ptr[1] (int64: an energy-meter row's
+    # nonzeros and ones), so the spikes need no extra read to be counted
     pid = tl.program_id(0)
     z0 = pid * 0  # a scalar tensor zero: keeps loop indices tensors under the interpreter too
     cols = pid * BLOCK + tl.arange(0, BLOCK)
@@ -94,6 +97,7 @@ def _fwd_kernel(
         m = tl.zeros([BLOCK], tl.float32)
         i = m
     bad = cols < 0  # all False
+    n_spk = tl.zeros([BLOCK], tl.int32)
     for c in range(0, tl.cdiv(T, K)):
         t0 = z0 + c * K
         if WRITE_CK:
@@ -113,6 +117,8 @@ def _fwd_kernel(
                 i = tl.where(valid, i_new, i)
             offs = t.to(tl.int64) * N + cols
             tl.store(s_ptr + offs, tl.where(m > th, 1.0, 0.0).to(s_ptr.dtype.element_ty), mask=cmask & valid)
+            if COUNT:
+                n_spk += (cmask & valid & (m > th)).to(tl.int32)
             if WRITE_TRACE:
                 tl.store(tr_ptr + offs, m, mask=cmask & valid)
     tl.store(mT_ptr + cols, m, mask=cmask)
@@ -120,6 +126,10 @@ def _fwd_kernel(
         tl.store(iT_ptr + cols, i, mask=cmask)
     if CHECK:
         tl.atomic_max(bad_ptr + tz, bad.to(tl.int32), mask=bad)  # only lanes that saw one (the error path)
+    if COUNT:
+        total = tl.sum(n_spk.to(tl.int64), axis=0)
+        tl.atomic_add(cnt_ptr + 0, total)
+        tl.atomic_add(cnt_ptr + 1, total)
 
 
 def _bwd_kernel(
@@ -319,7 +329,7 @@ def config(T: int, N: int, interpret: bool = False) -> LaunchConfig:
 
 
 def launch_forward(x, state_m, state_i, beta, th, alpha, *, cuba, zero, write_trace, write_ck, bad=None,
-                   interpret=False):
+                   count=None, interpret=False):
     """Run the forward kernel on ``x`` ``[T, N]`` (contiguous, fp32/bf16/fp16).
 
     ``state_m``/``state_i``: ``[N]`` fp32 initial state or ``None`` (zeros). ``beta``/``th``/``alpha``: fp32
@@ -327,6 +337,8 @@ def launch_forward(x, state_m, state_i, beta, th, alpha, *, cuba, zero, write_tr
     final ``m``, ``i`` (``[N]`` fp32; ``i`` is ``None`` for LIF) and the chunk checkpoints ``(ckm, cki)`` or
     ``None`` (what :func:`launch_backward` needs), and the :class:`LaunchConfig` used. ``bad``: an int32
     tensor of one element, zero, that the kernel sets to 1 when ``x`` holds a NaN or inf (``None``: no check).
+    ``count``: an int64 tensor of at least 2 elements on ``x``'s device to whose first two the kernel adds the
+    number of spikes it wrote (``None``: not counted).
     """
     T, N = x.shape
     cfg = config(T, N, interpret)
@@ -345,10 +357,11 @@ def launch_forward(x, state_m, state_i, beta, th, alpha, *, cuba, zero, write_tr
     fwd, _ = kernels(interpret)
     fwd[(triton.cdiv(N, BLOCK),)](
         x, spikes, _or(trace, dummy), _or(ckm, dummy), _or(cki, dummy), _or(state_m, dummy), _or(state_i, dummy),
-        mT, _or(iT, dummy), _or(bad, dummy), beta, th, _or(alpha, dummy), T, N,
+        mT, _or(iT, dummy), _or(bad, dummy), _or(count, dummy), beta, th, _or(alpha, dummy), T, N,
         BETA_VEC=int(beta.numel() > 1), TH_VEC=int(th.numel() > 1), ALPHA_VEC=int(alpha is not None and alpha.numel() > 1),
         CUBA=cuba, ZERO=zero, HAS_STATE=state_m is not None, WRITE_TRACE=write_trace, WRITE_CK=write_ck,
-        CHECK=bad is not None, K=K, BLOCK=BLOCK, num_warps=cfg.fwd_warps, enable_fp_fusion=False,
+        CHECK=bad is not None, COUNT=count is not None, K=K, BLOCK=BLOCK, num_warps=cfg.fwd_warps,
+        enable_fp_fusion=False,
     )
     return spikes, trace, mT, iT, (ckm, cki), cfg
 

@@ -1,0 +1,50 @@
+"""Spike counts reported by the kernels that make the spikes, so that counting them costs no extra read.
+
+An energy meter (:class:`neurosim.energy.EnergyMeter`) opens :func:`collecting` with a sink while a spiking
+neuron layer runs. A neuron backend whose kernel can count the spikes it writes (``backend="fused"``) asks
+:func:`row` for an int64 tensor to add the count to (its first two elements: nonzeros and ones of the spike
+tensor), launches the kernel, then tells :func:`counted` which tensor the row counts. Outside such a block
+:func:`row` returns None and nothing is counted; backends that cannot count leave the spikes to be read.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Protocol
+
+import torch
+
+
+class Sink(Protocol):
+    def row(self, x: torch.Tensor) -> torch.Tensor | None:
+        """An int64 tensor (on ``x``'s device, zeroed) for the spike count of a neuron layer fed ``x``."""
+
+    def counted(self, row: torch.Tensor, spikes: torch.Tensor) -> None:
+        """``row`` holds (once the kernel ran) the count of ``spikes``."""
+
+
+_SINK: ContextVar = ContextVar("neurosim_spike_tally", default=None)
+
+
+@contextmanager
+def collecting(sink: Sink):
+    """Route the spike counts of kernels run inside the block to ``sink``."""
+    token = _SINK.set(sink)
+    try:
+        yield sink
+    finally:
+        _SINK.reset(token)
+
+
+def row(x: torch.Tensor) -> torch.Tensor | None:
+    """Where a kernel about to spike on input ``x`` adds its spike count, or None (not collecting)."""
+    sink = _SINK.get()
+    return None if sink is None else sink.row(x)
+
+
+def counted(row: torch.Tensor | None, spikes: torch.Tensor) -> None:
+    """Report that ``row`` (from :func:`row`) counts ``spikes``; no-op for ``row=None``."""
+    if row is not None:
+        sink = _SINK.get()
+        if sink is not None:
+            sink.counted(row, spikes)
