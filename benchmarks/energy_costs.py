@@ -8,8 +8,9 @@
 2. Per benchmark model (``energy_overhead.cases``) and LIF backend: host time of a plain forward and of a forward
    under an EnergyMeter, with the counting launches and with them replaced by a no-op (the difference is the
    launches' host time; what is left over the plain forward is the hooks' Python).
-3. torch.profiler tables (top kernels by device time) of a plain forward and of ``profile`` for the 4-layer
-   Spikformer (batch 64) and the EST (batch 16, fused LIF).
+   The fused backend also without the LIF kernel's own spike counts (``neurosim.spike_tally`` refused).
+3. torch.profiler tables (top kernels by device time, and the summed device time) of a plain forward and of
+   ``profile`` for the 4-layer Spikformer (batch 64 and 256) and the EST (batch 16), fused LIF.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from torch.profiler import profile as trace
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import energy_overhead as E  # noqa: E402
 
+from neurosim import spike_tally  # noqa: E402
 from neurosim.energy import EnergyMeter, profile  # noqa: E402
 from neurosim.energy.device_counts import CountBuffer  # noqa: E402
 from neurosim.kernels import stats as K  # noqa: E402
@@ -73,7 +75,7 @@ def main():
     launch = K.launch
     for backend in ("torch", "fused"):
         E.BACKEND = backend
-        for name, model, shape in E.cases(False)[:4]:
+        for name, model, shape, _ in E.cases(False)[:4]:
             model = model.to(dev).eval()
             xs = (torch.rand(shape, device=dev) < 0.2).float()
 
@@ -92,10 +94,18 @@ def main():
                 r["meter_host_no_launch_ms"] = host_ms(metered)
             finally:
                 K.launch = launch
+            if backend == "fused":
+                offer = spike_tally.row
+                spike_tally.row = lambda x: None
+                try:
+                    r["meter_host_no_lif_counts_ms"] = host_ms(metered)
+                finally:
+                    spike_tally.row = offer
             print(json.dumps(r), flush=True)
     E.BACKEND = "fused"
     sf, est = E.transformers(128, 384, 64)
-    for name, model, shape in (("Spikformer 4x384", sf, (64, 64, 128)), ("EST 4x384", est, (16, 64, 128))):
+    for name, model, shape in (("Spikformer 4x384", sf, (64, 64, 128)), ("Spikformer 4x384", sf, (256, 64, 128)),
+                               ("EST 4x384", est, (16, 64, 128))):
         model = model.to(dev).eval()
         xs = (torch.rand(shape, device=dev) < 0.2).float()
         for label, fn in (("plain", lambda: model(xs)), ("profile", lambda: profile(model, xs))):
@@ -106,8 +116,11 @@ def main():
                 with trace(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
                     fn()
                     sync()
-            print(f"==== {name}, input {list(shape)}, {label}", flush=True)
+            device_ms = sum(e.self_device_time_total for e in p.key_averages()) / 1e3
+            print(f"==== {name}, input {list(shape)}, {label}: device time {device_ms:.3f} ms", flush=True)
             print(p.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=70))
+            if name.startswith("EST") and label == "plain":  # where its host time goes
+                print(p.key_averages().table(sort_by="cpu_time_total", row_limit=25, max_name_column_width=70))
 
 
 if __name__ == "__main__":

@@ -336,6 +336,7 @@ def fused_kernel_counts(device="cpu"):
     g = torch.Generator().manual_seed(7)
     for kind, shape, dtype in (("lif", (9, 3, 13), torch.float32), ("cuba", (5, 2, 3, 7), torch.bfloat16)):
         layer = (neurosim.LIF if kind == "lif" else neurosim.CubaLIF)(beta=0.7, threshold=0.3, backend="fused")
+        layer = layer.to(device)
         sink = Sink()
         with spike_tally.collecting(sink):
             layer(torch.rand(shape, generator=g).to(device, dtype))
