@@ -17,6 +17,7 @@ from torch import nn
 import neurosim
 from neurosim.energy import profile
 from neurosim.energy.device_counts import CountBuffer
+from neurosim.layers import MatMul
 
 
 def _products(dtype, k, scale, seed):
@@ -233,6 +234,43 @@ def test_conv_input_read_once():
     assert lean.layer("bn1").in_rate is None and lean.layer("bn1").out_rate is None
     assert lean.totals() == full.totals()
     assert "-" in lean.table() and lean.to_csv().count(",,") >= 1
+
+
+class PermutedConv(nn.Module):
+    """A LIF whose spikes reach a conv (fan-weighted count) through an H/W transpose, and a product through a
+    transposed view: views of one storage span, read once where the order does not matter."""
+
+    def __init__(self, copy=False):
+        super().__init__()
+        self.copy = copy
+        self.lif = neurosim.LIF(beta=0.5, threshold=0.3, backend="torch")
+        self.conv = nn.Conv2d(3, 4, 3, stride=2, padding=1, bias=False)
+        self.prod = MatMul()
+
+    def forward(self, x):  # [T, B, C, H, W]
+        s = self.lif(x)
+        v = s.transpose(-1, -2)  # [T, B, C, W, H]: not contiguous, one storage span
+        if self.copy:
+            v = v.contiguous()
+        y = self.conv(v.flatten(0, 1))
+        return y, self.prod(s, v)
+
+
+def test_permuted_views_reuse_counts_and_fan_maps_follow_their_order():
+    torch.manual_seed(4)
+    x = torch.rand(2, 3, 3, 5, 8) * 0.8
+    views, copied = PermutedConv(), PermutedConv(copy=True)
+    copied.load_state_dict(views.state_dict())
+    rep, reads = _reads(views, x)
+    ref, ref_reads = _reads(copied, x)
+    for name in ("conv", "prod"):
+        a, b = rep.layer(name), ref.layer(name)
+        assert (a.synops, a.macs, a.dense, a.in_spikes) == (b.synops, b.macs, b.dense, b.in_spikes), name
+    assert rep.layer("conv").synops > 0
+    # the spikes' own read (the product's two operands, one a transposed view, reuse it), the conv's fan-weighted
+    # read of the view in its own order, the product's output; the contiguous copy costs the same reads
+    assert sorted(reads) == sorted([((6, 3, 8, 5), True), ((2, 3, 3, 5, 8), False), ((2, 3, 3, 5, 5), False)])
+    assert sorted(ref_reads) == sorted(reads)
 
 
 def test_in_place_change_after_output_is_noted():

@@ -113,6 +113,11 @@ def _fan_maps(fan: torch.Tensor):
     return hit
 
 
+def _same_order(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` and ``b`` list their elements in the same storage order (both contiguous, or same layout)."""
+    return (a.is_contiguous() and b.is_contiguous()) or (a.shape == b.shape and a.stride() == b.stride())
+
+
 def _dense_span(x: torch.Tensor) -> bool:
     """Whether ``x``'s elements fill ``numel`` consecutive storage elements (a permuted contiguous tensor)."""
     expected = 1
@@ -228,7 +233,8 @@ class CountBuffer:
         """Fan-weighted nonzeros of ``x`` (whose stats are ``st``): from ``st``'s own pass when it is still
         deferred or was counted with the same map, else from a new row (a second read of ``x``)."""
         if st.pending is not None:
-            self.force(st, fan)
+            # the map weighs elements in x's order: count the deferred tensor with it only if it has that order
+            self.force(st, fan if _same_order(st.pending, x) else None)
         if st.fan is not fan:
             st = self.stats(x, fan)
         return DeviceCount(self, ((st.dev, st.row, FANW, 1),))

@@ -15,7 +15,7 @@ from torch import nn
 
 from .. import spike_tally, validate
 from . import counters as C
-from .device_counts import NNZ, ONES, CountBuffer, DeviceCount, RowStats
+from .device_counts import NNZ, ONES, CountBuffer, DeviceCount, RowStats, _dense_span
 from .hardware import HardwareProfile, get_profile
 from .report import EnergyReport, LayerReport
 
@@ -230,10 +230,14 @@ class EnergyMeter:
     # ------------------------------------------------------------------------------------------ counting
     @staticmethod
     def _key(x: torch.Tensor):
-        # A contiguous tensor is identified by (storage address, numel, dtype): views such as a reshape of a
-        # neuron's output, fed to the next layer, reuse its stats. The cache holds the tensor itself, so the
-        # address cannot be reused while cached; ``_version`` catches in-place changes.
-        return (x.data_ptr(), x.numel(), x.dtype, x.device) if x.is_contiguous() else ("id", id(x))
+        # A tensor whose elements fill one storage span (contiguous, or a permutation of it) is identified by
+        # (first address, numel, dtype): views such as a reshape or a head transpose of a neuron's output, fed to
+        # the next layer, reuse its stats (nonzeros, ones and non-finite elements do not depend on the order;
+        # a fan-weighted count does, see CountBuffer.fan_count). The cache holds the tensor itself, so the
+        # address cannot be reused while cached; ``_version`` (shared by views) catches in-place changes.
+        if x.is_contiguous() or _dense_span(x):
+            return (x.data_ptr(), x.numel(), x.dtype, x.device)
+        return ("id", id(x))
 
     def _cached(self, x: torch.Tensor) -> RowStats | None:
         """The cached stats of ``x`` (possibly still deferred), or None."""
