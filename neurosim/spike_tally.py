@@ -2,8 +2,10 @@
 
 An energy meter (:class:`neurosim.energy.EnergyMeter`) opens :func:`collecting` with a sink while a spiking
 neuron layer runs. A neuron backend whose kernel can count the spikes it writes (``backend="fused"``) asks
-:func:`row` for an int64 tensor to add the count to (its first two elements: nonzeros and ones of the spike
-tensor), launches the kernel, then tells :func:`counted` which tensor the row counts. Outside such a block
+:func:`row` for an int64 tensor of :data:`SLOTS` elements, launches the kernel, whose programs each add their
+spike count to one element (program ``i`` to element ``i % SLOTS``: thousands of programs adding to one address
+would queue behind each other), then tells :func:`counted` which tensor the row counts: the spike count is the
+sum of the row. Outside such a block
 :func:`row` returns None and nothing is counted; backends that cannot count leave the spikes to be read.
 """
 from __future__ import annotations
@@ -15,9 +17,13 @@ from typing import Protocol
 import torch
 
 
+SLOTS = 32  # elements of a tally row (the number of addresses the kernel's programs spread their counts over)
+
+
 class Sink(Protocol):
     def row(self, x: torch.Tensor) -> torch.Tensor | None:
-        """An int64 tensor (on ``x``'s device, zeroed) for the spike count of a neuron layer fed ``x``."""
+        """An int64 tensor of SLOTS elements (on ``x``'s device, zeroed) whose sum will be the spike count of a
+        neuron layer fed ``x``."""
 
     def counted(self, row: torch.Tensor, spikes: torch.Tensor) -> None:
         """``row`` holds (once the kernel ran) the count of ``spikes``."""

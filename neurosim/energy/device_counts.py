@@ -100,6 +100,23 @@ class RowStats:
                     "row must have been asked for it).")
 
 
+class TallyStats(RowStats):
+    """Counts of a binary tensor summed over ``slots`` consecutive buffer elements from its row on (a kernel's
+    programs spread their additions over them): nonzeros = ones = that sum; no non-finite elements."""
+
+    __slots__ = ("slots",)
+
+    def __init__(self, owner, numel, dev, row, slots):
+        super().__init__(owner, numel, dev, row)
+        self.slots = slots
+
+    def col(self, col: int) -> DeviceCount:
+        if col not in (NNZ, ONES):
+            return DeviceCount(self.owner, (), 0)
+        return DeviceCount(self.owner, tuple((self.dev, *divmod(self.row * COLS + i, COLS), 1)
+                                             for i in range(self.slots)))
+
+
 _FANS: dict = {}  # id(fan map) -> (map, int32 copy, int64 copy); the maps live in the counters' fan-out cache
 
 
@@ -147,16 +164,17 @@ class CountBuffer:
         self._cuda_kernel = None
 
     # ------------------------------------------------------------------------------------------- rows
-    def _row(self, device) -> tuple:
+    def _row(self, device, n: int = 1) -> tuple:
+        """``(device, first row)`` of ``n`` new consecutive rows."""
         entry = self.bufs.get(device)
         if entry is None:
             entry = self.bufs[device] = [torch.zeros(self.capacity0, COLS, dtype=torch.int64, device=device), 0]
         buf, used = entry
-        if used == buf.shape[0]:
-            grown = torch.zeros(2 * used, COLS, dtype=torch.int64, device=device)
+        if used + n > buf.shape[0]:
+            grown = torch.zeros(2 * (used + n), COLS, dtype=torch.int64, device=device)
             grown[:used].copy_(buf)
             entry[0] = grown
-        entry[1] = used + 1
+        entry[1] = used + n
         self._host = None
         return device, used
 
@@ -176,12 +194,13 @@ class CountBuffer:
             self._count(st, x, fan)
         return st
 
-    def kernel_row(self, x: torch.Tensor) -> tuple[RowStats, torch.Tensor]:
-        """A row for a tensor shaped like ``x`` that another kernel counts as it writes it (a fused neuron layer's
-        spikes): its stats and the int64 ``[COLS]`` view of the buffer the kernel adds to."""
-        dev, row = self._row(x.device)
+    def tally_row(self, x: torch.Tensor, slots: int) -> tuple["TallyStats", torch.Tensor]:
+        """Counts of a binary tensor shaped like ``x`` that another kernel adds up as it writes it (a fused neuron
+        layer's spikes), spread over ``slots`` int64 elements of the buffer: its stats and that region (a view)."""
+        dev, row = self._row(x.device, -(-slots // COLS))
         self.paths.add("neuron kernel")
-        return RowStats(self, x.numel(), dev, row), self.bufs[dev][0][row]
+        region = self.bufs[dev][0].view(-1)[row * COLS: row * COLS + slots]
+        return TallyStats(self, x.numel(), dev, row, slots), region
 
     def require(self, st: RowStats):
         """Make a deferred optional row one that will be counted (a count now depends on it)."""

@@ -202,9 +202,9 @@ class EnergyMeter:
         """A buffer row for the spikes a neuron kernel is about to write (only for a hooked neuron layer)."""
         if not (self._running and self._running[-1].neuron):
             return None
-        st, view = self._counts.kernel_row(x)
-        self._tally = (view, st)
-        return view
+        st, region = self._counts.tally_row(x, spike_tally.SLOTS)
+        self._tally = (region, st)
+        return region
 
     def counted(self, row: torch.Tensor, spikes: torch.Tensor):
         """The kernel that got ``row`` wrote ``spikes``: their counts need no read (the next layer reuses them)."""

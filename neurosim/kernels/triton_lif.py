@@ -31,6 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..spike_tally import SLOTS
 from .runtime import check_mode
 
 SURROGATE_CODES = {"fast_sigmoid": 0, "arctan": 1, "sigmoid": 2}
@@ -79,11 +80,11 @@ def _fwd_kernel(
     BETA_VEC: tl.constexpr, TH_VEC: tl.constexpr, ALPHA_VEC: tl.constexpr,
     CUBA: tl.constexpr, ZERO: tl.constexpr, HAS_STATE: tl.constexpr,
     WRITE_TRACE: tl.constexpr, WRITE_CK: tl.constexpr, CHECK: tl.constexpr, COUNT: tl.constexpr,
-    K: tl.constexpr, BLOCK: tl.constexpr,
+    SLOTS: tl.constexpr, K: tl.constexpr, BLOCK: tl.constexpr,
 ):
     # CHECK: set bad_ptr[0] to 1 when an input value is NaN or +-inf (no extra read of x for the input check)
-    # COUNT: add the number of spikes written to cnt_ptr[0] and cnt_ptr[1] (int64: an energy-meter row's
-    # nonzeros and ones), so the spikes need no extra read to be counted
+    # COUNT: add the number of spikes this program wrote to cnt_ptr[pid % SLOTS] (int64; the count is the sum of
+    # the SLOTS elements), so the spikes need no extra read to be counted
     pid = tl.program_id(0)
     z0 = pid * 0  # a scalar tensor zero: keeps loop indices tensors under the interpreter too
     cols = pid * BLOCK + tl.arange(0, BLOCK)
@@ -127,9 +128,7 @@ def _fwd_kernel(
     if CHECK:
         tl.atomic_max(bad_ptr + tz, bad.to(tl.int32), mask=bad)  # only lanes that saw one (the error path)
     if COUNT:
-        total = tl.sum(n_spk.to(tl.int64), axis=0)
-        tl.atomic_add(cnt_ptr + 0, total)
-        tl.atomic_add(cnt_ptr + 1, total)
+        tl.atomic_add(cnt_ptr + pid % SLOTS, tl.sum(n_spk.to(tl.int64), axis=0))
 
 
 def _bwd_kernel(
@@ -337,8 +336,8 @@ def launch_forward(x, state_m, state_i, beta, th, alpha, *, cuba, zero, write_tr
     final ``m``, ``i`` (``[N]`` fp32; ``i`` is ``None`` for LIF) and the chunk checkpoints ``(ckm, cki)`` or
     ``None`` (what :func:`launch_backward` needs), and the :class:`LaunchConfig` used. ``bad``: an int32
     tensor of one element, zero, that the kernel sets to 1 when ``x`` holds a NaN or inf (``None``: no check).
-    ``count``: an int64 tensor of at least 2 elements on ``x``'s device to whose first two the kernel adds the
-    number of spikes it wrote (``None``: not counted).
+    ``count``: an int64 tensor of ``SLOTS`` (:data:`neurosim.spike_tally.SLOTS`) elements on ``x``'s device; the
+    kernel adds the number of spikes it wrote, spread over them (the count is their sum; ``None``: not counted).
     """
     T, N = x.shape
     cfg = config(T, N, interpret)
@@ -360,7 +359,7 @@ def launch_forward(x, state_m, state_i, beta, th, alpha, *, cuba, zero, write_tr
         mT, _or(iT, dummy), _or(bad, dummy), _or(count, dummy), beta, th, _or(alpha, dummy), T, N,
         BETA_VEC=int(beta.numel() > 1), TH_VEC=int(th.numel() > 1), ALPHA_VEC=int(alpha is not None and alpha.numel() > 1),
         CUBA=cuba, ZERO=zero, HAS_STATE=state_m is not None, WRITE_TRACE=write_trace, WRITE_CK=write_ck,
-        CHECK=bad is not None, COUNT=count is not None, K=K, BLOCK=BLOCK, num_warps=cfg.fwd_warps,
+        CHECK=bad is not None, COUNT=count is not None, SLOTS=SLOTS, K=K, BLOCK=BLOCK, num_warps=cfg.fwd_warps,
         enable_fp_fusion=False,
     )
     return spikes, trace, mT, iT, (ckm, cki), cfg
