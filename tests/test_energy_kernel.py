@@ -194,6 +194,24 @@ def check_fused_counts(fused):
 
 
 # ---------------------------------------------------------------- meter behaviour (this process, torch path)
+def test_tally_rows_span_rows_and_survive_growth():
+    """A kernel's tally region (32 slots over 7 rows) is reserved whole, also across a buffer growth, and the
+    rows before and after it keep their counts."""
+    from neurosim import spike_tally
+
+    buf = CountBuffer("torch", capacity=3)
+    x = torch.tensor([0.0, 1.0, 1.0, 2.0])
+    first = buf.stats(x)
+    tally, region = buf.tally_row(x, spike_tally.SLOTS)  # grows the buffer: 1 + 7 rows > 3
+    assert region.numel() == spike_tally.SLOTS
+    region += torch.arange(spike_tally.SLOTS)  # what the kernel's programs would add, slot by slot
+    last = buf.stats(x * 0)
+    total = sum(range(spike_tally.SLOTS))
+    assert (int(first.nnz), int(first.ones)) == (3, 2)
+    assert (int(tally.nnz), int(tally.ones), int(tally.bad)) == (total, total, 0)
+    assert (int(last.nnz), buf.bufs[x.device][1]) == (0, 1 + 7 + 1)
+
+
 def _reads(net, x, **kw):
     counted = []
     orig = CountBuffer._count

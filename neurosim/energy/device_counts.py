@@ -172,7 +172,7 @@ class CountBuffer:
         buf, used = entry
         if used + n > buf.shape[0]:
             grown = torch.zeros(2 * (used + n), COLS, dtype=torch.int64, device=device)
-            grown[:used].copy_(buf)
+            grown[:used].copy_(buf[:used])
             entry[0] = grown
         entry[1] = used + n
         self._host = None
