@@ -98,7 +98,7 @@ def _fwd_kernel(
         m = tl.zeros([BLOCK], tl.float32)
         i = m
     bad = cols < 0  # all False
-    n_spk = tl.zeros([BLOCK], tl.int32)
+    n_spk = tl.zeros([BLOCK], tl.float32)  # spikes per lane (<= T: exact in float32 for T < 2**24)
     for c in range(0, tl.cdiv(T, K)):
         t0 = z0 + c * K
         if WRITE_CK:
@@ -117,9 +117,10 @@ def _fwd_kernel(
             if CUBA:
                 i = tl.where(valid, i_new, i)
             offs = t.to(tl.int64) * N + cols
-            tl.store(s_ptr + offs, tl.where(m > th, 1.0, 0.0).to(s_ptr.dtype.element_ty), mask=cmask & valid)
-            if COUNT:
-                n_spk += (cmask & valid & (m > th)).to(tl.int32)
+            spk = tl.where(m > th, 1.0, 0.0)
+            tl.store(s_ptr + offs, spk.to(s_ptr.dtype.element_ty), mask=cmask & valid)
+            if COUNT:  # the value just stored, on lanes that stored it
+                n_spk += tl.where(cmask & valid, spk, 0.0)
             if WRITE_TRACE:
                 tl.store(tr_ptr + offs, m, mask=cmask & valid)
     tl.store(mT_ptr + cols, m, mask=cmask)
@@ -128,7 +129,7 @@ def _fwd_kernel(
     if CHECK:
         tl.atomic_max(bad_ptr + tz, bad.to(tl.int32), mask=bad)  # only lanes that saw one (the error path)
     if COUNT:
-        tl.atomic_add(cnt_ptr + pid % SLOTS, tl.sum(n_spk.to(tl.int64), axis=0))
+        tl.atomic_add(cnt_ptr + pid % SLOTS, tl.sum(n_spk.to(tl.int32), axis=0).to(tl.int64))
 
 
 def _bwd_kernel(
