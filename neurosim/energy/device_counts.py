@@ -10,8 +10,9 @@ A row may be *deferred*: its tensor is kept and counted later, by the first cons
 consumer's fan-out map, so a conv input is read once for its firing counts and its SynOps) or at
 :meth:`CountBuffer.flush`. A deferred row may also be *optional*: counted only if a consumer asks for it, and
 otherwise dropped (never read) when it is released or flushed; the meter uses these for tensors whose counts
-would only give a rate nobody needs for an operation count. Counts derived from rows are :class:`DeviceCount` values: integer linear forms over
-buffer entries that counters can scale and add, evaluated on the host after the single read-back.
+would only give a rate nobody needs for an operation count. Counts derived from rows are :class:`DeviceCount`
+values: integer linear forms over buffer entries that counters can scale and add, evaluated on the host after the
+single read-back.
 """
 from __future__ import annotations
 

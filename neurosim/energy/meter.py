@@ -291,10 +291,6 @@ class EnergyMeter:
             self._counts.require(st)
         return st
 
-    def _known(self, x: torch.Tensor) -> RowStats | None:
-        """``x``'s row if it has one (counted or deferred), without reading ``x``."""
-        return self._cached(x)
-
     def _output_stats(self, x: torch.Tensor) -> RowStats:
         return self._defer(x, self._counting)
 
@@ -323,7 +319,8 @@ class EnergyMeter:
                 finally:
                     C.stats, C.fan_stats, C.output_stats, C.scaled_sum = prev
             full = self.rates_all or slot.require
-            ins = [self._stats(t) if full else self._known(t) for t in _tensors(args)]
+            # rates="needed": an input's row only if it has one already (counted or deferred), without a read
+            ins = [self._stats(t) if full else self._cached(t) for t in _tensors(args)]
             sin = cnt.spike_input if cnt is not None and cnt.spike_input is not None else (ins[0] if ins else None)
             out = _first_tensor(output)
             sout = None
@@ -368,7 +365,7 @@ class EnergyMeter:
         for s in self._ran():
             for _, _, _, ins in s.calls:
                 for st in ins:
-                    if st is None or (type(st) is RowStats and st.dropped):
+                    if not _measured(st):
                         continue
                     if isinstance(st, RowStats):
                         bad = self._counts.value(st.bad) > 0

@@ -164,9 +164,10 @@ class EnergyReport:
             if not r.counted:
                 rows.append([r.name, r.type, "not counted", "", "", "", "", "", "", ""])
                 continue
+            star = "" if r.in_spikes or r.in_rate is None else "*"
             rows.append([r.name, r.type, _fmt_int(r.dense), _fmt_int(r.macs), _fmt_int(r.synops), _fmt_int(r.acs),
-                         _fmt_int(r.neuron_updates), _fmt_rate(r.in_rate) + ("" if r.in_spikes or r.in_rate is None else "*"),
-                         _fmt_rate(r.out_rate), _fmt_energy(r.energy_pj)])
+                         _fmt_int(r.neuron_updates), _fmt_rate(r.in_rate) + star, _fmt_rate(r.out_rate),
+                         _fmt_energy(r.energy_pj)])
         t = self.totals()
         rows.append(["TOTAL", "", _fmt_int(t["dense"]), _fmt_int(t["macs"]), _fmt_int(t["synops"]),
                      _fmt_int(t["acs"]), _fmt_int(t["neuron_updates"]), "", "", _fmt_energy(t["energy_pj"])])
