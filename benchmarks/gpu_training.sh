@@ -2,28 +2,12 @@
 # Issue 3 on one GPU, in one device call: trainer throughput of the demo model (fp32 and bf16), the demo on
 # CUDA (fp32 and bf16), and the resume-after-SIGKILL / checkpoint tests with device "auto" (= CUDA there).
 #   run from the repository root:  WHEELS=<dir of extra wheels> OUT=<results dir> bash benchmarks/gpu_training.sh
-# Multi-GPU (not run: multi-GPU machines were withheld in the session that wrote this):
-#   NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 \
-#   torchrun --standalone --nproc_per_node=2 -m neurosim.cli demo --device cuda --no-progress --out-dir runs/ddp2
-#   and the same with --nproc_per_node=1; compare train_samples_per_s and best accuracy in summary.json.
+# Multi-GPU (nvidia-h200-x2): benchmarks/ddp_scaling.sh.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT="${OUT:-/tmp/neurosim-gpu-out}"
 mkdir -p "$OUT"
-if [ -n "${WHEELS:-}" ]; then   # install only what the GPU image lacks
-  missing=$(python3 - <<'EOF'
-import importlib.util
-pairs = [("sklearn", "scikit_learn"), ("threadpoolctl", "threadpoolctl"), ("joblib", "joblib"),
-         ("matplotlib", "matplotlib"), ("contourpy", "contourpy"), ("cycler", "cycler"), ("fontTools", "fonttools"),
-         ("kiwisolver", "kiwisolver"), ("pyparsing", "pyparsing"), ("dateutil", "python_dateutil"),
-         ("pytest", "pytest"), ("pluggy", "pluggy"), ("iniconfig", "iniconfig")]
-print(" ".join(d for m, d in pairs if importlib.util.find_spec(m) is None))
-EOF
-)
-  echo "installing from carried wheels: ${missing:-nothing}"
-  for d in $missing; do python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site2 "$WHEELS"/$d-*.whl; done
-  export PYTHONPATH="/tmp/site2:${PYTHONPATH:-}"
-fi
+source benchmarks/gpu_wheels.sh   # only what the GPU image lacks
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, snntorch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'snntorch', snntorch.__version__)" | tee -a "$OUT/gpu.txt"
 

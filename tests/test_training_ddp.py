@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from neurosim.training import TrainConfig, get_dataset, get_model
@@ -13,15 +14,21 @@ from neurosim.training import checkpoint as ckpt_io
 from neurosim.training.trainer import seed_everything
 
 ARGS = ["train", "--dataset", "damped_sine", "--encoder", "direct", "--epochs", "2", "--batch-size", "64",
-        "--lr", "3e-3", "--device", "cpu", "--seed", "3", "--no-progress", "--no-tensorboard", "--no-plots"]
+        "--lr", "3e-3", "--seed", "3", "--no-progress", "--no-tensorboard", "--no-plots"]
+# NVLink multicast stays off on the lent multi-GPU hosts (a program using it can take the shared GPUs down)
+NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
 
-def test_two_gloo_processes_match_one_process(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", id="gpu", marks=pytest.mark.skipif(
+    torch.cuda.device_count() < 2, reason="the NCCL twin needs 2 GPUs (run on the device tool's nvidia-h200-x2)"))])
+def test_two_processes_match_one_process(tmp_path, device):
+    """gloo on CPU; on a 2-GPU machine the same check with NCCL (one GPU per rank vs one GPU)."""
+    env = {**os.environ, **NO_MULTICAST, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    args = [*ARGS, "--device", device]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                "-m", "neurosim.cli", *ARGS, "--out-dir", str(tmp_path / "ddp")]
+                "-m", "neurosim.cli", *args, "--out-dir", str(tmp_path / "ddp")]
     ddp = subprocess.Popen(torchrun, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    single = subprocess.run([sys.executable, "-m", "neurosim.cli", *ARGS, "--out-dir", str(tmp_path / "one")],
+    single = subprocess.run([sys.executable, "-m", "neurosim.cli", *args, "--out-dir", str(tmp_path / "one")],
                             env=env, capture_output=True, text=True, timeout=120)
     out, _ = ddp.communicate(timeout=120)
     if ddp.returncode != 0 and "ddress already in use" in out:   # the free port torchrun picked was taken: retry
@@ -32,6 +39,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
 
     s2, s1 = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("ddp", "one"))
     assert (s2["world_size"], s1["world_size"]) == (2, 1)
+    assert (s2["device"].split(":")[0], s1["device"].split(":")[0]) == (device, device)
     assert s2["train_samples"] == s1["train_samples"] == 2 * s1["num_train"]
     assert out.count("neurosim train:") == 1          # only rank 0 reports
     for key in ("loss", "mse", "mae", "r2"):
