@@ -182,7 +182,7 @@ def test_neurons_not_counted_and_totals():
     assert rep.not_counted == ["act"] and not rep.layer("act").counted
     fc = rep.layer("fc")
     assert fc.synops == int(x.sum()) * 4
-    assert rep.totals()["energy_pj"] == pytest.approx(23.6 * fc.synops + 52.0 * lif.neuron_updates)
+    assert rep.totals()["energy_pj"] == pytest.approx(23.6 * fc.synops + 81.0 * lif.neuron_updates)
     assert "not counted" in rep.table().lower() and "act" in rep.table()
     assert rep.batch_size == 2
 
