@@ -253,6 +253,21 @@ def test_fused_without_mem_trace_and_bad_shapes():
         BACKEND.run("lif", bad, x)
     with pytest.raises(ValueError, match="state.mem"):
         BACKEND.run("lif", p, x, F.LIFState(torch.zeros(2, 4)))
+    # parameters or state on another device than x: named, whatever path would run (meta stands in for a GPU)
+    meta = torch.device("meta")
+    with pytest.raises(ValueError, match=r"threshold is on meta but the input x is on cpu"):
+        BACKEND.run("lif", F.LIFParameters(torch.tensor(0.9), torch.tensor(1.0, device=meta)), x)
+    with pytest.raises(ValueError, match=r"state.mem is on meta"):
+        BACKEND.run("lif", p, x, F.LIFState(torch.zeros(2, 3, device=meta)))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_fused_layer_left_on_cpu_names_its_parameter():
+    """A fused LIF whose buffers stayed on the CPU, fed a CUDA tensor: a clear error, not one from inside Triton."""
+    lif = neurosim.LIF(beta=0.9, threshold=1.0, backend="fused")
+    with pytest.raises(ValueError, match=r"beta is on cpu but the input x is on cuda:0"):
+        lif(torch.rand(4, 2, 8, device="cuda"))
+    assert lif.to("cuda")(torch.rand(4, 2, 8, device="cuda")).is_cuda
 
 
 # ---------------------------------------------------------------- GPU (compiled kernels)

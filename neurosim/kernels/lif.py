@@ -51,6 +51,14 @@ def _check_shape(name, value: torch.Tensor, neuron_shape):
         )
 
 
+def _check_device(name, value: torch.Tensor, x: torch.Tensor):
+    """The kernels read parameters and state through pointers on ``x``'s device: anything else is an error
+    (the torch backends would broadcast a CPU scalar; the kernel would fail inside Triton)."""
+    if value.device != x.device:
+        raise ValueError(f"{name} is on {value.device} but the input x is on {x.device}: the fused backend needs "
+                         f"both on one device (move the layer with .to({str(x.device)!r}))")
+
+
 def _flat_param(name, value: torch.Tensor, neuron_shape):
     """A parameter as a float32 vector of 1 or N elements (N = neurons of one time step)."""
     _check_shape(name, value, neuron_shape)
@@ -184,11 +192,13 @@ class FusedBackend:
         self.check(kind, p)
         for name in ("beta", "threshold") + (("alpha",) if kind == "cuba" else ()):
             _check_shape(name, getattr(p, name), x.shape[1:])
+            _check_device(name, getattr(p, name), x)
         if state is not None:
             for name, s in zip(state._fields, state):
                 if not _broadcasts_to(s.shape, x.shape[1:]):
                     raise ValueError(f"state.{name} of shape {tuple(s.shape)} must broadcast to x.shape[1:] = "
                                      f"{tuple(x.shape[1:])}")
+                _check_device(f"state.{name}", s, x)
         path = self.path(x, interpret)
         if path == "reference":
             if check_finite:
