@@ -272,10 +272,23 @@ class Trainer:
         try:
             summary = self._fit(resume)
         except BaseException:
+            self._release_ddp()
             D.teardown(self.dist, ok=False)
             raise
+        self._release_ddp()
         D.teardown(self.dist)
         return summary
+
+    def _release_ddp(self) -> None:
+        """Drop the DDP wrapper (its reducer holds the process group's gloo/NCCL work objects) before the group
+        is destroyed, while the interpreter is fully alive: freed later, at interpreter exit, such objects can
+        abort the process (SIGABRT, "terminate called without an active exception"; rank 1 of the gloo test did,
+        now and then). ``self.model`` (the bare module) stays usable."""
+        if getattr(self, "ddp", None) is not None and self.ddp is not self.model:
+            self.ddp = self.model
+            import gc
+
+            gc.collect()
 
     def _fit(self, resume) -> dict:
         cfg = self.cfg
