@@ -180,6 +180,42 @@ def test_causal_conv_matches_loop_reference_and_is_causal(axis_name, axis):
     _future_unchanged(conv, x, axis=axis, i=2)
 
 
+@pytest.mark.parametrize("dilation,bias", [(1, True), (2, False), (3, True)])
+def test_conv1d_gemm_matches_float64_sum(dilation, bias):
+    """The matrix-product convolution (strict-fp32 CUDA path of the layers' Conv1d) against the defining sum."""
+    from neurosim.layers.conv import conv1d_gemm
+
+    g = torch.Generator().manual_seed(dilation)
+    x = torch.randn(3, 5, 17, generator=g, dtype=torch.float64)
+    w = torch.randn(4, 5, 3, generator=g, dtype=torch.float64)
+    b = torch.randn(4, generator=g, dtype=torch.float64) if bias else None
+    got = conv1d_gemm(x, w, b, dilation)
+    L = 17 - dilation * 2
+    ref = torch.zeros(3, 4, L, dtype=torch.float64)
+    for bb in range(3):
+        for o in range(4):
+            for i in range(L):
+                ref[bb, o, i] = sum(float(w[o, c, j]) * float(x[bb, c, i + j * dilation])
+                                    for c in range(5) for j in range(3)) + (float(b[o]) if bias else 0.0)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_strict_fp32_causal_conv_matches_float64():
+    """With TF32 off the layer's Conv1d takes the matrix-product path on CUDA: same numbers as float64 on CPU."""
+    torch.manual_seed(0)
+    conv = CausalConv1d(64, kernel_size=3, axis="tokens", bias=False)
+    x = torch.randn(2, 4, 32, 64)
+    ref = conv.double()(x.double())
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        got = conv.float().cuda()(x.cuda())
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+    torch.testing.assert_close(got.cpu().double(), ref, rtol=1e-5, atol=1e-5)
+
+
 def test_tpu_is_causal_in_time_and_mixes_timesteps():
     torch.manual_seed(4)
     s = spikes(T, B, N, D)

@@ -10,6 +10,32 @@ from .. import validate
 AXES = ("time", "tokens")
 
 
+def conv1d_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                dilation: int = 1) -> torch.Tensor:
+    """``F.conv1d(x, weight, bias, dilation=dilation)`` (stride 1, no padding, one group) as one matrix product
+    over the unfolded windows: ``y[b, o, l] = sum_{c, j} weight[o, c, j] * x[b, c, l + j * dilation]``."""
+    k = weight.shape[-1]
+    win = x.unfold(-1, dilation * (k - 1) + 1, 1)[..., ::dilation]  # [B, C, L_out, k]
+    y = torch.einsum("bclk,ock->bol", win, weight)
+    return y if bias is None else y + bias[:, None]
+
+
+class Conv1d(nn.Conv1d):
+    """``nn.Conv1d`` (every counter, exporter, report and state dict treats it as one) avoiding a cuDNN pitfall:
+    in strict float32 (``torch.backends.cudnn.allow_tf32 = False``) cuDNN picks an FFT algorithm for the
+    token-axis convolutions of the EST (384 -> 384 channels, kernel 3, 64 tokens) that took 50 ms a call on an
+    H200 instead of 0.06 ms with TF32 (BENCHMARKS.md). There, a dense (one-group) convolution runs as the
+    matrix product of :func:`conv1d_gemm` (when matrix products are strict float32 too); everywhere else (CPU,
+    TF32 allowed, autocast, groups) as before."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (self.groups == 1 and x.is_cuda and x.dtype == torch.float32 and not torch.backends.cudnn.allow_tf32
+                and not torch.backends.cuda.matmul.allow_tf32  # the product must be as strict as the convolution
+                and not torch.is_autocast_enabled("cuda") and self.padding == (0,) and self.stride == (1,)):
+            return conv1d_gemm(x, self.weight, self.bias, self.dilation[0])
+        return super().forward(x)
+
+
 class CausalConv1d(nn.Module):
     """1-D convolution whose output at position ``i`` sees only positions ``<= i`` of the chosen axis.
 
@@ -28,7 +54,7 @@ class CausalConv1d(nn.Module):
         self.kernel_size = validate.positive_int("kernel_size", kernel_size)
         self.dilation = validate.positive_int("dilation", dilation)
         self.axis = axis
-        self.conv = nn.Conv1d(channels, out_channels, self.kernel_size, groups=validate.positive_int("groups", groups),
+        self.conv = Conv1d(channels, out_channels, self.kernel_size, groups=validate.positive_int("groups", groups),
                               dilation=self.dilation, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
