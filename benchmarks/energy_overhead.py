@@ -104,8 +104,8 @@ def cases(quick: bool):
                 ("EST 2x32", est, (4, 8, 16), True)]
     sf, est = transformers(128, 384, 64)
     # the Spikformer at two batch sizes: 64, where the GPU waits for the host (Python, launches), and 256, where
-    # the host waits for the GPU; the EST at batch 16 (at 64 its forward is slow on the GPU for another reason,
-    # BENCHMARKS.md run 5)
+    # the host waits for the GPU; the EST at batch 16 (runs 5-6 timed a cuDNN strict-fp32 pitfall in its
+    # convolutions there, fixed in neurosim.layers.conv: BENCHMARKS.md run 7)
     return [("spiking MLP", MLP(784, 2048, 10), (16, 512, 784), True),
             ("spiking conv net", ConvNet(2, 64), (8, 64, 2, 64, 64), True),
             ("spiking attention block", AttentionBlock(256, 8), (4, 32, 128, 256), True),
