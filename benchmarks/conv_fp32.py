@@ -11,7 +11,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -24,17 +23,9 @@ from neurosim import validate  # noqa: E402
 from neurosim.layers import conv as NC  # noqa: E402
 
 
-def median_ms(f, n=10):
-    for _ in range(2):
-        f()
-    ts = []
-    for _ in range(n):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        f()
-        torch.cuda.synchronize()
-        ts.append(time.perf_counter() - t0)
-    return round(statistics.median(ts) * 1e3, 3)
+def median_ms(f, device, n=10):
+    """Median of ``n`` synchronised calls after 2 warm-up calls, in ms."""
+    return round(statistics.median(E.interleaved([f], device, n, 2)[0]) * 1e3, 3)
 
 
 def precision(tf32: bool):
@@ -65,8 +56,8 @@ def main():
         precision(tf32)
         NC.Conv1d.forward = fwd
         with torch.no_grad():
-            c = median_ms(lambda: conv(y))
-        rows.append({"path": label, "conv_ms": c, "est_forward_ms": median_ms(est_fwd)})
+            c = median_ms(lambda: conv(y), dev)
+        rows.append({"path": label, "conv_ms": c, "est_forward_ms": median_ms(est_fwd, dev)})
         print(rows[-1], flush=True)
     NC.Conv1d.forward = ours
     precision(False)

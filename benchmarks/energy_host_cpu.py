@@ -35,11 +35,8 @@ def main():
     model, _ = E.transformers(16, 32, 8, heads=4, depth=4)
     model.eval()
     x = (torch.rand(4, 2, 8, 16) < 0.2).float()
-    probe = EnergyMeter(model)
-    probe._walk(model, "")
-    leaves = [slot.module for slot in probe._slots]  # the modules a meter hooks
-    for h in probe._handles:
-        h.remove()
+    with EnergyMeter(model) as probe:
+        leaves = [slot.module for slot in probe._slots]  # the modules a meter hooks
 
     def plain():
         with torch.no_grad(), validate.deferred_checks():
@@ -60,17 +57,10 @@ def main():
         m.report()
 
     fns = {"plain forward": plain, "empty hooks": hooked, "EnergyMeter (+1 report per round)": metered}
-    times = collections.defaultdict(list)
-    for f in fns.values():
-        f()
-    for _ in range(15):
-        for name, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            times[name].append((time.perf_counter() - t0) / FORWARDS * 1e3)
+    times = E.interleaved(list(fns.values()), torch.device("cpu"), 15, 1, per=FORWARDS)
     print(f"torch {torch.__version__}, {len(leaves)} hooked modules")
-    for name, ts in times.items():
-        print(f"{name:38s} {statistics.median(ts):7.3f} ms a forward")
+    for name, ts in zip(fns, times):
+        print(f"{name:38s} {statistics.median(ts) * 1e3:7.3f} ms a forward")
 
     acc, n = collections.defaultdict(float), collections.Counter()
 

@@ -55,7 +55,7 @@ class CausalConv1d(nn.Module):
         self.dilation = validate.positive_int("dilation", dilation)
         self.axis = axis
         self.conv = Conv1d(channels, out_channels, self.kernel_size, groups=validate.positive_int("groups", groups),
-                              dilation=self.dilation, bias=bias)
+                           dilation=self.dilation, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         validate.rank_at_least("x", x, 3, "[T, B, (N,) C]")

@@ -11,6 +11,7 @@ averaged by DistributedDataParallel, metrics are summed over ranks, and only ran
 """
 from __future__ import annotations
 
+import gc
 import math
 import random
 import time
@@ -284,10 +285,8 @@ class Trainer:
         is destroyed, while the interpreter is fully alive: freed later, at interpreter exit, such objects can
         abort the process (SIGABRT, "terminate called without an active exception"; rank 1 of the gloo test did,
         now and then). ``self.model`` (the bare module) stays usable."""
-        if getattr(self, "ddp", None) is not None and self.ddp is not self.model:
+        if self.ddp is not self.model:
             self.ddp = self.model
-            import gc
-
             gc.collect()
 
     def _fit(self, resume) -> dict:
