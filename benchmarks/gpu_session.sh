@@ -14,14 +14,15 @@ rm -rf /tmp/ns && mkdir -p /tmp/ns
 cp -r neurosim /tmp/ns/neurosim
 for d in encoders models hardware; do cp -r "$d" "/tmp/ns/neurosim/$d"; done
 cp -r tests benchmarks /tmp/ns/
-export PYTHONPATH=/tmp/ns:/tmp/site
+export PYTHONPATH=/tmp/ns:/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 cd /tmp/ns
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
   python3 -c "import torch, triton, snntorch, norse, spikingjelly; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, 'snntorch', snntorch.__version__, 'norse', norse.__version__)"
 } 2>&1 | tee "$OUT/versions.txt"
 # PARTS picks what runs (default: tests lif energy): "tests" the fused-LIF and stats-kernel GPU tests, "lif" the
 # kernel benchmark ("sweep" adds its launch-config sweep), "energy" the profile overhead with the torch and the
-# fused LIF backend, "costs" where the profiler's overhead goes (energy_costs.py), "est" the EST training step.
+# fused LIF backend, "costs" where the profiler's overhead goes (energy_costs.py), "est" the EST training step,
+# "graphs" the CUDA-graph meter: its GPU tests and energy_graphs.py with both LIF backends.
 PARTS=" ${PARTS:-tests lif energy} "
 if [[ $PARTS == *" tests "* ]]; then
   timeout 150 python3 -m pytest -q -p no:cacheprovider -k "gpu" tests/test_fused_lif.py tests/test_energy_kernel.py 2>&1 | tail -15 | tee "$OUT/gpu_tests.txt"
@@ -33,6 +34,12 @@ fi
 if [[ $PARTS == *" energy "* ]]; then
   for b in torch fused; do
     timeout 280 python3 benchmarks/energy_overhead.py --device cuda --backend "$b" --out "$OUT/energy_overhead_$b.json" 2>&1 | tail -20
+  done
+fi
+if [[ $PARTS == *" graphs "* ]]; then
+  timeout 200 python3 -m pytest -q -p no:cacheprovider -k "gpu" tests/test_energy_batches.py 2>&1 | tail -15 | tee "$OUT/gpu_tests_graphs.txt"
+  for b in ${GRAPH_BACKENDS:-torch fused}; do
+    timeout "${GRAPH_TIMEOUT:-280}" python3 benchmarks/energy_graphs.py --backend "$b" ${GRAPH_ARGS:-} --out "$OUT/energy_graphs_$b.json" 2>&1 | tail -12
   done
 fi
 if [[ $PARTS == *" costs "* ]]; then

@@ -26,6 +26,9 @@ class DeferredChecks:
     def __init__(self, where: Callable[[], str] | None = None):
         self.where = where
         self._items: list = []  # (label, name, value, kind): "sum" bad when not finite, "flag" bad when nonzero
+        # while a CUDA graph is captured: value -> a slot that the graph adds the value to at every replay (a
+        # non-finite sum or a nonzero flag then stays so over all replays)
+        self.accumulate: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __len__(self):
         return len(self._items)
@@ -38,13 +41,18 @@ class DeferredChecks:
         """Queue the check of ``x``'s values (one device reduction, no host read)."""
         x = x.detach()
         if x.dtype == torch.float64:  # finite float64 values can overflow a float64 sum: test them one by one
-            self._items.append((self._label(), name, (~torch.isfinite(x)).any().reshape(1), "flag"))
+            self._add(name, (~torch.isfinite(x)).any(), "flag")
         else:
-            self._items.append((self._label(), name, x.sum(dtype=torch.float64).reshape(1), "sum"))
+            self._add(name, x.sum(dtype=torch.float64), "sum")
 
     def add_flag(self, name: str, bad: torch.Tensor):
         """Queue a kernel's flag (a one-element device tensor, nonzero when ``name`` held NaN/inf)."""
-        self._items.append((self._label(), name, bad.reshape(1), "flag"))
+        self._add(name, bad, "flag")
+
+    def _add(self, name: str, value: torch.Tensor, kind: str):
+        if self.accumulate is not None:
+            value = self.accumulate(value)
+        self._items.append((self._label(), name, value.reshape(1), kind))
 
     def check(self):
         """Read the queued values back (one transfer per device and dtype) and clear them; raise ValueError

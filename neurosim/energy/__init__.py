@@ -2,6 +2,7 @@
 
 >>> report = neurosim.energy.profile(model, x, hardware="cmos45nm")   # x: [T, B, ...]
 >>> print(report); report.to_csv("e.csv"); report.to_json("e.json"); report.plot("e.png")
+>>> report = neurosim.energy.profile_batches(model, (x.cuda() for x, _ in loader))  # a whole set, one report
 
 Per layer: the dense MACs an ANN of the same shape would do, SynOps (each input spike x its fan-out),
 MACs (real-valued inputs), other ACs (residual additions, pooling), neuron updates, firing rates and
@@ -12,9 +13,10 @@ attribute ``is_spiking_neuron = True``.
 from .cli import add_arguments, cli_main
 from .counters import Count, TensorStats, is_spiking_neuron, register_counter, spike_or_dense, stats
 from .hardware import CMOS45NM, LOIHI, HardwareProfile, get_profile, list_profiles, register_profile
+from .batches import profile_batches
 from .meter import EnergyMeter, profile
 from .report import EnergyReport, LayerReport
 
-__all__ = ["profile", "EnergyMeter", "EnergyReport", "LayerReport", "HardwareProfile", "CMOS45NM", "LOIHI",
-           "get_profile", "list_profiles", "register_profile", "register_counter", "Count", "TensorStats",
+__all__ = ["profile", "profile_batches", "EnergyMeter", "EnergyReport", "LayerReport", "HardwareProfile",
+           "CMOS45NM", "LOIHI", "get_profile", "list_profiles", "register_profile", "register_counter", "Count", "TensorStats",
            "stats", "spike_or_dense", "is_spiking_neuron", "cli_main", "add_arguments"]

@@ -172,12 +172,29 @@ class CountBuffer:
             entry = self.bufs[device] = [torch.zeros(self.capacity0, COLS, dtype=torch.int64, device=device), 0]
         buf, used = entry
         if used + n > buf.shape[0]:
+            if buf.is_cuda and torch.cuda.is_current_stream_capturing():
+                # a new buffer made during a CUDA-graph capture would be refilled with zeros at every replay
+                raise RuntimeError(f"count buffer full during a CUDA-graph capture ({used} of {buf.shape[0]} rows "
+                                   "used): reserve() more rows before capturing")
             grown = torch.zeros(2 * (used + n), COLS, dtype=torch.int64, device=device)
             grown[:used].copy_(buf[:used])
             entry[0] = grown
         entry[1] = used + n
         self._host = None
         return device, used
+
+    def used(self, device) -> int:
+        """Rows taken so far on ``device``."""
+        entry = self.bufs.get(device)
+        return 0 if entry is None else entry[1]
+
+    def reserve(self, device, n: int):
+        """Make room for ``n`` more rows on ``device`` now (no allocation while a CUDA graph is captured)."""
+        entry = self.bufs.get(device)
+        used = 0 if entry is None else entry[1]
+        if entry is None or used + n > entry[0].shape[0]:
+            self._row(device, n)
+            self.bufs[device][1] = used
 
     def stats(self, x: torch.Tensor, fan: torch.Tensor | None = None, defer: bool = False,
               inv_scale: float | None = None, optional: bool = False) -> RowStats:
@@ -304,9 +321,11 @@ class CountBuffer:
             self._host = {dev: buf[:used].cpu().tolist() for dev, (buf, used) in self.bufs.items()}
         return self._host
 
-    def value(self, c: DeviceCount):
+    def value(self, c: DeviceCount, runs: int = 1):
+        """``c`` after the read-back; ``runs``: its constant counts that many times (a graph replayed ``runs`` times
+        added its rows up, so the terms are read as they are)."""
         host = self.host()
-        v = c.const
+        v = c.const * runs
         for d, r, col, w in c.terms:
             v += w * host[d][r][col]
         return v
@@ -321,7 +340,8 @@ def rounded_scaled_sum(x: torch.Tensor, inv_scale: float) -> torch.Tensor:
 
 
 def _count_torch(x: torch.Tensor, out: torch.Tensor, fan64: torch.Tensor | None, inv_scale: float | None = None):
-    """The kernel's numbers with torch ops on the tensor's device, written to ``out`` without a host sync."""
+    """The kernel's numbers with torch ops on the tensor's device, added to ``out`` (a zeroed row) without a host
+    sync."""
     zero = torch.zeros((), dtype=torch.int64, device=x.device)
     if x.dtype == torch.bool:
         nnz = torch.count_nonzero(x)
@@ -337,4 +357,4 @@ def _count_torch(x: torch.Tensor, out: torch.Tensor, fan64: torch.Tensor | None,
         fanw = ((x != 0).reshape(-1, fan64.numel()).sum(0) * fan64).sum()
     if inv_scale is not None and x.is_floating_point():
         isum = rounded_scaled_sum(x, inv_scale)
-    out.copy_(torch.stack([nnz, ones, bad, fanw, isum]))
+    out.add_(torch.stack([nnz, ones, bad, fanw, isum]))  # added, as the kernel does (a replayed graph accumulates)

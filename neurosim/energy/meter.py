@@ -10,6 +10,7 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -32,7 +33,8 @@ class _Slot:
     neuron: bool = False  # a spiking neuron: its output (spikes) is always counted
     first_call: int = -1
     notes: set = field(default_factory=set)
-    # one entry per call: (count or None, stats of the rate-defining input, output stats, all input stats)
+    # one entry per call: (count or None, stats of the rate-defining input, output stats, all input stats,
+    # weight: 1 for a call run once, or the Replays of the CUDA graph that captured it)
     calls: list = field(default_factory=list)
 
     def changed_output(self):
@@ -126,6 +128,8 @@ class EnergyMeter:
         self._counting = None  # the slot whose counter runs
         self._tally = None  # (buffer row, stats) handed to a neuron kernel that counts its own spikes
         self._collecting = None  # the active spike_tally.collecting block, while inside ``with``
+        self._weight = 1  # weight of the calls being recorded (a graph's Replays while it is captured)
+        self._acc = None  # while a graph is captured: adds a 0-d count to a slot at every replay (graph.Slots)
 
     # ----------------------------------------------------------------------------------------- hooking
     def _walk(self, module: nn.Module, name: str):
@@ -326,7 +330,9 @@ class EnergyMeter:
             sout = None
             if out is not None:
                 sout = self._defer(out, slot, optional=not (self.rates_all or slot.neuron))
-            slot.calls.append((cnt, sin, sout, ins))
+            if cnt is not None and self._acc is not None:
+                _accumulate(cnt, self._acc)
+            slot.calls.append((cnt, sin, sout, ins, self._weight))
             if cnt is not None and cnt.note:
                 slot.notes.add(cnt.note)
 
@@ -334,7 +340,15 @@ class EnergyMeter:
 
     # -------------------------------------------------------------------------------------------- report
     def _ran(self):
-        return sorted((s for s in self._slots if s.calls), key=lambda s: s.first_call)
+        return sorted((s for s in self._slots if any(_weight(c[4]) for c in s.calls)), key=lambda s: s.first_call)
+
+    def graphed(self, inputs, warmup: int = 2):
+        """Capture one metered forward of the model on ``inputs`` (CUDA tensors) in a CUDA graph; returns a
+        :class:`~neurosim.energy.graph.GraphedForward` that runs it again for new inputs of the same shapes by
+        replaying the graph, without Python, hooks or launches on the host. See :mod:`neurosim.energy.graph`."""
+        from .graph import GraphedForward
+
+        return GraphedForward(self, inputs, warmup=warmup)
 
     def _host_values(self) -> dict:
         """id(tensor) -> float for every 0-d count recorded: one transfer per (device, dtype)."""
@@ -354,21 +368,36 @@ class EnergyMeter:
                     visit(t)
 
         for s in self._slots:
-            for cnt, sin, _, _ in s.calls:  # a call's input and output stats are the meter's rows
+            for cnt, sin, *_ in s.calls:  # a call's input and output stats are the meter's rows
                 if cnt is not None:
                     for v in (cnt.macs, cnt.synops, cnt.acs, cnt.spike_count, cnt.spike_input, cnt.spike_input2,
                               cnt.info, sin):
                         visit(v)
         return {key: float(v) for key, v in zip(tensors, validate.read_back(list(tensors.values())))}
 
+    def _evaluators(self, host) -> dict:
+        """weight -> how its calls' counts are read: 1 (eager calls), or a graph's ReplayHistory."""
+        evs = {}
+
+        def get(w):
+            ev = evs.get(id(w))
+            if ev is None:
+                ev = evs[id(w)] = _Eager(host, self._counts) if type(w) is int else _Replayed(w, host, self._counts)
+            return ev
+        return get
+
     def _check_finite(self, host):
+        ev_for = self._evaluators(host)
         for s in self._ran():
-            for _, _, _, ins in s.calls:
+            for _, _, _, ins, w in s.calls:
+                if not _weight(w):
+                    continue  # a graph never replayed: its rows were never counted
+                ev = ev_for(w)
                 for st in ins:
                     if not _measured(st):
                         continue
                     if isinstance(st, RowStats):
-                        bad = self._counts.value(st.bad) > 0
+                        bad = _total(ev.val(st.bad)) > 0
                     else:
                         bad = st.total is not None and not math.isfinite(host[id(st.total)])
                     if bad:
@@ -381,81 +410,82 @@ class EnergyMeter:
         host = self._host_values()
         counts = self._counts
 
-        host_rows = counts.host()  # device -> buffer rows (read once)
-
-        def val(v):
-            if torch.is_tensor(v):
-                return host[id(v)]
-            return float(counts.value(v)) if type(v) is DeviceCount else float(v)
         self._check_finite(host)
-
-        def binary(st):
-            if type(st) is RowStats:  # the row itself, without building its DeviceCounts
-                r = host_rows[st.dev][st.row]
-                return r[NNZ] == r[ONES]
-            return st is not None and val(st.nnz) == val(st.ones)
+        ev_for = self._evaluators(host)
 
         hw = self.hardware
         rows, notes = [], []
         unpriced = 0
         for s in ran:
-            r = LayerReport(name=s.name, type=type(s.module).__name__, calls=len(s.calls),
-                            counted=s.counter is not None)
+            r = LayerReport(name=s.name, type=type(s.module).__name__, calls=0, counted=s.counter is not None)
             require = s.require
             macs = synops = acs = paper = 0.0
             all_spikes = True
-            for cnt, sin, sout, ins in s.calls:
+            summary = C.summary_for(s.module) if r.counted else None
+            infos = []
+            for cnt, sin, sout, ins, weight in s.calls:
+                w = _weight(weight)
+                if not w:
+                    continue
+                # an eager call gives numbers and bools; a replayed graph's call gives arrays over its replays
+                ev = ev_for(weight)
+                val, binary = ev.val, ev.binary
+                r.calls += w
                 if not _measured(sin):
                     all_spikes = False  # not read (rates="needed"): the layer's input rate is not measured
                 else:
-                    r.in_numel += sin.numel
-                    r.in_nnz += int(val(sin.nnz))
-                    all_spikes &= binary(sin)
-                    if require and not binary(sin):
-                        bad = int(val(sin.nnz) - val(sin.ones))
+                    r.in_numel += sin.numel * w
+                    nnz = val(sin.nnz)
+                    r.in_nnz += int(_total(nnz))
+                    spikes_in = _all(binary(sin))
+                    all_spikes &= spikes_in
+                    if require and not spikes_in:
+                        bad = int(_total(nnz - val(sin.ones)))
                         raise ValueError(f"layer {s.name!r} ({r.type}) requires binary spikes (values 0 or 1) as "
-                                         f"input, but {bad} of {sin.numel} input values were not 0 or 1")
+                                         f"input, but {bad} of {sin.numel * w} input values were not 0 or 1")
                 if _measured(sout):
-                    r.out_numel += sout.numel
-                    r.out_nnz += int(val(sout.nnz))
+                    r.out_numel += sout.numel * w
+                    r.out_nnz += int(_total(val(sout.nnz)))
                 if cnt is None:
                     continue
-                r.dense += int(cnt.dense)
+                if summary is not None:
+                    infos += ev.infos(cnt.info)
+                r.dense += int(cnt.dense) * w
                 r.dense_is_mac = cnt.dense_is_mac
-                r.neuron_updates += int(cnt.neuron_updates)
-                macs += val(cnt.macs)
-                synops += val(cnt.synops)
-                acs += val(cnt.acs)
+                r.neuron_updates += int(cnt.neuron_updates) * w
+                macs += _total(val(cnt.macs))
+                synops += _total(val(cnt.synops))
+                acs += _total(val(cnt.acs))
                 if cnt.spike_count is None:
                     continue
-                b1 = binary(cnt.spike_input)
+                s1, s2 = cnt.spike_input, cnt.spike_input2
+                b1 = binary(s1)
                 if isinstance(cnt.spike_count, dict):
-                    b2 = binary(cnt.spike_input2)
-                    key = "both" if b1 and b2 else "first" if b1 else "second" if b2 else None
-                    spiking = val(cnt.spike_count[key]) if key else None
-                    rate_src = cnt.spike_input if b1 else cnt.spike_input2
+                    b2 = binary(s2)
+                    sc = cnt.spike_count
+                    spiking = _pick(b1 & b2, val(sc["both"]), _pick(b1, val(sc["first"]), val(sc["second"])))
+                    has = b1 | b2
+                    rate2 = val(s2.nnz) / max(s2.numel, 1) if s2 is not None else 0.0
+                    rate = _pick(b1, val(s1.nnz) / max(s1.numel, 1), rate2)
                 else:
-                    spiking = val(cnt.spike_count) if b1 else None
-                    rate_src = cnt.spike_input
-                if spiking is None:  # no binary operand: the dense operations
-                    if cnt.dense_is_mac:
-                        macs += cnt.dense
-                    else:
-                        acs += cnt.dense
-                elif cnt.spike_kind == "synops":
+                    spiking, has = val(cnt.spike_count), b1
+                    rate = val(s1.nnz) / max(s1.numel, 1)
+                dense_runs = _total(_pick(has, 0, 1))  # runs with no binary operand: the dense operations
+                if cnt.dense_is_mac:
+                    macs += cnt.dense * dense_runs
+                else:
+                    acs += cnt.dense * dense_runs
+                spiking = _total(_pick(has, spiking, 0))
+                if cnt.spike_kind == "synops":
                     synops += spiking
-                    paper += val(rate_src.nnz) / max(rate_src.numel, 1) * cnt.dense  # the papers' rate x dense
+                    paper += _total(_pick(has, rate * cnt.dense, 0))  # the papers' rate x dense
                 else:
                     acs += spiking
             r.macs, r.synops, r.acs = int(round(macs)), int(round(synops)), int(round(acs))
             r.synops_paper = paper
             r.in_spikes = r.in_numel > 0 and all_spikes
             r.note = "; ".join(sorted(s.notes)) or ("" if r.counted else "no counter registered for this module type")
-            summary = C.summary_for(s.module) if r.counted else None
             if summary is not None:
-                infos = [{k: (val(v) if torch.is_tensor(v) or isinstance(v, DeviceCount) else v)
-                          for k, v in cnt.info.items()}
-                         for cnt, *_ in s.calls if cnt is not None]
                 r.info, line = summary(r, infos)
                 if line:
                     notes.append(line)
@@ -473,6 +503,98 @@ class EnergyMeter:
                          "(real-valued layers run off this hardware)")
         return EnergyReport(hardware=hw, layers=rows, batch_size=batch_size, notes=notes,
                             counting="+".join(sorted(counts.paths)))
+
+
+def _weight(w) -> int:
+    """How many runs a recorded call stands for: 1, or its graph's replays so far."""
+    return w if type(w) is int else w.n
+
+
+def _pick(cond, a, b):
+    """``a if cond else b``, per replay when ``cond`` is an array."""
+    if isinstance(cond, np.ndarray):
+        return np.where(cond, a, b)
+    return a if cond else b
+
+
+def _total(v) -> float:
+    return float(v.sum()) if isinstance(v, np.ndarray) else float(v)
+
+
+def _all(b) -> bool:
+    return bool(b.all()) if isinstance(b, np.ndarray) else bool(b)
+
+
+class _Eager:
+    """Counts of a call run once: numbers, from the one read-back."""
+
+    def __init__(self, host: dict, counts):
+        self.host, self.counts = host, counts
+        self.rows = counts.host()  # device -> buffer rows (read once)
+
+    def val(self, v):
+        if torch.is_tensor(v):
+            return self.host[id(v)]
+        return float(self.counts.value(v)) if type(v) is DeviceCount else float(v)
+
+    def binary(self, st) -> bool:
+        if type(st) is RowStats:  # the row itself, without building its DeviceCounts
+            r = self.rows[st.dev][st.row]
+            return r[NNZ] == r[ONES]
+        return st is not None and self.val(st.nnz) == self.val(st.ones)
+
+    def infos(self, info: dict) -> list:
+        return [{k: (self.val(v) if torch.is_tensor(v) or isinstance(v, DeviceCount) else v) for k, v in info.items()}]
+
+
+class _Replayed:
+    """Counts of a call captured in a CUDA graph: arrays with one entry per replay, from its ReplayHistory."""
+
+    def __init__(self, history, host: dict, counts):
+        self.h, self.host, self.counts = history, host, counts
+        self.n = history.n
+        self.rows, self.slots = history.arrays()
+
+    def val(self, v) -> np.ndarray:
+        h = self.h
+        if torch.is_tensor(v):
+            i = h.slot_index.get(id(v))
+            return self.slots[:, i].copy() if i is not None else np.full(self.n, self.host[id(v)])
+        if type(v) is DeviceCount:
+            out = np.full(self.n, float(v.const))
+            for d, row, col, k in v.terms:
+                i = row - h.base
+                if 0 <= i < self.rows.shape[1]:
+                    out += k * self.rows[:, i, col]
+                else:  # a row taken before the capture (not expected): the same value in every replay
+                    out += k * self.counts.host()[d][row][col]
+            return out
+        return np.full(self.n, float(v))
+
+    def binary(self, st) -> np.ndarray:
+        if st is None:
+            return np.zeros(self.n, dtype=bool)
+        return self.val(st.nnz) == self.val(st.ones)
+
+    def infos(self, info: dict) -> list:
+        vals = {k: (self.val(v) if torch.is_tensor(v) or isinstance(v, DeviceCount) else v) for k, v in info.items()}
+        return [{k: (float(x[i]) if isinstance(x, np.ndarray) else x) for k, x in vals.items()} for i in range(self.n)]
+
+
+def _accumulate(cnt: C.Count, acc):
+    """While a graph is captured: every 0-d tensor of ``cnt`` becomes a slot the graph adds it to at each replay."""
+    def slot(v):
+        if torch.is_tensor(v):
+            return acc(v)
+        if isinstance(v, C.TensorStats):
+            return C.TensorStats(v.numel, *(None if t is None else slot(t) for t in (v.nnz, v.ones, v.total)))
+        if isinstance(v, dict):
+            return {k: slot(t) for k, t in v.items()}
+        return v
+
+    cnt.macs, cnt.synops, cnt.acs = slot(cnt.macs), slot(cnt.synops), slot(cnt.acs)
+    cnt.spike_count, cnt.info = slot(cnt.spike_count), slot(cnt.info)
+    cnt.spike_input, cnt.spike_input2 = slot(cnt.spike_input), slot(cnt.spike_input2)
 
 
 def _measured(st) -> bool:
