@@ -18,5 +18,5 @@ from .meter import EnergyMeter, profile
 from .report import EnergyReport, LayerReport
 
 __all__ = ["profile", "profile_batches", "EnergyMeter", "EnergyReport", "LayerReport", "HardwareProfile",
-           "CMOS45NM", "LOIHI", "get_profile", "list_profiles", "register_profile", "register_counter", "Count", "TensorStats",
-           "stats", "spike_or_dense", "is_spiking_neuron", "cli_main", "add_arguments"]
+           "CMOS45NM", "LOIHI", "get_profile", "list_profiles", "register_profile", "register_counter", "Count",
+           "TensorStats", "stats", "spike_or_dense", "is_spiking_neuron", "cli_main", "add_arguments"]

@@ -34,7 +34,7 @@ class _Slot:
     first_call: int = -1
     notes: set = field(default_factory=set)
     # one entry per call: (count or None, stats of the rate-defining input, output stats, all input stats,
-    # weight: 1 for a call run once, or the Replays of the CUDA graph that captured it)
+    # weight: 1 for a call run once, or the ReplayHistory of the CUDA graph that captured it)
     calls: list = field(default_factory=list)
 
     def changed_output(self):
@@ -128,7 +128,7 @@ class EnergyMeter:
         self._counting = None  # the slot whose counter runs
         self._tally = None  # (buffer row, stats) handed to a neuron kernel that counts its own spikes
         self._collecting = None  # the active spike_tally.collecting block, while inside ``with``
-        self._weight = 1  # weight of the calls being recorded (a graph's Replays while it is captured)
+        self._weight = 1  # weight of the calls being recorded (a graph's ReplayHistory while it is captured)
         self._acc = None  # while a graph is captured: adds a 0-d count to a slot at every replay (graph.Slots)
 
     # ----------------------------------------------------------------------------------------- hooking
