@@ -7,7 +7,6 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .graph import signature
 from .meter import EnergyMeter, _call, _first_tensor
 from .report import EnergyReport
 
@@ -57,7 +56,7 @@ def profile_batches(model: nn.Module, batches, hardware="cmos45nm", require_spik
                         raise
                     warnings.warn(f"profile_batches: running eagerly ({exc})", RuntimeWarning, stacklevel=2)
                     cuda_graph = False
-            if graph is not None and signature(inputs) == graph.signature:
+            if graph is not None and graph.matches(inputs):
                 graph(inputs)
             else:
                 _call(model, inputs)

@@ -119,19 +119,13 @@ def _static(inputs):
 
 
 def _count_tensors(cnt) -> int:
-    """0-d tensors in a counter's Count (each needs a slot when captured)."""
-    def n(v):
-        if torch.is_tensor(v):
-            return 1
-        if isinstance(v, dict):
-            return sum(n(t) for t in v.values())
-        nnz = getattr(v, "nnz", None)
-        if torch.is_tensor(nnz):  # TensorStats
-            return sum(torch.is_tensor(t) for t in (v.nnz, v.ones, v.total))
-        return 0
+    """0-d tensors in a counter's Count (each needs a slot when captured: the ones the meter's _accumulate
+    replaces)."""
+    from .meter import _map_tensors
 
-    return sum(n(v) for v in (cnt.macs, cnt.synops, cnt.acs, cnt.spike_count, cnt.info, cnt.spike_input,
-                              cnt.spike_input2))
+    found = []
+    _map_tensors(cnt, found.append)
+    return len(found)
 
 
 class GraphedForward:
@@ -167,13 +161,13 @@ class GraphedForward:
                 if i == warmup - 1:  # the last warm-up measures what one forward takes
                     rows0 = counts.used(self.device)
                     items0 = len(checks) if checks is not None else 0
-                    calls0 = [len(s.calls) for s in meter._slots]
+                    last = [len(s.calls) for s in meter._slots]
                 _call(meter.model, self.inputs)
                 counts.flush()
         torch.cuda.current_stream(self.device).wait_stream(stream)
         rows = counts.used(self.device) - rows0
         need_checks = (len(checks) if checks is not None else 0) - items0
-        need = sum(_count_tensors(c[0]) for s, n0 in zip(meter._slots, calls0) for c in s.calls[n0:]
+        need = sum(_count_tensors(c[0]) for s, n0 in zip(meter._slots, last) for c in s.calls[n0:]
                    if c[0] is not None)
         for s, n0 in zip(meter._slots, marks):  # the warm-ups ran on the first batch: not counted
             del s.calls[n0:]
@@ -186,7 +180,6 @@ class GraphedForward:
         check_slots = Slots(self.device, 2 * need_checks + 16)  # never zeroed: the checks add up over replays
         self.history = ReplayHistory(base, slots.index)
 
-        marks = [len(s.calls) for s in meter._slots]
         items = len(checks) if checks is not None else 0
         self.graph = torch.cuda.CUDAGraph()
         meter._weight, meter._acc = self.history, slots

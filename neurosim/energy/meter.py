@@ -581,20 +581,28 @@ class _Replayed:
         return [{k: (float(x[i]) if isinstance(x, np.ndarray) else x) for k, x in vals.items()} for i in range(self.n)]
 
 
-def _accumulate(cnt: C.Count, acc):
-    """While a graph is captured: every 0-d tensor of ``cnt`` becomes a slot the graph adds it to at each replay."""
-    def slot(v):
+_TENSOR_FIELDS = ("macs", "synops", "acs", "spike_count", "info", "spike_input", "spike_input2")
+
+
+def _map_tensors(cnt: C.Count, fn) -> dict:
+    """field -> its value with every 0-d tensor ``t`` of ``cnt`` (in numbers, dicts, TensorStats) replaced by
+    ``fn(t)``."""
+    def sub(v):
         if torch.is_tensor(v):
-            return acc(v)
+            return fn(v)
         if isinstance(v, C.TensorStats):
-            return C.TensorStats(v.numel, *(None if t is None else slot(t) for t in (v.nnz, v.ones, v.total)))
+            return C.TensorStats(v.numel, *(None if t is None else sub(t) for t in (v.nnz, v.ones, v.total)))
         if isinstance(v, dict):
-            return {k: slot(t) for k, t in v.items()}
+            return {k: sub(t) for k, t in v.items()}
         return v
 
-    cnt.macs, cnt.synops, cnt.acs = slot(cnt.macs), slot(cnt.synops), slot(cnt.acs)
-    cnt.spike_count, cnt.info = slot(cnt.spike_count), slot(cnt.info)
-    cnt.spike_input, cnt.spike_input2 = slot(cnt.spike_input), slot(cnt.spike_input2)
+    return {f: sub(getattr(cnt, f)) for f in _TENSOR_FIELDS}
+
+
+def _accumulate(cnt: C.Count, acc):
+    """While a graph is captured: every 0-d tensor of ``cnt`` becomes a slot the graph adds it to at each replay."""
+    for f, v in _map_tensors(cnt, acc).items():
+        setattr(cnt, f, v)
 
 
 def _measured(st) -> bool:
