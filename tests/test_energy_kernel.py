@@ -136,6 +136,7 @@ def test_kernel_counts_match_float64_reference(interpreter_results):
     assert set(counts) == set(cases)
     for name, (x, fan, inv) in cases.items():
         assert counts[name] == reference(x, fan, inv), name
+    assert interpreter_results["counts64"] == counts  # 64-bit index arithmetic gives the same counts
     # the cases exercise what they claim to
     assert counts["f32_nan_inf_nonbinary"][2] == 3 and counts["bf16"][2] == 3
     assert counts["f32_nan_inf_nonbinary"][0] > counts["f32_nan_inf_nonbinary"][1] > 0
@@ -427,9 +428,14 @@ def fused_kernel_counts(device="cpu"):
 # ---------------------------------------------------------------- child process entry point
 if __name__ == "__main__" and len(sys.argv) > 2 and sys.argv[1] == "--interpreter":
     counts, paths = buffer_counts("auto")
+    from neurosim.kernels import stats as K
+
+    K.IDX32_LIMIT = 0  # the kernel's 64-bit index path (tensors past 2**31 elements), on the same cases
+    counts64, _ = buffer_counts("auto")
+    K.IDX32_LIMIT = 2 ** 31
     saved = torch.load(sys.argv[2])
     net, _ = conv_case()
     net.load_state_dict(saved["state"])
     rep = profile(net.eval(), saved["x"], counting="kernel")
-    print(json.dumps({"counts": counts, "paths": paths, "report": json.loads(rep.to_json()),
+    print(json.dumps({"counts": counts, "counts64": counts64, "paths": paths, "report": json.loads(rep.to_json()),
                       "counting": rep.counting, "fused": fused_kernel_counts()}))

@@ -294,12 +294,12 @@ class CountBuffer:
 
     def _count(self, st: RowStats, x: torch.Tensor, fan: torch.Tensor | None):
         x = x.detach()
-        out = self.bufs[st.dev][0][st.row]
+        buf = self.bufs[st.dev][0]
         st.fan = fan
         path = self._path(x)
         self.paths.add(path)
         if path == "torch":
-            _count_torch(x, out, None if fan is None else _fan_maps(fan)[2], st.inv_scale)
+            _count_torch(x, buf[st.row], None if fan is None else _fan_maps(fan)[2], st.inv_scale)
             return
         from ..kernels import stats as K
 
@@ -311,7 +311,8 @@ class CountBuffer:
             flat = x
         else:
             flat = x.contiguous()
-        K.launch(flat, out, None if fan is None else _fan_maps(fan)[1], st.inv_scale, interpret=path == "interpreter")
+        K.launch(flat, buf, None if fan is None else _fan_maps(fan)[1], st.inv_scale, interpret=path == "interpreter",
+                 row=st.row)
 
     # ------------------------------------------------------------------------------------------ read-back
     def host(self) -> dict:
