@@ -80,7 +80,7 @@ def simulated_replays(net, xs):
             base = meter._counts.used(cpu)
             slots = Slots(cpu, 16)
             if history is None:
-                history = ReplayHistory(base, slots.index)
+                history = ReplayHistory(base, slots.index, cpu)
             meter._weight, meter._acc = history, slots
             checks.accumulate = check_slots
             net(x)

@@ -213,6 +213,41 @@ def test_tally_rows_span_rows_and_survive_growth():
     assert (int(last.nnz), buf.bufs[x.device][1]) == (0, 1 + 7 + 1)
 
 
+def test_fold_moves_each_tally_into_one_element_per_replay():
+    """The read-back folds a tally region (the programs' partial counts) into its first element; on the per-replay
+    rows of a captured graph (``[replays, rows, COLS]`` from a base row) each replay is folded on its own, and the
+    rows around the regions are left as they were."""
+    import numpy as np
+
+    from neurosim import spike_tally
+    from neurosim.energy.device_counts import COLS
+
+    slots = spike_tally.SLOTS
+    buf = CountBuffer("torch")
+    x = torch.ones(5)
+    before = buf.stats(x)  # a row taken before the "capture": outside the replayed rows
+    base = buf.used(x.device)
+    mid = buf.stats(x * 0)
+    t1, _ = buf.tally_row(x, slots)
+    t2, _ = buf.tally_row(x, slots)
+    n_rows = buf.used(x.device) - base
+    g = np.random.default_rng(0)
+    replays = g.integers(0, 50, size=(3, n_rows, COLS))
+    raw = replays.copy()
+    flat = raw.reshape(3, -1)
+    want = [[int(flat[k, (t.row - base) * COLS:(t.row - base) * COLS + slots].sum()) for t in (t1, t2)]
+            for k in range(3)]
+    folded = buf.fold(x.device, replays, base)
+    ff = folded.reshape(3, -1)
+    for k in range(3):
+        for t, total in zip((t1, t2), want[k]):
+            start = (t.row - base) * COLS
+            assert ff[k, start] == total and not ff[k, start + 1:start + slots].any()
+        assert (folded[k, mid.row - base] == raw[k, mid.row - base]).all()  # an ordinary row: untouched
+    assert np.array_equal(buf.fold(x.device, folded.copy(), base), folded)  # idempotent
+    assert before.row < base
+
+
 def _reads(net, x, **kw):
     counted = []
     orig = CountBuffer._count

@@ -16,6 +16,7 @@ single read-back.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .. import validate
@@ -103,7 +104,8 @@ class RowStats:
 
 class TallyStats(RowStats):
     """Counts of a binary tensor summed over ``slots`` consecutive buffer elements from its row on (a kernel's
-    programs spread their additions over them): nonzeros = ones = that sum; no non-finite elements."""
+    programs spread their additions over them): nonzeros = ones = that sum, which the read-back folds into the
+    row's first element (:meth:`CountBuffer.fold`); no non-finite elements."""
 
     __slots__ = ("slots",)
 
@@ -114,8 +116,7 @@ class TallyStats(RowStats):
     def col(self, col: int) -> DeviceCount:
         if col not in (NNZ, ONES):
             return DeviceCount(self.owner, (), 0)
-        return DeviceCount(self.owner, tuple((self.dev, *divmod(self.row * COLS + i, COLS), 1)
-                                             for i in range(self.slots)))
+        return DeviceCount(self.owner, ((self.dev, self.row, NNZ, 1),))
 
 
 _FANS: dict = {}  # id(fan map) -> (map, int32 copy, int64 copy); the maps live in the counters' fan-out cache
@@ -161,6 +162,7 @@ class CountBuffer:
         self.pending: list[RowStats] = []  # deferred rows that will be counted
         self.optional: list[RowStats] = []  # deferred rows counted only if asked for (else dropped)
         self.paths: set[str] = set()  # "kernel", "interpreter", "torch": what counted
+        self.tallies: dict = {}  # device -> {slots: [first row of each tally region]} (see fold)
         self._host = None
         self._cuda_kernel = None
 
@@ -217,6 +219,7 @@ class CountBuffer:
         layer's spikes), spread over ``slots`` int64 elements of the buffer: its stats and that region (a view)."""
         dev, row = self._row(x.device, -(-slots // COLS))
         self.paths.add("neuron kernel")
+        self.tallies.setdefault(dev, {}).setdefault(slots, []).append(row)
         region = self.bufs[dev][0].view(-1)[row * COLS: row * COLS + slots]
         return TallyStats(self, x.numel(), dev, row, slots), region
 
@@ -319,8 +322,26 @@ class CountBuffer:
         """device -> rows as lists of Python ints (one transfer per device; pending rows are counted first)."""
         self.flush()
         if self._host is None:
-            self._host = {dev: buf[:used].cpu().tolist() for dev, (buf, used) in self.bufs.items()}
+            self._host = {dev: self.fold(dev, buf[:used].cpu().numpy().copy()).tolist()
+                          for dev, (buf, used) in self.bufs.items()}
         return self._host
+
+    def fold(self, dev, rows, base: int = 0):
+        """``rows`` (a numpy int64 array ``[..., r, COLS]`` of the buffer rows of ``dev`` from row ``base`` on, read
+        back) with each tally region's sum moved into its first element and its other slots zeroed (in place when
+        ``rows`` is contiguous): a tally's count is then that one element (what :class:`TallyStats` refers to).
+        Idempotent."""
+        rows = np.ascontiguousarray(rows)
+        flat = rows.reshape(rows.shape[:-2] + (-1,))
+        for slots, firsts in self.tallies.get(dev, {}).items():
+            starts = [(r - base) * COLS for r in firsts if r >= base and (r - base) * COLS + slots <= flat.shape[-1]]
+            if not starts:
+                continue
+            idx = np.asarray(starts)[:, None] + np.arange(slots)
+            sums = flat[..., idx].sum(-1)
+            flat[..., idx] = 0
+            flat[..., starts] = sums
+        return rows
 
     def value(self, c: DeviceCount, runs: int = 1):
         """``c`` after the read-back; ``runs``: its constant counts that many times (a graph replayed ``runs`` times

@@ -49,11 +49,11 @@ class Slots:
 class ReplayHistory:
     """The per-replay counts of one captured forward: the weight of the calls it captured (``n`` runs).
 
-    ``base``: the first buffer row the capture took; ``rows`` ``[n, rows, COLS]`` and ``slots`` ``[n, slots]``:
+    ``base``: the first buffer row the capture took (on ``device``); ``rows`` ``[n, rows, COLS]`` and ``slots`` ``[n, slots]``:
     each replay's rows from ``base`` on and its count slots (device tensors, grown by doubling)."""
 
-    def __init__(self, base: int, slot_index: dict):
-        self.base, self.slot_index = base, slot_index
+    def __init__(self, base: int, slot_index: dict, device=None):
+        self.base, self.slot_index, self.device = base, slot_index, device
         self.n = 0
         self.rows = self.slots = None
         self._arrays = None
@@ -178,7 +178,7 @@ class GraphedForward:
         region = counts.bufs[self.device][0][base:base + reserve]
         slots = Slots(self.device, 2 * need + 16)
         check_slots = Slots(self.device, 2 * need_checks + 16)  # never zeroed: the checks add up over replays
-        self.history = ReplayHistory(base, slots.index)
+        self.history = ReplayHistory(base, slots.index, self.device)
 
         items = len(checks) if checks is not None else 0
         self.graph = torch.cuda.CUDAGraph()

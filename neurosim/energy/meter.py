@@ -554,6 +554,7 @@ class _Replayed:
         self.h, self.host, self.counts = history, host, counts
         self.n = history.n
         self.rows, self.slots = history.arrays()
+        self.rows = counts.fold(history.device, self.rows, history.base)  # a tally region's count in one element
 
     def val(self, v) -> np.ndarray:
         h = self.h
