@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import neurosim
-from neurosim.energy import profile
+from neurosim.energy import EnergyMeter, profile
 from neurosim.energy.device_counts import CountBuffer
 from neurosim.layers import MatMul
 
@@ -192,6 +192,12 @@ def check_fused_counts(fused):
         # the Spikformer's LIF outputs feed Linear layers and products: one read fewer per LIF layer; the conv
         # net's feed a conv and a pool, whose fan-weighted counts need the spike positions (a read either way)
         assert read["reads"] - own["reads"] == (len(lifs) if name == "spikformer" else 0), name
+    own, read = fused["conv_thrice_True"], fused["conv_thrice_False"]
+    assert own["report"] == read["report"]
+    assert [t for t, _ in own["per_forward"]] == [2, 0, 0]  # both LIFs tallied in the first forward only
+    assert [t for t, _ in read["per_forward"]] == [0, 0, 0]
+    # the same reads as with no tally at all (the second forward reuses the first one's row of the same input x)
+    assert [r for _, r in own["per_forward"]] == [r for _, r in read["per_forward"]]
 
 
 # ---------------------------------------------------------------- meter behaviour (this process, torch path)
@@ -437,7 +443,7 @@ def fused_kernel_counts(device="cpu"):
         (row, spikes), = sink.rows
         direct.append([row.tolist(), int(spikes.double().sum()), int((spikes != 0).sum())])
     out = {"direct": direct}
-    orig_row, orig_count = spike_tally.row, CountBuffer._count
+    orig_row, orig_count, orig_tally = spike_tally.row, CountBuffer._count, CountBuffer.tally_row
     reads = []
 
     def spy(self, st, t, fan):
@@ -455,8 +461,30 @@ def fused_kernel_counts(device="cpu"):
                     counting = rep.counting.replace("interpreter", "kernel")  # the same code, run either way
                     out[f"{name}_{offered}"] = {"report": json.loads(rep.to_json()), "reads": len(reads),
                                                 "counting": counting}
+        # the conv net's LIF outputs feed a conv and a pool, whose fan-weighted reads count the spikes anyway:
+        # after the first forward the meter stops asking the kernel to count them (same report, same reads)
+        model, x = fused_models(device)["conv"]
+        tallies, orig_tally = [], CountBuffer.tally_row
+
+        def spy_tally(self, t, slots):
+            tallies.append(tuple(t.shape))
+            return orig_tally(self, t, slots)
+
+        CountBuffer.tally_row = spy_tally
+        for offered in (True, False):
+            spike_tally.row = orig_row if offered else (lambda x: None)
+            per_forward = []
+            with torch.no_grad(), EnergyMeter(model, counting="kernel") as meter:
+                for _ in range(3):
+                    tallies.clear()
+                    reads.clear()
+                    model(x)
+                    meter._counts.flush()
+                    per_forward.append([len(tallies), len(reads)])
+            out[f"conv_thrice_{offered}"] = {"report": json.loads(meter.report().to_json()),
+                                             "per_forward": per_forward}
     finally:
-        spike_tally.row, CountBuffer._count = orig_row, orig_count
+        spike_tally.row, CountBuffer._count, CountBuffer.tally_row = orig_row, orig_count, orig_tally
     return out
 
 

@@ -107,11 +107,12 @@ class TallyStats(RowStats):
     programs spread their additions over them): nonzeros = ones = that sum, which the read-back folds into the
     row's first element (:meth:`CountBuffer.fold`); no non-finite elements."""
 
-    __slots__ = ("slots",)
+    __slots__ = ("slots", "producer")
 
     def __init__(self, owner, numel, dev, row, slots):
         super().__init__(owner, numel, dev, row)
         self.slots = slots
+        self.producer = None  # the meter's record of the layer whose kernel counts them
 
     def col(self, col: int) -> DeviceCount:
         if col not in (NNZ, ONES):

@@ -16,7 +16,7 @@ from torch import nn
 
 from .. import spike_tally, validate
 from . import counters as C
-from .device_counts import NNZ, ONES, CountBuffer, DeviceCount, RowStats, _dense_span
+from .device_counts import NNZ, ONES, CountBuffer, DeviceCount, RowStats, TallyStats, _dense_span
 from .hardware import HardwareProfile, get_profile
 from .report import EnergyReport, LayerReport
 
@@ -31,6 +31,7 @@ class _Slot:
     counter: object  # callable or None (not counted)
     require: bool = False  # its spike-deciding input must be binary (require_spikes)
     neuron: bool = False  # a spiking neuron: its output (spikes) is always counted
+    reread: bool = False  # a neuron whose spikes a fan-map counter reads anyway: its kernel is not asked to count them
     first_call: int = -1
     notes: set = field(default_factory=set)
     # one entry per call: (count or None, stats of the rate-defining input, output stats, all input stats,
@@ -204,9 +205,10 @@ class EnergyMeter:
     # ------------------------------------------------------------------ spike_tally sink (fused neuron kernels)
     def row(self, x: torch.Tensor):
         """A buffer row for the spikes a neuron kernel is about to write (only for a hooked neuron layer)."""
-        if not (self._running and self._running[-1].neuron):
+        if not (self._running and self._running[-1].neuron) or self._running[-1].reread:
             return None
         st, region = self._counts.tally_row(x, spike_tally.SLOTS)
+        st.producer = self._running[-1]
         self._tally = (region, st)
         return region
 
@@ -282,6 +284,10 @@ class EnergyMeter:
         if st is None:
             st = self._counts.stats(x, fan)
             self._insert(x, st)
+        elif type(st) is TallyStats:
+            # spikes a neuron kernel counted, which a fan-weighted count reads again: from the next forward on,
+            # that read alone counts them (the kernel's tally would cost time for nothing)
+            st.producer.reread = True
         return st, self._counts.fan_count(st, x, fan)
 
     def _defer(self, x: torch.Tensor, slot: _Slot, optional: bool = False) -> RowStats:
