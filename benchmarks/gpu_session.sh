@@ -22,7 +22,8 @@ cd /tmp/ns
 # PARTS picks what runs (default: tests lif energy): "tests" the fused-LIF and stats-kernel GPU tests, "lif" the
 # kernel benchmark ("sweep" adds its launch-config sweep), "energy" the profile overhead with the torch and the
 # fused LIF backend, "costs" where the profiler's overhead goes (energy_costs.py), "est" the EST training step,
-# "graphs" the CUDA-graph meter: its GPU tests and energy_graphs.py with both LIF backends.
+# "graphs" the CUDA-graph meter: its GPU tests and energy_graphs.py with both LIF backends, "kernels" the counting
+# read's device time (stats_kernel.py) and where a metered replay's extra device time goes (energy_replay_kernels.py).
 PARTS=" ${PARTS:-tests lif energy} "
 if [[ $PARTS == *" tests "* ]]; then
   timeout 150 python3 -m pytest -q -p no:cacheprovider -k "gpu" tests/test_fused_lif.py tests/test_energy_kernel.py 2>&1 | tail -15 | tee "$OUT/gpu_tests.txt"
@@ -41,6 +42,11 @@ if [[ $PARTS == *" graphs "* ]]; then
   for b in ${GRAPH_BACKENDS:-torch fused}; do
     timeout "${GRAPH_TIMEOUT:-280}" python3 benchmarks/energy_graphs.py --backend "$b" ${GRAPH_ARGS:-} --out "$OUT/energy_graphs_$b.json" 2>&1 | tail -12
   done
+fi
+if [[ $PARTS == *" kernels "* ]]; then
+  timeout 120 python3 benchmarks/stats_kernel.py --out "$OUT/stats_kernel.json" 2>&1 | tail -10
+  timeout 240 python3 benchmarks/energy_replay_kernels.py --backend fused > "$OUT/energy_replay_kernels_fused.txt" 2>&1
+  grep -E "^===" "$OUT/energy_replay_kernels_fused.txt"
 fi
 if [[ $PARTS == *" costs "* ]]; then
   timeout 240 python3 benchmarks/energy_costs.py > "$OUT/energy_costs.txt" 2>&1; grep -E "^\{|^====|Self CUDA" "$OUT/energy_costs.txt"
