@@ -96,8 +96,8 @@ def _sms(device: torch.device) -> int:
 
 
 def _programs(device: torch.device, blocks: int) -> int:
-    """Programs for ``blocks`` steps of BLOCK elements: 4 a multiprocessor, 8 for tensors past 32M elements (on
-    an H200 the fastest counts in BENCHMARKS.md, energy run 9); 2 in the interpreter (it runs them in turn)."""
+    """Programs for ``blocks`` steps of BLOCK elements: 4 a multiprocessor, 8 for tensors past 32M elements (the
+    fastest in a sweep on an H200, BENCHMARKS.md energy run 9); 2 in the interpreter (it runs them in turn)."""
     sms = _sms(device)
     if not sms:
         return min(blocks, 2)
