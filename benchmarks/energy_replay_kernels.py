@@ -37,8 +37,9 @@ def kernel_times(fn, n=5) -> dict:
     agg = collections.defaultdict(lambda: [0, 0.0])
     for e in prof.events():
         if e.device_type == torch.autograd.DeviceType.CUDA:
-            agg[e.name[:90]][0] += 1
-            agg[e.name[:90]][1] += e.device_time_total
+            entry = agg[e.name[:90]]
+            entry[0] += 1
+            entry[1] += e.device_time_total
     return {k: (c / n, t / n) for k, (c, t) in agg.items()}
 
 

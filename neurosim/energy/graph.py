@@ -49,10 +49,10 @@ class Slots:
 class ReplayHistory:
     """The per-replay counts of one captured forward: the weight of the calls it captured (``n`` runs).
 
-    ``base``: the first buffer row the capture took (on ``device``); ``rows`` ``[n, rows, COLS]`` and ``slots`` ``[n, slots]``:
-    each replay's rows from ``base`` on and its count slots (device tensors, grown by doubling)."""
+    ``base``: the first buffer row the capture took on ``device``; ``rows`` ``[n, rows, COLS]`` and ``slots``
+    ``[n, slots]``: each replay's rows from ``base`` on and its count slots (device tensors, grown by doubling)."""
 
-    def __init__(self, base: int, slot_index: dict, device=None):
+    def __init__(self, base: int, slot_index: dict, device):
         self.base, self.slot_index, self.device = base, slot_index, device
         self.n = 0
         self.rows = self.slots = None

@@ -9,8 +9,9 @@ weighs ``fan[i % C]``, e.g. a conv input ``[N, Cin, H, W]`` with a ``[H, W]`` fa
 
 Layout: the elements are read in their logical order in steps of BLOCK, each step by one program of a grid of a
 few programs per multiprocessor; a program keeps per-lane counts in registers and at the end adds its totals to
-the row with one integer atomic per column, so the result is exact and independent of the schedule. There is no
-host synchronisation and no allocation besides the caller's buffer.
+the row with one integer atomic per column, so the result is exact and independent of the schedule. Index
+arithmetic is 32-bit unless an index or storage offset needs more. There is no host synchronisation and no
+allocation besides the caller's buffer.
 
 As in :mod:`neurosim.kernels.triton_lif`, the kernel is a plain Python function wrapped by :func:`kernel` with
 ``triton.jit``; with ``interpret=True`` it runs in Triton's interpreter on CPU tensors (the tests), which must
@@ -34,7 +35,7 @@ IDX32_LIMIT = 2 ** 31  # indices and storage offsets below this are computed in 
 
 def _stats_kernel(x_ptr, fan_ptr, out_ptr, row, N, C, inv_scale, s1, s2, s3, t0, t1, t2, t3,
                   IS_FLOAT: tl.constexpr, HAS_FAN: tl.constexpr, HAS_SUM: tl.constexpr, STRIDED: tl.constexpr,
-                  IDX64: tl.constexpr, BLOCK: tl.constexpr):
+                  IDX64: tl.constexpr, BLOCK: tl.constexpr, NCOLS: tl.constexpr):
     pid = tl.program_id(0)
     n_p = tl.num_programs(0)
     lanes = tl.arange(0, BLOCK)
@@ -70,7 +71,7 @@ def _stats_kernel(x_ptr, fan_ptr, out_ptr, row, N, C, inv_scale, s1, s2, s3, t0,
         if HAS_FAN:  # element i weighs fan[i % C] (a small map: cached)
             f = tl.load(fan_ptr + lin % C, mask=mask & nz, other=0)
             acc_fan += f.to(tl.int64)
-    out = out_ptr + row * 5
+    out = out_ptr + row * NCOLS
     tl.atomic_add(out + 0, tl.sum(acc_nz.to(tl.int64), axis=0))
     tl.atomic_add(out + 1, tl.sum(acc_one.to(tl.int64), axis=0))
     if IS_FLOAT:
@@ -133,12 +134,8 @@ def launch(x: torch.Tensor, out: torch.Tensor, fan: torch.Tensor | None = None, 
     fan-weighted column is left untouched). ``inv_scale`` (floating ``x`` only): also add
     ``sum(round(x * inv_scale))`` over the finite elements, computed in float32, which is exact when every
     ``x`` is an integer ``p`` times ``1 / inv_scale`` rounded to ``x``'s dtype and ``p`` is small enough for that
-    dtype (see :func:`neurosim.energy.counters.count_matmul`). bool tensors are read as bytes.
-
-    Layout: the elements are read in steps of BLOCK by a grid of programs (a few per multiprocessor), each
-    keeping per-lane counts in registers and adding its totals to the row with one integer atomic per column at
-    the end, so the result is exact and independent of the schedule. Index arithmetic is 32-bit unless an index
-    or storage offset needs more.
+    dtype (see :func:`neurosim.energy.counters.count_matmul`). bool tensors are read as bytes. How the kernel
+    reads: the module docstring.
     """
     n = x.numel()
     if n == 0:
@@ -164,5 +161,5 @@ def launch(x: torch.Tensor, out: torch.Tensor, fan: torch.Tensor | None = None, 
         x, fan if fan is not None else out, out, row, n, c, float(inv_scale) if has_sum else 1.0,
         s1, s2, s3, t0, t1, t2, t3,
         IS_FLOAT=x.is_floating_point(), HAS_FAN=fan is not None, HAS_SUM=has_sum, STRIDED=strided, IDX64=idx64,
-        BLOCK=BLOCK, num_warps=8,
+        BLOCK=BLOCK, NCOLS=COLS, num_warps=8,
     )
