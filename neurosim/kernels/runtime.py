@@ -44,3 +44,24 @@ def check_mode(interpret: bool):
             + ("without" if interpret else "with") + " TRITON_INTERPRET=1: set NEUROSIM_TRITON_INTERPRET=1 (CPU "
             "tensors, interpreter) or leave it unset (CUDA) in the environment before anything imports triton"
         )
+
+
+def with_jit_helpers(module_globals: dict, helpers) -> dict:
+    """A copy of a kernel module's globals in which each function named in ``helpers`` is jit-wrapped (and sees
+    the others wrapped): kernels rebound to it with :func:`rebind` call the helpers as Triton functions."""
+    import triton
+
+    ns = dict(module_globals)
+    for name in helpers:
+        ns[name] = triton.jit(rebind(module_globals[name], ns))
+    return ns
+
+
+def rebind(fn, ns: dict):
+    """``fn`` with ``ns`` as its globals."""
+    import functools
+    import types
+
+    clone = types.FunctionType(fn.__code__, ns, fn.__name__, fn.__defaults__, fn.__closure__)
+    functools.update_wrapper(clone, fn)
+    return clone

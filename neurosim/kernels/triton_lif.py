@@ -24,7 +24,6 @@ interpreter (``interpret=True``: runs the same code on CPU tensors), so the choi
 from __future__ import annotations
 
 import functools
-import types
 from typing import NamedTuple
 
 import torch
@@ -32,7 +31,7 @@ import triton
 import triton.language as tl
 
 from ..spike_tally import SLOTS
-from .runtime import check_mode
+from .runtime import check_mode, rebind, with_jit_helpers
 
 SURROGATE_CODES = {"fast_sigmoid": 0, "arctan": 1, "sigmoid": 2}
 HALF_PI = 1.5707963267948966
@@ -290,18 +289,10 @@ def kernels(interpret: bool = False):
     ``NEUROSIM_TRITON_INTERPRET=1``."""
     check_mode(interpret)
     # copies of the kernel and helper functions whose globals see the jit-wrapped helpers under their own names
-    ns = dict(globals())
-    for name in _HELPERS:
-        ns[name] = triton.jit(_rebind(globals()[name], ns))
+    ns = with_jit_helpers(globals(), _HELPERS)
     # T is not specialized (a new T needs no recompilation); N is, so that N % 16 == 0 gives 16-byte accesses
     jit = functools.partial(triton.jit, do_not_specialize=["T"])
-    return tuple(jit(_rebind(fn, ns)) for fn in (_fwd_kernel, _bwd_kernel))
-
-
-def _rebind(fn, ns):
-    clone = types.FunctionType(fn.__code__, ns, fn.__name__, fn.__defaults__, fn.__closure__)
-    functools.update_wrapper(clone, fn)
-    return clone
+    return tuple(jit(rebind(fn, ns)) for fn in (_fwd_kernel, _bwd_kernel))
 
 
 def config(T: int, N: int, interpret: bool = False) -> LaunchConfig:
