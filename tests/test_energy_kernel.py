@@ -81,9 +81,11 @@ def reference(x, fan, inv_scale=None):
     return [int(nz.sum()), int((d == 1).sum()), int((~torch.isfinite(d)).sum()), fanw, isum]
 
 
-def buffer_counts(backend):
+def buffer_counts(backend, batching=False, device="cpu"):
     buf = CountBuffer(backend)
-    rows = {name: buf.stats(x, fan, inv_scale=inv) for name, (x, fan, inv) in _tensor_cases().items()}
+    buf.batching = batching
+    rows = {name: buf.stats(x.to(device), None if fan is None else fan.to(device), inv_scale=inv)
+            for name, (x, fan, inv) in _tensor_cases(device).items()}
     host = buf.host()
     return {name: host[st.dev][st.row] for name, st in rows.items()}, sorted(buf.paths)
 
@@ -156,6 +158,12 @@ def test_strided_views_are_read_in_place():
     assert len(collapse(cases["q_slice"][0])) <= MAX_DIMS and len(collapse(cases["k_transposed"][0])) <= MAX_DIMS
     assert len(collapse(cases["deep_view"][0])) > MAX_DIMS  # counted from a contiguous copy
     assert collapse(torch.zeros(3, 4, 5)) == [(60, 1)] and collapse(torch.zeros(3, 1, 5).transpose(0, 2)) == [(5, 1), (3, 5)]
+
+
+def test_batched_reads_give_the_same_counts(interpreter_results):
+    """Rows read several a launch (CountBuffer.batching: a CUDA graph's forward) equal the same rows read one a
+    launch; a tensor changed in place while its read waited is noted, and read at once from the next forward."""
+    check_batched_counts(interpreter_results["batched"], interpreter_results["counts"])
 
 
 def test_torch_path_gives_the_kernel_numbers(interpreter_results):
@@ -379,6 +387,12 @@ def test_gpu_fused_lif_kernel_counts_its_spikes():
 
 
 @cuda
+def test_gpu_batched_reads_give_the_same_counts():
+    check_batched_counts(json.loads(json.dumps(batched_counts("cuda"))),
+                         {name: reference(x.cpu(), fan, inv) for name, (x, fan, inv) in _tensor_cases().items()})
+
+
+@cuda
 def test_gpu_kernel_counts_and_profile_equal_torch_path():
     buf = CountBuffer("auto")
     cases = _tensor_cases("cuda")
@@ -488,6 +502,94 @@ def fused_kernel_counts(device="cpu"):
     return out
 
 
+class LateInPlace(nn.Module):
+    """A LIF's spikes read by fc1, then zeroed in place (outside any module) before fc2 reads them: a read that
+    waits in a batch past the change would count the zeros for the LIF and fc1 too."""
+
+    def __init__(self):
+        super().__init__()
+        self.lif = neurosim.LIF(beta=0.5, threshold=0.2, backend="torch")
+        self.fc1, self.fc2 = nn.Linear(6, 4), nn.Linear(6, 4)
+
+    def forward(self, x):
+        s = self.lif(x)
+        y = self.fc1(s)
+        s.mul_(0)
+        return y + self.fc2(s)
+
+
+def _launches():
+    """Spies on the counting kernel's launches: returns (log, undo); log entries are tensors read per launch."""
+    from neurosim.kernels import stats as K
+
+    log, many = [], K.launch_many  # every launch (K.launch too) goes through launch_many
+
+    def spy(xs, *a, **k):
+        log.append(len(xs))
+        return many(xs, *a, **k)
+
+    K.launch_many = spy
+
+    def undo():
+        K.launch_many = many
+    return log, undo
+
+
+def _metered(model, x, batching, forwards=1):
+    """The report of the last of ``forwards`` metered forwards (a CUDA graph's warm-ups before its capture: the
+    earlier ones' calls and notes are dropped) and the launches per forward."""
+    per_forward = []
+    log, undo = _launches()
+    try:
+        with torch.no_grad(), EnergyMeter(model, counting="kernel") as meter:
+            meter._counts.batching = batching
+            for i in range(forwards):
+                if i:
+                    for s in meter._slots:
+                        s.calls.clear()
+                        s.notes.clear()
+                log.clear()
+                model(x)
+                meter._counts.flush()
+                per_forward.append(list(log))
+    finally:
+        undo()
+    return json.loads(meter.report().to_json()), per_forward
+
+
+def batched_counts(device="cpu"):
+    """Reads batched several tensors a launch (CountBuffer.batching, as a CUDA graph's forward does them) against
+    the same reads one launch each: buffer rows, and reports of a fused Spikformer and of LateInPlace."""
+    out = {"buffer": buffer_counts("auto", batching=True, device=device)[0]}
+    model, x = fused_models(device)["spikformer"]
+    out["spikformer"] = {str(b): _metered(model, x, b) for b in (True, False)}
+    torch.manual_seed(8)
+    late = LateInPlace().to(device)
+    x = (torch.rand(3, 2, 6) * 0.6).to(device)
+    out["late"] = {"batched_once": _metered(late, x, True), "batched_twice": _metered(late, x, True, forwards=2),
+                   "unbatched": _metered(late, x, False)}
+    return out
+
+
+def check_batched_counts(got, counts):
+    assert got["buffer"] == counts  # every row as read one launch each (the float64 reference)
+    (rep, (launches,)), (ref, (ref_launches,)) = got["spikformer"]["True"], got["spikformer"]["False"]
+    assert rep == ref
+    assert sum(launches) == len(ref_launches) and max(launches) > 1  # the same reads, in fewer launches
+    assert len(launches) < len(ref_launches)
+    late = got["late"]
+    ref, _ = late["unbatched"]
+    layer = {r["name"]: r for r in ref["layers"]}
+    assert layer["fc1"]["synops"] > 0 and layer["fc2"]["synops"] == 0 and not layer["lif"]["note"]
+    # one forward: the LIF's spikes waited in the batch past the change, and the report says so
+    once = {r["name"]: r for r in late["batched_once"][0]["layers"]}
+    assert once["fc1"]["synops"] == 0 and "changed in place" in once["lif"]["note"]
+    # a second forward (what a graph captures after its warm-ups) reads them at once: the unbatched report
+    twice, per_forward = late["batched_twice"]
+    assert twice == ref
+    assert len(per_forward[1]) > len(per_forward[0])
+
+
 # ---------------------------------------------------------------- child process entry point
 if __name__ == "__main__" and len(sys.argv) > 2 and sys.argv[1] == "--interpreter":
     counts, paths = buffer_counts("auto")
@@ -501,4 +603,4 @@ if __name__ == "__main__" and len(sys.argv) > 2 and sys.argv[1] == "--interprete
     net.load_state_dict(saved["state"])
     rep = profile(net.eval(), saved["x"], counting="kernel")
     print(json.dumps({"counts": counts, "counts64": counts64, "paths": paths, "report": json.loads(rep.to_json()),
-                      "counting": rep.counting, "fused": fused_kernel_counts()}))
+                      "counting": rep.counting, "fused": fused_kernel_counts(), "batched": batched_counts()}))

@@ -6,6 +6,14 @@ fan-weighted nonzeros, sum of round(x * inv_scale)]`` (the last two when asked f
 ``NEUROSIM_TRITON_INTERPRET=1``) or by torch ops giving the same numbers. Nothing here synchronises with the
 host or allocates per tensor (beyond the torch path's temporaries).
 
+While :attr:`CountBuffer.batching` is on (a CUDA graph's warm-ups and capture, :mod:`neurosim.energy.graph`),
+rows are not read one launch each: up to :data:`neurosim.kernels.stats.MAX_BATCH` of them wait
+and are read in one launch (:func:`neurosim.kernels.stats.launch_many`), when the batch is full or at
+:meth:`CountBuffer.flush`. A tensor changed in place while it waited would be counted changed: a batched row
+whose tensor's version moved is noted (its ``on_change``) and its key (the layer that made it, and how many rows
+that layer made before it since the last flush) is read at once from then on, so the warm-ups of a graph learn
+which rows must not wait.
+
 A row may be *deferred*: its tensor is kept and counted later, by the first consumer that asks (with that
 consumer's fan-out map, so a conv input is read once for its firing counts and its SynOps) or at
 :meth:`CountBuffer.flush`. A deferred row may also be *optional*: counted only if a consumer asks for it, and
@@ -80,17 +88,17 @@ class RowStats:
     (``numel``, ``nnz``, ``ones``; binary when ``nnz == ones``) with :class:`DeviceCount` values."""
 
     __slots__ = ("owner", "numel", "dev", "row", "pending", "optional", "dropped", "version", "fan", "inv_scale",
-                 "on_change")
+                 "on_change", "key")
 
-    def __init__(self, owner, numel, dev, row):
-        self.owner, self.numel, self.dev, self.row = owner, numel, dev, row
+    def __init__(self, owner, numel, dev, row, key=None):
+        self.owner, self.numel, self.dev, self.row, self.key = owner, numel, dev, row, key
         self.pending = None  # the tensor, while its counts are deferred
         self.optional = False  # deferred rows only: counted if a consumer asks, else dropped (see CountBuffer)
         self.dropped = False  # an optional row nobody asked for: its counts were never taken (all zero)
         self.version = 0
         self.fan = None  # the fan map the row's FANW column was counted with
         self.inv_scale = None  # the factor the row's ISUM column was counted with (None: not counted)
-        self.on_change = None  # called when a deferred tensor was changed in place before it was counted
+        self.on_change = None  # called when the tensor was changed in place before it was counted (deferred or batched)
 
     def col(self, col: int) -> DeviceCount:
         return DeviceCount(self.owner, ((self.dev, self.row, col, 1),))
@@ -119,6 +127,8 @@ class TallyStats(RowStats):
             return DeviceCount(self.owner, (), 0)
         return DeviceCount(self.owner, ((self.dev, self.row, NNZ, 1),))
 
+
+BATCH_BYTES = 256 << 20  # tensors a batch may hold (a larger one is read at once: it gains nothing from waiting)
 
 _FANS: dict = {}  # id(fan map) -> (map, int32 copy, int64 copy); the maps live in the counters' fan-out cache
 
@@ -164,6 +174,13 @@ class CountBuffer:
         self.optional: list[RowStats] = []  # deferred rows counted only if asked for (else dropped)
         self.paths: set[str] = set()  # "kernel", "interpreter", "torch": what counted
         self.tallies: dict = {}  # device -> {slots: [first row of each tally region]} (see fold)
+        self.batching = False  # read rows several a launch (see the module docstring)
+        self.context = None  # what makes rows now (the meter's layer): their keys; its changed_read() is called
+        #                      when a batched tensor of a row without its own on_change was changed while it waited
+        self._batch: list = []  # (stats, tensor read, its version when batched, fan map) waiting for one launch
+        self._batch_bytes = 0
+        self._made: dict = {}  # context -> rows it made since the last flush (the next one's key)
+        self.unbatched: set = set()  # keys of rows whose tensor changed while batched: read at once
         self._host = None
         self._cuda_kernel = None
 
@@ -205,7 +222,9 @@ class CountBuffer:
         deferred (``defer=True``: ``x`` is kept; :meth:`want_sum` may still ask for the ISUM column); a deferred
         row is ``optional`` when it is to be dropped unless a consumer forces it (:meth:`release`)."""
         dev, row = self._row(x.device)
-        st = RowStats(self, x.numel(), dev, row)
+        k = self._made.get(self.context, 0)
+        self._made[self.context] = k + 1
+        st = RowStats(self, x.numel(), dev, row, (self.context, k))
         st.inv_scale = inv_scale
         if defer:
             st.pending, st.version = x, x._version
@@ -264,11 +283,36 @@ class CountBuffer:
         self._count(st, x, fan)
 
     def flush(self):
-        """Count every deferred row that will be counted; drop the optional ones."""
+        """Count every deferred row that will be counted and read the batched ones; drop the optional ones. Ends a
+        forward pass for the batched rows' keys."""
         while self.pending:
             self.force(self.pending[0])
         while self.optional:
             self.release(self.optional[0])
+        self.read_batch()
+        self._made.clear()
+
+    def drop_batch(self):
+        """Forget the batched rows without reading them (a failed CUDA-graph capture)."""
+        self._batch, self._batch_bytes = [], 0
+        self._made.clear()
+
+    def read_batch(self):
+        """Read the batched rows now, in one launch (see the module docstring)."""
+        batch, self._batch, self._batch_bytes = self._batch, [], 0
+        if not batch:
+            return
+        for st, flat, version, _ in batch:
+            if flat._version != version:  # changed in place while it waited: counted changed, and never again
+                self.unbatched.add(st.key)
+                changed = st.on_change or getattr(st.key[0], "changed_read", None)
+                if changed is not None:
+                    changed()
+        from ..kernels import stats as K
+
+        st0, flat0, _, _ = batch[0]
+        K.launch_many([e[1] for e in batch], self.bufs[st0.dev][0], [e[0].row for e in batch],
+                      [e[0].inv_scale for e in batch], [e[3] for e in batch], interpret=flat0.device.type == "cpu")
 
     def fan_count(self, st: RowStats, x: torch.Tensor, fan: torch.Tensor) -> DeviceCount:
         """Fan-weighted nonzeros of ``x`` (whose stats are ``st``): from ``st``'s own pass when it is still
@@ -315,8 +359,19 @@ class CountBuffer:
             flat = x
         else:
             flat = x.contiguous()
-        K.launch(flat, buf, None if fan is None else _fan_maps(fan)[1], st.inv_scale, interpret=path == "interpreter",
-                 row=st.row)
+        fan32 = None if fan is None else _fan_maps(fan)[1]
+        if self.batching and st.key not in self.unbatched:
+            size = flat.numel() * flat.element_size()
+            if size <= BATCH_BYTES // 4:
+                if self._batch and (flat.device != self._batch[0][1].device
+                                    or self._batch_bytes + size > BATCH_BYTES):
+                    self.read_batch()
+                self._batch.append((st, flat, flat._version, fan32))
+                self._batch_bytes += size
+                if len(self._batch) == K.MAX_BATCH:
+                    self.read_batch()
+                return
+        K.launch(flat, buf, fan32, st.inv_scale, interpret=path == "interpreter", row=st.row)
 
     # ------------------------------------------------------------------------------------------ read-back
     def host(self) -> dict:

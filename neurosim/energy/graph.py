@@ -13,6 +13,12 @@ same rules as an eager call (a layer's input may be binary in one batch and not 
 replays. The layers' deferred NaN/inf checks add up over the replays instead (a non-finite sum or a nonzero flag
 stays so).
 
+Fewer, longer kernels: the warm-ups and the capture read the counted tensors up to 8 a launch
+(:attr:`~neurosim.energy.device_counts.CountBuffer.batching`), a read waiting until its batch is full or the
+forward ends; a tensor that the forward changes in place after its read was asked for is seen doing so in a
+warm-up and read at once from then on. The 0-d counts and check verdicts are added to their slots once, at the end
+of the forward, a few launches in all (:class:`Slots`).
+
 Limits: inputs of the captured shapes, dtypes and devices only (others run eagerly under the same meter, see
 :func:`neurosim.energy.profile_batches`); a forward that reads a value back to the host (``.item()``, a branch on
 a tensor) cannot be captured (RuntimeError naming the cause); a NaN/inf in a replayed batch is reported when the
@@ -28,22 +34,50 @@ from .. import validate
 
 class Slots:
     """0-d float64 slots allocated before a capture (an allocation inside it would be re-zeroed by every
-    replay): ``slots(v)`` adds ``v`` to the next free one, in the graph, and returns it (a 0-d view)."""
+    replay): ``slots(v)`` takes a free one for ``v`` and returns it (a 0-d view); :meth:`finish`, at the end of the
+    capture, adds every value taken since the last finish to its slot, in the graph (the values are kept until
+    then). The buffer holds ``size`` slots for each of up to :attr:`REGIONS` value dtypes, so that the values of
+    one dtype fill consecutive slots: two launches a dtype (one copy, one addition) add them all."""
+
+    REGIONS = 4  # dtypes with a region of their own; values of further dtypes share the last one (converted)
 
     def __init__(self, device, size: int):
-        self.buf = torch.zeros(size, dtype=torch.float64, device=device)
-        self.used = 0
+        self.size = size
+        self.buf = torch.zeros(size * self.REGIONS, dtype=torch.float64, device=device)
+        self.used = 0  # slots taken in all
         self.index: dict = {}  # id(slot view) -> its position (the view is kept alive by the count holding it)
+        self._regions: dict = {}  # dtype (or "mixed") -> [first slot, slots taken, values not yet added]
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
-        if self.used >= self.buf.numel():
-            raise RuntimeError(f"all {self.buf.numel()} count slots reserved for the CUDA-graph capture are taken")
-        slot = self.buf[self.used:self.used + 1]
-        slot.add_(v.detach().reshape(1).to(torch.float64))
-        view = slot.reshape(())
-        self.index[id(view)] = self.used
+        v = v.detach().reshape(1)
+        key = v.dtype
+        if key not in self._regions and len(self._regions) >= self.REGIONS - 1:
+            key = "mixed"  # the last region: values of any other dtype, converted one by one at finish
+        region = self._regions.get(key)
+        if region is None:
+            region = self._regions[key] = [len(self._regions) * self.size, 0, []]
+        start, taken, queued = region
+        if taken >= self.size:
+            raise RuntimeError(f"all {self.size} count slots for {key} values reserved for the CUDA-graph capture "
+                               "are taken")
+        pos = start + taken
+        region[1] += 1
+        queued.append(v)
+        view = self.buf[pos:pos + 1].reshape(())
+        self.index[id(view)] = pos
         self.used += 1
         return view
+
+    def finish(self):
+        """Add the values taken since the last call to their slots."""
+        for key, region in self._regions.items():
+            start, taken, vals = region
+            if not vals:
+                continue
+            region[2] = []
+            if key == "mixed":
+                vals = [v.to(torch.float64) for v in vals]
+            self.buf[start + taken - len(vals):start + taken].add_(torch.cat(vals))  # int64 exact to 2**53
 
 
 class ReplayHistory:
@@ -149,13 +183,24 @@ class GraphedForward:
         self.signature = signature(inputs)
         self.device = tensors[0].device
         self.inputs = _static(inputs)
-        from .meter import _call
-
         counts = meter._counts
         checks = meter._checks.checks if meter._checks is not None else None  # the DeferredChecks
         marks = [len(s.calls) for s in meter._slots]
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
+        # the graph reads its counted tensors a batch per launch; the warm-ups learn which rows must not wait
+        # (their tensor is changed in place later in the forward): see neurosim.energy.device_counts
+        counts.flush()  # what eager forwards left deferred: each warm-up then keys its rows from a fresh start
+        batching, counts.batching = counts.batching, True
+        try:
+            self._capture(meter, counts, checks, marks, stream, warmup)
+        finally:
+            counts.batching = batching
+
+    def _capture(self, meter, counts, checks, marks, stream, warmup):
+        from .meter import _call
+
+        notes = [set(s.notes) for s in meter._slots]
         with torch.cuda.stream(stream):
             for i in range(warmup):
                 if i == warmup - 1:  # the last warm-up measures what one forward takes
@@ -171,6 +216,8 @@ class GraphedForward:
                    if c[0] is not None)
         for s, n0 in zip(meter._slots, marks):  # the warm-ups ran on the first batch: not counted
             del s.calls[n0:]
+        for s, kept in zip(meter._slots, notes):  # nor noted (a batched read the warm-ups learned to read at once)
+            s.notes = kept
         meter._cache.clear()
         reserve = 2 * rows + 64
         counts.reserve(self.device, reserve)
@@ -191,6 +238,8 @@ class GraphedForward:
                 slots.buf.zero_()
                 self.outputs = _call(meter.model, self.inputs)
                 counts.flush()  # the last layer's deferred counts: their launches belong to the graph
+                slots.finish()
+                check_slots.finish()
         except Exception as exc:
             for s, n0 in zip(meter._slots, marks):
                 del s.calls[n0:]
@@ -198,6 +247,7 @@ class GraphedForward:
                 del checks._items[items:]
             counts.pending.clear()
             counts.optional.clear()
+            counts.drop_batch()
             raise RuntimeError(f"capturing the metered forward in a CUDA graph failed: {exc} (a forward that reads a "
                                "value back to the host, e.g. .item() or a branch on a tensor, cannot be captured)"
                                ) from exc
@@ -207,7 +257,7 @@ class GraphedForward:
                 checks.accumulate = None
             meter._cache.clear()
         self._rows = region[:counts.used(self.device) - base]
-        self._slots = slots.buf[:max(slots.used, 1)]
+        self._slots = slots.buf
 
     @property
     def replays(self) -> int:

@@ -24,7 +24,7 @@ _STATS_CACHE_SIZE = 8  # recent tensors whose stats are reused (a neuron's outpu
 RATES = ("needed", "all")
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity (CountBuffer keys rows by the slot making them)
 class _Slot:
     name: str
     module: nn.Module
@@ -40,6 +40,10 @@ class _Slot:
 
     def changed_output(self):
         self.notes.add("output changed in place before it was counted: its output counts are of the changed values")
+
+    def changed_read(self):
+        self.notes.add("a tensor its counter read was changed in place before the read ran (a CUDA graph's batched "
+                       "read): its counts are of the changed values")
 
 
 def _first_tensor(obj):
@@ -317,6 +321,7 @@ class EnergyMeter:
                 slot.first_call = self._seq
                 self._seq += 1
             cnt = None
+            self._counts.context = slot  # the rows made here are keyed by this layer (CountBuffer.batching)
             if slot.counter is not None:
                 prev = C.stats, C.fan_stats, C.output_stats, C.scaled_sum
                 # counters share the meter's tensor stats (one read per tensor; conv/pool get their fan-out
