@@ -14,8 +14,8 @@ of a few programs per multiprocessor. A program keeps per-lane counts in registe
 touched (one or two), adds its totals to that tensor's row with one integer atomic per column, so the result is
 exact and independent of the schedule. Index arithmetic is 32-bit unless an index or storage offset needs more.
 There is no host synchronisation and no allocation besides the caller's buffer. Batching tensors matters for
-small ones, whose read is otherwise mostly launch, ramp and tail: 8 EST activations of 6 MB take 2.4 us a read
-batched against 5.8 us one launch each on an H200 (BENCHMARKS.md, energy run 10).
+small ones, whose read is otherwise mostly launch, ramp and tail: 8 EST activations of 6 MB take 2.3 us a read
+batched against 6.0 us one launch each on an H200 (BENCHMARKS.md, energy run 10).
 
 As in :mod:`neurosim.kernels.triton_lif`, the kernel is a plain Python function wrapped by :func:`kernel` with
 ``triton.jit``; with ``interpret=True`` it runs in Triton's interpreter on CPU tensors (the tests), which must
@@ -135,7 +135,7 @@ def _sms(device: torch.device) -> int:
 
 def _programs(device: torch.device, blocks: int) -> int:
     """Programs for ``blocks`` steps of BLOCK elements: 4 a multiprocessor, 8 for tensors past 32M elements (the
-    fastest in a sweep on an H200, BENCHMARKS.md energy run 9); 2 in the interpreter (it runs them in turn)."""
+    fastest in sweeps on an H200, BENCHMARKS.md energy runs 9-10); 2 in the interpreter (it runs them in turn)."""
     sms = _sms(device)
     if not sms:
         return min(blocks, 2)
