@@ -522,16 +522,20 @@ def _launches():
     """Spies on the counting kernel's launches: returns (log, undo); log entries are tensors read per launch."""
     from neurosim.kernels import stats as K
 
-    log, many = [], K.launch_many  # every launch (K.launch too) goes through launch_many
+    log, one, many = [], K.launch, K.launch_many
 
-    def spy(xs, *a, **k):
+    def spy_one(x, *a, **k):
+        log.append(1)
+        return one(x, *a, **k)
+
+    def spy_many(xs, *a, **k):
         log.append(len(xs))
         return many(xs, *a, **k)
 
-    K.launch_many = spy
+    K.launch, K.launch_many = spy_one, spy_many
 
     def undo():
-        K.launch_many = many
+        K.launch, K.launch_many = one, many
     return log, undo
 
 

@@ -222,9 +222,12 @@ class CountBuffer:
         deferred (``defer=True``: ``x`` is kept; :meth:`want_sum` may still ask for the ISUM column); a deferred
         row is ``optional`` when it is to be dropped unless a consumer forces it (:meth:`release`)."""
         dev, row = self._row(x.device)
-        k = self._made.get(self.context, 0)
-        self._made[self.context] = k + 1
-        st = RowStats(self, x.numel(), dev, row, (self.context, k))
+        key = None
+        if self.batching:  # the key a batched read is learned by (see the module docstring)
+            k = self._made.get(self.context, 0)
+            self._made[self.context] = k + 1
+            key = (self.context, k)
+        st = RowStats(self, x.numel(), dev, row, key)
         st.inv_scale = inv_scale
         if defer:
             st.pending, st.version = x, x._version

@@ -17,7 +17,7 @@ There is no host synchronisation and no allocation besides the caller's buffer. 
 small ones, whose read is otherwise mostly launch, ramp and tail: 8 EST activations of 6 MB take 2.3 us a read
 batched against 6.0 us one launch each on an H200 (BENCHMARKS.md, energy run 10).
 
-As in :mod:`neurosim.kernels.triton_lif`, the kernel is a plain Python function wrapped by :func:`kernel` with
+As in :mod:`neurosim.kernels.triton_lif`, the kernels are plain Python functions wrapped by :func:`kernels` with
 ``triton.jit``; with ``interpret=True`` it runs in Triton's interpreter on CPU tensors (the tests), which must
 have been chosen (``TRITON_INTERPRET=1``) before triton was imported.
 """
@@ -63,67 +63,91 @@ def _add_row(out, nz, one, bad, isum, IS_FLOAT: tl.constexpr, HAS_SUM: tl.conste
             tl.atomic_add(out + 4, tl.sum(isum, axis=0))
 
 
-def _stats_kernel(xs, fans, ns, cs, starts, rows, scales, dims, out_ptr, total,
-                  FLOATS: tl.constexpr, SUMS: tl.constexpr, FANS: tl.constexpr, STRIDED: tl.constexpr,
-                  IDX64: tl.constexpr, BLOCK: tl.constexpr, NCOLS: tl.constexpr):
-    # The counts of the tensors xs[j] (tuples: pointers, fan maps, sizes, fan map sizes, first blocks, rows,
-    # scales, and 7 ints of collapsed sizes / strides a tensor) in one launch; bit j of FLOATS / SUMS / FANS /
-    # STRIDED: tensor j is floating / has its scaled sum counted / has a fan map / is read through its strides.
-    # Their blocks are numbered one after the other (tensor j's from starts[j] on, ``total`` in all) and each
-    # program reads one run of consecutive blocks, so it touches one or two tensors and adds to their rows only.
-    pid = tl.program_id(0)
-    per = tl.cdiv(total, tl.num_programs(0))
-    g0 = pid * per
-    g1 = tl.minimum(g0 + per, total)
+def _tensor_counts(x_ptr, fan_ptr, out, lo, hi, n, c, inv_scale, s1, s2, s3, t0, t1, t2, t3,
+                   IS_FLOAT: tl.constexpr, HAS_SUM: tl.constexpr, HAS_FAN: tl.constexpr, STRIDED: tl.constexpr,
+                   IDX64: tl.constexpr, BLOCK: tl.constexpr):
+    # one program's share of one tensor: blocks lo .. hi-1 (of BLOCK elements in logical order), its totals
+    # added to the tensor's row ``out`` (pointer to column 0)
     lanes = tl.arange(0, BLOCK)
+    acc_nz = tl.zeros([BLOCK], tl.int32)
+    acc_one = tl.zeros([BLOCK], tl.int32)
+    acc_bad = tl.zeros([BLOCK], tl.int32)
+    acc_fan = tl.zeros([BLOCK], tl.int64)
+    acc_sum = tl.zeros([BLOCK], tl.int64)
+    for b in range(lo, hi):
+        if IDX64:  # element indices or storage offsets past 2**31 - 1
+            lin = tl.cast(b, tl.int64) * BLOCK + lanes
+        else:  # 32-bit index arithmetic (the strided path's divisions cost far less)
+            lin = b * BLOCK + lanes
+        mask = lin < n
+        if STRIDED:  # a view: its (up to 4) collapsed dims give the storage offset of the logical index
+            i3 = lin % s3
+            q = lin // s3
+            i2 = q % s2
+            q = q // s2
+            offs = (q // s1) * t0 + (q % s1) * t1 + i2 * t2 + i3 * t3
+        else:
+            offs = lin
+        v = tl.load(x_ptr + offs, mask=mask, other=0)
+        nz, one, bad, isum = _block_counts(v, mask, inv_scale, IS_FLOAT, HAS_SUM)
+        acc_nz += nz.to(tl.int32)
+        acc_one += one
+        acc_bad += bad
+        acc_sum += isum
+        if HAS_FAN:  # element i weighs fan[i % C] (a small map: cached)
+            f = tl.load(fan_ptr + lin % c, mask=mask & nz, other=0)
+            acc_fan += f.to(tl.int64)
+    _add_row(out, acc_nz, acc_one, acc_bad, acc_sum, IS_FLOAT, HAS_SUM)
+    if HAS_FAN:
+        tl.atomic_add(out + 3, tl.sum(acc_fan, axis=0))
+
+
+def _stats_kernel(x_ptr, fan_ptr, out_ptr, row, n, c, inv_scale, s1, s2, s3, t0, t1, t2, t3,
+                  IS_FLOAT: tl.constexpr, HAS_SUM: tl.constexpr, HAS_FAN: tl.constexpr, STRIDED: tl.constexpr,
+                  IDX64: tl.constexpr, BLOCK: tl.constexpr, NCOLS: tl.constexpr):
+    # one tensor, plain arguments (a cheaper launch on the host than the tuples of _stats_many_kernel): each
+    # program reads one run of consecutive blocks
+    blocks = tl.cdiv(n, BLOCK)
+    per = tl.cdiv(blocks, tl.num_programs(0))
+    lo = tl.program_id(0) * per
+    _tensor_counts(x_ptr, fan_ptr, out_ptr + row * NCOLS, lo, tl.minimum(lo + per, blocks), n, c, inv_scale,
+                   s1, s2, s3, t0, t1, t2, t3, IS_FLOAT, HAS_SUM, HAS_FAN, STRIDED, IDX64, BLOCK)
+
+
+def _stats_many_kernel(xs, fans, ns, cs, starts, rows, scales, dims, out_ptr, total,
+                       FLOATS: tl.constexpr, SUMS: tl.constexpr, FANS: tl.constexpr, STRIDED: tl.constexpr,
+                       IDX64: tl.constexpr, BLOCK: tl.constexpr, NCOLS: tl.constexpr):
+    # The tensors xs[j] (tuples: pointers, fan maps, sizes, fan map sizes, first blocks, rows, scales, and 7 ints
+    # of collapsed sizes / strides a tensor) in one launch; bit j of FLOATS / SUMS / FANS / STRIDED: tensor j is
+    # floating / has its scaled sum counted / has a fan map / is read through its strides. Their blocks are
+    # numbered one after the other (tensor j's from starts[j] on, ``total`` in all) and each program reads one run
+    # of consecutive blocks, so it touches one or two tensors and adds to their rows only.
+    per = tl.cdiv(total, tl.num_programs(0))
+    g0 = tl.program_id(0) * per
+    g1 = tl.minimum(g0 + per, total)
     for j in tl.static_range(len(xs)):
-        n = ns[j]
         lo = tl.maximum(g0 - starts[j], 0)
-        hi = tl.minimum(g1 - starts[j], tl.cdiv(n, BLOCK))
+        hi = tl.minimum(g1 - starts[j], tl.cdiv(ns[j], BLOCK))
         if lo < hi:
-            acc_nz = tl.zeros([BLOCK], tl.int32)
-            acc_one = tl.zeros([BLOCK], tl.int32)
-            acc_bad = tl.zeros([BLOCK], tl.int32)
-            acc_fan = tl.zeros([BLOCK], tl.int64)
-            acc_sum = tl.zeros([BLOCK], tl.int64)
-            for b in range(lo, hi):
-                if IDX64:  # element indices or storage offsets past 2**31 - 1
-                    lin = tl.cast(b, tl.int64) * BLOCK + lanes
-                else:  # 32-bit index arithmetic (the strided path's divisions cost far less)
-                    lin = b * BLOCK + lanes
-                mask = lin < n
-                if (STRIDED >> j) & 1:  # a view: its (up to 4) collapsed dims give the storage offset of lin
-                    i3 = lin % dims[7 * j + 2]
-                    q = lin // dims[7 * j + 2]
-                    i2 = q % dims[7 * j + 1]
-                    q = q // dims[7 * j + 1]
-                    offs = ((q // dims[7 * j]) * dims[7 * j + 3] + (q % dims[7 * j]) * dims[7 * j + 4]
-                            + i2 * dims[7 * j + 5] + i3 * dims[7 * j + 6])
-                else:
-                    offs = lin
-                v = tl.load(xs[j] + offs, mask=mask, other=0)
-                nz, one, bad, isum = _block_counts(v, mask, scales[j], (FLOATS >> j) & 1, (SUMS >> j) & 1)
-                acc_nz += nz.to(tl.int32)
-                acc_one += one
-                acc_bad += bad
-                acc_sum += isum
-                if (FANS >> j) & 1:  # element i weighs fan[i % C] (a small map: cached)
-                    f = tl.load(fans[j] + lin % cs[j], mask=mask & nz, other=0)
-                    acc_fan += f.to(tl.int64)
-            out = out_ptr + rows[j] * NCOLS
-            _add_row(out, acc_nz, acc_one, acc_bad, acc_sum, (FLOATS >> j) & 1, (SUMS >> j) & 1)
-            if (FANS >> j) & 1:
-                tl.atomic_add(out + 3, tl.sum(acc_fan, axis=0))
+            _tensor_counts(xs[j], fans[j], out_ptr + rows[j] * NCOLS, lo, hi, ns[j], cs[j], scales[j],
+                           dims[7 * j], dims[7 * j + 1], dims[7 * j + 2], dims[7 * j + 3], dims[7 * j + 4],
+                           dims[7 * j + 5], dims[7 * j + 6], (FLOATS >> j) & 1, (SUMS >> j) & 1, (FANS >> j) & 1,
+                           (STRIDED >> j) & 1, IDX64, BLOCK)
 
 
-_HELPERS = ("_block_counts", "_add_row")
+_HELPERS = ("_block_counts", "_add_row", "_tensor_counts")
 
 
 @functools.lru_cache(maxsize=2)
-def kernel(interpret: bool = False):
-    """The jit-wrapped kernel; ``interpret`` must match how triton was imported (see the module docstring)."""
+def kernels(interpret: bool = False):
+    """``(one tensor, several)``: the jit-wrapped kernels; ``interpret`` must match how triton was imported (see the
+    module docstring)."""
     check_mode(interpret)
-    return triton.jit(rebind(_stats_kernel, with_jit_helpers(globals(), _HELPERS)))
+    ns = with_jit_helpers(globals(), _HELPERS)
+    # sizes and strides stay specialised (a size of 1 folds away: attention's q view read in 11.6 us against
+    # 19.4 us unspecialised on the H200, BENCHMARKS.md energy run 10); the row is not (no recompile per row)
+    return (triton.jit(rebind(_stats_kernel, ns), do_not_specialize=["row"]),
+            triton.jit(rebind(_stats_many_kernel, ns)))
 
 
 @functools.lru_cache(maxsize=8)
@@ -134,7 +158,7 @@ def _sms(device: torch.device) -> int:
 
 
 def _programs(device: torch.device, blocks: int) -> int:
-    """Programs for ``blocks`` steps of BLOCK elements: 4 a multiprocessor, 8 for tensors past 32M elements (the
+    """Programs for ``blocks`` steps of BLOCK elements: 4 a multiprocessor, 8 for reads past 32M elements (the
     fastest in sweeps on an H200, BENCHMARKS.md energy runs 9-10); 2 in the interpreter (it runs them in turn)."""
     sms = _sms(device)
     if not sms:
@@ -161,6 +185,32 @@ def readable(x: torch.Tensor) -> bool:
     return len(collapse(x)) <= MAX_DIMS
 
 
+def _prepare(x: torch.Tensor, out: torch.Tensor, fan, inv) -> tuple:
+    """``(x as read, flags (float, sum, fan, strided), scale, fan map size, 7 size/stride ints (constants when
+    not strided: fewer kernel specialisations), needs 64-bit indices)`` of one tensor for a kernel launch."""
+    if x.device != out.device:
+        raise ValueError(f"x must be on out's device {out.device}, got {x.device}")
+    if x.dtype == torch.bool:
+        x = x.view(torch.uint8)
+    pairs = collapse(x)
+    strided = not (len(pairs) == 1 and pairs[0][1] == 1)
+    if strided and len(pairs) > MAX_DIMS:
+        raise ValueError(f"x must be contiguous or a view of at most {MAX_DIMS} collapsed dims; got shape "
+                         f"{tuple(x.shape)}, strides {x.stride()}")
+    span = 1 + sum((sz - 1) * st for sz, st in pairs)  # storage elements from the first one the view reads
+    (_, t0), (s1, t1), (s2, t2), (s3, t3) = [(1, 0)] * (MAX_DIMS - len(pairs)) + pairs
+    has_sum = inv is not None and x.is_floating_point()
+    return (x, (x.is_floating_point(), has_sum, fan is not None, strided), float(inv) if has_sum else 1.0,
+            fan.numel() if fan is not None else 1, (s1, s2, s3, t0, t1, t2, t3) if strided else (1, 1, 1, 0, 0, 0, 0),
+            max(x.numel(), span) + BLOCK >= IDX32_LIMIT)
+
+
+def _check_out(out: torch.Tensor, row: int):
+    if not (out.dtype == torch.int64 and out.is_contiguous() and out.numel() >= (row + 1) * COLS):
+        raise ValueError(f"out must be a contiguous int64 buffer holding row {row} of {COLS} columns, got "
+                         f"{out.dtype} of shape {tuple(out.shape)}")
+
+
 def launch(x: torch.Tensor, out: torch.Tensor, fan: torch.Tensor | None = None, inv_scale: float | None = None,
            interpret: bool = False, row: int = 0):
     """Add the counts of ``x`` (contiguous, or any view for which :func:`readable` holds) to row ``row`` of
@@ -174,7 +224,17 @@ def launch(x: torch.Tensor, out: torch.Tensor, fan: torch.Tensor | None = None, 
     dtype (see :func:`neurosim.energy.counters.count_matmul`). bool tensors are read as bytes. How the kernel
     reads: the module docstring.
     """
-    launch_many([x], out, [row], [inv_scale], [fan], interpret=interpret)
+    n = x.numel()
+    if n == 0:
+        return
+    _check_out(out, row)
+    x, (is_float, has_sum, has_fan, strided), scale, c, dims, idx64 = _prepare(x, out, fan, inv_scale)
+    blocks = triton.cdiv(n, BLOCK)
+    kernels(interpret)[0][(_programs(out.device, blocks),)](
+        x, fan if has_fan else out, out, row, n, c, scale, *dims,
+        IS_FLOAT=is_float, HAS_SUM=has_sum, HAS_FAN=has_fan, STRIDED=strided, IDX64=idx64,
+        BLOCK=BLOCK, NCOLS=COLS, num_warps=8,
+    )
 
 
 MAX_BATCH = 8  # tensors one launch_many call reads
@@ -184,49 +244,39 @@ def launch_many(xs: list, out: torch.Tensor, rows: list, inv_scales: list, fans:
                 interpret: bool = False):
     """What :func:`launch` does for each tensor ``xs[j]`` (to row ``rows[j]``, with ``inv_scales[j]`` and
     ``fans[j]``; ``fans`` None: no fan maps), for up to :data:`MAX_BATCH` tensors on ``out``'s device, in one
-    launch."""
+    launch. Its tuple arguments cost the host more than :func:`launch`'s plain ones (about 115 us for 8 tensors
+    against 26 us for one on the H200's host, BENCHMARKS.md energy run 10): it pays off in a CUDA graph, where
+    the host launches nothing."""
     fans = [None] * len(xs) if fans is None else fans
     if not 0 < len(xs) <= MAX_BATCH or not len(xs) == len(rows) == len(inv_scales) == len(fans):
         raise ValueError(f"xs, rows, inv_scales and fans must have the same length, 1 to {MAX_BATCH}; got "
                          f"{len(xs)}, {len(rows)}, {len(inv_scales)}, {len(fans)}")
-    last = max(rows)
-    if not (out.dtype == torch.int64 and out.is_contiguous() and out.numel() >= (last + 1) * COLS):
-        raise ValueError(f"out must be a contiguous int64 buffer holding row {last} of {COLS} columns, got "
-                         f"{out.dtype} of shape {tuple(out.shape)}")
-    args = {k: [] for k in ("xs", "fans", "ns", "cs", "starts", "rows", "scales", "dims")}
-    bits = dict(FLOATS=0, SUMS=0, FANS=0, STRIDED=0)
+    _check_out(out, max(rows))
+    ptrs, fan_ptrs, ns, cs, starts, row_ids, scales, dims = [], [], [], [], [], [], [], []
+    bits = [0, 0, 0, 0]  # FLOATS, SUMS, FANS, STRIDED
     blocks, idx64 = 0, False
     for x, row, inv, fan in zip(xs, rows, inv_scales, fans):
         n = x.numel()
         if n == 0:
             continue
-        if x.device != out.device:
-            raise ValueError(f"xs: every tensor must be on out's device {out.device}, got {x.device}")
-        if x.dtype == torch.bool:
-            x = x.view(torch.uint8)
-        dims = collapse(x)
-        strided = not (len(dims) == 1 and dims[0][1] == 1)
-        if strided and len(dims) > MAX_DIMS:
-            raise ValueError(f"x must be contiguous or a view of at most {MAX_DIMS} collapsed dims; got shape "
-                             f"{tuple(x.shape)}, strides {x.stride()}")
-        span = 1 + sum((sz - 1) * st for sz, st in dims)  # storage elements from the first one the view reads
-        idx64 |= max(n, span) + BLOCK >= IDX32_LIMIT
-        dims = [(1, 0)] * (MAX_DIMS - len(dims)) + dims
-        (_, t0), (s1, t1), (s2, t2), (s3, t3) = dims
-        j = len(args["xs"])
-        has_sum = inv is not None and x.is_floating_point()
-        for name, flag in (("FLOATS", x.is_floating_point()), ("SUMS", has_sum), ("FANS", fan is not None),
-                           ("STRIDED", strided)):
-            bits[name] |= int(flag) << j
-        for name, v in (("xs", x), ("fans", fan if fan is not None else out), ("ns", n),
-                        ("cs", fan.numel() if fan is not None else 1), ("starts", blocks), ("rows", int(row)),
-                        ("scales", float(inv) if has_sum else 1.0)):
-            args[name].append(v)
-        args["dims"] += [s1, s2, s3, t0, t1, t2, t3] if strided else [1, 1, 1, 0, 0, 0, 0]
+        x, flags, scale, c, d, wide = _prepare(x, out, fan, inv)
+        j = len(ptrs)
+        bits = [b | (int(f) << j) for b, f in zip(bits, flags)]
+        idx64 |= wide
+        ptrs.append(x)
+        fan_ptrs.append(fan if fan is not None else out)
+        ns.append(n)
+        cs.append(c)
+        starts.append(blocks)
+        row_ids.append(int(row))
+        scales.append(scale)
+        dims += d
         blocks += triton.cdiv(n, BLOCK)
     if not blocks:
         return
-    kernel(interpret)[(_programs(out.device, blocks),)](
-        *(tuple(args[k]) for k in ("xs", "fans", "ns", "cs", "starts", "rows", "scales", "dims")), out, blocks,
-        **bits, IDX64=idx64, BLOCK=BLOCK, NCOLS=COLS, num_warps=8,
+    floats, sums, has_fan, strided = bits
+    kernels(interpret)[1][(_programs(out.device, blocks),)](
+        tuple(ptrs), tuple(fan_ptrs), tuple(ns), tuple(cs), tuple(starts), tuple(row_ids), tuple(scales),
+        tuple(dims), out, blocks,
+        FLOATS=floats, SUMS=sums, FANS=has_fan, STRIDED=strided, IDX64=idx64, BLOCK=BLOCK, NCOLS=COLS, num_warps=8,
     )
