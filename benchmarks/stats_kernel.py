@@ -52,12 +52,17 @@ def cases(dev):
         return (torch.rand(shape, generator=g, device=dev) < 0.2).float()
 
     qkv = spikes(4, 32, 128, 3, 8, 32)
+    sf_qkv = spikes(4, 64, 64, 3, 8, 48)
     fan = torch.randint(1, 10, (64, 64), generator=g, device=dev).to(torch.int32).reshape(-1)
     return {  # name -> (tensor, fan map or None, inv_scale or None)
         "EST activation [4, 16, 64, 384]": (spikes(4, 16, 64, 384), None, None),
         "Spikformer activation [4, 64, 64, 384]": (spikes(4, 64, 64, 384), None, None),
         "Spikformer MLP hidden [4, 256, 64, 1536]": (spikes(4, 256, 64, 1536), None, None),
         "attention q, a strided view [4, 32, 8, 128, 32]": (qkv[:, :, :, 0].permute(0, 1, 3, 2, 4), None, None),
+        "attention k transposed [4, 32, 8, 32, 128]": (qkv[:, :, :, 1].permute(0, 1, 3, 4, 2), None, None),
+        "attention q with a fan map (logical order) [4, 32, 8, 128, 32]": (
+            qkv[:, :, :, 0].permute(0, 1, 3, 2, 4), torch.ones(32, dtype=torch.int32, device=dev), None),
+        "Spikformer q, a strided view [4, 64, 8, 64, 48]": (sf_qkv[:, :, :, 0].permute(0, 1, 3, 2, 4), None, None),
         "attention scores with their sum [4, 32, 8, 128, 128]": (spikes(4, 32, 8, 128, 128) * 3.0, None, 1 / 3.0),
         "conv input with a fan map [512, 64, 64, 64]": (spikes(512, 64, 64, 64), fan, None),
     }

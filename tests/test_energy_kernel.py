@@ -44,7 +44,10 @@ def _tensor_cases(device="cpu"):
     fan_sp = torch.randint(1, 10, (11, 13), generator=g).double()
     # attention's q, k, v: slices of a permuted [T, B, N, 3, H, dh] spike tensor (strided views, read in place)
     qkv = (torch.rand(2, 3, 10, 3, 4, 6, generator=g) < 0.3).float().to(device).permute(3, 0, 1, 4, 2, 5)
-    deep = torch.randn(2, 3, 4, 5, 6, 7, generator=g).to(device).permute(5, 3, 1, 4, 2, 0)[..., 1:]  # 6 dims: copied
+    # 6 dims in logical order (copied for a fan map), one run of storage in storage order (read in place)
+    deep = torch.randn(2, 3, 4, 5, 6, 7, generator=g).to(device).permute(5, 3, 1, 4, 2, 0)[..., 1:]
+    sliced = (torch.rand(4, 5, 6, 7, 8, generator=g) < 0.4).float().to(device)[::2, ::2, ::2, ::2, ::3]  # 5 dims in any order: copied
+    expanded = (torch.rand(3, 1, 5, generator=g) < 0.5).float().to(device).expand(3, 4, 5)  # a stride-0 dim
     conv_t = conv_in.to(device)
     return {
         "f32_nan_inf_nonbinary": (x, None, None),
@@ -61,7 +64,15 @@ def _tensor_cases(device="cpu"):
         "transposed_fan": (conv_t.transpose(2, 3), fan_sp.t().contiguous(), None),
         "q_slice": (qkv[0], None, None),
         "k_transposed": (qkv[1].transpose(-1, -2), torch.arange(10).double() % 3, None),
+        "k_transposed_nofan": (qkv[1].transpose(-1, -2), None, None),
+        "v_slice_sum": (qkv[2] * 0.25, None, 4.0),
         "deep_view": (deep, None, None),
+        "deep_view_fan": (deep, torch.arange(6).double() % 4, None),
+        "sliced": (sliced, None, None),
+        "sliced_4": (sliced[0], None, None),  # 4 collapsed dims
+        "every_other": (spikes[1::2], None, None),  # 1 dim of stride 2
+        "expanded": (expanded, None, None),
+        "expanded_fan": (expanded, torch.arange(20).double() % 3, None),
         "products_f32": (_products(torch.float32, 33, 1 / 33 ** 0.5, 1)[0], None, 33 ** 0.5),
         "products_bf16": (_products(torch.bfloat16, 120, 0.3, 2)[0], None, 1 / 0.3),
         "products_f16": (_products(torch.float16, 200, 1 / 7, 3)[0], None, 7.0),
@@ -155,9 +166,18 @@ def test_strided_views_are_read_in_place():
     from neurosim.kernels.stats import MAX_DIMS, collapse
 
     cases = _tensor_cases()
-    assert len(collapse(cases["q_slice"][0])) <= MAX_DIMS and len(collapse(cases["k_transposed"][0])) <= MAX_DIMS
-    assert len(collapse(cases["deep_view"][0])) > MAX_DIMS  # counted from a contiguous copy
+    q, kt, deep = cases["q_slice"][0], cases["k_transposed"][0], cases["deep_view"][0]
+    assert len(collapse(q)) <= MAX_DIMS and len(collapse(kt)) <= MAX_DIMS
     assert collapse(torch.zeros(3, 4, 5)) == [(60, 1)] and collapse(torch.zeros(3, 1, 5).transpose(0, 2)) == [(5, 1), (3, 5)]
+    # without a fan map the dims are taken in storage order: the slices of a [T, B, N, 3, H, dh] tensor become rows
+    # of one token's H * dh features (k transposed as k), a permuted run of storage one run
+    k = kt.transpose(-1, -2)
+    assert collapse(q, any_order=True) == collapse(kt, any_order=True) == collapse(k, any_order=True) == [(60, 72), (24, 1)]
+    assert len(collapse(deep)) > MAX_DIMS and collapse(deep, any_order=True) == [(deep.numel(), 1)]
+    assert len(collapse(cases["sliced"][0], any_order=True)) > MAX_DIMS  # counted from a contiguous copy
+    assert collapse(cases["expanded"][0], any_order=True) == [(15, 1), (4, 0)]
+    assert len(collapse(cases["sliced_4"][0], any_order=True)) == MAX_DIMS
+    assert collapse(cases["every_other"][0], any_order=True) == [(5003, 2)]
 
 
 def test_batched_reads_give_the_same_counts(interpreter_results):

@@ -87,8 +87,8 @@ class RowStats:
     """Counts of one tensor in a :class:`CountBuffer` row; duck-types :class:`~neurosim.energy.TensorStats`
     (``numel``, ``nnz``, ``ones``; binary when ``nnz == ones``) with :class:`DeviceCount` values."""
 
-    __slots__ = ("owner", "numel", "dev", "row", "pending", "optional", "dropped", "version", "fan", "inv_scale",
-                 "on_change", "key")
+    __slots__ = ("owner", "numel", "dev", "row", "pending", "optional", "dropped", "version", "fan", "fan_order",
+                 "inv_scale", "on_change", "key")
 
     def __init__(self, owner, numel, dev, row, key=None):
         self.owner, self.numel, self.dev, self.row, self.key = owner, numel, dev, row, key
@@ -97,6 +97,7 @@ class RowStats:
         self.dropped = False  # an optional row nobody asked for: its counts were never taken (all zero)
         self.version = 0
         self.fan = None  # the fan map the row's FANW column was counted with
+        self.fan_order = None  # the element order it was counted in (_order: a fan map weighs elements in it)
         self.inv_scale = None  # the factor the row's ISUM column was counted with (None: not counted)
         self.on_change = None  # called when the tensor was changed in place before it was counted (deferred or batched)
 
@@ -143,9 +144,14 @@ def _fan_maps(fan: torch.Tensor):
     return hit
 
 
+def _order(x: torch.Tensor):
+    """What fixes the order in which ``x`` lists its elements: all contiguous tensors list them alike."""
+    return "contiguous" if x.is_contiguous() else (tuple(x.shape), x.stride())
+
+
 def _same_order(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether ``a`` and ``b`` list their elements in the same storage order (both contiguous, or same layout)."""
-    return (a.is_contiguous() and b.is_contiguous()) or (a.shape == b.shape and a.stride() == b.stride())
+    return _order(a) == _order(b)
 
 
 def _dense_span(x: torch.Tensor) -> bool:
@@ -323,7 +329,7 @@ class CountBuffer:
         if st.pending is not None:
             # the map weighs elements in x's order: count the deferred tensor with it only if it has that order
             self.force(st, fan if _same_order(st.pending, x) else None)
-        if st.fan is not fan:
+        if st.fan is not fan or st.fan_order != _order(x):  # (a view in another order may share st)
             st = self.stats(x, fan)
         return DeviceCount(self, ((st.dev, st.row, FANW, 1),))
 
@@ -346,7 +352,7 @@ class CountBuffer:
     def _count(self, st: RowStats, x: torch.Tensor, fan: torch.Tensor | None):
         x = x.detach()
         buf = self.bufs[st.dev][0]
-        st.fan = fan
+        st.fan, st.fan_order = fan, (None if fan is None else _order(x))
         path = self._path(x)
         self.paths.add(path)
         if path == "torch":
@@ -354,14 +360,8 @@ class CountBuffer:
             return
         from ..kernels import stats as K
 
-        if x.is_contiguous():
-            flat = x
-        elif fan is None and _dense_span(x):  # order does not matter without a fan map: read the storage span
-            flat = x.as_strided((x.numel(),), (1,), x.storage_offset())
-        elif K.readable(x):  # a view the kernel reads in place (strided loads, no copy)
-            flat = x
-        else:
-            flat = x.contiguous()
+        # a view the kernel reads in place (strided loads, no copy), in storage order when there is no fan map
+        flat = x if x.is_contiguous() or K.readable(x, any_order=fan is None) else x.contiguous()
         fan32 = None if fan is None else _fan_maps(fan)[1]
         if self.batching and st.key not in self.unbatched:
             size = flat.numel() * flat.element_size()

@@ -4,11 +4,13 @@ r"""One-read tensor statistics for the energy profiler (Triton; imported only wh
 (:func:`launch_many`: up to :data:`MAX_BATCH` tensors, each to its own row, in one launch):
 ``[nonzeros, elements equal to 1, non-finite elements, fan-weighted nonzeros, sum of round(x * inv_scale)]``
 (the last two only when asked for). A strided view (e.g. a permuted slice such as attention's q, k, v) is read
-in place through its collapsed sizes and strides, not copied. The fan map (optional) holds
+in place through its collapsed sizes and strides, not copied; without a fan map, whose weights follow the logical
+order, its dims are first put in storage order (attention's q, k transposed and v each become rows of one
+token's features, one division an element; k transposed is read as k is). The fan map (optional) holds
 one integer weight per position of the tensor's trailing ``C`` elements (``C = fan.numel()``): element ``i``
 weighs ``fan[i % C]``, e.g. a conv input ``[N, Cin, H, W]`` with a ``[H, W]`` fan-out map.
 
-Layout: each tensor's elements are read in their logical order in blocks of BLOCK; the blocks of all the tensors
+Layout: each tensor's elements are read in that order in blocks of BLOCK; the blocks of all the tensors
 of a launch are numbered one after the other and split into one run of consecutive blocks per program of a grid
 of a few programs per multiprocessor. A program keeps per-lane counts in registers and, for each tensor its run
 touched (one or two), adds its totals to that tensor's row with one integer atomic per column, so the result is
@@ -64,7 +66,7 @@ def _add_row(out, nz, one, bad, isum, IS_FLOAT: tl.constexpr, HAS_SUM: tl.conste
 
 
 def _tensor_counts(x_ptr, fan_ptr, out, lo, hi, n, c, inv_scale, s1, s2, s3, t0, t1, t2, t3,
-                   IS_FLOAT: tl.constexpr, HAS_SUM: tl.constexpr, HAS_FAN: tl.constexpr, STRIDED: tl.constexpr,
+                   IS_FLOAT: tl.constexpr, HAS_SUM: tl.constexpr, HAS_FAN: tl.constexpr, NDIMS: tl.constexpr,
                    IDX64: tl.constexpr, BLOCK: tl.constexpr):
     # one program's share of one tensor: blocks lo .. hi-1 (of BLOCK elements in logical order), its totals
     # added to the tensor's row ``out`` (pointer to column 0)
@@ -80,14 +82,21 @@ def _tensor_counts(x_ptr, fan_ptr, out, lo, hi, n, c, inv_scale, s1, s2, s3, t0,
         else:  # 32-bit index arithmetic (the strided path's divisions cost far less)
             lin = b * BLOCK + lanes
         mask = lin < n
-        if STRIDED:  # a view: its (up to 4) collapsed dims give the storage offset of the logical index
-            i3 = lin % s3
-            q = lin // s3
-            i2 = q % s2
-            q = q // s2
-            offs = (q // s1) * t0 + (q % s1) * t1 + i2 * t2 + i3 * t3
-        else:
+        # a view: its NDIMS (1 to 4) collapsed dims, the last ones of (s0, s1, s2, s3) / (t0, t1, t2, t3), give the
+        # storage offset of the logical index; only the dims it has cost a division (size and modulus)
+        if NDIMS == 0:
             offs = lin
+        elif NDIMS == 1:
+            offs = lin * t3
+        elif NDIMS == 2:
+            offs = (lin // s3) * t2 + (lin % s3) * t3
+        elif NDIMS == 3:
+            q = lin // s3
+            offs = (q // s2) * t1 + (q % s2) * t2 + (lin % s3) * t3
+        else:
+            q = lin // s3
+            r = q // s2
+            offs = (r // s1) * t0 + (r % s1) * t1 + (q % s2) * t2 + (lin % s3) * t3
         v = tl.load(x_ptr + offs, mask=mask, other=0)
         nz, one, bad, isum = _block_counts(v, mask, inv_scale, IS_FLOAT, HAS_SUM)
         acc_nz += nz.to(tl.int32)
@@ -103,7 +112,7 @@ def _tensor_counts(x_ptr, fan_ptr, out, lo, hi, n, c, inv_scale, s1, s2, s3, t0,
 
 
 def _stats_kernel(x_ptr, fan_ptr, out_ptr, row, n, c, inv_scale, s1, s2, s3, t0, t1, t2, t3,
-                  IS_FLOAT: tl.constexpr, HAS_SUM: tl.constexpr, HAS_FAN: tl.constexpr, STRIDED: tl.constexpr,
+                  IS_FLOAT: tl.constexpr, HAS_SUM: tl.constexpr, HAS_FAN: tl.constexpr, NDIMS: tl.constexpr,
                   IDX64: tl.constexpr, BLOCK: tl.constexpr, NCOLS: tl.constexpr):
     # one tensor, plain arguments (a cheaper launch on the host than the tuples of _stats_many_kernel): each
     # program reads one run of consecutive blocks
@@ -111,15 +120,16 @@ def _stats_kernel(x_ptr, fan_ptr, out_ptr, row, n, c, inv_scale, s1, s2, s3, t0,
     per = tl.cdiv(blocks, tl.num_programs(0))
     lo = tl.program_id(0) * per
     _tensor_counts(x_ptr, fan_ptr, out_ptr + row * NCOLS, lo, tl.minimum(lo + per, blocks), n, c, inv_scale,
-                   s1, s2, s3, t0, t1, t2, t3, IS_FLOAT, HAS_SUM, HAS_FAN, STRIDED, IDX64, BLOCK)
+                   s1, s2, s3, t0, t1, t2, t3, IS_FLOAT, HAS_SUM, HAS_FAN, NDIMS, IDX64, BLOCK)
 
 
 def _stats_many_kernel(xs, fans, ns, cs, starts, rows, scales, dims, out_ptr, total,
-                       FLOATS: tl.constexpr, SUMS: tl.constexpr, FANS: tl.constexpr, STRIDED: tl.constexpr,
+                       FLOATS: tl.constexpr, SUMS: tl.constexpr, FANS: tl.constexpr, NDIMS: tl.constexpr,
                        IDX64: tl.constexpr, BLOCK: tl.constexpr, NCOLS: tl.constexpr):
     # The tensors xs[j] (tuples: pointers, fan maps, sizes, fan map sizes, first blocks, rows, scales, and 7 ints
-    # of collapsed sizes / strides a tensor) in one launch; bit j of FLOATS / SUMS / FANS / STRIDED: tensor j is
-    # floating / has its scaled sum counted / has a fan map / is read through its strides. Their blocks are
+    # of collapsed sizes / strides a tensor) in one launch; bit j of FLOATS / SUMS / FANS: tensor j is floating /
+    # has its scaled sum counted / has a fan map; bits 3j to 3j+2 of NDIMS: its collapsed dims read through
+    # strides (0: contiguous). Their blocks are
     # numbered one after the other (tensor j's from starts[j] on, ``total`` in all) and each program reads one run
     # of consecutive blocks, so it touches one or two tensors and adds to their rows only.
     per = tl.cdiv(total, tl.num_programs(0))
@@ -132,7 +142,7 @@ def _stats_many_kernel(xs, fans, ns, cs, starts, rows, scales, dims, out_ptr, to
             _tensor_counts(xs[j], fans[j], out_ptr + rows[j] * NCOLS, lo, hi, ns[j], cs[j], scales[j],
                            dims[7 * j], dims[7 * j + 1], dims[7 * j + 2], dims[7 * j + 3], dims[7 * j + 4],
                            dims[7 * j + 5], dims[7 * j + 6], (FLOATS >> j) & 1, (SUMS >> j) & 1, (FANS >> j) & 1,
-                           (STRIDED >> j) & 1, IDX64, BLOCK)
+                           (NDIMS >> (3 * j)) & 7, IDX64, BLOCK)
 
 
 _HELPERS = ("_block_counts", "_add_row", "_tensor_counts")
@@ -166,13 +176,16 @@ def _programs(device: torch.device, blocks: int) -> int:
     return max(1, min(blocks, (8 if blocks * BLOCK > (1 << 25) else 4) * sms))
 
 
-def collapse(x: torch.Tensor) -> list:
+def collapse(x: torch.Tensor, any_order: bool = False) -> list:
     """``x``'s dims as (size, stride) pairs with size-1 dims dropped and dims that step through storage as one
-    merged (row-major order kept): a contiguous tensor gives one pair with stride 1."""
+    merged (row-major order kept): a contiguous tensor gives one pair with stride 1. ``any_order``: the dims are
+    first sorted by stride, largest first (the storage order: a permuted view of a slice, such as attention's k
+    transposed, then has the pairs of the slice itself), for a read whose counts do not depend on the order."""
+    dims = [(sz, st) for sz, st in zip(x.shape, x.stride()) if sz != 1]
+    if any_order:
+        dims.sort(key=lambda d: -d[1])  # stable: dims of equal stride (only possible with stride 0) keep their order
     out: list = []
-    for sz, st in zip(x.shape, x.stride()):
-        if sz == 1:
-            continue
+    for sz, st in dims:
         if out and out[-1][1] == st * sz:
             out[-1] = (out[-1][0] * sz, st)
         else:
@@ -180,28 +193,30 @@ def collapse(x: torch.Tensor) -> list:
     return out or [(1, 1)]
 
 
-def readable(x: torch.Tensor) -> bool:
-    """Whether :func:`launch` reads ``x`` in place (contiguous, or a view of at most MAX_DIMS collapsed dims)."""
-    return len(collapse(x)) <= MAX_DIMS
+def readable(x: torch.Tensor, any_order: bool = False) -> bool:
+    """Whether :func:`launch` reads ``x`` in place (contiguous, or a view of at most MAX_DIMS collapsed dims;
+    ``any_order``: in storage order, as it does without a fan map)."""
+    return len(collapse(x, any_order)) <= MAX_DIMS
 
 
 def _prepare(x: torch.Tensor, out: torch.Tensor, fan, inv) -> tuple:
-    """``(x as read, flags (float, sum, fan, strided), scale, fan map size, 7 size/stride ints (constants when
-    not strided: fewer kernel specialisations), needs 64-bit indices)`` of one tensor for a kernel launch."""
+    """``(x as read, flags (float, sum, fan, collapsed dims read through strides: 0 when contiguous), scale, fan
+    map size, 7 size/stride ints (constants when contiguous: fewer kernel specialisations), needs 64-bit
+    indices)`` of one tensor for a kernel launch. Without a fan map the elements are read in storage order."""
     if x.device != out.device:
         raise ValueError(f"x must be on out's device {out.device}, got {x.device}")
     if x.dtype == torch.bool:
         x = x.view(torch.uint8)
-    pairs = collapse(x)
-    strided = not (len(pairs) == 1 and pairs[0][1] == 1)
-    if strided and len(pairs) > MAX_DIMS:
+    pairs = collapse(x, any_order=fan is None)
+    ndims = 0 if len(pairs) == 1 and pairs[0][1] == 1 else len(pairs)
+    if ndims > MAX_DIMS:
         raise ValueError(f"x must be contiguous or a view of at most {MAX_DIMS} collapsed dims; got shape "
                          f"{tuple(x.shape)}, strides {x.stride()}")
     span = 1 + sum((sz - 1) * st for sz, st in pairs)  # storage elements from the first one the view reads
     (_, t0), (s1, t1), (s2, t2), (s3, t3) = [(1, 0)] * (MAX_DIMS - len(pairs)) + pairs
     has_sum = inv is not None and x.is_floating_point()
-    return (x, (x.is_floating_point(), has_sum, fan is not None, strided), float(inv) if has_sum else 1.0,
-            fan.numel() if fan is not None else 1, (s1, s2, s3, t0, t1, t2, t3) if strided else (1, 1, 1, 0, 0, 0, 0),
+    return (x, (x.is_floating_point(), has_sum, fan is not None, ndims), float(inv) if has_sum else 1.0,
+            fan.numel() if fan is not None else 1, (s1, s2, s3, t0, t1, t2, t3) if ndims else (1, 1, 1, 0, 0, 0, 0),
             max(x.numel(), span) + BLOCK >= IDX32_LIMIT)
 
 
@@ -213,9 +228,9 @@ def _check_out(out: torch.Tensor, row: int):
 
 def launch(x: torch.Tensor, out: torch.Tensor, fan: torch.Tensor | None = None, inv_scale: float | None = None,
            interpret: bool = False, row: int = 0):
-    """Add the counts of ``x`` (contiguous, or any view for which :func:`readable` holds) to row ``row`` of
-    ``out`` (int64, contiguous ``[rows, COLS]``, or one row of ``COLS`` elements; zeroed by the caller), in ``x``'s
-    logical (row-major) element order.
+    """Add the counts of ``x`` (contiguous, or any view for which :func:`readable` holds, with ``any_order``
+    when there is no fan map) to row ``row`` of ``out`` (int64, contiguous ``[rows, COLS]``, or one row of
+    ``COLS`` elements; zeroed by the caller).
 
     ``fan``: int32 contiguous weights with ``x.numel() % fan.numel() == 0``, on ``x``'s device, or None (the
     fan-weighted column is left untouched). ``inv_scale`` (floating ``x`` only): also add
@@ -228,11 +243,11 @@ def launch(x: torch.Tensor, out: torch.Tensor, fan: torch.Tensor | None = None, 
     if n == 0:
         return
     _check_out(out, row)
-    x, (is_float, has_sum, has_fan, strided), scale, c, dims, idx64 = _prepare(x, out, fan, inv_scale)
+    x, (is_float, has_sum, has_fan, ndims), scale, c, dims, idx64 = _prepare(x, out, fan, inv_scale)
     blocks = triton.cdiv(n, BLOCK)
     kernels(interpret)[0][(_programs(out.device, blocks),)](
         x, fan if has_fan else out, out, row, n, c, scale, *dims,
-        IS_FLOAT=is_float, HAS_SUM=has_sum, HAS_FAN=has_fan, STRIDED=strided, IDX64=idx64,
+        IS_FLOAT=is_float, HAS_SUM=has_sum, HAS_FAN=has_fan, NDIMS=ndims, IDX64=idx64,
         BLOCK=BLOCK, NCOLS=COLS, num_warps=8,
     )
 
@@ -253,7 +268,7 @@ def launch_many(xs: list, out: torch.Tensor, rows: list, inv_scales: list, fans:
                          f"{len(xs)}, {len(rows)}, {len(inv_scales)}, {len(fans)}")
     _check_out(out, max(rows))
     ptrs, fan_ptrs, ns, cs, starts, row_ids, scales, dims = [], [], [], [], [], [], [], []
-    bits = [0, 0, 0, 0]  # FLOATS, SUMS, FANS, STRIDED
+    bits = [0, 0, 0, 0]  # FLOATS, SUMS, FANS, NDIMS (3 bits a tensor)
     blocks, idx64 = 0, False
     for x, row, inv, fan in zip(xs, rows, inv_scales, fans):
         n = x.numel()
@@ -261,7 +276,7 @@ def launch_many(xs: list, out: torch.Tensor, rows: list, inv_scales: list, fans:
             continue
         x, flags, scale, c, d, wide = _prepare(x, out, fan, inv)
         j = len(ptrs)
-        bits = [b | (int(f) << j) for b, f in zip(bits, flags)]
+        bits = [b | (int(f) << (3 * j if k == 3 else j)) for k, (b, f) in enumerate(zip(bits, flags))]
         idx64 |= wide
         ptrs.append(x)
         fan_ptrs.append(fan if fan is not None else out)
@@ -274,9 +289,9 @@ def launch_many(xs: list, out: torch.Tensor, rows: list, inv_scales: list, fans:
         blocks += triton.cdiv(n, BLOCK)
     if not blocks:
         return
-    floats, sums, has_fan, strided = bits
+    floats, sums, has_fan, ndims = bits
     kernels(interpret)[1][(_programs(out.device, blocks),)](
         tuple(ptrs), tuple(fan_ptrs), tuple(ns), tuple(cs), tuple(starts), tuple(row_ids), tuple(scales),
         tuple(dims), out, blocks,
-        FLOATS=floats, SUMS=sums, FANS=has_fan, STRIDED=strided, IDX64=idx64, BLOCK=BLOCK, NCOLS=COLS, num_warps=8,
+        FLOATS=floats, SUMS=sums, FANS=has_fan, NDIMS=ndims, IDX64=idx64, BLOCK=BLOCK, NCOLS=COLS, num_warps=8,
     )
