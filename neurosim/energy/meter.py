@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,11 +15,11 @@ from torch import nn
 
 from .. import spike_tally, validate
 from . import counters as C
-from .device_counts import NNZ, ONES, CountBuffer, DeviceCount, RowStats, TallyStats, _dense_span
+from .device_counts import NNZ, ONES, CountBuffer, DeviceCount, RowStats, TallyStats
 from .hardware import HardwareProfile, get_profile
 from .report import EnergyReport, LayerReport
+from .stats_cache import StatsCache
 
-_STATS_CACHE_SIZE = 8  # recent tensors whose stats are reused (a neuron's output is the next layer's input)
 RATES = ("needed", "all")
 
 
@@ -125,9 +124,9 @@ class EnergyMeter:
         self._slots: list[_Slot] = []
         self._handles = []
         self._seq = 0
-        self._cache: OrderedDict = OrderedDict()
         self._running: list[_Slot] = []  # modules entered and not yet left (to name the layer of an error)
         self._counts = CountBuffer(counting)
+        self._cache = StatsCache(self._counts)
         self.defer_checks = bool(defer_checks)
         self._checks = None  # the active validate.deferred_checks, while inside ``with``
         self._counting = None  # the slot whose counter runs
@@ -238,41 +237,12 @@ class EnergyMeter:
         return pre_hook
 
     # ------------------------------------------------------------------------------------------ counting
-    @staticmethod
-    def _key(x: torch.Tensor):
-        # A tensor whose elements fill one storage span (contiguous, or a permutation of it) is identified by
-        # (first address, numel, dtype): views such as a reshape or a head transpose of a neuron's output, fed to
-        # the next layer, reuse its stats (nonzeros, ones and non-finite elements do not depend on the order;
-        # a fan-weighted count does, see CountBuffer.fan_count). The cache holds the tensor itself, so the
-        # address cannot be reused while cached; ``_version`` (shared by views) catches in-place changes.
-        if x.is_contiguous() or _dense_span(x):
-            return (x.data_ptr(), x.numel(), x.dtype, x.device)
-        return ("id", id(x))
-
     def _cached(self, x: torch.Tensor) -> RowStats | None:
-        """The cached stats of ``x`` (possibly still deferred), or None."""
-        key = self._key(x)
-        hit = self._cache.get(key)
-        if hit is None or (key[0] == "id" and hit[0] is not x):
-            return None
-        st = hit[2]
-        if hit[1] != x._version:
-            if st.pending is None:
-                return None  # changed in place since it was counted: count it again
-            if st.optional:  # a rate nobody needed yet, of values now gone: not measured
-                self._counts.release(st)
-                del self._cache[key]
-                return None
-            self._counts.force(st)  # deferred, then changed in place: counted as it is now (its producer is told)
-            self._cache[key] = (x, x._version, st)
-        self._cache.move_to_end(key)
-        return st
+        """The row of ``x``'s elements (possibly still deferred), or None (:mod:`.stats_cache`)."""
+        return self._cache.get(x)
 
     def _insert(self, x, st):
-        self._cache[self._key(x)] = (x, x._version, st)
-        if len(self._cache) > _STATS_CACHE_SIZE:
-            _, (_, _, old) = self._cache.popitem(last=False)
-            self._counts.release(old)  # counted if still deferred, or dropped if optional
+        self._cache.put(x, st)
 
     def _stats(self, x: torch.Tensor) -> RowStats:
         st = self._cached(x)
