@@ -125,10 +125,12 @@ def _fwd_kernel(
     tl.store(mT_ptr + cols, m, mask=cmask)
     if CUBA:
         tl.store(iT_ptr + cols, i, mask=cmask)
+    # the atomics are relaxed: nothing reads the flag or the count before the kernel ends, and the default
+    # (acq_rel) would make each program wait for its spike stores before leaving (a release fence)
     if CHECK:
-        tl.atomic_max(bad_ptr + tz, bad.to(tl.int32), mask=bad)  # only lanes that saw one (the error path)
+        tl.atomic_max(bad_ptr + tz, bad.to(tl.int32), mask=bad, sem="relaxed")  # only lanes that saw one
     if COUNT:
-        tl.atomic_add(cnt_ptr + pid % SLOTS, tl.sum(n_spk.to(tl.int32), axis=0).to(tl.int64))
+        tl.atomic_add(cnt_ptr + pid % SLOTS, tl.sum(n_spk.to(tl.int32), axis=0).to(tl.int64), sem="relaxed")
 
 
 def _bwd_kernel(
