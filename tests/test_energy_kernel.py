@@ -59,7 +59,10 @@ def _tensor_cases(device="cpu"):
         "spikes_10007": (spikes, None, None),
         "spikes_fan_35": (spikes[:35 * 285].reshape(285, 35), torch.arange(35).double() % 6, None),
         "conv_input_fan": (conv_in, fan_sp, None),
-        "wide_fan_4100": (wide, torch.randint(1, 3, (4100,), generator=g).double(), None),
+        "wide_fan_4100": (wide, torch.randint(1, 3, (4100,), generator=g).double(), None),  # fan[i % C] a lane
+        # maps repeated to a multiple of the kernel's block (one modulus a block), the tensors spanning several
+        "long_fan_6": (spikes[:6 * 1500].reshape(1500, 6), torch.randint(1, 9, (6,), generator=g).double(), None),
+        "long_fan_4096": (spikes[:8192].reshape(2, 64, 64), torch.randint(0, 5, (64, 64), generator=g).double(), None),
         "transposed": (conv_t.transpose(1, 3), None, None),
         "transposed_fan": (conv_t.transpose(2, 3), fan_sp.t().contiguous(), None),
         "q_slice": (qkv[0], None, None),

@@ -26,6 +26,7 @@ have been chosen (``TRITON_INTERPRET=1``) before triton was imported.
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 import triton
@@ -104,8 +105,14 @@ def _tensor_counts(x_ptr, fan_ptr, out, lo, hi, n, c, inv_scale, s1, s2, s3, t0,
         acc_one += one
         acc_bad += bad
         acc_sum += isum
-        if HAS_FAN:  # element i weighs fan[i % C] (a small map: cached)
+        if HAS_FAN == 1:  # element i weighs fan[i % C] (a small map: cached)
             f = tl.load(fan_ptr + lin % c, mask=mask & nz, other=0)
+            acc_fan += f.to(tl.int64)
+        elif HAS_FAN == 2:  # the map repeated to a multiple c of BLOCK elements: one modulus a block, not a lane
+            if IDX64:
+                f = tl.load(fan_ptr + (tl.cast(b, tl.int64) * BLOCK) % c + lanes, mask=mask & nz, other=0)
+            else:
+                f = tl.load(fan_ptr + (b * BLOCK) % c + lanes, mask=mask & nz, other=0)
             acc_fan += f.to(tl.int64)
     _add_row(out, acc_nz, acc_one, acc_bad, acc_sum, IS_FLOAT, HAS_SUM)
     if HAS_FAN:
@@ -128,9 +135,9 @@ def _stats_many_kernel(xs, fans, ns, cs, starts, rows, scales, dims, out_ptr, to
                        FLOATS: tl.constexpr, SUMS: tl.constexpr, FANS: tl.constexpr, NDIMS: tl.constexpr,
                        IDX64: tl.constexpr, BLOCK: tl.constexpr, NCOLS: tl.constexpr):
     # The tensors xs[j] (tuples: pointers, fan maps, sizes, fan map sizes, first blocks, rows, scales, and 7 ints
-    # of collapsed sizes / strides a tensor) in one launch; bit j of FLOATS / SUMS / FANS: tensor j is floating /
-    # has its scaled sum counted / has a fan map; bits 3j to 3j+2 of NDIMS: its collapsed dims read through
-    # strides (0: contiguous). Their blocks are
+    # of collapsed sizes / strides a tensor) in one launch; bit j of FLOATS / SUMS: tensor j is floating / has its
+    # scaled sum counted; bits 2j, 2j+1 of FANS: its fan mode (_tensor_counts' HAS_FAN); bits 3j to 3j+2 of NDIMS:
+    # its collapsed dims read through strides (0: contiguous). Their blocks are
     # numbered one after the other (tensor j's from starts[j] on, ``total`` in all) and each program reads one run
     # of consecutive blocks, so it touches one or two tensors and adds to their rows only.
     per = tl.cdiv(total, tl.num_programs(0))
@@ -142,7 +149,7 @@ def _stats_many_kernel(xs, fans, ns, cs, starts, rows, scales, dims, out_ptr, to
         if lo < hi:
             _tensor_counts(xs[j], fans[j], out_ptr + rows[j] * NCOLS, lo, hi, ns[j], cs[j], scales[j],
                            dims[7 * j], dims[7 * j + 1], dims[7 * j + 2], dims[7 * j + 3], dims[7 * j + 4],
-                           dims[7 * j + 5], dims[7 * j + 6], (FLOATS >> j) & 1, (SUMS >> j) & 1, (FANS >> j) & 1,
+                           dims[7 * j + 5], dims[7 * j + 6], (FLOATS >> j) & 1, (SUMS >> j) & 1, (FANS >> (2 * j)) & 3,
                            (NDIMS >> (3 * j)) & 7, IDX64, BLOCK)
 
 
@@ -200,10 +207,28 @@ def readable(x: torch.Tensor, any_order: bool = False) -> bool:
     return len(collapse(x, any_order)) <= MAX_DIMS
 
 
+MAX_TILED = 1 << 20  # a fan map is repeated to a multiple of BLOCK elements when that takes at most this many
+_TILED: dict = {}  # id(fan map) -> (map, its repetition or None)
+
+
+def _tiled(fan: torch.Tensor):
+    """``fan`` repeated to ``lcm(C, BLOCK)`` elements (so that a block's weights are consecutive from one offset:
+    one modulus a block instead of one an element), or None when that would exceed MAX_TILED; cached by map."""
+    hit = _TILED.get(id(fan))
+    if hit is None or hit[0] is not fan:
+        if len(_TILED) > 64:
+            _TILED.clear()
+        c = fan.numel()
+        reps = BLOCK // math.gcd(c, BLOCK)
+        hit = _TILED[id(fan)] = (fan, fan.repeat(reps) if reps == 1 or c * reps <= MAX_TILED else None)
+    return hit[1]
+
+
 def _prepare(x: torch.Tensor, out: torch.Tensor, fan, inv) -> tuple:
-    """``(x as read, flags (float, sum, fan, collapsed dims read through strides: 0 when contiguous), scale, fan
-    map size, 7 size/stride ints (constants when contiguous: fewer kernel specialisations), needs 64-bit
-    indices)`` of one tensor for a kernel launch. Without a fan map the elements are read in storage order."""
+    """``(x as read, flags (float, sum, fan mode: 0 none, 1 fan[i % C], 2 a repeated map, collapsed dims read
+    through strides: 0 when contiguous), scale, fan map as read, its size, 7 size/stride ints (constants when
+    contiguous: fewer kernel specialisations), needs 64-bit indices)`` of one tensor for a kernel launch. Without a
+    fan map the elements are read in storage order."""
     if x.device != out.device:
         raise ValueError(f"x must be on out's device {out.device}, got {x.device}")
     if x.dtype == torch.bool:
@@ -216,7 +241,11 @@ def _prepare(x: torch.Tensor, out: torch.Tensor, fan, inv) -> tuple:
     span = 1 + sum((sz - 1) * st for sz, st in pairs)  # storage elements from the first one the view reads
     (_, t0), (s1, t1), (s2, t2), (s3, t3) = [(1, 0)] * (MAX_DIMS - len(pairs)) + pairs
     has_sum = inv is not None and x.is_floating_point()
-    return (x, (x.is_floating_point(), has_sum, fan is not None, ndims), float(inv) if has_sum else 1.0,
+    fan_mode = 0
+    if fan is not None:
+        tiled = _tiled(fan)
+        fan_mode, fan = (1, fan) if tiled is None else (2, tiled)
+    return (x, (x.is_floating_point(), has_sum, fan_mode, ndims), float(inv) if has_sum else 1.0, fan,
             fan.numel() if fan is not None else 1, (s1, s2, s3, t0, t1, t2, t3) if ndims else (1, 1, 1, 0, 0, 0, 0),
             max(x.numel(), span) + BLOCK >= IDX32_LIMIT)
 
@@ -244,11 +273,11 @@ def launch(x: torch.Tensor, out: torch.Tensor, fan: torch.Tensor | None = None, 
     if n == 0:
         return
     _check_out(out, row)
-    x, (is_float, has_sum, has_fan, ndims), scale, c, dims, idx64 = _prepare(x, out, fan, inv_scale)
+    x, (is_float, has_sum, fan_mode, ndims), scale, fan, c, dims, idx64 = _prepare(x, out, fan, inv_scale)
     blocks = triton.cdiv(n, BLOCK)
     kernels(interpret)[0][(_programs(out.device, blocks),)](
-        x, fan if has_fan else out, out, row, n, c, scale, *dims,
-        IS_FLOAT=is_float, HAS_SUM=has_sum, HAS_FAN=has_fan, NDIMS=ndims, IDX64=idx64,
+        x, fan if fan_mode else out, out, row, n, c, scale, *dims,
+        IS_FLOAT=is_float, HAS_SUM=has_sum, HAS_FAN=fan_mode, NDIMS=ndims, IDX64=idx64,
         BLOCK=BLOCK, NCOLS=COLS, num_warps=8,
     )
 
@@ -269,15 +298,15 @@ def launch_many(xs: list, out: torch.Tensor, rows: list, inv_scales: list, fans:
                          f"{len(xs)}, {len(rows)}, {len(inv_scales)}, {len(fans)}")
     _check_out(out, max(rows))
     ptrs, fan_ptrs, ns, cs, starts, row_ids, scales, dims = [], [], [], [], [], [], [], []
-    bits = [0, 0, 0, 0]  # FLOATS, SUMS, FANS, NDIMS (3 bits a tensor)
+    bits = [0, 0, 0, 0]  # FLOATS, SUMS, FANS (2 bits a tensor), NDIMS (3 bits a tensor)
     blocks, idx64 = 0, False
     for x, row, inv, fan in zip(xs, rows, inv_scales, fans):
         n = x.numel()
         if n == 0:
             continue
-        x, flags, scale, c, d, wide = _prepare(x, out, fan, inv)
+        x, flags, scale, fan, c, d, wide = _prepare(x, out, fan, inv)
         j = len(ptrs)
-        bits = [b | (int(f) << (3 * j if k == 3 else j)) for k, (b, f) in enumerate(zip(bits, flags))]
+        bits = [b | (int(f) << (w * j)) for w, b, f in zip((1, 1, 2, 3), bits, flags)]
         idx64 |= wide
         ptrs.append(x)
         fan_ptrs.append(fan if fan is not None else out)
