@@ -16,8 +16,9 @@ of a few programs per multiprocessor. A program keeps per-lane counts in registe
 touched (one or two), adds its totals to that tensor's row with one integer atomic per column, so the result is
 exact and independent of the schedule. Index arithmetic is 32-bit unless an index or storage offset needs more.
 There is no host synchronisation and no allocation besides the caller's buffer. Batching tensors matters for
-small ones, whose read is otherwise mostly launch, ramp and tail: 8 EST activations of 6 MB take 2.3 us a read
-batched against 6.0 us one launch each on an H200 (BENCHMARKS.md, energy run 10).
+small ones, whose read is otherwise mostly launch, ramp and tail: 8 EST activations of 6 MB take 2.1 us a read
+batched against 4.4 us one launch each on an H200 (BENCHMARKS.md, energy run 11). The atomics are relaxed: the
+rows are read after the kernel ends, and a release fence at each would hold the program back.
 
 As in :mod:`neurosim.kernels.triton_lif`, the kernels are plain Python functions wrapped by :func:`kernels` with
 ``triton.jit``; with ``interpret=True`` it runs in Triton's interpreter on CPU tensors (the tests), which must
@@ -162,8 +163,9 @@ def kernels(interpret: bool = False):
     module docstring)."""
     check_mode(interpret)
     ns = with_jit_helpers(globals(), _HELPERS)
-    # sizes and strides stay specialised (a size of 1 folds away: attention's q view read in 11.6 us against
-    # 19.4 us unspecialised on the H200, BENCHMARKS.md energy run 10); the row is not (no recompile per row)
+    # sizes and strides stay specialised (a size of 1 folds away, and sizes divisible by 16 keep vector loads: a
+    # 4-dim view read in 11.6 us against 19.4 us unspecialised on the H200, BENCHMARKS.md energy run 10); the row
+    # is not (no recompile per row)
     return (triton.jit(rebind(_stats_kernel, ns), do_not_specialize=["row"]),
             triton.jit(rebind(_stats_many_kernel, ns)))
 
