@@ -17,6 +17,7 @@ the elements a tensor holds to the :class:`~neurosim.energy.device_counts.RowSta
 """
 from __future__ import annotations
 
+import functools
 import weakref
 from collections import OrderedDict
 
@@ -36,6 +37,13 @@ def key(x: torch.Tensor) -> tuple:
             x.device)
 
 
+def _freed(cache_ref, k, ref):
+    """An entry's tensor was freed: forget the entry (unless the key holds another tensor's entry by now)."""
+    cache = cache_ref()
+    if cache is not None:
+        cache._forget(k, ref)
+
+
 class StatsCache:
     """Rows of recently seen tensors, for the meter (see the module docstring); ``counts`` is the buffer whose
     deferred rows it counts or drops when it lets them go."""
@@ -44,6 +52,7 @@ class StatsCache:
         self.counts = counts
         self._entries: OrderedDict = OrderedDict()  # key -> (weak reference, version, stats)
         self._deferred: OrderedDict = OrderedDict()  # keys whose rows were deferred when cached, oldest first
+        self._self = weakref.ref(self)  # what the entries' callbacks hold (not the cache itself)
 
     def __len__(self):
         return len(self._entries)
@@ -88,7 +97,7 @@ class StatsCache:
         # the reference is to the tensor the view was taken from, whose Python object lives as long as any of its
         # views does (a reshape or flatten of a layer's output outlives the output's own object)
         owner = x._base if x._base is not None else x
-        ref = weakref.ref(owner, lambda r, k=k, cache=weakref.ref(self): cache() is not None and cache()._forget(k, r))
+        ref = weakref.ref(owner, functools.partial(_freed, self._self, k))
         entries[k] = (ref, x._version, st)
         entries.move_to_end(k)
         self._deferred.pop(k, None)
