@@ -7,25 +7,15 @@ import torch
 from torch import nn
 
 import neurosim
-from neurosim.energy import profile, stats_cache
+from neurosim.energy import stats_cache
 from neurosim.energy.device_counts import CountBuffer
 from neurosim.layers import Add, MatMul
+from test_energy_kernel import _reads
 
 
 def _profile_reads(model, x):
     """The report and the tensors counted, as (first address, shape, strides)."""
-    reads, orig = [], CountBuffer._count
-
-    def spy(self, st, t, fan):
-        reads.append((t.data_ptr(), tuple(t.shape), t.stride()))
-        return orig(self, st, t, fan)
-
-    CountBuffer._count = spy
-    try:
-        rep = profile(model, x)
-    finally:
-        CountBuffer._count = orig
-    return rep, reads
+    return _reads(model, x, record=lambda t, fan: (t.data_ptr(), tuple(t.shape), t.stride()))
 
 
 class DeepResidual(nn.Module):
@@ -88,16 +78,12 @@ def test_a_view_and_its_transpose_share_one_read():
     assert rep.layer("kv").in_nnz == int(k.sum()) > 0 and rep.layer("qk").synops > 0
 
 
-def _row(buf, x, pending=False):
-    return buf.stats(x, defer=pending)
-
-
 def test_entries_live_as_long_as_their_tensor_and_hold_none():
     buf = CountBuffer("torch")
     cache = stats_cache.StatsCache(buf)
     base = (torch.rand(4, 6) < 0.5).float()
     view = base.t()  # a view: the entry follows base, which outlives the view object
-    st = _row(buf, view)
+    st = buf.stats(view)
     cache.put(view, st)
     del view
     gc.collect()
@@ -108,7 +94,7 @@ def test_entries_live_as_long_as_their_tensor_and_hold_none():
     assert ref() is None and len(cache) == 0  # freed: the address may now hold other values
     # a tensor changed in place since its row was counted is read again
     y = torch.ones(5)
-    cache.put(y, _row(buf, y))
+    cache.put(y, buf.stats(y))
     y.mul_(2)
     assert cache.get(y) is None
 
@@ -117,7 +103,7 @@ def test_size_and_deferred_rows_are_bounded():
     buf = CountBuffer("torch")
     cache = stats_cache.StatsCache(buf)
     kept = [torch.full((3,), float(i)) for i in range(stats_cache.SIZE + 5)]
-    rows = [_row(buf, t) for t in kept]
+    rows = [buf.stats(t) for t in kept]
     for t, st in zip(kept, rows):
         cache.put(t, st)
     assert len(cache) == stats_cache.SIZE and cache.get(kept[0]) is None and cache.get(kept[-1]) is rows[-1]

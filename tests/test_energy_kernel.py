@@ -285,12 +285,13 @@ def test_fold_moves_each_tally_into_one_element_per_replay():
     assert before.row < base
 
 
-def _reads(net, x, **kw):
+def _reads(net, x, record=lambda t, fan: (tuple(t.shape), fan is not None), **kw):
+    """``profile(net, x, **kw)`` and ``record(tensor, fan map)`` of each tensor it counted."""
     counted = []
     orig = CountBuffer._count
 
     def spy(self, st, t, fan):
-        counted.append((tuple(t.shape), fan is not None))
+        counted.append(record(t, fan))
         return orig(self, st, t, fan)
 
     CountBuffer._count = spy

@@ -218,7 +218,7 @@ class EnergyMeter:
     def counted(self, row: torch.Tensor, spikes: torch.Tensor):
         """The kernel that got ``row`` wrote ``spikes``: their counts need no read (the next layer reuses them)."""
         if self._tally is not None and self._tally[0] is row:
-            self._insert(spikes, self._tally[1])
+            self._cache.put(spikes, self._tally[1])
             self._tally = None
 
     def _make_pre_hook(self, slot: _Slot):
@@ -230,34 +230,27 @@ class EnergyMeter:
             if counts.pending:
                 # deferred outputs are counted before any module may change them in place, except the input
                 # of a fan-map counter, which its counter counts in the same read as its SynOps
-                keep = self._cached(args[0]) if fan_input and args and torch.is_tensor(args[0]) else None
+                keep = self._cache.get(args[0]) if fan_input and args and torch.is_tensor(args[0]) else None
                 for st in [p for p in counts.pending if p is not keep]:
                     counts.force(st)
 
         return pre_hook
 
     # ------------------------------------------------------------------------------------------ counting
-    def _cached(self, x: torch.Tensor) -> RowStats | None:
-        """The row of ``x``'s elements (possibly still deferred), or None (:mod:`.stats_cache`)."""
-        return self._cache.get(x)
-
-    def _insert(self, x, st):
-        self._cache.put(x, st)
-
     def _stats(self, x: torch.Tensor) -> RowStats:
-        st = self._cached(x)
+        st = self._cache.get(x)
         if st is None:
             st = self._counts.stats(x)
-            self._insert(x, st)
+            self._cache.put(x, st)
         elif st.pending is not None:
             self._counts.force(st)
         return st
 
     def _fan_stats(self, x: torch.Tensor, fan: torch.Tensor):
-        st = self._cached(x)
+        st = self._cache.get(x)
         if st is None:
             st = self._counts.stats(x, fan)
-            self._insert(x, st)
+            self._cache.put(x, st)
         elif type(st) is TallyStats:
             # spikes a neuron kernel counted, which a fan-weighted count reads again: from the next forward on,
             # that read alone counts them (the kernel's tally would cost time for nothing)
@@ -266,11 +259,11 @@ class EnergyMeter:
 
     def _defer(self, x: torch.Tensor, slot: _Slot, optional: bool = False) -> RowStats:
         """``x``'s row, deferred if new; ``optional``: dropped unless a consumer asks (a required row stays so)."""
-        st = self._cached(x)
+        st = self._cache.get(x)
         if st is None:
             st = self._counts.stats(x, defer=True, optional=optional)
             st.on_change = slot.changed_output
-            self._insert(x, st)
+            self._cache.put(x, st)
         elif not optional:
             self._counts.require(st)
         return st
@@ -305,7 +298,7 @@ class EnergyMeter:
                     C.stats, C.fan_stats, C.output_stats, C.scaled_sum = prev
             full = self.rates_all or slot.require
             # rates="needed": an input's row only if it has one already (counted or deferred), without a read
-            ins = [self._stats(t) if full else self._cached(t) for t in _tensors(args)]
+            ins = [self._stats(t) if full else self._cache.get(t) for t in _tensors(args)]
             sin = cnt.spike_input if cnt is not None and cnt.spike_input is not None else (ins[0] if ins else None)
             out = _first_tensor(output)
             sout = None
