@@ -15,7 +15,7 @@ from torch import nn
 
 from .. import spike_tally, validate
 from . import counters as C
-from .device_counts import NNZ, ONES, CountBuffer, DeviceCount, RowStats, TallyStats
+from .device_counts import BAD, NNZ, ONES, CountBuffer, DeviceCount, RowStats, TallyStats
 from .hardware import HardwareProfile, get_profile
 from .report import EnergyReport, LayerReport
 from .stats_cache import StatsCache
@@ -327,10 +327,10 @@ class EnergyMeter:
     def _host_values(self) -> dict:
         """id(tensor) -> float for every 0-d count recorded: one transfer per (device, dtype)."""
         tensors: dict = {}
-        plain = (int, float, bool, str, DeviceCount, RowStats, type(None))  # nothing to read back
+        plain = frozenset((int, float, bool, str, DeviceCount, RowStats, TallyStats, type(None)))  # nothing to read
 
         def visit(v):
-            if isinstance(v, plain):
+            if type(v) in plain or isinstance(v, (int, float, str, RowStats)):  # (the second test: subclasses)
                 return
             if torch.is_tensor(v):
                 tensors[id(v)] = v
@@ -371,7 +371,7 @@ class EnergyMeter:
                     if not _measured(st):
                         continue
                     if isinstance(st, RowStats):
-                        bad = _total(ev.val(st.bad)) > 0
+                        bad = _total(ev.col(st, BAD)) > 0
                     else:
                         bad = st.total is not None and not math.isfinite(host[id(st.total)])
                     if bad:
@@ -403,23 +403,23 @@ class EnergyMeter:
                     continue
                 # an eager call gives numbers and bools; a replayed graph's call gives arrays over its replays
                 ev = ev_for(weight)
-                val, binary = ev.val, ev.binary
+                val, col, binary = ev.val, ev.col, ev.binary
                 r.calls += w
                 if not _measured(sin):
                     all_spikes = False  # not read (rates="needed"): the layer's input rate is not measured
                 else:
                     r.in_numel += sin.numel * w
-                    nnz = val(sin.nnz)
+                    nnz = col(sin, NNZ)
                     r.in_nnz += int(_total(nnz))
                     spikes_in = _all(binary(sin))
                     all_spikes &= spikes_in
                     if require and not spikes_in:
-                        bad = int(_total(nnz - val(sin.ones)))
+                        bad = int(_total(nnz - col(sin, ONES)))
                         raise ValueError(f"layer {s.name!r} ({r.type}) requires binary spikes (values 0 or 1) as "
                                          f"input, but {bad} of {sin.numel * w} input values were not 0 or 1")
                 if _measured(sout):
                     r.out_numel += sout.numel * w
-                    r.out_nnz += int(_total(val(sout.nnz)))
+                    r.out_nnz += int(_total(col(sout, NNZ)))
                 if cnt is None:
                     continue
                 if summary is not None:
@@ -439,11 +439,11 @@ class EnergyMeter:
                     sc = cnt.spike_count
                     spiking = _pick(b1 & b2, val(sc["both"]), _pick(b1, val(sc["first"]), val(sc["second"])))
                     has = b1 | b2
-                    rate2 = val(s2.nnz) / max(s2.numel, 1) if s2 is not None else 0.0
-                    rate = _pick(b1, val(s1.nnz) / max(s1.numel, 1), rate2)
+                    rate2 = col(s2, NNZ) / max(s2.numel, 1) if s2 is not None else 0.0
+                    rate = _pick(b1, col(s1, NNZ) / max(s1.numel, 1), rate2)
                 else:
                     spiking, has = val(cnt.spike_count), b1
-                    rate = val(s1.nnz) / max(s1.numel, 1)
+                    rate = col(s1, NNZ) / max(s1.numel, 1)
                 dense_runs = _total(_pick(has, 0, 1))  # runs with no binary operand: the dense operations
                 if cnt.dense_is_mac:
                     macs += cnt.dense * dense_runs
@@ -499,6 +499,9 @@ def _all(b) -> bool:
     return bool(b.all()) if isinstance(b, np.ndarray) else bool(b)
 
 
+_COL_NAMES = {NNZ: "nnz", ONES: "ones", BAD: "bad"}  # a stats column by its TensorStats / RowStats name
+
+
 class _Eager:
     """Counts of a call run once: numbers, from the one read-back."""
 
@@ -507,9 +510,20 @@ class _Eager:
         self.rows = counts.host()  # device -> buffer rows (read once)
 
     def val(self, v):
+        if type(v) is DeviceCount:  # CountBuffer.value, from the rows already read back
+            rows, s = self.rows, v.const
+            for d, r, c, w in v.terms:
+                s += w * rows[d][r][c]
+            return float(s)
         if torch.is_tensor(v):
             return self.host[id(v)]
-        return float(self.counts.value(v)) if type(v) is DeviceCount else float(v)
+        return float(v)
+
+    def col(self, st, c: int) -> float:
+        """Column ``c`` (NNZ, ONES, BAD) of a call's stats."""
+        if type(st) is RowStats:  # the row itself, without building a DeviceCount
+            return float(self.rows[st.dev][st.row][c])
+        return self.val(getattr(st, _COL_NAMES[c]))
 
     def binary(self, st) -> bool:
         if type(st) is RowStats:  # the row itself, without building its DeviceCounts
@@ -545,6 +559,9 @@ class _Replayed:
                     out += k * self.counts.host()[d][row][col]
             return out
         return np.full(self.n, float(v))
+
+    def col(self, st, c: int) -> np.ndarray:
+        return self.val(getattr(st, _COL_NAMES[c]))
 
     def binary(self, st) -> np.ndarray:
         if st is None:
