@@ -130,7 +130,9 @@ def main(argv=None):
     print(f"torch {torch.__version__}, LIF backend {args.backend}")
     runs = [tiny()]
     if args.case:
-        known = {c[0]: c for c in E.cases(quick=False)}  # the first of a name (the Spikformer: batch 64)
+        known: dict = {}
+        for c in E.cases(quick=False):
+            known.setdefault(c[0], c)  # the first of a name (the Spikformer: batch 64)
         missing = [c for c in args.case if c not in known]
         if missing:
             raise SystemExit(f"--case must be one of {sorted(known)}, got {missing}")
