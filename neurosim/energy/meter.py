@@ -238,19 +238,19 @@ class EnergyMeter:
 
     # ------------------------------------------------------------------------------------------ counting
     def _stats(self, x: torch.Tensor) -> RowStats:
-        st = self._cache.get(x)
+        k, st = self._cache.lookup(x)
         if st is None:
             st = self._counts.stats(x)
-            self._cache.put(x, st)
+            self._cache.put(x, st, k)
         elif st.pending is not None:
             self._counts.force(st)
         return st
 
     def _fan_stats(self, x: torch.Tensor, fan: torch.Tensor):
-        st = self._cache.get(x)
+        k, st = self._cache.lookup(x)
         if st is None:
             st = self._counts.stats(x, fan)
-            self._cache.put(x, st)
+            self._cache.put(x, st, k)
         elif type(st) is TallyStats:
             # spikes a neuron kernel counted, which a fan-weighted count reads again: from the next forward on,
             # that read alone counts them (the kernel's tally would cost time for nothing)
@@ -259,11 +259,11 @@ class EnergyMeter:
 
     def _defer(self, x: torch.Tensor, slot: _Slot, optional: bool = False) -> RowStats:
         """``x``'s row, deferred if new; ``optional``: dropped unless a consumer asks (a required row stays so)."""
-        st = self._cache.get(x)
+        k, st = self._cache.lookup(x)
         if st is None:
             st = self._counts.stats(x, defer=True, optional=optional)
             st.on_change = slot.changed_output
-            self._cache.put(x, st)
+            self._cache.put(x, st, k)
         elif not optional:
             self._counts.require(st)
         return st

@@ -69,7 +69,14 @@ class StatsCache:
 
     def get(self, x: torch.Tensor) -> RowStats | None:
         """The row of ``x``'s elements (possibly still deferred), or None."""
+        return self.lookup(x)[1]
+
+    def lookup(self, x: torch.Tensor) -> tuple:
+        """``(key(x), get(x))``: the key to hand to :meth:`put` when the row is new (no second key computation)."""
         k = key(x)
+        return k, self._find(x, k)
+
+    def _find(self, x: torch.Tensor, k) -> RowStats | None:
         hit = self._entries.get(k)
         if hit is None:
             return None
@@ -90,9 +97,10 @@ class StatsCache:
         self._entries.move_to_end(k)
         return st
 
-    def put(self, x: torch.Tensor, st: RowStats):
-        """Remember ``st`` as the row of ``x``'s elements."""
-        k = key(x)
+    def put(self, x: torch.Tensor, st: RowStats, k=None):
+        """Remember ``st`` as the row of ``x``'s elements (``k``: ``key(x)``, when :meth:`lookup` gave it)."""
+        if k is None:
+            k = key(x)
         entries = self._entries
         # the reference is to the tensor the view was taken from, whose Python object lives as long as any of its
         # views does (a reshape or flatten of a layer's output outlives the output's own object)
