@@ -3,8 +3,9 @@
 Per forward (20 forwards per round, median of 15 rounds, device synchronised at each clock read): the plain
 forward (checks deferred), the same with empty pre- and forward hooks on every hooked module (the floor of any
 hook-based meter), under an EnergyMeter, and under an EnergyMeter whose counting launches are replaced by no-ops
-(what is left over the plain forward is the meter's Python); then one instrumented metered round: host time per
-counting call, per pre-hook and per forward hook, by module type.
+(what is left over the plain forward is the meter's Python); the time of one ``report()`` over 20 metered forwards;
+then one instrumented metered round: host time per counting call, per pre-hook and per forward hook, by module
+type.
 
     python benchmarks/energy_host.py                       # CPU: a 4-layer Spikformer, dim 32 (tiny tensors)
     python benchmarks/energy_host.py --device cuda --backend fused --case "EST 4x384" --case "spiking attention block"
@@ -79,6 +80,16 @@ def measure(name, model, shape, device, repeats):
     for label, ts in zip(fns, times):
         t = statistics.median(ts)
         print(f"  {label:42s} {t * 1e3:8.3f} ms a forward ({(t / base - 1) * 100:+6.1f}%)")
+
+    with torch.no_grad(), EnergyMeter(model) as m:
+        for _ in range(FORWARDS):
+            model(x)
+    reports = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        m.report()
+        reports.append(time.perf_counter() - t0)
+    print(f"  report() of {FORWARDS} metered forwards        {statistics.median(reports) * 1e3:8.3f} ms")
 
     acc, n = collections.defaultdict(float), collections.Counter()
 
