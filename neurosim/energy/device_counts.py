@@ -378,9 +378,11 @@ class CountBuffer:
 
     # ------------------------------------------------------------------------------------------ read-back
     def host(self) -> dict:
-        """device -> rows as lists of Python ints (one transfer per device; pending rows are counted first)."""
-        self.flush()
+        """device -> rows as lists of Python ints (one transfer per device; pending rows are counted first). Kept
+        until a row is made (every new row, deferred or batched ones included, comes from :meth:`_row`, which drops
+        it), so asking again costs nothing."""
         if self._host is None:
+            self.flush()
             self._host = {dev: self.fold(dev, buf[:used].cpu().numpy().copy()).tolist()
                           for dev, (buf, used) in self.bufs.items()}
         return self._host

@@ -510,11 +510,8 @@ class _Eager:
         self.rows = counts.host()  # device -> buffer rows (read once)
 
     def val(self, v):
-        if type(v) is DeviceCount:  # CountBuffer.value, from the rows already read back
-            rows, s = self.rows, v.const
-            for d, r, c, w in v.terms:
-                s += w * rows[d][r][c]
-            return float(s)
+        if type(v) is DeviceCount:
+            return float(self.counts.value(v))
         if torch.is_tensor(v):
             return self.host[id(v)]
         return float(v)
