@@ -98,6 +98,7 @@ class SoftmaxAttention(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.score_mm = MatMul(scale=1.0 / math.sqrt(self.head_dim))
         self.value_mm = MatMul()
+        self.softmax = nn.Softmax(dim=-1)  # a module, so that energy hooks count it
         self.plasticity = plasticity
         self.record = False
         self.last_attention_pre = self.last_attention = None
@@ -105,7 +106,7 @@ class SoftmaxAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        attn = torch.softmax(self.score_mm(q, k.transpose(-1, -2)), dim=-1)
+        attn = self.softmax(self.score_mm(q, k.transpose(-1, -2)))
         pre = attn
         if self.plasticity is not None:
             attn = self.plasticity(attn, x)

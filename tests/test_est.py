@@ -181,7 +181,10 @@ def test_energy_profile_lists_astro_attention_products_with_hand_counts():
     # A V: real weights x spike V -> each spike of V meets the n weights of its column of A
     r = rep.layer(pre + "value_mm")
     assert (r.synops, r.macs) == (int(v.sum()) * n, 0)
-    assert "own parameters" in rep.layer(pre[:-1]).note    # the element-wise astrocyte terms are flagged
+    # the element-wise astrocyte terms are counted on the module itself (tests/test_energy_elementwise.py checks
+    # them against the aten ops torch runs); its products above keep their own rows
+    r = rep.layer(pre[:-1])
+    assert r.counted and r.macs == 5 * q.numel() + 5 * outputs + t * b * h * n * (n - 1) and rep.not_counted == []
 
 
 def test_trainer_builds_an_astro_est_from_model_options():

@@ -21,6 +21,7 @@ Conventions (all exact, from the actual tensors):
 * Pooling: one AC per (input element, window holding it), counting only nonzero inputs when the input is
   binary. Normalisation: MACs per element (BatchNorm at inference folds to 1 MAC per element; LayerNorm /
   GroupNorm compute statistics per sample: 3 per element). Neurons: one update per neuron per time step.
+* Activation functions, softmax and the astrocyte terms of attention: :mod:`neurosim.energy.elementwise`.
 """
 from __future__ import annotations
 
@@ -132,16 +133,19 @@ Counter = Callable[[nn.Module, tuple, object], Count]
 Summary = Callable[[object, list], tuple]
 _COUNTERS: dict[type, Counter] = {}
 _SUMMARIES: dict[type, Summary] = {}
+_OWN_OPS: set[type] = set()  # types whose counter counts only their own arithmetic; their children are hooked too
 _ZERO_COST: tuple[type, ...] = (nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
                                 nn.Dropout3d, nn.AlphaDropout)
 
 
 def register_counter(module_type: type, fn: Counter | None = None, overwrite: bool = False,
-                     summary: Summary | None = None):
+                     summary: Summary | None = None, own_ops: bool = False):
     """Register ``fn(module, args, output) -> Count`` for ``module_type`` (and its subclasses).
 
     A module whose type has a counter is counted by it alone: the profiler does not look inside it. Usable
-    as a decorator: ``@register_counter(MyLayer)``.
+    as a decorator: ``@register_counter(MyLayer)``. ``own_ops=True``: the counter counts only the arithmetic
+    the module's own ``forward`` does outside its child modules (e.g. element-wise terms around the products
+    of an attention), and the children are hooked and counted by their own counters as well.
 
     ``summary(row, infos) -> (info, line)``, optional, is called when the report is built, with the layer's
     :class:`~neurosim.energy.LayerReport` (its counts, input/output nonzeros) and the ``Count.info`` of each
@@ -159,6 +163,10 @@ def register_counter(module_type: type, fn: Counter | None = None, overwrite: bo
         if module_type in _COUNTERS and _COUNTERS[module_type] is not f and not overwrite:
             raise ValueError(f"a counter for {module_type.__name__} is already registered; pass overwrite=True")
         _COUNTERS[module_type] = f
+        if own_ops:
+            _OWN_OPS.add(module_type)
+        else:
+            _OWN_OPS.discard(module_type)
         if summary is not None:
             _SUMMARIES[module_type] = summary
         else:
@@ -179,6 +187,14 @@ def summary_for(module: nn.Module) -> Summary | None:
         if cls in _COUNTERS:
             return _SUMMARIES.get(cls)
     return None
+
+
+def counts_own_ops(module: nn.Module) -> bool:
+    """Whether the counter of ``module`` counts only its own arithmetic (``register_counter(own_ops=True)``)."""
+    for cls in type(module).__mro__:
+        if cls in _COUNTERS:
+            return cls in _OWN_OPS
+    return False
 
 
 def counter_for(module: nn.Module) -> Counter | None:

@@ -141,9 +141,9 @@ class EnergyMeter:
         children = list(module.named_children())
         if counter is not None or not children:
             self._attach(module, name or type(module).__name__, counter)
-            return
-        own = [n for n, p in module._parameters.items() if p is not None]
-        if own:
+            if not (children and C.counts_own_ops(module)):
+                return  # counted by its counter alone (or a leaf no counter knows)
+        elif own := [n for n, p in module._parameters.items() if p is not None]:
             # a container that also holds parameters uses them outside its children: flag it if it runs
             self._attach(module, name or type(module).__name__, None,
                          note=f"own parameters ({', '.join(own)}) used outside child modules are not counted")

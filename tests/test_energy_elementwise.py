@@ -1,0 +1,139 @@
+"""Energy counts of element-wise layers (activations, softmax, the astrocyte terms, the BTSP rule, position
+embeddings) against the aten ops torch actually runs (tests/aten_ops.py) or hand counts, and no layer of a
+research model left "not counted"."""
+
+import pytest
+import torch
+from torch import nn
+
+from aten_ops import own_elementwise_ops
+from neurosim.energy import profile
+from neurosim.layers import AstroAttention, AstroMixing
+from neurosim.models import BTSPFormer, EnhancedSpikingTransformer, FramePredictor, SpikingBTSPFormer, moving_digits
+from neurosim.models import BTSPPlasticity, ESTConfig, ablation_configs
+
+
+def own_row(model, x, name):
+    rep = profile(model, x)
+    assert rep.not_counted == [], rep.not_counted
+    return rep, rep.layer(name)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_astro_mixing_counts_the_elementwise_ops_it_runs(causal):
+    torch.manual_seed(0)
+    mix = AstroMixing(heads=2, head_dim=3, alpha=0.5, max_len=8, causal=causal).eval()
+    q, k, v = (torch.randn(4, 2, 5, 3) for _ in range(3))
+    truth, per_op = own_elementwise_ops(mix, q, k, v)
+    # phi(q) = elu + 1, phi(k)^alpha (3 a key element); sigmoid, x m, +, x w, / per weight; the row sums
+    assert set(per_op) == {"elu", "add", "pow", "sigmoid", "mul", "div", "sum"}, per_op
+    weights, rows = 4 * 2 * 5 * 5, 4 * 2 * 5
+    assert truth == 2 * q.numel() + 3 * k.numel() + 5 * weights + rows * 4
+    rep, row = own_row(mix, (q, k, v), "AstroMixing")
+    assert (row.macs, row.dense, row.synops, row.acs) == (truth, truth, 0, 0)
+    # its three products are still hooked and counted by the MatMul counter (all real operands: MACs)
+    assert rep.layer("neuron_mm").macs == weights * 3 + weights          # + one scale multiply an output
+    assert rep.layer("value_mm").macs == 4 * 2 * 5 * 3 * 5
+
+
+def test_astro_attention_counts_its_astrocyte_terms_from_the_tokens():
+    torch.manual_seed(1)
+    att = AstroAttention(dim=8, heads=2, max_len=8).eval()
+    x = torch.randn(3, 6, 8)
+    truth, _ = own_elementwise_ops(att, x)   # its projections and products are child modules
+    _, row = own_row(att, x, "AstroAttention")
+    assert row.macs == truth == 2 * x.numel() + 3 * x.numel() + 5 * 3 * 2 * 6 * 6 + 3 * 2 * 6 * 5
+    # spike Q/K/V in the EST's astro attention: the astrocyte terms of that call, measured on its own q, k, v
+    torch.manual_seed(3)
+    cfg = ablation_configs(ESTConfig(2, 2, dim=16, depth=1, heads=2, max_len=16, pe_dim=8, num_steps=3,
+                                     kernel_sizes=(2, 3)))["astro attention"]
+    model = EnhancedSpikingTransformer(cfg).train()
+    astro = model.layers[0].attn.block.astro
+    seen = {}
+    hook = astro.register_forward_hook(lambda m, args, out: seen.update(qkv=[a.detach() for a in args]))
+    try:
+        rep = profile(model, torch.rand(3, 3, 9, 2))
+    finally:
+        hook.remove()
+    truth, _ = own_elementwise_ops(astro, *seen["qkv"])
+    assert rep.layer("layers.0.attn.block.astro").macs == truth > 0 and rep.not_counted == []
+
+
+@pytest.mark.parametrize("renormalize", [True, False])
+def test_btsp_rule_counts_the_elementwise_ops_it_runs(renormalize):
+    torch.manual_seed(2)
+    rule = BTSPPlasticity(dim=6, heads=2)
+    attn = torch.softmax(torch.randn(3, 2, 5, 5), -1)
+    x = torch.randn(3, 5, 6)
+    truth, per_op = own_elementwise_ops(rule, attn, x, renormalize=renormalize)
+    assert {"sigmoid", "mul", "add"} <= set(per_op) and ("div" in per_op) == renormalize
+    weights = attn.numel()
+    assert truth == 2 * 3 * 5 * 2 + 7 * weights + (3 * 2 * 5 * 4 + weights if renormalize else 0)
+
+    class Wrap(nn.Module):  # passes renormalize as a keyword, as SpikingBTSPAttention does
+        def __init__(self):
+            super().__init__()
+            self.rule = rule
+
+        def forward(self, a, t):
+            return self.rule(a, t, renormalize=renormalize)
+
+    rep, row = own_row(Wrap(), (attn, x), "rule")
+    assert row.macs == truth
+    assert rep.layer("rule.outer").synops + rep.layer("rule.outer").macs == 3 * 2 * 5 * 5   # outer product
+    rule.enabled = False
+    _, row = own_row(Wrap(), (attn, x), "rule")
+    assert (row.macs, row.dense) == (0, 0) and own_elementwise_ops(rule, attn, x)[0] == 0
+
+
+@pytest.mark.parametrize("act,per_element", [(nn.GELU(), 1), (nn.SiLU(), 1), (nn.Tanh(), 1), (nn.Sigmoid(), 1),
+                                             (nn.ELU(), 1), (nn.LeakyReLU(0.1), 1), (nn.ReLU(), 0)])
+def test_activations(act, per_element):
+    x = torch.randn(4, 3, 5)
+    _, row = own_row(act, x, type(act).__name__)
+    assert (row.macs, row.dense) == (per_element * x.numel(),) * 2
+    assert own_elementwise_ops(act, x)[0] == x.numel()   # torch runs one pointwise op either way
+    assert row.counted and ("comparison" in row.note) == (per_element == 0)
+
+
+@pytest.mark.parametrize("dim", [-1, 1, 0])
+def test_softmax_hand_count(dim):
+    x = torch.randn(2, 3, 4)
+    length = x.shape[dim]
+    rows = x.numel() // length
+    _, row = own_row(nn.Softmax(dim=dim), x, "Softmax")
+    assert row.macs == 2 * x.numel() + rows * (length - 1)   # exp and division an element, L - 1 adds a row
+    _, row = own_row(nn.LogSoftmax(dim=dim), x, "LogSoftmax")
+    assert row.macs == 2 * x.numel() + rows * (length - 1) + rows
+
+
+def models_and_inputs():
+    torch.manual_seed(4)
+    yield "BTSPFormer", BTSPFormer(seq_len=8, model_dim=16, heads=2, layers=1), torch.randn(3, 8)
+    yield "BTSPFormer (astro)", BTSPFormer(seq_len=8, model_dim=16, heads=2, layers=1, attention="astro",
+                                           position="sinusoidal"), torch.randn(3, 8)
+    yield "SpikingBTSPFormer", SpikingBTSPFormer(seq_len=8, model_dim=16, heads=2, layers=1), torch.randn(3, 8)
+    yield "FramePredictor (STC-LIF)", FramePredictor(neuron="stc_lif", channels=4), moving_digits(2, 4, 16)
+    for name, cfg in ablation_configs(ESTConfig(2, 2, dim=16, depth=1, heads=2, max_len=16, pe_dim=8,
+                                                num_steps=3, kernel_sizes=(2, 3))).items():
+        yield f"EST {name}", EnhancedSpikingTransformer(cfg), torch.randn(3, 9, 2)
+
+
+def test_no_layer_of_a_research_model_is_left_uncounted():
+    for name, model, x in models_and_inputs():
+        rep = profile(model.eval(), x)
+        assert rep.not_counted == [], (name, rep.not_counted)
+
+
+def test_btspformer_rows_position_softmax_gelu():
+    torch.manual_seed(5)
+    model = BTSPFormer(seq_len=8, model_dim=16, heads=2, layers=1).eval()
+    x = torch.randn(3, 8)
+    rep = profile(model, x)
+    tokens = 3 * 8 * 16
+    pos = rep.layer("pos")   # x + (sinusoid + envelope x direction): the bracket is parameters alone
+    assert (pos.acs, pos.dense, pos.dense_is_mac, pos.macs) == (tokens, tokens, False, 0)
+    assert rep.layer("blocks.0.attn.softmax").macs == 2 * 3 * 2 * 8 * 8 + 3 * 2 * 8 * 7
+    assert rep.layer("blocks.0.ffn.1").macs == 3 * 8 * 64   # GELU on the 4D hidden layer
+    plastic = rep.layer("blocks.0.attn.plasticity")
+    assert plastic.macs == 2 * 3 * 8 * 2 + 7 * 3 * 2 * 8 * 8 + 3 * 2 * 8 * 7 + 3 * 2 * 8 * 8
