@@ -22,7 +22,7 @@ from torch import nn
 
 import neurosim
 from neurosim import validate
-from neurosim.layers import Add, MatMul
+from neurosim.layers import Add, MatMul, Mean
 from neurosim.layers.astro_attention import AstroAttention
 
 from .btsp import BTSPPlasticity
@@ -270,6 +270,7 @@ class SpikingBTSPFormer(nn.Module):
             for _ in range(layers))
         self.adds = nn.ModuleList(Add() for _ in range(2 * layers))
         self.head = regression_head(model_dim, dropout)
+        self.time_mean = Mean(0)  # the head reads the last token's time-averaged residual stream
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.input_norm(self.pos(self.input_proj(_window(x, self.seq_len).unsqueeze(-1))))
@@ -278,7 +279,7 @@ class SpikingBTSPFormer(nn.Module):
             s = self.adds[2 * i](s, attn(s))
             ff = f["up_lif"](f["up_norm"](f["up"](s)))
             s = self.adds[2 * i + 1](s, f["down_lif"](f["down_norm"](f["down"](ff))))
-        return self.head(s[:, :, -1].mean(0))
+        return self.head(self.time_mean(s[:, :, -1]))
 
     def plasticity_modules(self) -> list[BTSPPlasticity]:
         return [m for m in self.modules() if isinstance(m, BTSPPlasticity)]

@@ -22,8 +22,9 @@ import torch
 from torch import nn
 
 from neurosim import validate
-from neurosim.layers import (AstroSpikingAttention, NeuronSpec, RandomSpikeMask, SpikeBatchNorm, SpikeResidual,
-                             SpikingMLP, SpikingSelfAttention, TemporalProcessingUnit, positional_encoding)
+from neurosim.layers import (AstroSpikingAttention, Mean, NeuronSpec, RandomSpikeMask, SpikeBatchNorm,
+                             SpikeResidual, SpikingMLP, SpikingSelfAttention, TemporalProcessingUnit,
+                             positional_encoding)
 from neurosim.layers.neuron import as_spec
 from neurosim.layers.residual import MODES as RESIDUALS
 from neurosim.layers.masking import MODES as RSM_MODES
@@ -159,6 +160,8 @@ class EnhancedSpikingTransformer(nn.Module):
         self.layers = nn.ModuleList(ESTLayer(cfg, i) for i in range(cfg.depth))
         self.final_sn = cfg.neuron.make() if cfg.residual == "membrane" else None
         self.head = nn.Linear(cfg.dim, cfg.out_features)
+        self.time_mean = Mean(0)                                     # the readout: rate over the time steps
+        self.token_mean = Mean(1) if cfg.readout == "pool" else None
 
     def to_steps(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, N, F]`` -> ``[T, B, N, F]`` (input repeated over the SNN timesteps); ``[T, B, N, F]`` unchanged."""
@@ -182,8 +185,8 @@ class EnhancedSpikingTransformer(nn.Module):
         return self.final_sn(h) if self.final_sn is not None else h
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.head(self.features(x)).mean(0)  # [B, N, out]
-        return y.mean(1) if self.cfg.readout == "pool" else y
+        y = self.time_mean(self.head(self.features(x)))  # [B, N, out]
+        return self.token_mean(y) if self.token_mean is not None else y
 
 
 def spikformer(in_features: int, out_features: int, **overrides) -> EnhancedSpikingTransformer:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from neurosim import cli
 
@@ -108,6 +109,15 @@ def test_console_script_is_installed():
     assert res.returncode == 2 and "neurosim train: error: argument --epochs" in res.stderr
 
 
+class FunctionalReadout(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(x).mean(0)
+
+
 def test_energy_command_rebuilds_a_trainer_checkpoint(tmp_path, capsys):
     from neurosim.training import TrainConfig, Trainer
     from neurosim.training.restore import time_major_inputs
@@ -123,6 +133,19 @@ def test_energy_command_rebuilds_a_trainer_checkpoint(tmp_path, capsys):
     # hand count: every input spike drives the 8 hidden synapses once; dense = T*B*64*8 multiply-adds
     assert first["name"] == "model.linears.0"
     assert first["synops"] == int(spikes.sum()) * 8 and first["dense"] == 3 * 64 * 64 * 8
+    # the audit (on here) finds no arithmetic outside the counted layers: the time-mean readout is a layer
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert report["totals"]["not_counted"] == [] and report["layers"][-1]["name"] == "model.time_mean"
+    # a functional readout in a plain state-dict model: listed by the audit, not with --no-audit
+    torch.save(FunctionalReadout().state_dict(), tmp_path / "readout.pt")
+    spikes_file = tmp_path / "x.pt"
+    torch.save((torch.rand(3, 2, 4) < 0.5).float(), spikes_file)
+    args = ["energy", str(tmp_path / "readout.pt"), "--model", f"{__name__}:FunctionalReadout", "--input",
+            str(spikes_file), "--plain"]
+    assert cli.main(args + ["--json", str(tmp_path / "a.json")]) == 0
+    assert json.loads((tmp_path / "a.json").read_text())["totals"]["not_counted"] == ["FunctionalReadout (functional)"]
+    assert cli.main(args + ["--no-audit", "--json", str(tmp_path / "b.json")]) == 0
+    assert json.loads((tmp_path / "b.json").read_text())["totals"]["not_counted"] == []
     code, err = _fails(["energy", str(tmp_path / "missing.pt")], capsys)
     assert code == 2 and "does not exist" in err
 

@@ -1,13 +1,15 @@
 """Energy counts of element-wise layers (activations, softmax, the astrocyte terms, the BTSP rule, position
-embeddings) against the aten ops torch actually runs (tests/aten_ops.py) or hand counts, and no layer of a
-research model left "not counted"."""
+embeddings) against the aten ops torch actually runs (tests/aten_ops.py) or hand counts; the functional
+audit (arithmetic outside every counted layer); no layer or functional operation of a research model left
+"not counted"."""
 
 import pytest
 import torch
 from torch import nn
 
+import neurosim
 from aten_ops import own_elementwise_ops
-from neurosim.energy import profile
+from neurosim.energy import EnergyMeter, profile
 from neurosim.layers import AstroAttention, AstroMixing
 from neurosim.models import BTSPFormer, EnhancedSpikingTransformer, FramePredictor, SpikingBTSPFormer, moving_digits
 from neurosim.models import BTSPPlasticity, ESTConfig, ablation_configs
@@ -137,3 +139,94 @@ def test_btspformer_rows_position_softmax_gelu():
     assert rep.layer("blocks.0.ffn.1").macs == 3 * 8 * 64   # GELU on the 4D hidden layer
     plastic = rep.layer("blocks.0.attn.plasticity")
     assert plastic.macs == 2 * 3 * 8 * 2 + 7 * 3 * 2 * 8 * 8 + 3 * 2 * 8 * 7 + 3 * 2 * 8 * 8
+
+
+class Functional(nn.Module):
+    """Arithmetic in plain torch calls: in its own forward and in a child container's."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 4)
+        self.inner = nn.Sequential(nn.Linear(4, 4))
+        self.lif = neurosim.LIF(beta=0.5, backend="torch")
+
+    def forward(self, x):
+        h = self.fc(x) * 2.0 + 1.0                 # two functional operations in this forward
+        h = self.inner(h)
+        return self.lif(h).mean(0)                 # a functional readout
+
+
+def test_audit_lists_functional_arithmetic_and_changes_no_count():
+    torch.manual_seed(6)
+    x = (torch.rand(3, 2, 6) < 0.4).float()
+    net = Functional()
+    plain = profile(net, x)
+    assert plain.not_counted == []            # hooks alone cannot see the three torch calls
+    rep = profile(net, x, audit=True)
+    assert rep.not_counted == ["Functional (functional)"]
+    row = rep.layer("Functional (functional)")
+    assert not row.counted and row.type == "functional"
+    assert "mul x1 (24 elements)" in row.note and "add x1 (24 elements)" in row.note
+    assert "mean x1 (8 elements)" in row.note and "addmm" not in row.note and "linear" not in row.note
+    assert "not counted" in rep.table().lower() and "Functional (functional)" in rep.table()
+    for a, b in zip(plain.layers, rep.layers):   # the counted rows are the same
+        assert (a.name, a.dense, a.macs, a.synops, a.acs, a.neuron_updates) == \
+               (b.name, b.dense, b.macs, b.synops, b.acs, b.neuron_updates)
+
+    class Outer(nn.Module):            # arithmetic in a child container is listed under that child's name
+        def __init__(self):
+            super().__init__()
+            self.block = Functional()
+
+        def forward(self, x):
+            return self.block(x)
+
+    assert profile(Outer(), x, audit=True).not_counted == ["block (functional)"]
+
+
+def test_audit_is_clean_for_every_research_model():
+    # nothing the research models compute escapes the counters: no functional arithmetic outside counted layers
+    # (the meter's own reads and neurosim's input checks are not the model's arithmetic and are not listed)
+    for name, model, x in models_and_inputs():
+        rep = profile(model.eval(), x, audit=True)
+        assert rep.not_counted == [], (name, [rep.layer(n).note for n in rep.not_counted])
+
+
+def test_audit_refuses_a_cuda_graph():
+    with EnergyMeter(nn.Linear(2, 2), audit=True) as meter:
+        with pytest.raises(ValueError, match="audit"):
+            meter.graphed(torch.zeros(1, 2))
+
+
+def test_mean_readout_hand_count():
+    from neurosim.layers import Mean
+
+    x = torch.randn(4, 3, 5)
+    r = profile(Mean(0), x).layer("Mean")
+    assert (r.acs, r.macs, r.dense, r.dense_is_mac) == (3 * 15, 15, 45, False)   # 3 additions, 1 division an output
+    cfg = ESTConfig(2, 3, dim=16, depth=1, heads=2, max_len=16, pe_dim=8, num_steps=3, kernel_sizes=(2, 3),
+                    readout="pool")
+    rep = profile(EnhancedSpikingTransformer(cfg).eval(), torch.randn(2, 9, 2))
+    assert (rep.layer("time_mean").acs, rep.layer("time_mean").macs) == (2 * 2 * 9 * 3, 2 * 9 * 3)
+    assert (rep.layer("token_mean").acs, rep.layer("token_mean").macs) == (2 * 8 * 3, 2 * 3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the Triton counting reads and the fused LIF "
+                    "(the CPU tests above check the same counters)")
+@pytest.mark.parametrize("backend", ["torch", "fused"])
+def test_gpu_astro_est_counts_and_audit(backend):
+    # on CUDA the meter reads with its Triton kernel (and the fused LIF tallies its spikes): the audit must not
+    # mistake those launches, or the deferred NaN checks, for the model's arithmetic; shape-given rows match the CPU
+    from neurosim.layers import NeuronSpec
+
+    torch.manual_seed(7)
+    cfg = ablation_configs(ESTConfig(2, 3, dim=16, depth=1, heads=2, max_len=16, pe_dim=8, num_steps=3,
+                                     kernel_sizes=(2, 3), neuron=NeuronSpec(backend=backend)))["astro attention"]
+    model = EnhancedSpikingTransformer(cfg).eval()
+    x = torch.randn(4, 9, 2)
+    cpu = profile(model, x, audit=True)
+    gpu = profile(model.cuda(), x.cuda(), audit=True)
+    assert gpu.not_counted == [] == cpu.not_counted and gpu.counting != cpu.counting
+    for name in ("layers.0.attn.block.astro", "time_mean"):
+        a, b = cpu.layer(name), gpu.layer(name)
+        assert (a.macs, a.acs, a.dense) == (b.macs, b.acs, b.dense) and a.macs > 0

@@ -8,7 +8,9 @@ Per layer: the dense MACs an ANN of the same shape would do, SynOps (each input 
 MACs (real-valued inputs), other ACs (residual additions, pooling), neuron updates, firing rates and
 energy. Conventions: :mod:`neurosim.energy.counters`; hardware numbers and their sources:
 :mod:`neurosim.energy.hardware`. New layer types: :func:`register_counter`; new neurons: set the class
-attribute ``is_spiking_neuron = True``.
+attribute ``is_spiking_neuron = True``. Modules no counter knows are listed as "not counted";
+``profile(..., audit=True)`` also lists arithmetic done in plain torch calls outside every counted layer
+(:mod:`neurosim.energy.audit`).
 """
 from .cli import add_arguments, cli_main
 from .counters import Count, TensorStats, is_spiking_neuron, register_counter, spike_or_dense, stats

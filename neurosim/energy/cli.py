@@ -43,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--json", default=None, help="write the report as JSON")
     parser.add_argument("--plot", default=None, help="write a per-layer bar chart (PNG)")
     parser.add_argument("--plain", action="store_true", help="plain-text table even when rich is installed")
+    parser.add_argument("--no-audit", dest="audit", action="store_false",
+                        help="skip listing the arithmetic modules run as plain torch functions, outside every "
+                             "counted layer (the audit is on by default here; see neurosim.energy.audit)")
     return parser
 
 
@@ -122,7 +125,8 @@ def cli_main(args, load=None):
     device = torch.device(args.device)
     model = model.to(device).eval()
     inputs = inputs.to(device) if torch.is_tensor(inputs) else inputs
-    report = profile(model, inputs, hardware=_hardware(args.hardware), require_spikes=args.require_spikes)
+    report = profile(model, inputs, hardware=_hardware(args.hardware), require_spikes=args.require_spikes,
+                     audit=getattr(args, "audit", True))
     report.print(rich=False if args.plain else None)
     for path, write in ((args.csv, report.to_csv), (args.json, report.to_json), (args.plot, report.plot)):
         if path:

@@ -18,6 +18,8 @@ Conventions (all exact, from the actual tensors):
   every term is a MAC. A ``scale`` other than 1 adds one multiply (MAC) per output element.
 * :class:`neurosim.layers.Add` ``a + b``: an addition costs one AC where no binary operand is 0
   (adding a zero spike is free); real + real costs one AC per element.
+* :class:`neurosim.layers.Mean` (a readout over time or tokens): ``n_in - n_out`` additions (ACs) and one
+  division per output (a MAC, outside ``dense``, like a product's scale).
 * Pooling: one AC per (input element, window holding it), counting only nonzero inputs when the input is
   binary. Normalisation: MACs per element (BatchNorm at inference folds to 1 MAC per element; LayerNorm /
   GroupNorm compute statistics per sample: 3 per element). Neurons: one update per neuron per time step.
@@ -33,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import Add, MatMul
+from ..layers import Add, MatMul, Mean
 from .device_counts import rounded_scaled_sum
 
 Number = "int | float | torch.Tensor"
@@ -406,6 +408,13 @@ def count_add(module: Add, args, output) -> Count:
                  spike_kind="acs")
 
 
+def count_mean(module: Mean, args, output) -> Count:
+    n_in, n_out = args[0].numel(), output.numel()
+    adds = n_in - n_out
+    return Count(dense=adds, dense_is_mac=False, acs=adds, macs=n_out,
+                 note="mean: the additions as ACs, the division by the count 1 MAC per output")
+
+
 def count_neuron(module, args, output) -> Count:
     x = args[0]
     return Count(dense=0, neuron_updates=x.numel())
@@ -422,5 +431,6 @@ for _t, _f in [(nn.Linear, count_linear), (nn.Conv1d, count_conv), (nn.Conv2d, c
                (nn.AdaptiveMaxPool1d, count_adaptive_pool), (nn.AdaptiveMaxPool2d, count_adaptive_pool),
                (nn.BatchNorm1d, count_batchnorm), (nn.BatchNorm2d, count_batchnorm),
                (nn.BatchNorm3d, count_batchnorm), (nn.LayerNorm, count_layernorm),
-               (nn.GroupNorm, count_layernorm), (MatMul, count_matmul), (Add, count_add)]:
+               (nn.GroupNorm, count_layernorm), (MatMul, count_matmul), (Add, count_add),
+               (Mean, count_mean)]:
     register_counter(_t, _f)

@@ -105,6 +105,10 @@ class EnergyMeter:
             kernel's flag) as :func:`neurosim.validate.deferred_checks`: verdicts stay on the device and are read
             once when the ``with`` block ends, so the forward never waits for the GPU mid-way; the error names
             the layer that was running. ``False``: each check reads its verdict at once (a host sync per check).
+        audit: also watch the torch operations the model's modules run themselves, outside every hooked layer
+            (``x.mean(0)`` or ``a * b`` in a container's ``forward``), and list them in the report as "not
+            counted" rows ``<module> (functional)`` (:mod:`neurosim.energy.audit`). A Python call per aten
+            operation: for checking a model's coverage, not for timing; not with :meth:`graphed`.
 
     Every tensor is read once: a layer's output is counted when the next layer starts (or by that layer's
     counter, when it needs the tensor's fan-out-weighted count: convolutions, pooling), its counts go to a
@@ -112,7 +116,7 @@ class EnergyMeter:
     """
 
     def __init__(self, model: nn.Module, hardware="cmos45nm", require_spikes=None, counting: str = "auto",
-                 defer_checks: bool = True, rates: str = "needed"):
+                 defer_checks: bool = True, rates: str = "needed", audit: bool = False):
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if rates not in RATES:
@@ -134,6 +138,10 @@ class EnergyMeter:
         self._collecting = None  # the active spike_tally.collecting block, while inside ``with``
         self._weight = 1  # weight of the calls being recorded (a graph's ReplayHistory while it is captured)
         self._acc = None  # while a graph is captured: adds a 0-d count to a slot at every replay (graph.Slots)
+        self.audit = bool(audit)
+        self._audit = None  # the active FunctionalAudit, while inside ``with`` (audit=True)
+        self._audited: dict = {}  # module name -> op -> [calls, elements]: functional arithmetic no counter saw
+        self._busy = False  # the meter's own hooks are running (their torch ops are not the model's arithmetic)
 
     # ----------------------------------------------------------------------------------------- hooking
     def _walk(self, module: nn.Module, name: str):
@@ -156,8 +164,22 @@ class EnergyMeter:
         if note:
             slot.notes.add(note)
         self._slots.append(slot)
-        self._handles.append(module.register_forward_pre_hook(self._make_pre_hook(slot)))
-        self._handles.append(module.register_forward_hook(self._make_hook(slot), with_kwargs=True))
+        pre, post = self._make_pre_hook(slot), self._make_hook(slot)
+        if self.audit:
+            pre, post = self._quiet(pre), self._quiet(post)
+        self._handles.append(module.register_forward_pre_hook(pre))
+        self._handles.append(module.register_forward_hook(post, with_kwargs=True))
+
+    def _quiet(self, hook):
+        """``hook`` with ``_busy`` set while it runs (the audit ignores the torch operations it makes)."""
+        def quiet(*args):
+            self._busy, was = True, self._busy
+            try:
+                return hook(*args)
+            finally:
+                self._busy = was
+
+        return quiet
 
     def __enter__(self):
         if self._handles:
@@ -168,6 +190,11 @@ class EnergyMeter:
         if self.defer_checks:
             self._checks = validate.deferred_checks(where=self._where)
             self._checks.__enter__()
+        if self.audit:
+            from .audit import FunctionalAudit
+
+            self._audit = FunctionalAudit(self.model, lambda: self._running, lambda: self._busy)
+            self._audit.__enter__()
         return self
 
     def _where(self) -> str:
@@ -178,6 +205,14 @@ class EnergyMeter:
         return f"layer {s.name!r} ({type(s.module).__name__})"
 
     def __exit__(self, exc_type, exc, tb):
+        if self._audit is not None:
+            self._audit.__exit__(exc_type, exc, tb)
+            for name, ops in self._audit.found.items():
+                for op, (calls, elements) in ops.items():
+                    seen = self._audited.setdefault(name, {}).setdefault(op, [0, 0])
+                    seen[0] += calls
+                    seen[1] += elements
+            self._audit = None
         for h in self._handles:
             h.remove()
         self._handles = []
@@ -322,6 +357,8 @@ class EnergyMeter:
         replaying the graph, without Python, hooks or launches on the host. See :mod:`neurosim.energy.graph`."""
         from .graph import GraphedForward
 
+        if self.audit:
+            raise ValueError("audit=True watches eager forwards; a CUDA graph cannot be audited (use audit=False)")
         return GraphedForward(self, inputs, warmup=warmup)
 
     def _host_values(self) -> dict:
@@ -472,6 +509,13 @@ class EnergyMeter:
             r.energy_pj = base + r.synops * hw.e_ac_pj
             r.energy_paper_pj = base + r.synops_paper * hw.e_ac_pj
             rows.append(r)
+        if self._audited:
+            from .audit import describe
+
+            for name, ops in self._audited.items():
+                label = f"{name or type(self.model).__name__} (functional)"
+                rows.append(LayerReport(name=label, type="functional", calls=max(c for c, _ in ops.values()),
+                                        counted=False, note=describe(ops)))
         if unpriced:
             notes.append(f"{unpriced:,} MACs are not priced: profile {hw.name!r} has no MAC energy "
                          "(real-valued layers run off this hardware)")
@@ -608,7 +652,7 @@ def _call(model, inputs):
 
 
 def profile(model: nn.Module, inputs, hardware="cmos45nm", require_spikes=None, grad: bool = False,
-            counting: str = "auto", rates: str = "needed"):
+            counting: str = "auto", rates: str = "needed", audit: bool = False):
     """Run ``model(inputs)`` once and count, per layer, dense ANN MACs, SynOps, MACs, ACs, neuron updates,
     firing rates and energy on ``hardware``.
 
@@ -621,6 +665,8 @@ def profile(model: nn.Module, inputs, hardware="cmos45nm", require_spikes=None, 
         counting: ``"auto"``, ``"torch"`` or ``"kernel"``: see :class:`EnergyMeter` (same counts).
         rates: ``"needed"`` or ``"all"``: which layers' input/output rates are measured, see :class:`EnergyMeter`
             (same operation counts and energy).
+        audit: list the arithmetic the model's modules run as plain torch functions, outside every counted
+            layer, as "not counted" rows (see :class:`EnergyMeter`; slower, for checking coverage).
 
     Returns:
         :class:`EnergyReport` (``print(report)``, ``.to_csv()``, ``.to_json()``, ``.plot()``). Counts cover the
@@ -630,7 +676,8 @@ def profile(model: nn.Module, inputs, hardware="cmos45nm", require_spikes=None, 
     if first is None:
         raise ValueError("inputs must contain at least one tensor shaped [T, B, ...]")
     batch = int(first.shape[1]) if first.dim() >= 2 else None
-    meter = EnergyMeter(model, hardware=hardware, require_spikes=require_spikes, counting=counting, rates=rates)
+    meter = EnergyMeter(model, hardware=hardware, require_spikes=require_spikes, counting=counting, rates=rates,
+                        audit=audit)
     with meter, torch.set_grad_enabled(grad):
         _call(model, inputs)
     return meter.report(batch_size=batch)

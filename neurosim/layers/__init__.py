@@ -6,14 +6,14 @@ from .masking import RandomSpikeMask, random_spike_mask
 from .mlp import SpikingMLP
 from .neuron import NeuronSpec
 from .norm import SpikeBatchNorm
-from .ops import Add, MatMul
+from .ops import Add, MatMul, Mean
 from .positional import (CPGPositionalEncoding, LearnedPositionalEncoding, SinusoidalPositionalEncoding,
                          positional_encoding, sinusoidal_table)
 from .residual import SEWConnect, SpikeResidual, sew_connect
 from .temporal import TemporalProcessingUnit
 from .time_distributed import TimeDistributed
 
-__all__ = ["Add", "MatMul", "NeuronSpec", "SpikeBatchNorm", "CausalConv1d", "RandomSpikeMask", "random_spike_mask",
+__all__ = ["Add", "MatMul", "Mean", "NeuronSpec", "SpikeBatchNorm", "CausalConv1d", "RandomSpikeMask", "random_spike_mask",
            "SpikingSelfAttention", "SpikingAttentionBlock", "AstroSpikingAttention", "AstroAttention",
            "AstroMixing", "SpikingMLP", "TemporalProcessingUnit", "SEWConnect", "SpikeResidual",
            "sew_connect", "CPGPositionalEncoding", "SinusoidalPositionalEncoding", "LearnedPositionalEncoding",

@@ -30,3 +30,17 @@ class Add(nn.Module):
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return a + b
+
+
+class Mean(nn.Module):
+    """``x.mean(dim)`` as a module (e.g. a readout averaging over time steps or tokens)."""
+
+    def __init__(self, dim: int, keepdim: bool = False):
+        super().__init__()
+        self.dim, self.keepdim = int(dim), bool(keepdim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(self.dim, keepdim=self.keepdim)
+
+    def extra_repr(self):
+        return f"dim={self.dim}" + (", keepdim=True" if self.keepdim else "")

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .. import validate
+from ..layers import Mean
 from ..neurons import LIF
 from .config import ENCODERS
 from .registry import register_model
@@ -41,6 +42,7 @@ class SpikingMLP(nn.Module):
         self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         self.neurons = nn.ModuleList(LIF(beta=beta, threshold=threshold, reset=reset, backend=backend) for _ in hidden)
         self.readout = nn.Linear(sizes[-1], validate.positive_int("num_outputs", num_outputs))
+        self.time_mean = Mean(0)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, ...]`` -> input spikes (or currents, for "direct") ``[T, B, F]``."""
@@ -51,7 +53,7 @@ class SpikingMLP(nn.Module):
         """The network on encoded input ``[T, B, F]`` -> ``[B, num_outputs]`` (mean readout over T)."""
         for linear, neuron in zip(self.linears, self.neurons):
             s = neuron(linear(s))
-        return self.readout(s).mean(0)
+        return self.time_mean(self.readout(s))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_spikes(self.encode(x))

@@ -1,0 +1,105 @@
+"""Find arithmetic that no counter sees: torch functions a module's ``forward`` calls itself (``x.mean(0)``,
+``torch.softmax(...)``, ``a * b``) outside every hooked layer.
+
+Hooks see modules, not functions, so such arithmetic would be missing from the totals without a trace.
+:class:`FunctionalAudit` (``EnergyMeter(audit=True)``, ``profile(..., audit=True)``, on in ``neurosim energy``)
+watches the aten operations torch dispatches while the meter runs and records, per enclosing module, each
+arithmetic one run outside a hooked layer, outside the meter's own hooks and outside neurosim's input checks:
+pointwise operations with a numeric result, reductions, products, convolutions, softmax and normalisation.
+The report lists them as "not counted" rows (``<module> (functional)``) with the operations and the
+elements they produced. It costs a Python call per aten operation, so it is off by default.
+"""
+from __future__ import annotations
+
+import sys
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+_aten = torch.ops.aten
+_NOT_ARITHMETIC = {_aten.clone, _aten._to_copy, _aten.copy_, _aten.where, _aten.masked_fill, _aten.masked_fill_,
+                   _aten.fill_, _aten.zero_, _aten.detach, _aten.lift_fresh}
+_ARITHMETIC = {_aten.sum, _aten.mean, _aten.prod, _aten.cumsum, _aten.cumprod, _aten.var, _aten.std,
+               _aten.var_mean, _aten.std_mean, _aten.logsumexp, _aten.norm, _aten.linalg_vector_norm, _aten.mm,
+               _aten.bmm, _aten.addmm, _aten.baddbmm, _aten.addbmm, _aten.matmul, _aten.dot, _aten.mv,
+               _aten.convolution, _aten._convolution, _aten._softmax, _aten._log_softmax,
+               _aten.native_layer_norm, _aten.native_group_norm, _aten.native_batch_norm,
+               _aten._native_batch_norm_legit, _aten._native_batch_norm_legit_no_training,
+               _aten._scaled_dot_product_flash_attention, _aten._scaled_dot_product_efficient_attention,
+               _aten._scaled_dot_product_cudnn_attention, _aten.scaled_dot_product_attention}
+_QUIET_MODULES = ("neurosim.validate",)  # input checks test values, they are not the model's arithmetic
+
+
+def is_arithmetic(func, out) -> bool:
+    packet = func.overloadpacket
+    if packet in _ARITHMETIC:
+        return True
+    if packet in _NOT_ARITHMETIC or torch.Tag.pointwise not in func.tags:
+        return False
+    first = out[0] if isinstance(out, (tuple, list)) and out else out
+    return isinstance(first, torch.Tensor) and first.dtype != torch.bool
+
+
+def _numel(out) -> int:
+    if isinstance(out, torch.Tensor):
+        return out.numel()
+    return sum(o.numel() for o in out if isinstance(o, torch.Tensor)) if isinstance(out, (tuple, list)) else 0
+
+
+def _in_quiet_code(depth: int = 4) -> bool:
+    frame = sys._getframe(2)
+    for _ in range(depth):
+        if frame is None:
+            return False
+        if frame.f_globals.get("__name__", "").startswith(_QUIET_MODULES):
+            return True
+        frame = frame.f_back
+    return False
+
+
+class FunctionalAudit(TorchDispatchMode):
+    """Records arithmetic aten operations run while ``running()`` is empty (no hooked layer is running) and
+    ``busy()`` is false (the meter's hooks are not counting), keyed by the innermost module running."""
+
+    def __init__(self, model: nn.Module, running, busy):
+        super().__init__()
+        self._running, self._busy = running, busy
+        self._names = {m: n for n, m in model.named_modules()}
+        self._stack: list[str] = []
+        self._hooks = []
+        self.found: dict[str, dict[str, list]] = {}  # module name -> op -> [calls, elements produced]
+
+    def __enter__(self):
+        def push(module, args):
+            self._stack.append(self._names.get(module, type(module).__name__))
+
+        def pop(module, args, output):
+            if self._stack:
+                self._stack.pop()
+
+        reg = nn.modules.module
+        self._hooks = [reg.register_module_forward_pre_hook(push), reg.register_module_forward_hook(pop)]
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        for h in self._hooks:
+            h.remove()
+        self._hooks, self._stack = [], []
+        return super().__exit__(*exc)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if self._running() or self._busy() or not self._stack or not is_arithmetic(func, out) or _in_quiet_code():
+            return out
+        ops = self.found.setdefault(self._stack[-1], {})
+        entry = ops.setdefault(func.overloadpacket.__name__, [0, 0])
+        entry[0] += 1
+        entry[1] += _numel(out)
+        return out
+
+
+def describe(ops: dict) -> str:
+    """The report note of one module's functional arithmetic (``op -> [calls, elements]``)."""
+    parts = [f"{op} x{calls} ({elements:,} elements)" for op, (calls, elements) in sorted(ops.items())]
+    return "functional arithmetic in this module's forward, outside any counted layer: " + ", ".join(parts)
