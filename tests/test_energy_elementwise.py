@@ -169,6 +169,7 @@ def test_audit_lists_functional_arithmetic_and_changes_no_count():
     assert "mul x1 (24 elements)" in row.note and "add x1 (24 elements)" in row.note
     assert "mean x1 (8 elements)" in row.note and "addmm" not in row.note and "linear" not in row.note
     assert "not counted" in rep.table().lower() and "Functional (functional)" in rep.table()
+    assert "no counter counts" in row.note
     for a, b in zip(plain.layers, rep.layers):   # the counted rows are the same
         assert (a.name, a.dense, a.macs, a.synops, a.acs, a.neuron_updates) == \
                (b.name, b.dense, b.macs, b.synops, b.acs, b.neuron_updates)

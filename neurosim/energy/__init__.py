@@ -8,7 +8,8 @@ Per layer: the dense MACs an ANN of the same shape would do, SynOps (each input 
 MACs (real-valued inputs), other ACs (residual additions, pooling), neuron updates, firing rates and
 energy. Conventions: :mod:`neurosim.energy.counters`; hardware numbers and their sources:
 :mod:`neurosim.energy.hardware`. New layer types: :func:`register_counter`; new neurons: set the class
-attribute ``is_spiking_neuron = True``. Modules no counter knows are listed as "not counted";
+attribute ``is_spiking_neuron = True`` (snnTorch, SpikingJelly and Norse neurons are recognised as they are;
+a neuron's child modules that hold parameters, e.g. STC-LIF's circuits, are counted as synapses). Modules no counter knows are listed as "not counted";
 ``profile(..., audit=True)`` also lists arithmetic done in plain torch calls outside every counted layer
 (:mod:`neurosim.energy.audit`).
 """

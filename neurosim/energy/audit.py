@@ -5,7 +5,9 @@ Hooks see modules, not functions, so such arithmetic would be missing from the t
 :class:`FunctionalAudit` (``EnergyMeter(audit=True)``, ``profile(..., audit=True)``, on in ``neurosim energy``)
 watches the aten operations torch dispatches while the meter runs and records, per enclosing module, each
 arithmetic one run outside a hooked layer, outside the meter's own hooks and outside neurosim's input checks:
-pointwise operations with a numeric result, reductions, products, convolutions, softmax and normalisation.
+pointwise operations with a numeric result, reductions, products, convolutions, softmax and normalisation;
+and the products and convolutions a neuron runs itself (a neuron's counter counts its updates only, so a
+synapse it holds as a plain parameter would otherwise be missing).
 The report lists them as "not counted" rows (``<module> (functional)``) with the operations and the
 elements they produced. It costs a Python call per aten operation, so it is off by default.
 """
@@ -28,6 +30,10 @@ _ARITHMETIC = {_aten.sum, _aten.mean, _aten.prod, _aten.cumsum, _aten.cumprod, _
                _aten._native_batch_norm_legit, _aten._native_batch_norm_legit_no_training,
                _aten._scaled_dot_product_flash_attention, _aten._scaled_dot_product_efficient_attention,
                _aten._scaled_dot_product_cudnn_attention, _aten.scaled_dot_product_attention}
+# products inside a neuron: a neuron's counter counts its updates only, so a product or convolution it runs
+# itself (a synapse held as a plain parameter) would be missing from the totals
+_SYNAPTIC = {_aten.mm, _aten.bmm, _aten.addmm, _aten.baddbmm, _aten.addbmm, _aten.matmul, _aten.mv, _aten.dot,
+             _aten.convolution, _aten._convolution}
 _QUIET_MODULES = ("neurosim.validate",)  # input checks test values, they are not the model's arithmetic
 
 
@@ -59,8 +65,9 @@ def _in_quiet_code(depth: int = 4) -> bool:
 
 
 class FunctionalAudit(TorchDispatchMode):
-    """Records arithmetic aten operations run while ``running()`` is empty (no hooked layer is running) and
-    ``busy()`` is false (the meter's hooks are not counting), keyed by the innermost module running."""
+    """Records arithmetic aten operations run while ``running()`` (the meter's stack of hooked layers) is empty,
+    and products and convolutions run by a neuron itself (the innermost hooked layer is a neuron), when
+    ``busy()`` is false (the meter's hooks are not counting); keyed by the innermost module running."""
 
     def __init__(self, model: nn.Module, running, busy):
         super().__init__()
@@ -90,7 +97,10 @@ class FunctionalAudit(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if self._running() or self._busy() or not self._stack or not is_arithmetic(func, out) or _in_quiet_code():
+        running = self._running()
+        if running and not (running[-1].neuron and func.overloadpacket in _SYNAPTIC):
+            return out
+        if self._busy() or not self._stack or not is_arithmetic(func, out) or _in_quiet_code():
             return out
         ops = self.found.setdefault(self._stack[-1], {})
         entry = ops.setdefault(func.overloadpacket.__name__, [0, 0])
@@ -102,4 +112,4 @@ class FunctionalAudit(TorchDispatchMode):
 def describe(ops: dict) -> str:
     """The report note of one module's functional arithmetic (``op -> [calls, elements]``)."""
     parts = [f"{op} x{calls} ({elements:,} elements)" for op, (calls, elements) in sorted(ops.items())]
-    return "functional arithmetic in this module's forward, outside any counted layer: " + ", ".join(parts)
+    return "arithmetic in this module's forward that no counter counts: " + ", ".join(parts)

@@ -178,9 +178,23 @@ def register_counter(module_type: type, fn: Counter | None = None, overwrite: bo
     return deco(fn) if fn is not None else deco
 
 
+# the neurons of snnTorch, SpikingJelly and Norse, by base class (those packages are not imported here): counted
+# like neurosim's, one update per neuron and time step. Norse's recurrent cells hold their recurrent weights as
+# their own parameters (no synapse module a hook could count) and are not among them: they stay "not counted".
+PEER_NEURONS = frozenset({"snntorch._neurons.neurons.SpikingNeuron",
+                          "spikingjelly.activation_based.neuron.base_node.BaseNode",
+                          "norse.torch.module.snn.SNN", "norse.torch.module.snn.SNNCell"})
+_NOT_NEURONS = frozenset({"snntorch._neurons.sconv2dlstm.SConv2dLSTM", "snntorch._neurons.slstm.SLSTM"})  # LSTMs
+
+
 def is_spiking_neuron(module: nn.Module) -> bool:
-    """The neuron protocol: a module class with ``is_spiking_neuron = True`` (e.g. neurosim.LIF)."""
-    return bool(getattr(type(module), "is_spiking_neuron", False))
+    """The neuron protocol: a module class with ``is_spiking_neuron = True`` (e.g. neurosim.LIF), or a neuron
+    of snnTorch, SpikingJelly or Norse (:data:`PEER_NEURONS`)."""
+    cls = type(module)
+    if getattr(cls, "is_spiking_neuron", False):
+        return True
+    names = {f"{c.__module__}.{c.__qualname__}" for c in cls.__mro__}
+    return bool(names & PEER_NEURONS) and not names & _NOT_NEURONS
 
 
 def summary_for(module: nn.Module) -> Summary | None:

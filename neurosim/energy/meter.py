@@ -149,7 +149,11 @@ class EnergyMeter:
         children = list(module.named_children())
         if counter is not None or not children:
             self._attach(module, name or type(module).__name__, counter)
-            if not (children and C.counts_own_ops(module)):
+            if children and counter is C.count_neuron:
+                # synapses inside a neuron (STC-LIF's circuits, snnTorch RLeaky's recurrent Linear) count
+                # themselves; parameterless children (a surrogate-gradient module) are part of the update
+                children = [(n, c) for n, c in children if next(c.parameters(), None) is not None]
+            elif not (children and C.counts_own_ops(module)):
                 return  # counted by its counter alone (or a leaf no counter knows)
         elif own := [n for n, p in module._parameters.items() if p is not None]:
             # a container that also holds parameters uses them outside its children: flag it if it runs
