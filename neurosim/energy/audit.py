@@ -20,20 +20,22 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 _aten = torch.ops.aten
-_NOT_ARITHMETIC = {_aten.clone, _aten._to_copy, _aten.copy_, _aten.where, _aten.masked_fill, _aten.masked_fill_,
-                   _aten.fill_, _aten.zero_, _aten.detach, _aten.lift_fresh}
-_ARITHMETIC = {_aten.sum, _aten.mean, _aten.prod, _aten.cumsum, _aten.cumprod, _aten.var, _aten.std,
-               _aten.var_mean, _aten.std_mean, _aten.logsumexp, _aten.norm, _aten.linalg_vector_norm, _aten.mm,
-               _aten.bmm, _aten.addmm, _aten.baddbmm, _aten.addbmm, _aten.matmul, _aten.dot, _aten.mv,
-               _aten.convolution, _aten._convolution, _aten._softmax, _aten._log_softmax,
-               _aten.native_layer_norm, _aten.native_group_norm, _aten.native_batch_norm,
-               _aten._native_batch_norm_legit, _aten._native_batch_norm_legit_no_training,
-               _aten._scaled_dot_product_flash_attention, _aten._scaled_dot_product_efficient_attention,
-               _aten._scaled_dot_product_cudnn_attention, _aten.scaled_dot_product_attention}
+
+
+def _ops(names: str) -> frozenset:
+    """The aten op packets of ``names`` that this torch has (an op a version lacks is left out)."""
+    return frozenset(op for op in (getattr(_aten, n, None) for n in names.split()) if op is not None)
+
+
+_NOT_ARITHMETIC = _ops("clone _to_copy copy_ where masked_fill masked_fill_ fill_ zero_ detach lift_fresh")
 # products inside a neuron: a neuron's counter counts its updates only, so a product or convolution it runs
 # itself (a synapse held as a plain parameter) would be missing from the totals
-_SYNAPTIC = {_aten.mm, _aten.bmm, _aten.addmm, _aten.baddbmm, _aten.addbmm, _aten.matmul, _aten.mv, _aten.dot,
-             _aten.convolution, _aten._convolution}
+_SYNAPTIC = _ops("mm bmm addmm baddbmm addbmm matmul mv dot convolution _convolution")
+_ARITHMETIC = _SYNAPTIC | _ops(
+    "sum mean prod cumsum cumprod var std var_mean std_mean logsumexp norm linalg_vector_norm _softmax "
+    "_log_softmax native_layer_norm native_group_norm native_batch_norm _native_batch_norm_legit "
+    "_native_batch_norm_legit_no_training scaled_dot_product_attention _scaled_dot_product_flash_attention "
+    "_scaled_dot_product_efficient_attention _scaled_dot_product_cudnn_attention")
 _QUIET_MODULES = ("neurosim.validate",)  # input checks test values, they are not the model's arithmetic
 
 
