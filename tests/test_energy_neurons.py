@@ -59,13 +59,11 @@ class Loop(nn.Module):
 
     def forward(self, x):
         mem = self.lif.init_leaky() if hasattr(self.lif, "init_leaky") else None
-        spk_prev = None
+        spk = torch.zeros(x.shape[1], self.fc1.out_features)   # RLeaky takes the previous step's spikes
         out = []
         for x_t in x:
             if isinstance(self.lif, snn.RLeaky):
-                spk_prev, mem = self.lif(self.fc1(x_t), spk_prev if spk_prev is not None else
-                                         torch.zeros(x_t.shape[0], self.fc1.out_features), mem)
-                spk = spk_prev
+                spk, mem = self.lif(self.fc1(x_t), spk, mem)
             else:
                 spk, mem = self.lif(self.fc1(x_t), mem)
             out.append(self.fc2(spk))

@@ -69,15 +69,16 @@ def _in_quiet_code(depth: int = 4) -> bool:
 class FunctionalAudit(TorchDispatchMode):
     """Records arithmetic aten operations run while ``running()`` (the meter's stack of hooked layers) is empty,
     and products and convolutions run by a neuron itself (the innermost hooked layer is a neuron), when
-    ``busy()`` is false (the meter's hooks are not counting); keyed by the innermost module running."""
+    ``busy()`` is false (the meter's hooks are not counting); keyed by the innermost module running, in ``found``
+    (module name -> op -> [calls, elements produced]; a meter passes the same dict to each forward's audit)."""
 
-    def __init__(self, model: nn.Module, running, busy):
+    def __init__(self, model: nn.Module, running, busy, found: dict | None = None):
         super().__init__()
         self._running, self._busy = running, busy
         self._names = {m: n for n, m in model.named_modules()}
         self._stack: list[str] = []
         self._hooks = []
-        self.found: dict[str, dict[str, list]] = {}  # module name -> op -> [calls, elements produced]
+        self.found: dict[str, dict[str, list]] = {} if found is None else found
 
     def __enter__(self):
         def push(module, args):

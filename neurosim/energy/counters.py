@@ -197,27 +197,30 @@ def is_spiking_neuron(module: nn.Module) -> bool:
     return bool(names & PEER_NEURONS) and not names & _NOT_NEURONS
 
 
-def summary_for(module: nn.Module) -> Summary | None:
-    """The summary registered with the counter that counts ``module``, or None."""
+def _registered(module: nn.Module) -> type | None:
+    """The most specific class of ``module`` with a registered counter, or None."""
     for cls in type(module).__mro__:
         if cls in _COUNTERS:
-            return _SUMMARIES.get(cls)
+            return cls
     return None
+
+
+def summary_for(module: nn.Module) -> Summary | None:
+    """The summary registered with the counter that counts ``module``, or None."""
+    cls = _registered(module)
+    return None if cls is None else _SUMMARIES.get(cls)
 
 
 def counts_own_ops(module: nn.Module) -> bool:
     """Whether the counter of ``module`` counts only its own arithmetic (``register_counter(own_ops=True)``)."""
-    for cls in type(module).__mro__:
-        if cls in _COUNTERS:
-            return cls in _OWN_OPS
-    return False
+    return _registered(module) in _OWN_OPS
 
 
 def counter_for(module: nn.Module) -> Counter | None:
     """The registered counter for ``module`` (most specific class first), or None."""
-    for cls in type(module).__mro__:
-        if cls in _COUNTERS:
-            return _COUNTERS[cls]
+    cls = _registered(module)
+    if cls is not None:
+        return _COUNTERS[cls]
     if is_spiking_neuron(module):
         return count_neuron
     if isinstance(module, _ZERO_COST):

@@ -197,7 +197,7 @@ class EnergyMeter:
         if self.audit:
             from .audit import FunctionalAudit
 
-            self._audit = FunctionalAudit(self.model, lambda: self._running, lambda: self._busy)
+            self._audit = FunctionalAudit(self.model, lambda: self._running, lambda: self._busy, self._audited)
             self._audit.__enter__()
         return self
 
@@ -210,12 +210,7 @@ class EnergyMeter:
 
     def __exit__(self, exc_type, exc, tb):
         if self._audit is not None:
-            self._audit.__exit__(exc_type, exc, tb)
-            for name, ops in self._audit.found.items():
-                for op, (calls, elements) in ops.items():
-                    seen = self._audited.setdefault(name, {}).setdefault(op, [0, 0])
-                    seen[0] += calls
-                    seen[1] += elements
+            self._audit.__exit__(exc_type, exc, tb)  # (its findings are already in self._audited)
             self._audit = None
         for h in self._handles:
             h.remove()
