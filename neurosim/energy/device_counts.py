@@ -154,16 +154,6 @@ def _same_order(a: torch.Tensor, b: torch.Tensor) -> bool:
     return _order(a) == _order(b)
 
 
-def _dense_span(x: torch.Tensor) -> bool:
-    """Whether ``x``'s elements fill ``numel`` consecutive storage elements (a permuted contiguous tensor)."""
-    expected = 1
-    for st, sz in sorted((st, sz) for sz, st in zip(x.shape, x.stride()) if sz != 1):
-        if st != expected:
-            return False
-        expected *= sz
-    return True
-
-
 class CountBuffer:
     """Rows of exact counts, one int64 ``[capacity, COLS]`` buffer per device (grown by doubling).
 

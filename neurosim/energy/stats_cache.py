@@ -23,18 +23,29 @@ from collections import OrderedDict
 
 import torch
 
-from .device_counts import CountBuffer, RowStats, _dense_span
+from .device_counts import CountBuffer, RowStats
 
 SIZE = 256  # entries kept (least recently used dropped first)
 DEFERRED = 8  # deferred rows kept deferred by the cache (each holds its tensor)
 
 
+def _fills_span(pairs) -> bool:
+    """Whether dims given as (stride, size) pairs sorted by stride fill consecutive storage elements (a permuted
+    contiguous tensor)."""
+    expected = 1
+    for st, sz in pairs:
+        if st != expected:
+            return False
+        expected *= sz
+    return True
+
+
 def key(x: torch.Tensor) -> tuple:
     """What identifies the elements ``x`` holds (see the module docstring)."""
-    if x.is_contiguous() or _dense_span(x):
+    if x.is_contiguous():
         return (x.data_ptr(), x.numel(), x.dtype, x.device)
-    return (x.data_ptr(), tuple(sorted((st, sz) for sz, st in zip(x.shape, x.stride()) if sz != 1)), x.dtype,
-            x.device)
+    pairs = tuple(sorted((st, sz) for sz, st in zip(x.shape, x.stride()) if sz != 1))
+    return (x.data_ptr(), x.numel() if _fills_span(pairs) else pairs, x.dtype, x.device)
 
 
 def _freed(cache_ref, k, ref):
