@@ -1,15 +1,17 @@
 """Energy counts of neurons: the synapses inside a neuron (STC-LIF's circuits, snnTorch's RLeaky) and the neurons of
-snnTorch, SpikingJelly and Norse used directly in a model, against hand counts from the recorded spikes."""
+snnTorch, SpikingJelly and Norse used directly in a model, against hand counts from the recorded spikes. The three
+libraries are test dependencies (scripts/env.sh installs them): imported, not skipped."""
 
+import norse.torch as norse
 import pytest
+import snntorch as snn
 import torch
+from spikingjelly.activation_based import neuron as sj_neuron
 from torch import nn
 from torch.nn import functional as F
 
 from neurosim.energy import profile
 from neurosim.models import FramePredictor, moving_digits
-
-snn = pytest.importorskip("snntorch")
 
 
 def recorded_inputs(module):
@@ -96,8 +98,6 @@ def test_snntorch_neurons_in_a_time_loop(kind):
 
 
 def test_spikingjelly_and_norse_neurons():
-    sj_neuron = pytest.importorskip("spikingjelly.activation_based.neuron")
-    norse = pytest.importorskip("norse.torch")
     torch.manual_seed(2)
     x = (torch.rand(5, 4, 6) < 0.5).float()
 
