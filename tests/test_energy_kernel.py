@@ -512,7 +512,7 @@ def fused_kernel_counts(device="cpu"):
         for offered in (True, False):
             spike_tally.row = orig_row if offered else (lambda x: None)
             per_forward = []
-            with torch.no_grad(), EnergyMeter(model, counting="kernel") as meter:
+            with torch.no_grad(), EnergyMeter(model, counting="kernel", replay=False) as meter:
                 for _ in range(3):
                     tallies.clear()
                     reads.clear()
@@ -569,7 +569,7 @@ def _metered(model, x, batching, forwards=1):
     per_forward = []
     log, undo = _launches()
     try:
-        with torch.no_grad(), EnergyMeter(model, counting="kernel") as meter:
+        with torch.no_grad(), EnergyMeter(model, counting="kernel", replay=False) as meter:
             meter._counts.batching = batching
             for i in range(forwards):
                 if i:

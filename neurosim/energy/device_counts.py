@@ -179,6 +179,7 @@ class CountBuffer:
         self.unbatched: set = set()  # keys of rows whose tensor changed while batched: read at once
         self._host = None
         self._cuda_kernel = None
+        self.recorder = None  # a neurosim.energy.replay.Recorder noting every read and tally row, while it records
 
     # ------------------------------------------------------------------------------------------- rows
     def _row(self, device, n: int = 1) -> tuple:
@@ -240,6 +241,8 @@ class CountBuffer:
         self.paths.add("neuron kernel")
         self.tallies.setdefault(dev, {}).setdefault(slots, []).append(row)
         region = self.bufs[dev][0].view(-1)[row * COLS: row * COLS + slots]
+        if self.recorder is not None:
+            self.recorder.tally(row, slots)
         return TallyStats(self, x.numel(), dev, row, slots), region
 
     def require(self, st: RowStats):
@@ -346,13 +349,18 @@ class CountBuffer:
         path = self._path(x)
         self.paths.add(path)
         if path == "torch":
-            _count_torch(x, buf[st.row], None if fan is None else _fan_maps(fan)[2], st.inv_scale)
+            fan64 = None if fan is None else _fan_maps(fan)[2]
+            if self.recorder is not None:
+                self.recorder.read(st.row, x, fan64, st.inv_scale, path)
+            _count_torch(x, buf[st.row], fan64, st.inv_scale)
             return
         from ..kernels import stats as K
 
         # a view the kernel reads in place (strided loads, no copy), in storage order when there is no fan map
         flat = x if x.is_contiguous() or K.readable(x, any_order=fan is None) else x.contiguous()
         fan32 = None if fan is None else _fan_maps(fan)[1]
+        if self.recorder is not None:
+            self.recorder.read(st.row, x, fan32, st.inv_scale, path)
         if self.batching and st.key not in self.unbatched:
             size = flat.numel() * flat.element_size()
             if size <= BATCH_BYTES // 4:

@@ -1,4 +1,4 @@
-"""Counting during a forward pass: forward hooks on the counted modules, one device->host transfer at the end.
+"""Counting during a forward pass: the counted modules' forwards wrapped, one device->host transfer at the end.
 
 ``profile(model, inputs)`` runs the model once under an :class:`EnergyMeter`; the meter can also wrap any
 forward pass the caller runs itself (``with EnergyMeter(model) as m: model(x)``; ``m.report()``).
@@ -16,11 +16,15 @@ from torch import nn
 from .. import spike_tally, validate
 from . import counters as C
 from .device_counts import BAD, NNZ, ONES, CountBuffer, DeviceCount, RowStats, TallyStats
+from .graph import signature
 from .hardware import HardwareProfile, get_profile
+from .replay import OPEN, Recorder, Replayer
 from .report import EnergyReport, LayerReport
 from .stats_cache import StatsCache
 
 RATES = ("needed", "all")
+CHANGED_LATE = ("a tensor it made or was given was changed in place before the replayed forward read it: its counts "
+                "are of the changed values")
 
 
 @dataclass(eq=False)  # compared and hashed by identity (CountBuffer keys rows by the slot making them)
@@ -37,12 +41,18 @@ class _Slot:
     # weight: 1 for a call run once, or the ReplayHistory of the CUDA graph that captured it)
     calls: list = field(default_factory=list)
 
+    CHANGED_OUTPUT = "output changed in place before it was counted: its output counts are of the changed values"
+    CHANGED_READ = ("a tensor its counter read was changed in place before the read ran (a CUDA graph's batched "
+                    "read): its counts are of the changed values")
+
     def changed_output(self):
-        self.notes.add("output changed in place before it was counted: its output counts are of the changed values")
+        self.notes.add(self.CHANGED_OUTPUT)
 
     def changed_read(self):
-        self.notes.add("a tensor its counter read was changed in place before the read ran (a CUDA graph's batched "
-                       "read): its counts are of the changed values")
+        self.notes.add(self.CHANGED_READ)
+
+    def changes(self) -> int:
+        return (self.CHANGED_OUTPUT in self.notes) + (self.CHANGED_READ in self.notes)
 
 
 def _first_tensor(obj):
@@ -59,6 +69,32 @@ def _first_tensor(obj):
             if t is not None:
                 return t
     return None
+
+
+class _Wrapped:
+    """A module whose ``forward`` is wrapped (an instance attribute over the class's method); :meth:`remove`
+    restores it."""
+
+    __slots__ = ("module", "forward", "previous")
+
+    def __init__(self, module: nn.Module, make):
+        self.module = module
+        self.previous = module.__dict__.get("forward")  # an instance attribute already there (None: the method)
+        self.forward = make(module.forward)
+        module.forward = self.forward
+
+    def remove(self):
+        if self.module.__dict__.get("forward") is self.forward:
+            if self.previous is None:
+                del self.module.forward
+            else:
+                self.module.forward = self.previous
+
+
+def _wrap(module: nn.Module, make) -> _Wrapped:
+    """Replace ``module.forward`` by ``make(module.forward)`` (a module's ``__call__`` takes its forward from the
+    instance; no hooks: a module with hooks runs the slower hooked call path, BENCHMARKS.md energy run 12)."""
+    return _Wrapped(module, make)
 
 
 def _tensors(args):
@@ -109,6 +145,11 @@ class EnergyMeter:
             (``x.mean(0)`` or ``a * b`` in a container's ``forward``), and list them in the report as "not
             counted" rows ``<module> (functional)`` (:mod:`neurosim.energy.audit`). A Python call per aten
             operation: for checking a model's coverage, not for timing; not with :meth:`graphed`.
+        replay: the first forward of each input signature (the model called with inputs of given structure,
+            shapes, dtypes, devices) is metered by the hooks and recorded; later forwards with that signature are
+            replayed from the recording: the counted modules only note their tensors and every counting read runs
+            when the forward ends, a few launches in all (:mod:`neurosim.energy.replay`; same counts, far less host
+            work; a replayed forward keeps its activations until it ends). ``False``: every forward is hooked.
 
     Every tensor is read once: a layer's output is counted when the next layer starts (or by that layer's
     counter, when it needs the tensor's fan-out-weighted count: convolutions, pooling), its counts go to a
@@ -116,7 +157,7 @@ class EnergyMeter:
     """
 
     def __init__(self, model: nn.Module, hardware="cmos45nm", require_spikes=None, counting: str = "auto",
-                 defer_checks: bool = True, rates: str = "needed", audit: bool = False):
+                 defer_checks: bool = True, rates: str = "needed", audit: bool = False, replay: bool = True):
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if rates not in RATES:
@@ -142,6 +183,15 @@ class EnergyMeter:
         self._audit = None  # the active FunctionalAudit, while inside ``with`` (audit=True)
         self._audited: dict = {}  # module name -> op -> [calls, elements]: functional arithmetic no counter saw
         self._busy = False  # the meter's own hooks are running (their torch ops are not the model's arithmetic)
+        self.replay = bool(replay)
+        self._pres: list = []  # per slot: its pre-hook, hook (the calls a replayer hands back when it gives up)
+        self._posts: list = []
+        self._templates: dict = {}  # input signature -> replay.Template, or why the recording cannot be replayed
+        self._replaying = None  # the Replayer of the forward running, if replayed
+        self._recording = None  # the Recorder of the forward running, if recorded
+        self._forward = False  # the model's own forward is running (nested calls of it are not new forwards)
+        self.replayed = 0  # forwards replayed (not hooked)
+        self._rereads = 0  # neuron layers told to leave their spikes to a read (a recording made before is stale)
 
     # ----------------------------------------------------------------------------------------- hooking
     def _walk(self, module: nn.Module, name: str):
@@ -167,12 +217,134 @@ class EnergyMeter:
                      neuron=counter is C.count_neuron or C.is_spiking_neuron(module))
         if note:
             slot.notes.add(note)
+        idx = len(self._slots)
         self._slots.append(slot)
         pre, post = self._make_pre_hook(slot), self._make_hook(slot)
         if self.audit:
             pre, post = self._quiet(pre), self._quiet(post)
-        self._handles.append(module.register_forward_pre_hook(pre))
-        self._handles.append(module.register_forward_hook(post, with_kwargs=True))
+        self._pres.append(pre)
+        self._posts.append(post)
+        self._handles.append(_wrap(module, self._wrapper(module, idx, slot, pre, post)))
+
+    def _wrapper(self, module, idx, slot, pre, post):
+        """``forward`` of a counted module: the pre-hook, the module's forward, the hook; while a forward is
+        replayed, only a note of the call (see :mod:`neurosim.energy.replay`)."""
+        running = self._running
+
+        def wrapper(call):
+            def forward(*args, **kwargs):
+                rp = self._replaying
+                if rp is not None and rp.enter(idx, args, kwargs):
+                    running.append(slot)
+                    try:
+                        out = call(*args, **kwargs)
+                    finally:
+                        if running and running[-1] is slot:
+                            running.pop()
+                    if self._replaying is rp and rp.leave(idx, args, kwargs, out):
+                        return out
+                    if self._replaying is rp:
+                        self._give_up(rp)
+                    post(module, args, kwargs, out)  # (its pre-hook ran when the replay gave up)
+                    return out
+                if rp is not None:
+                    self._give_up(rp)
+                rec = self._recording
+                if rec is not None:
+                    rec.entry(idx, args, kwargs)
+                pre(module, args)
+                out = call(*args, **kwargs)
+                if rec is not None:
+                    rec.exit(idx, out)
+                post(module, args, kwargs, out)
+                return out
+
+            return forward
+
+        return wrapper
+
+    def _root(self, call):
+        """``forward`` of the model itself: a recorded or replayed forward when replay is on."""
+        def forward(*args, **kwargs):
+            if (self._forward or not self.replay or self.audit or self._acc is not None or self._weight != 1
+                    or self._counts.batching):
+                return call(*args, **kwargs)
+            try:
+                key = (signature(args), signature(kwargs), torch.is_grad_enabled())
+                hash(key)
+            except (TypeError, ValueError):
+                return call(*args, **kwargs)
+            template = self._templates.get(key)
+            self._forward = True
+            try:
+                if template is None:
+                    return self._recorded(key, call, args, kwargs)
+                if isinstance(template, str):  # (why it cannot be replayed)
+                    return call(*args, **kwargs)
+                return self._replayed(key, template, call, args, kwargs)
+            finally:
+                self._forward = False
+
+        return forward
+
+    def _recorded(self, key, call, args, kwargs):
+        counts = self._counts
+        counts.flush()
+        self._cache.clear()  # every row this forward's counts use is then made in it
+        marks = [len(s.calls) for s in self._slots]
+        changes = sum(s.changes() for s in self._slots)
+        rereads = self._rereads
+        rec = self._recording = counts.recorder = Recorder(counts)
+        try:
+            out = call(*args, **kwargs)
+            counts.flush()
+        finally:
+            self._recording = counts.recorder = None
+        if self._rereads != rereads:
+            return out  # a neuron's kernel stopped counting its spikes: record the next forward instead
+        made = rec.finish(self._slots, marks)
+        if not isinstance(made, str) and sum(s.changes() for s in self._slots) != changes:
+            made = "a tensor was changed in place before it was counted"
+        self._templates[key] = made
+        return out
+
+    def _replayed(self, key, template, call, args, kwargs):
+        counts = self._counts
+        counts.flush()
+        self._cache.clear()
+        rp = self._replaying = Replayer(template, counts)
+        try:
+            out = call(*args, **kwargs)
+        finally:
+            if self._replaying is rp:
+                self._replaying = None
+        if not rp.ok:  # gave up during the forward: the rest ran hooked; record this signature again
+            self._templates.pop(key, None)
+            return out
+        if not rp.complete():
+            self._give_up(rp)  # fewer calls than recorded: the hooks count them now
+            self._templates.pop(key, None)
+            counts.flush()
+            return out
+        self.replayed += 1
+        for s in rp.finish(self._slots):
+            s.notes.add(CHANGED_LATE)
+            self._templates[key] = "a tensor was changed in place in a replayed forward"
+        return out
+
+    def _give_up(self, rp: Replayer):
+        """End the replay of this forward: the calls it matched so far are handed to the hooks, in order (the call
+        that differed runs its own hooks)."""
+        self._replaying = None
+        rp.ok = False
+        for s in rp.changed_slots(self._slots):  # the hooks now read values changed since the call
+            s.notes.add(CHANGED_LATE)
+        self._running.clear()  # (the pre-hooks of the calls still running push them again)
+        for idx, args, kwargs, out in rp.events:
+            if out is OPEN:
+                self._pres[idx](self._slots[idx].module, args)
+            else:
+                self._posts[idx](self._slots[idx].module, args, kwargs, out)
 
     def _quiet(self, hook):
         """``hook`` with ``_busy`` set while it runs (the audit ignores the torch operations it makes)."""
@@ -189,6 +361,7 @@ class EnergyMeter:
         if self._handles:
             raise RuntimeError("EnergyMeter is already active")
         self._walk(self.model, "")
+        self._handles.append(_wrap(self.model, self._root))
         self._collecting = spike_tally.collecting(self)
         self._collecting.__enter__()
         if self.defer_checks:
@@ -212,9 +385,12 @@ class EnergyMeter:
         if self._audit is not None:
             self._audit.__exit__(exc_type, exc, tb)  # (its findings are already in self._audited)
             self._audit = None
-        for h in self._handles:
+        for h in reversed(self._handles):
             h.remove()
         self._handles = []
+        self._templates.clear()
+        self._replaying = self._recording = self._counts.recorder = None
+        self._forward = False
         if self._collecting is not None:
             self._collecting.__exit__(exc_type, exc, tb)
             self._collecting = self._tally = None
@@ -244,6 +420,8 @@ class EnergyMeter:
         """A buffer row for the spikes a neuron kernel is about to write (only for a hooked neuron layer)."""
         if not (self._running and self._running[-1].neuron) or self._running[-1].reread:
             return None
+        if self._replaying is not None:
+            return self._replaying.row(x)
         st, region = self._counts.tally_row(x, spike_tally.SLOTS)
         st.producer = self._running[-1]
         self._tally = (region, st)
@@ -288,7 +466,9 @@ class EnergyMeter:
         elif type(st) is TallyStats:
             # spikes a neuron kernel counted, which a fan-weighted count reads again: from the next forward on,
             # that read alone counts them (the kernel's tally would cost time for nothing)
-            st.producer.reread = True
+            if not st.producer.reread:
+                st.producer.reread = True
+                self._rereads += 1
         return st, self._counts.fan_count(st, x, fan)
 
     def _defer(self, x: torch.Tensor, slot: _Slot, optional: bool = False) -> RowStats:
@@ -523,7 +703,7 @@ class EnergyMeter:
 
 
 def _weight(w) -> int:
-    """How many runs a recorded call stands for: 1, or its graph's replays so far."""
+    """How many runs a recorded call stands for: 1, or its graph's (or recording's) replays so far."""
     return w if type(w) is int else w.n
 
 
@@ -576,7 +756,8 @@ class _Eager:
 
 
 class _Replayed:
-    """Counts of a call captured in a CUDA graph: arrays with one entry per replay, from its ReplayHistory."""
+    """Counts of a call captured in a CUDA graph, or recorded and replayed eagerly: arrays with one entry per
+    replay, from its ReplayHistory (:mod:`neurosim.energy.graph`) or Replays (:mod:`neurosim.energy.replay`)."""
 
     def __init__(self, history, host: dict, counts):
         self.h, self.host, self.counts = history, host, counts
