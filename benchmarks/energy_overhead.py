@@ -159,15 +159,36 @@ def bench(model, x, device, repeats, warmup, counting="auto"):
 
 def bench_metered(model, x, device, repeats, batches, counting="auto"):
     """``batches`` plain forwards (both baselines) against the same forwards inside one EnergyMeter plus its one
-    report (what metering a validation set costs per batch), times per batch, one warm-up round."""
-    def run_metered():
+    report (what metering a validation set costs per batch), with the meter's replay on (the first forward
+    recorded, the others replayed: neurosim.energy.replay) and off (every forward hooked); and the replayed
+    forwards alone (``batches`` of them after two metered ones, without the report). Times per batch, one warm-up
+    round."""
+    def run_metered(replay):
+        def run():
+            with torch.no_grad(), EnergyMeter(model, counting=counting, replay=replay) as m:
+                for _ in range(batches):
+                    model(x)
+            m.report()
+        return run
+
+    steady = []
+
+    def run_replayed():
         with torch.no_grad(), EnergyMeter(model, counting=counting) as m:
+            model(x)  # recorded (or, when it tells fused LIF kernels to stop tallying spikes a read counts anyway,
+            model(x)  # this one is; the first is then replayed)
+            r0 = m.replayed
+            sync(device)
+            t = time.perf_counter()
             for _ in range(batches):
                 model(x)
-        m.report()
+            sync(device)
+            steady.append((time.perf_counter() - t) / batches)
+            assert m.replayed - r0 == batches, "a forward was not replayed"
 
-    return interleaved([forwards(model, x, batches), forwards(model, x, batches, deferred=True), run_metered],
-                       device, repeats, 1, per=batches)
+    times = interleaved([forwards(model, x, batches), forwards(model, x, batches, deferred=True), run_metered(True),
+                         run_metered(False), run_replayed], device, repeats, 1, per=batches)
+    return times[:4] + (steady[1:],)
 
 
 def main(argv=None):
@@ -202,8 +223,8 @@ def main(argv=None):
         model = model.to(device)
         x = x_cpu.to(device)
         plain, pdef, prof, prof_all = bench(model, x, device, args.repeats, args.warmup, args.counting)
-        mplain, mdef, mmeter = bench_metered(model, x, device, max(3, args.repeats // 5), args.batches,
-                                             args.counting)
+        mplain, mdef, mmeter, mhooked, msteady = bench_metered(model, x, device, max(3, args.repeats // 5),
+                                                               args.batches, args.counting)
         rep = profile(model, x, counting=args.counting)
         key = lambda r: (r.name, r.synops, r.macs, r.acs, r.neuron_updates, r.dense)  # noqa: E731
         # the first layer sees the identical input spikes: its counts must match exactly; deeper layers can
@@ -212,7 +233,7 @@ def main(argv=None):
         same = [key(a) for a in rep.layers] == [key(b) for b in ref.layers] if check else None
         mp, md, mq = statistics.median(plain), statistics.median(pdef), statistics.median(prof)
         ma = statistics.median(prof_all)
-        bp, bd, bq = (statistics.median(t) for t in (mplain, mdef, mmeter))
+        bp, bd, bq, bh, bs = (statistics.median(t) for t in (mplain, mdef, mmeter, mhooked, msteady))
         row = {"model": name, "input": list(shape), "counted_with": rep.counting, "plain_ms": mp * 1e3,
                "plain_deferred_ms": md * 1e3, "profile_ms": mq * 1e3,
                "overhead_pct": (mq / mp - 1) * 100, "overhead_vs_deferred_pct": (mq / md - 1) * 100,
@@ -222,22 +243,25 @@ def main(argv=None):
                "synops": rep.totals()["synops"], "energy_uJ_cmos45nm": rep.totals()["energy_pj"] / 1e6,
                "batches": args.batches, "metered_plain_ms": bp * 1e3, "metered_plain_deferred_ms": bd * 1e3,
                "metered_ms": bq * 1e3, "metered_overhead_pct": (bq / bp - 1) * 100,
-               "metered_overhead_vs_deferred_pct": (bq / bd - 1) * 100}
+               "metered_overhead_vs_deferred_pct": (bq / bd - 1) * 100,
+               "metered_hooked_ms": bh * 1e3, "metered_hooked_overhead_vs_deferred_pct": (bh / bd - 1) * 100,
+               "replayed_ms": bs * 1e3, "replayed_overhead_vs_deferred_pct": (bs / bd - 1) * 100}
         results.append(row)
         print(json.dumps(row), flush=True)
     print(f"\nLIF backend {args.backend}; counting {args.counting}")
     print("| model | input | counted with | plain forward ms (deferred checks) | profile ms | overhead (vs deferred) | "
           "profile ms, rates='all' (vs deferred) | "
           f"{args.batches} batches metered, 1 report: ms a batch (plain; deferred) | overhead (vs deferred) | "
-          "GPU counts = CPU counts |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "the same, replay off (vs deferred) | a replayed forward ms (vs deferred) | GPU counts = CPU counts |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['model']} | {r['input']} | {r['counted_with']} | {r['plain_ms']:.3f} ({r['plain_deferred_ms']:.3f}) "
               f"| {r['profile_ms']:.3f} | {r['overhead_pct']:+.1f}% ({r['overhead_vs_deferred_pct']:+.1f}%) | "
               f"{r['profile_all_rates_ms']:.3f} ({r['overhead_all_rates_vs_deferred_pct']:+.1f}%) | "
               f"{r['metered_ms']:.3f} ({r['metered_plain_ms']:.3f}; {r['metered_plain_deferred_ms']:.3f}) | "
               f"{r['metered_overhead_pct']:+.1f}% ({r['metered_overhead_vs_deferred_pct']:+.1f}%) | "
-              f"{r['counts_equal_cpu']} |")
+              f"{r['metered_hooked_ms']:.3f} ({r['metered_hooked_overhead_vs_deferred_pct']:+.1f}%) | "
+              f"{r['replayed_ms']:.3f} ({r['replayed_overhead_vs_deferred_pct']:+.1f}%) | {r['counts_equal_cpu']} |")
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"env": env, "results": results}, f, indent=2)
