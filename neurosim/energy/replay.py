@@ -19,6 +19,9 @@ fresh block of rows; the calls' counts are the recorded ones, read from each rep
 the report evaluates once over all replays, as it does a CUDA graph's). The counts are those the hooks would give:
 same reads, same rules.
 
+A forward that changes the meter's own decisions (its fused neuron kernels told to stop tallying spikes that a
+fan-weighted read counts anyway) is not kept as the recording: the next forward is recorded instead.
+
 A call that differs from the recording (another branch taken, a new shape, another aliasing of tensors) ends the
 replay of that forward: the calls noted so far are counted by the meter's usual hooks, from the tensors kept, and
 the rest of the forward runs hooked (its signature is then recorded again). A recording is not used when a counted
