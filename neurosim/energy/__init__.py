@@ -9,7 +9,8 @@ MACs (real-valued inputs), other ACs (residual additions, pooling), neuron updat
 energy. Conventions: :mod:`neurosim.energy.counters`; hardware numbers and their sources:
 :mod:`neurosim.energy.hardware`. New layer types: :func:`register_counter`; new neurons: set the class
 attribute ``is_spiking_neuron = True`` (snnTorch, SpikingJelly and Norse neurons are recognised as they are;
-a neuron's child modules that hold parameters, e.g. STC-LIF's circuits, are counted as synapses). Modules no counter knows are listed as "not counted";
+a neuron's child modules that hold parameters, e.g. STC-LIF's circuits, are counted as synapses). Modules no
+counter knows are listed as "not counted";
 ``profile(..., audit=True)`` also lists arithmetic done in plain torch calls outside every counted layer
 (:mod:`neurosim.energy.audit`). Under one :class:`EnergyMeter`, eager forwards after the first of an input
 signature are replayed from a recording of it (same counts, less host work: :mod:`neurosim.energy.replay`).

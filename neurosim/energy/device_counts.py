@@ -1,7 +1,8 @@
 """Exact per-tensor counts kept in one int64 buffer per device, read back once after the forward pass.
 
 Each counted tensor gets a row of :data:`COLS` int64: ``[nonzeros, elements equal to 1, non-finite elements,
-fan-weighted nonzeros, sum of round(x * inv_scale)]`` (the last two when asked for). The row is filled either by the one-read Triton kernel of
+fan-weighted nonzeros, sum of round(x * inv_scale)]`` (the last two when asked for). The row is filled either by the
+one-read Triton kernel of
 :mod:`neurosim.kernels.stats` (CUDA tensors; CPU tensors under Triton's interpreter with
 ``NEUROSIM_TRITON_INTERPRET=1``) or by torch ops giving the same numbers. Nothing here synchronises with the
 host or allocates per tensor (beyond the torch path's temporaries).
@@ -240,10 +241,14 @@ class CountBuffer:
         dev, row = self._row(x.device, -(-slots // COLS))
         self.paths.add("neuron kernel")
         self.tallies.setdefault(dev, {}).setdefault(slots, []).append(row)
-        region = self.bufs[dev][0].view(-1)[row * COLS: row * COLS + slots]
+        region = self.region(dev, row, slots)
         if self.recorder is not None:
             self.recorder.tally(row, slots)
         return TallyStats(self, x.numel(), dev, row, slots), region
+
+    def region(self, dev, row: int, slots: int) -> torch.Tensor:
+        """The ``slots`` int64 elements of the buffer of ``dev`` from row ``row`` on (a tally region, a view)."""
+        return self.bufs[dev][0].view(-1)[row * COLS: row * COLS + slots]
 
     def require(self, st: RowStats):
         """Make a deferred optional row one that will be counted (a count now depends on it)."""
@@ -356,8 +361,7 @@ class CountBuffer:
             return
         from ..kernels import stats as K
 
-        # a view the kernel reads in place (strided loads, no copy), in storage order when there is no fan map
-        flat = x if x.is_contiguous() or K.readable(x, any_order=fan is None) else x.contiguous()
+        flat = kernel_view(x, fan is None)
         fan32 = None if fan is None else _fan_maps(fan)[1]
         if self.recorder is not None:
             self.recorder.read(st.row, x, fan32, st.inv_scale, path)
@@ -410,6 +414,14 @@ class CountBuffer:
         for d, r, col, w in c.terms:
             v += w * host[d][r][col]
         return v
+
+
+def kernel_view(x: torch.Tensor, any_order: bool) -> torch.Tensor:
+    """``x`` as the counting kernel reads it: in place (strided loads, no copy; in storage order when ``any_order``,
+    i.e. there is no fan map), else a contiguous copy."""
+    from ..kernels import stats as K
+
+    return x if x.is_contiguous() or K.readable(x, any_order=any_order) else x.contiguous()
 
 
 def rounded_scaled_sum(x: torch.Tensor, inv_scale: float) -> torch.Tensor:

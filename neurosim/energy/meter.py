@@ -36,9 +36,12 @@ class _Slot:
     neuron: bool = False  # a spiking neuron: its output (spikes) is always counted
     reread: bool = False  # a neuron whose spikes a fan-map counter reads anyway: its kernel is not asked to count them
     first_call: int = -1
+    pre: object = None  # the meter's pre-hook and hook for it (run by its wrapped forward, or for a replay given up)
+    post: object = None
     notes: set = field(default_factory=set)
     # one entry per call: (count or None, stats of the rate-defining input, output stats, all input stats,
-    # weight: 1 for a call run once, or the ReplayHistory of the CUDA graph that captured it)
+    # weight: 1 for a call run once, the ReplayHistory of the CUDA graph that captured it, or the Replays of the
+    # recording it was recorded in: neurosim.energy.replay)
     calls: list = field(default_factory=list)
 
     CHANGED_OUTPUT = "output changed in place before it was counted: its output counts are of the changed values"
@@ -72,8 +75,9 @@ def _first_tensor(obj):
 
 
 class _Wrapped:
-    """A module whose ``forward`` is wrapped (an instance attribute over the class's method); :meth:`remove`
-    restores it."""
+    """``module.forward`` replaced by ``make(module.forward)`` (an instance attribute over the class's method: a
+    module's ``__call__`` takes its forward from the instance; no hooks, whose modules run torch's slower hooked
+    call path, BENCHMARKS.md energy run 12); :meth:`remove` restores it."""
 
     __slots__ = ("module", "forward", "previous")
 
@@ -89,12 +93,6 @@ class _Wrapped:
                 del self.module.forward
             else:
                 self.module.forward = self.previous
-
-
-def _wrap(module: nn.Module, make) -> _Wrapped:
-    """Replace ``module.forward`` by ``make(module.forward)`` (a module's ``__call__`` takes its forward from the
-    instance; no hooks: a module with hooks runs the slower hooked call path, BENCHMARKS.md energy run 12)."""
-    return _Wrapped(module, make)
 
 
 def _tensors(args):
@@ -184,14 +182,11 @@ class EnergyMeter:
         self._audited: dict = {}  # module name -> op -> [calls, elements]: functional arithmetic no counter saw
         self._busy = False  # the meter's own hooks are running (their torch ops are not the model's arithmetic)
         self.replay = bool(replay)
-        self._pres: list = []  # per slot: its pre-hook, hook (the calls a replayer hands back when it gives up)
-        self._posts: list = []
         self._templates: dict = {}  # input signature -> replay.Template, or why the recording cannot be replayed
         self._replaying = None  # the Replayer of the forward running, if replayed
         self._recording = None  # the Recorder of the forward running, if recorded
         self._forward = False  # the model's own forward is running (nested calls of it are not new forwards)
         self.replayed = 0  # forwards replayed (not hooked)
-        self._rereads = 0  # neuron layers told to leave their spikes to a read (a recording made before is stale)
 
     # ----------------------------------------------------------------------------------------- hooking
     def _walk(self, module: nn.Module, name: str):
@@ -222,9 +217,8 @@ class EnergyMeter:
         pre, post = self._make_pre_hook(slot), self._make_hook(slot)
         if self.audit:
             pre, post = self._quiet(pre), self._quiet(post)
-        self._pres.append(pre)
-        self._posts.append(post)
-        self._handles.append(_wrap(module, self._wrapper(module, idx, slot, pre, post)))
+        slot.pre, slot.post = pre, post
+        self._handles.append(_Wrapped(module, self._wrapper(module, idx, slot, pre, post)))
 
     def _wrapper(self, module, idx, slot, pre, post):
         """``forward`` of a counted module: the pre-hook, the module's forward, the hook; while a forward is
@@ -266,8 +260,8 @@ class EnergyMeter:
     def _root(self, call):
         """``forward`` of the model itself: a recorded or replayed forward when replay is on."""
         def forward(*args, **kwargs):
-            if (self._forward or not self.replay or self.audit or self._acc is not None or self._weight != 1
-                    or self._counts.batching):
+            # (batching: a CUDA graph's warm-ups and capture, neurosim.energy.graph, which meter with the hooks)
+            if self._forward or not self.replay or self.audit or self._counts.batching:
                 return call(*args, **kwargs)
             try:
                 key = (signature(args), signature(kwargs), torch.is_grad_enabled())
@@ -293,14 +287,14 @@ class EnergyMeter:
         self._cache.clear()  # every row this forward's counts use is then made in it
         marks = [len(s.calls) for s in self._slots]
         changes = sum(s.changes() for s in self._slots)
-        rereads = self._rereads
+        rereads = sum(s.reread for s in self._slots)
         rec = self._recording = counts.recorder = Recorder(counts)
         try:
             out = call(*args, **kwargs)
             counts.flush()
         finally:
             self._recording = counts.recorder = None
-        if self._rereads != rereads:
+        if sum(s.reread for s in self._slots) != rereads:
             return out  # a neuron's kernel stopped counting its spikes: record the next forward instead
         made = rec.finish(self._slots, marks)
         if not isinstance(made, str) and sum(s.changes() for s in self._slots) != changes:
@@ -341,10 +335,11 @@ class EnergyMeter:
             s.notes.add(CHANGED_LATE)
         self._running.clear()  # (the pre-hooks of the calls still running push them again)
         for idx, args, kwargs, out in rp.events:
+            s = self._slots[idx]
             if out is OPEN:
-                self._pres[idx](self._slots[idx].module, args)
+                s.pre(s.module, args)
             else:
-                self._posts[idx](self._slots[idx].module, args, kwargs, out)
+                s.post(s.module, args, kwargs, out)
 
     def _quiet(self, hook):
         """``hook`` with ``_busy`` set while it runs (the audit ignores the torch operations it makes)."""
@@ -361,7 +356,7 @@ class EnergyMeter:
         if self._handles:
             raise RuntimeError("EnergyMeter is already active")
         self._walk(self.model, "")
-        self._handles.append(_wrap(self.model, self._root))
+        self._handles.append(_Wrapped(self.model, self._root))
         self._collecting = spike_tally.collecting(self)
         self._collecting.__enter__()
         if self.defer_checks:
@@ -466,9 +461,7 @@ class EnergyMeter:
         elif type(st) is TallyStats:
             # spikes a neuron kernel counted, which a fan-weighted count reads again: from the next forward on,
             # that read alone counts them (the kernel's tally would cost time for nothing)
-            if not st.producer.reread:
-                st.producer.reread = True
-                self._rereads += 1
+            st.producer.reread = True
         return st, self._counts.fan_count(st, x, fan)
 
     def _defer(self, x: torch.Tensor, slot: _Slot, optional: bool = False) -> RowStats:

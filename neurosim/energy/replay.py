@@ -27,7 +27,7 @@ replay of that forward: the calls noted so far are counted by the meter's usual 
 the rest of the forward runs hooked (its signature is then recorded again). A recording is not used when a counted
 tensor is not one of the calls' inputs or outputs (or a view of one), when a counter computed a count tensor itself,
 when rows of another forward are referenced, when a tensor was changed in place after it was noted, or when the
-tensors noted in one forward would hold more than :data:`MAX_BYTES` (:func:`max_bytes`): a replayed forward keeps
+tensors noted in one forward would hold more than :func:`max_bytes`: a replayed forward keeps
 every noted tensor until it ends (its reads run then), so its peak memory is that of a forward that keeps its
 activations (as training does). ``EnergyMeter(replay=False)`` meters every forward with the hooks.
 """
@@ -36,7 +36,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .device_counts import DeviceCount, RowStats, _count_torch
+from .device_counts import DeviceCount, RowStats, _count_torch, kernel_view
 from . import counters as C
 
 _PLAIN = (int, float, bool, str, type(None))
@@ -85,8 +85,8 @@ class _Forward:
         self.stash: list = []  # every tensor described, in order (kept alive until the forward ends)
         self.versions: list = []  # each one's _version when described
         self.owner: list = []  # index of the step that described it
-        self._classes: dict = {}  # storage address -> (class number, version first seen)
-        self.first: dict = {}  # storage address -> position in stash of the first tensor on it
+        # storage address -> (class number, version first seen, position in stash of the first tensor on it)
+        self._storages: dict = {}
         self._seen: dict = {}  # id(tensor) -> (its version, descriptor): one passed on from call to call (kept alive)
         self.bytes = 0  # storage kept alive
         self.device = None
@@ -99,10 +99,9 @@ class _Forward:
             s = v.untyped_storage()
             p = s.data_ptr()
             ver = v._version
-            c = self._classes.get(p)
+            c = self._storages.get(p)
             if c is None:
-                c = self._classes[p] = (len(self._classes), ver)
-                self.first[p] = len(self.stash)
+                c = self._storages[p] = (len(self._storages), ver, len(self.stash))
                 n = s.nbytes()
                 self.bytes += n
                 head = (c[0], n)
@@ -163,10 +162,11 @@ class Recorder(_Forward):
 
     def read(self, row: int, x: torch.Tensor, fan, inv_scale, path: str):
         """The count buffer reads ``x`` into ``row`` (``fan``: the int32 or int64 map it passes on, or None)."""
-        pos = self.first.get(x.untyped_storage().data_ptr())
-        if pos is None:
+        c = self._storages.get(x.untyped_storage().data_ptr())
+        if c is None:
             self.problem = "a counted tensor is not a wrapped module's input or output (nor a view of one)"
             return
+        pos = c[2]
         src = self.stash[pos]
         view = None
         if (x.storage_offset(), x.shape, x.stride(), x.dtype) != (src.storage_offset(), src.shape, src.stride(),
@@ -200,8 +200,6 @@ class Recorder(_Forward):
         calls = []
         for i, (s, n0) in enumerate(zip(slots, marks)):
             for call in s.calls[n0:]:
-                if call[4] != 1:
-                    return "a call recorded with a weight (a CUDA graph)"
                 rows = []
                 if not all(_rows(v, rows) for v in _call_values(call)):
                     return f"layer {s.name!r}: its counter computed a count tensor itself"
@@ -214,12 +212,14 @@ class Recorder(_Forward):
 
 
 def _call_values(call):
+    from .meter import _TENSOR_FIELDS
+
     cnt, sin, sout, ins, _ = call
     yield sin
     yield sout
     yield from ins
     if cnt is not None:
-        for f in ("macs", "synops", "acs", "spike_count", "info", "spike_input", "spike_input2"):
+        for f in _TENSOR_FIELDS:
             yield getattr(cnt, f)
 
 
@@ -283,17 +283,15 @@ class Replayer(_Forward):
             return None
         off, slots = self.t.tallies[self.n_tally]
         self.n_tally += 1
-        r = self.base + off
-        from .device_counts import COLS
-
-        return self.counts.bufs[self.t.device][0].view(-1)[r * COLS: r * COLS + slots]
+        return self.counts.region(self.t.device, self.base + off, slots)
 
     def complete(self) -> bool:
         return self.ok and self.k == len(self.t.steps) and self.n_tally == len(self.t.tallies)
 
     def finish(self, slots) -> list:
-        """Run the recorded reads on this forward's tensors and add the recorded calls (shifted to this forward's
-        rows) to ``slots``; returns the slots whose read tensors changed in place while the forward ran."""
+        """Run the recorded reads on this forward's tensors into its block of rows, and count the block as one more
+        replay of the recorded calls (added to ``slots`` at the first replay); returns the slots whose read tensors
+        changed in place while the forward ran."""
         t, counts = self.t, self.counts
         buf = counts.bufs[t.device][0]
         kernel: list = []
@@ -311,7 +309,7 @@ class Replayer(_Forward):
 
             for i in range(0, len(kernel), K.MAX_BATCH):
                 part = kernel[i:i + K.MAX_BATCH]
-                K.launch_many([_readable(e[0], e[3] is None, K) for e in part], buf, [e[1] for e in part],
+                K.launch_many([kernel_view(e[0], e[3] is None) for e in part], buf, [e[1] for e in part],
                               [e[2] for e in part], [e[3] for e in part], interpret=part[0][4])
         if not t.replays.n:  # the first replay: the recorded calls join the slots, weighted by the replays
             for i, call in t.calls:
@@ -339,7 +337,3 @@ class Replayer(_Forward):
 
 
 OPEN = object()  # an event's output while the call runs
-
-
-def _readable(x, any_order, K):
-    return x if x.is_contiguous() or K.readable(x, any_order=any_order) else x.contiguous()
