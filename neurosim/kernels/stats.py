@@ -293,25 +293,40 @@ def launch_many(xs: list, out: torch.Tensor, rows: list, inv_scales: list, fans:
     ``fans[j]``; ``fans`` None: no fan maps), for up to :data:`MAX_BATCH` tensors on ``out``'s device, in one
     launch. Its tuple arguments cost the host more than :func:`launch`'s plain ones (about 115 us for 8 tensors
     against 26 us for one on the H200's host, BENCHMARKS.md energy run 10): it pays off in a CUDA graph, where
-    the host launches nothing."""
+    the host launches nothing, and where the same reads repeat (:func:`plan_many` once, :func:`launch_plan` each
+    time)."""
+    plan = plan_many(xs, out, rows, inv_scales, fans)
+    if plan is not None:
+        launch_plan(plan, xs, out, interpret)
+
+
+class Plan(tuple):
+    """A :func:`launch_many` call's arguments but the tensors themselves (:func:`plan_many`)."""
+
+
+def plan_many(xs: list, out: torch.Tensor, rows: list, inv_scales: list, fans: list | None = None) -> Plan | None:
+    """The arguments of :func:`launch_many` for tensors laid out as ``xs`` (shape, strides, dtype, device), to be
+    launched by :func:`launch_plan` on any tensors of those layouts, into any buffer shaped like ``out``; None
+    when every tensor is empty."""
     fans = [None] * len(xs) if fans is None else fans
     if not 0 < len(xs) <= MAX_BATCH or not len(xs) == len(rows) == len(inv_scales) == len(fans):
         raise ValueError(f"xs, rows, inv_scales and fans must have the same length, 1 to {MAX_BATCH}; got "
                          f"{len(xs)}, {len(rows)}, {len(inv_scales)}, {len(fans)}")
     _check_out(out, max(rows))
-    ptrs, fan_ptrs, ns, cs, starts, row_ids, scales, dims = [], [], [], [], [], [], [], []
+    which, as_bytes, fan_ptrs, ns, cs, starts, row_ids, scales, dims = [], [], [], [], [], [], [], [], []
     bits = [0, 0, 0, 0]  # FLOATS, SUMS, FANS (2 bits a tensor), NDIMS (3 bits a tensor)
     blocks, idx64 = 0, False
-    for x, row, inv, fan in zip(xs, rows, inv_scales, fans):
+    for i, (x, row, inv, fan) in enumerate(zip(xs, rows, inv_scales, fans)):
         n = x.numel()
         if n == 0:
             continue
-        x, flags, scale, fan, c, d, wide = _prepare(x, out, fan, inv)
-        j = len(ptrs)
+        _, flags, scale, fan, c, d, wide = _prepare(x, out, fan, inv)
+        j = len(which)
         bits = [b | (int(f) << (w * j)) for w, b, f in zip((1, 1, 2, 3), bits, flags)]
         idx64 |= wide
-        ptrs.append(x)
-        fan_ptrs.append(fan if fan is not None else out)
+        which.append(i)
+        as_bytes.append(x.dtype == torch.bool)
+        fan_ptrs.append(fan)
         ns.append(n)
         cs.append(c)
         starts.append(blocks)
@@ -320,10 +335,17 @@ def launch_many(xs: list, out: torch.Tensor, rows: list, inv_scales: list, fans:
         dims += d
         blocks += triton.cdiv(n, BLOCK)
     if not blocks:
-        return
+        return None
     floats, sums, has_fan, ndims = bits
-    kernels(interpret)[1][(_programs(out.device, blocks),)](
-        tuple(ptrs), tuple(fan_ptrs), tuple(ns), tuple(cs), tuple(starts), tuple(row_ids), tuple(scales),
-        tuple(dims), out, blocks,
-        FLOATS=floats, SUMS=sums, FANS=has_fan, NDIMS=ndims, IDX64=idx64, BLOCK=BLOCK, NCOLS=COLS, num_warps=8,
-    )
+    return Plan((tuple(which), tuple(as_bytes), tuple(fan_ptrs), (tuple(ns), tuple(cs), tuple(starts),
+                 tuple(row_ids), tuple(scales), tuple(dims)), blocks, _programs(out.device, blocks),
+                 dict(FLOATS=floats, SUMS=sums, FANS=has_fan, NDIMS=ndims, IDX64=idx64, BLOCK=BLOCK, NCOLS=COLS,
+                      num_warps=8)))
+
+
+def launch_plan(plan: Plan, xs: list, out: torch.Tensor, interpret: bool = False):
+    """Launch ``plan`` (:func:`plan_many`) on ``xs``, laid out as the tensors it was made for, into ``out``."""
+    which, as_bytes, fan_ptrs, ints, blocks, grid, consts = plan
+    ptrs = tuple(xs[i].view(torch.uint8) if b else xs[i] for i, b in zip(which, as_bytes))
+    kernels(interpret)[1][(grid,)](ptrs, tuple(out if f is None else f for f in fan_ptrs), *ints, out, blocks,
+                                   **consts)
