@@ -189,6 +189,11 @@ def test_batched_reads_give_the_same_counts(interpreter_results):
     check_batched_counts(interpreter_results["batched"], interpreter_results["counts"])
 
 
+def test_replayed_forwards_run_their_planned_reads(interpreter_results):
+    """Replayed forwards of fused-neuron models, counted by the kernel (the interpreter here): the hooks' report."""
+    check_replayed_counts(interpreter_results["replayed"])
+
+
 def test_torch_path_gives_the_kernel_numbers(interpreter_results):
     counts, paths = buffer_counts("torch")
     assert paths == ["torch"]
@@ -526,6 +531,34 @@ def fused_kernel_counts(device="cpu"):
     return out
 
 
+def replayed_counts(device="cpu"):
+    """In the interpreter: reports of fused-neuron models over four forwards (new spikes each) under a meter that
+    replays them (the recording's reads run from their plans, the LIF kernels tally into the replay's block) and
+    under one that hooks every forward, with the number of forwards replayed."""
+    out = {}
+    for name, (model, x) in fused_models(device).items():
+        g = torch.Generator().manual_seed(11)
+        xs = [(torch.rand(x.shape, generator=g) < 0.3).float().to(device) for _ in range(4)]
+        for replay in (True, False):
+            with torch.no_grad(), EnergyMeter(model, counting="kernel", replay=replay) as meter:
+                for xi in xs:
+                    model(xi)
+            out[f"{name}_{replay}"] = {"report": json.loads(meter.report().to_json()), "replayed": meter.replayed,
+                                       "counting": meter.report().counting.replace("interpreter", "kernel")}
+    return out
+
+
+def check_replayed_counts(got):
+    for name in ("conv", "spikformer"):
+        replayed, hooked = got[f"{name}_True"], got[f"{name}_False"]
+        # the conv net's first forward stops its LIF tallies (fan-weighted reads count those spikes): the second
+        # is recorded, the last two replayed
+        assert replayed["replayed"] == (2 if name == "conv" else 3) and hooked["replayed"] == 0, name
+        assert replayed["counting"] == hooked["counting"] == "kernel+neuron kernel", name
+        assert replayed["report"] == hooked["report"], name
+        assert replayed["report"]["totals"]["synops"] > 0, name
+
+
 class LateInPlace(nn.Module):
     """A LIF's spikes read by fc1, then zeroed in place (outside any module) before fc2 reads them: a read that
     waits in a batch past the change would count the zeros for the LIF and fc1 too."""
@@ -631,4 +664,5 @@ if __name__ == "__main__" and len(sys.argv) > 2 and sys.argv[1] == "--interprete
     net.load_state_dict(saved["state"])
     rep = profile(net.eval(), saved["x"], counting="kernel")
     print(json.dumps({"counts": counts, "counts64": counts64, "paths": paths, "report": json.loads(rep.to_json()),
-                      "counting": rep.counting, "fused": fused_kernel_counts(), "batched": batched_counts()}))
+                      "counting": rep.counting, "fused": fused_kernel_counts(), "batched": batched_counts(),
+                      "replayed": replayed_counts()}))

@@ -110,25 +110,29 @@ def test_replayed_fused_forwards_gpu(case):
 
 
 class Branchy(nn.Module):
-    """A forward whose calls depend on Python state: ``skip`` leaves out the middle layer, ``tail`` the last."""
+    """A forward whose calls depend on Python state: ``skip`` leaves out the middle layer, ``tail`` the last,
+    ``narrow`` gives the middle layer a part of the batch only (the same calls, another shape)."""
 
     def __init__(self):
         super().__init__()
         self.fc1, self.lif1, self.fc2, self.lif2, self.fc3 = (nn.Linear(8, 8), lif(), nn.Linear(8, 8), lif(),
                                                               nn.Linear(8, 3))
-        self.skip, self.tail = False, True
+        self.skip, self.tail, self.narrow = False, True, False
 
     def forward(self, x):
         y = self.lif1(self.fc1(x))
+        if self.narrow:
+            y = y[:, :2]
         if not self.skip:
             y = self.lif2(self.fc2(y))
         return self.fc3(y) if self.tail else y
 
 
-@pytest.mark.parametrize("change", ["skip", "tail"])
+@pytest.mark.parametrize("change", ["skip", "tail", "narrow"])
 def test_a_forward_that_differs_from_the_recording_is_counted_by_the_hooks(change):
-    """Another branch mid-forward (``skip``) or fewer calls at the end (``tail``): the calls matched so far go to
-    the hooks, the rest run hooked, and the report equals the all-hooked one."""
+    """Another branch mid-forward (``skip``), fewer calls at the end (``tail``) or the same calls with another
+    shape mid-forward (``narrow``): the calls matched so far go to the hooks, the rest run hooked, and the report
+    equals the all-hooked one."""
     torch.manual_seed(0)
     model = Branchy()
     xs = spikes((2, 3, 8), 5)
@@ -137,7 +141,7 @@ def test_a_forward_that_differs_from_the_recording_is_counted_by_the_hooks(chang
     def run(replay):
         with torch.no_grad(), EnergyMeter(model, replay=replay) as meter:
             for x, differ in zip(xs, plan):
-                setattr(model, change, differ if change == "skip" else not differ)
+                setattr(model, change, not differ if change == "tail" else differ)
                 model(x)
             replayed = meter.replayed
         return json.loads(meter.report().to_json()), replayed
@@ -146,7 +150,8 @@ def test_a_forward_that_differs_from_the_recording_is_counted_by_the_hooks(chang
     hooked, _ = run(False)
     assert replayed == hooked
     assert n == 2  # forwards 2 and 5 (the 4th records again after the 3rd gave up)
-    assert {r["name"]: r["calls"] for r in replayed["layers"]}["fc2" if change == "skip" else "fc3"] == 4
+    calls = {r["name"]: r["calls"] for r in replayed["layers"]}
+    assert calls["fc3"] == (4 if change == "tail" else 5) and calls["fc2"] == (4 if change == "skip" else 5)
 
 
 class LateInPlace(nn.Module):

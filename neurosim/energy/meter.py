@@ -249,7 +249,7 @@ class EnergyMeter:
                 pre(module, args)
                 out = call(*args, **kwargs)
                 if rec is not None:
-                    rec.exit(idx, out)
+                    rec.exit(idx, args, kwargs, out)
                 post(module, args, kwargs, out)
                 return out
 

@@ -7,23 +7,27 @@ read, with which fan-out maps, into which count rows, and how the rows combine i
 
 So under one :class:`~neurosim.energy.EnergyMeter` (one ``with`` block), the first forward of each input signature
 (the structure, shapes, dtypes and devices of the model's inputs, and whether autograd is on) is metered as usual
-and *recorded* (:class:`Recorder`): every module call the meter wraps (the module, and for each tensor it is given
-or returns: shape, strides, storage offset, dtype, device, which earlier tensor's storage it shares, in-place
-changes since that storage was first seen; non-tensor arguments by value (numbers, strings, None) or by type),
-every counting read (which call's tensor, as which view, into which row, with which fan map and scale), every spike
-tally row handed to a fused neuron kernel, and the calls' counts (linear forms over the rows). Each later forward
-with the same signature is *replayed* (:class:`Replayer`): the wrapped modules only note their tensors (no counter,
-no cache, no launch), each call is checked against the recording as it happens, and when the forward ends every
-recorded read runs on the new tensors, up to :data:`~neurosim.kernels.stats.MAX_BATCH` tensors a launch, into a
-fresh block of rows; the calls' counts are the recorded ones, read from each replay's block (:class:`Replays`, which
-the report evaluates once over all replays, as it does a CUDA graph's). The counts are those the hooks would give:
-same reads, same rules.
+and *recorded* (:class:`Recorder`): the sequence of module calls the meter wraps, with the shape and dtype of each
+tensor a call is given or returns (non-tensor arguments by value: numbers, strings, None; others by type); every
+counting read (which call's tensor, as which view of its storage, into which row, with which fan map and scale);
+every spike tally row handed to a fused neuron kernel; and the calls' counts (linear forms over the rows). Every
+tensor on the storage of a read tensor is *watched*: its strides, storage offset and device, which storage it shares,
+and the in-place changes of that storage.
+
+Each later forward with the same signature is *replayed* (:class:`Replayer`): the wrapped modules only note their
+calls (no counter, no cache, no launch), each call is checked against the recording as it happens (module, shapes
+and dtypes, and the watched tensors' layout, aliasing and in-place changes), and when the forward ends every recorded
+read runs on the new tensors, :data:`~neurosim.kernels.stats.MAX_BATCH` tensors a launch with their launch arguments
+made once (:func:`~neurosim.kernels.stats.plan_many`), into the recording's own zeroed block of rows (where the fused
+neuron kernels also tallied their spikes), which is then copied to new rows of the count buffer. The calls' counts are
+the recorded ones, read from each replay's rows (:class:`Replays`, which the report evaluates once over all replays,
+as it does a CUDA graph's). The counts are those the hooks would give: same reads, same rules.
 
 A forward that changes the meter's own decisions (its fused neuron kernels told to stop tallying spikes that a
 fan-weighted read counts anyway) is not kept as the recording: the next forward is recorded instead.
 
-A call that differs from the recording (another branch taken, a new shape, another aliasing of tensors) ends the
-replay of that forward: the calls noted so far are counted by the meter's usual hooks, from the tensors kept, and
+A call that differs from the recording (another branch taken, a new shape, another aliasing or an in-place change of
+a watched tensor) ends the replay of that forward: the calls noted so far are counted by the meter's usual hooks, from the tensors kept, and
 the rest of the forward runs hooked (its signature is then recorded again). A recording is not used when a counted
 tensor is not one of the calls' inputs or outputs (or a view of one), when a counter computed a count tensor itself,
 when rows of another forward are referenced, when a tensor was changed in place after it was noted, or when the
@@ -36,7 +40,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .device_counts import DeviceCount, RowStats, _count_torch, kernel_view
+from .device_counts import COLS, DeviceCount, RowStats, _count_torch, kernel_view
 from . import counters as C
 
 _PLAIN = (int, float, bool, str, type(None))
@@ -77,105 +81,179 @@ class Replays:
         return self._arrays
 
 
-class _Forward:
-    """The module calls of one forward as the meter's wrappers see them: descriptors, and the tensors kept."""
+def _sig(vals) -> list:
+    """What a replayed call is checked against: shape and dtype of each tensor, other values as they are (numbers,
+    strings, None) or by type."""
+    return [(v.shape, v.dtype) if isinstance(v, torch.Tensor) else (v if type(v) in _PLAIN else type(v))
+            for v in vals]
 
-    def __init__(self):
-        self.steps: list = []  # one descriptor a call's entry and one a call's exit, in order
-        self.stash: list = []  # every tensor described, in order (kept alive until the forward ends)
-        self.versions: list = []  # each one's _version when described
-        self.owner: list = []  # index of the step that described it
-        # storage address -> (class number, version first seen, position in stash of the first tensor on it)
-        self._storages: dict = {}
-        self._seen: dict = {}  # id(tensor) -> (its version, descriptor): one passed on from call to call (kept alive)
-        self.bytes = 0  # storage kept alive
-        self.device = None
 
-    def _desc(self, v):
-        if torch.is_tensor(v):
-            seen = self._seen.get(id(v))
-            if seen is not None and seen[0] == v._version:
-                return seen[1]  # described before, unchanged since
-            s = v.untyped_storage()
-            p = s.data_ptr()
-            ver = v._version
-            c = self._storages.get(p)
-            if c is None:
-                c = self._storages[p] = (len(self._storages), ver, len(self.stash))
-                n = s.nbytes()
-                self.bytes += n
-                head = (c[0], n)
-                if self.device is None:
-                    self.device = v.device
-            else:
-                head = c[0]
-            self.stash.append(v)
-            self.versions.append(ver)
-            self.owner.append(len(self.steps))
-            d = head, v.storage_offset(), v.shape, v.stride(), v.dtype, v.device, ver - c[1]
-            self._seen[id(v)] = (ver, d)
-            return d
-        return v if type(v) in _PLAIN else type(v)
+def _flat(out) -> tuple:
+    """A call's output as the values a position indexes (a tuple or list: its items; a dict: its values)."""
+    if isinstance(out, (tuple, list)):
+        return tuple(out)
+    if isinstance(out, dict):
+        return tuple(out.values())
+    return (out,)
 
-    def _outs(self, out):
-        if isinstance(out, (tuple, list)):
-            return tuple(self._desc(o) for o in out)
-        if isinstance(out, dict):
-            return tuple((k, self._desc(o)) for k, o in out.items())
-        return self._desc(out)
 
-    def entry(self, idx: int, args: tuple, kwargs: dict) -> tuple:
-        d = (idx, tuple(self._desc(a) for a in args), tuple((k, self._desc(v)) for k, v in kwargs.items()))
-        self.steps.append(d)
-        return d
+def _entry_sig(args: tuple, kwargs: dict):
+    return _sig(args) if not kwargs else (_sig(args), tuple(kwargs), _sig(kwargs.values()))
 
-    def exit(self, idx: int, out) -> tuple:
-        d = (idx, self._outs(out))
-        self.steps.append(d)
-        return d
 
-    def changed(self, positions) -> list:
-        """Of stash ``positions``, those whose tensor changed in place since it was described."""
-        return [p for p in positions if self.stash[p]._version != self.versions[p]]
+def _exit_sig(out):
+    if isinstance(out, torch.Tensor):
+        return (out.shape, out.dtype)
+    if isinstance(out, dict):
+        return (dict, tuple(out), _sig(out.values()))
+    if isinstance(out, (tuple, list)):
+        return (type(out), _sig(out))
+    return out if type(out) in _PLAIN else type(out)
+
+
+def _values(event) -> tuple:
+    """The values of a call's entry (its arguments) or exit (its output) that positions ``(step, j)`` index."""
+    _, args, kwargs, out = event
+    if out is OPEN:
+        return args if not kwargs else args + tuple(kwargs.values())
+    return _flat(out)
+
+
+def _layout(v: torch.Tensor) -> tuple:
+    return v.storage_offset(), v.shape, v.stride(), v.dtype, v.device
 
 
 class Template:
-    """What one recorded forward did: :class:`Recorder` makes it, :class:`Replayer` follows it."""
+    """What one recorded forward did, as a replay checks and repeats it: :class:`Recorder` makes it,
+    :class:`Replayer` follows it.
 
-    def __init__(self, steps, reads, tallies, calls, device, base, nrows, paths, counts):
-        self.steps, self.reads, self.tallies, self.calls = steps, reads, tallies, calls
+    ``steps[k]`` is what a replay checks at step ``k``: ``(code, single, expected, watch)``. ``code`` is the
+    module's index at a call's entry, ``-1 - idx`` at its exit (a last step, code None, matches no call).
+    ``single``: the step's one value is a tensor (one positional tensor given, or a tensor returned) and
+    ``expected`` its (shape, dtype); otherwise ``expected`` is the step's :func:`_entry_sig` / :func:`_exit_sig`.
+    Only the tensors the reads use are checked further: ``watch`` (None, or a tuple of ``(j, group, layout)`` or
+    ``(j, group, layout, delta, same)`` for values ``j``) holds the layout of every value on the storage of a read
+    tensor (``group`` numbers the storage); after the group's first value (the anchor, a 3-tuple), how many in-place
+    changes the storage had since, and whether it was the anchor itself (then only those changes are checked).
+    ``reads``: ``(k, j, view, row, fan, inv_scale, path)``, the tensor at position ``(k, j)``, or ``view`` (size,
+    stride, offset) of its storage, read into ``row`` of the block."""
+
+    def __init__(self, codes, sigs, watch, groups, reads, tallies, calls, device, base, nrows, paths, counts):
+        self.steps = [_step(c, sig, w) for c, sig, w in zip(codes, sigs, watch)] + [(None, False, None, None)]
+        self.groups, self.reads, self.tallies, self.calls = groups, reads, tallies, calls
         self.device, self.base, self.nrows, self.paths = device, base, nrows, paths
         self.replays = Replays(counts, device, base, nrows)  # the weight of its calls once replayed
+        self.scratch = self.regions = self.torch_reads = self.batches = None
+        self.dirty = False  # a replay started and did not finish (its block holds tallies)
+
+    def plan(self, events: list):
+        """What a replay's end runs, made once from the recorded forward's ``events``: a zeroed block of rows that
+        each replay fills (its tally regions handed to the neuron kernels, its counting reads) and then copies into
+        the count buffer; the reads, 8 tensors a launch with their arguments ready (:func:`~neurosim.kernels.stats.
+        plan_many`), or counted with torch ops."""
+        self.scratch = torch.zeros(self.nrows, COLS, dtype=torch.int64, device=self.device)
+        flat = self.scratch.view(-1)
+        self.regions = [flat[off * COLS: off * COLS + n] for off, n in self.tallies]
+        self.torch_reads, kernel, self.batches = [], [], []
+        for k, j, view, off, fan, inv, path in self.reads:
+            if path == "torch":
+                self.torch_reads.append(((k, j, view, False), off, fan, inv))
+            else:
+                kernel.append((k, j, view, off, fan, inv, path == "interpreter"))
+        if not kernel:
+            return
+        from ..kernels import stats as K
+
+        for i in range(0, len(kernel), K.MAX_BATCH):
+            part, where, xs = kernel[i:i + K.MAX_BATCH], [], []
+            for k, j, view, _, fan, _, _ in part:
+                x = _resolve(events, (k, j, view, False))
+                read = kernel_view(x, fan is None)  # (as the count buffer reads it: in place, or a copy)
+                where.append((k, j, view, read is not x))
+                xs.append(read)
+            plan = K.plan_many(xs, self.scratch, [e[3] for e in part], [e[5] for e in part], [e[4] for e in part])
+            self.batches.append((where, plan, part[0][6]))
 
 
-class Recorder(_Forward):
+
+def _step(code: int, sig, watch) -> tuple:
+    """A :class:`Template` step."""
+    if code >= 0 and type(sig) is list and len(sig) == 1 and type(sig[0]) is tuple:
+        return code, True, sig[0], watch
+    single = code < 0 and type(sig) is tuple and len(sig) == 2 and isinstance(sig[0], torch.Size)
+    return code, single, sig, watch
+
+
+def _resolve(events: list, where: tuple) -> torch.Tensor:
+    """The tensor a read takes: value ``j`` of step ``k``, as the view ``view`` of its storage, copied when
+    ``copy`` (a view the counting kernel cannot read in place)."""
+    k, j, view, copy = where
+    x = _values(events[k])[j]
+    if view is not None:
+        x = x.as_strided(*view)
+    return x.contiguous() if copy else x
+
+
+class Recorder:
     """A hooked forward that notes what it does (see the module docstring); :meth:`finish` gives the
     :class:`Template`, or the reason there is none."""
 
     def __init__(self, counts):
-        super().__init__()
         self.counts = counts
-        self.reads: list = []  # (stash position, view or None, row, fan map, inv_scale, path)
+        self.codes: list = []
+        self.sigs: list = []
+        self.events: list = []  # (idx, args, kwargs, output or OPEN) a step
+        self.noted: list = []  # (tensor, its _version) of each position, in order
+        self.positions: list = []  # ((k, j), storage address, version of the storage's first value then)
+        self._storages: dict = {}  # storage address -> (first position, its version, bytes)
+        self.reads: list = []  # (position, view or None, row, fan map, inv_scale, storage address, path)
         self.tallies: list = []  # (row, slots)
         self.problem = ""
+        self.device = None
         self.used0 = {dev: used for dev, (_, used) in counts.bufs.items()}
+
+    def _note(self, k: int, vals: tuple):
+        for j, v in enumerate(vals):
+            if isinstance(v, torch.Tensor):
+                st = v.untyped_storage()
+                p, ver = st.data_ptr(), v._version
+                first = self._storages.get(p)
+                if first is None:
+                    first = self._storages[p] = ((k, j), ver, st.nbytes())
+                    if self.device is None:
+                        self.device = v.device
+                self.noted.append((v, ver))
+                self.positions.append(((k, j), p, first[1]))
+
+    def entry(self, idx: int, args: tuple, kwargs: dict):
+        event = (idx, args, kwargs, OPEN)
+        self._step(idx, _entry_sig(args, kwargs), event)
+
+    def exit(self, idx: int, args: tuple, kwargs: dict, out):
+        event = (idx, args, kwargs, out)
+        self._step(-1 - idx, _exit_sig(out), event)
+
+    def _step(self, code, sig, event):
+        self._note(len(self.codes), _values(event))
+        self.codes.append(code)
+        self.sigs.append(sig)
+        self.events.append(event)
 
     def read(self, row: int, x: torch.Tensor, fan, inv_scale, path: str):
         """The count buffer reads ``x`` into ``row`` (``fan``: the int32 or int64 map it passes on, or None)."""
-        c = self._storages.get(x.untyped_storage().data_ptr())
-        if c is None:
+        first = self._storages.get(x.untyped_storage().data_ptr())
+        if first is None:
             self.problem = "a counted tensor is not a wrapped module's input or output (nor a view of one)"
             return
-        pos = c[2]
-        src = self.stash[pos]
+        (k, j) = first[0]
+        src = _values(self.events[k])[j]
         view = None
-        if (x.storage_offset(), x.shape, x.stride(), x.dtype) != (src.storage_offset(), src.shape, src.stride(),
-                                                                  src.dtype):
+        if _layout(x)[:4] != _layout(src)[:4]:
             if x.dtype != src.dtype:
                 self.problem = "a counted tensor is a reinterpretation of another dtype"
                 return
             view = (tuple(x.shape), tuple(x.stride()), x.storage_offset())
-        self.reads.append((pos, view, row, fan, inv_scale, path))
+        self.reads.append((first[0], view, row, fan, inv_scale, x.untyped_storage().data_ptr(), path))
 
     def tally(self, row: int, slots: int):
         self.tallies.append((row, slots))
@@ -193,10 +271,11 @@ class Recorder(_Forward):
             return "nothing counted"
         dev, nrows = grown[0]
         base = self.used0.get(dev, 0)
-        if self.changed(range(len(self.stash))):
+        if any(v._version != ver for v, ver in self.noted):
             return "a tensor was changed in place after a module returned or received it"
-        if self.bytes > max_bytes(self.device):
-            return f"the forward's tensors take {self.bytes} bytes, more than a replay keeps ({max_bytes(self.device)})"
+        size = sum(n for _, _, n in self._storages.values())
+        if size > max_bytes(self.device):
+            return f"the forward's tensors take {size} bytes, more than a replay keeps ({max_bytes(self.device)})"
         calls = []
         for i, (s, n0) in enumerate(zip(slots, marks)):
             for call in s.calls[n0:]:
@@ -206,9 +285,27 @@ class Recorder(_Forward):
                 if any(d != dev or not base <= r < base + nrows for d, r in rows):
                     return f"layer {s.name!r}: its counts use rows of an earlier forward"
                 calls.append((i, call[:4]))
-        reads = [(pos, view, row - base, fan, inv, path) for pos, view, row, fan, inv, path in self.reads]
+        # every value on the storage of a read tensor is watched: layout, and the storage's in-place changes
+        groups = {}
+        for *_, p, _ in self.reads:
+            groups.setdefault(p, len(groups))
+        watch = [None] * len(self.codes)
+        for ((k, j), p, ver0), (v, ver) in zip(self.positions, self.noted):
+            g = groups.get(p)
+            if g is not None:
+                a, _, _ = self._storages[p]
+                w = watch[k] = watch[k] or []
+                if a == (k, j):
+                    w.append((j, g, _layout(v)))
+                else:  # (``same``: the anchor itself, then only its in-place changes are checked)
+                    w.append((j, g, _layout(v), ver - ver0, v is _values(self.events[a[0]])[a[1]]))
+        watch = [None if w is None else tuple(w) for w in watch]
+        reads = [(k, j, view, row - base, fan, inv, path) for (k, j), view, row, fan, inv, _, path in self.reads]
         tallies = [(row - base, n) for row, n in self.tallies]
-        return Template(self.steps, reads, tallies, calls, dev, base, nrows, set(counts.paths), counts)
+        template = Template(self.codes, self.sigs, watch, len(groups), reads, tallies, calls, dev, base, nrows,
+                            set(counts.paths), counts)
+        template.plan(self.events)
+        return template
 
 
 def _call_values(call):
@@ -244,96 +341,121 @@ def _rows(v, out: list) -> bool:
     return True
 
 
-class Replayer(_Forward):
+class Replayer:
     """A forward replayed from ``template``: its calls are checked as they happen (:meth:`enter`, :meth:`leave`
     return False at the first difference); :meth:`finish` runs the reads and hands the counts to the slots."""
 
     def __init__(self, template: Template, counts):
-        super().__init__()
         self.t, self.counts = template, counts
         self.k = 0  # steps matched so far
         self.n_tally = 0
-        self.events: list = []  # (slot index, args, kwargs, output or OPEN) in entry/exit order, for a fallback
-        dev, self.base = template.device, counts.used(template.device)
-        counts._row(dev, template.nrows)  # the whole block now: a tally view must not outlive a regrown buffer
+        self.events: list = []  # (slot index, args, kwargs, output or OPEN) a step, for the reads or a fallback
+        self.anchors = [None] * template.groups  # (storage address, version) of each group's first value
+        self.noted: list = []  # (step, watched tensor, its _version when noted)
+        if template.dirty:  # (a replay that did not finish left tallies in the block)
+            template.scratch.zero_()
+        template.dirty = True
         self.ok = True
 
     def enter(self, idx: int, args: tuple, kwargs: dict) -> bool:
         """Note a call's entry; False when it differs from the recording (it is then not noted)."""
-        if self.ok:
-            self.ok = self.k < len(self.t.steps) and self.entry(idx, args, kwargs) == self.t.steps[self.k]
-            if self.ok:
-                self.k += 1
+        k = self.k
+        code, single, expected, watch = self.t.steps[k]
+        if code == idx and self.ok:
+            if single and len(args) == 1 and not kwargs:
+                v = args[0]
+                ok = (self._watched(watch, k, args) if watch is not None else
+                      isinstance(v, torch.Tensor) and v.shape == expected[0] and v.dtype == expected[1])
+            else:
+                ok = _entry_sig(args, kwargs) == expected and (
+                    watch is None or self._watched(watch, k, args if not kwargs else args + tuple(kwargs.values())))
+            if ok:
+                self.k = k + 1
                 self.events.append((idx, args, kwargs, OPEN))
-        return self.ok
+                return True
+        self.ok = False
+        return False
 
     def leave(self, idx: int, args: tuple, kwargs: dict, out) -> bool:
         """Note a call's exit; False when it differs from the recording (it is then not noted)."""
-        if self.ok:
-            self.ok = self.k < len(self.t.steps) and self.exit(idx, out) == self.t.steps[self.k]
-            if self.ok:
-                self.k += 1
+        k = self.k
+        code, single, expected, watch = self.t.steps[k]
+        if code == -1 - idx and self.ok:
+            if single and isinstance(out, torch.Tensor):
+                ok = (self._watched(watch, k, (out,)) if watch is not None else
+                      out.shape == expected[0] and out.dtype == expected[1])
+            else:
+                ok = _exit_sig(out) == expected and (watch is None or self._watched(watch, k, _flat(out)))
+            if ok:
+                self.k = k + 1
                 self.events.append((idx, args, kwargs, out))
-        return self.ok
+                return True
+        self.ok = False
+        return False
+
+    def _watched(self, watch: tuple, k: int, vals: tuple) -> bool:
+        """The values of step ``k`` that share a read tensor's storage (``watch``, see :class:`Template`): as
+        recorded (layout, aliasing, in-place changes of the storage)."""
+        anchors, noted = self.anchors, self.noted
+        for j, g, layout, *tie in watch:
+            v = vals[j]
+            if not isinstance(v, torch.Tensor):
+                return False
+            ver = v._version
+            if not tie:  # the group's first value
+                if _layout(v) != layout:
+                    return False
+                anchors[g] = (v.untyped_storage().data_ptr(), ver, v)
+            else:
+                a = anchors[g]
+                if a is None or ver - a[1] != tie[0]:
+                    return False
+                if not (tie[1] and v is a[2]) and (_layout(v) != layout or v.untyped_storage().data_ptr() != a[0]):
+                    return False
+            noted.append((k, v, ver))
+        return True
 
     def row(self, x: torch.Tensor):
         """The tally region the recording gave the next fused neuron kernel, or None (the replay then ends)."""
         if not self.ok or self.n_tally >= len(self.t.tallies):
             self.ok = False
             return None
-        off, slots = self.t.tallies[self.n_tally]
         self.n_tally += 1
-        return self.counts.region(self.t.device, self.base + off, slots)
+        return self.t.regions[self.n_tally - 1]
 
     def complete(self) -> bool:
-        return self.ok and self.k == len(self.t.steps) and self.n_tally == len(self.t.tallies)
+        return self.ok and self.t.steps[self.k][0] is None and self.n_tally == len(self.t.tallies)
 
     def finish(self, slots) -> list:
-        """Run the recorded reads on this forward's tensors into its block of rows, and count the block as one more
-        replay of the recorded calls (added to ``slots`` at the first replay); returns the slots whose read tensors
-        changed in place while the forward ran."""
-        t, counts = self.t, self.counts
-        buf = counts.bufs[t.device][0]
-        kernel: list = []
-        for pos, view, off, fan, inv, path in t.reads:
-            x = self.stash[pos]
-            if view is not None:
-                x = x.as_strided(*view)
-            x = x.detach()
-            if path == "torch":
-                _count_torch(x, buf[self.base + off], fan, inv)
-            else:
-                kernel.append((x, self.base + off, inv, fan, path == "interpreter"))
-        if kernel:
+        """Run the recorded reads on this forward's tensors into the template's block, copy the block to new rows of
+        the count buffer and count them as one more replay of the recorded calls (added to ``slots`` at the first
+        replay); returns the slots whose read tensors changed in place while the forward ran."""
+        t, counts, events = self.t, self.counts, self.events
+        block = t.scratch
+        for where, off, fan, inv in t.torch_reads:
+            _count_torch(_resolve(events, where).detach(), block[off], fan, inv)
+        if t.batches:
             from ..kernels import stats as K
 
-            for i in range(0, len(kernel), K.MAX_BATCH):
-                part = kernel[i:i + K.MAX_BATCH]
-                K.launch_many([kernel_view(e[0], e[3] is None) for e in part], buf, [e[1] for e in part],
-                              [e[2] for e in part], [e[3] for e in part], interpret=part[0][4])
+            for where, plan, interpret in t.batches:
+                if plan is not None:
+                    K.launch_plan(plan, [_resolve(events, w) for w in where], block, interpret)
+        dev, base = counts._row(t.device, t.nrows)
+        counts.bufs[dev][0][base:base + t.nrows].copy_(block)
+        block.zero_()
+        t.dirty = False
         if not t.replays.n:  # the first replay: the recorded calls join the slots, weighted by the replays
             for i, call in t.calls:
                 slots[i].calls.append(call + (t.replays,))
-        t.replays.add(self.base)  # (its tally regions are folded by the recording's, Replays.base on)
+        t.replays.add(base)  # (its tally regions are folded by the recording's, Replays.base on)
         counts.paths |= t.paths
-        return self._slots_of(self.changed({r[0] for r in t.reads}), slots)
+        return self.changed_slots(slots)
 
     def changed_slots(self, slots) -> list:
-        """The slots whose calls noted a tensor changed in place since (for a replay given up: the hooks read the
-        noted tensors now)."""
-        ids = {id(self.stash[p]) for p in self.changed(range(len(self.stash)))}
-        if not ids:
-            return []
-        found = {}
-        for idx, args, kwargs, out in self.events:
-            vals = list(args) + list(kwargs.values()) + (list(out) if isinstance(out, (tuple, list)) else [out])
-            if any(id(v) in ids for v in vals if torch.is_tensor(v)):
-                found[idx] = slots[idx]
-        return list(found.values())
-
-    def _slots_of(self, positions, slots) -> list:
-        found = [slots[self.steps[self.owner[p]][0]] for p in positions]
-        return list({id(s): s for s in found}.values())
+        """The slots of the calls that noted a watched tensor since changed in place (for a replay given up: the
+        hooks read the noted tensors now)."""
+        found = {self.events[k][0] for k, v, ver in self.noted if v._version != ver}
+        return [slots[i] for i in sorted(found)]
 
 
 OPEN = object()  # an event's output while the call runs
