@@ -19,7 +19,8 @@ class DeferredChecks:
 
     Made active by :func:`deferred_checks`. While active, :func:`finite` and :func:`flag` do not read anything
     back to the host (a GPU would wait for all queued work at every check): they queue a 0-d device value,
-    labelled with ``where()`` (e.g. the layer running, as the energy meter passes it), and :meth:`check` reads
+    labelled with ``where()`` (a string, or an object whose ``str()`` is one, made only for the error: e.g. the
+    layer running, as the energy meter passes it), and :meth:`check` reads
     every queued value with one transfer per device and dtype, raising for the first bad one in call order.
     """
 
@@ -33,9 +34,8 @@ class DeferredChecks:
     def __len__(self):
         return len(self._items)
 
-    def _label(self) -> str:
-        label = self.where() if self.where is not None else ""
-        return f"{label}: " if label else ""
+    def _label(self):
+        return self.where() if self.where is not None else ""
 
     def add_values(self, name: str, x: torch.Tensor):
         """Queue the check of ``x``'s values (one device reduction, no host read)."""
@@ -61,7 +61,9 @@ class DeferredChecks:
         values = read_back([v for _, _, v, _ in items])
         for (label, name, _, kind), v in zip(items, values):
             if (kind == "sum" and not math.isfinite(v)) or (kind == "flag" and v):
-                raise ValueError(f"{label}{name} contains NaN/inf value(s); all values must be finite")
+                label = str(label)  # (made now: where() may return any object naming the place)
+                raise ValueError(f"{label + ': ' if label else ''}{name} contains NaN/inf value(s); all values must "
+                                 "be finite")
 
 
 def read_back(values: list) -> list:

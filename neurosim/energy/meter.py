@@ -48,6 +48,9 @@ class _Slot:
     CHANGED_READ = ("a tensor its counter read was changed in place before the read ran (a CUDA graph's batched "
                     "read): its counts are of the changed values")
 
+    def __str__(self):
+        return f"layer {self.name!r} ({type(self.module).__name__})"
+
     def changed_output(self):
         self.notes.add(self.CHANGED_OUTPUT)
 
@@ -369,12 +372,9 @@ class EnergyMeter:
             self._audit.__enter__()
         return self
 
-    def _where(self) -> str:
-        """The innermost layer running (labels a deferred NaN/inf check)."""
-        if not self._running:
-            return ""
-        s = self._running[-1]
-        return f"layer {s.name!r} ({type(s.module).__name__})"
+    def _where(self):
+        """The innermost layer running: labels a deferred NaN/inf check (its str(), made only for an error)."""
+        return self._running[-1] if self._running else ""
 
     def __exit__(self, exc_type, exc, tb):
         if self._audit is not None:
