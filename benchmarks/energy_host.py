@@ -1,11 +1,12 @@
-"""Where the energy meter's host time goes (issue 5; BENCHMARKS.md runs 7 and 12).
+"""Where the energy meter's host time goes (issue 5; BENCHMARKS.md runs 7, 12 and 14).
 
-Per forward (20 forwards per round, median of 15 rounds, device synchronised at each clock read): the plain
-forward (checks deferred), the same with empty pre- and forward hooks on every hooked module (the floor of any
-hook-based meter), under an EnergyMeter, and under an EnergyMeter whose counting launches are replaced by no-ops
-(what is left over the plain forward is the meter's Python); the time of one ``report()`` over 20 metered forwards;
-then one instrumented metered round: host time per counting call, per pre-hook and per forward hook, by module
-type.
+Per forward (``--forwards`` a round, median of ``--repeats`` rounds, variants interleaved, device synchronised at
+each clock read): the plain forward (checks deferred); a replayed forward (steady state under one EnergyMeter, after
+two warm-up forwards: the recording and a first replay); the same with the replay's end-of-forward counting reads as
+no-ops (what is left is the replay's Python); the same with the per-call checks also as no-ops (what is left is
+the wrappers); a hooked forward (``replay=False``); then the device synchronisations a replayed forward makes
+(``torch.cuda.set_sync_debug_mode``), and where a replayed forward's host time goes: the functions whose own time (cProfile) grows most over a plain
+forward's.
 
     python benchmarks/energy_host.py                       # CPU: a 4-layer Spikformer, dim 32 (tiny tensors)
     python benchmarks/energy_host.py --device cuda --backend fused --case "EST 4x384" --case "spiking attention block"
@@ -15,10 +16,13 @@ type.
 from __future__ import annotations
 
 import argparse
-import collections
+import contextlib
+import cProfile
+import pstats
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -28,11 +32,8 @@ import energy_overhead as E  # noqa: E402
 
 from neurosim import validate  # noqa: E402
 from neurosim.energy import EnergyMeter  # noqa: E402
-from neurosim.energy import device_counts as DC  # noqa: E402
-from neurosim.energy import meter as M  # noqa: E402
+from neurosim.energy import replay as R  # noqa: E402
 from neurosim.kernels import stats as K  # noqa: E402
-
-FORWARDS = 20
 
 
 def tiny():
@@ -40,90 +41,130 @@ def tiny():
     return "Spikformer 4x32 (tiny)", model, (4, 2, 8, 16)
 
 
-def measure(name, model, shape, device, repeats):
+@contextlib.contextmanager
+def patched(obj, **attrs):
+    old = {k: getattr(obj, k) for k in attrs}
+    for k, v in attrs.items():
+        setattr(obj, k, v)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            setattr(obj, k, v)
+
+
+def no_reads():
+    """The replay's counting reads as no-ops (kernel launches and the CPU's torch counting)."""
+    return _stack(patched(K, launch_plan=lambda *a, **k: None), patched(R, _count_torch=lambda *a, **k: None))
+
+
+def no_checks():
+    """Also the per-call checks of a replayed forward as no-ops (every call taken as recorded)."""
+    def enter(self, idx, args, kwargs):
+        self.k += 1
+        self.events.append((idx, args, kwargs, R.OPEN))
+        return True
+
+    def leave(self, idx, args, kwargs, out):
+        self.k += 1
+        self.events.append((idx, args, kwargs, out))
+        return True
+
+    return _stack(no_reads(), patched(R.Replayer, enter=enter, leave=leave))
+
+
+def _stack(*cms):
+    st = contextlib.ExitStack()
+    for cm in cms:
+        st.enter_context(cm)
+    return st
+
+
+def measure(name, model, shape, device, repeats, forwards):
     model = model.to(device).eval()
     x = (torch.rand(*shape, device=device) < 0.2).float()
     with EnergyMeter(model) as probe:
-        leaves = [slot.module for slot in probe._slots]  # the modules a meter hooks
+        wrapped = len(probe._slots)
 
     def plain():
         with torch.no_grad(), validate.deferred_checks():
-            for _ in range(FORWARDS):
+            E.sync(device)
+            t0 = time.perf_counter()
+            for _ in range(forwards):
                 model(x)
+            E.sync(device)
+            return time.perf_counter() - t0
 
-    def hooked():
-        hs = [h for m in leaves for h in (m.register_forward_pre_hook(lambda m, a: None),
-                                          m.register_forward_hook(lambda m, a, k, o: None, with_kwargs=True))]
-        plain()
-        for h in hs:
-            h.remove()
-
-    def metered():
-        with torch.no_grad(), EnergyMeter(model) as m:
-            for _ in range(FORWARDS):
+    def metered(replay=True, patch=None):
+        def run():
+            with torch.no_grad(), EnergyMeter(model, replay=replay) as m, (patch() if patch else _stack()):
                 model(x)
-        m.report()
+                model(x)
+                E.sync(device)
+                t0 = time.perf_counter()
+                for _ in range(forwards):
+                    model(x)
+                E.sync(device)
+                dt = time.perf_counter() - t0
+                assert m.replayed == (forwards + 1 if replay else 0), m._templates
+            return dt
+        return run
 
-    def no_launches():
-        one, many = K.launch, K.launch_many
-        K.launch = K.launch_many = lambda *a, **k: None
-        try:
-            metered()
-        finally:
-            K.launch, K.launch_many = one, many
-
-    fns = {"plain forward": plain, "empty hooks": hooked, "EnergyMeter (+1 report per round)": metered,
-           "EnergyMeter, counting launches as no-ops": no_launches}
-    times = E.interleaved(list(fns.values()), device, repeats, 1, per=FORWARDS)
-    print(f"=== {name} {list(shape)} on {device}, {len(leaves)} hooked modules")
-    base = statistics.median(times[0])
-    for label, ts in zip(fns, times):
+    fns = {"plain forward": plain, "replayed forward": metered(),
+           "replayed, reads as no-ops": metered(patch=no_reads),
+           "replayed, reads and call checks as no-ops": metered(patch=no_checks),
+           "hooked forward (replay=False)": metered(False)}
+    times = {k: [] for k in fns}
+    for i in range(repeats + 1):
+        for k, fn in fns.items():
+            t = fn() / forwards
+            if i:
+                times[k].append(t)
+    print(f"=== {name} {list(shape)} on {device}, {wrapped} wrapped modules")
+    base = statistics.median(times["plain forward"])
+    for label, ts in times.items():
         t = statistics.median(ts)
-        print(f"  {label:42s} {t * 1e3:8.3f} ms a forward ({(t / base - 1) * 100:+6.1f}%)")
+        print(f"  {label:44s} {t * 1e3:8.3f} ms a forward ({(t / base - 1) * 100:+6.1f}%)")
 
     with torch.no_grad(), EnergyMeter(model) as m:
-        for _ in range(FORWARDS):
-            model(x)
-    reports = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        m.report()
-        reports.append(time.perf_counter() - t0)
-    print(f"  report() of {FORWARDS} metered forwards        {statistics.median(reports) * 1e3:8.3f} ms")
+        model(x)
+        model(x)
+        if device.type == "cuda":
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                torch.cuda.set_sync_debug_mode("warn")
+                try:
+                    for _ in range(forwards):
+                        model(x)
+                finally:
+                    torch.cuda.set_sync_debug_mode("default")
+            syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]
+            print(f"  device synchronisations in {forwards} replayed forwards: {len(syncs)}"
+                  + (f" (first: {syncs[0]})" if syncs else ""))
+        replayed = profiled(lambda: model(x), forwards, device)
+    with torch.no_grad(), validate.deferred_checks():
+        plain_prof = profiled(lambda: model(x), forwards, device)
+    print(f"  cProfile of {forwards} replayed forwards against {forwards} plain ones (the profiler adds its own "
+          "cost), the functions whose own time grows most, us a forward:")
+    grown = sorted(((replayed.get(f, (0, 0))[1] - plain_prof.get(f, (0, 0))[1], f) for f in set(replayed) | set(plain_prof)),
+                   reverse=True)
+    total = sum(v[1] for v in replayed.values()) - sum(v[1] for v in plain_prof.values())
+    print(f"    all functions: {total / forwards * 1e6:+9.1f}")
+    for dt, f in grown[:16]:
+        calls = replayed.get(f, (0, 0))[0] - plain_prof.get(f, (0, 0))[0]
+        print(f"    {dt / forwards * 1e6:+9.1f}  ({calls / forwards:+6.1f} calls)  {f}")
 
-    acc, n = collections.defaultdict(float), collections.Counter()
 
-    def timed(label, f):
-        def g(*a, **k):
-            t0 = time.perf_counter()
-            r = f(*a, **k)
-            acc[label] += time.perf_counter() - t0
-            n[label] += 1
-            return r
-        return g
-
-    count, make_hook, make_pre = DC.CountBuffer._count, M.EnergyMeter._make_hook, M.EnergyMeter._make_pre_hook
-    one, many, get, put = K.launch, K.launch_many, M.StatsCache.get, M.StatsCache.put
-    DC.CountBuffer._count = timed("counting call", count)
-    K.launch, K.launch_many = timed("  of which Triton launch", one), timed("  of which batched launch", many)
-    M.StatsCache.get, M.StatsCache.put = timed("cache get", get), timed("cache put", put)
-    M.EnergyMeter._make_hook = lambda self, slot: timed("forward hook: " + type(slot.module).__name__,
-                                                        make_hook(self, slot))
-    M.EnergyMeter._make_pre_hook = lambda self, slot: timed("pre-hook (incl. the rows it forces)", make_pre(self, slot))
-    try:
-        with torch.no_grad(), EnergyMeter(model):
-            model(x)   # warm-up forward (first calls build fan-out maps and caches): not timed
-            acc.clear()
-            n.clear()
-            for _ in range(FORWARDS):
-                model(x)
-    finally:
-        DC.CountBuffer._count, M.EnergyMeter._make_hook, M.EnergyMeter._make_pre_hook = count, make_hook, make_pre
-        K.launch, K.launch_many, M.StatsCache.get, M.StatsCache.put = one, many, get, put
-    print("  instrumented round (timers add their own cost):")
-    for k in sorted(acc, key=lambda k: -acc[k]):
-        print(f"    {k:36s} {n[k] / FORWARDS:6.1f} calls a forward, {acc[k] / n[k] * 1e6:6.1f} us a call, "
-              f"{acc[k] / FORWARDS * 1e3:6.3f} ms a forward")
+def profiled(fn, forwards, device) -> dict:
+    """cProfile of ``forwards`` calls of ``fn``: {function: (calls, own seconds)}."""
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(forwards):
+        fn()
+    E.sync(device)
+    prof.disable()
+    st = pstats.Stats(prof).stats
+    return {f"{Path(file).name}:{line}({name})": (v[1], v[2]) for (file, line, name), v in st.items()}
 
 
 def main(argv=None):
@@ -132,6 +173,7 @@ def main(argv=None):
     ap.add_argument("--backend", default="torch", choices=("torch", "fused", "snntorch"), help="LIF backend")
     ap.add_argument("--case", action="append", default=[], help="a model of energy_overhead.cases (repeatable)")
     ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--forwards", type=int, default=20)
     args = ap.parse_args(argv)
     E.BACKEND = args.backend
     device = torch.device(args.device)
@@ -149,7 +191,7 @@ def main(argv=None):
             raise SystemExit(f"--case must be one of {sorted(known)}, got {missing}")
         runs = [known[c][:3] for c in args.case]
     for name, model, shape in runs:
-        measure(name, model, shape, device, args.repeats)
+        measure(name, model, shape, device, args.repeats, args.forwards)
 
 
 if __name__ == "__main__":

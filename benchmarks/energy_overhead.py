@@ -197,6 +197,7 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--batches", type=int, default=10, help="forwards under one EnergyMeter (the metered column)")
     ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--metered-repeats", type=int, default=10, help="rounds of the metered columns")
     ap.add_argument("--quick", action="store_true", help="tiny shapes (a CPU smoke run)")
     ap.add_argument("--backend", default="torch", choices=("torch", "fused", "snntorch"), help="LIF backend")
     ap.add_argument("--counting", default="auto", choices=("auto", "torch", "kernel"),
@@ -212,8 +213,8 @@ def main(argv=None):
     torch.backends.cudnn.allow_tf32 = False
     env = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
            "torch": torch.__version__, "python": platform.python_version(), "neurosim": neurosim.__version__,
-           "cuda": torch.version.cuda, "repeats": args.repeats, "warmup": args.warmup, "lif_backend": args.backend,
-           "counting": args.counting}
+           "cuda": torch.version.cuda, "repeats": args.repeats, "metered_repeats": args.metered_repeats,
+           "warmup": args.warmup, "lif_backend": args.backend, "counting": args.counting}
     print(json.dumps(env), flush=True)
     results = []
     for name, model, shape, check in cases(args.quick):
@@ -223,7 +224,7 @@ def main(argv=None):
         model = model.to(device)
         x = x_cpu.to(device)
         plain, pdef, prof, prof_all = bench(model, x, device, args.repeats, args.warmup, args.counting)
-        mplain, mdef, mmeter, mhooked, msteady = bench_metered(model, x, device, max(3, args.repeats // 5),
+        mplain, mdef, mmeter, mhooked, msteady = bench_metered(model, x, device, args.metered_repeats,
                                                                args.batches, args.counting)
         rep = profile(model, x, counting=args.counting)
         key = lambda r: (r.name, r.synops, r.macs, r.acs, r.neuron_updates, r.dense)  # noqa: E731
