@@ -149,8 +149,8 @@ class Template:
     def plan(self, events: list):
         """What a replay's end runs, made once from the recorded forward's ``events``: a zeroed block of rows that
         each replay fills (its tally regions handed to the neuron kernels, its counting reads) and then copies into
-        the count buffer; the reads, 8 tensors a launch with their arguments ready (:func:`~neurosim.kernels.stats.
-        plan_many`), or counted with torch ops."""
+        the count buffer; the reads, :data:`~neurosim.kernels.stats.MAX_BATCH` tensors a launch with their
+        arguments ready (:func:`~neurosim.kernels.stats.plan_many`), or counted with torch ops."""
         self.scratch = torch.zeros(self.nrows, COLS, dtype=torch.int64, device=self.device)
         flat = self.scratch.view(-1)
         self.regions = [flat[off * COLS: off * COLS + n] for off, n in self.tallies]
@@ -173,7 +173,6 @@ class Template:
                 xs.append(read)
             plan = K.plan_many(xs, self.scratch, [e[3] for e in part], [e[5] for e in part], [e[4] for e in part])
             self.batches.append((where, plan, part[0][6]))
-
 
 
 def _step(code: int, sig, watch) -> tuple:
