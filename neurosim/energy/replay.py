@@ -27,13 +27,13 @@ A forward that changes the meter's own decisions (its fused neuron kernels told 
 fan-weighted read counts anyway) is not kept as the recording: the next forward is recorded instead.
 
 A call that differs from the recording (another branch taken, a new shape, another aliasing or an in-place change of
-a watched tensor) ends the replay of that forward: the calls noted so far are counted by the meter's usual hooks, from the tensors kept, and
-the rest of the forward runs hooked (its signature is then recorded again). A recording is not used when a counted
-tensor is not one of the calls' inputs or outputs (or a view of one), when a counter computed a count tensor itself,
-when rows of another forward are referenced, when a tensor was changed in place after it was noted, or when the
-tensors noted in one forward would hold more than :func:`max_bytes`: a replayed forward keeps
-every noted tensor until it ends (its reads run then), so its peak memory is that of a forward that keeps its
-activations (as training does). ``EnergyMeter(replay=False)`` meters every forward with the hooks.
+a watched tensor) ends the replay of that forward: the calls noted so far are counted by the meter's usual hooks,
+from the tensors kept, and the rest of the forward runs hooked (its signature is then recorded again). A recording
+is not used when a counted tensor is not one of the calls' inputs or outputs (or a view of one), when a counter
+computed a count tensor itself, when rows of another forward are referenced, when a tensor was changed in place
+after it was noted, or when the tensors noted in one forward would hold more than :func:`max_bytes`: a replayed
+forward keeps every noted tensor until it ends (its reads run then), so its peak memory is that of a forward that
+keeps its activations (as training does). ``EnergyMeter(replay=False)`` meters every forward with the hooks.
 """
 from __future__ import annotations
 
@@ -202,8 +202,9 @@ class Recorder:
         self.codes: list = []
         self.sigs: list = []
         self.events: list = []  # (idx, args, kwargs, output or OPEN) a step
-        self.noted: list = []  # (tensor, its _version) of each position, in order
-        self.positions: list = []  # ((k, j), storage address, version of the storage's first value then)
+        # each tensor value, in order: ((k, j), storage address, version of the storage's first value then,
+        # the tensor, its version)
+        self.positions: list = []
         self._storages: dict = {}  # storage address -> (first position, its version, bytes)
         self.reads: list = []  # (position, view or None, row, fan map, inv_scale, storage address, path)
         self.tallies: list = []  # (row, slots)
@@ -221,8 +222,7 @@ class Recorder:
                     first = self._storages[p] = ((k, j), ver, st.nbytes())
                     if self.device is None:
                         self.device = v.device
-                self.noted.append((v, ver))
-                self.positions.append(((k, j), p, first[1]))
+                self.positions.append(((k, j), p, first[1], v, ver))
 
     def entry(self, idx: int, args: tuple, kwargs: dict):
         event = (idx, args, kwargs, OPEN)
@@ -240,7 +240,8 @@ class Recorder:
 
     def read(self, row: int, x: torch.Tensor, fan, inv_scale, path: str):
         """The count buffer reads ``x`` into ``row`` (``fan``: the int32 or int64 map it passes on, or None)."""
-        first = self._storages.get(x.untyped_storage().data_ptr())
+        p = x.untyped_storage().data_ptr()
+        first = self._storages.get(p)
         if first is None:
             self.problem = "a counted tensor is not a wrapped module's input or output (nor a view of one)"
             return
@@ -252,7 +253,7 @@ class Recorder:
                 self.problem = "a counted tensor is a reinterpretation of another dtype"
                 return
             view = (tuple(x.shape), tuple(x.stride()), x.storage_offset())
-        self.reads.append((first[0], view, row, fan, inv_scale, x.untyped_storage().data_ptr(), path))
+        self.reads.append((first[0], view, row, fan, inv_scale, p, path))
 
     def tally(self, row: int, slots: int):
         self.tallies.append((row, slots))
@@ -270,7 +271,7 @@ class Recorder:
             return "nothing counted"
         dev, nrows = grown[0]
         base = self.used0.get(dev, 0)
-        if any(v._version != ver for v, ver in self.noted):
+        if any(v._version != ver for *_, v, ver in self.positions):
             return "a tensor was changed in place after a module returned or received it"
         size = sum(n for _, _, n in self._storages.values())
         if size > max_bytes(self.device):
@@ -289,7 +290,7 @@ class Recorder:
         for *_, p, _ in self.reads:
             groups.setdefault(p, len(groups))
         watch = [None] * len(self.codes)
-        for ((k, j), p, ver0), (v, ver) in zip(self.positions, self.noted):
+        for (k, j), p, ver0, v, ver in self.positions:
             g = groups.get(p)
             if g is not None:
                 a, _, _ = self._storages[p]
@@ -358,36 +359,30 @@ class Replayer:
 
     def enter(self, idx: int, args: tuple, kwargs: dict) -> bool:
         """Note a call's entry; False when it differs from the recording (it is then not noted)."""
-        k = self.k
-        code, single, expected, watch = self.t.steps[k]
-        if code == idx and self.ok:
-            if single and len(args) == 1 and not kwargs:
-                v = args[0]
-                ok = (self._watched(watch, k, args) if watch is not None else
-                      isinstance(v, torch.Tensor) and v.shape == expected[0] and v.dtype == expected[1])
-            else:
-                ok = _entry_sig(args, kwargs) == expected and (
-                    watch is None or self._watched(watch, k, args if not kwargs else args + tuple(kwargs.values())))
-            if ok:
-                self.k = k + 1
-                self.events.append((idx, args, kwargs, OPEN))
-                return True
-        self.ok = False
-        return False
+        return self._match(idx, (idx, args, kwargs, OPEN), args if len(args) == 1 and not kwargs else None)
 
     def leave(self, idx: int, args: tuple, kwargs: dict, out) -> bool:
         """Note a call's exit; False when it differs from the recording (it is then not noted)."""
+        return self._match(-1 - idx, (idx, args, kwargs, out), (out,) if isinstance(out, torch.Tensor) else None)
+
+    def _match(self, code: int, event: tuple, one: tuple | None) -> bool:
+        """Step ``code`` (see :class:`Template`) with ``event``: noted if it is the recording's next step, else the
+        replay ends. ``one``: the step's only value in a 1-tuple (one positional argument, or an output that is a
+        tensor), else None."""
         k = self.k
-        code, single, expected, watch = self.t.steps[k]
-        if code == -1 - idx and self.ok:
-            if single and isinstance(out, torch.Tensor):
-                ok = (self._watched(watch, k, (out,)) if watch is not None else
-                      out.shape == expected[0] and out.dtype == expected[1])
+        c, single, expected, watch = self.t.steps[k]
+        if c == code and self.ok:
+            if single and one is not None:
+                v = one[0]
+                ok = (self._watched(watch, k, one) if watch is not None else
+                      isinstance(v, torch.Tensor) and v.shape == expected[0] and v.dtype == expected[1])
             else:
-                ok = _exit_sig(out) == expected and (watch is None or self._watched(watch, k, _flat(out)))
+                _, args, kwargs, out = event
+                ok = (_entry_sig(args, kwargs) if out is OPEN else _exit_sig(out)) == expected and (
+                    watch is None or self._watched(watch, k, _values(event)))
             if ok:
                 self.k = k + 1
-                self.events.append((idx, args, kwargs, out))
+                self.events.append(event)
                 return True
         self.ok = False
         return False

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import torch
 import triton
@@ -300,8 +301,15 @@ def launch_many(xs: list, out: torch.Tensor, rows: list, inv_scales: list, fans:
         launch_plan(plan, xs, out, interpret)
 
 
-class Plan(tuple):
+class Plan(NamedTuple):
     """A :func:`launch_many` call's arguments but the tensors themselves (:func:`plan_many`)."""
+    which: tuple  # the positions of the non-empty tensors among those planned
+    as_bytes: tuple  # for each: a bool tensor, read as uint8
+    fans: tuple  # its fan map as read, or None
+    ints: tuple  # the kernel's tuples of sizes, fan map sizes, first blocks, rows, scales and collapsed dims
+    blocks: int
+    grid: int
+    consts: dict  # the kernel's constexprs and launch options
 
 
 def plan_many(xs: list, out: torch.Tensor, rows: list, inv_scales: list, fans: list | None = None) -> Plan | None:
@@ -337,15 +345,14 @@ def plan_many(xs: list, out: torch.Tensor, rows: list, inv_scales: list, fans: l
     if not blocks:
         return None
     floats, sums, has_fan, ndims = bits
-    return Plan((tuple(which), tuple(as_bytes), tuple(fan_ptrs), (tuple(ns), tuple(cs), tuple(starts),
-                 tuple(row_ids), tuple(scales), tuple(dims)), blocks, _programs(out.device, blocks),
-                 dict(FLOATS=floats, SUMS=sums, FANS=has_fan, NDIMS=ndims, IDX64=idx64, BLOCK=BLOCK, NCOLS=COLS,
-                      num_warps=8)))
+    return Plan(tuple(which), tuple(as_bytes), tuple(fan_ptrs), (tuple(ns), tuple(cs), tuple(starts),
+                tuple(row_ids), tuple(scales), tuple(dims)), blocks, _programs(out.device, blocks),
+                dict(FLOATS=floats, SUMS=sums, FANS=has_fan, NDIMS=ndims, IDX64=idx64, BLOCK=BLOCK, NCOLS=COLS,
+                     num_warps=8))
 
 
 def launch_plan(plan: Plan, xs: list, out: torch.Tensor, interpret: bool = False):
     """Launch ``plan`` (:func:`plan_many`) on ``xs``, laid out as the tensors it was made for, into ``out``."""
-    which, as_bytes, fan_ptrs, ints, blocks, grid, consts = plan
-    ptrs = tuple(xs[i].view(torch.uint8) if b else xs[i] for i, b in zip(which, as_bytes))
-    kernels(interpret)[1][(grid,)](ptrs, tuple(out if f is None else f for f in fan_ptrs), *ints, out, blocks,
-                                   **consts)
+    ptrs = tuple(xs[i].view(torch.uint8) if b else xs[i] for i, b in zip(plan.which, plan.as_bytes))
+    kernels(interpret)[1][(plan.grid,)](ptrs, tuple(out if f is None else f for f in plan.fans), *plan.ints, out,
+                                        plan.blocks, **plan.consts)
