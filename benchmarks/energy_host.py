@@ -24,6 +24,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -41,43 +42,21 @@ def tiny():
     return "Spikformer 4x32 (tiny)", model, (4, 2, 8, 16)
 
 
-@contextlib.contextmanager
-def patched(obj, **attrs):
-    old = {k: getattr(obj, k) for k in attrs}
-    for k, v in attrs.items():
-        setattr(obj, k, v)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            setattr(obj, k, v)
-
-
-def no_reads():
+def no_reads(stack: contextlib.ExitStack):
     """The replay's counting reads as no-ops (kernel launches and the CPU's torch counting)."""
-    return _stack(patched(K, launch_plan=lambda *a, **k: None), patched(R, _count_torch=lambda *a, **k: None))
+    stack.enter_context(mock.patch.object(K, "launch_plan", lambda *a, **k: None))
+    stack.enter_context(mock.patch.object(R, "_count_torch", lambda *a, **k: None))
 
 
-def no_checks():
+def no_checks(stack: contextlib.ExitStack):
     """Also the per-call checks of a replayed forward as no-ops (every call taken as recorded)."""
-    def enter(self, idx, args, kwargs):
+    def match(self, code, event, one):
         self.k += 1
-        self.events.append((idx, args, kwargs, R.OPEN))
+        self.events.append(event)
         return True
 
-    def leave(self, idx, args, kwargs, out):
-        self.k += 1
-        self.events.append((idx, args, kwargs, out))
-        return True
-
-    return _stack(no_reads(), patched(R.Replayer, enter=enter, leave=leave))
-
-
-def _stack(*cms):
-    st = contextlib.ExitStack()
-    for cm in cms:
-        st.enter_context(cm)
-    return st
+    no_reads(stack)
+    stack.enter_context(mock.patch.object(R.Replayer, "_match", match))
 
 
 def measure(name, model, shape, device, repeats, forwards):
@@ -97,7 +76,9 @@ def measure(name, model, shape, device, repeats, forwards):
 
     def metered(replay=True, patch=None):
         def run():
-            with torch.no_grad(), EnergyMeter(model, replay=replay) as m, (patch() if patch else _stack()):
+            with torch.no_grad(), EnergyMeter(model, replay=replay) as m, contextlib.ExitStack() as stack:
+                if patch is not None:
+                    patch(stack)
                 model(x)
                 model(x)
                 E.sync(device)
@@ -146,8 +127,8 @@ def measure(name, model, shape, device, repeats, forwards):
         plain_prof = profiled(lambda: model(x), forwards, device)
     print(f"  cProfile of {forwards} replayed forwards against {forwards} plain ones (the profiler adds its own "
           "cost), the functions whose own time grows most, us a forward:")
-    grown = sorted(((replayed.get(f, (0, 0))[1] - plain_prof.get(f, (0, 0))[1], f) for f in set(replayed) | set(plain_prof)),
-                   reverse=True)
+    grown = sorted(((replayed.get(f, (0, 0))[1] - plain_prof.get(f, (0, 0))[1], f)
+                    for f in set(replayed) | set(plain_prof)), reverse=True)
     total = sum(v[1] for v in replayed.values()) - sum(v[1] for v in plain_prof.values())
     print(f"    all functions: {total / forwards * 1e6:+9.1f}")
     for dt, f in grown[:16]:
