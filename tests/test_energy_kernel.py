@@ -441,6 +441,53 @@ def test_gpu_kernel_counts_and_profile_equal_torch_path():
     assert kernel.to_json() == ref.to_json()
 
 
+@cuda
+def test_gpu_planned_launch_reuses_its_compiled_kernel_while_pointer_alignment_holds(monkeypatch):
+    """``launch_plan``: a plan's first launch goes through Triton, later ones launch the kernel it compiled directly
+    while every pointer keeps its 16-byte alignment (what Triton specialises pointers on); tensors of the planned
+    layout at pointers of another alignment go through Triton again. Every launch: the float64 reference."""
+    from neurosim.energy.device_counts import COLS
+    from neurosim.kernels import stats as K
+
+    cases = _tensor_cases("cuda")
+    names = ["spikes_10007", "f32_nan_inf_sum", "q_slice", "products_bf16", "every_other", "k_transposed_nofan"]
+    planned = [cases[name][0].cuda() for name in names]  # (q and k: views of a CUDA tensor, read in place)
+    planned[names.index("every_other")] = cases["spikes_10007"][0].cuda()[1::2]  # (stride 2, offset 1)
+    one, many = K.kernels()
+    through_triton = []
+
+    class Spy:
+        def __getitem__(self, grid):
+            through_triton.append(grid)
+            return many[grid]
+
+    monkeypatch.setattr(K, "kernels", lambda interpret=False: (one, Spy()))
+
+    def moved(shift, seed):
+        """Each case's layout (shape, strides, storage offset + ``shift``) on a storage of its own, values shuffled."""
+        g = torch.Generator().manual_seed(seed)
+        xs = []
+        for x in planned:
+            n = x.untyped_storage().nbytes() // x.element_size()
+            y = torch.zeros(n + shift, dtype=x.dtype, device="cuda").as_strided(x.shape, x.stride(),
+                                                                                x.storage_offset() + shift)
+            y.copy_(x.reshape(-1)[torch.randperm(x.numel(), generator=g).cuda()].reshape(x.shape))
+            xs.append(y)
+        return xs
+
+    out = torch.zeros(len(names), COLS, dtype=torch.int64, device="cuda")
+    invs = [cases[name][2] for name in names]
+    plan = K.plan_many(planned, out, list(range(len(names))), invs)
+    launches = [(planned, 1), (moved(0, 1), 1), (moved(0, 2), 1),
+                (moved(1, 3), 2), (moved(0, 4), 3)]
+    for xs, triton_launches in launches:
+        out.zero_()
+        K.launch_plan(plan, xs, out)
+        assert out.cpu().tolist() == [reference(x.cpu(), None, inv) for x, inv in zip(xs, invs)]
+        assert len(through_triton) == triton_launches
+    assert any(x.data_ptr() % 16 for x in launches[3][0])  # (the shifted tensors: another alignment)
+
+
 def fused_models(device="cpu"):
     """Models whose neurons use backend="fused" (in the child process: the LIF kernel run by the interpreter)."""
     from neurosim.layers import NeuronSpec
