@@ -226,19 +226,21 @@ class EnergyMeter:
     def _wrapper(self, module, idx, slot, pre, post):
         """``forward`` of a counted module: the pre-hook, the module's forward, the hook; while a forward is
         replayed, only a note of the call (see :mod:`neurosim.energy.replay`)."""
-        running = self._running
+        running, exit_code = self._running, -1 - idx
 
         def wrapper(call):
             def forward(*args, **kwargs):
                 rp = self._replaying
-                if rp is not None and rp.enter(idx, args, kwargs):
+                if rp is not None and rp.match(idx, (idx, args, kwargs, OPEN),
+                                               args if len(args) == 1 and not kwargs else None):
                     running.append(slot)
                     try:
                         out = call(*args, **kwargs)
                     finally:
                         if running and running[-1] is slot:
                             running.pop()
-                    if self._replaying is rp and rp.leave(idx, args, kwargs, out):
+                    if self._replaying is rp and rp.match(exit_code, (idx, args, kwargs, out),
+                                                          (out,) if isinstance(out, torch.Tensor) else None):
                         return out
                     if self._replaying is rp:
                         self._give_up(rp)

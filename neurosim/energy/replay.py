@@ -127,19 +127,27 @@ class Template:
     """What one recorded forward did, as a replay checks and repeats it: :class:`Recorder` makes it,
     :class:`Replayer` follows it.
 
-    ``steps[k]`` is what a replay checks at step ``k``: ``(code, single, expected, watch)``. ``code`` is the
+    ``steps[k]`` is what a replay checks at step ``k``: ``(code, kind, expected, watch)``. ``code`` is the
     module's index at a call's entry, ``-1 - idx`` at its exit (a last step, code None, matches no call).
-    ``single``: the step's one value is a tensor (one positional tensor given, or a tensor returned) and
-    ``expected`` its (shape, dtype); otherwise ``expected`` is the step's :func:`_entry_sig` / :func:`_exit_sig`.
-    Only the tensors the reads use are checked further: ``watch`` (None, or a tuple of ``(j, group, layout)`` or
-    ``(j, group, layout, delta, same)`` for values ``j``) holds the layout of every value on the storage of a read
-    tensor (``group`` numbers the storage); after the group's first value (the anchor, a 3-tuple), how many in-place
-    changes the storage had since, and whether it was the anchor itself (then only those changes are checked).
-    ``reads``: ``(k, j, view, row, fan, inv_scale, path)``, the tensor at position ``(k, j)``, or ``view`` (size,
-    stride, offset) of its storage, read into ``row`` of the block."""
+    ``kind`` (:data:`SIG`, ...) says how much a check needs: for every kind but :data:`SIG` the step's one value is a
+    tensor (one positional tensor given, or a tensor returned) and ``expected`` its (shape, dtype); for :data:`SIG`
+    ``expected`` is the step's :func:`_entry_sig` / :func:`_exit_sig`. Only the tensors the reads use are checked
+    further: ``watch`` (None, or a tuple of ``(j, group, layout, delta, same)`` for values ``j``) holds the layout of
+    every value on the storage of a read tensor (``group`` numbers the storage); ``delta`` is None for the group's
+    first value (its anchor), else how many in-place changes the storage had since the anchor, and ``same`` whether
+    it was the anchor itself (then only those changes are checked). ``members[group]``: ``(k, slot, delta)`` for the
+    anchor and each value that is the anchor itself (an in-place change of the anchor after the forward noted it
+    changes them all). ``reads``: ``(k, j, group, view, row, fan, inv_scale, path)``, the tensor at position
+    ``(k, j)`` (the anchor of ``group``), or ``view`` (size, stride, offset) of its storage, read into ``row`` of
+    the block."""
 
     def __init__(self, codes, sigs, watch, groups, reads, tallies, calls, device, base, nrows, paths, counts):
-        self.steps = [_step(c, sig, w) for c, sig, w in zip(codes, sigs, watch)] + [(None, False, None, None)]
+        self.steps = [_step(c, sig, w) for c, sig, w in zip(codes, sigs, watch)] + [(None, SIG, None, None)]
+        self.members = [[] for _ in range(groups)]
+        for k, (c, w) in enumerate(zip(codes, watch)):
+            for _, g, _, delta, same in w or ():
+                if delta is None or same:
+                    self.members[g].append((k, c if c >= 0 else -1 - c, delta or 0))
         self.groups, self.reads, self.tallies, self.calls = groups, reads, tallies, calls
         self.device, self.base, self.nrows, self.paths = device, base, nrows, paths
         self.replays = Replays(counts, device, base, nrows)  # the weight of its calls once replayed
@@ -155,39 +163,50 @@ class Template:
         flat = self.scratch.view(-1)
         self.regions = [flat[off * COLS: off * COLS + n] for off, n in self.tallies]
         self.torch_reads, kernel, self.batches = [], [], []
-        for k, j, view, off, fan, inv, path in self.reads:
+        for k, j, g, view, off, fan, inv, path in self.reads:
             if path == "torch":
-                self.torch_reads.append(((k, j, view, False), off, fan, inv))
+                self.torch_reads.append(((g, view, False), off, fan, inv))
             else:
-                kernel.append((k, j, view, off, fan, inv, path == "interpreter"))
+                kernel.append((k, j, g, view, off, fan, inv, path == "interpreter"))
         if not kernel:
             return
         from ..kernels import stats as K
 
         for i in range(0, len(kernel), K.MAX_BATCH):
             part, where, xs = kernel[i:i + K.MAX_BATCH], [], []
-            for k, j, view, _, fan, _, _ in part:
-                x = _resolve(events, (k, j, view, False))
+            for k, j, g, view, _, fan, _, _ in part:
+                x = _resolve(_values(events[k])[j], view, False)
                 read = kernel_view(x, fan is None)  # (as the count buffer reads it: in place, or a copy)
-                where.append((k, j, view, read is not x))
+                where.append((g, view, read is not x))
                 xs.append(read)
-            plan = K.plan_many(xs, self.scratch, [e[3] for e in part], [e[5] for e in part], [e[4] for e in part])
-            self.batches.append((where, plan, part[0][6]))
+            plan = K.plan_many(xs, self.scratch, [e[4] for e in part], [e[6] for e in part], [e[5] for e in part])
+            self.batches.append((where, plan, part[0][7]))
+
+
+SIG, SHAPE, ANCHOR, SAME, WATCH = range(5)  # Template step kinds: what a replayed call's check needs
+"""``SIG``: its signature (several values, or not a tensor); a step of one tensor: ``SHAPE`` its shape and dtype,
+``ANCHOR`` its layout (the first value of a watched storage), ``SAME`` that it is the anchor it was, unchanged,
+``WATCH`` its watched layout and storage (see :meth:`Replayer._watched`)."""
 
 
 def _step(code: int, sig, watch) -> tuple:
     """A :class:`Template` step."""
     if code >= 0 and type(sig) is list and len(sig) == 1 and type(sig[0]) is tuple:
-        return code, True, sig[0], watch
-    single = code < 0 and type(sig) is tuple and len(sig) == 2 and isinstance(sig[0], torch.Size)
-    return code, single, sig, watch
+        sig = sig[0]
+    elif not (code < 0 and type(sig) is tuple and len(sig) == 2 and isinstance(sig[0], torch.Size)):
+        return code, SIG, sig, watch
+    if watch is None:
+        return code, SHAPE, sig, None
+    if len(watch) == 1 and watch[0][3] is None:
+        return code, ANCHOR, sig, watch
+    if len(watch) == 1 and watch[0][4]:
+        return code, SAME, sig, watch
+    return code, WATCH, sig, watch
 
 
-def _resolve(events: list, where: tuple) -> torch.Tensor:
-    """The tensor a read takes: value ``j`` of step ``k``, as the view ``view`` of its storage, copied when
-    ``copy`` (a view the counting kernel cannot read in place)."""
-    k, j, view, copy = where
-    x = _values(events[k])[j]
+def _resolve(x: torch.Tensor, view, copy: bool) -> torch.Tensor:
+    """The tensor a read takes from ``x``: the view ``view`` (size, stride, offset) of its storage, or ``x`` itself
+    (None); copied when ``copy`` (a view the counting kernel cannot read in place)."""
     if view is not None:
         x = x.as_strided(*view)
     return x.contiguous() if copy else x
@@ -296,11 +315,12 @@ class Recorder:
                 a, _, _ = self._storages[p]
                 w = watch[k] = watch[k] or []
                 if a == (k, j):
-                    w.append((j, g, _layout(v)))
+                    w.append((j, g, _layout(v), None, False))
                 else:  # (``same``: the anchor itself, then only its in-place changes are checked)
                     w.append((j, g, _layout(v), ver - ver0, v is _values(self.events[a[0]])[a[1]]))
         watch = [None if w is None else tuple(w) for w in watch]
-        reads = [(k, j, view, row - base, fan, inv, path) for (k, j), view, row, fan, inv, _, path in self.reads]
+        reads = [(k, j, groups[p], view, row - base, fan, inv, path)
+                 for (k, j), view, row, fan, inv, p, path in self.reads]
         tallies = [(row - base, n) for row, n in self.tallies]
         template = Template(self.codes, self.sigs, watch, len(groups), reads, tallies, calls, dev, base, nrows,
                             set(counts.paths), counts)
@@ -342,43 +362,46 @@ def _rows(v, out: list) -> bool:
 
 
 class Replayer:
-    """A forward replayed from ``template``: its calls are checked as they happen (:meth:`enter`, :meth:`leave`
-    return False at the first difference); :meth:`finish` runs the reads and hands the counts to the slots."""
+    """A forward replayed from ``template``: its calls are checked as they happen (:meth:`match` returns False at
+    the first difference); :meth:`finish` runs the reads and hands the counts to the slots."""
 
     def __init__(self, template: Template, counts):
         self.t, self.counts = template, counts
+        self.steps = template.steps
         self.k = 0  # steps matched so far
         self.n_tally = 0
         self.events: list = []  # (slot index, args, kwargs, output or OPEN) a step, for the reads or a fallback
-        self.anchors = [None] * template.groups  # (storage address, version) of each group's first value
-        self.noted: list = []  # (step, watched tensor, its _version when noted)
+        # each group's first value, and its _version then (the reads take their tensors from these)
+        self.anchors: list = [None] * template.groups
+        self.noted: list = []  # (step, watched tensor, its _version when noted), but anchors (see members)
         if template.dirty:  # (a replay that did not finish left tallies in the block)
             template.scratch.zero_()
         template.dirty = True
         self.ok = True
 
-    def enter(self, idx: int, args: tuple, kwargs: dict) -> bool:
-        """Note a call's entry; False when it differs from the recording (it is then not noted)."""
-        return self._match(idx, (idx, args, kwargs, OPEN), args if len(args) == 1 and not kwargs else None)
-
-    def leave(self, idx: int, args: tuple, kwargs: dict, out) -> bool:
-        """Note a call's exit; False when it differs from the recording (it is then not noted)."""
-        return self._match(-1 - idx, (idx, args, kwargs, out), (out,) if isinstance(out, torch.Tensor) else None)
-
-    def _match(self, code: int, event: tuple, one: tuple | None) -> bool:
-        """Step ``code`` (see :class:`Template`) with ``event``: noted if it is the recording's next step, else the
-        replay ends. ``one``: the step's only value in a 1-tuple (one positional argument, or an output that is a
-        tensor), else None."""
+    def match(self, code: int, event: tuple, one: tuple | None) -> bool:
+        """Step ``code`` (see :class:`Template`: a module's index at a call's entry, ``-1 - idx`` at its exit) with
+        ``event`` (``(idx, args, kwargs, OPEN)`` or ``(idx, args, kwargs, output)``): noted if it is the recording's
+        next step, else the replay ends. ``one``: the step's only value in a 1-tuple (one positional argument, or an
+        output that is a tensor), else None."""
         k = self.k
-        c, single, expected, watch = self.t.steps[k]
+        c, kind, expected, watch = self.steps[k]
         if c == code and self.ok:
-            if single and one is not None:
+            if kind and one is not None:
                 v = one[0]
-                ok = (self._watched(watch, k, one) if watch is not None else
-                      isinstance(v, torch.Tensor) and v.shape == expected[0] and v.dtype == expected[1])
+                if kind == SHAPE:
+                    ok = isinstance(v, torch.Tensor) and v.shape == expected[0] and v.dtype == expected[1]
+                elif kind == ANCHOR and isinstance(v, torch.Tensor):
+                    ok = _layout(v) == watch[0][2]
+                    if ok:
+                        self.anchors[watch[0][1]] = (v, v._version)
+                elif kind == SAME and v is (a := self.anchors[watch[0][1]])[0]:
+                    ok = v._version == a[1] + watch[0][3]
+                else:
+                    ok = self._watched(watch, k, one)
             else:
                 _, args, kwargs, out = event
-                ok = (_entry_sig(args, kwargs) if out is OPEN else _exit_sig(out)) == expected and (
+                ok = kind == SIG and (_entry_sig(args, kwargs) if out is OPEN else _exit_sig(out)) == expected and (
                     watch is None or self._watched(watch, k, _values(event)))
             if ok:
                 self.k = k + 1
@@ -390,23 +413,25 @@ class Replayer:
     def _watched(self, watch: tuple, k: int, vals: tuple) -> bool:
         """The values of step ``k`` that share a read tensor's storage (``watch``, see :class:`Template`): as
         recorded (layout, aliasing, in-place changes of the storage)."""
-        anchors, noted = self.anchors, self.noted
-        for j, g, layout, *tie in watch:
+        anchors = self.anchors
+        for j, g, layout, delta, same in watch:
             v = vals[j]
             if not isinstance(v, torch.Tensor):
                 return False
             ver = v._version
-            if not tie:  # the group's first value
+            if delta is None:  # the group's first value
                 if _layout(v) != layout:
                     return False
-                anchors[g] = (v.untyped_storage().data_ptr(), ver, v)
-            else:
-                a = anchors[g]
-                if a is None or ver - a[1] != tie[0]:
-                    return False
-                if not (tie[1] and v is a[2]) and (_layout(v) != layout or v.untyped_storage().data_ptr() != a[0]):
-                    return False
-            noted.append((k, v, ver))
+                anchors[g] = (v, ver)
+                continue
+            a = anchors[g]
+            if a is None or ver - a[1] != delta:
+                return False
+            if same and v is a[0]:
+                continue  # (its later in-place changes are the anchor's: Template.members)
+            if _layout(v) != layout or v.untyped_storage().data_ptr() != a[0].untyped_storage().data_ptr():
+                return False
+            self.noted.append((k, v, ver))
         return True
 
     def row(self, x: torch.Tensor):
@@ -424,16 +449,9 @@ class Replayer:
         """Run the recorded reads on this forward's tensors into the template's block, copy the block to new rows of
         the count buffer and count them as one more replay of the recorded calls (added to ``slots`` at the first
         replay); returns the slots whose read tensors changed in place while the forward ran."""
-        t, counts, events = self.t, self.counts, self.events
+        t, counts = self.t, self.counts
         block = t.scratch
-        for where, off, fan, inv in t.torch_reads:
-            _count_torch(_resolve(events, where).detach(), block[off], fan, inv)
-        if t.batches:
-            from ..kernels import stats as K
-
-            for where, plan, interpret in t.batches:
-                if plan is not None:
-                    K.launch_plan(plan, [_resolve(events, w) for w in where], block, interpret)
+        self._read(block)
         dev, base = counts._row(t.device, t.nrows)
         counts.bufs[dev][0][base:base + t.nrows].copy_(block)
         block.zero_()
@@ -445,10 +463,27 @@ class Replayer:
         counts.paths |= t.paths
         return self.changed_slots(slots)
 
+    def _read(self, block: torch.Tensor):
+        """The recorded reads of this forward's tensors (each group's anchor, or a view of its storage) into
+        ``block``."""
+        t, anchors = self.t, self.anchors
+        for (g, view, copy), off, fan, inv in t.torch_reads:
+            _count_torch(_resolve(anchors[g][0], view, copy).detach(), block[off], fan, inv)
+        if t.batches:
+            from ..kernels import stats as K
+
+            for where, plan, interpret in t.batches:
+                if plan is not None:
+                    K.launch_plan(plan, [_resolve(anchors[g][0], view, copy) for g, view, copy in where], block,
+                                  interpret)
+
     def changed_slots(self, slots) -> list:
         """The slots of the calls that noted a watched tensor since changed in place (for a replay given up: the
         hooks read the noted tensors now)."""
         found = {self.events[k][0] for k, v, ver in self.noted if v._version != ver}
+        for g, a in enumerate(self.anchors):
+            if a is not None and a[0]._version != a[1]:
+                found.update(i for k, i, delta in self.t.members[g] if k < self.k and a[0]._version != a[1] + delta)
         return [slots[i] for i in sorted(found)]
 
 
