@@ -4,9 +4,10 @@ Per forward (``--forwards`` a round, median of ``--repeats`` rounds, variants in
 each clock read): the plain forward (checks deferred); a replayed forward (steady state under one EnergyMeter, after
 two warm-up forwards: the recording and a first replay); the same with the replay's end-of-forward counting reads as
 no-ops (what is left is the replay's Python); the same with the per-call checks also as no-ops (what is left is
-the wrappers); a hooked forward (``replay=False``); then the device synchronisations a replayed forward makes
-(``torch.cuda.set_sync_debug_mode``), and where a replayed forward's host time goes: the functions whose own time (cProfile) grows most over a plain
-forward's.
+the wrappers); a replayed forward that keeps none of its calls' tensors (as a plain forward frees them; timing
+only: a replay that gave up could not be counted); a hooked forward (``replay=False``); then the device
+synchronisations a replayed forward makes (``torch.cuda.set_sync_debug_mode``), and where a replayed forward's host
+time goes: the functions whose own time (cProfile) grows most over a plain forward's.
 
     python benchmarks/energy_host.py                       # CPU: a 4-layer Spikformer, dim 32 (tiny tensors)
     python benchmarks/energy_host.py --device cuda --backend fused --case "EST 4x384" --case "spiking attention block"
@@ -57,6 +58,23 @@ def no_checks(stack: contextlib.ExitStack):
     stack.enter_context(mock.patch.object(R.Replayer, "match", match))
 
 
+class _Dropped(list):
+    def append(self, item):
+        pass
+
+
+def calls_dropped(stack: contextlib.ExitStack):
+    """The replay keeps no calls (their arguments and outputs die as in a plain forward; a replay that gave up could
+    not be counted, so only for timing): what keeping a forward's tensors to its end costs."""
+    init = R.Replayer.__init__
+
+    def dropping(self, *args):
+        init(self, *args)
+        self.events = _Dropped()
+
+    stack.enter_context(mock.patch.object(R.Replayer, "__init__", dropping))
+
+
 def measure(name, model, shape, device, repeats, forwards):
     model = model.to(device).eval()
     x = (torch.rand(*shape, device=device) < 0.2).float()
@@ -92,6 +110,7 @@ def measure(name, model, shape, device, repeats, forwards):
     fns = {"plain forward": plain, "replayed forward": metered(),
            "replayed, reads as no-ops": metered(patch=no_reads),
            "replayed, reads and call checks as no-ops": metered(patch=no_checks),
+           "replayed, calls not kept (timing only)": metered(patch=calls_dropped),
            "hooked forward (replay=False)": metered(False)}
     times = {k: [] for k in fns}
     for i in range(repeats + 1):
