@@ -75,7 +75,10 @@ def calls_dropped(stack: contextlib.ExitStack):
     stack.enter_context(mock.patch.object(R.Replayer, "__init__", dropping))
 
 
-def measure(name, model, shape, device, repeats, forwards):
+PROFILED = {"replayed": None, "no-reads": no_reads, "no-checks": no_checks, "calls-not-kept": calls_dropped}
+
+
+def measure(name, model, shape, device, repeats, forwards, profile="replayed", top=16):
     model = model.to(device).eval()
     x = (torch.rand(*shape, device=device) < 0.2).float()
     with EnergyMeter(model) as probe:
@@ -124,7 +127,7 @@ def measure(name, model, shape, device, repeats, forwards):
         t = statistics.median(ts)
         print(f"  {label:44s} {t * 1e3:8.3f} ms a forward ({(t / base - 1) * 100:+6.1f}%)")
 
-    with torch.no_grad(), EnergyMeter(model) as m:
+    with torch.no_grad(), EnergyMeter(model) as m, contextlib.ExitStack() as stack:
         model(x)
         model(x)
         if device.type == "cuda":
@@ -139,16 +142,18 @@ def measure(name, model, shape, device, repeats, forwards):
             syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]
             print(f"  device synchronisations in {forwards} replayed forwards: {len(syncs)}"
                   + (f" (first: {syncs[0]})" if syncs else ""))
+        if PROFILED[profile] is not None:
+            PROFILED[profile](stack)
         replayed = profiled(lambda: model(x), forwards, device)
     with torch.no_grad(), validate.deferred_checks():
         plain_prof = profiled(lambda: model(x), forwards, device)
-    print(f"  cProfile of {forwards} replayed forwards against {forwards} plain ones (the profiler adds its own "
-          "cost), the functions whose own time grows most, us a forward:")
+    print(f"  cProfile of {forwards} replayed forwards ({profile}) against {forwards} plain ones (the profiler adds "
+          "its own cost), the functions whose own time grows most, us a forward:")
     grown = sorted(((replayed.get(f, (0, 0))[1] - plain_prof.get(f, (0, 0))[1], f)
                     for f in set(replayed) | set(plain_prof)), reverse=True)
     total = sum(v[1] for v in replayed.values()) - sum(v[1] for v in plain_prof.values())
     print(f"    all functions: {total / forwards * 1e6:+9.1f}")
-    for dt, f in grown[:16]:
+    for dt, f in grown[:top]:
         calls = replayed.get(f, (0, 0))[0] - plain_prof.get(f, (0, 0))[0]
         print(f"    {dt / forwards * 1e6:+9.1f}  ({calls / forwards:+6.1f} calls)  {f}")
 
@@ -172,6 +177,9 @@ def main(argv=None):
     ap.add_argument("--case", action="append", default=[], help="a model of energy_overhead.cases (repeatable)")
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--forwards", type=int, default=20)
+    ap.add_argument("--profile", default="replayed", choices=sorted(PROFILED),
+                    help="the replayed variant the cProfile diff takes")
+    ap.add_argument("--top", type=int, default=16, help="functions the cProfile diff lists")
     args = ap.parse_args(argv)
     E.BACKEND = args.backend
     device = torch.device(args.device)
@@ -189,7 +197,7 @@ def main(argv=None):
             raise SystemExit(f"--case must be one of {sorted(known)}, got {missing}")
         runs = [known[c][:3] for c in args.case]
     for name, model, shape in runs:
-        measure(name, model, shape, device, args.repeats, args.forwards)
+        measure(name, model, shape, device, args.repeats, args.forwards, args.profile, args.top)
 
 
 if __name__ == "__main__":
