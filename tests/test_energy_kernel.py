@@ -405,6 +405,51 @@ def test_import_and_profile_without_triton():
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
 
 
+
+def test_launchers_make_the_device_of_their_tensors_current(monkeypatch):
+    """Triton launches on the current CUDA device: each launcher switches to its tensors' device first (only when it
+    is another one). Run here with a stand-in tensor on cuda:1 while cuda:0 is current; on two GPUs,
+    test_gpu_kernels_launch_on_the_device_of_their_tensors runs the real thing."""
+    from neurosim.kernels import runtime, stats, triton_lif
+
+    switched = []
+
+    class Device:  # torch.cuda.device, noting what it makes current
+        def __init__(self, device):
+            self.device = device
+
+        def __enter__(self):
+            switched.append(self.device)
+
+        def __exit__(self, *exc):
+            switched.append("back")
+
+    class OnCuda1:  # what the guard asks of a tensor
+        is_cuda, device = True, "cuda:1"
+
+        def get_device(self):
+            return 1
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device", Device)
+    seen = []
+
+    @runtime.on_device_of(1, "out")
+    def launcher(x, out, interpret=False):
+        seen.append(list(switched))
+        return x
+
+    assert launcher("x", OnCuda1()) == "x" and seen[-1] == ["cuda:1"] and switched == ["cuda:1", "back"]
+    switched.clear()
+    assert launcher("x", out=OnCuda1(), interpret=True) == "x" and seen[-1] == ["cuda:1"]
+    switched.clear()
+    OnCuda1.get_device = lambda self: 0  # already current: no switch
+    launcher("x", OnCuda1())
+    launcher("x", torch.zeros(1))  # a CPU tensor (the interpreter): no switch
+    assert switched == []
+    for fn in (stats.launch, stats.launch_plan, triton_lif.launch_forward, triton_lif.launch_backward):
+        assert fn.__wrapped__ is not None, fn.__name__  # (decorated)
+
 # ---------------------------------------------------------------- GPU (compiled kernel)
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the compiled kernel (the CPU tests "
                           "run the same kernel code in Triton's interpreter)")
@@ -486,6 +531,22 @@ def test_gpu_planned_launch_reuses_its_compiled_kernel_while_pointer_alignment_h
         assert out.cpu().tolist() == [reference(x.cpu(), None, inv) for x, inv in zip(xs, invs)]
         assert len(through_triton) == triton_launches
     assert any(x.data_ptr() % 16 for x in launches[3][0])  # (the shifted tensors: another alignment)
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_gpu_kernels_launch_on_the_device_of_their_tensors():
+    """Models on cuda:1 while cuda:0 is current: the LIF and counting kernels run on cuda:1 (in a child process: a
+    kernel launched on the wrong device can leave an illegal address that breaks every later CUDA call)."""
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--second-device"], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["current"] == 0
+    check_replayed_counts(got["replayed"])
+    for name in ("conv", "spikformer"):
+        assert got[f"{name}_forward"], name
+        kernel, ref = got[f"{name}_profiles"]
+        assert kernel == ref and kernel["totals"]["synops"] > 0, name
+
 
 
 def fused_models(device="cpu"):
@@ -606,6 +667,21 @@ def check_replayed_counts(got):
         assert replayed["report"]["totals"]["synops"] > 0, name
 
 
+def second_device_results():
+    """On cuda:1 while cuda:0 is the current device (Triton launches on the current one): the fused models' outputs
+    against cuda:0's, their replayed and hooked reports (:func:`replayed_counts`), and their profiles counted by the
+    kernel and by torch ops."""
+    out = {"current": torch.cuda.current_device(), "replayed": replayed_counts("cuda:1")}
+    for name, (model, x) in fused_models("cuda:1").items():
+        with torch.no_grad():
+            y1 = model(x).cpu()
+            y0 = model.to("cuda:0")(x.to("cuda:0")).cpu()
+        model.to("cuda:1")
+        out[f"{name}_forward"] = torch.equal(y0, y1)
+        out[f"{name}_profiles"] = [json.loads(profile(model, x, counting=c).to_json()) for c in ("kernel", "torch")]
+    return out
+
+
 class LateInPlace(nn.Module):
     """A LIF's spikes read by fc1, then zeroed in place (outside any module) before fc2 reads them: a read that
     waits in a batch past the change would count the zeros for the LIF and fc1 too."""
@@ -699,6 +775,8 @@ def check_batched_counts(got, counts):
 
 
 # ---------------------------------------------------------------- child process entry point
+if __name__ == "__main__" and sys.argv[1:] == ["--second-device"]:
+    print(json.dumps(second_device_results()))
 if __name__ == "__main__" and len(sys.argv) > 2 and sys.argv[1] == "--interpreter":
     counts, paths = buffer_counts("auto")
     from neurosim.kernels import stats as K

@@ -46,6 +46,27 @@ def check_mode(interpret: bool):
         )
 
 
+def on_device_of(pos: int, name: str):
+    """Decorate a kernel launcher so that the CUDA device of its tensor argument ``pos`` (or keyword ``name``) is the
+    current device while it runs: Triton launches on the current device, whatever device the tensors are on."""
+    import functools
+
+    import torch
+
+    def decorate(launcher):
+        @functools.wraps(launcher)
+        def launch(*args, **kwargs):
+            t = args[pos] if len(args) > pos else kwargs[name]
+            if t.is_cuda and t.get_device() != torch.cuda.current_device():
+                with torch.cuda.device(t.device):
+                    return launcher(*args, **kwargs)
+            return launcher(*args, **kwargs)
+
+        return launch
+
+    return decorate
+
+
 def with_jit_helpers(module_globals: dict, helpers) -> dict:
     """A copy of a kernel module's globals in which each function named in ``helpers`` is jit-wrapped (and sees
     the others wrapped): kernels rebound to it with :func:`rebind` call the helpers as Triton functions."""

@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .runtime import check_mode, rebind, with_jit_helpers
+from .runtime import check_mode, on_device_of, rebind, with_jit_helpers
 
 BLOCK = 1024  # elements a program reads per step (4 a thread in 8 warps)
 COLS = 5  # nnz, ones, non-finite, fan-weighted nnz, sum of round(x * inv_scale)
@@ -259,6 +259,7 @@ def _check_out(out: torch.Tensor, row: int):
                          f"{out.dtype} of shape {tuple(out.shape)}")
 
 
+@on_device_of(1, "out")
 def launch(x: torch.Tensor, out: torch.Tensor, fan: torch.Tensor | None = None, inv_scale: float | None = None,
            interpret: bool = False, row: int = 0):
     """Add the counts of ``x`` (contiguous, or any view for which :func:`readable` holds, with ``any_order``
@@ -355,6 +356,7 @@ def plan_many(xs: list, out: torch.Tensor, rows: list, inv_scales: list, fans: l
                      num_warps=8), [])
 
 
+@on_device_of(2, "out")
 def launch_plan(plan: Plan, xs: list, out: torch.Tensor, interpret: bool = False):
     """Launch ``plan`` (:func:`plan_many`) on ``xs``, laid out as the tensors it was made for, into ``out``.
 

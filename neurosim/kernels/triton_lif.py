@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 
 from ..spike_tally import SLOTS
-from .runtime import check_mode, rebind, with_jit_helpers
+from .runtime import check_mode, on_device_of, rebind, with_jit_helpers
 
 SURROGATE_CODES = {"fast_sigmoid": 0, "arctan": 1, "sigmoid": 2}
 HALF_PI = 1.5707963267948966
@@ -321,6 +321,7 @@ def config(T: int, N: int, interpret: bool = False) -> LaunchConfig:
     return LaunchConfig(16, vec, 4 if vec == 2 else 8, vec, 4 if vec == 2 else 8)
 
 
+@on_device_of(0, "x")
 def launch_forward(x, state_m, state_i, beta, th, alpha, *, cuba, zero, write_trace, write_ck, bad=None,
                    count=None, interpret=False):
     """Run the forward kernel on ``x`` ``[T, N]`` (contiguous, fp32/bf16/fp16).
@@ -359,6 +360,7 @@ def launch_forward(x, state_m, state_i, beta, th, alpha, *, cuba, zero, write_tr
     return spikes, trace, mT, iT, (ckm, cki), cfg
 
 
+@on_device_of(0, "x")
 def launch_backward(x, g_spikes, g_trace, g_mT, g_iT, ck, beta, th, alpha, *, cuba, zero, detach, surrogate,
                     slope, learn_beta, learn_th, learn_alpha, cfg, interpret=False):
     """Run the backward kernel; returns ``g_x`` (x's dtype), ``g_m0``, ``g_i0`` (``[N]`` fp32, ``g_i0`` ``None``
