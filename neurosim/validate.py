@@ -14,6 +14,9 @@ import torch
 _DEFERRED: contextvars.ContextVar = contextvars.ContextVar("neurosim_deferred_checks", default=None)
 
 
+COMPACT_EVERY = 4096  # queued checks a DeferredChecks holds before it compacts them
+
+
 class DeferredChecks:
     """NaN/inf checks whose verdicts stay on the device until :meth:`check` reads them all at once.
 
@@ -22,17 +25,26 @@ class DeferredChecks:
     labelled with ``where()`` (a string, or an object whose ``str()`` is one, made only for the error: e.g. the
     layer running, as the energy meter passes it), and :meth:`check` reads
     every queued value with one transfer per device and dtype, raising for the first bad one in call order.
+
+    A long block (an energy meter over many batches) does not keep a value per check: every
+    :data:`COMPACT_EVERY` checks the queued values become one verdict tensor per device, dtype and kind, copied to
+    the host without waiting (pinned memory, an event), and the verdicts whose copy has arrived are read then: the
+    first bad one is kept for :meth:`check` and the rest dropped.
     """
 
     def __init__(self, where: Callable[[], str] | None = None):
         self.where = where
         self._items: list = []  # (label, name, value, kind): "sum" bad when not finite, "flag" bad when nonzero
+        self._compacted = 0  # checks queued before those in _items
+        self._chunks: list = []  # compacted checks not read yet: ([(label, name)], [(positions, verdicts, event)])
+        self._first_bad = None  # (label, name) of the first bad check found among the compacted ones
         # while a CUDA graph is captured: value -> a slot that the graph adds the value to at every replay (a
         # non-finite sum or a nonzero flag then stays so over all replays)
         self.accumulate: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __len__(self):
-        return len(self._items)
+        """Checks queued since the last :meth:`check`."""
+        return self._compacted + len(self._items)
 
     def _label(self):
         return self.where() if self.where is not None else ""
@@ -53,17 +65,72 @@ class DeferredChecks:
         if self.accumulate is not None:
             value = self.accumulate(value)
         self._items.append((self._label(), name, value.reshape(1), kind))
+        if len(self._items) >= COMPACT_EVERY and self.accumulate is None:  # (not while a graph is captured)
+            self._compact()
+
+    def drop_after(self, n: int):
+        """Forget the checks queued after the first ``n`` (a failed CUDA graph capture's)."""
+        del self._items[max(n - self._compacted, 0):]
+
+    def _compact(self):
+        """The queued values as verdicts on their way to the host (see the class docstring)."""
+        self._scan(wait=False)
+        items, self._items = self._items, []
+        self._compacted += len(items)
+        if self._first_bad is not None:
+            return  # (a bad check came first: nothing later is read)
+        groups: dict = {}
+        for i, (_, _, v, kind) in enumerate(items):
+            groups.setdefault((v.device, v.dtype, kind), []).append(i)
+        parts = []
+        for (device, _, kind), idx in groups.items():
+            values = torch.cat([items[i][2] for i in idx])
+            bad = ~torch.isfinite(values) if kind == "sum" else values != 0
+            event = None
+            if device.type == "cuda":
+                with torch.cuda.device(device):
+                    host = torch.empty(bad.shape, dtype=torch.bool, pin_memory=True)
+                    host.copy_(bad, non_blocking=True)
+                    event = torch.cuda.Event()
+                    event.record()
+                bad = host
+            parts.append((idx, bad, event))
+        self._chunks.append(([(label, name) for label, name, _, _ in items], parts))
+
+    def _scan(self, wait: bool):
+        """Read the compacted verdicts, oldest first, that have reached the host (``wait``: all of them), until a
+        bad one is found."""
+        while self._chunks and self._first_bad is None:
+            labels, parts = self._chunks[0]
+            if not wait and any(e is not None and not e.query() for _, _, e in parts):
+                return
+            for _, _, event in parts:
+                if event is not None:
+                    event.synchronize()
+            bad = [i for idx, verdicts, _ in parts for i, b in zip(idx, verdicts.tolist()) if b]
+            if bad:
+                self._first_bad = labels[min(bad)]
+            self._chunks.pop(0)
+        if self._first_bad is not None:
+            self._chunks.clear()
 
     def check(self):
         """Read the queued values back (one transfer per device and dtype) and clear them; raise ValueError
         naming the first bad one."""
-        items, self._items = self._items, []
-        values = read_back([v for _, _, v, _ in items])
-        for (label, name, _, kind), v in zip(items, values):
-            if (kind == "sum" and not math.isfinite(v)) or (kind == "flag" and v):
-                label = str(label)  # (made now: where() may return any object naming the place)
-                raise ValueError(f"{label + ': ' if label else ''}{name} contains NaN/inf value(s); all values must "
-                                 "be finite")
+        self._scan(wait=True)
+        first, items = self._first_bad, self._items
+        self._items, self._chunks, self._compacted, self._first_bad = [], [], 0, None
+        if first is None:
+            values = read_back([v for _, _, v, _ in items])
+            for (label, name, _, kind), v in zip(items, values):
+                if (kind == "sum" and not math.isfinite(v)) or (kind == "flag" and v):
+                    first = (label, name)
+                    break
+        if first is not None:
+            label, name = first
+            label = str(label)  # (made now: where() may return any object naming the place)
+            raise ValueError(f"{label + ': ' if label else ''}{name} contains NaN/inf value(s); all values must be "
+                             "finite")
 
 
 def read_back(values: list) -> list:

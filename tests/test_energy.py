@@ -255,6 +255,28 @@ def test_meter_defers_the_layers_own_checks_and_names_the_layer_running():
         profile(net, torch.ones(2, 1, 4))
 
 
+
+def test_long_metered_loops_keep_their_checks_bounded_and_name_a_late_nan(monkeypatch):
+    """Over many replayed forwards the meter's deferred checks are compacted (validate.COMPACT_EVERY): it holds
+    fewer queued values than that, and a NaN in the 31st of 40 forwards still names the layer that checked it."""
+    monkeypatch.setattr(neurosim.validate, "COMPACT_EVERY", 8)
+    register_counter(_Inner, lambda m, a, o: Count(), overwrite=True)
+    net = nn.Sequential(nn.Linear(4, 4), neurosim.LIF(backend="torch"), _Inner(1.0))
+    x = spikes(2, 1, 4)
+    held = []
+    with torch.no_grad(), neurosim.energy.EnergyMeter(net) as meter:
+        for _ in range(40):
+            net(x)
+            held.append(len(meter._checks.checks._items))
+        assert len(meter._checks.checks) == 80 and meter.replayed == 39  # (the LIF's check and _Inner's)
+    assert max(held) < 8
+    assert meter.report().layer("2").calls == 40
+    with pytest.raises(ValueError, match=r"^layer '2' \(_Inner\): current contains NaN/inf"):
+        with torch.no_grad(), neurosim.energy.EnergyMeter(net):
+            for i in range(40):
+                net[2].w = float("nan") if i == 30 else 1.0
+                net(x)
+
 def test_hardware_profiles():
     with pytest.raises(ValueError, match="hardware"):
         profile(nn.Linear(2, 2), torch.zeros(1, 1, 2), hardware="tpu")

@@ -73,3 +73,54 @@ def test_deferred_checks_nest_and_are_not_read_when_an_exception_is_pending():
                 validate.finite("z", torch.ones(1))
             assert len(inner) == 0  # read and cleared at its own end
             validate.finite("x", nan)
+
+
+_DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _queue(n, bad, device):
+    """Checks 0..n-1 labelled "check i" inside one deferred block: sums, flags and float64 values in turn, those
+    in ``bad`` holding a NaN/inf; returns the block's DeferredChecks and the size of its queue after each check."""
+    where = ["check 0"]
+    sizes = []
+    with validate.deferred_checks(where=lambda: where[0]) as checks:
+        for i in range(n):
+            where[0] = f"check {i}"
+            x = torch.ones(3, device=device)
+            if i % 3 == 0:
+                if i in bad:
+                    x[1] = float("nan")
+                validate.finite("x", x)
+            elif i % 3 == 1:
+                validate.flag("x", x, torch.tensor([int(i in bad)], dtype=torch.int32, device=device))
+            else:
+                x = x.double()
+                if i in bad:
+                    x[0] = float("inf")
+                validate.finite("x", x)
+            sizes.append((len(checks), len(checks._items), len(checks._chunks)))
+    return checks, sizes
+
+
+@pytest.mark.parametrize("device", _DEVICES)
+@pytest.mark.parametrize("arrived", [True, False])
+@pytest.mark.parametrize("bad,first", [((), None), ((5, 17), 5), ((16, 3), 3), ((19,), 19), ((12, 13, 14), 12)])
+def test_long_deferred_blocks_compact_their_checks_and_still_name_the_first_bad_one(monkeypatch, device, arrived,
+                                                                                    bad, first):
+    """Every COMPACT_EVERY checks the queued values become verdicts on their way to the host (no wait): the queue
+    stays bounded over a long block, and the error still names the first bad check in call order, whether it was
+    compacted (read at a later compaction or at the end) or still queued. ``arrived=False``: no copy has reached
+    the host before the end of the block (every compacted chunk is read then, oldest first)."""
+    monkeypatch.setattr(validate, "COMPACT_EVERY", 4)
+    if not arrived:
+        scan = validate.DeferredChecks._scan
+        monkeypatch.setattr(validate.DeferredChecks, "_scan", lambda self, wait: scan(self, wait) if wait else None)
+    if first is None:
+        checks, sizes = _queue(20, bad, device)
+        assert [s[0] for s in sizes] == list(range(1, 21))  # len: every check queued so far
+        assert max(s[1] for s in sizes) < 4  # values held: fewer than a chunk
+        assert max(s[2] for s in sizes) <= (2 if arrived else 5)  # chunks held: those whose copy has not arrived
+        assert len(checks) == 0  # (read at the end of the block)
+        return
+    with pytest.raises(ValueError, match=rf"^check {first}: x contains NaN/inf value\(s\)"):
+        _queue(20, bad, device)

@@ -244,7 +244,7 @@ class GraphedForward:
             for s, n0 in zip(meter._slots, marks):
                 del s.calls[n0:]
             if checks is not None:
-                del checks._items[items:]
+                checks.drop_after(items)
             counts.pending.clear()
             counts.optional.clear()
             counts.drop_batch()
