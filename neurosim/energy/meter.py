@@ -851,8 +851,9 @@ def profile(model: nn.Module, inputs, hardware="cmos45nm", require_spikes=None, 
     if first is None:
         raise ValueError("inputs must contain at least one tensor shaped [T, B, ...]")
     batch = int(first.shape[1]) if first.dim() >= 2 else None
+    # (one forward: nothing to replay, so it is not recorded either, neurosim.energy.replay)
     meter = EnergyMeter(model, hardware=hardware, require_spikes=require_spikes, counting=counting, rates=rates,
-                        audit=audit)
+                        audit=audit, replay=False)
     with meter, torch.set_grad_enabled(grad):
         _call(model, inputs)
     return meter.report(batch_size=batch)
