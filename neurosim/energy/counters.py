@@ -27,6 +27,8 @@ Conventions (all exact, from the actual tensors):
 """
 from __future__ import annotations
 
+import functools
+
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -191,8 +193,11 @@ def is_spiking_neuron(module: nn.Module) -> bool:
     """The neuron protocol: a module class with ``is_spiking_neuron = True`` (e.g. neurosim.LIF), or a neuron
     of snnTorch, SpikingJelly or Norse (:data:`PEER_NEURONS`)."""
     cls = type(module)
-    if getattr(cls, "is_spiking_neuron", False):
-        return True
+    return bool(getattr(cls, "is_spiking_neuron", False)) or _peer_neuron(cls)
+
+
+@functools.lru_cache(maxsize=None)
+def _peer_neuron(cls: type) -> bool:
     names = {f"{c.__module__}.{c.__qualname__}" for c in cls.__mro__}
     return bool(names & PEER_NEURONS) and not names & _NOT_NEURONS
 

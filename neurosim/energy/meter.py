@@ -80,7 +80,8 @@ def _first_tensor(obj):
 class _Wrapped:
     """``module.forward`` replaced by ``make(module.forward)`` (an instance attribute over the class's method: a
     module's ``__call__`` takes its forward from the instance; no hooks, whose modules run torch's slower hooked
-    call path, BENCHMARKS.md energy run 12); :meth:`remove` restores it."""
+    call path, BENCHMARKS.md energy run 12); :meth:`remove` restores it. (Set in the instance's ``__dict__``:
+    ``nn.Module.__setattr__`` would look for parameters, buffers and modules of that name first.)"""
 
     __slots__ = ("module", "forward", "previous")
 
@@ -88,14 +89,15 @@ class _Wrapped:
         self.module = module
         self.previous = module.__dict__.get("forward")  # an instance attribute already there (None: the method)
         self.forward = make(module.forward)
-        module.forward = self.forward
+        module.__dict__["forward"] = self.forward
 
     def remove(self):
-        if self.module.__dict__.get("forward") is self.forward:
+        d = self.module.__dict__
+        if d.get("forward") is self.forward:
             if self.previous is None:
-                del self.module.forward
+                del d["forward"]
             else:
-                self.module.forward = self.previous
+                d["forward"] = self.previous
 
 
 def _tensors(args):
