@@ -4,7 +4,8 @@
 # installed the wheels into /tmp/site. OLD: a tree of the code to compare against, made here before the device call
 # (it must be an untracked, not ignored folder to be carried), e.g.
 #   mkdir ab_old && git archive <rev> neurosim encoders models hardware benchmarks | tar -x -C ab_old
-# NEW (default: this tree). BACKENDS, REPS (alternations, default 3), ROUNDS (default 10), PIN (e.g. "taskset -c 3").
+# NEW (default: this tree). BACKENDS, REPS (alternations, default 3), ROUNDS (default 10), PIN (e.g. "taskset -c 3"),
+# WHAT (replayed, the default, or profile: a one-shot profile each time).
 set -uo pipefail
 OLD=${OLD:?set OLD to a code tree}
 NEW=${NEW:-$PWD}
@@ -21,7 +22,8 @@ for b in ${BACKENDS:-fused torch}; do
     for rep in $(seq "${REPS:-3}"); do
       for code in old new; do
         (cd "/tmp/ab_$code" && PYTHONPATH="/tmp/ab_$code:/tmp/site" timeout 120 ${PIN:-} python3 \
-          benchmarks/replay_overhead.py --backend "$b" --case "$c" --tag "$code" --rounds "${ROUNDS:-10}" 2>&1 | grep RESULT)
+          benchmarks/replay_overhead.py --backend "$b" --case "$c" --tag "$code" --rounds "${ROUNDS:-10}" \
+          --what "${WHAT:-replayed}" 2>&1 | grep RESULT)
       done
     done
   done
