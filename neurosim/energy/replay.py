@@ -373,7 +373,9 @@ class Replayer:
         self.events: list = []  # (slot index, args, kwargs, output or OPEN) a step, for the reads or a fallback
         # each group's first value, and its _version then (the reads take their tensors from these)
         self.anchors: list = [None] * template.groups
-        self.noted: list = []  # (step, watched tensor, its _version when noted), but anchors (see members)
+        # (step, watched tensor, its _version when noted) for watched values other than the anchors and the anchors
+        # themselves, whose in-place changes the anchors show (Template.members)
+        self.noted: list = []
         if template.dirty:  # (a replay that did not finish left tallies in the block)
             template.scratch.zero_()
         template.dirty = True
