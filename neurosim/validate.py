@@ -29,22 +29,27 @@ class DeferredChecks:
     A long block (an energy meter over many batches) does not keep a value per check: every
     :data:`COMPACT_EVERY` checks the queued values become one verdict tensor per device, dtype and kind, copied to
     the host without waiting (pinned memory, an event), and the verdicts whose copy has arrived are read then: the
-    first bad one is kept for :meth:`check` and the rest dropped.
+    first bad one is kept for :meth:`check` and the rest dropped. The slots a captured CUDA graph adds its checks to
+    (``accumulate``) are kept as they are, and read by :meth:`check`: every replay adds to them.
     """
 
     def __init__(self, where: Callable[[], str] | None = None):
         self.where = where
-        self._items: list = []  # (label, name, value, kind): "sum" bad when not finite, "flag" bad when nonzero
-        self._compacted = 0  # checks queued before those in _items
-        self._chunks: list = []  # compacted checks not read yet: ([(label, name)], [(positions, verdicts, event)])
-        self._first_bad = None  # (label, name) of the first bad check found among the compacted ones
+        # (index, label, name, value, kind): "sum" bad when not finite, "flag" bad when nonzero; index: the check's
+        # place in call order
+        self._items: list = []
+        self._live: list = []  # the same for the slots a captured graph adds to (never compacted)
+        self._n = 0  # checks queued since the last check()
+        # compacted checks not read yet: ([(index, label, name)], [(positions, verdicts, event)])
+        self._chunks: list = []
+        self._first_bad = None  # (index, label, name) of the first bad check found among the compacted ones
         # while a CUDA graph is captured: value -> a slot that the graph adds the value to at every replay (a
         # non-finite sum or a nonzero flag then stays so over all replays)
         self.accumulate: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __len__(self):
         """Checks queued since the last :meth:`check`."""
-        return self._compacted + len(self._items)
+        return self._n
 
     def _label(self):
         return self.where() if self.where is not None else ""
@@ -62,29 +67,33 @@ class DeferredChecks:
         self._add(name, bad, "flag")
 
     def _add(self, name: str, value: torch.Tensor, kind: str):
+        item = (self._n, self._label(), name, value.reshape(1), kind)
+        self._n += 1
         if self.accumulate is not None:
-            value = self.accumulate(value)
-        self._items.append((self._label(), name, value.reshape(1), kind))
-        if len(self._items) >= COMPACT_EVERY and self.accumulate is None:  # (not while a graph is captured)
+            self._live.append(item[:3] + (self.accumulate(value).reshape(1), kind))
+            return
+        self._items.append(item)
+        if len(self._items) >= COMPACT_EVERY:
             self._compact()
 
     def drop_after(self, n: int):
         """Forget the checks queued after the first ``n`` (a failed CUDA graph capture's)."""
-        del self._items[max(n - self._compacted, 0):]
+        self._items = [it for it in self._items if it[0] < n]
+        self._live = [it for it in self._live if it[0] < n]
+        self._n = min(self._n, n)
 
     def _compact(self):
         """The queued values as verdicts on their way to the host (see the class docstring)."""
         self._scan(wait=False)
         items, self._items = self._items, []
-        self._compacted += len(items)
         if self._first_bad is not None:
             return  # (a bad check came first: nothing later is read)
         groups: dict = {}
-        for i, (_, _, v, kind) in enumerate(items):
+        for i, (_, _, _, v, kind) in enumerate(items):
             groups.setdefault((v.device, v.dtype, kind), []).append(i)
         parts = []
         for (device, _, kind), idx in groups.items():
-            values = torch.cat([items[i][2] for i in idx])
+            values = torch.cat([items[i][3] for i in idx])
             bad = ~torch.isfinite(values) if kind == "sum" else values != 0
             event = None
             if device.type == "cuda":
@@ -95,7 +104,7 @@ class DeferredChecks:
                     event.record()
                 bad = host
             parts.append((idx, bad, event))
-        self._chunks.append(([(label, name) for label, name, _, _ in items], parts))
+        self._chunks.append(([it[:3] for it in items], parts))
 
     def _scan(self, wait: bool):
         """Read the compacted verdicts, oldest first, that have reached the host (``wait``: all of them), until a
@@ -118,16 +127,14 @@ class DeferredChecks:
         """Read the queued values back (one transfer per device and dtype) and clear them; raise ValueError
         naming the first bad one."""
         self._scan(wait=True)
-        first, items = self._first_bad, self._items
-        self._items, self._chunks, self._compacted, self._first_bad = [], [], 0, None
-        if first is None:
-            values = read_back([v for _, _, v, _ in items])
-            for (label, name, _, kind), v in zip(items, values):
-                if (kind == "sum" and not math.isfinite(v)) or (kind == "flag" and v):
-                    first = (label, name)
-                    break
-        if first is not None:
-            label, name = first
+        found = [self._first_bad] if self._first_bad is not None else []
+        items = self._items + self._live
+        self._items, self._live, self._chunks, self._n, self._first_bad = [], [], [], 0, None
+        values = read_back([it[3] for it in items])
+        found += [it[:3] for it, v in zip(items, values)
+                  if (it[4] == "sum" and not math.isfinite(v)) or (it[4] == "flag" and v)]
+        if found:
+            _, label, name = min(found, key=lambda f: f[0])
             label = str(label)  # (made now: where() may return any object naming the place)
             raise ValueError(f"{label + ': ' if label else ''}{name} contains NaN/inf value(s); all values must be "
                              "finite")

@@ -124,3 +124,22 @@ def test_long_deferred_blocks_compact_their_checks_and_still_name_the_first_bad_
         return
     with pytest.raises(ValueError, match=rf"^check {first}: x contains NaN/inf value\(s\)"):
         _queue(20, bad, device)
+
+
+def test_compaction_leaves_the_slots_a_captured_graph_adds_to(monkeypatch):
+    """A check taken while a CUDA graph is captured goes to a slot that every replay adds to (``accumulate``):
+    compacting the eager checks after it must not read that slot early, or a NaN added by a later replay would be
+    missed."""
+    monkeypatch.setattr(validate, "COMPACT_EVERY", 2)
+    slot = torch.zeros(1, dtype=torch.float64)
+    where = ["captured"]
+    with pytest.raises(ValueError, match=r"^captured: x contains NaN/inf value\(s\)"):
+        with validate.deferred_checks(where=lambda: where[0]) as checks:
+            checks.accumulate = lambda value: slot  # (a capture: the value goes to the graph's slot)
+            validate.finite("x", torch.ones(3))
+            checks.accumulate = None
+            where[0] = "eager"
+            for _ in range(6):
+                validate.finite("x", torch.ones(3))  # (three compactions)
+            slot += float("nan")  # a later replay of the graph
+            assert len(checks) == 7
