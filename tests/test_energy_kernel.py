@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -531,6 +532,23 @@ def test_gpu_planned_launch_reuses_its_compiled_kernel_while_pointer_alignment_h
         assert out.cpu().tolist() == [reference(x.cpu(), None, inv) for x, inv in zip(xs, invs)]
         assert len(through_triton) == triton_launches
     assert any(x.data_ptr() % 16 for x in launches[3][0])  # (the shifted tensors: another alignment)
+    # a Triton whose compiled kernels take their arguments otherwise: the call does not bind, nothing is launched,
+    # and the reads go through Triton's launcher from then on, with a warning
+    class OtherTriton:
+        def __getitem__(self, grid):
+            def launch(*args):
+                raise TypeError("function takes 9 positional arguments")
+            return launch
+
+    monkeypatch.setattr(K, "_DIRECT", True)
+    plan.compiled[0] = OtherTriton()
+    for xs, triton_launches in [(moved(0, 5), 4), (moved(0, 6), 5)]:
+        out.zero_()
+        with pytest.warns(RuntimeWarning, match="go through Triton") if triton_launches == 4 else nullcontext():
+            K.launch_plan(plan, xs, out)
+        assert out.cpu().tolist() == [reference(x.cpu(), None, inv) for x, inv in zip(xs, invs)]
+        assert len(through_triton) == triton_launches
+    assert K._DIRECT is False
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
 def test_gpu_kernels_launch_on_the_device_of_their_tensors():

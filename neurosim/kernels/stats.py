@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -367,12 +368,21 @@ def launch_plan(plan: Plan, xs: list, out: torch.Tensor, interpret: bool = False
     ptrs = tuple(xs[i].view(torch.uint8) if b else xs[i] for i, b in zip(plan.which, plan.as_bytes))
     fans = tuple(out if f is None else f for f in plan.fans)
     args = (ptrs, fans, *plan.ints, out, plan.blocks)
+    global _DIRECT
     key = None
-    if not interpret:  # (the fan maps are the plan's own tensors: their pointers do not change)
+    if not interpret and _DIRECT:  # (the fan maps are the plan's own tensors: their pointers do not change)
         key = tuple(t.data_ptr() % 16 == 0 for t in ptrs) + (out.data_ptr() % 16 == 0,)
         if plan.compiled and plan.compiled[1] == key:
-            plan.compiled[0][(plan.grid, 1, 1)](*args, *(plan.consts[c] for c in _CONSTEXPRS))
-            return
+            try:
+                plan.compiled[0][(plan.grid, 1, 1)](*args, *(plan.consts[c] for c in _CONSTEXPRS))
+                return
+            except TypeError as exc:  # (raised before anything is launched: the arguments did not bind)
+                _DIRECT, key = False, None
+                warnings.warn(f"neurosim: planned counting reads go through Triton's launcher from now on: this "
+                              f"Triton's compiled kernels are called differently ({exc})", RuntimeWarning)
     compiled = kernels(interpret)[1][(plan.grid,)](*args, **plan.consts)
     if key is not None and compiled is not None and hasattr(compiled, "__getitem__"):
         plan.compiled[:] = [compiled, key]
+
+
+_DIRECT = True  # launch_plan may call a plan's compiled kernel directly (off after a call that did not bind)
