@@ -559,7 +559,8 @@ class EnergyMeter:
                 if cnt is not None:
                     for v in (cnt.macs, cnt.synops, cnt.acs, cnt.spike_count, cnt.spike_input, cnt.spike_input2,
                               cnt.info, sin):
-                        visit(v)
+                        if type(v) not in plain:  # (most are: no call)
+                            visit(v)
         return {key: float(v) for key, v in zip(tensors, validate.read_back(list(tensors.values())))}
 
     def _evaluators(self, host) -> dict:
