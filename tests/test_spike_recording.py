@@ -79,3 +79,56 @@ def test_name_patterns_repeated_calls_and_errors():
     with pytest.raises(RuntimeError):
         record_spikes(net, torch.rand(3, 2, 4))            # wrong width: the hooks must still be removed
     assert not any(m._forward_hooks for m in net.modules())
+
+
+class _PeerLoop(nn.Module):
+    """A Linear layer and a peer neuron: single-step ones called once a time step (their spikes kept as the
+    loop collects them, the reference), sequence ones called once on ``[T, B, N]``."""
+
+    def __init__(self, kind):
+        super().__init__()
+        import norse.torch as norse
+        from spikingjelly.activation_based import neuron as sj
+
+        torch.manual_seed(1)
+        self.kind, self.fc = kind, nn.Linear(5, 7)
+        self.neuron = {"snntorch": lambda: snntorch.Leaky(beta=0.8, threshold=0.5),
+                       "norse_cell": lambda: norse.LIFCell(), "norse_sequence": lambda: norse.LIF(),
+                       "spikingjelly_s": lambda: sj.LIFNode(tau=2.0, v_threshold=0.5, step_mode="s"),
+                       "spikingjelly_m": lambda: sj.LIFNode(tau=2.0, v_threshold=0.5, step_mode="m")}[kind]()
+        self.collected = []
+
+    def forward(self, x):
+        c = self.fc(x) * 4
+        if self.kind in ("norse_sequence", "spikingjelly_m"):
+            out = self.neuron(c)
+            out = out[0] if isinstance(out, tuple) else out
+            self.collected = [out]
+            return out
+        if self.kind.startswith("spikingjelly"):
+            self.neuron.reset()
+        state, steps = (torch.zeros_like(c[0]) if self.kind == "snntorch" else None), []
+        for t in range(c.shape[0]):
+            if self.kind == "spikingjelly_s":
+                s = self.neuron(c[t])
+            else:
+                s, state = self.neuron(c[t], state)
+            steps.append(s)
+        self.collected = steps
+        return torch.stack(steps)
+
+
+@pytest.mark.parametrize("kind", ["snntorch", "norse_cell", "norse_sequence", "spikingjelly_s", "spikingjelly_m"])
+def test_peer_neurons_are_recorded_time_first(kind):
+    """snnTorch's, Norse's and SpikingJelly's neurons are recorded too: one call a time step stacks into
+    ``[T, B, N]`` (a sequence call is ``[T, B, N]`` already), equal to the spikes the model's own loop collected;
+    their rates are the energy report's."""
+    net = _PeerLoop(kind)
+    x = torch.rand(9, 3, 5)
+    assert list(spiking_neurons(net)) == ["neuron"]
+    rec = record_spikes(net, x)
+    want = torch.stack(net.collected) if len(net.collected) > 1 else net.collected[0]
+    assert rec["neuron"].shape == (9, 3, 7) and torch.equal(rec["neuron"], want.detach())
+    assert 0 < rec["neuron"].sum() < rec["neuron"].numel()  # (spikes and silences)
+    report = profile(net, x)
+    assert firing_rates(rec)["neuron"] == pytest.approx(report.layer("neuron").out_rate)

@@ -27,8 +27,6 @@ Conventions (all exact, from the actual tensors):
 """
 from __future__ import annotations
 
-import functools
-
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -38,6 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers import Add, MatMul, Mean
+# the neurons of snnTorch, SpikingJelly and Norse count like neurosim's: one update per neuron and time step
+from ..neurons.protocol import is_spiking_neuron
 from .device_counts import rounded_scaled_sum
 
 Number = "int | float | torch.Tensor"
@@ -178,28 +178,6 @@ def register_counter(module_type: type, fn: Counter | None = None, overwrite: bo
         return f
 
     return deco(fn) if fn is not None else deco
-
-
-# the neurons of snnTorch, SpikingJelly and Norse, by base class (those packages are not imported here): counted
-# like neurosim's, one update per neuron and time step. Norse's recurrent cells hold their recurrent weights as
-# their own parameters (no synapse module a hook could count) and are not among them: they stay "not counted".
-PEER_NEURONS = frozenset({"snntorch._neurons.neurons.SpikingNeuron",
-                          "spikingjelly.activation_based.neuron.base_node.BaseNode",
-                          "norse.torch.module.snn.SNN", "norse.torch.module.snn.SNNCell"})
-_NOT_NEURONS = frozenset({"snntorch._neurons.sconv2dlstm.SConv2dLSTM", "snntorch._neurons.slstm.SLSTM"})  # LSTMs
-
-
-def is_spiking_neuron(module: nn.Module) -> bool:
-    """The neuron protocol: a module class with ``is_spiking_neuron = True`` (e.g. neurosim.LIF), or a neuron
-    of snnTorch, SpikingJelly or Norse (:data:`PEER_NEURONS`)."""
-    cls = type(module)
-    return bool(getattr(cls, "is_spiking_neuron", False)) or _peer_neuron(cls)
-
-
-@functools.lru_cache(maxsize=None)
-def _peer_neuron(cls: type) -> bool:
-    names = {f"{c.__module__}.{c.__qualname__}" for c in cls.__mro__}
-    return bool(names & PEER_NEURONS) and not names & _NOT_NEURONS
 
 
 def _registered(module: nn.Module) -> type | None:

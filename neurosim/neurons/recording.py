@@ -3,7 +3,8 @@
 >>> spikes = record_spikes(model, x)                  # {"layers.0.attn.sn_q": [T, B, ...], ...}
 >>> rates = firing_rates(spikes)                      # {"layers.0.attn.sn_q": 0.12, ...}
 
-A neuron is any module whose class sets ``is_spiking_neuron = True`` (the protocol neurosim.energy reads too).
+A neuron is any module whose class sets ``is_spiking_neuron = True``, or a neuron of snnTorch, SpikingJelly or
+Norse (:mod:`neurosim.neurons.protocol`, which neurosim.energy reads too).
 """
 from __future__ import annotations
 
@@ -13,13 +14,14 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from .protocol import is_spiking_neuron, single_step
+
 
 def spiking_neurons(model: nn.Module) -> "OrderedDict[str, nn.Module]":
     """Name -> module of every spiking neuron in ``model`` (registration order)."""
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    return OrderedDict((name, m) for name, m in model.named_modules()
-                       if getattr(type(m), "is_spiking_neuron", False))
+    return OrderedDict((name, m) for name, m in model.named_modules() if is_spiking_neuron(m))
 
 
 def record_spikes(model: nn.Module, inputs, names=None, grad: bool = False) -> "OrderedDict[str, torch.Tensor]":
@@ -30,12 +32,16 @@ def record_spikes(model: nn.Module, inputs, names=None, grad: bool = False) -> "
         names: neuron names or glob patterns to record (default: all); a pattern matching no neuron is an error.
         grad: run with autograd enabled (default: under ``torch.no_grad()``).
 
-    A neuron called more than once in the pass gets its outputs concatenated along dim 0 (time).
+    A neuron called more than once in the pass gets its outputs concatenated along dim 0 (time); those of a neuron
+    that advances one time step a call (snnTorch's, Norse's cells, SpikingJelly's in step mode "s": see
+    :func:`~neurosim.neurons.protocol.single_step`) are stacked into a new dim 0, so every recording is
+    ``[T, B, ...]``.
     Hooks are removed afterwards, also when the forward pass raises.
     """
     neurons = spiking_neurons(model)
     if not neurons:
-        raise ValueError(f"model ({type(model).__name__}) has no spiking neurons (modules with is_spiking_neuron)")
+        raise ValueError(f"model ({type(model).__name__}) has no spiking neurons (neurosim's, or snnTorch's, "
+                         "SpikingJelly's or Norse's)")
     if names is not None:
         patterns = [names] if isinstance(names, str) else list(names)
         for p in patterns:
@@ -57,7 +63,8 @@ def record_spikes(model: nn.Module, inputs, names=None, grad: bool = False) -> "
     finally:
         for h in handles:
             h.remove()
-    return OrderedDict((n, outs[0] if len(outs) == 1 else torch.cat(outs)) for n, outs in seen.items())
+    return OrderedDict((n, torch.stack(outs) if single_step(neurons[n]) else outs[0] if len(outs) == 1
+                        else torch.cat(outs)) for n, outs in seen.items())
 
 
 def firing_rates(spikes: dict) -> "OrderedDict[str, float]":
