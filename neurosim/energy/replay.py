@@ -135,9 +135,9 @@ class Template:
     further: ``watch`` (None, or a tuple of ``(j, group, layout, delta, same)`` for values ``j``) holds the layout of
     every value on the storage of a read tensor (``group`` numbers the storage); ``delta`` is None for the group's
     first value (its anchor), else how many in-place changes the storage had since the anchor, and ``same`` whether
-    it was the anchor itself (then only those changes are checked). ``members[group]``: ``(k, slot, delta)`` for the
-    anchor and each value that is the anchor itself (an in-place change of the anchor after the forward noted it
-    changes them all). ``reads``: ``(k, j, group, view, row, fan, inv_scale, path)``, the tensor at position
+    it was the anchor itself (then only those changes are checked). ``members[group]``: ``(k, slot)`` for the anchor
+    and each value that is the anchor itself (an in-place change of the anchor after the forward noted it changes
+    them all; a recording keeps no in-place change between their notes, so they noted the anchor's version). ``reads``: ``(k, j, group, view, row, fan, inv_scale, path)``, the tensor at position
     ``(k, j)`` (the anchor of ``group``), or ``view`` (size, stride, offset) of its storage, read into ``row`` of
     the block."""
 
@@ -147,7 +147,7 @@ class Template:
         for k, (c, w) in enumerate(zip(codes, watch)):
             for _, g, _, delta, same in w or ():
                 if delta is None or same:
-                    self.members[g].append((k, c if c >= 0 else -1 - c, delta or 0))
+                    self.members[g].append((k, c if c >= 0 else -1 - c))
         self.groups, self.reads, self.tallies, self.calls = groups, reads, tallies, calls
         self.device, self.base, self.nrows, self.paths = device, base, nrows, paths
         self.replays = Replays(counts, device, base, nrows)  # the weight of its calls once replayed
@@ -445,7 +445,7 @@ class Replayer:
         return self.t.regions[self.n_tally - 1]
 
     def complete(self) -> bool:
-        return self.ok and self.t.steps[self.k][0] is None and self.n_tally == len(self.t.tallies)
+        return self.ok and self.steps[self.k][0] is None and self.n_tally == len(self.t.tallies)
 
     def finish(self, slots) -> list:
         """Run the recorded reads on this forward's tensors into the template's block, copy the block to new rows of
@@ -485,7 +485,7 @@ class Replayer:
         found = {self.events[k][0] for k, v, ver in self.noted if v._version != ver}
         for g, a in enumerate(self.anchors):
             if a is not None and a[0]._version != a[1]:
-                found.update(i for k, i, delta in self.t.members[g] if k < self.k and a[0]._version != a[1] + delta)
+                found.update(i for k, i in self.t.members[g] if k < self.k)
         return [slots[i] for i in sorted(found)]
 
 
