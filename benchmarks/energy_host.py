@@ -189,13 +189,7 @@ def main(argv=None):
     print(f"torch {torch.__version__}, LIF backend {args.backend}")
     runs = [tiny()]
     if args.case:
-        known: dict = {}
-        for c in E.cases(quick=False):
-            known.setdefault(c[0], c)  # the first of a name (the Spikformer: batch 64)
-        missing = [c for c in args.case if c not in known]
-        if missing:
-            raise SystemExit(f"--case must be one of {sorted(known)}, got {missing}")
-        runs = [known[c][:3] for c in args.case]
+        runs = [c[:3] for c in E.named_cases(args.case)]
     for name, model, shape in runs:
         measure(name, model, shape, device, args.repeats, args.forwards, args.profile, args.top)
 

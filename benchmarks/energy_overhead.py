@@ -113,6 +113,18 @@ def cases(quick: bool):
             ("EST 4x384", est, (16, 64, 128), True)]
 
 
+def named_cases(names: list) -> list:
+    """The full-size :func:`cases` called ``names`` (the first of a name: the Spikformer at batch 64); exits naming
+    the choices when a name is unknown (the ``--case`` of energy_host.py and replay_overhead.py)."""
+    known: dict = {}
+    for c in cases(quick=False):
+        known.setdefault(c[0], c)
+    missing = [n for n in names if n not in known]
+    if missing:
+        raise SystemExit(f"--case must be one of {sorted(known)}, got {missing}")
+    return [known[n] for n in names]
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -40,12 +40,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     E.BACKEND = args.backend
     torch.manual_seed(0)
-    known: dict = {}
-    for c in E.cases(quick=False):
-        known.setdefault(c[0], c)
-    if args.case not in known:
-        raise SystemExit(f"--case must be one of {sorted(known)}, got {args.case!r}")
-    _, model, shape, _ = known[args.case]
+    (_, model, shape, _), = E.named_cases([args.case])
     device = torch.device(args.device)
     model = model.to(device).eval()
     x = (torch.rand(*shape, device=device) < 0.2).float()

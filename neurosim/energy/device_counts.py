@@ -241,14 +241,10 @@ class CountBuffer:
         dev, row = self._row(x.device, -(-slots // COLS))
         self.paths.add("neuron kernel")
         self.tallies.setdefault(dev, {}).setdefault(slots, []).append(row)
-        region = self.region(dev, row, slots)
+        region = tally_region(self.bufs[dev][0], row, slots)
         if self.recorder is not None:
             self.recorder.tally(row, slots)
         return TallyStats(self, x.numel(), dev, row, slots), region
-
-    def region(self, dev, row: int, slots: int) -> torch.Tensor:
-        """The ``slots`` int64 elements of the buffer of ``dev`` from row ``row`` on (a tally region, a view)."""
-        return self.bufs[dev][0].view(-1)[row * COLS: row * COLS + slots]
 
     def require(self, st: RowStats):
         """Make a deferred optional row one that will be counted (a count now depends on it)."""
@@ -414,6 +410,12 @@ class CountBuffer:
         for d, r, col, w in c.terms:
             v += w * host[d][r][col]
         return v
+
+
+def tally_region(rows: torch.Tensor, row: int, slots: int) -> torch.Tensor:
+    """The ``slots`` int64 elements of a contiguous ``[n, COLS]`` block of rows from row ``row`` on: where a neuron
+    kernel tallies its spikes (a view)."""
+    return rows.view(-1)[row * COLS: row * COLS + slots]
 
 
 def kernel_view(x: torch.Tensor, any_order: bool) -> torch.Tensor:

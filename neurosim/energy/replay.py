@@ -40,7 +40,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .device_counts import COLS, DeviceCount, RowStats, _count_torch, kernel_view
+from .device_counts import COLS, DeviceCount, RowStats, _count_torch, kernel_view, tally_region
 from . import counters as C
 
 _PLAIN = (int, float, bool, str, type(None))
@@ -137,9 +137,9 @@ class Template:
     first value (its anchor), else how many in-place changes the storage had since the anchor, and ``same`` whether
     it was the anchor itself (then only those changes are checked). ``members[group]``: ``(k, slot)`` for the anchor
     and each value that is the anchor itself (an in-place change of the anchor after the forward noted it changes
-    them all; a recording keeps no in-place change between their notes, so they noted the anchor's version). ``reads``: ``(k, j, group, view, row, fan, inv_scale, path)``, the tensor at position
-    ``(k, j)`` (the anchor of ``group``), or ``view`` (size, stride, offset) of its storage, read into ``row`` of
-    the block."""
+    them all; a recording keeps no in-place change between their notes, so they noted the anchor's version).
+    ``reads``: ``(k, j, group, view, row, fan, inv_scale, path)``, the tensor at position ``(k, j)`` (the anchor of
+    ``group``), or ``view`` (size, stride, offset) of its storage, read into ``row`` of the block."""
 
     def __init__(self, codes, sigs, watch, groups, reads, tallies, calls, device, base, nrows, paths, counts):
         self.steps = [_step(c, sig, w) for c, sig, w in zip(codes, sigs, watch)] + [(None, SIG, None, None)]
@@ -160,8 +160,7 @@ class Template:
         the count buffer; the reads, :data:`~neurosim.kernels.stats.MAX_BATCH` tensors a launch with their
         arguments ready (:func:`~neurosim.kernels.stats.plan_many`), or counted with torch ops."""
         self.scratch = torch.zeros(self.nrows, COLS, dtype=torch.int64, device=self.device)
-        flat = self.scratch.view(-1)
-        self.regions = [flat[off * COLS: off * COLS + n] for off, n in self.tallies]
+        self.regions = [tally_region(self.scratch, off, n) for off, n in self.tallies]
         self.torch_reads, kernel, self.batches = [], [], []
         for k, j, g, view, off, fan, inv, path in self.reads:
             if path == "torch":

@@ -365,10 +365,10 @@ def launch_plan(plan: Plan, xs: list, out: torch.Tensor, interpret: bool = False
     host time, BENCHMARKS.md energy run 15). A plan's sizes and dtypes are fixed, so after its first launch the
     kernel Triton compiled for it is launched directly, while the pointers keep the 16-byte alignment (what Triton
     specialises pointers on) they had then; otherwise through Triton again."""
+    global _DIRECT
     ptrs = tuple(xs[i].view(torch.uint8) if b else xs[i] for i, b in zip(plan.which, plan.as_bytes))
     fans = tuple(out if f is None else f for f in plan.fans)
     args = (ptrs, fans, *plan.ints, out, plan.blocks)
-    global _DIRECT
     key = None
     if not interpret and _DIRECT:  # (the fan maps are the plan's own tensors: their pointers do not change)
         key = tuple(t.data_ptr() % 16 == 0 for t in ptrs) + (out.data_ptr() % 16 == 0,)

@@ -9,8 +9,8 @@ from torch import nn
 
 # Norse's recurrent cells hold their recurrent weights as their own parameters (no synapse module a hook could
 # count) and are not among them: the energy meter reports them as "not counted".
-PEER_NEURONS = frozenset({"snntorch._neurons.neurons.SpikingNeuron",
-                          "spikingjelly.activation_based.neuron.base_node.BaseNode",
+_SJ_NODE = "spikingjelly.activation_based.neuron.base_node.BaseNode"
+PEER_NEURONS = frozenset({"snntorch._neurons.neurons.SpikingNeuron", _SJ_NODE,
                           "norse.torch.module.snn.SNN", "norse.torch.module.snn.SNNCell"})
 _NOT_NEURONS = frozenset({"snntorch._neurons.sconv2dlstm.SConv2dLSTM", "snntorch._neurons.slstm.SLSTM"})  # LSTMs
 _SINGLE_STEP = frozenset({"snntorch._neurons.neurons.SpikingNeuron", "norse.torch.module.snn.SNNCell"})
@@ -30,8 +30,7 @@ def single_step(module: nn.Module) -> bool:
     names = _names(type(module))
     if names & _SINGLE_STEP:
         return True
-    return "spikingjelly.activation_based.neuron.base_node.BaseNode" in names and getattr(module, "step_mode",
-                                                                                           "s") == "s"
+    return _SJ_NODE in names and getattr(module, "step_mode", "s") == "s"
 
 
 @functools.lru_cache(maxsize=None)
