@@ -228,3 +228,33 @@ def test_wrapped_forwards_are_restored():
     assert "forward" not in model.__dict__ and "forward" not in model[1].__dict__
     assert model[0].__dict__["forward"] is own
     assert not model[0]._forward_hooks and not model[0]._forward_pre_hooks
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", [0, 4])
+def test_a_meter_entered_again_adds_to_its_layers(case, device):
+    """Forwards metered in two ``with`` blocks of one meter report each layer once, with the calls of both (as one
+    block over the same inputs). A report between the blocks gives the first forward's counts, the one after both
+    blocks all of them (the rows read back for the first are not reused); so do reports inside a block after each
+    forward."""
+    name, model, shape = models()[case]
+    model = model.to(device).eval()
+    xs = spikes(shape, 3, device)
+    one, _ = metered(model, xs[:1], True)
+    two, _ = metered(model, xs[:2], True)
+    meter = EnergyMeter(model)
+    with torch.no_grad(), meter:
+        model(xs[0])
+    first = json.loads(meter.report().to_json())
+    with torch.no_grad(), meter:
+        model(xs[1])
+    assert first == one, name
+    assert json.loads(meter.report().to_json()) == two, name
+    with torch.no_grad(), EnergyMeter(model) as meter:
+        model(xs[0])
+        inside = [json.loads(meter.report().to_json())]
+        model(xs[1])
+        inside.append(json.loads(meter.report().to_json()))
+    assert inside == [one, two], name
+    assert two["totals"]["synops"] > one["totals"]["synops"] > 0, name
+

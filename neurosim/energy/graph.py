@@ -230,6 +230,7 @@ class GraphedForward:
         items = len(checks) if checks is not None else 0
         self.graph = torch.cuda.CUDAGraph()
         meter._weight, meter._acc = self.history, slots
+        meter._graphed = True
         if checks is not None:
             checks.accumulate = check_slots
         try:

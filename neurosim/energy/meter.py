@@ -170,6 +170,7 @@ class EnergyMeter:
         self.hardware: HardwareProfile = get_profile(hardware)
         self.require = _patterns(require_spikes)
         self._slots: list[_Slot] = []
+        self._known: dict = {}  # (layer name, id(module)) -> index of its slot
         self._handles = []
         self._seq = 0
         self._running: list[_Slot] = []  # modules entered and not yet left (to name the layer of an error)
@@ -191,6 +192,7 @@ class EnergyMeter:
         self._replaying = None  # the Replayer of the forward running, if replayed
         self._recording = None  # the Recorder of the forward running, if recorded
         self._forward = False  # the model's own forward is running (nested calls of it are not new forwards)
+        self._graphed = False  # a CUDA graph was captured (neurosim.energy.graph): its calls' rows are its own
         self.replayed = 0  # forwards replayed (not hooked)
 
     # ----------------------------------------------------------------------------------------- hooking
@@ -213,17 +215,21 @@ class EnergyMeter:
             self._walk(child, f"{name}.{child_name}" if name else child_name)
 
     def _attach(self, module, name, counter, note=""):
-        slot = _Slot(name, module, counter, require=any(fnmatch.fnmatchcase(name, p) for p in self.require),
-                     neuron=counter is C.count_neuron or C.is_spiking_neuron(module))
+        # a meter entered again keeps its layers: their calls add up (a module met again, under its name)
+        idx = self._known.get((name, id(module)))
+        slot = self._slots[idx] if idx is not None else None
+        if slot is None or slot.module is not module or slot.counter is not counter:
+            slot = _Slot(name, module, counter, require=any(fnmatch.fnmatchcase(name, p) for p in self.require),
+                         neuron=counter is C.count_neuron or C.is_spiking_neuron(module))
+            idx = self._known[name, id(module)] = len(self._slots)
+            self._slots.append(slot)
+            pre, post = self._make_pre_hook(slot), self._make_hook(slot)
+            if self.audit:
+                pre, post = self._quiet(pre), self._quiet(post)
+            slot.pre, slot.post = pre, post
         if note:
             slot.notes.add(note)
-        idx = len(self._slots)
-        self._slots.append(slot)
-        pre, post = self._make_pre_hook(slot), self._make_hook(slot)
-        if self.audit:
-            pre, post = self._quiet(pre), self._quiet(post)
-        slot.pre, slot.post = pre, post
-        self._handles.append(_Wrapped(module, self._wrapper(module, idx, slot, pre, post)))
+        self._handles.append(_Wrapped(module, self._wrapper(module, idx, slot, slot.pre, slot.post)))
 
     def _wrapper(self, module, idx, slot, pre, post):
         """``forward`` of a counted module: the pre-hook, the module's forward, the hook; while a forward is
@@ -575,6 +581,8 @@ class EnergyMeter:
         return get
 
     def _check_finite(self, host):
+        if not self._graphed and self._none_bad(host):
+            return
         ev_for = self._evaluators(host)
         for s in self._ran():
             for _, _, _, ins, w in s.calls:
@@ -591,6 +599,14 @@ class EnergyMeter:
                     if bad:
                         raise ValueError(f"layer {s.name!r} ({type(s.module).__name__}): its input contains "
                                          "NaN/inf value(s); all values must be finite")
+
+    def _none_bad(self, host) -> bool:
+        """No count row holds a non-finite element and no 0-d count is non-finite, so no input held any (the usual
+        case, answered without the per-call loop of :meth:`_check_finite`; not for a graph's rows, which its
+        replays overwrite in the buffer)."""
+        if not all(math.isfinite(v) for v in host.values()):
+            return False
+        return not any(r[BAD] for rows in self._counts.host().values() for r in rows)
 
     def report(self, batch_size: int | None = None) -> EnergyReport:
         """Read all counts back (one transfer per device and dtype), check them, price them on the hardware."""
