@@ -178,7 +178,8 @@ class CountBuffer:
         self._batch_bytes = 0
         self._made: dict = {}  # context -> rows it made since the last flush (the next one's key)
         self.unbatched: set = set()  # keys of rows whose tensor changed while batched: read at once
-        self._host = None
+        self._host = None  # device -> rows as lists of ints, folded (host())
+        self._raw = None  # device -> the same rows as read back, unfolded (a numpy array)
         self._cuda_kernel = None
         self.recorder = None  # a neurosim.energy.replay.Recorder noting every read and tally row, while it records
 
@@ -198,7 +199,7 @@ class CountBuffer:
             grown[:used].copy_(buf[:used])
             entry[0] = grown
         entry[1] = used + n
-        self._host = None
+        self._host = self._raw = None
         return device, used
 
     def used(self, device) -> int:
@@ -381,9 +382,14 @@ class CountBuffer:
         it), so asking again costs nothing."""
         if self._host is None:
             self.flush()
-            self._host = {dev: self.fold(dev, buf[:used].cpu().numpy().copy()).tolist()
-                          for dev, (buf, used) in self.bufs.items()}
+            self._raw = {dev: buf[:used].cpu().numpy() for dev, (buf, used) in self.bufs.items()}
+            self._host = {dev: self.fold(dev, raw.copy()).tolist() for dev, raw in self._raw.items()}
         return self._host
+
+    def raw(self, device) -> np.ndarray:
+        """The rows of ``device`` as read back (``[used, COLS]`` int64, tally regions not folded)."""
+        self.host()
+        return self._raw[device]
 
     def fold(self, dev, rows, base: int = 0):
         """``rows`` (a numpy int64 array ``[..., r, COLS]`` of the buffer rows of ``dev`` from row ``base`` on, read

@@ -73,11 +73,10 @@ class Replays:
         self._arrays = None
 
     def arrays(self) -> tuple:
-        """``(rows [n, nrows, COLS], slots [n, 0])``: each replay's block, read back in one transfer."""
+        """``(rows [n, nrows, COLS], slots [n, 0])``: each replay's block, from the count buffer's read-back."""
         if self._arrays is None:
-            buf = self.counts.bufs[self.device][0]
-            idx = torch.as_tensor(self.bases)[:, None] + torch.arange(self.nrows)
-            self._arrays = (buf[idx.to(buf.device)].cpu().numpy(), np.zeros((self.n, 0)))
+            idx = np.asarray(self.bases)[:, None] + np.arange(self.nrows)
+            self._arrays = (self.counts.raw(self.device)[idx], np.zeros((self.n, 0)))
         return self._arrays
 
 
