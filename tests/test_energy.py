@@ -1,5 +1,7 @@
 """neurosim.energy: counts checked against hand-computed figures and brute-force loops over fixed spikes."""
+import itertools
 import json
+import math
 import sys
 
 import pytest
@@ -153,6 +155,55 @@ def test_add_residual_counts():
     assert profile(Add(), (real, real)).layer("Add").acs == 4
 
 
+def brute_transposed_synops(x, conv, out_spatial):
+    """Independent reference: every kernel tap of every spike, counted when it lands inside the output."""
+    nd = len(conv.kernel_size)
+    per_group_out = conv.out_channels // conv.groups
+    total = 0
+    for pos in torch.nonzero(x.reshape(-1, *x.shape[-nd:]) != 0).tolist():
+        for taps in itertools.product(*(range(k) for k in conv.kernel_size)):
+            at = [p * s - pad + k * d for p, s, pad, k, d in zip(pos[1:], conv.stride, conv.padding, taps,
+                                                                 conv.dilation)]
+            if all(0 <= a < o for a, o in zip(at, out_spatial)):
+                total += per_group_out
+    return total
+
+
+@pytest.mark.parametrize("nd, kw", [(2, dict(kernel_size=3, stride=2, padding=1, output_padding=1)),
+                                    (2, dict(kernel_size=(4, 3), stride=(3, 2), padding=(2, 1), dilation=2,
+                                             groups=2)),
+                                    (2, dict(kernel_size=2)),
+                                    (1, dict(kernel_size=5, stride=2, padding=3, output_padding=1, dilation=1)),
+                                    (3, dict(kernel_size=3, stride=2, padding=1))])
+def test_conv_transpose_matches_brute_force(nd, kw):
+    layer = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)[nd - 1](4, 6, **kw)
+    x = spikes(2, 3, 4, *(5,) * nd, seed=nd)
+    r = profile(TB(layer), x).layer("layer")
+    out = layer(x.flatten(0, 1))
+    assert r.synops == brute_transposed_synops(x, layer, out.shape[-nd:]) > 0
+    assert r.in_spikes and r.macs == 0
+    assert r.dense == x.numel() * 6 // layer.groups * math.prod(layer.kernel_size)  # every tap of every input
+    real = profile(TB(layer), x + 0.5).layer("layer")  # a real-valued input costs the dense MACs
+    assert (real.macs, real.synops) == (r.dense, 0)
+
+
+def test_conv_transpose_output_size_is_the_layer_s():
+    """``output_size`` (a keyword of the call) lengthens the output: taps reaching the extra positions count."""
+    class Up(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.ConvTranspose1d(2, 3, 3, stride=2, padding=1)
+
+        def forward(self, x):
+            return self.layer(x, output_size=[x.shape[-1] * 2])
+
+    x = spikes(1, 2, 6, seed=3)
+    m = Up()
+    out = m(x)
+    assert out.shape[-1] == 12  # (one more than without output_size)
+    assert profile(m, x).layer("layer").synops == brute_transposed_synops(x, m.layer, out.shape[-1:]) > 0
+
+
 def test_pooling_and_norm():
     x = torch.zeros(1, 1, 1, 4, 4)
     x[0, 0, 0, 0, 0] = x[0, 0, 0, 3, 3] = x[0, 0, 0, 1, 2] = 1
@@ -160,6 +211,13 @@ def test_pooling_and_norm():
     # 3x3 windows, stride 1, no padding on 4x4 -> rows in [1, 2, 2, 1] windows
     assert profile(TB(nn.AvgPool2d(3, stride=1)), x).layer("layer").acs == 1 * 1 + 1 * 1 + 2 * 2
     assert profile(TB(nn.AdaptiveAvgPool2d(1)), x).layer("layer").acs == 3
+    # 3-D: a 2x2x2 max pool holds each input in one window; a 3x3x3 average pool, stride 1, on 4x4x4 holds a
+    # position in (windows along each dim) = [1, 2, 2, 1] per dim, multiplied
+    v = torch.zeros(1, 1, 1, 4, 4, 4)
+    v[0, 0, 0, 0, 0, 0] = v[0, 0, 0, 1, 2, 3] = v[0, 0, 0, 2, 2, 1] = 1
+    assert profile(TB(nn.MaxPool3d(2)), v).layer("layer").acs == 3
+    assert profile(TB(nn.AvgPool3d(3, stride=1)), v).layer("layer").acs == 1 * 1 * 1 + 2 * 2 * 1 + 2 * 2 * 2
+    assert profile(TB(nn.AdaptiveMaxPool3d(1)), v).layer("layer").acs == 3
     r = profile(TB(nn.BatchNorm2d(1)), x).layer("layer")
     assert r.macs == r.dense == 16
 

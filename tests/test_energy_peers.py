@@ -3,8 +3,11 @@
 Conventions compared:
 
 * SpikingJelly ``SynOpCounter`` (aten level, exact): binary x weight counts ``nnz * fan-out`` with the exact
-  per-position fan-out for convolutions; spike x spike products count ``sum(a @ b)``. It ignores bias,
-  normalisation and additions. neurosim's per-layer ``synops`` of Linear / Conv / MatMul must equal it exactly.
+  per-position fan-out for convolutions (for a transposed one: a transposed convolution of the spikes with
+  all-ones weights, summed); spike x spike products count ``sum(a @ b)``. It ignores bias, normalisation and
+  additions. neurosim's per-layer ``synops`` of Linear / Conv / ConvTranspose / MatMul must equal it exactly.
+* SpikingJelly ``MACCounter``: a real-valued input's multiply-accumulates, without bias; for a transposed
+  convolution every kernel tap of every input element, as neurosim's ``dense``.
 * syops (module hooks, the papers' estimate): ``rate * (dense MACs + bias adds)``, where the bias adds are
   ``out_channels * outputs`` for a conv but only ``out_features`` once for a Linear (not per row). neurosim's
   ``synops_paper`` is ``rate * dense``; the test converts by adding syops' bias term. For a Linear without
@@ -22,7 +25,7 @@ import neurosim
 from neurosim.energy import profile
 from neurosim.layers import MatMul
 
-from spikingjelly.activation_based.op_counter import DispatchCounterMode, SynOpCounter  # noqa: E402
+from spikingjelly.activation_based.op_counter import DispatchCounterMode, MACCounter, SynOpCounter  # noqa: E402
 
 
 def _import_syops():
@@ -96,8 +99,23 @@ class SpikingAttention(nn.Module):
         return self.av(a, v)
 
 
-def sj_synops(model, x):
-    counter = SynOpCounter()
+class SpikingDecoder(nn.Module):
+    """Transposed convolutions upsampling spike maps (a segmentation or reconstruction head)."""
+
+    def __init__(self):
+        super().__init__()
+        self.up1 = nn.ConvTranspose2d(2, 8, 3, stride=2, padding=1, output_padding=1)
+        self.lif1 = neurosim.LIF(beta=0.7, threshold=0.3, backend="torch")
+        self.up2 = nn.ConvTranspose2d(8, 4, (4, 3), stride=(2, 3), padding=(2, 1), dilation=(1, 2), groups=2)
+
+    def forward(self, x):  # [T, B, 2, H, W] spikes
+        t, b = x.shape[:2]
+        y = self.lif1(self.up1(x.flatten(0, 1)).reshape(t, b, 8, 2 * x.shape[-2], 2 * x.shape[-1]))
+        return self.up2(y.flatten(0, 1))
+
+
+def sj_synops(model, x, counter_type=SynOpCounter):
+    counter = counter_type()
     with torch.no_grad(), DispatchCounterMode([counter]):
         model(x)
     counts = counter.get_counts()
@@ -106,7 +124,7 @@ def sj_synops(model, x):
 
 
 @pytest.mark.parametrize("make, shape", [(SpikingMLP, (6, 4, 20)), (SpikingConvNet, (4, 3, 2, 11, 11)),
-                                          (SpikingAttention, (3, 2, 8, 16))])
+                                          (SpikingAttention, (3, 2, 8, 16)), (SpikingDecoder, (3, 2, 2, 5, 6))])
 def test_synops_equal_spikingjelly(make, shape):
     torch.manual_seed(0)
     model = make().eval()
@@ -115,12 +133,27 @@ def test_synops_equal_spikingjelly(make, shape):
     ref = sj_synops(model, x)
     compared = 0
     for row in rep.layers:
-        if row.type in ("Linear", "Conv2d", "MatMul"):
+        if row.type in ("Linear", "Conv2d", "ConvTranspose2d", "MatMul"):
             assert row.synops == ref.get(row.name, 0), row.name
             compared += row.synops > 0
     assert compared >= 2  # the comparison is not vacuous: several layers were spike driven
     # every layer SpikingJelly counted is one of ours
     assert set(k for k, v in ref.items() if v) <= {r.name for r in rep.layers}
+
+
+def test_conv_transpose_dense_macs_equal_spikingjelly():
+    """A real-valued input: neurosim's MACs of each transposed convolution are SpikingJelly's MACCounter's."""
+    torch.manual_seed(0)
+    model = SpikingDecoder().eval()
+    x = torch.rand(2, 2, 2, 5, 6) + 0.1
+    rep = profile(model, x)
+    ref = sj_synops(model, x, MACCounter)
+    assert rep.layer("up1").macs == ref["up1"] == rep.layer("up1").dense > 0
+    row = rep.layer("up2")
+    if row.in_spikes:  # (LIF spikes in: SynOps; SpikingJelly then counts no MAC for it)
+        assert ref.get("up2", 0) == 0 and row.macs == 0
+    else:
+        assert row.macs == ref["up2"]
 
 
 def _syops_run(model, x, ops):

@@ -11,7 +11,8 @@ Conventions (all exact, from the actual tensors):
   the dense multiply-accumulates (MACs) an ANN of the same shape would do. ``dense`` is always that ANN
   figure, so both are reported.
 * Linear: fan-out = ``out_features``. Conv: fan-out of an input position = (number of output positions
-  whose receptive field holds it, padding/stride/dilation included) x ``out_channels / groups``.
+  whose receptive field holds it, padding/stride/dilation included) x ``out_channels / groups``. Transposed conv:
+  (number of its kernel taps that land inside the output) x ``out_channels / groups``.
   Bias additions are not counted (as in SpikingJelly's SynOp counter and the spiking-transformer papers).
 * :class:`neurosim.layers.MatMul` ``a @ b``: a product term ``a[i,k] * b[k,j]`` costs one AC when every
   binary operand in it is 1 (spike x spike: both 1; spike x real: the spike is 1); with no binary operand
@@ -254,6 +255,25 @@ def window_fanout(spatial, kernel, stride, padding, dilation, out_spatial, paddi
     return fan, total
 
 
+def transposed_fanout(spatial, kernel, stride, padding, dilation, out_spatial, device=None) -> tuple:
+    """For a transposed convolution: the number of kernel taps of each input position that land inside the output,
+    shape ``spatial`` (a tap ``k`` of position ``p`` lands at ``p * stride - padding + k * dilation``; taps cut off
+    by ``padding``, or past the output's end, reach nothing). ``out_spatial`` is the shape the layer produced
+    (``output_padding`` or an ``output_size`` included). Cached; returns the map on ``device`` and its total."""
+    key = ("transposed", tuple(spatial), tuple(kernel), tuple(stride), tuple(padding), tuple(dilation),
+           tuple(out_spatial), str(device))
+    hit = _FANOUT_CACHE.get(key)
+    if hit is not None:
+        return hit
+    fan = torch.ones((), dtype=torch.float64)
+    for n, k, s, p, d, o in zip(spatial, kernel, stride, padding, dilation, out_spatial):
+        at = torch.arange(n, dtype=torch.int64)[:, None] * s - p + torch.arange(k, dtype=torch.int64) * d
+        fan = fan.unsqueeze(-1) * ((at >= 0) & (at < o)).sum(-1).to(torch.float64)
+    total = int(fan.sum().item())
+    _FANOUT_CACHE[key] = hit = (fan.to(device) if device is not None else fan, total)
+    return hit
+
+
 def _tuple(v, nd):
     return tuple(v) if isinstance(v, (tuple, list)) else (v,) * nd
 
@@ -302,16 +322,41 @@ def count_conv(module: nn.modules.conv._ConvNd, args, output) -> Count:
     return spike_or_dense(s, dense, weighted * per_group_out)
 
 
+def count_conv_transpose(module: nn.modules.conv._ConvTransposeNd, args, output) -> Count:
+    """A transposed convolution scatters each input element through every kernel tap to ``out_channels / groups``
+    outputs: a spike costs one SynOp per tap that lands inside the output, per output channel of its group; the
+    ANN figure counts every tap (``input.numel() * out_channels / groups * prod(kernel)``, as SpikingJelly's MAC
+    counter does)."""
+    x = args[0]
+    nd = len(module.kernel_size)
+    k = tuple(module.kernel_size)
+    per_group_out = module.out_channels // module.groups
+    fan, _ = transposed_fanout(x.shape[-nd:], k, _tuple(module.stride, nd), _tuple(module.padding, nd),
+                               _tuple(module.dilation, nd), tuple(output.shape[-nd:]), device=x.device)
+    s, weighted = fan_stats(x, fan)
+    return spike_or_dense(s, x.numel() * per_group_out * math.prod(k), weighted * per_group_out)
+
+
 def _count_windows(x, output, nd, fan, total) -> Count:
     s, exact = fan_stats(x, fan)
     lead = x.numel() // max(math.prod(x.shape[-nd:]), 1)
     return Count(dense=total * lead, dense_is_mac=False, spike_input=s, spike_count=exact, spike_kind="acs")
 
 
+_POOL_DIMS = {nn.MaxPool1d: 1, nn.AvgPool1d: 1, nn.AdaptiveAvgPool1d: 1, nn.AdaptiveMaxPool1d: 1,
+              nn.MaxPool2d: 2, nn.AvgPool2d: 2, nn.AdaptiveAvgPool2d: 2, nn.AdaptiveMaxPool2d: 2,
+              nn.MaxPool3d: 3, nn.AvgPool3d: 3, nn.AdaptiveAvgPool3d: 3, nn.AdaptiveMaxPool3d: 3}
+
+
+def _pool_dims(module) -> int:
+    """Spatial dims of a pooling layer (a subclass of one of :data:`_POOL_DIMS`)."""
+    return next(nd for cls, nd in _POOL_DIMS.items() if isinstance(module, cls))
+
+
 def count_pool(module, args, output) -> Count:
     x = args[0]
     out = output[0] if isinstance(output, tuple) else output
-    nd = 1 if isinstance(module, (nn.MaxPool1d, nn.AvgPool1d)) else 2
+    nd = _POOL_DIMS[type(module)] if type(module) in _POOL_DIMS else _pool_dims(module)
     k = _tuple(module.kernel_size, nd)
     stride = _tuple(module.stride if module.stride else module.kernel_size, nd)
     dil = _tuple(getattr(module, "dilation", 1), nd)
@@ -331,7 +376,7 @@ def _adaptive_fanout(n_in: int, n_out: int) -> torch.Tensor:
 def count_adaptive_pool(module, args, output) -> Count:
     x = args[0]
     out = output[0] if isinstance(output, tuple) else output
-    nd = 1 if isinstance(module, (nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d)) else 2
+    nd = _POOL_DIMS[type(module)] if type(module) in _POOL_DIMS else _pool_dims(module)
     key = ("adaptive", tuple(x.shape[-nd:]), tuple(out.shape[-nd:]), str(x.device))
     if key not in _FANOUT_CACHE:
         fan = torch.ones((), dtype=torch.float64)
@@ -422,13 +467,12 @@ def count_neuron(module, args, output) -> Count:
 
 # counters that count their first input with a fan-out map (:func:`fan_stats`): the meter leaves that input's
 # deferred counts to them, so that one read gives its firing counts and its SynOps / ACs
-FAN_COUNTERS = frozenset({count_conv, count_pool, count_adaptive_pool})
+FAN_COUNTERS = frozenset({count_conv, count_conv_transpose, count_pool, count_adaptive_pool})
 
 for _t, _f in [(nn.Linear, count_linear), (nn.Conv1d, count_conv), (nn.Conv2d, count_conv),
-               (nn.Conv3d, count_conv), (nn.MaxPool1d, count_pool), (nn.MaxPool2d, count_pool),
-               (nn.AvgPool1d, count_pool), (nn.AvgPool2d, count_pool),
-               (nn.AdaptiveAvgPool1d, count_adaptive_pool), (nn.AdaptiveAvgPool2d, count_adaptive_pool),
-               (nn.AdaptiveMaxPool1d, count_adaptive_pool), (nn.AdaptiveMaxPool2d, count_adaptive_pool),
+               (nn.Conv3d, count_conv), (nn.ConvTranspose1d, count_conv_transpose),
+               (nn.ConvTranspose2d, count_conv_transpose), (nn.ConvTranspose3d, count_conv_transpose),
+               *((_t, count_adaptive_pool if _t.__name__.startswith("Adaptive") else count_pool) for _t in _POOL_DIMS),
                (nn.BatchNorm1d, count_batchnorm), (nn.BatchNorm2d, count_batchnorm),
                (nn.BatchNorm3d, count_batchnorm), (nn.LayerNorm, count_layernorm),
                (nn.GroupNorm, count_layernorm), (MatMul, count_matmul), (Add, count_add),
