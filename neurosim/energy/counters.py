@@ -106,7 +106,10 @@ class Count:
     the single read-back, per call.
 
     Attributes:
-        dense: operations an ANN of the same shape would do (MACs when ``dense_is_mac``, else additions).
+        dense: operations an ANN of the same shape would do (MACs when ``dense_is_mac``, else additions), where
+            the spike rule decides (the layer's ``dense``; with ``dense_also``).
+        dense_also: MACs already in ``macs`` that the ANN of the same shape does too (a layer whose spike-driven
+            part is one step of several): added to the layer's ``dense``, not counted again.
         note: anything the reader must know about this count.
         info: facts about this call that are not operation counts (e.g. a spike mask's ratio and whether it
             was active); values are numbers, strings, bools or 0-d tensors (read back with the counts). A
@@ -115,6 +118,7 @@ class Count:
 
     dense: int = 0
     dense_is_mac: bool = True
+    dense_also: int = 0
     macs: "Number" = 0
     synops: "Number" = 0
     acs: "Number" = 0

@@ -193,6 +193,7 @@ class EnergyMeter:
         self._recording = None  # the Recorder of the forward running, if recorded
         self._forward = False  # the model's own forward is running (nested calls of it are not new forwards)
         self._graphed = False  # a CUDA graph was captured (neurosim.energy.graph): its calls' rows are its own
+        self._fastpath = None  # torch's transformer fast-path switch before the block (restored at its end)
         self.replayed = 0  # forwards replayed (not hooked)
 
     # ----------------------------------------------------------------------------------------- hooking
@@ -372,6 +373,9 @@ class EnergyMeter:
         self._handles.append(_Wrapped(self.model, self._root))
         self._collecting = spike_tally.collecting(self)
         self._collecting.__enter__()
+        # torch's fused transformer fast paths (nn.TransformerEncoderLayer and nn.MultiheadAttention in inference)
+        # run a layer without calling its modules, which would then be neither counted nor listed
+        self._fastpath = _mha_fastpath(False)
         if self.defer_checks:
             self._checks = validate.deferred_checks(where=self._where)
             self._checks.__enter__()
@@ -393,6 +397,7 @@ class EnergyMeter:
         for h in reversed(self._handles):
             h.remove()
         self._handles = []
+        _mha_fastpath(self._fastpath)
         self._templates.clear()
         self._replaying = self._recording = self._counts.recorder = None
         self._forward = False
@@ -654,7 +659,7 @@ class EnergyMeter:
                     continue
                 if summary is not None:
                     infos += ev.infos(cnt.info)
-                r.dense += int(cnt.dense) * w
+                r.dense += (int(cnt.dense) + cnt.dense_also) * w
                 r.dense_is_mac = cnt.dense_is_mac
                 r.neuron_updates += int(cnt.neuron_updates) * w
                 macs += _total(val(cnt.macs))
@@ -714,6 +719,18 @@ class EnergyMeter:
                          "(real-valued layers run off this hardware)")
         return EnergyReport(hardware=hw, layers=rows, batch_size=batch_size, notes=notes,
                             counting="+".join(sorted(counts.paths)))
+
+
+def _mha_fastpath(enabled):
+    """Set torch's transformer fast-path switch (``torch.backends.mha``) to ``enabled`` (None: leave it); returns
+    what it was (None where this torch has no such switch)."""
+    mha = getattr(torch.backends, "mha", None)
+    if mha is None or not hasattr(mha, "set_fastpath_enabled"):
+        return None
+    was = mha.get_fastpath_enabled()
+    if enabled is not None:
+        mha.set_fastpath_enabled(enabled)
+    return was
 
 
 def _weight(w) -> int:

@@ -1,0 +1,55 @@
+"""The counter of ``torch.nn.MultiheadAttention`` (and ``nn.TransformerEncoderLayer`` / ``DecoderLayer``, which call
+it): an ANN transformer baseline is counted like the spiking models it is compared with.
+
+The module runs its steps inside one call (no child module is called), so its counter counts them all, from the
+shapes of the call (``L`` query and ``S`` key tokens a sample, ``N`` samples, embedding ``E``, ``H`` heads,
+``kdim`` / ``vdim`` the key and value widths):
+
+* the input projections: ``N L E E`` for the query, ``N S kdim E`` for the key and ``N S vdim E`` for the value. A
+  binary query is projected with SynOps (each spike x ``E``), and so are the key and value when they are the query
+  tensor itself (self-attention, ``mha(x, x, x)``); any other key or value is counted as MACs;
+* the scores ``q k^T``: ``N L S E`` MACs, and their scaling by ``1 / sqrt(E / H)``, one multiply per score
+  (``N H L S``), as :class:`neurosim.layers.MatMul` counts a scale;
+* the softmax over the ``S`` keys: :func:`neurosim.energy.elementwise.softmax_ops`;
+* the weighted sum of the values: ``N L S E`` MACs; the output projection: ``N L E E`` MACs;
+* the averaged attention weights, when returned (``need_weights=True, average_attn_weights=True``): ``H - 1``
+  additions and one division per weight, ``N L S H`` MACs.
+
+Biases, dropout and masks (which select scores or add to them) are not counted. All of it but the spike-driven
+projections is in ``macs`` (the SNN does them as the ANN does) and in the layer's ``dense``.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from .counters import Count, register_counter, stats
+from .elementwise import softmax_ops
+
+
+def count_multihead_attention(module: nn.MultiheadAttention, args, output) -> Count:
+    """See the module docstring; ``args`` starts with the call's query, key and value."""
+    if len(args) < 3:
+        raise ValueError(f"{type(module).__name__}: the counter needs the query, key and value as the call's first "
+                         f"three arguments, got {len(args)} argument(s)")
+    q, k, v = args[0], args[1], args[2]
+    e, h = module.embed_dim, module.num_heads
+    samples = 1 if q.dim() == 2 else q.shape[0 if module.batch_first else 1]
+    n_q, n_k = q.numel() // e, k.numel() // module.kdim  # tokens over all samples
+    length, keys = n_q // samples, n_k // samples
+    from_query = 1 + (k is q) + (v is q)  # projections made from the query tensor (spike-driven when binary)
+    fixed = ((0 if k is q else n_k * module.kdim * e) + (0 if v is q else n_k * module.vdim * e)
+             + 2 * samples * length * keys * e  # scores, weighted values
+             + samples * h * length * keys  # the scores' scaling
+             + softmax_ops((samples * h, length, keys), -1)
+             + n_q * e * e)  # output projection
+    weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+    if weights is not None and weights.dim() == q.dim():  # averaged over the heads ([N, L, S] or [L, S])
+        fixed += samples * length * keys * h
+    s = stats(q)
+    return Count(dense=n_q * e * e * from_query, spike_input=s, spike_count=s.nnz * (e * from_query),
+                 spike_kind="synops", macs=fixed, dense_also=fixed,
+                 note="multi-head attention: projections, scores, softmax, weighted values (biases, masks not "
+                      "counted)")
+
+
+register_counter(nn.MultiheadAttention, count_multihead_attention)

@@ -1,0 +1,119 @@
+"""torch's multi-head attention under neurosim.energy: counted by hand-computed figures and against the same
+attention written out of the layers neurosim counts one by one (Linear, MatMul, Softmax); torch's fused
+transformer fast paths do not hide a layer from the meter."""
+import pytest
+import torch
+from torch import nn
+
+from neurosim.energy import EnergyMeter, profile
+from neurosim.layers import MatMul
+
+
+def spikes(*shape, p=0.3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(shape, generator=g) < p).float()
+
+
+class Written(nn.Module):
+    """``mha`` (batch_first=False, self-attention, no dropout) written out of countable layers, same weights."""
+
+    def __init__(self, mha: nn.MultiheadAttention):
+        super().__init__()
+        e, self.heads = mha.embed_dim, mha.num_heads
+        self.q, self.k, self.v = (nn.Linear(e, e) for _ in range(3))
+        with torch.no_grad():
+            for i, lin in enumerate((self.q, self.k, self.v)):
+                lin.weight.copy_(mha.in_proj_weight[i * e:(i + 1) * e])
+                lin.bias.copy_(mha.in_proj_bias[i * e:(i + 1) * e])
+        self.scores, self.soft, self.mix = MatMul(scale=(e // self.heads) ** -0.5), nn.Softmax(-1), MatMul()
+        self.out = nn.Linear(e, e)
+        self.out.load_state_dict(mha.out_proj.state_dict())
+
+    def forward(self, x):  # [L, N, E]
+        n_tok, n, e = x.shape
+
+        def heads(t):  # [L, N, E] -> [N, H, L, E / H]
+            return t.reshape(n_tok, n, self.heads, e // self.heads).permute(1, 2, 0, 3)
+
+        q, k, v = heads(self.q(x)), heads(self.k(x)), heads(self.v(x))
+        y = self.mix(self.soft(self.scores(q, k.transpose(-1, -2))), v)
+        return self.out(y.permute(2, 0, 1, 3).reshape(n_tok, n, e))
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, mha):
+        super().__init__()
+        self.mha = mha
+
+    def forward(self, x):
+        return self.mha(x, x, x, need_weights=False)[0]
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_multihead_attention_equals_its_written_out_layers(binary):
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(16, 4).eval()
+    written = Written(mha).eval()
+    x = spikes(6, 3, 16) if binary else torch.randn(6, 3, 16)
+    with torch.no_grad():
+        assert torch.allclose(written(x), SelfAttention(mha)(x), atol=1e-5)  # the same computation
+    got = profile(SelfAttention(mha), x).layer("mha")
+    parts = profile(written, x).layers
+    assert got.synops == sum(r.synops for r in parts) and (got.synops > 0) == binary
+    assert got.macs == sum(r.macs for r in parts)
+    # every step is in the ANN figure; a MatMul's scale is outside its own dense (one multiply per score)
+    scores = profile(written, x).layer("scores")
+    assert got.dense == sum(r.dense for r in parts) + (scores.macs - scores.dense)
+    assert got.in_spikes == binary
+
+
+def test_multihead_attention_hand_counts():
+    """Cross-attention (other key and value widths, batch first) and the averaged weights, by hand."""
+    torch.manual_seed(0)
+    n, length, keys, e, h, kdim, vdim = 2, 3, 5, 8, 2, 6, 4
+    mha = nn.MultiheadAttention(e, h, kdim=kdim, vdim=vdim, batch_first=True).eval()
+
+    class Cross(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mha = mha
+
+        def forward(self, q, k, v):
+            return self.mha(q, k, v)[0]  # need_weights=True: the weights averaged over the heads
+
+    q = spikes(n, length, e, seed=1)
+    k, v = torch.randn(n, keys, kdim), torch.randn(n, keys, vdim)
+    r = profile(Cross(), (q, k, v)).layer("mha")
+    softmax = 2 * n * h * length * keys + n * h * length * (keys - 1)
+    fixed = (n * keys * kdim * e + n * keys * vdim * e  # key and value projections (not the query tensor)
+             + 2 * n * length * keys * e + n * h * length * keys + softmax  # scores, weighted values, scale
+             + n * length * e * e  # output projection
+             + n * length * keys * h)  # averaging the weights over the heads
+    assert r.synops == int(q.sum()) * e  # the binary query's projection
+    assert r.macs == fixed
+    assert r.dense == n * length * e * e + fixed
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_transformer_fast_path_does_not_hide_layers(batch_first):
+    """In inference, torch runs nn.TransformerEncoderLayer (batch first) as one fused op without calling its
+    modules: the meter turns that fast path off while it runs, and back as it was after."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=batch_first).eval()
+    x = torch.randn(3, 5, 16)
+    assert torch.backends.mha.get_fastpath_enabled()
+    rep = profile(layer, x)
+    assert {"self_attn", "linear1", "linear2", "norm1", "norm2"} <= {r.name for r in rep.layers if r.calls == 1}
+    assert torch.backends.mha.get_fastpath_enabled()
+    with pytest.raises(RuntimeError, match="stop"):
+        with torch.no_grad(), EnergyMeter(layer):
+            assert not torch.backends.mha.get_fastpath_enabled()
+            layer(x)
+            raise RuntimeError("stop")  # an error inside the block
+    assert torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        profile(layer, x)
+        assert not torch.backends.mha.get_fastpath_enabled()  # (a switch the user turned off stays off)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(True)
