@@ -109,6 +109,22 @@ def test_softmax_hand_count(dim):
     assert row.macs == 2 * x.numel() + rows * (length - 1) + rows
 
 
+@pytest.mark.parametrize("mode, per_output", [("nearest", 0), ("bilinear", 4), ("bicubic", 16)])
+def test_upsample_hand_count(mode, per_output):
+    x = torch.randn(2, 3, 4, 5)
+    up = nn.Upsample(scale_factor=2, mode=mode)
+    _, row = own_row(up, x, "Upsample")
+    assert (row.macs, row.dense) == (per_output * 2 * 3 * 8 * 10,) * 2 and row.counted and mode in row.note
+    _, row = own_row(nn.Upsample(size=(7,), mode="linear"), torch.randn(2, 3, 4), "Upsample")
+    assert row.macs == 2 * 2 * 3 * 7  # two input values weighed a linear output
+
+
+def test_embedding_lookup_is_counted_without_arithmetic():
+    _, row = own_row(nn.Embedding(10, 4), torch.tensor([[1, 2, 3], [4, 5, 9]]), "Embedding")
+    assert row.counted and row.calls == 1 and (row.macs, row.dense, row.synops, row.acs) == (0, 0, 0, 0)
+    assert "lookup" in row.note
+
+
 def models_and_inputs():
     torch.manual_seed(4)
     yield "BTSPFormer", BTSPFormer(seq_len=8, model_dim=16, heads=2, layers=1), torch.randn(3, 8)

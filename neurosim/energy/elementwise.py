@@ -11,6 +11,10 @@ the same in an SNN and in the ANN of the same shape: ``dense`` equals the count)
 * Softmax over a dimension of length ``L``: an exponential and a division per element (2 MACs) and ``L - 1``
   additions per row for the denominator (counted as MACs, as normalisation is); log-softmax adds one
   logarithm per row.
+* Upsampling: nearest-neighbour copies (no arithmetic); an interpolating mode weighs the ``2^d`` (``linear``,
+  ``bilinear``, ``trilinear``) or ``4^2`` (``bicubic``) input values around each output element: that many MACs
+  per output element.
+* An embedding table lookup (``nn.Embedding``) reads a row: no arithmetic.
 * Arithmetic on parameters alone (a positional table, ``softplus`` of a learned scale) is folded into
   constants at inference, as BatchNorm's affine is, and not counted.
 """
@@ -72,6 +76,21 @@ def count_astro(module: AstroMixing, args, output) -> Count:
     return Count(dense=ops, macs=ops, note="astrocyte terms: element-wise MACs around the three products")
 
 
+_INTERPOLATED = {"linear": 2, "bilinear": 4, "bicubic": 16, "trilinear": 8}  # input values an output weighs
+
+
+def count_upsample(module: nn.Upsample, args, output) -> Count:
+    per = _INTERPOLATED.get(module.mode, 0)
+    if not per:
+        return Count(dense=0, note=f"upsampling ({module.mode}): copies, no arithmetic counted")
+    n = per * output.numel()
+    return Count(dense=n, macs=n, note=f"upsampling ({module.mode}): {per} MACs per output element")
+
+
+def count_lookup(module, args, output) -> Count:
+    return Count(dense=0, note="a table lookup: no arithmetic counted")
+
+
 for _t in SMOOTH:
     register_counter(_t, count_activation)
 for _t in COMPARE:
@@ -79,3 +98,5 @@ for _t in COMPARE:
 register_counter(nn.Softmax, count_softmax)
 register_counter(nn.LogSoftmax, count_softmax)
 register_counter(AstroMixing, count_astro, own_ops=True)
+register_counter(nn.Upsample, count_upsample)
+register_counter(nn.Embedding, count_lookup)
