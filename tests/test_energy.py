@@ -175,15 +175,18 @@ def brute_transposed_synops(x, conv, out_spatial):
                                     (2, dict(kernel_size=2)),
                                     (1, dict(kernel_size=5, stride=2, padding=3, output_padding=1, dilation=1)),
                                     (3, dict(kernel_size=3, stride=2, padding=1))])
-def test_conv_transpose_matches_brute_force(nd, kw):
-    layer = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)[nd - 1](4, 6, **kw)
-    x = spikes(2, 3, 4, *(5,) * nd, seed=nd)
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_conv_transpose_matches_brute_force(nd, kw, device):
+    """(On CUDA the fan-weighted count comes from the counting kernel's read.)"""
+    layer = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)[nd - 1](4, 6, **kw).to(device)
+    x = spikes(2, 3, 4, *(5,) * nd, seed=nd).to(device)
     r = profile(TB(layer), x).layer("layer")
     out = layer(x.flatten(0, 1))
+    x = x.cpu()
     assert r.synops == brute_transposed_synops(x, layer, out.shape[-nd:]) > 0
     assert r.in_spikes and r.macs == 0
     assert r.dense == x.numel() * 6 // layer.groups * math.prod(layer.kernel_size)  # every tap of every input
-    real = profile(TB(layer), x + 0.5).layer("layer")  # a real-valued input costs the dense MACs
+    real = profile(TB(layer), x.to(device) + 0.5).layer("layer")  # a real-valued input costs the dense MACs
     assert (real.macs, real.synops) == (r.dense, 0)
 
 

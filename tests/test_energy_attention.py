@@ -94,13 +94,14 @@ def test_multihead_attention_hand_counts():
     assert r.dense == n * length * e * e + fixed
 
 
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
 @pytest.mark.parametrize("batch_first", [True, False])
-def test_transformer_fast_path_does_not_hide_layers(batch_first):
-    """In inference, torch runs nn.TransformerEncoderLayer (batch first) as one fused op without calling its
-    modules: the meter turns that fast path off while it runs, and back as it was after."""
+def test_transformer_fast_path_does_not_hide_layers(batch_first, device):
+    """In inference, torch runs nn.TransformerEncoderLayer as one fused op without calling its modules: the meter
+    turns that fast path off while it runs, and back as it was after."""
     torch.manual_seed(0)
-    layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=batch_first).eval()
-    x = torch.randn(3, 5, 16)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=batch_first).eval().to(device)
+    x = torch.randn(3, 5, 16, device=device)
     assert torch.backends.mha.get_fastpath_enabled()
     rep = profile(layer, x)
     assert {"self_attn", "linear1", "linear2", "norm1", "norm2"} <= {r.name for r in rep.layers if r.calls == 1}
