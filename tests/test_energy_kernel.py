@@ -550,6 +550,84 @@ def test_gpu_planned_launch_reuses_its_compiled_kernel_while_pointer_alignment_h
         assert len(through_triton) == triton_launches
     assert K._DIRECT is False
 
+@cuda
+def test_gpu_single_reads_reuse_their_compiled_kernel_while_the_layout_holds(monkeypatch):
+    """``launch``: the first read of a layout goes through Triton, later reads of that layout (shape, strides,
+    dtype, fan map, scaled sum or not, pointer alignment) call the kernel it compiled directly; a pointer of
+    another 16-byte alignment, or another fan map, goes through Triton again. Every read: the float64 reference."""
+    from neurosim.energy.device_counts import COLS, _fan_maps
+    from neurosim.kernels import stats as K
+
+    cases = _tensor_cases("cuda")
+    names = ["spikes_10007", "f32_nan_inf_sum", "f32_fan", "bool", "q_slice", "k_transposed", "every_other",
+             "long_fan_4096", "v_slice_sum"]
+    one, many = K.kernels()
+    through_triton = []
+
+    class Spy:
+        def __getitem__(self, grid):
+            through_triton.append(grid)
+            return one[grid]
+
+    monkeypatch.setattr(K, "kernels", lambda interpret=False: (Spy(), many))
+    monkeypatch.setattr(K, "_SINGLES", {})
+
+    def moved(x, shift, seed):
+        """``x``'s layout (shape, strides, storage offset + ``shift``) on a storage of its own, values shuffled."""
+        g = torch.Generator().manual_seed(seed)
+        n = x.untyped_storage().nbytes() // x.element_size()
+        y = torch.zeros(n + shift, dtype=x.dtype, device="cuda").as_strided(x.shape, x.stride(),
+                                                                            x.storage_offset() + shift)
+        y.copy_(x.reshape(-1)[torch.randperm(x.numel(), generator=g).cuda()].reshape(x.shape))
+        return y
+
+    def aligned(t):
+        return t.data_ptr() % 16 == 0
+
+    out = torch.zeros(3, COLS, dtype=torch.int64, device="cuda")
+    realigned = 0
+    for name in names:
+        x, fan, inv = cases[name]
+        x = x.cuda()
+        fan32 = None if fan is None else _fan_maps(fan.cuda())[1]
+        before = len(through_triton)
+        shifted = moved(x, 1, 3)
+        new_key = aligned(shifted) != aligned(x)
+        realigned += new_key
+        # (first read; the same layout, other values, twice; shifted by one element: through Triton when that
+        # changes its alignment; the fan map given as another tensor of the same values: through Triton)
+        reads = [(x, fan32, 1), (moved(x, 0, 1), fan32, 1), (moved(x, 0, 2), fan32, 1),
+                 (shifted, fan32, 1 + new_key)]
+        if fan32 is not None:
+            reads.append((moved(x, 0, 4), fan32.clone(), 2 + new_key))
+        for j, (y, f, triton_reads) in enumerate(reads):
+            out.zero_()
+            K.launch(y, out, f, inv, row=j % 3)
+            assert out[j % 3].tolist() == reference(y.cpu(), fan, inv), (name, j)
+            assert len(through_triton) - before == triton_reads, (name, j)
+    assert realigned >= 5  # (the shifts did change the alignment of most cases)
+    # a Triton whose compiled kernels take their arguments otherwise: nothing is launched, a warning, and reads go
+    # through Triton's launcher from then on
+    class OtherTriton:
+        def __getitem__(self, grid):
+            def run(*args):
+                raise TypeError("function takes 9 positional arguments")
+            return run
+
+    x, fan, inv = cases["spikes_10007"]
+    x = x.cuda()
+    (key, entry), = [(k, v) for k, v in K._SINGLES.items() if k[0] == x.shape and k[5] == id(None) and k[7]]
+    K._SINGLES[key] = entry._replace(compiled=OtherTriton())
+    monkeypatch.setattr(K, "_DIRECT", True)
+    before = len(through_triton)
+    out.zero_()
+    with pytest.warns(RuntimeWarning, match="go through Triton"):
+        K.launch(moved(x, 0, 7), out, None, None)
+    assert out[0].tolist() == reference(x.cpu(), None, None) and len(through_triton) == before + 1
+    K.launch(moved(x, 0, 8), out, None, None, row=1)
+    assert len(through_triton) == before + 2 and K._DIRECT is False
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
 def test_gpu_kernels_launch_on_the_device_of_their_tensors():
     """Models on cuda:1 while cuda:0 is current: the LIF and counting kernels run on cuda:1 (in a child process: a

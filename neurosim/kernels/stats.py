@@ -260,6 +260,23 @@ def _check_out(out: torch.Tensor, row: int):
                          f"{out.dtype} of shape {tuple(out.shape)}")
 
 
+class _Single(NamedTuple):
+    """A :func:`launch` layout's arguments but the tensors, the row and the scale, and the kernel Triton compiled
+    for it (:data:`_SINGLES`)."""
+    source: object  # the fan map given (its identity is in the key; None: no map)
+    fan: object  # the fan map as read (a repetition of it), or None
+    has_sum: bool
+    grid: int
+    ints: tuple  # n, c
+    dims: tuple  # the 7 collapsed sizes / strides
+    consts: tuple  # _stats_kernel's constexprs, in order
+    compiled: object
+
+
+_SINGLES: dict = {}  # layout key -> _Single: single reads launched without Triton's argument binding (launch)
+_SINGLE_CONSTEXPRS = ("IS_FLOAT", "HAS_SUM", "HAS_FAN", "NDIMS", "IDX64", "BLOCK", "NCOLS")
+
+
 @on_device_of(1, "out")
 def launch(x: torch.Tensor, out: torch.Tensor, fan: torch.Tensor | None = None, inv_scale: float | None = None,
            interpret: bool = False, row: int = 0):
@@ -273,18 +290,46 @@ def launch(x: torch.Tensor, out: torch.Tensor, fan: torch.Tensor | None = None, 
     ``x`` is an integer ``p`` times ``1 / inv_scale`` rounded to ``x``'s dtype and ``p`` is small enough for that
     dtype (see :func:`neurosim.energy.counters.count_matmul`). bool tensors are read as bytes. How the kernel
     reads: the module docstring.
+
+    The first launch of a layout (sizes, strides, dtype, device, fan map, scaled sum or not, the pointers'
+    16-byte alignment) goes through Triton, which binds and specialises the arguments (most of a launch's host
+    time); later launches of that layout call the kernel Triton compiled for it directly, as :func:`launch_plan`
+    does for a plan.
     """
     n = x.numel()
     if n == 0:
         return
     _check_out(out, row)
-    x, (is_float, has_sum, fan_mode, ndims), scale, fan, c, dims, idx64 = _prepare(x, out, fan, inv_scale)
-    blocks = triton.cdiv(n, BLOCK)
-    kernels(interpret)[0][(_programs(out.device, blocks),)](
-        x, fan if fan_mode else out, out, row, n, c, scale, *dims,
-        IS_FLOAT=is_float, HAS_SUM=has_sum, HAS_FAN=fan_mode, NDIMS=ndims, IDX64=idx64,
-        BLOCK=BLOCK, NCOLS=COLS, num_warps=8,
-    )
+    global _DIRECT
+    key = None
+    if not interpret and _DIRECT:
+        # what Triton specialised the compiled kernel on: sizes and strides (their values 1 and divisibility by 16),
+        # dtypes, the fan map (a fixed tensor), whether a scaled sum is counted, the pointers' 16-byte alignment;
+        # the row is not specialised (do_not_specialize) and the scale, a float, never is
+        key = (x.shape, x.stride(), x.dtype, x.device, out.device, id(fan), inv_scale is None,
+               x.data_ptr() % 16 == 0, out.data_ptr() % 16 == 0, IDX32_LIMIT)
+        hit = _SINGLES.get(key)
+        if hit is not None and hit.source is fan:
+            try:
+                hit.compiled[(hit.grid, 1, 1)](
+                    x.view(torch.uint8) if x.dtype == torch.bool else x, out if hit.fan is None else hit.fan, out,
+                    row, *hit.ints, float(inv_scale) if hit.has_sum else 1.0, *hit.dims, *hit.consts)
+                return
+            except TypeError as exc:  # (raised before anything is launched: the arguments did not bind)
+                _DIRECT, key = False, None
+                warnings.warn(f"neurosim: counting reads go through Triton's launcher from now on: this Triton's "
+                              f"compiled kernels are called differently ({exc})", RuntimeWarning)
+    x, (is_float, has_sum, fan_mode, ndims), scale, fan_read, c, dims, idx64 = _prepare(x, out, fan, inv_scale)
+    grid = _programs(out.device, triton.cdiv(n, BLOCK))
+    consts = dict(IS_FLOAT=is_float, HAS_SUM=has_sum, HAS_FAN=fan_mode, NDIMS=ndims, IDX64=idx64, BLOCK=BLOCK,
+                  NCOLS=COLS)
+    compiled = kernels(interpret)[0][(grid,)](x, fan_read if fan_mode else out, out, row, n, c, scale, *dims,
+                                               **consts, num_warps=8)
+    if key is not None and compiled is not None and hasattr(compiled, "__getitem__"):
+        if len(_SINGLES) >= 1024:
+            _SINGLES.clear()
+        _SINGLES[key] = _Single(fan, fan_read if fan_mode else None, has_sum, grid, (n, c), dims,
+                                tuple(consts[k] for k in _SINGLE_CONSTEXPRS), compiled)
 
 
 MAX_BATCH = 8  # tensors one launch_many call reads
@@ -385,4 +430,4 @@ def launch_plan(plan: Plan, xs: list, out: torch.Tensor, interpret: bool = False
         plan.compiled[:] = [compiled, key]
 
 
-_DIRECT = True  # launch_plan may call a plan's compiled kernel directly (off after a call that did not bind)
+_DIRECT = True  # launch and launch_plan may call compiled kernels directly (off after a call that did not bind)
