@@ -1,4 +1,4 @@
-"""Where the energy meter's host time goes (issue 5; BENCHMARKS.md runs 7, 12 and 14).
+"""Where the energy meter's host time goes (issue 5; BENCHMARKS.md runs 7, 12, 14 and 16).
 
 Per forward (``--forwards`` a round, median of ``--repeats`` rounds, variants interleaved, device synchronised at
 each clock read): the plain forward (checks deferred); a replayed forward (steady state under one EnergyMeter, after
@@ -6,8 +6,10 @@ two warm-up forwards: the recording and a first replay); the same with the repla
 no-ops (what is left is the replay's Python); the same with the per-call checks also as no-ops (what is left is
 the wrappers); a replayed forward that keeps none of its calls' tensors (as a plain forward frees them; timing
 only: a replay that gave up could not be counted); a hooked forward (``replay=False``); then the device
-synchronisations a replayed forward makes (``torch.cuda.set_sync_debug_mode``), and where a replayed forward's host
-time goes: the functions whose own time (cProfile) grows most over a plain forward's.
+synchronisations a metered forward makes (``torch.cuda.set_sync_debug_mode``), and where its host time goes: the
+functions whose own time (cProfile) grows most over a plain forward's, for a replayed forward (``--profile`` picks
+the variant; ``hooked``: a forward under ``EnergyMeter(replay=False)``, what a one-shot ``profile`` runs).
+``--phases`` also times a one-shot ``profile`` phase by phase (set-up, forward, block end, report).
 
     python benchmarks/energy_host.py                       # CPU: a 4-layer Spikformer, dim 32 (tiny tensors)
     python benchmarks/energy_host.py --device cuda --backend fused --case "EST 4x384" --case "spiking attention block"
@@ -33,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import energy_overhead as E  # noqa: E402
 
 from neurosim import validate  # noqa: E402
-from neurosim.energy import EnergyMeter  # noqa: E402
+from neurosim.energy import EnergyMeter, profile  # noqa: E402
 from neurosim.energy import replay as R  # noqa: E402
 
 
@@ -75,10 +77,11 @@ def calls_dropped(stack: contextlib.ExitStack):
     stack.enter_context(mock.patch.object(R.Replayer, "__init__", dropping))
 
 
-PROFILED = {"replayed": None, "no-reads": no_reads, "no-checks": no_checks, "calls-not-kept": calls_dropped}
+PROFILED = {"replayed": None, "no-reads": no_reads, "no-checks": no_checks, "calls-not-kept": calls_dropped,
+            "hooked": None}  # (hooked: forwards under EnergyMeter(replay=False), what a one-shot profile runs)
 
 
-def measure(name, model, shape, device, repeats, forwards, profile="replayed", top=16):
+def measure(name, model, shape, device, repeats, forwards, variant="replayed", top=16):
     model = model.to(device).eval()
     x = (torch.rand(*shape, device=device) < 0.2).float()
     with EnergyMeter(model) as probe:
@@ -106,7 +109,9 @@ def measure(name, model, shape, device, repeats, forwards, profile="replayed", t
                     model(x)
                 E.sync(device)
                 dt = time.perf_counter() - t0
-                assert m.replayed == (forwards + 1 if replay else 0), m._templates
+                # (all timed forwards replayed; a fused-LIF conv net records its second forward, as its first
+                # tells the LIF kernels to stop tallying spikes that the convolutions' reads count anyway)
+                assert m.replayed >= forwards if replay else m.replayed == 0, m._templates
             return dt
         return run
 
@@ -127,7 +132,8 @@ def measure(name, model, shape, device, repeats, forwards, profile="replayed", t
         t = statistics.median(ts)
         print(f"  {label:44s} {t * 1e3:8.3f} ms a forward ({(t / base - 1) * 100:+6.1f}%)")
 
-    with torch.no_grad(), EnergyMeter(model) as m, contextlib.ExitStack() as stack:
+    kind = "hooked" if variant == "hooked" else "replayed"
+    with torch.no_grad(), EnergyMeter(model, replay=variant != "hooked") as m, contextlib.ExitStack() as stack:
         model(x)
         model(x)
         if device.type == "cuda":
@@ -140,14 +146,14 @@ def measure(name, model, shape, device, repeats, forwards, profile="replayed", t
                 finally:
                     torch.cuda.set_sync_debug_mode("default")
             syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]
-            print(f"  device synchronisations in {forwards} replayed forwards: {len(syncs)}"
+            print(f"  device synchronisations in {forwards} {kind} forwards: {len(syncs)}"
                   + (f" (first: {syncs[0]})" if syncs else ""))
-        if PROFILED[profile] is not None:
-            PROFILED[profile](stack)
+        if PROFILED[variant] is not None:
+            PROFILED[variant](stack)
         replayed = profiled(lambda: model(x), forwards, device)
     with torch.no_grad(), validate.deferred_checks():
         plain_prof = profiled(lambda: model(x), forwards, device)
-    print(f"  cProfile of {forwards} replayed forwards ({profile}) against {forwards} plain ones (the profiler adds "
+    print(f"  cProfile of {forwards} {kind} forwards ({variant}) against {forwards} plain ones (the profiler adds "
           "its own cost), the functions whose own time grows most, us a forward:")
     grown = sorted(((replayed.get(f, (0, 0))[1] - plain_prof.get(f, (0, 0))[1], f)
                     for f in set(replayed) | set(plain_prof)), reverse=True)
@@ -156,6 +162,50 @@ def measure(name, model, shape, device, repeats, forwards, profile="replayed", t
     for dt, f in grown[:top]:
         calls = replayed.get(f, (0, 0))[0] - plain_prof.get(f, (0, 0))[0]
         print(f"    {dt / forwards * 1e6:+9.1f}  ({calls / forwards:+6.1f} calls)  {f}")
+
+
+def phases(model, x, device, repeats):
+    """Where a one-shot ``profile(model, x)``'s wall time goes, phase by phase, the device synchronised at each clock
+    read: the meter's set-up (constructing it and ``__enter__``: walking the model, wrapping the counted modules),
+    the metered forward until the device is done, the block's end (``__exit__``: unwrapping, the deferred checks'
+    read), and the report (the counts' read-back, pricing); against a plain forward with deferred checks and a whole
+    ``profile(model, x)``. Median of ``repeats`` rounds after 3."""
+    def plain():
+        with torch.no_grad(), validate.deferred_checks():
+            model(x)
+
+    names = ("plain forward", "set-up", "metered forward", "block end", "report", "profile() in all")
+    times = {k: [] for k in names}
+    for i in range(repeats + 3):
+        E.sync(device)
+        t = [time.perf_counter()]
+        plain()
+        E.sync(device)
+        t.append(time.perf_counter())
+        with torch.no_grad():
+            m = EnergyMeter(model, replay=False)
+            m.__enter__()
+            t.append(time.perf_counter())
+            try:
+                model(x)
+                E.sync(device)
+                t.append(time.perf_counter())
+            finally:
+                m.__exit__(None, None, None)
+        t.append(time.perf_counter())
+        m.report(batch_size=x.shape[1])
+        t.append(time.perf_counter())
+        profile(model, x)
+        E.sync(device)
+        t.append(time.perf_counter())
+        if i >= 3:
+            for k, t0, t1 in zip(names, t, t[1:]):
+                times[k].append(t1 - t0)
+    base = statistics.median(times["plain forward"])
+    print("  a one-shot profile, phase by phase (device synchronised between them), ms:")
+    for k, ts in times.items():
+        t = statistics.median(ts)
+        print(f"    {k:20s} {t * 1e3:8.3f} ({t / base * 100:5.1f}% of the plain forward)")
 
 
 def profiled(fn, forwards, device) -> dict:
@@ -178,7 +228,8 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--forwards", type=int, default=20)
     ap.add_argument("--profile", default="replayed", choices=sorted(PROFILED),
-                    help="the replayed variant the cProfile diff takes")
+                    help="the metered variant the cProfile diff takes")
+    ap.add_argument("--phases", action="store_true", help="also time a one-shot profile() phase by phase")
     ap.add_argument("--top", type=int, default=16, help="functions the cProfile diff lists")
     args = ap.parse_args(argv)
     E.BACKEND = args.backend
@@ -192,6 +243,8 @@ def main(argv=None):
         runs = [c[:3] for c in E.named_cases(args.case)]
     for name, model, shape in runs:
         measure(name, model, shape, device, args.repeats, args.forwards, args.profile, args.top)
+        if args.phases:
+            phases(model, (torch.rand(*shape, device=device) < 0.2).float(), device, args.repeats)
 
 
 if __name__ == "__main__":

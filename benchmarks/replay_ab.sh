@@ -5,7 +5,8 @@
 # (it must be an untracked, not ignored folder to be carried), e.g.
 #   mkdir ab_old && git archive <rev> neurosim encoders models hardware benchmarks | tar -x -C ab_old
 # NEW (default: this tree). BACKENDS, REPS (alternations, default 3), ROUNDS (default 10), PIN (e.g. "taskset -c 3"),
-# WHAT (replayed, the default, or profile: a one-shot profile each time).
+# WHAT (replayed, the default, or profile: a one-shot profile each time), CASES (models of energy_overhead.cases, one
+# a line; default: the attention block, the Spikformer at batch 64 and the EST).
 set -uo pipefail
 OLD=${OLD:?set OLD to a code tree}
 NEW=${NEW:-$PWD}
@@ -18,13 +19,16 @@ for code in old new; do
   cp "$NEW/benchmarks/replay_overhead.py" "/tmp/ab_$code/benchmarks/"  # (the same measurement for both)
 done
 for b in ${BACKENDS:-fused torch}; do
-  for c in "spiking attention block" "Spikformer 4x384" "EST 4x384"; do
+  while IFS= read -r c; do
+    [[ -n $c ]] || continue
     for rep in $(seq "${REPS:-3}"); do
       for code in old new; do
         (cd "/tmp/ab_$code" && PYTHONPATH="/tmp/ab_$code:/tmp/site" timeout 120 ${PIN:-} python3 \
           benchmarks/replay_overhead.py --backend "$b" --case "$c" --tag "$code" --rounds "${ROUNDS:-10}" \
-          --what "${WHAT:-replayed}" 2>&1 | grep RESULT)
+          --what "${WHAT:-replayed}" < /dev/null 2>&1 | grep RESULT)
       done
     done
-  done
+  done <<< "${CASES:-spiking attention block
+Spikformer 4x384
+EST 4x384}"
 done
