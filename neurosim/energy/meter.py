@@ -157,6 +157,12 @@ class EnergyMeter:
     Every tensor is read once: a layer's output is counted when the next layer starts (or by that layer's
     counter, when it needs the tensor's fan-out-weighted count: convolutions, pooling), its counts go to a
     device buffer, and :meth:`report` reads the buffer back once.
+
+    While the ``with`` block runs, torch's fused transformer fast path (``torch.backends.mha``, a process-wide
+    switch) is off: in inference it runs ``nn.TransformerEncoderLayer`` and ``nn.MultiheadAttention`` as one fused
+    operation without calling their modules, which could then be neither counted nor listed. The same arithmetic
+    runs through the modules instead; the switch is set back as it was when the block ends. A meter entered again
+    adds the new block's calls to its layers.
     """
 
     def __init__(self, model: nn.Module, hardware="cmos45nm", require_spikes=None, counting: str = "auto",
