@@ -118,3 +118,31 @@ def test_transformer_fast_path_does_not_hide_layers(batch_first, device):
         assert not torch.backends.mha.get_fastpath_enabled()  # (a switch the user turned off stays off)
     finally:
         torch.backends.mha.set_fastpath_enabled(True)
+
+
+@pytest.mark.parametrize("kind, activation", [("encoder", "gelu"), ("encoder", "relu"), ("decoder", "relu"),
+                                              ("encoder", nn.SiLU())])
+def test_transformer_layer_residuals_and_activation_equal_the_aten_ops_it_runs(kind, activation):
+    """A transformer layer's own arithmetic (outside its modules): the residual additions and a functional
+    activation, against the element-wise aten ops torch runs; with those counted, the audit finds nothing left."""
+    from aten_ops import own_elementwise_ops
+
+    torch.manual_seed(0)
+    make = nn.TransformerEncoderLayer if kind == "encoder" else nn.TransformerDecoderLayer
+    layer = make(16, 2, 32, dropout=0.0, activation=activation).eval()
+    args = (torch.randn(5, 3, 16),) if kind == "encoder" else (torch.randn(5, 3, 16), torch.randn(7, 3, 16))
+    torch.backends.mha.set_fastpath_enabled(False)  # (the reference runs the modules too)
+    try:
+        _, per_op = own_elementwise_ops(layer, *args)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(True)
+    rep = profile(layer, args if len(args) > 1 else args[0], audit=True)
+    assert rep.not_counted == []  # nothing left outside a counter
+    row = rep.layer(make.__name__)
+    assert row.acs == row.dense == per_op.pop("add")  # one addition per element, per residual connection
+    assert row.macs == per_op.pop("gelu", 0)  # (an activation module counts itself)
+    # ReLU: torch runs one pointwise op an element, counted as a comparison (no arithmetic), as nn.ReLU is
+    assert per_op.pop("relu", 0) == (5 * 3 * 32 if activation == "relu" else 0)
+    assert per_op == {}  # no other element-wise arithmetic of its own
+    if isinstance(activation, nn.Module):
+        assert rep.layer("activation").macs == 5 * 3 * 32  # (SiLU: one MAC a hidden element, its own row)

@@ -1,5 +1,6 @@
-"""The counter of ``torch.nn.MultiheadAttention`` (and ``nn.TransformerEncoderLayer`` / ``DecoderLayer``, which call
-it): an ANN transformer baseline is counted like the spiking models it is compared with.
+"""The counters of ``torch.nn.MultiheadAttention`` and of the arithmetic ``nn.TransformerEncoderLayer`` /
+``DecoderLayer`` run around their modules: an ANN transformer baseline is counted like the spiking models it is
+compared with.
 
 The module runs its steps inside one call (no child module is called), so its counter counts them all, from the
 shapes of the call (``L`` query and ``S`` key tokens a sample, ``N`` samples, embedding ``E``, ``H`` heads,
@@ -17,9 +18,17 @@ shapes of the call (``L`` query and ``S`` key tokens a sample, ``N`` samples, em
 
 Biases, dropout and masks (which select scores or add to them) are not counted. All of it but the spike-driven
 projections is in ``macs`` (the SNN does them as the ANN does) and in the layer's ``dense``.
+
+A transformer layer's attention, linear, norm and dropout modules count themselves; its own forward adds the
+residual connections (one addition per element of the layer's input, as ACs: two in an encoder layer, three in a
+decoder layer) and applies the feed-forward activation when it is a function: ReLU compares (nothing counted), GELU
+is one MAC per hidden element (the convention of :mod:`neurosim.energy.elementwise`; in the row's MACs, while its
+``dense`` holds the additions, priced as ACs), any other function is named in the row's note as not counted; an
+activation module counts itself.
 """
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import nn
 
 from .counters import Count, register_counter, stats
@@ -52,4 +61,24 @@ def count_multihead_attention(module: nn.MultiheadAttention, args, output) -> Co
                       "counted)")
 
 
+def count_transformer_layer(module, args, output) -> Count:
+    """The residual additions and the feed-forward activation of an ``nn.TransformerEncoderLayer`` or
+    ``nn.TransformerDecoderLayer`` (see the module docstring); its modules count themselves."""
+    x = args[0]
+    adds = (3 if isinstance(module, nn.TransformerDecoderLayer) else 2) * x.numel()
+    act, hidden = module.activation, x.numel() // module.linear1.in_features * module.linear1.out_features
+    note = "residual additions (ACs); its modules count themselves"
+    if isinstance(act, nn.Module) or act is F.relu:
+        macs = 0  # (a module counts itself; ReLU compares)
+    elif act is F.gelu:
+        macs = hidden
+        note += "; GELU: 1 MAC per hidden element (in MACs; the row's dense, priced as ACs, holds the additions)"
+    else:
+        macs = 0
+        note += f"; activation function {getattr(act, '__name__', act)!r} not counted (pass it as a module)"
+    return Count(dense=adds, dense_is_mac=False, acs=adds, macs=macs, note=note)
+
+
 register_counter(nn.MultiheadAttention, count_multihead_attention)
+register_counter(nn.TransformerEncoderLayer, count_transformer_layer, own_ops=True)
+register_counter(nn.TransformerDecoderLayer, count_transformer_layer, own_ops=True)
