@@ -146,3 +146,15 @@ def test_transformer_layer_residuals_and_activation_equal_the_aten_ops_it_runs(k
     assert per_op == {}  # no other element-wise arithmetic of its own
     if isinstance(activation, nn.Module):
         assert rep.layer("activation").macs == 5 * 3 * 32  # (SiLU: one MAC a hidden element, its own row)
+
+
+def test_profile_takes_the_batch_size_of_another_layout():
+    """A batch-first ANN baseline: ``batch_size`` sets the per-sample energy (dim 1 would be the tokens)."""
+    layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True).eval()
+    x = torch.randn(3, 5, 16)  # [N, L, E]
+    rep = profile(layer, x, batch_size=3)
+    assert rep.batch_size == 3 and profile(layer, x).batch_size == 5
+    assert rep.totals()["energy_per_sample_pj"] == pytest.approx(rep.totals()["energy_pj"] / 3)
+    for bad in (0, -2, 2.5, "3"):
+        with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
+            profile(layer, x, batch_size=bad)

@@ -869,7 +869,7 @@ def _call(model, inputs):
 
 
 def profile(model: nn.Module, inputs, hardware="cmos45nm", require_spikes=None, grad: bool = False,
-            counting: str = "auto", rates: str = "needed", audit: bool = False):
+            counting: str = "auto", rates: str = "needed", audit: bool = False, batch_size: int | None = None):
     """Run ``model(inputs)`` once and count, per layer, dense ANN MACs, SynOps, MACs, ACs, neuron updates,
     firing rates and energy on ``hardware``.
 
@@ -884,15 +884,20 @@ def profile(model: nn.Module, inputs, hardware="cmos45nm", require_spikes=None, 
             (same operation counts and energy).
         audit: list the arithmetic the model's modules run as plain torch functions, outside every counted
             layer, as "not counted" rows (see :class:`EnergyMeter`; slower, for checking coverage).
+        batch_size: the samples ``inputs`` holds, for the per-sample energy (default: dim 1 of the first input
+            tensor, the ``[T, B, ...]`` convention; pass it for another layout, e.g. a batch-first ANN baseline).
 
     Returns:
         :class:`EnergyReport` (``print(report)``, ``.to_csv()``, ``.to_json()``, ``.plot()``). Counts cover the
-        whole batch; ``batch_size`` is taken from dim 1 of the first input tensor.
+        whole batch.
     """
     first = _first_tensor(inputs)
     if first is None:
         raise ValueError("inputs must contain at least one tensor shaped [T, B, ...]")
-    batch = int(first.shape[1]) if first.dim() >= 2 else None
+    if batch_size is not None:
+        batch = validate.positive_int("batch_size", batch_size)
+    else:
+        batch = int(first.shape[1]) if first.dim() >= 2 else None
     # (one forward: nothing to replay, so it is not recorded either, neurosim.energy.replay)
     meter = EnergyMeter(model, hardware=hardware, require_spikes=require_spikes, counting=counting, rates=rates,
                         audit=audit, replay=False)
