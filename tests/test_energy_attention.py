@@ -158,3 +158,19 @@ def test_profile_takes_the_batch_size_of_another_layout():
     for bad in (0, -2, 2.5, "3"):
         with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
             profile(layer, x, batch_size=bad)
+
+
+def test_profile_batches_counts_samples_along_batch_dim():
+    """profile_batches of a batch-first ANN baseline: the samples are dim 0 of each batch (a smaller last batch
+    too); the counts are the sums of each batch's profile."""
+    from neurosim.energy import profile_batches
+
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True).eval()
+    batches = [torch.randn(4, 5, 16), torch.randn(4, 5, 16), torch.randn(2, 5, 16)]
+    rep = profile_batches(layer, batches, batch_dim=0, progress=False)
+    assert rep.batch_size == 10
+    assert rep.totals()["macs"] == sum(profile(layer, x).totals()["macs"] for x in batches)
+    assert profile_batches(layer, batches, progress=False).batch_size == 15  # (dim 1: the tokens)
+    with pytest.raises(ValueError, match="batch_dim must be an integer >= 0"):
+        profile_batches(layer, batches, batch_dim=-1, progress=False)

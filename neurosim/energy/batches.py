@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import validate
 from .meter import EnergyMeter, _call, _first_tensor
 from .report import EnergyReport
 
@@ -15,7 +16,7 @@ CUDA_GRAPH = ("auto", True, False)
 
 def profile_batches(model: nn.Module, batches, hardware="cmos45nm", require_spikes=None, grad: bool = False,
                     counting: str = "auto", rates: str = "needed", cuda_graph="auto", warmup: int = 2,
-                    progress: bool = True) -> EnergyReport:
+                    progress: bool = True, batch_dim: int = 1) -> EnergyReport:
     """Count ``model``'s operations over every input in ``batches`` and report the sums (one report).
 
     Args:
@@ -31,13 +32,17 @@ def profile_batches(model: nn.Module, batches, hardware="cmos45nm", require_spik
             same, but a failed capture raises. ``False``: every batch runs eagerly.
         warmup: metered forwards run on the first batch before the capture (not counted).
         progress: show a tqdm bar.
+        batch_dim: the dim of each batch's first tensor that counts its samples (1: ``[T, B, ...]``; 0 for a
+            batch-first ANN baseline).
 
     Returns:
         :class:`EnergyReport` over all batches: counts are sums, ``calls`` counts every batch, ``batch_size``
-        is the number of samples (dim 1 of each batch's first tensor, summed), so per-sample energy is the mean.
+        is the number of samples (dim ``batch_dim`` of each batch's first tensor, summed), so per-sample energy is
+        the mean.
     """
     if cuda_graph not in CUDA_GRAPH:
         raise ValueError(f"cuda_graph must be one of {CUDA_GRAPH}, got {cuda_graph!r}")
+    batch_dim = validate.positive_int("batch_dim", batch_dim, minimum=0)
     meter = EnergyMeter(model, hardware=hardware, require_spikes=require_spikes, counting=counting, rates=rates)
     graph, samples, n = None, 0, 0
     total = len(batches) if hasattr(batches, "__len__") else None
@@ -46,7 +51,7 @@ def profile_batches(model: nn.Module, batches, hardware="cmos45nm", require_spik
             first = _first_tensor(inputs)
             if first is None:
                 raise ValueError(f"batches: batch {n} holds no tensor; each must contain a [T, B, ...] input")
-            samples += int(first.shape[1]) if first.dim() >= 2 else 0
+            samples += int(first.shape[batch_dim]) if first.dim() > batch_dim else 0
             n += 1
             if graph is None and cuda_graph is not False and first.is_cuda:
                 try:
