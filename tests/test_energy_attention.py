@@ -92,6 +92,38 @@ def test_multihead_attention_hand_counts():
     assert r.synops == int(q.sum()) * e  # the binary query's projection
     assert r.macs == fixed
     assert r.dense == n * length * e * e + fixed
+    assert r.acs == 0
+
+
+@pytest.mark.parametrize("extra_keys", [0, 1, 2])
+def test_multihead_attention_masks_and_extra_keys(extra_keys):
+    """A mask given to the call adds one addition per score (ACs); add_bias_kv and add_zero_attn each append a
+    key, which every product, the scaling and the softmax then cover."""
+    torch.manual_seed(0)
+    n, length, e, h = 2, 4, 8, 2
+    mha = nn.MultiheadAttention(e, h, add_bias_kv=extra_keys >= 1, add_zero_attn=extra_keys == 2).eval()
+
+    class Masked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mha = mha
+
+        def forward(self, x, mask=None):
+            return self.mha(x, x, x, attn_mask=mask, need_weights=False)[0]
+
+    x = torch.randn(length, n, e)
+    with torch.no_grad():  # the keys the scores cover, as torch reports them: [N, H, L, keys]
+        keys = mha(x, x, x, average_attn_weights=False)[1].shape[-1]
+    assert keys == length + extra_keys
+    mask = torch.zeros(length, length)  # (given for the keys passed; torch pads it for the appended ones)
+    mask[:, -1] = float("-inf")
+    softmax = 2 * n * h * length * keys + n * h * length * (keys - 1)
+    fixed = 2 * n * length * keys * e + n * h * length * keys + softmax + n * length * e * e
+    plain = profile(Masked(), x).layer("mha")
+    masked = profile(Masked(), (x, mask)).layer("mha")
+    assert (plain.macs, plain.acs) == (3 * n * length * e * e + fixed, 0)
+    assert (masked.macs, masked.acs) == (plain.macs, n * h * length * keys)
+    assert "mask" in masked.note and "mask" not in plain.note
 
 
 @pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))

@@ -16,8 +16,10 @@ shapes of the call (``L`` query and ``S`` key tokens a sample, ``N`` samples, em
 * the averaged attention weights, when returned (``need_weights=True, average_attn_weights=True``): ``H - 1``
   additions and one division per weight, ``N L S H`` MACs.
 
-Biases, dropout and masks (which select scores or add to them) are not counted. All of it but the spike-driven
-projections is in ``macs`` (the SNN does them as the ANN does) and in the layer's ``dense``.
+All of it but the spike-driven projections is in ``macs`` (the SNN does them as the ANN does) and in the layer's
+``dense``. A learned bias key (``add_bias_kv``) and a zero key (``add_zero_attn``) each add one key to ``S``. A mask
+given to the call (``attn_mask``, ``key_padding_mask``) is added to the scores: one addition per score, as ACs (not
+in ``dense``). Biases and dropout are not counted.
 
 A transformer layer's attention, linear, norm and dropout modules count themselves; its own forward adds the
 residual connections (one addition per element of the layer's input, as ACs: two in an encoder layer, three in a
@@ -28,6 +30,7 @@ activation module counts itself.
 """
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -45,6 +48,7 @@ def count_multihead_attention(module: nn.MultiheadAttention, args, output) -> Co
     samples = 1 if q.dim() == 2 else q.shape[0 if module.batch_first else 1]
     n_q, n_k = q.numel() // e, k.numel() // module.kdim  # tokens over all samples
     length, keys = n_q // samples, n_k // samples
+    keys += (module.bias_k is not None) + bool(module.add_zero_attn)  # (a learned and a zero key, value appended)
     from_query = 1 + (k is q) + (v is q)  # projections made from the query tensor (spike-driven when binary)
     fixed = ((0 if k is q else n_k * module.kdim * e) + (0 if v is q else n_k * module.vdim * e)
              + 2 * samples * length * keys * e  # scores, weighted values
@@ -54,11 +58,13 @@ def count_multihead_attention(module: nn.MultiheadAttention, args, output) -> Co
     weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
     if weights is not None and weights.dim() == q.dim():  # averaged over the heads ([N, L, S] or [L, S])
         fixed += samples * length * keys * h
+    # a mask (attn_mask, key_padding_mask: any tensor after the value) is added to the scores, one addition each
+    mask_adds = samples * h * length * keys if any(isinstance(a, torch.Tensor) for a in args[3:]) else 0
     s = stats(q)
     return Count(dense=n_q * e * e * from_query, spike_input=s, spike_count=s.nnz * (e * from_query),
-                 spike_kind="synops", macs=fixed, dense_also=fixed,
-                 note="multi-head attention: projections, scores, softmax, weighted values (biases, masks not "
-                      "counted)")
+                 spike_kind="synops", macs=fixed, dense_also=fixed, acs=mask_adds,
+                 note="multi-head attention: projections, scores, softmax, weighted values" +
+                      (", the mask added to the scores (ACs)" if mask_adds else "") + " (biases not counted)")
 
 
 def count_transformer_layer(module, args, output) -> Count:
