@@ -487,6 +487,40 @@ def test_gpu_kernel_counts_and_profile_equal_torch_path():
     assert kernel.to_json() == ref.to_json()
 
 
+def _spy_on_triton(monkeypatch, K, which: int) -> list:
+    """Count the launches that go through Triton's launcher for kernel ``which`` of ``K.kernels()`` (0: one tensor,
+    1: several): the grid of each, in the list returned."""
+    kernels = list(K.kernels())
+    real, through_triton = kernels[which], []
+
+    class Spy:
+        def __getitem__(self, grid):
+            through_triton.append(grid)
+            return real[grid]
+
+    kernels[which] = Spy()
+    monkeypatch.setattr(K, "kernels", lambda interpret=False: tuple(kernels))
+    return through_triton
+
+
+def _moved(x, shift, seed):
+    """``x``'s layout (shape, strides, storage offset + ``shift``) on a CUDA storage of its own, values shuffled."""
+    g = torch.Generator().manual_seed(seed)
+    n = x.untyped_storage().nbytes() // x.element_size()
+    y = torch.zeros(n + shift, dtype=x.dtype, device="cuda").as_strided(x.shape, x.stride(), x.storage_offset() + shift)
+    y.copy_(x.reshape(-1)[torch.randperm(x.numel(), generator=g).cuda()].reshape(x.shape))
+    return y
+
+
+class _NotBinding:
+    """A compiled kernel of a Triton that takes its arguments otherwise: the call raises before launching."""
+
+    def __getitem__(self, grid):
+        def launch(*args):
+            raise TypeError("function takes 9 positional arguments")
+        return launch
+
+
 @cuda
 def test_gpu_planned_launch_reuses_its_compiled_kernel_while_pointer_alignment_holds(monkeypatch):
     """``launch_plan``: a plan's first launch goes through Triton, later ones launch the kernel it compiled directly
@@ -499,27 +533,10 @@ def test_gpu_planned_launch_reuses_its_compiled_kernel_while_pointer_alignment_h
     names = ["spikes_10007", "f32_nan_inf_sum", "q_slice", "products_bf16", "every_other", "k_transposed_nofan"]
     planned = [cases[name][0].cuda() for name in names]  # (q and k: views of a CUDA tensor, read in place)
     planned[names.index("every_other")] = cases["spikes_10007"][0].cuda()[1::2]  # (stride 2, offset 1)
-    one, many = K.kernels()
-    through_triton = []
-
-    class Spy:
-        def __getitem__(self, grid):
-            through_triton.append(grid)
-            return many[grid]
-
-    monkeypatch.setattr(K, "kernels", lambda interpret=False: (one, Spy()))
+    through_triton = _spy_on_triton(monkeypatch, K, which=1)
 
     def moved(shift, seed):
-        """Each case's layout (shape, strides, storage offset + ``shift``) on a storage of its own, values shuffled."""
-        g = torch.Generator().manual_seed(seed)
-        xs = []
-        for x in planned:
-            n = x.untyped_storage().nbytes() // x.element_size()
-            y = torch.zeros(n + shift, dtype=x.dtype, device="cuda").as_strided(x.shape, x.stride(),
-                                                                                x.storage_offset() + shift)
-            y.copy_(x.reshape(-1)[torch.randperm(x.numel(), generator=g).cuda()].reshape(x.shape))
-            xs.append(y)
-        return xs
+        return [_moved(x, shift, seed) for x in planned]
 
     out = torch.zeros(len(names), COLS, dtype=torch.int64, device="cuda")
     invs = [cases[name][2] for name in names]
@@ -534,14 +551,8 @@ def test_gpu_planned_launch_reuses_its_compiled_kernel_while_pointer_alignment_h
     assert any(x.data_ptr() % 16 for x in launches[3][0])  # (the shifted tensors: another alignment)
     # a Triton whose compiled kernels take their arguments otherwise: the call does not bind, nothing is launched,
     # and the reads go through Triton's launcher from then on, with a warning
-    class OtherTriton:
-        def __getitem__(self, grid):
-            def launch(*args):
-                raise TypeError("function takes 9 positional arguments")
-            return launch
-
     monkeypatch.setattr(K, "_DIRECT", True)
-    plan.compiled[0] = OtherTriton()
+    plan.compiled[0] = _NotBinding()
     for xs, triton_launches in [(moved(0, 5), 4), (moved(0, 6), 5)]:
         out.zero_()
         with pytest.warns(RuntimeWarning, match="go through Triton") if triton_launches == 4 else nullcontext():
@@ -561,25 +572,8 @@ def test_gpu_single_reads_reuse_their_compiled_kernel_while_the_layout_holds(mon
     cases = _tensor_cases("cuda")
     names = ["spikes_10007", "f32_nan_inf_sum", "f32_fan", "bool", "q_slice", "k_transposed", "every_other",
              "long_fan_4096", "v_slice_sum"]
-    one, many = K.kernels()
-    through_triton = []
-
-    class Spy:
-        def __getitem__(self, grid):
-            through_triton.append(grid)
-            return one[grid]
-
-    monkeypatch.setattr(K, "kernels", lambda interpret=False: (Spy(), many))
+    through_triton = _spy_on_triton(monkeypatch, K, which=0)
     monkeypatch.setattr(K, "_SINGLES", {})
-
-    def moved(x, shift, seed):
-        """``x``'s layout (shape, strides, storage offset + ``shift``) on a storage of its own, values shuffled."""
-        g = torch.Generator().manual_seed(seed)
-        n = x.untyped_storage().nbytes() // x.element_size()
-        y = torch.zeros(n + shift, dtype=x.dtype, device="cuda").as_strided(x.shape, x.stride(),
-                                                                            x.storage_offset() + shift)
-        y.copy_(x.reshape(-1)[torch.randperm(x.numel(), generator=g).cuda()].reshape(x.shape))
-        return y
 
     def aligned(t):
         return t.data_ptr() % 16 == 0
@@ -591,15 +585,15 @@ def test_gpu_single_reads_reuse_their_compiled_kernel_while_the_layout_holds(mon
         x = x.cuda()
         fan32 = None if fan is None else _fan_maps(fan.cuda())[1]
         before = len(through_triton)
-        shifted = moved(x, 1, 3)
+        shifted = _moved(x, 1, 3)
         new_key = aligned(shifted) != aligned(x)
         realigned += new_key
         # (first read; the same layout, other values, twice; shifted by one element: through Triton when that
         # changes its alignment; the fan map given as another tensor of the same values: through Triton)
-        reads = [(x, fan32, 1), (moved(x, 0, 1), fan32, 1), (moved(x, 0, 2), fan32, 1),
+        reads = [(x, fan32, 1), (_moved(x, 0, 1), fan32, 1), (_moved(x, 0, 2), fan32, 1),
                  (shifted, fan32, 1 + new_key)]
         if fan32 is not None:
-            reads.append((moved(x, 0, 4), fan32.clone(), 2 + new_key))
+            reads.append((_moved(x, 0, 4), fan32.clone(), 2 + new_key))
         for j, (y, f, triton_reads) in enumerate(reads):
             out.zero_()
             K.launch(y, out, f, inv, row=j % 3)
@@ -608,23 +602,17 @@ def test_gpu_single_reads_reuse_their_compiled_kernel_while_the_layout_holds(mon
     assert realigned >= 5  # (the shifts did change the alignment of most cases)
     # a Triton whose compiled kernels take their arguments otherwise: nothing is launched, a warning, and reads go
     # through Triton's launcher from then on
-    class OtherTriton:
-        def __getitem__(self, grid):
-            def run(*args):
-                raise TypeError("function takes 9 positional arguments")
-            return run
-
     x, fan, inv = cases["spikes_10007"]
     x = x.cuda()
     (key, entry), = [(k, v) for k, v in K._SINGLES.items() if k[0] == x.shape and k[5] == id(None) and k[7]]
-    K._SINGLES[key] = entry._replace(compiled=OtherTriton())
+    K._SINGLES[key] = entry._replace(compiled=_NotBinding())
     monkeypatch.setattr(K, "_DIRECT", True)
     before = len(through_triton)
     out.zero_()
     with pytest.warns(RuntimeWarning, match="go through Triton"):
-        K.launch(moved(x, 0, 7), out, None, None)
+        K.launch(_moved(x, 0, 7), out, None, None)
     assert out[0].tolist() == reference(x.cpu(), None, None) and len(through_triton) == before + 1
-    K.launch(moved(x, 0, 8), out, None, None, row=1)
+    K.launch(_moved(x, 0, 8), out, None, None, row=1)
     assert len(through_triton) == before + 2 and K._DIRECT is False
 
 

@@ -300,7 +300,6 @@ def launch(x: torch.Tensor, out: torch.Tensor, fan: torch.Tensor | None = None, 
     if n == 0:
         return
     _check_out(out, row)
-    global _DIRECT
     key = None
     if not interpret and _DIRECT:
         # what Triton specialised the compiled kernel on: sizes and strides (their values 1 and divisibility by 16),
@@ -310,15 +309,11 @@ def launch(x: torch.Tensor, out: torch.Tensor, fan: torch.Tensor | None = None, 
                x.data_ptr() % 16 == 0, out.data_ptr() % 16 == 0, IDX32_LIMIT)
         hit = _SINGLES.get(key)
         if hit is not None and hit.source is fan:
-            try:
-                hit.compiled[(hit.grid, 1, 1)](
+            if _direct(hit.compiled, hit.grid, (
                     x.view(torch.uint8) if x.dtype == torch.bool else x, out if hit.fan is None else hit.fan, out,
-                    row, *hit.ints, float(inv_scale) if hit.has_sum else 1.0, *hit.dims, *hit.consts)
+                    row, *hit.ints, float(inv_scale) if hit.has_sum else 1.0, *hit.dims, *hit.consts)):
                 return
-            except TypeError as exc:  # (raised before anything is launched: the arguments did not bind)
-                _DIRECT, key = False, None
-                warnings.warn(f"neurosim: counting reads go through Triton's launcher from now on: this Triton's "
-                              f"compiled kernels are called differently ({exc})", RuntimeWarning)
+            key = None
     x, (is_float, has_sum, fan_mode, ndims), scale, fan_read, c, dims, idx64 = _prepare(x, out, fan, inv_scale)
     grid = _programs(out.device, triton.cdiv(n, BLOCK))
     consts = dict(IS_FLOAT=is_float, HAS_SUM=has_sum, HAS_FAN=fan_mode, NDIMS=ndims, IDX64=idx64, BLOCK=BLOCK,
@@ -410,7 +405,6 @@ def launch_plan(plan: Plan, xs: list, out: torch.Tensor, interpret: bool = False
     host time, BENCHMARKS.md energy run 15). A plan's sizes and dtypes are fixed, so after its first launch the
     kernel Triton compiled for it is launched directly, while the pointers keep the 16-byte alignment (what Triton
     specialises pointers on) they had then; otherwise through Triton again."""
-    global _DIRECT
     ptrs = tuple(xs[i].view(torch.uint8) if b else xs[i] for i, b in zip(plan.which, plan.as_bytes))
     fans = tuple(out if f is None else f for f in plan.fans)
     args = (ptrs, fans, *plan.ints, out, plan.blocks)
@@ -418,16 +412,28 @@ def launch_plan(plan: Plan, xs: list, out: torch.Tensor, interpret: bool = False
     if not interpret and _DIRECT:  # (the fan maps are the plan's own tensors: their pointers do not change)
         key = tuple(t.data_ptr() % 16 == 0 for t in ptrs) + (out.data_ptr() % 16 == 0,)
         if plan.compiled and plan.compiled[1] == key:
-            try:
-                plan.compiled[0][(plan.grid, 1, 1)](*args, *(plan.consts[c] for c in _CONSTEXPRS))
+            if _direct(plan.compiled[0], plan.grid, (*args, *(plan.consts[c] for c in _CONSTEXPRS))):
                 return
-            except TypeError as exc:  # (raised before anything is launched: the arguments did not bind)
-                _DIRECT, key = False, None
-                warnings.warn(f"neurosim: planned counting reads go through Triton's launcher from now on: this "
-                              f"Triton's compiled kernels are called differently ({exc})", RuntimeWarning)
+            key = None
     compiled = kernels(interpret)[1][(plan.grid,)](*args, **plan.consts)
     if key is not None and compiled is not None and hasattr(compiled, "__getitem__"):
         plan.compiled[:] = [compiled, key]
+
+
+def _direct(compiled, grid: int, args: tuple) -> bool:
+    """Call ``compiled`` (a kernel Triton compiled) on ``grid`` programs with ``args`` (its arguments, then its
+    constexprs, in order) without Triton's launcher. False when the call does not bind (a Triton whose compiled
+    kernels take their arguments otherwise raises TypeError before launching anything): direct calls are then off
+    for the process, with a warning, and the caller goes through Triton's launcher."""
+    global _DIRECT
+    try:
+        compiled[(grid, 1, 1)](*args)
+        return True
+    except TypeError as exc:
+        _DIRECT = False
+        warnings.warn(f"neurosim: counting reads go through Triton's launcher from now on: this Triton's compiled "
+                      f"kernels are called differently ({exc})", RuntimeWarning)
+        return False
 
 
 _DIRECT = True  # launch and launch_plan may call compiled kernels directly (off after a call that did not bind)
