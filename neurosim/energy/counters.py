@@ -353,14 +353,15 @@ _POOL_DIMS = {nn.MaxPool1d: 1, nn.AvgPool1d: 1, nn.AdaptiveAvgPool1d: 1, nn.Adap
 
 
 def _pool_dims(module) -> int:
-    """Spatial dims of a pooling layer (a subclass of one of :data:`_POOL_DIMS`)."""
-    return next(nd for cls, nd in _POOL_DIMS.items() if isinstance(module, cls))
+    """Spatial dims of a pooling layer (one of :data:`_POOL_DIMS`, or a subclass of one)."""
+    nd = _POOL_DIMS.get(type(module))
+    return nd if nd is not None else next(n for cls, n in _POOL_DIMS.items() if isinstance(module, cls))
 
 
 def count_pool(module, args, output) -> Count:
     x = args[0]
     out = output[0] if isinstance(output, tuple) else output
-    nd = _POOL_DIMS[type(module)] if type(module) in _POOL_DIMS else _pool_dims(module)
+    nd = _pool_dims(module)
     k = _tuple(module.kernel_size, nd)
     stride = _tuple(module.stride if module.stride else module.kernel_size, nd)
     dil = _tuple(getattr(module, "dilation", 1), nd)
@@ -380,7 +381,7 @@ def _adaptive_fanout(n_in: int, n_out: int) -> torch.Tensor:
 def count_adaptive_pool(module, args, output) -> Count:
     x = args[0]
     out = output[0] if isinstance(output, tuple) else output
-    nd = _POOL_DIMS[type(module)] if type(module) in _POOL_DIMS else _pool_dims(module)
+    nd = _pool_dims(module)
     key = ("adaptive", tuple(x.shape[-nd:]), tuple(out.shape[-nd:]), str(x.device))
     if key not in _FANOUT_CACHE:
         fan = torch.ones((), dtype=torch.float64)
