@@ -236,12 +236,12 @@ class EnergyMeter:
             slot.pre, slot.post = pre, post
         if note:
             slot.notes.add(note)
-        self._handles.append(_Wrapped(module, self._wrapper(module, idx, slot, slot.pre, slot.post)))
+        self._handles.append(_Wrapped(module, self._wrapper(module, idx, slot)))
 
-    def _wrapper(self, module, idx, slot, pre, post):
-        """``forward`` of a counted module: the pre-hook, the module's forward, the hook; while a forward is
+    def _wrapper(self, module, idx, slot):
+        """``forward`` of a counted module: the slot's pre-hook, the module's forward, its hook; while a forward is
         replayed, only a note of the call (see :mod:`neurosim.energy.replay`)."""
-        running, exit_code = self._running, -1 - idx
+        running, exit_code, pre, post = self._running, -1 - idx, slot.pre, slot.post
 
         def wrapper(call):
             def forward(*args, **kwargs):
