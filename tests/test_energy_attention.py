@@ -206,3 +206,37 @@ def test_profile_batches_counts_samples_along_batch_dim():
     assert profile_batches(layer, batches, progress=False).batch_size == 15  # (dim 1: the tokens)
     with pytest.raises(ValueError, match="batch_dim must be an integer >= 0"):
         profile_batches(layer, batches, batch_dim=-1, progress=False)
+
+
+def test_multihead_attention_called_with_keywords_in_any_order():
+    """Arguments given by keyword reach the counter in the order of the module's signature: cross-attention called
+    as ``mha(value=m, key=m, query=x)``, or with a mask given by keyword, counts as the positional call does."""
+    torch.manual_seed(0)
+    n, length, mem, e, h = 2, 4, 6, 8, 2
+    mha = nn.MultiheadAttention(e, h).eval()
+    x, m = spikes(length, n, e), torch.randn(mem, n, e)
+    pad = torch.zeros(n, mem, dtype=torch.bool)
+    pad[:, -1] = True
+
+    class Call(nn.Module):
+        def __init__(self, how):
+            super().__init__()
+            self.mha, self.how = mha, how
+
+        def forward(self, x, m):
+            if self.how == "positional":
+                return self.mha(x, m, m, pad, False)[0]
+            return self.mha(need_weights=False, value=m, key_padding_mask=pad, key=m, query=x)[0]
+
+    want = profile(Call("positional"), (x, m)).layer("mha")
+    got = profile(Call("keywords"), (x, m)).layer("mha")
+    keys_macs = 2 * n * mem * e * e  # key and value projected from the memory (MACs)
+    assert want.synops == x.sum().item() * e  # the binary query's projection
+    assert want.macs >= keys_macs and want.acs == n * h * length * mem  # the padding mask added to the scores
+    assert (got.synops, got.macs, got.acs, got.dense) == (want.synops, want.macs, want.acs, want.dense)
+    model = Call("keywords")  # replayed forwards (the keyword call recorded once) count the same
+    with EnergyMeter(model) as meter, torch.no_grad():
+        for _ in range(3):
+            model(x, m)
+    again = meter.report().layer("mha")
+    assert (again.synops, again.macs, again.acs) == (3 * want.synops, 3 * want.macs, 3 * want.acs)

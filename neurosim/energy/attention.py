@@ -39,7 +39,8 @@ from .elementwise import softmax_ops
 
 
 def count_multihead_attention(module: nn.MultiheadAttention, args, output) -> Count:
-    """See the module docstring; ``args`` starts with the call's query, key and value."""
+    """See the module docstring; ``args``: the call's arguments in the order of ``forward``'s signature (query, key,
+    value, key_padding_mask, ...: the meter binds keyword arguments to it)."""
     if len(args) < 3:
         raise ValueError(f"{type(module).__name__}: the counter needs the query, key and value as the call's first "
                          f"three arguments, got {len(args)} argument(s)")

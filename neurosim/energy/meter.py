@@ -6,6 +6,7 @@ forward pass the caller runs itself (``with EnergyMeter(model) as m: model(x)``;
 from __future__ import annotations
 
 import fnmatch
+import inspect
 import math
 from dataclasses import dataclass, field
 
@@ -102,6 +103,40 @@ class _Wrapped:
 
 def _tensors(args):
     return [a for a in args if torch.is_tensor(a)]
+
+
+_SIGNATURES: dict = {}  # module type -> the signature of its forward (None: none to bind to)
+
+
+def _in_order(module: nn.Module, args: tuple, kwargs: dict) -> tuple:
+    """A call's arguments as positional ones in the order of its class's ``forward`` signature, defaults filled in
+    (``mha(x, m, m, pad)`` and ``mha(value=m, key=m, query=x, key_padding_mask=pad)`` give counters the same tuple);
+    the positional ones then the keyword values as given where they do not bind to it."""
+    cls = type(module)
+    sig = _SIGNATURES.get(cls, False)
+    if sig is False:
+        try:
+            sig = _SIGNATURES[cls] = inspect.signature(cls.forward)
+        except (TypeError, ValueError):
+            sig = _SIGNATURES[cls] = None
+    if sig is not None:
+        try:
+            bound = sig.bind(module, *args, **kwargs)
+        except TypeError:
+            pass
+        else:
+            bound.apply_defaults()
+            out = []
+            for name, value in list(bound.arguments.items())[1:]:  # (not self)
+                kind = sig.parameters[name].kind
+                if kind is inspect.Parameter.VAR_POSITIONAL:
+                    out += value
+                elif kind is inspect.Parameter.VAR_KEYWORD:
+                    out += value.values()
+                else:
+                    out.append(value)
+            return tuple(out)
+    return tuple(args) + tuple(kwargs.values())
 
 
 def _patterns(require_spikes):
@@ -507,7 +542,7 @@ class EnergyMeter:
             if self._running and self._running[-1] is slot:
                 self._running.pop()
             if kwargs:
-                args = tuple(args) + tuple(kwargs.values())
+                args = _in_order(module, args, kwargs)
             if slot.first_call < 0:
                 slot.first_call = self._seq
                 self._seq += 1
