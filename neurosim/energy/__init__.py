@@ -19,6 +19,7 @@ from .cli import add_arguments, cli_main
 from .counters import Count, TensorStats, is_spiking_neuron, register_counter, spike_or_dense, stats
 from . import elementwise  # noqa: F401  (registers the counters of activations, softmax, astrocyte terms)
 from . import attention  # noqa: F401  (registers the counter of torch's multi-head attention)
+from . import recurrent  # noqa: F401  (registers the counters of torch's RNN, GRU and LSTM layers and cells)
 from .hardware import CMOS45NM, LOIHI, HardwareProfile, get_profile, list_profiles, register_profile
 from .batches import profile_batches
 from .meter import EnergyMeter, profile
