@@ -258,3 +258,47 @@ def test_a_meter_entered_again_adds_to_its_layers(case, device):
     assert inside == [one, two], name
     assert two["totals"]["synops"] > one["totals"]["synops"] > 0, name
 
+
+
+class Gain(nn.Module):
+    """A layer of the user's with a counter of their own (below)."""
+
+    def forward(self, x):
+        return 2 * x
+
+
+def count_gain(module, args, output):
+    from neurosim.energy import stats  # (bound by name: the meter still supplies its reads)
+
+    s = stats(args[0])
+    return neurosim.energy.Count(dense=s.numel, spike_input=s, spike_count=s.nnz, spike_kind="acs")
+
+
+class Baselines(nn.Module):
+    """torch's attention and LSTM, and a user-counted layer: counters in modules that import ``stats`` by name."""
+
+    def __init__(self):
+        super().__init__()
+        self.gain, self.mha, self.lstm = Gain(), nn.MultiheadAttention(8, 2), nn.LSTM(8, 6, num_layers=2)
+
+    def forward(self, x):  # [T, B, 8] spikes
+        y = self.gain(x)
+        return self.lstm(self.mha(x, x, y, need_weights=False)[0])[0]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_counters_that_import_stats_by_name_share_the_meters_reads_and_replay(device):
+    """``from neurosim.energy import stats`` in a counter gets the meter's stats while it runs (as counters.py's own
+    do): one read per tensor, and forwards replayed with the report of the hooks."""
+    from neurosim.energy import register_counter
+
+    register_counter(Gain, count_gain, overwrite=True)
+    torch.manual_seed(0)
+    model = Baselines().to(device).eval()
+    xs = spikes((5, 3, 8), 4, device)
+    replayed, n = metered(model, xs, True)
+    hooked, n0 = metered(model, xs, False)
+    assert (n, n0) == (3, 0)
+    assert replayed == hooked
+    rows = {r["name"]: r for r in replayed["layers"]}
+    assert rows["gain"]["acs"] == sum(x.sum().item() for x in xs) and rows["mha"]["synops"] > 0

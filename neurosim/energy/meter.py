@@ -549,16 +549,16 @@ class EnergyMeter:
             cnt = None
             self._counts.context = slot  # the rows made here are keyed by this layer (CountBuffer.batching)
             if slot.counter is not None:
-                prev = C.stats, C.fan_stats, C.output_stats, C.scaled_sum
-                # counters share the meter's tensor stats (one read per tensor; conv/pool get their fan-out
-                # weighted count from the same read; the output's counts come from the next layer's read)
-                C.stats, C.fan_stats = self._stats, self._fan_stats
-                C.output_stats, C.scaled_sum = self._output_stats, self._scaled_sum
+                prev = C._in_meter
+                # counters share the meter's tensor stats, however they imported stats and the rest (one read per
+                # tensor; conv/pool get their fan-out weighted count from the same read; the output's counts come
+                # from the next layer's read)
+                C._in_meter = self
                 self._counting = slot
                 try:
                     cnt = slot.counter(module, args, output)
                 finally:
-                    C.stats, C.fan_stats, C.output_stats, C.scaled_sum = prev
+                    C._in_meter = prev
             full = self.rates_all or slot.require
             # rates="needed": an input's row only if it has one already (counted or deferred), without a read
             ins = [self._stats(t) if full else self._cache.get(t) for t in _tensors(args)]
