@@ -123,6 +123,8 @@ def test_multihead_attention_masks_and_extra_keys(extra_keys):
     masked = profile(Masked(), (x, mask)).layer("mha")
     assert (plain.macs, plain.acs) == (3 * n * length * e * e + fixed, 0)
     assert (masked.macs, masked.acs) == (plain.macs, n * h * length * keys)
+    # the ANN adds the mask too: its additions are the row's dense_other (its dense holds MACs)
+    assert (masked.dense, masked.dense_other, plain.dense_other) == (plain.dense, masked.acs, 0)
     assert "mask" in masked.note and "mask" not in plain.note
 
 
@@ -172,7 +174,13 @@ def test_transformer_layer_residuals_and_activation_equal_the_aten_ops_it_runs(k
     assert rep.not_counted == []  # nothing left outside a counter
     row = rep.layer(make.__name__)
     assert row.acs == row.dense == per_op.pop("add")  # one addition per element, per residual connection
-    assert row.macs == per_op.pop("gelu", 0)  # (an activation module counts itself)
+    assert row.macs == row.dense_other == per_op.pop("gelu", 0)  # (an activation module counts itself)
+    # the same-shape ANN's energy prices all of it: each row's additions as ACs and its MACs as MACs
+    hw = rep.hardware
+    assert rep.totals()["ann_energy_pj"] == pytest.approx(sum(
+        r.dense * (hw.e_mac_pj if r.dense_is_mac else hw.e_ac_pj) + r.dense_other * (
+            hw.e_ac_pj if r.dense_is_mac else hw.e_mac_pj) for r in rep.layers))
+    assert rep.totals()["dense_other"] == row.dense_other + rep.layer("self_attn").dense_other
     # ReLU: torch runs one pointwise op an element, counted as a comparison (no arithmetic), as nn.ReLU is
     assert per_op.pop("relu", 0) == (5 * 3 * 32 if activation == "relu" else 0)
     assert per_op == {}  # no other element-wise arithmetic of its own

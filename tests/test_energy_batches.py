@@ -174,7 +174,8 @@ def test_profile_batches_is_the_sum_of_the_batches_reports():
     each = [profile(net, x) for x in xs]
     assert rep.batch_size == 7
     for row in rep.layers:
-        for key in ("calls", "synops", "macs", "acs", "dense", "neuron_updates", "in_nnz", "out_nnz", "in_numel"):
+        for key in ("calls", "synops", "macs", "acs", "dense", "dense_other", "neuron_updates", "in_nnz", "out_nnz",
+                    "in_numel"):
             assert getattr(row, key) == sum(getattr(r.layer(row.name), key) for r in each), (row.name, key)
     assert rep.totals()["energy_pj"] == pytest.approx(sum(r.totals()["energy_pj"] for r in each))
     # keyword and positional inputs

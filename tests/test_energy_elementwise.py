@@ -221,6 +221,7 @@ def test_mean_readout_hand_count():
     x = torch.randn(4, 3, 5)
     r = profile(Mean(0), x).layer("Mean")
     assert (r.acs, r.macs, r.dense, r.dense_is_mac) == (3 * 15, 15, 45, False)   # 3 additions, 1 division an output
+    assert r.dense_other == 15  # (the same-shape ANN divides too: priced as MACs in its energy)
     cfg = ESTConfig(2, 3, dim=16, depth=1, heads=2, max_len=16, pe_dim=8, num_steps=3, kernel_sizes=(2, 3),
                     readout="pool")
     rep = profile(EnhancedSpikingTransformer(cfg).eval(), torch.randn(2, 9, 2))

@@ -322,7 +322,7 @@ def test_conv_input_read_once():
     lean, counted = _reads(net, x)
     # the three fan-map reads (conv1's input, lif1's and lif2's spikes) and the pool's output (fc's input)
     assert counted == [(s, True) for s in fan_reads] + [((6, 8, 2, 2), False)]
-    ops = ("dense", "macs", "synops", "acs", "neuron_updates", "synops_paper", "energy_pj", "in_spikes")
+    ops = ("dense", "dense_other", "macs", "synops", "acs", "neuron_updates", "synops_paper", "energy_pj", "in_spikes")
     for a, b in zip(full.layers, lean.layers):
         assert [getattr(a, k) for k in ops] == [getattr(b, k) for k in ops], a.name
         for k in ("in_rate", "out_rate"):  # a rate is measured or None, never a different value

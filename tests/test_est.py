@@ -174,7 +174,7 @@ def test_energy_profile_lists_astro_attention_products_with_hand_counts():
     both = sum(int(q[ti, bi, hi, i, c] * k[ti, bi, hi, j, c]) for ti in range(t) for bi in range(b)
                for hi in range(h) for i in range(n) for j in range(n) for c in range(dh))
     r = rep.layer(pre + "astro_mm")
-    assert (r.synops, r.macs, r.dense) == (both, outputs, outputs * dh)
+    assert (r.synops, r.macs, r.dense) == (both, outputs, outputs * dh + outputs)  # (the ANN scales too)
     # neuron term phi(Q) phi(K)^alpha^T: neither operand is binary (phi(0) = 1) -> every product is a MAC
     r = rep.layer(pre + "neuron_mm")
     assert (r.synops, r.macs) == (0, outputs * dh + outputs) and not r.in_spikes

@@ -18,15 +18,15 @@ shapes of the call (``L`` query and ``S`` key tokens a sample, ``N`` samples, em
 
 All of it but the spike-driven projections is in ``macs`` (the SNN does them as the ANN does) and in the layer's
 ``dense``. A learned bias key (``add_bias_kv``) and a zero key (``add_zero_attn``) each add one key to ``S``. A mask
-given to the call (``attn_mask``, ``key_padding_mask``) is added to the scores: one addition per score, as ACs (not
-in ``dense``). Biases and dropout are not counted.
+given to the call (``attn_mask``, ``key_padding_mask``) is added to the scores: one addition per score, as ACs (in
+the layer's ``dense_other``: the ANN adds it too). Biases and dropout are not counted.
 
 A transformer layer's attention, linear, norm and dropout modules count themselves; its own forward adds the
 residual connections (one addition per element of the layer's input, as ACs: two in an encoder layer, three in a
 decoder layer) and applies the feed-forward activation when it is a function: ReLU compares (nothing counted), GELU
-is one MAC per hidden element (the convention of :mod:`neurosim.energy.elementwise`; in the row's MACs, while its
-``dense`` holds the additions, priced as ACs), any other function is named in the row's note as not counted; an
-activation module counts itself.
+is one MAC per hidden element (the convention of :mod:`neurosim.energy.elementwise`; in the row's MACs and its
+``dense_other``, while its ``dense`` holds the additions, priced as ACs), any other function is named in the row's
+note as not counted; an activation module counts itself.
 """
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def count_multihead_attention(module: nn.MultiheadAttention, args, output) -> Co
     mask_adds = samples * h * length * keys if any(isinstance(a, torch.Tensor) for a in args[3:]) else 0
     s = stats(q)
     return Count(dense=n_q * e * e * from_query, spike_input=s, spike_count=s.nnz * (e * from_query),
-                 spike_kind="synops", macs=fixed, dense_also=fixed, acs=mask_adds,
+                 spike_kind="synops", macs=fixed, dense_also=fixed, acs=mask_adds, dense_also_acs=mask_adds,
                  note="multi-head attention: projections, scores, softmax, weighted values" +
                       (", the mask added to the scores (ACs)" if mask_adds else "") + " (biases not counted)")
 
@@ -79,11 +79,11 @@ def count_transformer_layer(module, args, output) -> Count:
         macs = 0  # (a module counts itself; ReLU compares)
     elif act is F.gelu:
         macs = hidden
-        note += "; GELU: 1 MAC per hidden element (in MACs; the row's dense, priced as ACs, holds the additions)"
+        note += "; GELU: 1 MAC per hidden element"
     else:
         macs = 0
         note += f"; activation function {getattr(act, '__name__', act)!r} not counted (pass it as a module)"
-    return Count(dense=adds, dense_is_mac=False, acs=adds, macs=macs, note=note)
+    return Count(dense=adds, dense_is_mac=False, acs=adds, macs=macs, dense_also=macs, note=note)
 
 
 register_counter(nn.MultiheadAttention, count_multihead_attention)

@@ -120,7 +120,11 @@ class Count:
         dense: operations an ANN of the same shape would do (MACs when ``dense_is_mac``, else additions), where
             the spike rule decides (the layer's ``dense``; with ``dense_also``).
         dense_also: MACs already in ``macs`` that the ANN of the same shape does too (a layer whose spike-driven
-            part is one step of several): added to the layer's ``dense``, not counted again.
+            part is one step of several, a product's scale): added to the layer's ``dense`` (when ``dense_is_mac``;
+            otherwise to its ``dense_other``), not counted again.
+        dense_also_acs: additions already in ``acs`` that the ANN of the same shape does too (a mask added to
+            attention scores): added to the layer's ``dense`` when it counts additions, otherwise to its
+            ``dense_other``. The same-shape ANN's energy prices both.
         note: anything the reader must know about this count.
         info: facts about this call that are not operation counts (e.g. a spike mask's ratio and whether it
             was active); values are numbers, strings, bools or 0-d tensors (read back with the counts). A
@@ -130,6 +134,7 @@ class Count:
     dense: int = 0
     dense_is_mac: bool = True
     dense_also: int = 0
+    dense_also_acs: int = 0
     macs: "Number" = 0
     synops: "Number" = 0
     acs: "Number" = 0
@@ -449,7 +454,8 @@ def count_matmul(module: MatMul, args, output) -> Count:
     counts = {"both": both,  # product terms whose two operands are both 1
               "first": sa.nnz * (n * rep_a),  # each 1 of a meets the n values of its row of b
               "second": sb.nnz * (m * rep_b)}
-    return Count(dense=dense, macs=output.numel() if module.scale != 1.0 else 0, spike_input=sa,
+    scale = output.numel() if module.scale != 1.0 else 0  # (the ANN of the same shape scales too)
+    return Count(dense=dense, macs=scale, dense_also=scale, spike_input=sa,
                  spike_input2=sb, spike_count=counts, spike_kind="synops",
                  note="" if module.scale == 1.0 else "scale: 1 multiply per output counted as MAC")
 
@@ -472,7 +478,7 @@ def count_add(module: Add, args, output) -> Count:
 def count_mean(module: Mean, args, output) -> Count:
     n_in, n_out = args[0].numel(), output.numel()
     adds = n_in - n_out
-    return Count(dense=adds, dense_is_mac=False, acs=adds, macs=n_out,
+    return Count(dense=adds, dense_is_mac=False, acs=adds, macs=n_out, dense_also=n_out,
                  note="mean: the additions as ACs, the division by the count 1 MAC per output")
 
 

@@ -700,7 +700,10 @@ class EnergyMeter:
                     continue
                 if summary is not None:
                     infos += ev.infos(cnt.info)
-                r.dense += (int(cnt.dense) + cnt.dense_also) * w
+                same, other = ((cnt.dense_also, cnt.dense_also_acs) if cnt.dense_is_mac
+                               else (cnt.dense_also_acs, cnt.dense_also))
+                r.dense += (int(cnt.dense) + same) * w
+                r.dense_other += other * w
                 r.dense_is_mac = cnt.dense_is_mac
                 r.neuron_updates += int(cnt.neuron_updates) * w
                 macs += _total(val(cnt.macs))

@@ -21,6 +21,10 @@ class LayerReport:
     whose counts were read; see ``rates`` in :class:`~neurosim.energy.EnergyMeter`). ``in_spikes``: the input
     was read and binary on every call. ``counted=False`` marks a
     module no counter knows: its operations are missing from the totals.
+
+    ``dense``: the operations the ANN of the same shape does in this layer, MACs when ``dense_is_mac``, else
+    additions; ``dense_other``: those it also does of the other kind (a transformer layer's GELU beside its
+    residual additions, a mask added to attention scores). The same-shape ANN's energy prices both.
     """
 
     name: str
@@ -29,6 +33,7 @@ class LayerReport:
     counted: bool = True
     dense: int = 0
     dense_is_mac: bool = True
+    dense_other: int = 0  # the same-shape ANN's operations of the other kind (ACs when dense_is_mac, else MACs)
     macs: int = 0
     synops: int = 0
     acs: int = 0
@@ -62,8 +67,9 @@ class LayerReport:
         return d
 
 
-COLUMNS = ("name", "type", "calls", "counted", "dense", "macs", "synops", "acs", "neuron_updates", "in_rate",
-           "out_rate", "sparsity", "in_spikes", "synops_paper", "energy_pj", "energy_paper_pj", "note", "info")
+COLUMNS = ("name", "type", "calls", "counted", "dense", "dense_is_mac", "dense_other", "macs", "synops", "acs",
+           "neuron_updates", "in_rate", "out_rate", "sparsity", "in_spikes", "synops_paper", "energy_pj",
+           "energy_paper_pj", "note", "info")
 
 
 def _atomic_write(path, text: str) -> Path:
@@ -120,12 +126,13 @@ class EnergyReport:
 
     def totals(self) -> dict:
         t = {k: sum(getattr(r, k) for r in self.layers)
-             for k in ("dense", "macs", "synops", "acs", "neuron_updates", "synops_paper", "energy_pj",
+             for k in ("dense", "dense_other", "macs", "synops", "acs", "neuron_updates", "synops_paper", "energy_pj",
                        "energy_paper_pj")}
         hw = self.hardware
         ann = None
         if hw.e_mac_pj is not None:
-            ann = sum(r.dense * (hw.e_mac_pj if r.dense_is_mac else hw.e_ac_pj) for r in self.layers)
+            ann = sum((r.dense * hw.e_mac_pj + r.dense_other * hw.e_ac_pj) if r.dense_is_mac
+                      else (r.dense * hw.e_ac_pj + r.dense_other * hw.e_mac_pj) for r in self.layers)
         t["ann_energy_pj"] = ann
         t["energy_ratio_vs_ann"] = (t["energy_pj"] / ann) if ann else None
         if self.batch_size:
