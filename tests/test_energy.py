@@ -227,12 +227,16 @@ def test_pooling_and_norm():
 
 
 def test_neurons_not_counted_and_totals():
+    class Unknown(nn.Module):  # a layer no counter knows
+        def forward(self, x):
+            return x / (1 + x.abs())
+
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
             self.fc = nn.Linear(6, 4)
             self.lif = neurosim.LIF(beta=0.5, backend="torch")
-            self.act = nn.Softsign()  # an activation no counter knows
+            self.act = Unknown()
 
         def forward(self, x):
             return self.act(self.lif(self.fc(x)))
@@ -435,3 +439,50 @@ def test_counter_summary_adds_layer_info_and_a_report_note():
     assert not profile(net, x).notes
     with pytest.raises(ValueError, match="summary"):
         register_counter(Gate, count_gate, overwrite=True, summary="not callable")
+
+
+def test_norms_hand_counts():
+    """Statistics computed per sample: 3 MACs per element (mean, variance, normalise+affine); running statistics at
+    inference fold into 1 (SyncBatchNorm as BatchNorm; InstanceNorm with track_running_stats); RMSNorm: 2."""
+    x = torch.randn(2, 3, 4, 5)
+    n = x.numel()
+
+    def macs(layer, *, train=False):
+        return profile(layer.train(train), x).layers[0].macs
+
+    assert macs(nn.SyncBatchNorm(3)) == macs(nn.BatchNorm2d(3)) == n
+    assert macs(nn.InstanceNorm2d(3)) == macs(nn.GroupNorm(3, 3)) == macs(nn.LayerNorm(5)) == 3 * n
+    assert macs(nn.InstanceNorm2d(3, track_running_stats=True)) == n
+    assert macs(nn.InstanceNorm2d(3, track_running_stats=True), train=True) == 3 * n
+    assert macs(nn.RMSNorm(5)) == 2 * n
+
+
+def test_padding_and_shuffles_cost_nothing_and_keep_synops_exact():
+    """Padding, pixel and channel shuffles and max-unpooling move values: counted as zero, not listed as not
+    counted; zero padding before a convolution gives its spikes the fan-out of the same conv padded itself."""
+    x = spikes(2, 2, 6, 7, seed=4)
+    conv = nn.Conv2d(2, 4, 3)
+    padded = profile(nn.Sequential(nn.ZeroPad2d(1), conv), x)
+    same = nn.Conv2d(2, 4, 3, padding=1)
+    same.load_state_dict(conv.state_dict())
+    assert padded.not_counted == [] and padded.layer("0").dense == 0
+    assert padded.layer("1").synops == profile(same, x).layers[0].synops > 0
+    for layer, shape in [(nn.ReflectionPad1d(2), (2, 3, 5)), (nn.ReplicationPad2d(1), (1, 2, 3, 3)),
+                         (nn.CircularPad1d(1), (2, 3, 4)), (nn.ConstantPad3d(1, 0.5), (1, 1, 2, 2, 2)),
+                         (nn.PixelShuffle(2), (1, 8, 2, 2)), (nn.PixelUnshuffle(2), (1, 2, 4, 4)),
+                         (nn.ChannelShuffle(2), (1, 4, 2, 2)), (nn.FeatureAlphaDropout(0.5).eval(), (2, 3, 4))]:
+        rep = profile(layer, torch.randn(shape))
+        row = rep.layers[0]
+        assert rep.not_counted == [] and (row.dense, row.macs, row.acs, row.synops) == (0, 0, 0, 0), layer
+
+
+    class Unpool(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pool, self.unpool = nn.MaxPool2d(2, return_indices=True), nn.MaxUnpool2d(2)
+
+        def forward(self, x):
+            return self.unpool(*self.pool(x))
+
+    rep = profile(Unpool(), torch.randn(1, 2, 4, 4))
+    assert rep.not_counted == [] and rep.layer("unpool").dense == 0 and rep.layer("pool").acs > 0

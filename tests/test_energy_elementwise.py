@@ -98,6 +98,31 @@ def test_activations(act, per_element):
     assert row.counted and ("comparison" in row.note) == (per_element == 0)
 
 
+@pytest.mark.parametrize("act, per_element, torch_ops", [
+    (nn.Softsign(), 1, {"abs": 60, "add": 60, "div": 60}), (nn.Tanhshrink(), 1, {"tanh": 60, "sub": 60}),
+    (nn.Softshrink(), 1, {"softshrink": 60}), (nn.RReLU().eval(), 1, {}), (nn.Hardshrink(), 0, {"hardshrink": 60}),
+    (nn.Threshold(0.1, 0.0), 0, {"threshold": 60})])
+def test_more_activations(act, per_element, torch_ops):
+    """One MAC per evaluation of a smooth function, a lower bound where torch runs several pointwise ops (softsign's
+    abs, add and div); none for compare-and-select. ``torch_ops``: the pointwise aten ops torch runs (RReLU at
+    inference runs one op that is not tagged pointwise: a fixed slope, as LeakyReLU's)."""
+    x = torch.randn(4, 3, 5)
+    _, row = own_row(act, x, type(act).__name__)
+    assert (row.macs, row.dense) == (per_element * x.numel(),) * 2
+    assert own_elementwise_ops(act, x)[1] == torch_ops
+
+
+def test_glu_softmin_softmax2d():
+    x = torch.randn(2, 3, 4, 6)
+    _, row = own_row(nn.GLU(-1), x, "GLU")
+    assert row.macs == row.dense == 2 * x.numel() // 2  # a sigmoid and a product per output (half the input)
+    _, softmin = own_row(nn.Softmin(1), x, "Softmin")
+    _, softmax = own_row(nn.Softmax(1), x, "Softmax")
+    assert softmin.macs == softmax.macs == 2 * x.numel() + x.numel() // 3 * 2  # rows of 3 channels: 2 adds each
+    _, over_channels = own_row(nn.Softmax2d(), x, "Softmax2d")
+    assert over_channels.macs == softmax.macs  # (dim -3 of a 4-D input is dim 1)
+
+
 @pytest.mark.parametrize("dim", [-1, 1, 0])
 def test_softmax_hand_count(dim):
     x = torch.randn(2, 3, 4)

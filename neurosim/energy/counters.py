@@ -16,14 +16,19 @@ Conventions (all exact, from the actual tensors):
   Bias additions are not counted (as in SpikingJelly's SynOp counter and the spiking-transformer papers).
 * :class:`neurosim.layers.MatMul` ``a @ b``: a product term ``a[i,k] * b[k,j]`` costs one AC when every
   binary operand in it is 1 (spike x spike: both 1; spike x real: the spike is 1); with no binary operand
-  every term is a MAC. A ``scale`` other than 1 adds one multiply (MAC) per output element.
+  every term is a MAC. A ``scale`` other than 1 adds one multiply (MAC) per output element (in ``dense`` too: the
+  ANN of the same shape scales as well).
 * :class:`neurosim.layers.Add` ``a + b``: an addition costs one AC where no binary operand is 0
   (adding a zero spike is free); real + real costs one AC per element.
 * :class:`neurosim.layers.Mean` (a readout over time or tokens): ``n_in - n_out`` additions (ACs) and one
-  division per output (a MAC, outside ``dense``, like a product's scale).
+  division per output (a MAC, in the layer's ``dense_other``: its ``dense`` holds the additions).
 * Pooling: one AC per (input element, window holding it), counting only nonzero inputs when the input is
-  binary. Normalisation: MACs per element (BatchNorm at inference folds to 1 MAC per element; LayerNorm /
-  GroupNorm compute statistics per sample: 3 per element). Neurons: one update per neuron per time step.
+  binary. Normalisation: MACs per element (BatchNorm and SyncBatchNorm at inference fold to 1 MAC per element, as
+  does an InstanceNorm that uses running statistics; LayerNorm, GroupNorm and an InstanceNorm that computes its
+  statistics per sample: 3 per element (mean, variance, normalise+affine); RMSNorm: 2 (mean square,
+  normalise+scale)). Neurons: one update per neuron per time step.
+* Padding, pixel and channel shuffles, max-unpooling and dropout move or drop values: no arithmetic (counted as
+  zero, not listed as "not counted").
 * Activation functions, softmax and the astrocyte terms of attention: :mod:`neurosim.energy.elementwise`.
 """
 from __future__ import annotations
@@ -159,8 +164,11 @@ Summary = Callable[[object, list], tuple]
 _COUNTERS: dict[type, Counter] = {}
 _SUMMARIES: dict[type, Summary] = {}
 _OWN_OPS: set[type] = set()  # types whose counter counts only their own arithmetic; their children are hooked too
-_ZERO_COST: tuple[type, ...] = (nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
-                                nn.Dropout3d, nn.AlphaDropout)
+_ZERO_COST: tuple[type, ...] = (
+    nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+    nn.FeatureAlphaDropout, nn.modules.padding._ConstantPadNd, nn.modules.padding._ReflectionPadNd,
+    nn.modules.padding._ReplicationPadNd, nn.modules.padding._CircularPadNd, nn.PixelShuffle, nn.PixelUnshuffle,
+    nn.ChannelShuffle, nn.modules.pooling._MaxUnpoolNd)  # values moved, copied or dropped: no arithmetic
 
 
 def register_counter(module_type: type, fn: Counter | None = None, overwrite: bool = False,
@@ -418,6 +426,17 @@ def count_layernorm(module, args, output) -> Count:
     return Count(dense=3 * n, macs=3 * n, note="3 MACs per element (mean, variance, normalise+affine)")
 
 
+def count_instancenorm(module: nn.modules.instancenorm._InstanceNorm, args, output) -> Count:
+    if module.track_running_stats and not module.training:  # running statistics: folded at inference, as BN's
+        return count_batchnorm(module, args, output)
+    return count_layernorm(module, args, output)
+
+
+def count_rmsnorm(module, args, output) -> Count:
+    n = args[0].numel()
+    return Count(dense=2 * n, macs=2 * n, note="2 MACs per element (mean square, normalise+scale)")
+
+
 # largest contraction length k for which a product of binary operands, p = (a @ b)[i, j] <= k, is recovered
 # exactly as round(out / scale) from the result in this dtype (relative error of the stored result, plus the
 # float32 division, times p must stay below 1/2)
@@ -496,7 +515,9 @@ for _t, _f in [(nn.Linear, count_linear), (nn.Conv1d, count_conv), (nn.Conv2d, c
                (nn.ConvTranspose2d, count_conv_transpose), (nn.ConvTranspose3d, count_conv_transpose),
                *((_t, count_adaptive_pool if _t.__name__.startswith("Adaptive") else count_pool) for _t in _POOL_DIMS),
                (nn.BatchNorm1d, count_batchnorm), (nn.BatchNorm2d, count_batchnorm),
-               (nn.BatchNorm3d, count_batchnorm), (nn.LayerNorm, count_layernorm),
+               (nn.BatchNorm3d, count_batchnorm), (nn.SyncBatchNorm, count_batchnorm),
+               (nn.modules.instancenorm._InstanceNorm, count_instancenorm), (nn.RMSNorm, count_rmsnorm),
+               (nn.LayerNorm, count_layernorm),
                (nn.GroupNorm, count_layernorm), (MatMul, count_matmul), (Add, count_add),
                (Mean, count_mean)]:
     register_counter(_t, _f)

@@ -4,13 +4,14 @@
 Conventions (every figure is per call, from the actual shapes; none depends on spikes, so these layers cost
 the same in an SNN and in the ANN of the same shape: ``dense`` equals the count):
 
-* A smooth activation (GELU, SiLU, sigmoid, tanh, ELU, softplus, Mish, LeakyReLU, PReLU) is one MAC per
-  element: the multiply-accumulate stands for one evaluation of the function, a lower bound on its arithmetic
-  (the 45 nm figures of :mod:`neurosim.energy.hardware` price adds and multiplies only).
-* ReLU, ReLU6 and hardtanh compare and select: no arithmetic is counted.
+* A smooth activation (GELU, SiLU, sigmoid, tanh, ELU, softplus, Mish, LeakyReLU, PReLU, softsign, tanhshrink,
+  softshrink, RReLU) is one MAC per element: the multiply-accumulate stands for one evaluation of the function, a
+  lower bound on its arithmetic (the 45 nm figures of :mod:`neurosim.energy.hardware` price adds and multiplies
+  only). GLU, ``a * sigmoid(b)`` of the input's two halves: 2 MACs per output element.
+* ReLU, ReLU6, hardtanh, hardshrink and threshold compare and select: no arithmetic is counted.
 * Softmax over a dimension of length ``L``: an exponential and a division per element (2 MACs) and ``L - 1``
   additions per row for the denominator (counted as MACs, as normalisation is); log-softmax adds one
-  logarithm per row.
+  logarithm per row. Softmin is the softmax of ``-x`` (the sign is free); Softmax2d is a softmax over channels.
 * Upsampling: nearest-neighbour copies (no arithmetic); an interpolating mode weighs the ``2^d`` (``linear``,
   ``bilinear``, ``trilinear``) or ``4^2`` (``bicubic``) input values around each output element: that many MACs
   per output element.
@@ -28,8 +29,8 @@ from ..layers.astro_attention import AstroMixing
 from .counters import Count, register_counter
 
 SMOOTH = (nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.ELU, nn.CELU, nn.SELU, nn.Softplus, nn.Mish, nn.LeakyReLU,
-          nn.PReLU, nn.Hardswish, nn.Hardsigmoid, nn.LogSigmoid)
-COMPARE = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
+          nn.PReLU, nn.Hardswish, nn.Hardsigmoid, nn.LogSigmoid, nn.Softsign, nn.Tanhshrink, nn.Softshrink, nn.RReLU)
+COMPARE = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Hardshrink, nn.Threshold)
 
 
 def count_activation(module, args, output) -> Count:
@@ -50,9 +51,17 @@ def softmax_ops(shape, dim: int, log: bool = False) -> int:
     return 2 * n + rows * (length - 1) + (rows if log else 0)
 
 
+def count_glu(module, args, output) -> Count:
+    n = 2 * output.numel()
+    return Count(dense=n, macs=n, note="GLU: a sigmoid and a product per output element (2 MACs)")
+
+
 def count_softmax(module, args, output) -> Count:
     x = args[0]
-    dim = module.dim if module.dim is not None else (0 if x.dim() in (0, 1, 3) else 1)  # torch's legacy default
+    if isinstance(module, nn.Softmax2d):
+        dim = -3
+    else:  # (torch's legacy default when dim is None)
+        dim = module.dim if module.dim is not None else (0 if x.dim() in (0, 1, 3) else 1)
     ops = softmax_ops(tuple(x.shape), dim, log=isinstance(module, nn.LogSoftmax))
     return Count(dense=ops, macs=ops, note="softmax: exp and division per element, L-1 additions per row (MACs)")
 
@@ -95,8 +104,9 @@ for _t in SMOOTH:
     register_counter(_t, count_activation)
 for _t in COMPARE:
     register_counter(_t, count_compare)
-register_counter(nn.Softmax, count_softmax)
-register_counter(nn.LogSoftmax, count_softmax)
+for _t in (nn.Softmax, nn.LogSoftmax, nn.Softmin, nn.Softmax2d):
+    register_counter(_t, count_softmax)
+register_counter(nn.GLU, count_glu)
 register_counter(AstroMixing, count_astro, own_ops=True)
 register_counter(nn.Upsample, count_upsample)
 register_counter(nn.Embedding, count_lookup)

@@ -28,14 +28,18 @@ from torch.nn.utils.rnn import PackedSequence
 
 from .counters import Count, register_counter, stats
 
-_GATES = {nn.RNN: 1, nn.RNNCell: 1, nn.GRU: 3, nn.GRUCell: 3, nn.LSTM: 4, nn.LSTMCell: 4}
+_MODES = {"RNN_TANH": 1, "RNN_RELU": 1, "GRU": 3, "LSTM": 4}  # gate blocks G of an nn.RNNBase, by its mode
+_CELLS = {nn.RNNCell: 1, nn.GRUCell: 3, nn.LSTMCell: 4}
 _ELEMENTWISE = {1: 0, 3: 6, 4: 8}  # gate functions and gate arithmetic a hidden unit, by G (an RNN: its tanh, below)
 
 
-def _gates(module) -> int:
+def _gates(module) -> tuple:
+    """``(G, whether its hidden state goes through tanh)``."""
+    if isinstance(module, nn.RNNBase):
+        return _MODES[module.mode], module.mode != "RNN_RELU"
     for t in type(module).__mro__:
-        if t in _GATES:
-            return _GATES[t]
+        if t in _CELLS:
+            return _CELLS[t], getattr(module, "nonlinearity", "tanh") == "tanh"
     raise TypeError(f"{type(module).__name__} is not one of torch's recurrent layers")
 
 
@@ -44,13 +48,13 @@ def count_recurrent(module: nn.RNNBase | nn.RNNCellBase, args, output) -> Count:
     ``PackedSequence``)."""
     x = args[0]
     data = x.data if isinstance(x, PackedSequence) else x
-    g, h, width = _gates(module), module.hidden_size, module.input_size
+    (g, tanh), h, width = _gates(module), module.hidden_size, module.input_size
     steps = data.numel() // width  # time steps of all samples (torch has checked the input's width)
     if isinstance(module, nn.RNNBase):
         layers, dirs, p = module.num_layers, 2 if module.bidirectional else 1, module.proj_size or h
     else:
         layers, dirs, p = 1, 1, h
-    per_unit = _ELEMENTWISE[g] or int(getattr(module, "nonlinearity", "tanh") == "tanh")
+    per_unit = _ELEMENTWISE[g] or int(tanh)
     fixed = 0
     for layer in range(layers):
         fixed += g * h * ((p * dirs if layer else 0) + p) + (p * h if p != h else 0) + per_unit * h
@@ -63,5 +67,5 @@ def count_recurrent(module: nn.RNNBase | nn.RNNCellBase, args, output) -> Count:
                                         f"(MACs; biases not counted)")
 
 
-for _t in _GATES:
+for _t in (nn.RNNBase, *_CELLS):  # (nn.RNN, GRU and LSTM are RNNBase, which also runs by its mode alone)
     register_counter(_t, count_recurrent)
