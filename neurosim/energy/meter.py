@@ -110,8 +110,8 @@ _SIGNATURES: dict = {}  # module type -> the signature of its forward (None: non
 
 def _in_order(module: nn.Module, args: tuple, kwargs: dict) -> tuple:
     """A call's arguments as positional ones in the order of its class's ``forward`` signature, defaults filled in
-    (``mha(x, m, m, pad)`` and ``mha(value=m, key=m, query=x, key_padding_mask=pad)`` give counters the same tuple);
-    the positional ones then the keyword values as given where they do not bind to it."""
+    (``mha(x, m, m, pad)`` and ``mha(value=m, key=m, query=x, key_padding_mask=pad)`` give counters the same tuple).
+    Where they do not bind to it: the positional arguments, then the keyword values as given."""
     cls = type(module)
     sig = _SIGNATURES.get(cls, False)
     if sig is False:
