@@ -470,7 +470,8 @@ def test_padding_and_shuffles_cost_nothing_and_keep_synops_exact():
     for layer, shape in [(nn.ReflectionPad1d(2), (2, 3, 5)), (nn.ReplicationPad2d(1), (1, 2, 3, 3)),
                          (nn.CircularPad1d(1), (2, 3, 4)), (nn.ConstantPad3d(1, 0.5), (1, 1, 2, 2, 2)),
                          (nn.PixelShuffle(2), (1, 8, 2, 2)), (nn.PixelUnshuffle(2), (1, 2, 4, 4)),
-                         (nn.ChannelShuffle(2), (1, 4, 2, 2)), (nn.FeatureAlphaDropout(0.5).eval(), (2, 3, 4))]:
+                         (nn.ChannelShuffle(2), (1, 4, 2, 2)), (nn.FeatureAlphaDropout(0.5).eval(), (2, 3, 4)),
+                         (nn.Unfold(2, padding=1), (1, 2, 3, 3))]:
         rep = profile(layer, torch.randn(shape))
         row = rep.layers[0]
         assert rep.not_counted == [] and (row.dense, row.macs, row.acs, row.synops) == (0, 0, 0, 0), layer

@@ -27,8 +27,8 @@ Conventions (all exact, from the actual tensors):
   does an InstanceNorm that uses running statistics; LayerNorm, GroupNorm and an InstanceNorm that computes its
   statistics per sample: 3 per element (mean, variance, normalise+affine); RMSNorm: 2 (mean square,
   normalise+scale)). Neurons: one update per neuron per time step.
-* Padding, pixel and channel shuffles, max-unpooling and dropout move or drop values: no arithmetic (counted as
-  zero, not listed as "not counted").
+* Padding, pixel and channel shuffles, max-unpooling, ``nn.Unfold`` (patches copied out) and dropout move or drop
+  values: no arithmetic (counted as zero, not listed as "not counted").
 * Activation functions, softmax and the astrocyte terms of attention: :mod:`neurosim.energy.elementwise`.
 """
 from __future__ import annotations
@@ -168,7 +168,7 @@ _ZERO_COST: tuple[type, ...] = (
     nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
     nn.FeatureAlphaDropout, nn.modules.padding._ConstantPadNd, nn.modules.padding._ReflectionPadNd,
     nn.modules.padding._ReplicationPadNd, nn.modules.padding._CircularPadNd, nn.PixelShuffle, nn.PixelUnshuffle,
-    nn.ChannelShuffle, nn.modules.pooling._MaxUnpoolNd)  # values moved, copied or dropped: no arithmetic
+    nn.ChannelShuffle, nn.modules.pooling._MaxUnpoolNd, nn.Unfold)  # values moved, copied or dropped: no arithmetic
 
 
 def register_counter(module_type: type, fn: Counter | None = None, overwrite: bool = False,
