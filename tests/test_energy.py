@@ -487,3 +487,19 @@ def test_padding_and_shuffles_cost_nothing_and_keep_synops_exact():
 
     rep = profile(Unpool(), torch.randn(1, 2, 4, 4))
     assert rep.not_counted == [] and rep.layer("unpool").dense == 0 and rep.layer("pool").acs > 0
+
+
+def test_a_compiled_model_reports_what_the_eager_one_does():
+    """torch.compile (dynamo; the eager backend needs no compiler) keeps calling the forwards the meter wraps: the
+    same layers, under the eager model's names, with the same counts, in a first and a later profile."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), neurosim.LIF(beta=0.5, threshold=0.5, backend="torch"), nn.Linear(16, 4))
+    model.eval()
+    x = spikes(3, 2, 8, seed=5)
+    eager = json.loads(profile(model, x).to_json())
+    compiled = torch.compile(model, backend="eager")
+    with torch.no_grad():
+        compiled(x)
+    for _ in range(2):
+        assert json.loads(profile(compiled, x).to_json()) == eager
+    assert eager["layers"][0]["synops"] > 0

@@ -410,7 +410,9 @@ class EnergyMeter:
     def __enter__(self):
         if self._handles:
             raise RuntimeError("EnergyMeter is already active")
-        self._walk(self.model, "")
+        # a torch.compile'd model's layers under their own names (not "_orig_mod.*"): dynamo guards on the forwards
+        # the meter wraps and runs them (tests: a compiled model's report is the eager one's)
+        self._walk(getattr(self.model, "_orig_mod", self.model), "")
         self._handles.append(_Wrapped(self.model, self._root))
         self._collecting = spike_tally.collecting(self)
         self._collecting.__enter__()
