@@ -6,6 +6,7 @@ forward pass the caller runs itself (``with EnergyMeter(model) as m: model(x)``;
 from __future__ import annotations
 
 import fnmatch
+import gc
 import inspect
 import math
 from dataclasses import dataclass, field
@@ -577,6 +578,20 @@ class EnergyMeter:
 
         return hook
 
+    def _dispose(self):
+        """Take the meter's records apart, outside a ``with`` block: its layers' hooks refer to the meter and their
+        calls to the layers, reference cycles that only the cyclic garbage collector could free. The meter has no
+        layers afterwards (what it reported stays reported)."""
+        if self._handles:
+            return  # (still inside its with block: an __enter__ that failed half-way; left to the collector)
+        for s in self._slots:
+            s.pre = s.post = None
+            s.calls = []
+        self._slots, self._known, self._templates, self._audited = [], {}, {}, {}
+        self._cache.clear()
+        self._counts = CountBuffer(self._counts.backend)
+        self._cache = StatsCache(self._counts)
+
     # -------------------------------------------------------------------------------------------- report
     def _ran(self):
         return sorted((s for s in self._slots if any(_weight(c[4]) for c in s.calls)), key=lambda s: s.first_call)
@@ -594,27 +609,13 @@ class EnergyMeter:
     def _host_values(self) -> dict:
         """id(tensor) -> float for every 0-d count recorded: one transfer per (device, dtype)."""
         tensors: dict = {}
-        plain = frozenset((int, float, bool, str, DeviceCount, RowStats, TallyStats, type(None)))  # nothing to read
-
-        def visit(v):
-            if type(v) in plain or isinstance(v, (int, float, str, RowStats)):  # (the second test: subclasses)
-                return
-            if torch.is_tensor(v):
-                tensors[id(v)] = v
-            elif isinstance(v, C.TensorStats):
-                for t in (v.nnz, v.ones, v.total):
-                    visit(t)
-            elif isinstance(v, dict):
-                for t in v.values():
-                    visit(t)
-
         for s in self._slots:
             for cnt, sin, *_ in s.calls:  # a call's input and output stats are the meter's rows
                 if cnt is not None:
                     for v in (cnt.macs, cnt.synops, cnt.acs, cnt.spike_count, cnt.spike_input, cnt.spike_input2,
                               cnt.info, sin):
-                        if type(v) not in plain:  # (most are: no call)
-                            visit(v)
+                        if type(v) not in _NOTHING_TO_READ:  # (most are: no call)
+                            _visit(v, tensors)
         return {key: float(v) for key, v in zip(tensors, validate.read_back(list(tensors.values())))}
 
     def _evaluators(self, host) -> dict:
@@ -765,6 +766,23 @@ class EnergyMeter:
                          "(real-valued layers run off this hardware)")
         return EnergyReport(hardware=hw, layers=rows, batch_size=batch_size, notes=notes,
                             counting="+".join(sorted(counts.paths)))
+
+
+_NOTHING_TO_READ = frozenset((int, float, bool, str, DeviceCount, RowStats, TallyStats, type(None)))
+
+
+def _visit(v, tensors: dict):
+    """Put the 0-d count tensors in ``v`` (a count, TensorStats or dict of them) into ``tensors`` by id."""
+    if type(v) in _NOTHING_TO_READ or isinstance(v, (int, float, str, RowStats)):  # (the second test: subclasses)
+        return
+    if torch.is_tensor(v):
+        tensors[id(v)] = v
+    elif isinstance(v, C.TensorStats):
+        for t in (v.nnz, v.ones, v.total):
+            _visit(t, tensors)
+    elif isinstance(v, dict):
+        for t in v.values():
+            _visit(t, tensors)
 
 
 def _mha_fastpath(enabled):
@@ -941,6 +959,19 @@ def profile(model: nn.Module, inputs, hardware="cmos45nm", require_spikes=None, 
     # (one forward: nothing to replay, so it is not recorded either, neurosim.energy.replay)
     meter = EnergyMeter(model, hardware=hardware, require_spikes=require_spikes, counting=counting, rates=rates,
                         audit=audit, replay=False)
-    with meter, torch.set_grad_enabled(grad):
-        _call(model, inputs)
-    return meter.report(batch_size=batch)
+    # The meter's records of a forward (thousands of small objects in a transformer) would set off Python's cyclic
+    # garbage collector several times during the call, and a full pass walks every tracked object of the process
+    # (BENCHMARKS.md energy run 18). So the collector waits for the call's end, and the meter then takes its records
+    # apart, so that they are freed by reference counting, leaving no work to the collector. (A model's own cyclic
+    # garbage, if it makes any, is collected as usual once the call returns.)
+    paused = gc.isenabled()
+    if paused:
+        gc.disable()
+    try:
+        with meter, torch.set_grad_enabled(grad):
+            _call(model, inputs)
+        return meter.report(batch_size=batch)
+    finally:
+        meter._dispose()
+        if paused:
+            gc.enable()
