@@ -547,12 +547,13 @@ def _cyclic_garbage(fn):
 
 
 def test_profile_leaves_no_work_to_the_garbage_collector():
-    """profile() pauses the cyclic collector for the call (restored however it ends) and takes the meter's records
-    apart, so they are freed by reference counting (BENCHMARKS energy run 18: in a transformer those records set off
-    the collector, whose full passes walk every object of the process)."""
+    """A meter's records hold no reference cycle once its block ends, so they are freed by reference counting, and
+    profile() pauses the cyclic collector for its call (restored however it ends, as the caller had it). BENCHMARKS
+    energy run 18: in a transformer those records set off the collector, whose full passes walk every object of
+    the process."""
     import gc
 
-    from neurosim.energy import profile_batches
+    from neurosim.energy import EnergyMeter, profile_batches
 
     net = _Block().eval()
     x = spikes(3, 2, 2, 8, 8)
@@ -560,6 +561,18 @@ def test_profile_leaves_no_work_to_the_garbage_collector():
     assert rep.layer("mm").calls == 2 and rep.totals()["synops"] > 0  # (the model counts what this test is about)
     assert _cyclic_garbage(lambda: profile(net, x)) == {}
     assert _cyclic_garbage(lambda: profile_batches(net, [x, x], progress=False)) == {}
+
+    def metered(replay):
+        meter = EnergyMeter(net, replay=replay)
+        for _ in range(2):  # (entered again: its layers' hooks are made anew)
+            with meter, torch.no_grad():
+                for _ in range(3):
+                    net(x)
+        assert meter.report().layer("mm").calls == 12
+        assert replay == (meter.replayed > 0)
+
+    assert _cyclic_garbage(lambda: metered(True)) == {}
+    assert _cyclic_garbage(lambda: metered(False)) == {}
     # the same figures with the collector on or off: it only changes when memory is freed
     gc.disable()
     try:

@@ -46,28 +46,25 @@ def profile_batches(model: nn.Module, batches, hardware="cmos45nm", require_spik
     meter = EnergyMeter(model, hardware=hardware, require_spikes=require_spikes, counting=counting, rates=rates)
     graph, samples, n = None, 0, 0
     total = len(batches) if hasattr(batches, "__len__") else None
-    try:  # (the meter's records taken apart at the end: freed by reference counting, see profile)
-        with meter, torch.set_grad_enabled(grad):
-            for inputs in tqdm(batches, total=total, desc="energy", unit="batch", disable=not progress):
-                first = _first_tensor(inputs)
-                if first is None:
-                    raise ValueError(f"batches: batch {n} holds no tensor; each must contain a [T, B, ...] input")
-                samples += int(first.shape[batch_dim]) if first.dim() > batch_dim else 0
-                n += 1
-                if graph is None and cuda_graph is not False and first.is_cuda:
-                    try:
-                        graph = meter.graphed(inputs, warmup=warmup)
-                    except RuntimeError as exc:
-                        if cuda_graph is True:
-                            raise
-                        warnings.warn(f"profile_batches: running eagerly ({exc})", RuntimeWarning, stacklevel=2)
-                        cuda_graph = False
-                if graph is not None and graph.matches(inputs):
-                    graph(inputs)
-                else:
-                    _call(model, inputs)
-        if n == 0:
-            raise ValueError("batches: got no batch; pass an iterable of at least one input")
-        return meter.report(batch_size=samples or None)
-    finally:
-        meter._dispose()
+    with meter, torch.set_grad_enabled(grad):
+        for inputs in tqdm(batches, total=total, desc="energy", unit="batch", disable=not progress):
+            first = _first_tensor(inputs)
+            if first is None:
+                raise ValueError(f"batches: batch {n} holds no tensor; each must contain a [T, B, ...] input")
+            samples += int(first.shape[batch_dim]) if first.dim() > batch_dim else 0
+            n += 1
+            if graph is None and cuda_graph is not False and first.is_cuda:
+                try:
+                    graph = meter.graphed(inputs, warmup=warmup)
+                except RuntimeError as exc:
+                    if cuda_graph is True:
+                        raise
+                    warnings.warn(f"profile_batches: running eagerly ({exc})", RuntimeWarning, stacklevel=2)
+                    cuda_graph = False
+            if graph is not None and graph.matches(inputs):
+                graph(inputs)
+            else:
+                _call(model, inputs)
+    if n == 0:
+        raise ValueError("batches: got no batch; pass an iterable of at least one input")
+    return meter.report(batch_size=samples or None)

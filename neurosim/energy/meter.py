@@ -266,6 +266,7 @@ class EnergyMeter:
                          neuron=counter is C.count_neuron or C.is_spiking_neuron(module))
             idx = self._known[name, id(module)] = len(self._slots)
             self._slots.append(slot)
+        if slot.post is None:  # (a new layer, or one of a meter entered again: __exit__ let its hooks go)
             pre, post = self._make_pre_hook(slot), self._make_hook(slot)
             if self.audit:
                 pre, post = self._quiet(pre), self._quiet(post)
@@ -450,6 +451,7 @@ class EnergyMeter:
             self._collecting = self._tally = None
         self._cache.clear()
         self._counts.flush()  # count what is still deferred (no host sync) and drop the tensors it held
+        self._let_go()
         running, self._running = self._running, []
         checks, self._checks = self._checks, None
         if exc_type is not None and issubclass(exc_type, (ValueError, RuntimeError)):
@@ -578,19 +580,17 @@ class EnergyMeter:
 
         return hook
 
-    def _dispose(self):
-        """Take the meter's records apart, outside a ``with`` block: its layers' hooks refer to the meter and their
-        calls to the layers, reference cycles that only the cyclic garbage collector could free. The meter has no
-        layers afterwards (what it reported stays reported)."""
-        if self._handles:
-            return  # (still inside its with block: an __enter__ that failed half-way; left to the collector)
+    def _let_go(self):
+        """Once the block ends, drop what refers back to the meter or a layer from its records (the layers' hooks,
+        the rows' callbacks for a tensor changed before its read: nothing is left to read), so that a meter dropped
+        after its report is freed by reference counting, not left to the cyclic garbage collector."""
+        self._counts.context = None
         for s in self._slots:
             s.pre = s.post = None
-            s.calls = []
-        self._slots, self._known, self._templates, self._audited = [], {}, {}, {}
-        self._cache.clear()
-        self._counts = CountBuffer(self._counts.backend)
-        self._cache = StatsCache(self._counts)
+            for _, sin, sout, ins, _ in s.calls:
+                for st in (sin, sout, *ins):
+                    if isinstance(st, RowStats):
+                        st.on_change = None
 
     # -------------------------------------------------------------------------------------------- report
     def _ran(self):
@@ -961,9 +961,9 @@ def profile(model: nn.Module, inputs, hardware="cmos45nm", require_spikes=None, 
                         audit=audit, replay=False)
     # The meter's records of a forward (thousands of small objects in a transformer) would set off Python's cyclic
     # garbage collector several times during the call, and a full pass walks every tracked object of the process
-    # (BENCHMARKS.md energy run 18). So the collector waits for the call's end, and the meter then takes its records
-    # apart, so that they are freed by reference counting, leaving no work to the collector. (A model's own cyclic
-    # garbage, if it makes any, is collected as usual once the call returns.)
+    # (BENCHMARKS.md energy run 18). So the collector waits for the call's end; the records, which hold no reference
+    # cycle once the block ends (EnergyMeter._let_go), are then freed by reference counting, leaving it no work.
+    # (A model's own cyclic garbage, if it makes any, is collected as usual once the call returns.)
     paused = gc.isenabled()
     if paused:
         gc.disable()
@@ -972,6 +972,5 @@ def profile(model: nn.Module, inputs, hardware="cmos45nm", require_spikes=None, 
             _call(model, inputs)
         return meter.report(batch_size=batch)
     finally:
-        meter._dispose()
         if paused:
             gc.enable()
