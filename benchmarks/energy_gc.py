@@ -3,11 +3,12 @@
 A plain forward frees what it makes by reference counting; a metered one keeps records (thousands of small objects
 in a transformer) until its report. Those set off the collector, whose passes walk the objects of older generations,
 a full pass every tracked object of the process. This script runs ``--calls`` plain forwards and then as many
-``profile`` calls, one after the other, and prints per variant the collector's passes by generation (``gc.callbacks``),
+``profile`` calls (and, with ``--batches N``, as many metered loops: ``N`` forwards under one ``EnergyMeter`` and its
+report), one after the other, and prints per variant the collector's passes by generation (``gc.callbacks``),
 the time spent in them, and the median and mean wall time of a call (device synchronised after each call), and
-the objects left that only the collector can free after one more ``profile`` call.
+the objects left that only the collector can free after one more call.
 
-    python benchmarks/energy_gc.py [--device cuda] [--calls 300] [--case "EST 4x384"] [--quick]
+    python benchmarks/energy_gc.py [--device cuda] [--calls 300] [--batches 10] [--case "EST 4x384"] [--quick]
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import energy_overhead as E  # noqa: E402
 
 from neurosim import validate  # noqa: E402
-from neurosim.energy import profile  # noqa: E402
+from neurosim.energy import EnergyMeter, profile  # noqa: E402
 
 
 class Passes:
@@ -61,6 +62,8 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--backend", default="torch", choices=("torch", "fused", "snntorch"))
     ap.add_argument("--calls", type=int, default=300)
+    ap.add_argument("--batches", type=int, default=0,
+                    help="also time metered loops: this many forwards under one EnergyMeter and its report a call")
     ap.add_argument("--case", action="append", default=None, help="a model of energy_overhead.cases (repeatable)")
     ap.add_argument("--quick", action="store_true", help="the tiny shapes of energy_overhead.py --quick")
     args = ap.parse_args(argv)
@@ -83,8 +86,15 @@ def main(argv=None):
         def prof():
             profile(model, x)
 
+        def metered():  # (a metered loop: --batches forwards under one EnergyMeter, the first recorded, then its report)
+            with torch.no_grad(), EnergyMeter(model) as m:
+                for _ in range(args.batches):
+                    model(x)
+            m.report()
+
         print(f"=== {name} {list(shape)}")
-        for label, fn in (("plain forward", plain), ("profile", prof)):
+        variants = (("plain forward", plain), ("profile", prof), (f"{args.batches} metered", metered))
+        for label, fn in variants[:3 if args.batches else 2]:
             for _ in range(5):
                 fn()
             while gc.collect():
@@ -105,7 +115,8 @@ def main(argv=None):
             spent = sum(s for _, s in passes.by_gen.values())
             print(f"  {label:14s} median {statistics.median(times) * 1e3:8.3f} ms, mean {statistics.mean(times) * 1e3:8.3f}"
                   f" ms; collector {spent / args.calls * 1e3:.3f} ms a call ({gen or 'no pass'})")
-        print(f"  objects left for the collector by one profile call: {left_for_the_collector(prof)}")
+        print(f"  objects left for the collector by one profile call: {left_for_the_collector(prof)}"
+              + (f", by one metered loop: {left_for_the_collector(metered)}" if args.batches else ""))
 
 
 if __name__ == "__main__":
