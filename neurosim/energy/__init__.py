@@ -20,6 +20,7 @@ from .counters import Count, TensorStats, is_spiking_neuron, register_counter, s
 from . import elementwise  # noqa: F401  (registers the counters of activations, softmax, astrocyte terms)
 from . import attention  # noqa: F401  (registers the counter of torch's multi-head attention)
 from . import recurrent  # noqa: F401  (registers the counters of torch's RNN, GRU and LSTM layers and cells)
+from . import other_layers  # noqa: F401  (bilinear, similarity, distance, LRN, LP/fractional pools, bags, fold)
 from .hardware import CMOS45NM, LOIHI, HardwareProfile, get_profile, list_profiles, register_profile
 from .batches import profile_batches
 from .meter import EnergyMeter, profile
