@@ -164,3 +164,19 @@ def test_fold_adds_overlapping_patches(out, k, kw):
     x = torch.randn(batch, channels * kh * kw_, bh * bw)
     r = row(fold, x)
     assert r.acs == r.dense == per_channel * channels * batch
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_counts_equal_the_cpu_ones():
+    cases = [(nn.Bilinear(3, 4, 5), (spikes(2, 3, 3), torch.randn(2, 3, 4))),
+             (nn.LPPool2d(2, 2), (torch.randn(2, 3, 5, 4),)),
+             (nn.LocalResponseNorm(3), (torch.randn(2, 5, 4, 3),)),
+             (nn.FractionalMaxPool2d(2, output_size=3), (torch.randn(2, 3, 7, 6),)),
+             (nn.EmbeddingBag(10, 3, mode="mean", padding_idx=4), (torch.tensor([1, 2, 4, 5, 4, 3]), torch.tensor([0, 2, 2]))),
+             (nn.Fold((5, 6), (2, 3), stride=(1, 2), padding=1), (torch.randn(2, 18, 18),)),
+             (nn.CosineSimilarity(dim=-1), (torch.randn(4, 1, 6), torch.randn(1, 3, 6)))]
+    for m, args in cases:
+        cpu = row(m, *args)
+        gpu = row(m.cuda(), *(a.cuda() for a in args))
+        assert (gpu.synops, gpu.macs, gpu.acs, gpu.dense, gpu.dense_other) == (
+            cpu.synops, cpu.macs, cpu.acs, cpu.dense, cpu.dense_other), type(m).__name__
