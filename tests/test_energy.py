@@ -588,3 +588,57 @@ def test_profile_leaves_no_work_to_the_garbage_collector():
     with pytest.raises(ValueError, match="NaN"):
         profile(net, bad)
     assert gc.isenabled()  # (restored after an error too)
+
+
+class _Slow(nn.Module):
+    """A layer whose counter gives up the interpreter before reading its input (as a slow user counter may)."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.lin = nn.Linear(width, 3)
+
+    def forward(self, x):
+        return self.lin(x)
+
+
+def _count_slow(module, args, output):
+    import time
+
+    from neurosim.energy import stats
+
+    time.sleep(0.002)  # (another thread's meter runs meanwhile)
+    s = stats(args[0])
+    return Count(dense=args[0].numel() * 3, spike_input=s, spike_count=s.nnz * 3)
+
+
+def test_meters_in_two_threads_count_their_own_tensors():
+    """The meter a counter's stats() belongs to is the one of the counter's own thread (a context variable, as
+    the deferred checks and the spike tally are): two threads profiling at once give the reports they give alone,
+    and leave torch's fast-path switch as they found it."""
+    import threading
+
+    register_counter(_Slow, _count_slow, overwrite=True)
+    nets = {w: nn.Sequential(_Slow(w), neurosim.LIF(backend="torch"), _Slow(3)).eval() for w in (4, 6)}
+    xs = {w: spikes(3, 2, w, p=0.2 + 0.1 * w / 2, seed=w) for w in nets}
+    alone = {w: [(r.name, r.synops, r.macs) for r in profile(nets[w], xs[w]).layers] for w in nets}
+    got, errors = {w: [] for w in nets}, []
+
+    def run(w):
+        try:
+            for _ in range(5):
+                got[w].append([(r.name, r.synops, r.macs) for r in profile(nets[w], xs[w]).layers])
+        except Exception as exc:  # (reported by the main thread)
+            errors.append(exc)
+
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    threads = [threading.Thread(target=run, args=(w,)) for w in nets]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    for w in nets:
+        assert got[w] == [alone[w]] * 5
+    # torch's transformer fast-path switch, off while any meter runs, is set back once the last one ends (two
+    # blocks that each set back what they found left it off)
+    assert torch.backends.mha.get_fastpath_enabled() == fastpath

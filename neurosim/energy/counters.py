@@ -36,6 +36,7 @@ Conventions (all exact, from the actual tensors):
 from __future__ import annotations
 
 import math
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -66,7 +67,9 @@ class TensorStats:
     total: torch.Tensor | None = None
 
 
-_in_meter = None  # the EnergyMeter whose hook is running a counter: stats and the three below are its own then
+# the EnergyMeter whose hook is running a counter in this thread: stats and the three below are its own then (a
+# context variable, as the deferred checks and the spike tally are: meters in other threads have their own)
+IN_METER: ContextVar = ContextVar("neurosim_energy_meter", default=None)
 
 
 def stats(x: torch.Tensor) -> TensorStats:
@@ -76,8 +79,9 @@ def stats(x: torch.Tensor) -> TensorStats:
     ``numel`` / ``nnz`` / ``ones``, with ``nnz`` and ``ones`` as
     :class:`~neurosim.energy.device_counts.DeviceCount` values (exact integers read back after the forward
     pass; they can be scaled and added, and ``int()`` reads them at once), computed by one read of ``x``."""
-    if _in_meter is not None:
-        return _in_meter._stats(x)
+    meter = IN_METER.get()
+    if meter is not None:
+        return meter._stats(x)
     x = x.detach()
     if x.dtype == torch.bool:
         nnz = torch.count_nonzero(x)
@@ -89,16 +93,18 @@ def stats(x: torch.Tensor) -> TensorStats:
 def output_stats(x: torch.Tensor) -> TensorStats:
     """:func:`stats` of a counter's module *output*. Inside a meter its counts are read together with the next
     layer's read of the same tensor (no extra pass)."""
-    if _in_meter is not None:
-        return _in_meter._output_stats(x)
+    meter = IN_METER.get()
+    if meter is not None:
+        return meter._output_stats(x)
     return stats(x)
 
 
 def scaled_sum(x: torch.Tensor, inv_scale: float):
     """``sum(round(x * inv_scale))`` over the finite elements of a module output ``x`` (float32 products), as a
     0-d int64 tensor; inside a meter, from the same read that counts ``x`` as the next layer's input."""
-    if _in_meter is not None:
-        return _in_meter._scaled_sum(x, inv_scale)
+    meter = IN_METER.get()
+    if meter is not None:
+        return meter._scaled_sum(x, inv_scale)
     return rounded_scaled_sum(x, inv_scale)
 
 
@@ -106,8 +112,9 @@ def fan_stats(x: torch.Tensor, fan: torch.Tensor):
     """``(stats(x), fan-weighted count)``: the count is ``sum(x * fan)`` with ``fan`` (integer weights, shape
     ``x.shape[-fan.dim():]``) broadcast over the leading dims, which for binary ``x`` is the number of
     (spike, weight) pairs. Inside a meter both come from one read of ``x`` (the count weighs nonzeros)."""
-    if _in_meter is not None:
-        return _in_meter._fan_stats(x, fan)
+    meter = IN_METER.get()
+    if meter is not None:
+        return meter._fan_stats(x, fan)
     return stats(x), (_spatial_sum(x, fan.dim()) * fan).sum()
 
 

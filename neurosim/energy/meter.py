@@ -9,6 +9,7 @@ import fnmatch
 import gc
 import inspect
 import math
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -235,7 +236,6 @@ class EnergyMeter:
         self._recording = None  # the Recorder of the forward running, if recorded
         self._forward = False  # the model's own forward is running (nested calls of it are not new forwards)
         self._graphed = False  # a CUDA graph was captured (neurosim.energy.graph): its calls' rows are its own
-        self._fastpath = None  # torch's transformer fast-path switch before the block (restored at its end)
         self.replayed = 0  # forwards replayed (not hooked)
 
     # ----------------------------------------------------------------------------------------- hooking
@@ -420,7 +420,7 @@ class EnergyMeter:
         self._collecting.__enter__()
         # torch's fused transformer fast paths (nn.TransformerEncoderLayer and nn.MultiheadAttention in inference)
         # run a layer without calling its modules, which would then be neither counted nor listed
-        self._fastpath = _mha_fastpath(False)
+        _FASTPATH.off()
         if self.defer_checks:
             self._checks = validate.deferred_checks(where=self._where)
             self._checks.__enter__()
@@ -442,7 +442,7 @@ class EnergyMeter:
         for h in reversed(self._handles):
             h.remove()
         self._handles = []
-        _mha_fastpath(self._fastpath)
+        _FASTPATH.release()
         self._templates.clear()
         self._replaying = self._recording = self._counts.recorder = None
         self._forward = False
@@ -554,16 +554,15 @@ class EnergyMeter:
             cnt = None
             self._counts.context = slot  # the rows made here are keyed by this layer (CountBuffer.batching)
             if slot.counter is not None:
-                prev = C._in_meter
                 # counters share the meter's tensor stats, however they imported stats and the rest (one read per
                 # tensor; conv/pool get their fan-out weighted count from the same read; the output's counts come
                 # from the next layer's read)
-                C._in_meter = self
+                token = C.IN_METER.set(self)
                 self._counting = slot
                 try:
                     cnt = slot.counter(module, args, output)
                 finally:
-                    C._in_meter = prev
+                    C.IN_METER.reset(token)
             full = self.rates_all or slot.require
             # rates="needed": an input's row only if it has one already (counted or deferred), without a read
             ins = [self._stats(t) if full else self._cache.get(t) for t in _tensors(args)]
@@ -795,6 +794,33 @@ def _mha_fastpath(enabled):
     if enabled is not None:
         mha.set_fastpath_enabled(enabled)
     return was
+
+
+class _FastPathOff:
+    """torch's transformer fast path (a process-wide switch) off while any meter's block runs, in any thread: the
+    first block to start notes the switch and turns it off, the last to end sets it back (blocks in two threads
+    that each set back what they found would leave it off)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._blocks = 0
+        self._before = None
+
+    def off(self):
+        with self._lock:
+            was = _mha_fastpath(False)
+            if self._blocks == 0:
+                self._before = was
+            self._blocks += 1
+
+    def release(self):
+        with self._lock:
+            self._blocks -= 1
+            if self._blocks == 0:
+                _mha_fastpath(self._before)
+
+
+_FASTPATH = _FastPathOff()
 
 
 def _weight(w) -> int:
