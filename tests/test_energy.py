@@ -642,3 +642,31 @@ def test_meters_in_two_threads_count_their_own_tensors():
     # torch's transformer fast-path switch, off while any meter runs, is set back once the last one ends (two
     # blocks that each set back what they found left it off)
     assert torch.backends.mha.get_fastpath_enabled() == fastpath
+
+
+def test_a_meter_that_fails_to_start_leaves_the_model_as_it_was(monkeypatch):
+    """An __enter__ that fails part-way (here the deferred checks) unwraps the forwards it wrapped and sets torch's
+    fast-path switch back: the model runs as before and another meter counts it."""
+    from neurosim import validate
+    from neurosim.energy import EnergyMeter
+
+    net = nn.Sequential(nn.Linear(4, 3), neurosim.LIF(backend="torch"), nn.Linear(3, 2)).eval()
+    x = spikes(2, 3, 4)
+    before = [(r.name, r.synops) for r in profile(net, x).layers]
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+
+    class Broken:
+        def __init__(self, **kw):
+            pass
+
+        def __enter__(self):
+            raise RuntimeError("deferred checks unavailable")
+
+    with monkeypatch.context() as m:
+        m.setattr(validate, "deferred_checks", Broken)
+        with pytest.raises(RuntimeError, match="deferred checks unavailable"):
+            with EnergyMeter(net):
+                net(x)
+    assert not any("forward" in mod.__dict__ for mod in net.modules())
+    assert torch.backends.mha.get_fastpath_enabled() == fastpath
+    assert [(r.name, r.synops) for r in profile(net, x).layers] == before

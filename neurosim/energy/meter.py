@@ -236,6 +236,7 @@ class EnergyMeter:
         self._recording = None  # the Recorder of the forward running, if recorded
         self._forward = False  # the model's own forward is running (nested calls of it are not new forwards)
         self._graphed = False  # a CUDA graph was captured (neurosim.energy.graph): its calls' rows are its own
+        self._fast_off = False  # this block turned torch's transformer fast path off (_FASTPATH), to be set back
         self.replayed = 0  # forwards replayed (not hooked)
 
     # ----------------------------------------------------------------------------------------- hooking
@@ -412,24 +413,45 @@ class EnergyMeter:
     def __enter__(self):
         if self._handles:
             raise RuntimeError("EnergyMeter is already active")
-        # a torch.compile'd model's layers under their own names (not "_orig_mod.*"): dynamo guards on the forwards
-        # the meter wraps and runs them (tests: a compiled model's report is the eager one's)
-        self._walk(getattr(self.model, "_orig_mod", self.model), "")
-        self._handles.append(_Wrapped(self.model, self._root))
-        self._collecting = spike_tally.collecting(self)
-        self._collecting.__enter__()
-        # torch's fused transformer fast paths (nn.TransformerEncoderLayer and nn.MultiheadAttention in inference)
-        # run a layer without calling its modules, which would then be neither counted nor listed
-        _FASTPATH.off()
-        if self.defer_checks:
-            self._checks = validate.deferred_checks(where=self._where)
-            self._checks.__enter__()
-        if self.audit:
-            from .audit import FunctionalAudit
+        try:
+            # a torch.compile'd model's layers under their own names (not "_orig_mod.*"): dynamo guards on the
+            # forwards the meter wraps and runs them (tests: a compiled model's report is the eager one's)
+            self._walk(getattr(self.model, "_orig_mod", self.model), "")
+            self._handles.append(_Wrapped(self.model, self._root))
+            collecting = spike_tally.collecting(self)
+            collecting.__enter__()
+            self._collecting = collecting
+            # torch's fused transformer fast paths (nn.TransformerEncoderLayer and nn.MultiheadAttention in
+            # inference) run a layer without calling its modules, which would then be neither counted nor listed
+            _FASTPATH.off()
+            self._fast_off = True
+            if self.defer_checks:
+                checks = validate.deferred_checks(where=self._where)
+                checks.__enter__()
+                self._checks = checks
+            if self.audit:
+                from .audit import FunctionalAudit
 
-            self._audit = FunctionalAudit(self.model, lambda: self._running, lambda: self._busy, self._audited)
-            self._audit.__enter__()
+                audit = FunctionalAudit(self.model, lambda: self._running, lambda: self._busy, self._audited)
+                audit.__enter__()
+                self._audit = audit
+        except BaseException:
+            self._abandon()  # (no with block starts: the model is left as it was)
+            raise
         return self
+
+    def _abandon(self):
+        """Undo an ``__enter__`` that failed part-way: its forwards unwrapped, its switches set back."""
+        for part in (self._audit, self._checks, self._collecting):
+            if part is not None:
+                part.__exit__(None, None, None)
+        self._audit = self._checks = self._collecting = None
+        if self._fast_off:
+            _FASTPATH.release()
+            self._fast_off = False
+        for h in reversed(self._handles):
+            h.remove()
+        self._handles = []
 
     def _where(self):
         """The innermost layer running: labels a deferred NaN/inf check (its str(), made only for an error)."""
@@ -442,7 +464,9 @@ class EnergyMeter:
         for h in reversed(self._handles):
             h.remove()
         self._handles = []
-        _FASTPATH.release()
+        if self._fast_off:
+            _FASTPATH.release()
+            self._fast_off = False
         self._templates.clear()
         self._replaying = self._recording = self._counts.recorder = None
         self._forward = False
