@@ -998,6 +998,9 @@ def profile(model: nn.Module, inputs, hardware="cmos45nm", require_spikes=None, 
     Returns:
         :class:`EnergyReport` (``print(report)``, ``.to_csv()``, ``.to_json()``, ``.plot()``). Counts cover the
         whole batch.
+
+    Python's cyclic garbage collector is paused for the call (``gc.disable()``, set back as it was when the call
+    ends, however it ends): the meter's records would set it off several times in a large model.
     """
     first = _first_tensor(inputs)
     if first is None:
