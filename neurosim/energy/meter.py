@@ -446,12 +446,17 @@ class EnergyMeter:
             if part is not None:
                 part.__exit__(None, None, None)
         self._audit = self._checks = self._collecting = None
-        if self._fast_off:
-            _FASTPATH.release()
-            self._fast_off = False
+        self._unhook()
+
+    def _unhook(self):
+        """The model's forwards unwrapped and torch's fast-path switch let go (the end of a block, or of a failed
+        start)."""
         for h in reversed(self._handles):
             h.remove()
         self._handles = []
+        if self._fast_off:
+            _FASTPATH.release()
+            self._fast_off = False
 
     def _where(self):
         """The innermost layer running: labels a deferred NaN/inf check (its str(), made only for an error)."""
@@ -461,12 +466,7 @@ class EnergyMeter:
         if self._audit is not None:
             self._audit.__exit__(exc_type, exc, tb)  # (its findings are already in self._audited)
             self._audit = None
-        for h in reversed(self._handles):
-            h.remove()
-        self._handles = []
-        if self._fast_off:
-            _FASTPATH.release()
-            self._fast_off = False
+        self._unhook()
         self._templates.clear()
         self._replaying = self._recording = self._counts.recorder = None
         self._forward = False

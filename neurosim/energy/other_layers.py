@@ -52,7 +52,7 @@ def count_bilinear(module: nn.Bilinear, args, output) -> Count:
                  note="x1^T A_k (SynOps when x1 is spikes), then its product with x2 (MACs); bias not counted")
 
 
-def _reduced(module, args, output) -> tuple[int, int]:
+def _reduced(args, output) -> tuple[int, int]:
     """(output elements, elements reduced into each) of a similarity/distance over the broadcast inputs."""
     shape = torch.broadcast_shapes(args[0].shape, args[1].shape)
     outputs = output.numel()
@@ -60,13 +60,13 @@ def _reduced(module, args, output) -> tuple[int, int]:
 
 
 def count_cosine(module: nn.CosineSimilarity, args, output) -> Count:
-    outputs, d = _reduced(module, args, output)
+    outputs, d = _reduced(args, output)
     n = outputs * (3 * d + 3)
     return Count(dense=n, macs=n, note="dot product and two squared norms (3 MACs an element), 3 MACs an output")
 
 
 def count_pairwise(module: nn.PairwiseDistance, args, output) -> Count:
-    outputs, d = _reduced(module, args, output)
+    outputs, d = _reduced(args, output)
     n = outputs * d * 4
     return Count(dense=n, macs=n, note="difference, eps and power (3 MACs an element), the sum and root (D an output)")
 
