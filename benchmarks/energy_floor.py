@@ -35,6 +35,7 @@ import energy_overhead as E  # noqa: E402
 
 from neurosim import validate  # noqa: E402
 from neurosim.energy import EnergyMeter, profile  # noqa: E402
+from neurosim.energy.meter import _Wrapped, _first_tensor  # noqa: E402
 
 
 def hooked_modules(model) -> list:
@@ -43,26 +44,15 @@ def hooked_modules(model) -> list:
         return [s.module for s in m._slots]
 
 
-def _first(obj):
-    if torch.is_tensor(obj):
-        return obj
-    if isinstance(obj, (tuple, list)):
-        for o in obj:
-            t = _first(o)
-            if t is not None:
-                return t
-    return None
+def _wrapped(modules, make) -> list:
+    """Each module's ``forward`` replaced by ``make(forward)``, as the meter wraps them (its ``_Wrapped``: remove
+    each to undo)."""
+    return [_Wrapped(m, make) for m in modules]
 
 
-def _wrapped(modules, make):
-    """Each module's ``forward`` replaced by ``make(forward)`` (the meter's mechanism); returns the undo."""
-    for m in modules:
-        m.forward = make(m.forward)
-
-    def undo():
-        for m in modules:
-            del m.forward
-    return undo
+def _unwrap(handles):
+    for h in reversed(handles):
+        h.remove()
 
 
 def variants(model, x, modules):
@@ -84,28 +74,28 @@ def variants(model, x, modules):
         return forward
 
     def wrappers():
-        undo = _wrapped(modules, passthrough)
+        handles = _wrapped(modules, passthrough)
         try:
             plain()
         finally:
-            undo()
+            _unwrap(handles)
 
     def noted():
         kept = {}
 
         def noting(call):
             def forward(*args, **kwargs):
-                t = _first(args)
+                t = _first_tensor(args)
                 if t is not None and t.is_floating_point():
                     kept[id(t)] = t
                 return call(*args, **kwargs)
             return forward
 
-        undo = _wrapped(modules, noting)
+        handles = _wrapped(modules, noting)
         try:
             plain()
         finally:
-            undo()
+            _unwrap(handles)
         groups = defaultdict(list)
         for t in kept.values():
             groups[t.device, t.dtype].append(t)
