@@ -273,6 +273,28 @@ def test_spiking_neuron_protocol_and_register_counter():
         register_counter(Odd, lambda m, a, o: Count())
 
 
+def test_a_counter_registered_after_a_profile_counts_the_next_one():
+    """The meter works out each module type's counter once (counters._lookup); registering one for a type it has
+    already seen, or for a base class of it, takes effect in the next profile."""
+    class Seen(nn.Module):
+        def forward(self, x):
+            return x * 3
+
+    class SeenToo(Seen):
+        pass
+
+    net = nn.Sequential(Seen(), SeenToo())
+    x = torch.randn(2, 3, 4)
+    first = profile(net, x)
+    assert set(first.not_counted) == {"0", "1"}
+    register_counter(Seen, lambda m, args, out: Count(dense=args[0].numel(), macs=args[0].numel()))
+    second = profile(net, x)
+    assert second.not_counted == [] and second.layer("0").macs == second.layer("1").macs == 24
+    register_counter(SeenToo, lambda m, args, out: Count(dense=1, macs=1))  # the more specific class wins
+    third = profile(net, x)
+    assert third.layer("0").macs == 24 and third.layer("1").macs == 1
+
+
 def test_nan_and_non_binary_errors_name_the_layer():
     net = nn.Sequential(nn.Linear(4, 4), neurosim.LIF(backend="torch"), nn.Linear(4, 2))
     x = spikes(2, 1, 4)

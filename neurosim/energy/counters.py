@@ -46,7 +46,7 @@ from torch import nn
 
 from ..layers import Add, MatMul, Mean
 # the neurons of snnTorch, SpikingJelly and Norse count like neurosim's: one update per neuron and time step
-from ..neurons.protocol import is_spiking_neuron
+from ..neurons.protocol import is_spiking_neuron, is_spiking_neuron_class
 from .device_counts import rounded_scaled_sum
 
 Number = "int | float | torch.Tensor"
@@ -205,6 +205,7 @@ def register_counter(module_type: type, fn: Counter | None = None, overwrite: bo
         if module_type in _COUNTERS and _COUNTERS[module_type] is not f and not overwrite:
             raise ValueError(f"a counter for {module_type.__name__} is already registered; pass overwrite=True")
         _COUNTERS[module_type] = f
+        _BY_TYPE.clear()
         if own_ops:
             _OWN_OPS.add(module_type)
         else:
@@ -218,12 +219,30 @@ def register_counter(module_type: type, fn: Counter | None = None, overwrite: bo
     return deco(fn) if fn is not None else deco
 
 
+_BY_TYPE: dict = {}  # module type -> (its most specific registered class or None, its counter or None)
+
+
+def _lookup(module_type: type) -> tuple:
+    """``(_registered, counter_for)`` of a module of ``module_type``, worked out once per type (a meter's set-up asks
+    for every module of the model); :func:`register_counter` forgets them all."""
+    hit = _BY_TYPE.get(module_type)
+    if hit is None:
+        cls = next((c for c in module_type.__mro__ if c in _COUNTERS), None)
+        if cls is not None:
+            counter = _COUNTERS[cls]
+        elif is_spiking_neuron_class(module_type):
+            counter = count_neuron
+        elif issubclass(module_type, _ZERO_COST):
+            counter = count_nothing
+        else:
+            counter = None
+        hit = _BY_TYPE[module_type] = (cls, counter)
+    return hit
+
+
 def _registered(module: nn.Module) -> type | None:
     """The most specific class of ``module`` with a registered counter, or None."""
-    for cls in type(module).__mro__:
-        if cls in _COUNTERS:
-            return cls
-    return None
+    return _lookup(type(module))[0]
 
 
 def summary_for(module: nn.Module) -> Summary | None:
@@ -239,14 +258,7 @@ def counts_own_ops(module: nn.Module) -> bool:
 
 def counter_for(module: nn.Module) -> Counter | None:
     """The registered counter for ``module`` (most specific class first), or None."""
-    cls = _registered(module)
-    if cls is not None:
-        return _COUNTERS[cls]
-    if is_spiking_neuron(module):
-        return count_neuron
-    if isinstance(module, _ZERO_COST):
-        return count_nothing
-    return None
+    return _lookup(type(module))[1]
 
 
 # --------------------------------------------------------------------------------------------- fan-out maps

@@ -263,7 +263,8 @@ class EnergyMeter:
         idx = self._known.get((name, id(module)))
         slot = self._slots[idx] if idx is not None else None
         if slot is None or slot.module is not module or slot.counter is not counter:
-            slot = _Slot(name, module, counter, require=any(fnmatch.fnmatchcase(name, p) for p in self.require),
+            require = bool(self.require) and any(fnmatch.fnmatchcase(name, p) for p in self.require)
+            slot = _Slot(name, module, counter, require=require,
                          neuron=counter is C.count_neuron or C.is_spiking_neuron(module))
             idx = self._known[name, id(module)] = len(self._slots)
             self._slots.append(slot)

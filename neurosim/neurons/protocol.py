@@ -19,7 +19,11 @@ _SINGLE_STEP = frozenset({"snntorch._neurons.neurons.SpikingNeuron", "norse.torc
 def is_spiking_neuron(module: nn.Module) -> bool:
     """The neuron protocol: a module class with ``is_spiking_neuron = True`` (e.g. neurosim.LIF), or a neuron
     of snnTorch, SpikingJelly or Norse (:data:`PEER_NEURONS`)."""
-    cls = type(module)
+    return is_spiking_neuron_class(type(module))
+
+
+def is_spiking_neuron_class(cls: type) -> bool:
+    """:func:`is_spiking_neuron` for the modules of class ``cls``."""
     return bool(getattr(cls, "is_spiking_neuron", False)) or _peer_neuron(cls)
 
 
