@@ -1000,6 +1000,11 @@ def profile(model: nn.Module, inputs, hardware="cmos45nm", require_spikes=None, 
         :class:`EnergyReport` (``print(report)``, ``.to_csv()``, ``.to_json()``, ``.plot()``). Counts cover the
         whole batch.
 
+    Cost: the meter's set-up, its work in each counted call and its report run on the host, whatever the batch size
+    (BENCHMARKS.md, energy run 19: 5-8 ms a call for a 4-layer spiking transformer on an H200 machine once the GPU
+    sets the pace). To meter many batches, one :class:`EnergyMeter` over them (its later forwards are replayed from
+    the first) or :func:`~neurosim.energy.profile_batches` (a CUDA graph) costs a few percent.
+
     Python's cyclic garbage collector is paused for the call (``gc.disable()``, set back as it was when the call
     ends, however it ends): the meter's records would set it off several times in a large model.
     """
