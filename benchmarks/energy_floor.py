@@ -118,14 +118,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    E.BACKEND = args.backend
-    device = torch.device(args.device)
-    torch.manual_seed(0)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    env = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-           "torch": torch.__version__, "lif_backend": args.backend, "repeats": args.repeats}
-    print(json.dumps(env), flush=True)
+    device, env = E.start(args.device, args.backend, repeats=args.repeats)
     rows = []
     for name, model, shape, _ in E.cases(args.quick):
         model = model.to(device).eval()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 from pathlib import Path
@@ -30,7 +29,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import energy_overhead as E  # noqa: E402
 
-import neurosim  # noqa: E402
 from neurosim import validate  # noqa: E402
 from neurosim.energy import EnergyMeter, profile_batches  # noqa: E402
 
@@ -100,15 +98,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="tiny shapes")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    E.BACKEND = args.backend
-    torch.manual_seed(0)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    device = torch.device("cuda")
-    env = {"device": torch.cuda.get_device_name(device), "torch": torch.__version__, "cuda": torch.version.cuda,
-           "python": platform.python_version(), "neurosim": neurosim.__version__, "lif_backend": args.backend,
-           "batches": args.batches, "repeats": args.repeats}
-    print(json.dumps(env), flush=True)
+    device, env = E.start("cuda", args.backend, batches=args.batches, repeats=args.repeats)
     results = []
     for name, model, shape, _ in E.cases(args.quick):
         model = model.eval().to(device)

@@ -203,6 +203,23 @@ def bench_metered(model, x, device, repeats, batches, counting="auto"):
     return times[:4] + (steady[1:],)
 
 
+def start(device: str, backend: str, **settings) -> tuple:
+    """What every energy benchmark does first: the models' LIF backend set to ``backend``, seed 0, full fp32 on the
+    GPU (TF32 off, so that its spikes can be compared with the CPU's); prints and returns ``(device, env)``, the
+    environment and ``settings`` as a dict (the JSON output's ``env``)."""
+    global BACKEND
+    BACKEND = backend
+    device = torch.device(device)
+    torch.manual_seed(0)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    env = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+           "torch": torch.__version__, "python": platform.python_version(), "neurosim": neurosim.__version__,
+           "cuda": torch.version.cuda, "lif_backend": backend, **settings}
+    print(json.dumps(env), flush=True)
+    return device, env
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -216,18 +233,8 @@ def main(argv=None):
                     help="how profile counts tensors (auto: the Triton kernel on CUDA, torch ops on CPU)")
     ap.add_argument("--out", default=None, help="write the results as JSON")
     args = ap.parse_args(argv)
-    global BACKEND
-    BACKEND = args.backend
-    device = torch.device(args.device)
-    torch.manual_seed(0)
-    # full fp32 on the GPU, so that its spikes can be compared with the CPU's
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    env = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-           "torch": torch.__version__, "python": platform.python_version(), "neurosim": neurosim.__version__,
-           "cuda": torch.version.cuda, "repeats": args.repeats, "metered_repeats": args.metered_repeats,
-           "warmup": args.warmup, "lif_backend": args.backend, "counting": args.counting}
-    print(json.dumps(env), flush=True)
+    device, env = start(args.device, args.backend, repeats=args.repeats, metered_repeats=args.metered_repeats,
+                        warmup=args.warmup, counting=args.counting)
     results = []
     for name, model, shape, check in cases(args.quick):
         model = model.eval()

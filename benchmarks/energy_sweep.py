@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 from pathlib import Path
@@ -27,7 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import energy_host as H  # noqa: E402
 import energy_overhead as E  # noqa: E402
 
-import neurosim  # noqa: E402
 from neurosim.energy import profile  # noqa: E402
 
 
@@ -54,21 +52,13 @@ def main(argv=None):
     ap.add_argument("--phases", action="store_true", help="also time each one-shot profile phase by phase")
     ap.add_argument("--out", default=None, help="write the results as JSON")
     args = ap.parse_args(argv)
-    E.BACKEND = args.backend
-    device = torch.device(args.device)
-    torch.manual_seed(0)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    env = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-           "torch": torch.__version__, "python": platform.python_version(), "neurosim": neurosim.__version__,
-           "repeats": args.repeats, "warmup": args.warmup, "lif_backend": args.backend}
-    print(json.dumps(env), flush=True)
+    device, env = E.start(args.device, args.backend, repeats=args.repeats, warmup=args.warmup)
     results = []
     for name, model, shape, batches in models(args.quick):
         model = model.to(device).eval()
         for b in batches:
             x = (torch.rand(shape(b), device=device) < 0.2).float()
-            plain, prof = E.interleaved([E.forwards(model, x, 1, deferred=True), lambda: profile(model, x)],
+            plain, prof = E.interleaved([E.forwards(model, x, 1, deferred=True), lambda x=x: profile(model, x)],
                                         device, args.repeats, args.warmup)
             mp, mq = statistics.median(plain), statistics.median(prof)
             row = {"model": name, "batch": b, "input": list(x.shape), "plain_deferred_ms": mp * 1e3,
