@@ -15,7 +15,7 @@ deferred in every variant as the meter defers them:
   launch per dtype (``torch._foreach_norm``, the L1 norm: a binary tensor's spike count) and one read-back. The
   least an exact count from the actual spikes must do, not a meter: no fan-out maps (a padded conv's SynOps), no
   binary or NaN test, no output rates, no report;
-- ``profile``: ``neurosim.energy.profile(model, x)``, the whole one-shot count and its report.
+- ``profile``: ``neurosim.energy.profile(model, x, reuse=False)``, the whole one-shot count and its report.
 
     python benchmarks/energy_floor.py [--device cuda] [--backend torch|fused] [--repeats 30] [--quick]
 """
@@ -103,7 +103,7 @@ def variants(model, x, modules):
         return torch.cat([s.float() for s in sums]).cpu() if sums else None
 
     def prof():
-        profile(model, x)
+        profile(model, x, reuse=False)  # (a first call: the meter made and the forward hooked)
 
     return {"plain": plain, "torch hooks": torch_hooks, "wrappers": wrappers, "note + 1 read": noted,
             "profile": prof}

@@ -164,18 +164,21 @@ def measure(name, model, shape, device, repeats, forwards, variant="replayed", t
         print(f"    {dt / forwards * 1e6:+9.1f}  ({calls / forwards:+6.1f} calls)  {f}")
 
 
-def phases(model, x, device, repeats):
-    """Where a one-shot ``profile(model, x)``'s wall time goes, phase by phase, the device synchronised at each clock
-    read: the meter's set-up (constructing it and ``__enter__``: walking the model, wrapping the counted modules),
-    the metered forward until the device is done, the block's end (``__exit__``: unwrapping, the deferred checks'
-    read), and the report (the counts' read-back, pricing); against a plain forward with deferred checks and a whole
-    ``profile(model, x)``. Median of ``repeats`` rounds after 3."""
+def phases(model, x, device, repeats, again: bool = False):
+    """Where a ``profile(model, x)`` call's wall time goes, phase by phase, the device synchronised at each clock read:
+    the meter's set-up, the metered forward until the device is done, the block's end (``__exit__``: unwrapping, the
+    deferred checks' read), and the report (the counts' read-back, pricing); against a plain forward with deferred
+    checks and a whole ``profile`` call. A first call (``again=False``: the meter constructed and entered, walking
+    the model and wrapping the counted modules; the forward hooked; ``profile(..., reuse=False)``), or a call again
+    on the same model (``again=True``: a meter kept from earlier rounds, reset and entered, the model's settings
+    compared with its recording's; the forward replayed; ``profile(model, x)``). Median of ``repeats`` rounds after 3."""
     def plain():
         with torch.no_grad(), validate.deferred_checks():
             model(x)
 
     names = ("plain forward", "set-up", "metered forward", "block end", "report", "profile() in all")
     times = {k: [] for k in names}
+    kept = EnergyMeter(model) if again else None
     for i in range(repeats + 3):
         E.sync(device)
         t = [time.perf_counter()]
@@ -183,7 +186,11 @@ def phases(model, x, device, repeats):
         E.sync(device)
         t.append(time.perf_counter())
         with torch.no_grad():
-            m = EnergyMeter(model, replay=False)
+            if again:
+                m = kept
+                m.reset()
+            else:
+                m = EnergyMeter(model, replay=False)
             m.__enter__()
             t.append(time.perf_counter())
             try:
@@ -195,14 +202,17 @@ def phases(model, x, device, repeats):
         t.append(time.perf_counter())
         m.report(batch_size=x.shape[1])
         t.append(time.perf_counter())
-        profile(model, x)
+        profile(model, x, reuse=again)
         E.sync(device)
         t.append(time.perf_counter())
         if i >= 3:
             for k, t0, t1 in zip(names, t, t[1:]):
                 times[k].append(t1 - t0)
+    if again:
+        assert kept.replayed == 1, "the kept meter's forward was not replayed"
     base = statistics.median(times["plain forward"])
-    print("  a one-shot profile, phase by phase (device synchronised between them), ms:")
+    print(f"  {'a profile called again' if again else 'a first profile call'}, phase by phase (device synchronised "
+          "between them), ms:")
     for k, ts in times.items():
         t = statistics.median(ts)
         print(f"    {k:20s} {t * 1e3:8.3f} ({t / base * 100:5.1f}% of the plain forward)")

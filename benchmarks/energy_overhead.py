@@ -2,8 +2,9 @@
 
 Spiking networks (MLP, conv net, spike-driven attention block, and two whole transformers from
 ``neurosim.models``: a 4-layer Spikformer and a 4-layer EST); for each, the median wall time of ``model(x)``
-under ``torch.no_grad()`` and of ``profile(model, x)`` (hook setup + the same forward + the one read-back and
-report), runs interleaved, device synchronised before each clock read. Two baselines: the plain forward as it
+under ``torch.no_grad()`` and of ``profile(model, x)``: a first call (``reuse=False``: hook setup + the same forward +
+the one read-back and report) and a call again on the same model (its meter kept, the forward replayed), runs
+interleaved, device synchronised before each clock read. Two baselines: the plain forward as it
 runs by default (each layer's NaN/inf input check reads its verdict at once, a host sync per LIF call) and the
 plain forward inside ``neurosim.validate.deferred_checks()`` (verdicts read once at the end), which is how the
 meter runs the same checks; the overhead is given against both. Also checks that the
@@ -162,11 +163,13 @@ def forwards(model, x, batches, deferred=False):
 
 
 def bench(model, x, device, repeats, warmup, counting="auto"):
-    """One plain forward (both baselines) against one ``profile`` call (hooks, the same forward, the read-back,
-    the report), with ``rates="needed"`` (the default) and ``rates="all"``."""
+    """One plain forward (both baselines) against one ``profile`` call: a first call (``reuse=False``: the meter
+    made, the forward hooked, the read-back, the report), with ``rates="needed"`` (the default) and ``rates="all"``;
+    and a call again on the same model (the meter kept from the call before, the forward replayed)."""
     return interleaved([forwards(model, x, 1), forwards(model, x, 1, deferred=True),
-                        lambda: profile(model, x, counting=counting),
-                        lambda: profile(model, x, counting=counting, rates="all")], device, repeats, warmup)
+                        lambda: profile(model, x, counting=counting, reuse=False),
+                        lambda: profile(model, x, counting=counting, rates="all", reuse=False),
+                        lambda: profile(model, x, counting=counting)], device, repeats, warmup)
 
 
 def bench_metered(model, x, device, repeats, batches, counting="auto"):
@@ -242,7 +245,7 @@ def main(argv=None):
         ref = profile(model.cpu(), x_cpu) if check else None  # CPU counts for the same model and input
         model = model.to(device)
         x = x_cpu.to(device)
-        plain, pdef, prof, prof_all = bench(model, x, device, args.repeats, args.warmup, args.counting)
+        plain, pdef, prof, prof_all, again = bench(model, x, device, args.repeats, args.warmup, args.counting)
         mplain, mdef, mmeter, mhooked, msteady = bench_metered(model, x, device, args.metered_repeats,
                                                                args.batches, args.counting)
         rep = profile(model, x, counting=args.counting)
@@ -252,11 +255,12 @@ def main(argv=None):
         same_first = key(rep.layers[0]) == key(ref.layers[0]) if check else None
         same = [key(a) for a in rep.layers] == [key(b) for b in ref.layers] if check else None
         mp, md, mq = statistics.median(plain), statistics.median(pdef), statistics.median(prof)
-        ma = statistics.median(prof_all)
+        ma, mg = statistics.median(prof_all), statistics.median(again)
         bp, bd, bq, bh, bs = (statistics.median(t) for t in (mplain, mdef, mmeter, mhooked, msteady))
         row = {"model": name, "input": list(shape), "counted_with": rep.counting, "plain_ms": mp * 1e3,
                "plain_deferred_ms": md * 1e3, "profile_ms": mq * 1e3,
                "overhead_pct": (mq / mp - 1) * 100, "overhead_vs_deferred_pct": (mq / md - 1) * 100,
+               "profile_again_ms": mg * 1e3, "again_overhead_vs_deferred_pct": (mg / md - 1) * 100,
                "profile_all_rates_ms": ma * 1e3, "overhead_all_rates_vs_deferred_pct": (ma / md - 1) * 100,
                "plain_ms_min": min(plain) * 1e3, "profile_ms_min": min(prof) * 1e3, "counts_equal_cpu": same,
                "first_layer_equal_cpu": same_first, "synops_cpu": ref.totals()["synops"] if check else None,
@@ -269,14 +273,15 @@ def main(argv=None):
         results.append(row)
         print(json.dumps(row), flush=True)
     print(f"\nLIF backend {args.backend}; counting {args.counting}")
-    print("| model | input | counted with | plain forward ms (deferred checks) | profile ms | overhead (vs deferred) | "
-          "profile ms, rates='all' (vs deferred) | "
+    print("| model | input | counted with | plain forward ms (deferred checks) | profile ms, a first call | overhead "
+          "(vs deferred) | profile ms, called again (vs deferred) | profile ms, rates='all' (vs deferred) | "
           f"{args.batches} batches metered, 1 report: ms a batch (plain; deferred) | overhead (vs deferred) | "
           "the same, replay off (vs deferred) | a replayed forward ms (vs deferred) | GPU counts = CPU counts |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['model']} | {r['input']} | {r['counted_with']} | {r['plain_ms']:.3f} ({r['plain_deferred_ms']:.3f}) "
               f"| {r['profile_ms']:.3f} | {r['overhead_pct']:+.1f}% ({r['overhead_vs_deferred_pct']:+.1f}%) | "
+              f"{r['profile_again_ms']:.3f} ({r['again_overhead_vs_deferred_pct']:+.1f}%) | "
               f"{r['profile_all_rates_ms']:.3f} ({r['overhead_all_rates_vs_deferred_pct']:+.1f}%) | "
               f"{r['metered_ms']:.3f} ({r['metered_plain_ms']:.3f}; {r['metered_plain_deferred_ms']:.3f}) | "
               f"{r['metered_overhead_pct']:+.1f}% ({r['metered_overhead_vs_deferred_pct']:+.1f}%) | "

@@ -296,6 +296,22 @@ class CountBuffer:
         self.read_batch()
         self._made.clear()
 
+    def forget(self, keep: dict):
+        """Drop the rows of each device from row ``keep.get(device, 0)`` on, zeroed to be taken again (the counts are
+        added into their rows); the rows below stay as they are. Not while rows are deferred or batched."""
+        if self.pending or self.optional or self._batch:
+            raise RuntimeError("count rows are still deferred: forget() is for between forward passes")
+        for dev, entry in self.bufs.items():
+            buf, used = entry
+            k = min(keep.get(dev, 0), used)
+            if used > k:
+                buf[k:used].zero_()
+                entry[1] = k
+            for firsts in self.tallies.get(dev, {}).values():
+                firsts[:] = [r for r in firsts if r < k]
+        self._host = self._raw = None
+        self.paths = set()
+
     def drop_batch(self):
         """Forget the batched rows without reading them (a failed CUDA-graph capture)."""
         self._batch, self._batch_bytes = [], 0

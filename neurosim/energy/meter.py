@@ -10,6 +10,7 @@ import gc
 import inspect
 import math
 import threading
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -101,6 +102,17 @@ class _Wrapped:
                 del d["forward"]
             else:
                 d["forward"] = self.previous
+
+
+_SETTING = (bool, int, float, str, type(None))
+
+
+def _settings(module: nn.Module) -> tuple:
+    """A module's own plain-valued attributes (its train/eval mode, a convolution's stride and padding, a product's
+    scale...): what a counter's rules may depend on besides the shapes a replay checks. A change between two ``with``
+    blocks makes the meter record its forwards anew."""
+    return tuple((k, v) for k, v in module.__dict__.items()  # (torch's own state: the names starting with "_")
+                 if k[0] != "_" and (type(v) in _SETTING or (type(v) is tuple and all(type(e) in _SETTING for e in v))))
 
 
 def _tensors(args):
@@ -238,6 +250,8 @@ class EnergyMeter:
         self._graphed = False  # a CUDA graph was captured (neurosim.energy.graph): its calls' rows are its own
         self._fast_off = False  # this block turned torch's transformer fast path off (_FASTPATH), to be set back
         self.replayed = 0  # forwards replayed (not hooked)
+        self._walked: list = []  # the slots this block wraps, in the order of the walk
+        self._stamp = None  # what the recordings were made under: the slots wrapped and their modules' settings
 
     # ----------------------------------------------------------------------------------------- hooking
     def _walk(self, module: nn.Module, name: str):
@@ -275,6 +289,7 @@ class EnergyMeter:
             slot.pre, slot.post = pre, post
         if note:
             slot.notes.add(note)
+        self._walked.append(idx)
         self._handles.append(_Wrapped(module, self._wrapper(module, idx, slot)))
 
     def _wrapper(self, module, idx, slot):
@@ -417,7 +432,13 @@ class EnergyMeter:
         try:
             # a torch.compile'd model's layers under their own names (not "_orig_mod.*"): dynamo guards on the
             # forwards the meter wraps and runs them (tests: a compiled model's report is the eager one's)
+            self._walked = []
             self._walk(getattr(self.model, "_orig_mod", self.model), "")
+            if self.replay and not self.audit:  # (recordings are made and replayed)
+                stamp = self._stamp_now()
+                if stamp != self._stamp:  # other layers, or settings changed since the recordings: record anew
+                    self._templates.clear()
+                    self._stamp = stamp
             self._handles.append(_Wrapped(self.model, self._root))
             collecting = spike_tally.collecting(self)
             collecting.__enter__()
@@ -440,6 +461,12 @@ class EnergyMeter:
             self._abandon()  # (no with block starts: the model is left as it was)
             raise
         return self
+
+    def _stamp_now(self) -> tuple:
+        """The slots this block wraps, in order, with their modules' settings (:func:`_settings`): the recordings of
+        earlier blocks are replayed only while it stays the same."""
+        slots = self._slots
+        return tuple(self._walked), tuple(_settings(slots[i].module) for i in self._walked)
 
     def _abandon(self):
         """Undo an ``__enter__`` that failed part-way: its forwards unwrapped, its switches set back."""
@@ -468,7 +495,6 @@ class EnergyMeter:
             self._audit.__exit__(exc_type, exc, tb)  # (its findings are already in self._audited)
             self._audit = None
         self._unhook()
-        self._templates.clear()
         self._replaying = self._recording = self._counts.recorder = None
         self._forward = False
         if self._collecting is not None:
@@ -616,6 +642,30 @@ class EnergyMeter:
                     if isinstance(st, RowStats):
                         st.on_change = None
 
+    def reset(self):
+        """Forget the calls counted so far: the next :meth:`report` covers the ``with`` blocks entered after this.
+
+        The layers and the recordings of earlier forwards are kept, so a meter entered and reset for each batch
+        gives a report per batch while replaying its forwards (see ``replay``): its host work per batch is that of
+        a replayed forward and a report, not that of a hooked one. Between ``with`` blocks only; not for a meter
+        that captured a CUDA graph (the graph writes into the meter's rows: use a new meter)."""
+        if self._handles:
+            raise RuntimeError("EnergyMeter.reset() is for between with blocks, not inside one")
+        if self._graphed:
+            raise RuntimeError("EnergyMeter.reset(): this meter captured a CUDA graph, which writes into its count "
+                           "rows at every replay; use a new meter")
+        keep: dict = {}  # device -> rows the recordings were made in (their replays' counts are read relative to them)
+        for t in self._templates.values():
+            if not isinstance(t, str):
+                keep[t.device] = max(keep.get(t.device, 0), t.base + t.nrows)
+                t.replays.clear()
+        self._counts.forget(keep)
+        for s in self._slots:  # (the next block's calls note again what they find; _attach its layer notes)
+            s.calls = []
+            s.notes = set()
+        self._audited.clear()
+        self.replayed = 0
+
     # -------------------------------------------------------------------------------------------- report
     def _ran(self):
         return sorted((s for s in self._slots if any(_weight(c[4]) for c in s.calls)), key=lambda s: s.first_call)
@@ -649,7 +699,11 @@ class EnergyMeter:
         def get(w):
             ev = evs.get(id(w))
             if ev is None:
-                ev = evs[id(w)] = _Eager(host, self._counts) if type(w) is int else _Replayed(w, host, self._counts)
+                if type(w) is int:
+                    ev = _Eager(host, self._counts)
+                else:  # (replayed once, as in a meter reset for each batch: numbers, without per-replay arrays)
+                    ev = (_Once if w.n == 1 else _Replayed)(w, host, self._counts)
+                evs[id(w)] = ev
             return ev
         return get
 
@@ -901,6 +955,45 @@ class _Eager:
         return [{k: (self.val(v) if torch.is_tensor(v) or isinstance(v, DeviceCount) else v) for k, v in info.items()}]
 
 
+class _Once(_Eager):
+    """Counts of calls captured in a CUDA graph or recorded, replayed once: numbers, as an eager call's, from that
+    replay's rows (what :class:`_Replayed` gives for one replay, without arrays)."""
+
+    def __init__(self, history, host: dict, counts):
+        self.host, self.counts, self.h = host, counts, history
+        rows, slots = history.arrays()
+        self.block = counts.fold(history.device, rows, history.base)[0].tolist()  # a tally's count in one element
+        self.slot_values = slots[0]
+
+    def _row(self, dev, row: int) -> list:
+        i = row - self.h.base
+        if 0 <= i < len(self.block):
+            return self.block[i]
+        return self.counts.host()[dev][row]  # (a row taken before the capture: not expected)
+
+    def val(self, v):
+        if type(v) is DeviceCount:
+            out = v.const
+            for d, row, col, k in v.terms:
+                out += k * self._row(d, row)[col]
+            return float(out)
+        if torch.is_tensor(v):
+            i = self.h.slot_index.get(id(v))
+            return float(self.slot_values[i]) if i is not None else self.host[id(v)]
+        return float(v)
+
+    def col(self, st, c: int) -> float:
+        if type(st) is RowStats:
+            return float(self._row(st.dev, st.row)[c])
+        return self.val(getattr(st, _COL_NAMES[c]))
+
+    def binary(self, st) -> bool:
+        if type(st) is RowStats:
+            r = self._row(st.dev, st.row)
+            return r[NNZ] == r[ONES]
+        return st is not None and self.val(st.nnz) == self.val(st.ones)
+
+
 class _Replayed:
     """Counts of a call captured in a CUDA graph, or recorded and replayed eagerly: arrays with one entry per
     replay, from its ReplayHistory (:mod:`neurosim.energy.graph`) or Replays (:mod:`neurosim.energy.replay`)."""
@@ -978,7 +1071,8 @@ def _call(model, inputs):
 
 
 def profile(model: nn.Module, inputs, hardware="cmos45nm", require_spikes=None, grad: bool = False,
-            counting: str = "auto", rates: str = "needed", audit: bool = False, batch_size: int | None = None):
+            counting: str = "auto", rates: str = "needed", audit: bool = False, batch_size: int | None = None,
+            reuse: bool = True):
     """Run ``model(inputs)`` once and count, per layer, dense ANN MACs, SynOps, MACs, ACs, neuron updates,
     firing rates and energy on ``hardware``.
 
@@ -1015,9 +1109,7 @@ def profile(model: nn.Module, inputs, hardware="cmos45nm", require_spikes=None, 
         batch = validate.positive_int("batch_size", batch_size)
     else:
         batch = int(first.shape[1]) if first.dim() >= 2 else None
-    # (one forward: nothing to replay, so it is not recorded either, neurosim.energy.replay)
-    meter = EnergyMeter(model, hardware=hardware, require_spikes=require_spikes, counting=counting, rates=rates,
-                        audit=audit, replay=False)
+    meter, kept = _meter_for(model, hardware, require_spikes, counting, rates, audit, reuse)
     # The meter's records of a forward (thousands of small objects in a transformer) would set off Python's cyclic
     # garbage collector several times during the call, and a full pass walks every tracked object of the process
     # (BENCHMARKS.md energy run 18). So the collector waits for the call's end; the records, which hold no reference
@@ -1031,5 +1123,50 @@ def profile(model: nn.Module, inputs, hardware="cmos45nm", require_spikes=None, 
             _call(model, inputs)
         return meter.report(batch_size=batch)
     finally:
+        if kept:
+            _let_model_go(model, meter)
         if paused:
             gc.enable()
+
+
+# model -> (settings, its EnergyMeter) between profile calls (reuse=True). The entry goes with the model: a kept meter
+# holds no reference to the model itself between calls (_let_model_go), only to the layers it wraps.
+_KEPT = weakref.WeakKeyDictionary()
+_KEPT_LOCK = threading.Lock()
+
+
+def _meter_for(model, hardware, require_spikes, counting, rates, audit, reuse) -> tuple:
+    """``(meter, kept)``: the meter ``profile`` runs, and whether it is the one kept for ``model``."""
+    settings = (_patterns(require_spikes), counting, rates)
+    if reuse and not audit and isinstance(model, nn.Module):
+        hw = get_profile(hardware)
+        with _KEPT_LOCK:
+            entry = _KEPT.get(model)
+            if entry is not None and entry[0] == settings and entry[1].model is None:
+                meter = entry[1]
+                meter.model, meter.hardware = model, hw
+                meter.reset()
+                # from the second call on, forwards are recorded, then replayed (neurosim.energy.replay)
+                meter.replay = True
+                return meter, True
+    # a first call: one forward, nothing to replay, so it is not recorded either
+    meter = EnergyMeter(model, hardware=hardware, require_spikes=require_spikes, counting=counting, rates=rates,
+                        audit=audit, replay=False)
+    if not reuse or audit:
+        return meter, False
+    with _KEPT_LOCK:
+        if model not in _KEPT or _KEPT[model][1].model is None:
+            _KEPT[model] = (settings, meter)
+            return meter, True
+    return meter, False  # (the kept meter is running in another thread: this call's meter is its own)
+
+
+def _let_model_go(model, meter):
+    """A kept meter after its call: no reference to the model (the entry goes with it); not kept at all when it
+    wraps the model itself (a counted or leaf model: its slot would keep the model alive)."""
+    with _KEPT_LOCK:
+        meter.model = None
+        if any(s.module is model for s in meter._slots):
+            entry = _KEPT.get(model)
+            if entry is not None and entry[1] is meter:
+                del _KEPT[model]

@@ -68,6 +68,11 @@ class Replays:
     def n(self) -> int:
         return len(self.bases)
 
+    def clear(self):
+        """No replay counted (the meter was reset): the next replay adds the recorded calls to the layers again."""
+        self.bases = []
+        self._arrays = None
+
     def add(self, base: int):
         self.bases.append(base)
         self._arrays = None
@@ -459,6 +464,8 @@ class Replayer:
         if not t.replays.n:  # the first replay: the recorded calls join the slots, weighted by the replays
             for i, call in t.calls:
                 slots[i].calls.append(call + (t.replays,))
+                if call[0] is not None and call[0].note:  # (a meter reset since the recording forgot its notes)
+                    slots[i].notes.add(call[0].note)
         t.replays.add(base)  # (its tally regions are folded by the recording's, Replays.base on)
         counts.paths |= t.paths
         return self.changed_slots(slots)
