@@ -51,11 +51,14 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="tiny shapes (a CPU smoke run)")
     ap.add_argument("--phases", action="store_true", help="also time each one-shot profile phase by phase")
+    ap.add_argument("--model", action="append", default=[], help="only these models (a name's first word; repeatable)")
     ap.add_argument("--out", default=None, help="write the results as JSON")
     args = ap.parse_args(argv)
     device, env = E.start(args.device, args.backend, repeats=args.repeats, warmup=args.warmup)
     results = []
     for name, model, shape, batches in models(args.quick):
+        if args.model and name.split()[0] not in args.model:
+            continue
         model = model.to(device).eval()
         for b in batches:
             x = (torch.rand(shape(b), device=device) < 0.2).float()

@@ -211,7 +211,10 @@ class EnergyMeter:
     switch) is off: in inference it runs ``nn.TransformerEncoderLayer`` and ``nn.MultiheadAttention`` as one fused
     operation without calling their modules, which could then be neither counted nor listed. The same arithmetic
     runs through the modules instead; the switch is set back as it was when the block ends. A meter entered again
-    adds the new block's calls to its layers.
+    adds the new block's calls to its layers (:meth:`reset` first, for a report of the new block alone). It also
+    replays the recordings of earlier blocks, as long as the block wraps the same layers and their plain-valued
+    settings are unchanged (train/eval mode, strides, a product's scale; :func:`_settings`). If they changed, its
+    forwards are recorded anew.
     """
 
     def __init__(self, model: nn.Module, hardware="cmos45nm", require_spikes=None, counting: str = "auto",
@@ -1089,6 +1092,12 @@ def profile(model: nn.Module, inputs, hardware="cmos45nm", require_spikes=None, 
             layer, as "not counted" rows (see :class:`EnergyMeter`; slower, for checking coverage).
         batch_size: the samples ``inputs`` holds, for the per-sample energy (default: dim 1 of the first input
             tensor, the ``[T, B, ...]`` convention; pass it for another layout, e.g. a batch-first ANN baseline).
+        reuse: keep the meter for ``model`` between calls (default). The second call with the same ``require_spikes``,
+            ``counting`` and ``rates`` records its forward, and later calls with inputs of the same signature replay
+            it (:mod:`neurosim.energy.replay`). This gives the same counts with far less host work, but a replayed
+            forward keeps its tensors until it ends (at most an eighth of the GPU's memory, else it is hooked). The
+            kept meter holds no reference to ``model``: it goes when the model does. A changed layer or layer setting
+            (train/eval mode, a stride, a product's scale) is recorded anew. ``False``: a fresh meter, kept by nobody.
 
     Returns:
         :class:`EnergyReport` (``print(report)``, ``.to_csv()``, ``.to_json()``, ``.plot()``). Counts cover the
@@ -1096,8 +1105,10 @@ def profile(model: nn.Module, inputs, hardware="cmos45nm", require_spikes=None, 
 
     Cost: the meter's set-up, its work in each counted call and its report run on the host, whatever the batch size
     (BENCHMARKS.md, energy run 19: 5-8 ms a call for a 4-layer spiking transformer on an H200 machine once the GPU
-    sets the pace). To meter many batches, one :class:`EnergyMeter` over them (its later forwards are replayed from
-    the first) or :func:`~neurosim.energy.profile_batches` (a CUDA graph) costs a few percent.
+    sets the pace). A call again on the same model replays the forward. Where the host sets the pace this cuts the
+    overhead by a third to four fifths (run 20); set-up and report stay. To meter many batches, one
+    :class:`EnergyMeter` over them (its later forwards are replayed from the first) or
+    :func:`~neurosim.energy.profile_batches` (a CUDA graph) costs a few percent.
 
     Python's cyclic garbage collector is paused for the call (``gc.disable()``, set back as it was when the call
     ends, however it ends): the meter's records would set it off several times in a large model.

@@ -5,7 +5,8 @@ tensor). Where the host sets the pace of a forward, that Python is what the GPU 
 run 12). Yet for a given model and input signature it decides the same things in every forward: which tensors to
 read, with which fan-out maps, into which count rows, and how the rows combine into each layer's counts.
 
-So under one :class:`~neurosim.energy.EnergyMeter` (one ``with`` block), the first forward of each input signature
+So under one :class:`~neurosim.energy.EnergyMeter` (its recordings kept from one ``with`` block to the next while the
+layers it wraps and their settings stay the same), the first forward of each input signature
 (the structure, shapes, dtypes and devices of the model's inputs, and whether autograd is on) is metered as usual
 and *recorded* (:class:`Recorder`): the sequence of module calls the meter wraps, with the shape and dtype of each
 tensor a call is given or returns (non-tensor arguments by value: numbers, strings, None; others by type); every
