@@ -17,6 +17,7 @@ counts on the GPU equal those on the CPU for the same model and input, and print
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import platform
 import statistics
@@ -131,20 +132,28 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def interleaved(fns, device, repeats, warmup, per=1):
+def interleaved(fns, device, repeats, warmup, per=1, collect=False):
     """Wall times (seconds, divided by ``per``) of each of ``fns``, run in turn so that drift affects all alike,
-    the device synchronised before each clock read, after ``warmup`` rounds."""
+    the device synchronised before each clock read, after ``warmup`` rounds. ``collect``: a full garbage collection
+    before each function, outside its time (``profile`` pauses the collector for its call, so the collections its
+    allocations call for can otherwise fall into the next function's time)."""
     times = tuple([] for _ in fns)
     for i in range(warmup + repeats):
         sync(device)
-        t = [time.perf_counter()]
+        t0 = time.perf_counter()
+        spans = []
         for fn in fns:
+            if collect:
+                gc.collect()
+                t0 = time.perf_counter()
             fn()
             sync(device)
-            t.append(time.perf_counter())
+            t1 = time.perf_counter()
+            spans.append(t1 - t0)
+            t0 = t1
         if i >= warmup:
-            for k in range(len(fns)):
-                times[k].append((t[k + 1] - t[k]) / per)
+            for k, dt in enumerate(spans):
+                times[k].append(dt / per)
     return times
 
 

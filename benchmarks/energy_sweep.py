@@ -51,10 +51,13 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="tiny shapes (a CPU smoke run)")
     ap.add_argument("--phases", action="store_true", help="also time each one-shot profile phase by phase")
+    ap.add_argument("--collect", action="store_true",
+                    help="a full garbage collection before each timed call, outside its time "
+                         "(see energy_overhead.interleaved)")
     ap.add_argument("--model", action="append", default=[], help="only these models (a name's first word; repeatable)")
     ap.add_argument("--out", default=None, help="write the results as JSON")
     args = ap.parse_args(argv)
-    device, env = E.start(args.device, args.backend, repeats=args.repeats, warmup=args.warmup)
+    device, env = E.start(args.device, args.backend, repeats=args.repeats, warmup=args.warmup, collect=args.collect)
     results = []
     for name, model, shape, batches in models(args.quick):
         if args.model and name.split()[0] not in args.model:
@@ -64,7 +67,8 @@ def main(argv=None):
             x = (torch.rand(shape(b), device=device) < 0.2).float()
             plain, prof, again = E.interleaved([E.forwards(model, x, 1, deferred=True),
                                                 lambda x=x: profile(model, x, reuse=False),
-                                                lambda x=x: profile(model, x)], device, args.repeats, args.warmup)
+                                                lambda x=x: profile(model, x)], device, args.repeats, args.warmup,
+                                               collect=args.collect)
             mp, mq, mg = statistics.median(plain), statistics.median(prof), statistics.median(again)
             row = {"model": name, "batch": b, "input": list(x.shape), "plain_deferred_ms": mp * 1e3,
                    "profile_ms": mq * 1e3, "extra_ms": (mq - mp) * 1e3, "overhead_vs_deferred_pct": (mq / mp - 1) * 100,

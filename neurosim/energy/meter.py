@@ -19,10 +19,10 @@ from torch import nn
 
 from .. import spike_tally, validate
 from . import counters as C
-from .device_counts import BAD, NNZ, ONES, CountBuffer, DeviceCount, RowStats, TallyStats
+from .device_counts import BAD, COLS, NNZ, ONES, CountBuffer, DeviceCount, RowStats, TallyStats
 from .graph import signature
 from .hardware import HardwareProfile, get_profile
-from .replay import OPEN, Recorder, Replayer
+from .replay import OPEN, Recorder, Replayer, Replays
 from .report import EnergyReport, LayerReport
 from .stats_cache import StatsCache
 
@@ -687,8 +687,9 @@ class EnergyMeter:
         """id(tensor) -> float for every 0-d count recorded: one transfer per (device, dtype)."""
         tensors: dict = {}
         for s in self._slots:
-            for cnt, sin, *_ in s.calls:  # a call's input and output stats are the meter's rows
-                if cnt is not None:
+            # a call's input and output stats are the meter's rows; a recorded call holds no count tensor (replay.py)
+            for cnt, sin, _, _, w in s.calls:
+                if cnt is not None and type(w) is not Replays:
                     for v in (cnt.macs, cnt.synops, cnt.acs, cnt.spike_count, cnt.spike_input, cnt.spike_input2,
                               cnt.info, sin):
                         if type(v) not in _NOTHING_TO_READ:  # (most are: no call)
@@ -959,42 +960,32 @@ class _Eager:
 
 
 class _Once(_Eager):
-    """Counts of calls captured in a CUDA graph or recorded, replayed once: numbers, as an eager call's, from that
-    replay's rows (what :class:`_Replayed` gives for one replay, without arrays)."""
+    """Counts of calls captured in a CUDA graph or recorded, replayed once: numbers, as an eager call's (what
+    :class:`_Replayed` gives for one replay, without arrays), from the buffer's rows with the rows the calls refer to
+    (``history.base`` on) replaced by that replay's."""
 
     def __init__(self, history, host: dict, counts):
         self.host, self.counts, self.h = host, counts, history
         rows, slots = history.arrays()
-        self.block = counts.fold(history.device, rows, history.base)[0].tolist()  # a tally's count in one element
+        block = counts.fold(history.device, rows, history.base)[0].tolist()  # a tally's count in one element
         self.slot_values = slots[0]
-
-    def _row(self, dev, row: int) -> list:
-        i = row - self.h.base
-        if 0 <= i < len(self.block):
-            return self.block[i]
-        return self.counts.host()[dev][row]  # (a row taken before the capture: not expected)
+        every = counts.host()
+        base, end = history.base, history.base + len(block)
+        spliced = list(every.get(history.device, ()))
+        spliced[len(spliced):end] = [[0] * COLS] * max(end - len(spliced), 0)
+        spliced[base:end] = block
+        self.rows = {**every, history.device: spliced}
 
     def val(self, v):
         if type(v) is DeviceCount:
-            out = v.const
+            out, rows = v.const, self.rows
             for d, row, col, k in v.terms:
-                out += k * self._row(d, row)[col]
+                out += k * rows[d][row][col]
             return float(out)
         if torch.is_tensor(v):
             i = self.h.slot_index.get(id(v))
             return float(self.slot_values[i]) if i is not None else self.host[id(v)]
         return float(v)
-
-    def col(self, st, c: int) -> float:
-        if type(st) is RowStats:
-            return float(self._row(st.dev, st.row)[c])
-        return self.val(getattr(st, _COL_NAMES[c]))
-
-    def binary(self, st) -> bool:
-        if type(st) is RowStats:
-            r = self._row(st.dev, st.row)
-            return r[NNZ] == r[ONES]
-        return st is not None and self.val(st.nnz) == self.val(st.ones)
 
 
 class _Replayed:
