@@ -1096,8 +1096,8 @@ def profile(model: nn.Module, inputs, hardware="cmos45nm", require_spikes=None, 
 
     Cost: the meter's set-up, its work in each counted call and its report run on the host, whatever the batch size
     (BENCHMARKS.md, energy run 19: 5-8 ms a call for a 4-layer spiking transformer on an H200 machine once the GPU
-    sets the pace). A call again on the same model replays the forward. Where the host sets the pace this cuts the
-    overhead by a third to four fifths (run 20); set-up and report stay. To meter many batches, one
+    sets the pace). A call again on the same model replays the forward. Where the host sets the pace this halves the
+    extra time or better (run 20); set-up and report stay. To meter many batches, one
     :class:`EnergyMeter` over them (its later forwards are replayed from the first) or
     :func:`~neurosim.energy.profile_batches` (a CUDA graph) costs a few percent.
 
