@@ -185,3 +185,16 @@ def test_profile_called_again_with_fused_neurons_gpu(case):
     got = [as_dict(profile(model, x)) for x in xs]
     assert M._KEPT[model][1].replayed == 1, name
     assert got == [as_dict(profile(model, x, reuse=False)) for x in xs], name
+
+
+def test_profile_of_an_unhashable_model_is_not_kept():
+    """A module class that defines ``__eq__`` without ``__hash__`` cannot key the kept meters: each call is a first
+    call, with the same counts."""
+    class Unhashable(nn.Sequential):
+        def __eq__(self, other):
+            return self is other
+
+    name, base, shape = models()[0]
+    model = Unhashable(*base)
+    xs = spikes(shape, 3)
+    assert [as_dict(profile(model, x)) for x in xs] == [hooked(model, x) for x in xs]

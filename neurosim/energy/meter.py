@@ -1140,21 +1140,29 @@ _KEPT_LOCK = threading.Lock()
 def _meter_for(model, hardware, require_spikes, counting, rates, audit, reuse) -> tuple:
     """``(meter, kept)``: the meter ``profile`` runs, and whether it is the one kept for ``model``."""
     settings = (_patterns(require_spikes), counting, rates)
-    if reuse and not audit and isinstance(model, nn.Module):
+    try:
+        reuse = reuse and not audit and isinstance(model, nn.Module) and hash(model) is not None
+    except TypeError:  # (a module class that defines __eq__ without __hash__: nothing to key it by)
+        reuse = False
+    if reuse:
         hw = get_profile(hardware)
         with _KEPT_LOCK:
             entry = _KEPT.get(model)
             if entry is not None and entry[0] == settings and entry[1].model is None:
                 meter = entry[1]
+                try:
+                    meter.reset()
+                except BaseException:
+                    del _KEPT[model]  # (not expected: a fresh meter from now on)
+                    raise
                 meter.model, meter.hardware = model, hw
-                meter.reset()
                 # from the second call on, forwards are recorded, then replayed (neurosim.energy.replay)
                 meter.replay = True
                 return meter, True
     # a first call: one forward, nothing to replay, so it is not recorded either
     meter = EnergyMeter(model, hardware=hardware, require_spikes=require_spikes, counting=counting, rates=rates,
                         audit=audit, replay=False)
-    if not reuse or audit:
+    if not reuse:
         return meter, False
     with _KEPT_LOCK:
         if model not in _KEPT or _KEPT[model][1].model is None:
