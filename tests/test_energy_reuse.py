@@ -107,6 +107,21 @@ def test_changed_layer_settings_between_blocks_are_recorded_again():
         meter.reset()
 
 
+def test_a_transformer_layers_activation_function_changed_between_calls_is_recorded_again():
+    """``nn.TransformerEncoderLayer`` keeps its activation as a plain function: relu and gelu cost differently with
+    the same shapes, so a kept recording must not price the old one."""
+    import torch.nn.functional as F
+
+    layer = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, dropout=0.0)
+    model = nn.Sequential(layer).eval()  # (a model that is itself a counted layer is not kept)
+    xs = [torch.randn(5, 3, 8, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    for i, x in enumerate(xs):
+        if i == 2:
+            layer.activation = F.gelu
+        assert as_dict(profile(model, x)) == hooked(model, x), i
+    assert M._KEPT[model][1].replayed == 1  # (the fourth call, after the third recorded the change)
+
+
 @pytest.mark.parametrize("case", range(5))
 def test_profile_called_again_replays_and_reports_the_same_as_a_first_call(case):
     """``profile`` keeps its meter for the model: the second call records, later ones replay; every report is that

@@ -10,6 +10,7 @@ import gc
 import inspect
 import math
 import threading
+import types
 import weakref
 from dataclasses import dataclass, field
 
@@ -104,15 +105,18 @@ class _Wrapped:
                 d["forward"] = self.previous
 
 
-_SETTING = (bool, int, float, str, type(None))
+# values compared by equality (numbers, strings) or, for functions, by identity
+_SETTING = frozenset((bool, int, float, str, type(None), types.FunctionType, types.BuiltinFunctionType))
 
 
 def _settings(module: nn.Module) -> tuple:
     """A module's own plain-valued attributes (its train/eval mode, a convolution's stride and padding, a product's
-    scale...): what a counter's rules may depend on besides the shapes a replay checks. A change between two ``with``
-    blocks makes the meter record its forwards anew."""
-    return tuple((k, v) for k, v in module.__dict__.items()  # (torch's own state: the names starting with "_")
-                 if k[0] != "_" and (type(v) in _SETTING or (type(v) is tuple and all(type(e) in _SETTING for e in v))))
+    scale, a transformer layer's activation function...): what a counter's rules may depend on besides the shapes a
+    replay checks. A change between two ``with`` blocks makes the meter record its forwards anew."""
+    # (torch's own state: the names starting with "_"; "forward": the meter's wrapper, new in every block)
+    return tuple((k, v) for k, v in module.__dict__.items()
+                 if k[0] != "_" and k != "forward"
+                 and (type(v) in _SETTING or (type(v) is tuple and all(type(e) in _SETTING for e in v))))
 
 
 def _tensors(args):
