@@ -1144,10 +1144,7 @@ _KEPT_LOCK = threading.Lock()
 def _meter_for(model, hardware, require_spikes, counting, rates, audit, reuse) -> tuple:
     """``(meter, kept)``: the meter ``profile`` runs, and whether it is the one kept for ``model``."""
     settings = (_patterns(require_spikes), counting, rates)
-    try:
-        reuse = reuse and not audit and isinstance(model, nn.Module) and hash(model) is not None
-    except TypeError:  # (a module class that defines __eq__ without __hash__: nothing to key it by)
-        reuse = False
+    reuse = reuse and not audit and isinstance(model, nn.Module) and _hashable(model)
     if reuse:
         hw = get_profile(hardware)
         with _KEPT_LOCK:
@@ -1173,6 +1170,15 @@ def _meter_for(model, hardware, require_spikes, counting, rates, audit, reuse) -
             _KEPT[model] = (settings, meter)
             return meter, True
     return meter, False  # (the kept meter is running in another thread: this call's meter is its own)
+
+
+def _hashable(model) -> bool:
+    """Whether ``model`` can key :data:`_KEPT` (not a module class that defines ``__eq__`` without ``__hash__``)."""
+    try:
+        hash(model)
+    except TypeError:
+        return False
+    return True
 
 
 def _let_model_go(model, meter):
