@@ -1,4 +1,5 @@
 """neurosim.energy: counts checked against hand-computed figures and brute-force loops over fixed spikes."""
+import io
 import itertools
 import json
 import math
@@ -390,6 +391,35 @@ def test_outputs_csv_json_png(tmp_path):
     data = json.loads((tmp_path / "e.json").read_text())
     assert data["totals"]["synops"] == rep.totals()["synops"] and data["hardware"]["name"] == "cmos45nm"
     assert (tmp_path / "e.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_same_shape_ann_operations_by_kind(tmp_path):
+    """The same-shape ANN's multiplies and additions are kept apart in the rows, the totals, the table and the CSV
+    (a residual Add's additions are not the Linear's MACs), and priced by kind."""
+    import csv
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(5, 4, bias=False)
+            self.add = Add()
+
+        def forward(self, x):
+            y = self.fc(x)
+            return self.add(y, y)
+
+    rep = profile(Net(), spikes(3, 2, 5, seed=4))
+    fc, add = rep.layer("fc"), rep.layer("add")
+    assert (fc.ann_macs, fc.ann_acs) == (3 * 2 * 4 * 5, 0)  # every input times every weight
+    assert (add.ann_macs, add.ann_acs) == (0, 3 * 2 * 4)  # an addition an output element
+    t = rep.totals()
+    assert (t["ann_macs"], t["ann_acs"]) == (120, 24)
+    assert t["ann_energy_pj"] == pytest.approx(120 * 4.6 + 24 * 0.9)
+    lines = rep.table().split("\n")
+    total = next(ln for ln in lines if ln.startswith("TOTAL"))
+    assert lines[0].split()[2:6] == ["ANN", "MACs", "ANN", "ACs"] and total.split()[1:3] == ["120", "24"]
+    rows = list(csv.DictReader(io.StringIO(rep.to_csv())))
+    assert [(r["ann_macs"], r["ann_acs"]) for r in rows] == [("120", "0"), ("0", "24")]
 
 
 def test_cli_main_on_checkpoint(tmp_path, monkeypatch, capsys):

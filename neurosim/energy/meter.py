@@ -1071,8 +1071,8 @@ def _call(model, inputs):
 def profile(model: nn.Module, inputs, hardware="cmos45nm", require_spikes=None, grad: bool = False,
             counting: str = "auto", rates: str = "needed", audit: bool = False, batch_size: int | None = None,
             reuse: bool = True):
-    """Run ``model(inputs)`` once and count, per layer, dense ANN MACs, SynOps, MACs, ACs, neuron updates,
-    firing rates and energy on ``hardware``.
+    """Run ``model(inputs)`` once and count, per layer, the same-shape ANN's MACs and ACs, SynOps, MACs, ACs,
+    neuron updates, firing rates and energy on ``hardware``.
 
     Args:
         model: network taking ``[T, B, ...]`` input(s).

@@ -24,7 +24,8 @@ class LayerReport:
 
     ``dense``: the operations the ANN of the same shape does in this layer, MACs when ``dense_is_mac``, else
     additions; ``dense_other``: those it also does of the other kind (a transformer layer's GELU beside its
-    residual additions, a mask added to attention scores). The same-shape ANN's energy prices both.
+    residual additions, a mask added to attention scores). The same-shape ANN's energy prices both. ``ann_macs`` /
+    ``ann_acs`` give them by kind (the table's "ANN MACs" and "ANN ACs" columns, the totals' keys of those names).
     """
 
     name: str
@@ -50,6 +51,16 @@ class LayerReport:
     info: dict = field(default_factory=dict)  # facts from the layer's counter summary (e.g. a spike mask's state)
 
     @property
+    def ann_macs(self) -> int:
+        """The same-shape ANN's multiply-accumulates in this layer (``dense`` or ``dense_other``, by kind)."""
+        return self.dense if self.dense_is_mac else self.dense_other
+
+    @property
+    def ann_acs(self) -> int:
+        """The same-shape ANN's additions in this layer (a residual sum, a bag's sum, a mask added to scores)."""
+        return self.dense_other if self.dense_is_mac else self.dense
+
+    @property
     def in_rate(self) -> float | None:
         return self.in_nnz / self.in_numel if self.in_numel else None
 
@@ -63,11 +74,13 @@ class LayerReport:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d.update(in_rate=self.in_rate, out_rate=self.out_rate, sparsity=self.sparsity)
+        d.update(ann_macs=self.ann_macs, ann_acs=self.ann_acs, in_rate=self.in_rate, out_rate=self.out_rate,
+                 sparsity=self.sparsity)
         return d
 
 
-COLUMNS = ("name", "type", "calls", "counted", "dense", "dense_is_mac", "dense_other", "macs", "synops", "acs",
+COLUMNS = ("name", "type", "calls", "counted", "dense", "dense_is_mac", "dense_other", "ann_macs", "ann_acs", "macs",
+           "synops", "acs",
            "neuron_updates", "in_rate", "out_rate", "sparsity", "in_spikes", "synops_paper", "energy_pj",
            "energy_paper_pj", "note", "info")
 
@@ -126,13 +139,12 @@ class EnergyReport:
 
     def totals(self) -> dict:
         t = {k: sum(getattr(r, k) for r in self.layers)
-             for k in ("dense", "dense_other", "macs", "synops", "acs", "neuron_updates", "synops_paper", "energy_pj",
-                       "energy_paper_pj")}
+             for k in ("dense", "dense_other", "ann_macs", "ann_acs", "macs", "synops", "acs", "neuron_updates",
+                       "synops_paper", "energy_pj", "energy_paper_pj")}
         hw = self.hardware
         ann = None
         if hw.e_mac_pj is not None:
-            ann = sum((r.dense * hw.e_mac_pj + r.dense_other * hw.e_ac_pj) if r.dense_is_mac
-                      else (r.dense * hw.e_ac_pj + r.dense_other * hw.e_mac_pj) for r in self.layers)
+            ann = sum(r.ann_macs * hw.e_mac_pj + r.ann_acs * hw.e_ac_pj for r in self.layers)
         t["ann_energy_pj"] = ann
         t["energy_ratio_vs_ann"] = (t["energy_pj"] / ann) if ann else None
         if self.batch_size:
@@ -165,26 +177,29 @@ class EnergyReport:
         return text
 
     def _rows(self):
-        head = ["layer", "type", "dense", "MACs", "SynOps", "ACs", "neuron upd", "in rate", "out rate", "energy"]
+        head = ["layer", "type", "ANN MACs", "ANN ACs", "MACs", "SynOps", "ACs", "neuron upd", "in rate", "out rate",
+                "energy"]
         rows = []
         for r in self.layers:
             if not r.counted:
-                rows.append([r.name, r.type, "not counted", "", "", "", "", "", "", ""])
+                rows.append([r.name, r.type, "not counted"] + [""] * (len(head) - 3))
                 continue
             star = "" if r.in_spikes or r.in_rate is None else "*"
-            rows.append([r.name, r.type, _fmt_int(r.dense), _fmt_int(r.macs), _fmt_int(r.synops), _fmt_int(r.acs),
-                         _fmt_int(r.neuron_updates), _fmt_rate(r.in_rate) + star, _fmt_rate(r.out_rate),
-                         _fmt_energy(r.energy_pj)])
+            rows.append([r.name, r.type, _fmt_int(r.ann_macs), _fmt_int(r.ann_acs), _fmt_int(r.macs),
+                         _fmt_int(r.synops), _fmt_int(r.acs), _fmt_int(r.neuron_updates),
+                         _fmt_rate(r.in_rate) + star, _fmt_rate(r.out_rate), _fmt_energy(r.energy_pj)])
         t = self.totals()
-        rows.append(["TOTAL", "", _fmt_int(t["dense"]), _fmt_int(t["macs"]), _fmt_int(t["synops"]),
-                     _fmt_int(t["acs"]), _fmt_int(t["neuron_updates"]), "", "", _fmt_energy(t["energy_pj"])])
+        rows.append(["TOTAL", "", _fmt_int(t["ann_macs"]), _fmt_int(t["ann_acs"]), _fmt_int(t["macs"]),
+                     _fmt_int(t["synops"]), _fmt_int(t["acs"]), _fmt_int(t["neuron_updates"]), "", "",
+                     _fmt_energy(t["energy_pj"])])
         return head, rows
 
     def _footer(self) -> list[str]:
         t = self.totals()
         hw = self.hardware
         lines = [f"hardware: {hw.name} ({hw.source})",
-                 "* input not binary on every call: counted as MACs (dense), not SynOps",
+                 "ANN MACs / ANN ACs: what an ANN of the same shape computes (dense, every input a real value)",
+                 "* input not binary on every call: counted as the same-shape ANN's operations, not as SynOps",
                  "rate -: not measured (tensors are read where a count needs them; rates='all' reads every layer)"]
         if t["ann_energy_pj"] is not None:
             lines.append(f"same-shape ANN: {_fmt_energy(t['ann_energy_pj'])}; SNN/ANN energy ratio: "
@@ -247,10 +262,10 @@ class EnergyReport:
         x = np.arange(len(rows))
         hw = self.hardware
         fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(6, 0.6 * len(rows) + 2), 8), sharex=True)
-        w = 0.2
-        for i, (key, label) in enumerate((("dense", "dense (ANN)"), ("macs", "MACs"), ("synops", "SynOps"),
-                                          ("acs", "ACs"))):
-            ax1.bar(x + (i - 1.5) * w, [max(getattr(r, key), 0) for r in rows], w, label=label)
+        w = 0.16
+        for i, (key, label) in enumerate((("ann_macs", "ANN MACs"), ("ann_acs", "ANN ACs"), ("macs", "MACs"),
+                                          ("synops", "SynOps"), ("acs", "ACs"))):
+            ax1.bar(x + (i - 2) * w, [max(getattr(r, key), 0) for r in rows], w, label=label)
         ax1.set_yscale("symlog")
         ax1.set_ylabel("operations")
         ax1.set_title(f"Operations per layer (batch {self.batch_size or '?'})")
