@@ -22,6 +22,8 @@ aten = torch.ops.aten
 SELECT = {aten.where.self, aten.masked_fill.Scalar, aten.masked_fill.Tensor}
 COPIES = {aten.clone.default, aten._to_copy.default, aten.copy_.default}
 SUMS = {aten.sum.dim_IntList, aten.sum.default}
+# element-wise ops some torch versions do not tag pointwise (torch 2.11 leaves leaky_relu untagged; 2.13 tags it)
+UNTAGGED_POINTWISE = {aten.leaky_relu.default}
 
 
 class _Counter(TorchDispatchMode):
@@ -42,7 +44,8 @@ class _Counter(TorchDispatchMode):
             n = 0
             if func in SUMS:
                 n = ins[0].numel() - outs[0].numel()
-            elif torch.Tag.pointwise in func.tags and func not in SELECT | COPIES and outs[0].dtype != torch.bool:
+            elif ((torch.Tag.pointwise in func.tags or func in UNTAGGED_POINTWISE) and func not in SELECT | COPIES
+                  and outs[0].dtype != torch.bool):
                 n = outs[0].numel()
             if n and self.depth == 0:
                 name = func.overloadpacket.__name__
