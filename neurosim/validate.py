@@ -266,10 +266,31 @@ def positive_int(name: str, value, minimum: int = 1) -> int:
     return value
 
 
+def boolean(name: str, value) -> bool:
+    """A flag given as True or False (not a string such as "no", which Python would take as true)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False; got {value!r}")
+    return value
+
+
 def one_of(name: str, value, allowed: Iterable) -> None:
     allowed = tuple(allowed)
     if value not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(repr(a) for a in allowed)}; got {value!r}")
+
+
+def device(name: str, spec) -> torch.device:
+    """A device given as ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (or a torch.device) that this machine has."""
+    text = str(spec)
+    if not (text in ("cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit())):
+        raise ValueError(f"{name} must be 'cpu', 'cuda' or 'cuda:N'; got {spec!r}")
+    dev = torch.device(text)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name} is {text!r} but CUDA is not available here; use 'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{name} is {text!r} but only {torch.cuda.device_count()} CUDA device(s) are present")
+    return dev
 
 
 def binary(name: str, x: torch.Tensor) -> torch.Tensor:

@@ -47,7 +47,7 @@ def test_cuda_without_gpu_is_a_usage_error(capsys):
     if torch.cuda.is_available():
         pytest.skip("this check needs a machine without CUDA")
     code, err = _fails(["train", "--device", "cuda"], capsys)
-    assert code == 2 and "neurosim train: error: device 'cuda' requested but CUDA is not available" in err
+    assert code == 2 and "neurosim train: error: device is 'cuda' but CUDA is not available here" in err
 
 
 def test_bad_config_file_and_missing_checkpoint_are_usage_errors(tmp_path, capsys):
@@ -148,6 +148,22 @@ def test_energy_command_rebuilds_a_trainer_checkpoint(tmp_path, capsys):
     assert json.loads((tmp_path / "b.json").read_text())["totals"]["not_counted"] == []
     code, err = _fails(["energy", str(tmp_path / "missing.pt")], capsys)
     assert code == 2 and "does not exist" in err
+    # a trainer checkpoint takes --samples validation samples, or the time-major input given; --model is refused
+    assert cli.main(["energy", str(ckpt), "--plain", "--samples", "5", "--json", str(tmp_path / "s.json")]) == 0
+    assert json.loads((tmp_path / "s.json").read_text())["batch_size"] == 5
+    torch.save((torch.rand(3, 7, 64) < 0.3).float(), tmp_path / "x7.pt")
+    assert cli.main(["energy", str(ckpt), "--plain", "--input", str(tmp_path / "x7.pt"), "--json",
+                     str(tmp_path / "i.json")]) == 0
+    given = json.loads((tmp_path / "i.json").read_text())
+    assert given["batch_size"] == 7 and given["layers"][0]["synops"] == int(torch.load(tmp_path / "x7.pt").sum()) * 8
+    code, err = _fails(["energy", str(ckpt), "--model", "x:y"], capsys)
+    assert code == 2 and "--model: " in err and "is a neurosim trainer checkpoint, which rebuilds its own model" in err
+    code, err = _fails(["energy", str(ckpt), "--samples", "5", "--input", str(tmp_path / "x7.pt")], capsys)
+    assert code == 2 and "does not go with --input" in err
+    # a cut checkpoint says so (it is not taken for a plain state dict that needs --model)
+    (tmp_path / "cut.pt").write_bytes(ckpt.read_bytes()[:3000])
+    code, err = _fails(["energy", str(tmp_path / "cut.pt")], capsys)
+    assert code == 2 and "cut.pt' is truncated or not a torch file" in err
 
 
 def test_export_stack_is_the_same_network_and_export_command_takes_trainer_checkpoints(tmp_path, capsys):

@@ -3,6 +3,8 @@ import io
 import itertools
 import json
 import math
+import os
+import re
 import sys
 
 import pytest
@@ -10,7 +12,7 @@ import torch
 from torch import nn
 
 import neurosim
-from neurosim.energy import Count, HardwareProfile, profile, register_counter
+from neurosim.energy import Count, EnergyMeter, HardwareProfile, profile, register_counter
 from neurosim.layers import Add, MatMul
 
 
@@ -441,6 +443,111 @@ def test_cli_main_on_checkpoint(tmp_path, monkeypatch, capsys):
     with pytest.raises(ValueError, match="input-shape"):
         neurosim.energy.cli_main([str(tmp_path / "ck.pt"), "--model", "energy_cli_model:build",
                                   "--model-kwargs", '{"hidden": 6}', "--input-shape", "3,x"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "energy_cli_model:build", "--model-kwargs", '{"hidden": 6}', "--input", "missing.pt"],
+     "--input 'missing.pt' does not exist"),
+    (["--model", "energy_cli_model:build", "--model-kwargs", '{"hidden": 6}', "--input", "junk.pt"],
+     "--input 'junk.pt' cannot be read as a torch file"),
+    (["--model", "energy_cli_model:build", "--input-shape", "3,2,5"], "does not fit the network --model"),
+    (["--model", "energy_cli_model:build", "--model-kwargs", '{"nope": 1}', "--input-shape", "3,2,5"],
+     "rejected --model-kwargs"),
+    (["--model", "energy_cli_model:build", "--model-kwargs", "{bad", "--input-shape", "3,2,5"],
+     "--model-kwargs: not valid JSON"),
+    (["--model", "no_such_module_xyz:build", "--input-shape", "3,2,5"], "cannot import 'no_such_module_xyz'"),
+    (["--model", "energy_cli_model:nope", "--input-shape", "3,2,5"], "has no 'nope'"),
+    (["--model", "energy_cli_model:not_a_module", "--input-shape", "3,2,5"], "must return a torch.nn.Module"),
+    (["--model", "energy_cli_model:build", "--model-kwargs", '{"hidden": 6}', "--input-shape", "3,2,5",
+      "--device", "gpu0"], "--device must be 'cpu', 'cuda' or 'cuda:N'"),
+    (["--model", "energy_cli_model:build", "--model-kwargs", '{"hidden": 6}', "--input-shape", "3,2,5",
+      "--hardware", "hw.json"], "--hardware hw.json: hardware: a profile dict takes the fields"),
+    (["--model", "energy_cli_model:build", "--model-kwargs", '{"hidden": 6}', "--input-shape", "3,2,5",
+      "--csv", "."], "--csv '.': it is a directory"),
+    (["--model", "energy_cli_model:build", "--model-kwargs", '{"hidden": 6}', "--input-shape", "3,2,5",
+      "--json", "ck.pt/o.json"], "ck.pt' is a file, not a directory"),
+    (["--model", "energy_cli_model:build", "--model-kwargs", '{"hidden": 6}', "--input-shape", "3,2,5",
+      "--samples", "8"], "--samples picks a trainer checkpoint's validation samples"),
+])
+def test_cli_errors_name_the_option(argv, message, tmp_path, monkeypatch):
+    """Every bad option or file of ``neurosim energy`` (state-dict path) is a ValueError naming it (the command
+    line turns those into a usage error), found before the model runs where it can be."""
+    (tmp_path / "energy_cli_model.py").write_text(
+        "import torch.nn as nn, neurosim\n"
+        "def build(hidden=4):\n"
+        "    return nn.Sequential(nn.Linear(5, hidden), neurosim.LIF(backend='torch'), nn.Linear(hidden, 2))\n"
+        "def not_a_module():\n"
+        "    return 3\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    sys.modules.pop("energy_cli_model", None)
+    import energy_cli_model
+
+    torch.save({"model": energy_cli_model.build(6).state_dict()}, tmp_path / "ck.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    (tmp_path / "hw.json").write_text('{"name": "h", "e_mac_pj": 1.0}')
+    with pytest.raises(ValueError, match=re.escape(message)):
+        neurosim.energy.cli_main(["ck.pt", *argv])
+
+
+def test_report_files_follow_their_suffix_and_name_the_path_they_cannot_write(tmp_path):
+    import stat
+
+    rep = profile(nn.Sequential(nn.Linear(5, 4), neurosim.LIF(backend="torch")), spikes(3, 2, 5))
+    for name, magic in (("e.pdf", b"%PDF"), ("e.svg", b"<?xml"), ("e.png", b"\x89PNG")):
+        assert rep.plot(tmp_path / name).read_bytes().startswith(magic)
+    with pytest.raises(ValueError, match=r"cannot plot to a 'xyz' file; the suffix must be one of .*\.pdf"):
+        rep.plot(tmp_path / "e.xyz")
+    rep.to_csv(tmp_path / "e.csv")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "e.csv").stat().st_mode) == 0o666 & ~umask  # (not the temporary's 0600)
+    with pytest.raises(OSError, match=re.escape(f"cannot write {str(tmp_path)!r}: it is a directory")):
+        rep.to_json(tmp_path)
+    with pytest.raises(OSError, match="is a file, not a directory"):
+        rep.to_csv(tmp_path / "e.csv" / "x.csv")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.csv", "e.pdf", "e.png", "e.svg"]  # no temporaries
+
+
+def test_bad_arguments_name_themselves():
+    net = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), neurosim.LIF(backend="torch"), nn.Linear(4, 2))
+    x = spikes(2, 3, 4)
+    with pytest.raises(ValueError, match=r"hardware: a profile dict .*missing \['e_ac_pj'\]"):
+        profile(net, x, hardware={"name": "h", "e_mac_pj": 1.0})
+    with pytest.raises(ValueError, match=r"unknown \['foo'\]"):
+        profile(net, x, hardware={"name": "h", "e_mac_pj": 1.0, "e_ac_pj": 1.0, "foo": 2})
+    with pytest.raises(ValueError, match="or a dict of its fields; got 'nope'"):
+        profile(net, x, hardware="nope")
+    with pytest.raises(ValueError, match=r"require_spikes: 'fc' matches no layer of the model .*'0', '1', '2', '3'"):
+        profile(net, x, require_spikes=["0", "fc"])
+    with pytest.raises(ValueError, match="got a dict"):
+        profile(net, x, require_spikes={"0": 1})
+    for name in ("grad", "audit", "reuse"):
+        with pytest.raises(ValueError, match=f"{name} must be True or False; got 'no'"):
+            profile(net, x, **{name: "no"})
+    # True: every synaptic layer's input must be spikes, not the LayerNorm's or the LIF's (real-valued currents)
+    assert profile(net, x, require_spikes=True).layer("3").synops > 0
+    with pytest.raises(ValueError, match=r"layer '0' \(Linear\) requires binary spikes"):
+        profile(net, torch.rand(2, 3, 4), require_spikes=True)
+
+
+def test_profile_inside_inference_mode_counts_as_outside():
+    """torch.inference_mode() tensors keep no version counter: profile runs its forward outside that mode (on a
+    clone of an inference-tensor input); an EnergyMeter asked to count in it says why it cannot."""
+    net = nn.Sequential(nn.Linear(4, 4), neurosim.LIF(backend="torch"), nn.Linear(4, 2)).eval()
+    x = spikes(3, 2, 4)
+    want = profile(net, x, reuse=False).to_dict()
+    with torch.inference_mode():
+        xi = x.clone()
+        assert [profile(net, xi).to_dict() for _ in range(3)] == [want] * 3  # (kept meter: recorded, replayed)
+    assert profile(net, xi).to_dict() == want
+    with pytest.raises(RuntimeError, match=r"cannot count under torch.inference_mode\(\)"):
+        with torch.inference_mode(), EnergyMeter(net):
+            pass
+    with pytest.raises(ValueError, match="input 0 is an inference tensor"):
+        with EnergyMeter(net):
+            net(xi)
+    assert not any("forward" in m.__dict__ for m in net.modules())
 
 
 def test_stats_flags_every_non_spike_value():

@@ -43,6 +43,9 @@ def profile_batches(model: nn.Module, batches, hardware="cmos45nm", require_spik
     if cuda_graph not in CUDA_GRAPH:
         raise ValueError(f"cuda_graph must be one of {CUDA_GRAPH}, got {cuda_graph!r}")
     batch_dim = validate.positive_int("batch_dim", batch_dim, minimum=0)
+    warmup = validate.positive_int("warmup", warmup, minimum=0)
+    for name, flag in (("grad", grad), ("progress", progress)):
+        validate.boolean(name, flag)
     meter = EnergyMeter(model, hardware=hardware, require_spikes=require_spikes, counting=counting, rates=rates)
     graph, samples, n = None, 0, 0
     total = len(batches) if hasattr(batches, "__len__") else None
@@ -51,7 +54,10 @@ def profile_batches(model: nn.Module, batches, hardware="cmos45nm", require_spik
             first = _first_tensor(inputs)
             if first is None:
                 raise ValueError(f"batches: batch {n} holds no tensor; each must contain a [T, B, ...] input")
-            samples += int(first.shape[batch_dim]) if first.dim() > batch_dim else 0
+            if first.dim() <= batch_dim:
+                raise ValueError(f"batch_dim is {batch_dim} but batch {n}'s first tensor has {first.dim()} dim(s) "
+                                 f"(shape {tuple(first.shape)}); batch_dim must be one of its dims")
+            samples += int(first.shape[batch_dim])
             n += 1
             if graph is None and cuda_graph is not False and first.is_cuda:
                 try:

@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from .. import validate
-from .hardware import HardwareProfile, list_profiles
+from .hardware import get_profile, list_profiles
+from .report import output_problem
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -35,13 +36,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--input", default=None, help="tensor file [T, B, ...] to feed the model")
     parser.add_argument("--input-shape", default=None, help="T,B,... of random spike input (with --input-rate)")
     parser.add_argument("--input-rate", type=float, default=0.2, help="firing probability of random input")
+    parser.add_argument("--samples", type=int, default=None,
+                        help="trainer checkpoints: how many validation samples to profile (default 64)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--require-spikes", action="append", default=None, metavar="PATTERN",
                         help="layer name / glob whose input must be binary (repeatable)")
     parser.add_argument("--csv", default=None, help="write the per-layer table as CSV")
     parser.add_argument("--json", default=None, help="write the report as JSON")
-    parser.add_argument("--plot", default=None, help="write a per-layer bar chart (PNG)")
+    parser.add_argument("--plot", default=None,
+                        help="write a per-layer bar chart (format from the suffix: .png, .pdf, .svg...)")
     parser.add_argument("--plain", action="store_true", help="plain-text table even when rich is installed")
     parser.add_argument("--no-audit", dest="audit", action="store_false",
                         help="skip listing the arithmetic modules run as plain torch functions, outside every "
@@ -49,12 +53,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def _json(option: str, text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{option}: not valid JSON ({err})") from None
+
+
 def _hardware(spec: str):
     if spec.endswith(".json"):
         path = Path(spec)
         if not path.is_file():
             raise ValueError(f"--hardware: file {spec!r} does not exist")
-        return HardwareProfile(**json.loads(path.read_text()))
+        fields = _json(f"--hardware {spec}", path.read_text())
+        if not isinstance(fields, dict):
+            raise ValueError(f"--hardware {spec}: must hold a JSON object of HardwareProfile fields, got "
+                             f"{type(fields).__name__}")
+        try:
+            return get_profile(fields)
+        except ValueError as err:
+            raise ValueError(f"--hardware {spec}: {err}") from None
     return spec
 
 
@@ -62,34 +80,67 @@ def _builder(spec: str):
     if not spec or ":" not in spec:
         raise ValueError(f"--model must be 'package.module:function', got {spec!r}")
     mod, fn = spec.split(":", 1)
-    obj = importlib.import_module(mod)
+    try:
+        obj = importlib.import_module(mod)
+    except ImportError as err:
+        raise ValueError(f"--model {spec!r}: cannot import {mod!r} ({err})") from None
     for part in fn.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"--model {spec!r}: {mod!r} has no {fn!r}")
         obj = getattr(obj, part)
+    if not callable(obj):
+        raise ValueError(f"--model {spec!r}: {fn!r} is not callable")
     return obj
+
+
+def _load_tensor_file(what: str, path):
+    """``torch.load(path, weights_only=True)``, its failures as a ValueError naming ``what``."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"{what} {str(path)!r} does not exist") from None
+    except Exception as err:  # (truncated, empty, not a torch file, pickled objects weights_only refuses)
+        first = str(err).splitlines()[0][:200] if str(err) else "no detail"
+        raise ValueError(f"{what} {str(path)!r} cannot be read as a torch file ({type(err).__name__}: {first})") \
+            from None
 
 
 def default_load(path, args):
     """State dict checkpoint + ``--model`` builder (the fallback when the caller passes no ``load``)."""
     if args.model is None:
-        raise ValueError("--model is required to rebuild the network from a plain state-dict checkpoint")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        raise ValueError(f"checkpoint {str(path)!r} is not a neurosim trainer checkpoint: give --model "
+                         "package.module:function to rebuild the network its state dict is for")
+    kwargs = _json("--model-kwargs", args.model_kwargs)
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"--model-kwargs must be a JSON object, got {args.model_kwargs!r}")
+    build = _builder(args.model)
+    ckpt = _load_tensor_file("checkpoint", path)
     state = ckpt
     if isinstance(ckpt, dict):
         for key in ("model", "state_dict", "model_state"):
             if isinstance(ckpt.get(key), dict):
                 state = ckpt[key]
                 break
-    kwargs = json.loads(args.model_kwargs)
-    if not isinstance(kwargs, dict):
-        raise ValueError(f"--model-kwargs must be a JSON object, got {args.model_kwargs!r}")
-    model = _builder(args.model)(**kwargs)
-    model.load_state_dict(state)
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        raise ValueError(f"checkpoint {str(path)!r} holds no state dict (a dict of named tensors, or one under "
+                         f"'model' / 'state_dict' / 'model_state'); got {type(state).__name__}")
+    try:
+        model = build(**kwargs)
+    except TypeError as err:
+        raise ValueError(f"--model {args.model!r} rejected --model-kwargs {args.model_kwargs}: {err}") from None
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"--model {args.model!r} must return a torch.nn.Module, got {type(model).__name__}")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"checkpoint {str(path)!r} does not fit the network --model {args.model!r} builds: "
+                         f"{' '.join(str(err).split())[:400]}") from None
     return model, None
 
 
 def _inputs(args):
     if args.input is not None:
-        x = torch.load(args.input, map_location="cpu", weights_only=True)
+        x = _load_tensor_file("--input", args.input)
         if not torch.is_tensor(x):
             raise ValueError(f"--input must hold one tensor [T, B, ...], got {type(x).__name__}")
         return x
@@ -108,6 +159,15 @@ def _inputs(args):
     return (torch.rand(shape, generator=g) < args.input_rate).float()
 
 
+def _check_outputs(args):
+    """Each output path can be written (checked before the model runs, so a typo does not cost a profile)."""
+    for option in ("csv", "json", "plot"):
+        path = getattr(args, option)
+        problem = path and output_problem(path)
+        if problem:
+            raise ValueError(f"--{option} {path!r}: {problem}")
+
+
 def cli_main(args, load=None):
     """Run ``neurosim energy``; ``args`` is an argparse Namespace (see :func:`add_arguments`) or an argv list.
 
@@ -117,15 +177,25 @@ def cli_main(args, load=None):
 
     if not isinstance(args, argparse.Namespace):
         args = add_arguments(argparse.ArgumentParser(prog="neurosim energy")).parse_args(args)
-    if not Path(args.checkpoint).is_file():
-        raise ValueError(f"checkpoint {args.checkpoint!r} does not exist")
+    path = Path(args.checkpoint)
+    if not path.is_file():
+        raise ValueError(f"checkpoint {args.checkpoint!r} " + ("is a directory, not a file" if path.is_dir()
+                                                               else "does not exist"))
+    device = validate.device("--device", args.device)
+    hardware = get_profile(_hardware(args.hardware))
+    samples = getattr(args, "samples", None)
+    if samples is not None:
+        validate.positive_int("--samples", samples)
+    _check_outputs(args)
     model, inputs = (load or default_load)(args.checkpoint, args)
     if inputs is None:
+        if samples is not None:
+            raise ValueError("--samples picks a trainer checkpoint's validation samples; this run takes its input "
+                             "from --input / --input-shape")
         inputs = _inputs(args)
-    device = torch.device(args.device)
     model = model.to(device).eval()
     inputs = inputs.to(device) if torch.is_tensor(inputs) else inputs
-    report = profile(model, inputs, hardware=_hardware(args.hardware), require_spikes=args.require_spikes,
+    report = profile(model, inputs, hardware=hardware, require_spikes=args.require_spikes,
                      audit=getattr(args, "audit", True))
     report.print(rich=False if args.plain else None)
     for path, write in ((args.csv, report.to_csv), (args.json, report.to_json), (args.plot, report.plot)):

@@ -10,9 +10,7 @@ report then lists those MACs as "not costed" instead of pricing them at zero.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-
-from .. import validate
+from dataclasses import MISSING, asdict, dataclass, fields
 
 
 @dataclass(frozen=True)
@@ -93,8 +91,18 @@ def get_profile(hardware) -> HardwareProfile:
     if isinstance(hardware, HardwareProfile):
         return hardware
     if isinstance(hardware, dict):
+        names = [f.name for f in fields(HardwareProfile)]
+        required = [f.name for f in fields(HardwareProfile) if f.default is MISSING]
+        unknown = [k for k in hardware if k not in names]
+        missing = [k for k in required if k not in hardware]
+        if unknown or missing:
+            raise ValueError(f"hardware: a profile dict takes the fields {names} ({', '.join(required)} required); "
+                             + "; ".join(p for p in (f"unknown {unknown}" if unknown else "",
+                                                     f"missing {missing}" if missing else "") if p))
         return HardwareProfile(**hardware)
-    validate.one_of("hardware", hardware, sorted(_PROFILES))
+    if not isinstance(hardware, str) or hardware not in _PROFILES:
+        raise ValueError(f"hardware must be a profile name (one of {sorted(_PROFILES)}), a HardwareProfile or a "
+                         f"dict of its fields; got {hardware!r}")
     return _PROFILES[hardware]
 
 

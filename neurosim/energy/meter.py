@@ -164,6 +164,9 @@ def _patterns(require_spikes):
         return ("*",)
     if isinstance(require_spikes, str):
         return (require_spikes,)
+    if isinstance(require_spikes, dict):
+        raise ValueError("require_spikes must be None, a bool, a layer name / glob pattern, or a list of them; "
+                         f"got a dict {require_spikes!r}")
     try:
         pats = tuple(require_spikes)
     except TypeError:
@@ -181,8 +184,11 @@ class EnergyMeter:
         model: the network; modules with a registered counter are hooked, containers are walked into, and
             any other module that runs is listed as "not counted".
         hardware: profile name (``"cmos45nm"``, ``"loihi"``, or registered), a HardwareProfile or a dict.
-        require_spikes: layer names or glob patterns (``True``: every layer) whose spike-deciding input must
-            be binary; a non-binary input raises ValueError naming the layer.
+        require_spikes: layer names or glob patterns whose input must be binary; a non-binary input raises
+            ValueError naming the layer, and a pattern that matches no layer of the model raises one when the
+            block starts. ``True``: every layer that does synaptic operations (whose counter counts operations
+            driven by input spikes: Linear, convolutions, products, additions...), not the real-valued layers
+            between them (normalisations, the spiking neurons, whose input is a current).
         counting: how tensors are counted: ``"auto"`` (the one-read Triton kernel for CUDA tensors, torch ops on
             CPU unless ``NEUROSIM_TRITON_INTERPRET=1``), ``"torch"`` or ``"kernel"``. Same counts either way.
         rates: which tensors are read for rates alone. ``"needed"`` (default): a tensor is read when an operation
@@ -227,10 +233,14 @@ class EnergyMeter:
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if rates not in RATES:
             raise ValueError(f"rates must be one of {RATES}, got {rates!r}")
+        for name, flag in (("defer_checks", defer_checks), ("audit", audit), ("replay", replay)):
+            validate.boolean(name, flag)
         self.rates_all = rates == "all"
         self.model = model
         self.hardware: HardwareProfile = get_profile(hardware)
         self.require = _patterns(require_spikes)
+        self.require_all = require_spikes is True  # (synaptic layers only: see require_spikes)
+        self._require_seen = 0  # the slots whose names the require_spikes patterns were matched against
         self._slots: list[_Slot] = []
         self._known: dict = {}  # (layer name, id(module)) -> index of its slot
         self._handles = []
@@ -341,6 +351,8 @@ class EnergyMeter:
     def _root(self, call):
         """``forward`` of the model itself: a recorded or replayed forward when replay is on."""
         def forward(*args, **kwargs):
+            if not self._forward:
+                _no_inference_tensors(args, kwargs)
             # (batching: a CUDA graph's warm-ups and capture, neurosim.energy.graph, which meter with the hooks)
             if self._forward or not self.replay or self.audit or self._counts.batching:
                 return call(*args, **kwargs)
@@ -436,11 +448,15 @@ class EnergyMeter:
     def __enter__(self):
         if self._handles:
             raise RuntimeError("EnergyMeter is already active")
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError(_INFERENCE)
         try:
             # a torch.compile'd model's layers under their own names (not "_orig_mod.*"): dynamo guards on the
             # forwards the meter wraps and runs them (tests: a compiled model's report is the eager one's)
             self._walked = []
             self._walk(getattr(self.model, "_orig_mod", self.model), "")
+            if self.require and not self.require_all and len(self._slots) != self._require_seen:
+                self._match_required()
             if self.replay and not self.audit:  # (recordings are made and replayed)
                 stamp = self._stamp_now()
                 if stamp != self._stamp:  # other layers, or settings changed since the recordings: record anew
@@ -468,6 +484,16 @@ class EnergyMeter:
             self._abandon()  # (no with block starts: the model is left as it was)
             raise
         return self
+
+    def _match_required(self):
+        """Every ``require_spikes`` pattern names at least one layer (a typo would otherwise check nothing)."""
+        names = [s.name for s in self._slots]
+        unmatched = [p for p in self.require if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+        if unmatched:
+            shown = ", ".join(repr(n) for n in names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
+            raise ValueError(f"require_spikes: {', '.join(repr(p) for p in unmatched)} matches no layer of the model "
+                             f"(layer names or glob patterns; the layers: {shown or 'none'})")
+        self._require_seen = len(self._slots)
 
     def _stamp_now(self) -> tuple:
         """The slots this block wraps, in order, with their modules' settings (:func:`_settings`): the recordings of
@@ -778,7 +804,9 @@ class EnergyMeter:
                     r.in_nnz += int(_total(nnz))
                     spikes_in = _all(binary(sin))
                     all_spikes &= spikes_in
-                    if require and not spikes_in:
+                    # (require_spikes=True: only where spikes drive the counted operations)
+                    if require and not spikes_in and (cnt is not None and cnt.spike_count is not None
+                                                      or not self.require_all):
                         bad = int(_total(nnz - col(sin, ONES)))
                         raise ValueError(f"layer {s.name!r} ({r.type}) requires binary spikes (values 0 or 1) as "
                                          f"input, but {bad} of {sin.numel * w} input values were not 0 or 1")
@@ -1060,6 +1088,34 @@ def _measured(st) -> bool:
     return st is not None and not (type(st) is RowStats and st.dropped)
 
 
+_INFERENCE = ("EnergyMeter cannot count under torch.inference_mode(): inference tensors keep no version counter, "
+              "which the meter uses to notice a tensor changed in place before it is counted. Use torch.no_grad() "
+              "(profile() does this itself when called in inference mode)")
+
+
+def _no_inference_tensors(args: tuple, kwargs: dict):
+    for where, v in [*enumerate(args), *((repr(k), a) for k, a in kwargs.items())]:
+        if isinstance(v, torch.Tensor) and v.is_inference():
+            raise ValueError(f"the model's input {where} is an inference tensor (made under torch.inference_mode()): "
+                             "EnergyMeter needs tensors with a version counter; make it outside inference mode, or "
+                             "clone it under torch.inference_mode(False) (profile() does this itself)")
+
+
+def _usual_tensors(inputs):
+    """``inputs`` with every inference tensor (made under ``torch.inference_mode()``) cloned outside it."""
+    def fix(v):
+        if isinstance(v, torch.Tensor) and v.is_inference():
+            with torch.inference_mode(False):
+                return v.clone()
+        return v
+
+    if isinstance(inputs, dict):
+        return {k: fix(v) for k, v in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(fix(v) for v in inputs)
+    return fix(inputs)
+
+
 def _call(model, inputs):
     if isinstance(inputs, dict):
         return model(**inputs)
@@ -1108,6 +1164,8 @@ def profile(model: nn.Module, inputs, hardware="cmos45nm", require_spikes=None, 
     Python's cyclic garbage collector is paused for the call (``gc.disable()``, set back as it was when the call
     ends, however it ends): the meter's records would set it off several times in a large model.
     """
+    for name, flag in (("grad", grad), ("audit", audit), ("reuse", reuse)):
+        validate.boolean(name, flag)
     first = _first_tensor(inputs)
     if first is None:
         raise ValueError("inputs must contain at least one tensor shaped [T, B, ...]")
@@ -1125,8 +1183,11 @@ def profile(model: nn.Module, inputs, hardware="cmos45nm", require_spikes=None, 
     if paused:
         gc.disable()
     try:
-        with meter, torch.set_grad_enabled(grad):
-            _call(model, inputs)
+        # (in a torch.inference_mode() block: the forward runs outside it, on inputs that are ordinary tensors)
+        with torch.inference_mode(False):
+            inputs = _usual_tensors(inputs)
+            with meter, torch.set_grad_enabled(grad):
+                _call(model, inputs)
         return meter.report(batch_size=batch)
     finally:
         if kept:
@@ -1143,7 +1204,7 @@ _KEPT_LOCK = threading.Lock()
 
 def _meter_for(model, hardware, require_spikes, counting, rates, audit, reuse) -> tuple:
     """``(meter, kept)``: the meter ``profile`` runs, and whether it is the one kept for ``model``."""
-    settings = (_patterns(require_spikes), counting, rates)
+    settings = (_patterns(require_spikes), require_spikes is True, counting, rates)
     reuse = reuse and not audit and isinstance(model, nn.Module) and _hashable(model)
     if reuse:
         hw = get_profile(hardware)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
@@ -85,17 +86,49 @@ COLUMNS = ("name", "type", "calls", "counted", "dense", "dense_is_mac", "dense_o
            "energy_paper_pj", "note", "info")
 
 
-def _atomic_write(path, text: str) -> Path:
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def output_problem(path) -> str | None:
+    """Why a report file cannot be written at ``path`` (a directory there, a file where a directory should be, a
+    directory without write permission), or None."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    if path.is_dir():
+        return "it is a directory"
+    parent = next((a for a in path.absolute().parents if a.exists()), None)
+    if parent is not None and not parent.is_dir():
+        return f"{str(parent)!r} is a file, not a directory"
+    if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+        return f"directory {str(parent)!r} is not writable"
+    return None
+
+
+def _atomic_write(path, write, mode: str = "w") -> Path:
+    """Write a file at ``path`` whole or not at all: ``write(f)`` fills a temporary file beside it, which then
+    replaces ``path`` (with the permissions a new file gets, not the temporary's private ones). A failure names
+    ``path``, not the temporary."""
+    path = Path(path)
+    problem = output_problem(path)
+    if problem:
+        raise OSError(errno.EINVAL, f"cannot write {str(path)!r}: {problem}")
     try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    except OSError as err:
+        raise type(err)(err.errno, f"cannot write {str(path)!r}: {err.strerror or err}") from None
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, mode, **({"newline": ""} if "b" not in mode else {})) as f:
+            write(f)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError):
+            raise type(err)(err.errno, f"cannot write {str(path)!r}: {err.strerror or err}") from None
         raise
     return path
 
@@ -160,7 +193,7 @@ class EnergyReport:
     def to_json(self, path=None) -> str:
         text = json.dumps(self.to_dict(), indent=2)
         if path is not None:
-            _atomic_write(path, text + "\n")
+            _atomic_write(path, lambda f: f.write(text + "\n"))
         return text
 
     def to_csv(self, path=None) -> str:
@@ -173,7 +206,7 @@ class EnergyReport:
             w.writerow(["" if d[c] is None else d[c] for c in COLUMNS])
         text = buf.getvalue()
         if path is not None:
-            _atomic_write(path, text)
+            _atomic_write(path, lambda f: f.write(text))
         return text
 
     def _rows(self):
@@ -250,12 +283,20 @@ class EnergyReport:
         print(self.table(), file=file)
 
     def plot(self, path) -> Path:
-        """Bar chart per layer (PNG): operations (log scale) and energy, split by kind."""
+        """Bar chart per layer: operations (log scale) and energy, split by kind. The file type follows the suffix of
+        ``path`` (``.png``, ``.pdf``, ``.svg``...; PNG when it has none)."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         import numpy as np
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        fmt = Path(path).suffix[1:].lower() or "png"
+        types = FigureCanvasAgg.get_supported_filetypes()
+        if fmt not in types:
+            raise ValueError(f"path: cannot plot to a {fmt!r} file; the suffix must be one of "
+                             f"{', '.join('.' + t for t in sorted(types))}")
 
         rows = [r for r in self.layers if r.counted and (r.dense or r.macs or r.synops or r.acs or r.neuron_updates)]
         names = [r.name for r in rows]
@@ -286,10 +327,7 @@ class EnergyReport:
         ax2.set_xticks(x)
         ax2.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
         fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.tmp.png")
-        fig.savefig(tmp, dpi=120)
-        plt.close(fig)
-        os.replace(tmp, path)
-        return path
+        try:
+            return _atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=120), mode="wb")
+        finally:
+            plt.close(fig)

@@ -29,6 +29,11 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be used (truncated, not a neurosim checkpoint, or for another model)."""
 
 
+class ForeignCheckpoint(CheckpointError):
+    """A readable torch file that is not a neurosim trainer checkpoint (a plain state dict, another tool's file):
+    the command line's other loaders may still read it."""
+
+
 def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -> Path:
     """Call ``write(f)`` on a temp file next to ``path``, fsync it and rename it onto ``path``."""
     path = Path(path)
@@ -86,7 +91,7 @@ def load(path: str | Path, map_location="cpu") -> dict[str, Any]:
             f"checkpoint {str(path)!r} is truncated or not a torch file ({type(err).__name__}: "
             f"{str(err).splitlines()[0][:200] if str(err) else 'no detail'})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"checkpoint {str(path)!r} is a torch file but not a neurosim checkpoint "
+        raise ForeignCheckpoint(f"checkpoint {str(path)!r} is a torch file but not a neurosim checkpoint "
                               f"(no format marker {FORMAT!r})")
     if ckpt.get("version") != VERSION:
         raise CheckpointError(f"checkpoint {str(path)!r} has format version {ckpt.get('version')!r}; "

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .. import validate
+
 
 @dataclass
 class DistInfo:
@@ -37,19 +39,12 @@ def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
     """"auto" -> CUDA (this rank's GPU) when present, else CPU; "cuda" without a GPU is an error."""
     if spec == "auto":
         spec = "cuda" if torch.cuda.is_available() else "cpu"
-    if spec.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {spec!r} requested but CUDA is not available; use --device cpu or auto")
-        if spec == "cuda":
-            spec = f"cuda:{local_rank % torch.cuda.device_count()}"
-        dev = torch.device(spec)
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device {spec!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+    dev = validate.device("device", spec)
+    if dev.type == "cuda":
+        if dev.index is None:
+            dev = torch.device(f"cuda:{local_rank % torch.cuda.device_count()}")
         torch.cuda.set_device(dev)
-        return dev
-    if spec != "cpu":
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {spec!r}")
-    return torch.device("cpu")
+    return dev
 
 
 def setup(device_spec: str) -> tuple[DistInfo, torch.device]:

@@ -54,15 +54,29 @@ def time_major_inputs(path: str | Path, num_samples: int = 64, seed: int = 0):
 
 
 def energy_loader(path, args):
-    """``load`` hook for :func:`neurosim.energy.cli_main`: trainer checkpoints rebuild themselves; any other file
-    goes to the energy module's own loader (state dict + ``--model``)."""
+    """``load`` hook for :func:`neurosim.energy.cli_main`: trainer checkpoints rebuild themselves (their model, and
+    ``--samples`` validation samples encoded as in training unless ``--input`` / ``--input-shape`` give the
+    time-major input); any other torch file goes to the energy module's own loader (state dict + ``--model``). A
+    truncated or unreadable file is an error."""
     try:
         ckpt_io.load(path)
-    except ckpt_io.CheckpointError:
+    except ckpt_io.ForeignCheckpoint:
         from ..energy.cli import default_load
 
         return default_load(path, args)
-    return time_major_inputs(path, seed=getattr(args, "seed", 0))
+    given = [o for o, v in (("--model", getattr(args, "model", None)),
+                            ("--model-kwargs", getattr(args, "model_kwargs", "{}") not in (None, "{}")))
+             if v]
+    if given:
+        raise ValueError(f"{' and '.join(given)}: {str(path)!r} is a neurosim trainer checkpoint, which rebuilds "
+                         "its own model (these options are for plain state-dict files)")
+    samples = getattr(args, "samples", None)
+    own_input = getattr(args, "input", None) is not None or getattr(args, "input_shape", None) is not None
+    if own_input and samples is not None:
+        raise ValueError("--samples picks validation samples; it does not go with --input / --input-shape")
+    model, x = time_major_inputs(path, num_samples=64 if samples is None else samples,
+                                 seed=getattr(args, "seed", 0))
+    return model, (None if own_input else x)
 
 
 def export_loader(path):
@@ -71,7 +85,7 @@ def export_loader(path):
     else the model; any other file goes to the exporter's own loader."""
     try:
         ckpt_io.load(path)
-    except ckpt_io.CheckpointError:
+    except ckpt_io.ForeignCheckpoint:
         from ..hardware.cli import load_exportable
 
         return load_exportable(path)
