@@ -550,6 +550,52 @@ def test_profile_inside_inference_mode_counts_as_outside():
     assert not any("forward" in m.__dict__ for m in net.modules())
 
 
+def test_a_layer_reachable_through_two_parents_is_counted_once():
+    """A module registered under two containers is one layer (under its first name), wrapped once: its calls are
+    counted once each, in the hooked and the replayed path."""
+    shared, neuron = nn.Linear(16, 16), neurosim.LIF(beta=0.5, backend="torch")
+    shared.weight.data *= 6
+
+    class Block(nn.Module):
+        def __init__(self, layer):
+            super().__init__()
+            self.layer = layer
+
+        def forward(self, x):
+            return self.layer(x)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.b1, self.b2, self.lif = Block(shared), Block(shared), neuron
+
+        def forward(self, x):
+            return self.lif(self.b2(self.lif(self.b1(x))))
+
+    net = Net()
+    for _ in range(3):  # (first call, recorded, replayed)
+        x = spikes(4, 3, 16, seed=9)
+        with torch.no_grad():
+            hidden = neuron(shared(x))
+        rep = profile(net, x)
+        assert [(r.name, r.calls) for r in rep.layers] == [("b1.layer", 2), ("lif", 2)]
+        assert rep.totals()["synops"] == (int(x.sum()) + int(hidden.sum())) * 16
+
+
+def test_torchscript_modules_are_listed_as_not_counted():
+    """A scripted or traced module runs its submodules without Python: it is one "not counted" row saying so, not
+    missing from the report."""
+    x = spikes(3, 2, 16)
+    inner = nn.Sequential(nn.Linear(16, 16), nn.GELU())
+    for compiled in (torch.jit.script(inner), torch.jit.trace(inner, x)):
+        net = nn.Sequential(nn.Linear(16, 16), neurosim.LIF(backend="torch"), compiled, nn.Linear(16, 4))
+        rep = profile(net, x, reuse=False)
+        assert [r.name for r in rep.layers] == ["0", "1", "2", "3"] and rep.not_counted == ["2"]
+        assert "TorchScript" in rep.layer("2").note
+    whole = profile(torch.jit.script(inner), x, reuse=False)
+    assert whole.not_counted == ["RecursiveScriptModule"]
+
+
 def test_stats_flags_every_non_spike_value():
     from neurosim.energy import stats
 

@@ -213,3 +213,256 @@ def test_profile_of_an_unhashable_model_is_not_kept():
     model = Unhashable(*base)
     xs = spikes(shape, 3)
     assert [as_dict(profile(model, x)) for x in xs] == [hooked(model, x) for x in xs]
+
+
+# ---------------------------------------------------------------- cases found by trying to break a kept meter
+def _lin(i, o):
+    layer = nn.Linear(i, o)
+    layer.weight.data *= 6  # (the LIF fires: with the default init it stays silent and every count is 0)
+    return layer
+
+
+def _lif():
+    import neurosim
+
+    return neurosim.LIF(beta=0.5, backend="torch")
+
+
+def _spikes(*shape):
+    return (torch.rand(*shape) < 0.2).float()
+
+
+def _again(model, xs, call=lambda m, x: m(x)):
+    """``profile`` on each input in turn (a kept meter: recorded, then replayed) against a fresh hooked meter."""
+    got, want = [], []
+    for x in xs:
+        first = x[0] if isinstance(x, tuple) else x
+        got.append(as_dict(profile(model, x)))
+        with torch.no_grad(), EnergyMeter(model, replay=False) as meter:
+            call(model, x)
+        want.append(json.loads(meter.report(batch_size=first.shape[1]).to_json()))
+    return got, want
+
+
+def test_layers_are_listed_in_the_order_of_the_calls_after_a_reset():
+    """A layer that first runs in a later call, or replaces another, is listed where the hooks list it."""
+    class Optional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.lif = _lin(16, 16), _lin(16, 16), _lif()
+
+        def forward(self, x):
+            if x[0, 0, 0] > 0:  # (a pre-layer taken from the second call on)
+                x = self.lif(self.b(x))
+            return self.lif(self.a(x))
+
+    xs = [_spikes(4, 3, 16) for _ in range(3)]
+    for i, x in enumerate(xs):
+        x[0, 0, 0] = float(i >= 1)
+    got, want = _again(Optional(), xs, call=lambda m, x: m(x))
+    assert got == want and [r["name"] for r in got[-1]["layers"]] == ["b", "lif", "a"]
+    seq = nn.Sequential(_lin(16, 16), _lif(), _lin(16, 16), _lif())
+    got, want = _again(seq, [_spikes(4, 3, 16) for _ in range(2)])
+    seq[2] = _lin(16, 16)
+    got2, want2 = _again(seq, [_spikes(4, 3, 16)])
+    assert got + got2 == want + want2 and [r["name"] for r in got2[0]["layers"]] == ["0", "1", "2", "3"]
+
+
+def test_a_kept_meter_holds_its_layers_weakly():
+    """Between calls a kept meter neither keeps replaced layers alive nor the model, even when a layer refers back
+    to the model (a bound-method hook)."""
+    seq = nn.Sequential(_lin(16, 16), _lif(), _lin(16, 16), _lif())
+    old = []
+    for _ in range(4):
+        old.append(weakref.ref(seq[2]))
+        seq[2] = _lin(16, 16)
+        got, want = _again(seq, [_spikes(4, 3, 16)])
+        assert got == want
+    gc.collect()
+    assert [r() is None for r in old] == [True] * 4
+
+    class Recorded(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.lif, self.rates = _lin(16, 16), _lif(), []
+            self.lif.register_forward_hook(self.record)  # (the LIF refers back to the model)
+
+        def record(self, module, args, out):
+            self.rates.append(float(out.mean()))
+
+        def forward(self, x):
+            return self.lif(self.fc(x))
+
+    model = Recorded()
+    got, want = _again(model, [_spikes(4, 3, 16) for _ in range(3)])
+    assert got == want
+    gone = weakref.ref(model)
+    del model
+    gc.collect()
+    assert gone() is None
+
+
+def test_nested_input_tensors_are_keyed_by_shape_and_not_kept():
+    """An (h, c) state in the inputs: one recording for all calls (shapes, not identities), replayed, and the
+    inputs of earlier calls are not kept alive by the meter."""
+    class Stateful(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.lif = _lin(16, 16), _lif()
+
+        def forward(self, x, state):
+            h, c = state
+            return self.lif(self.fc(x) + h) + c
+
+    model, states = Stateful(), []
+    for _ in range(5):
+        h = torch.randn(4, 3, 16)
+        states.append(weakref.ref(h))
+        got, want = _again(model, [(_spikes(4, 3, 16), (h, torch.zeros(4, 3, 16)))], call=lambda m, x: m(*x))
+        assert got == want
+        del h
+    gc.collect()
+    meter = M._KEPT[model][1]
+    assert (len(meter._templates), meter.replayed) == (1, 1) and not any(r() is not None for r in states)
+
+
+def test_attention_switching_between_self_and_cross_attention_is_not_replayed_as_the_other():
+    """nn.MultiheadAttention is counted by whether key/value are the query itself: a replay checks which of a
+    call's tensors are the same tensor."""
+    class Attend(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.lif, self.mha = _lin(16, 32), _lif(), nn.MultiheadAttention(32, 4)
+
+        def forward(self, x, ctx):
+            q = self.lif(self.fc(x))
+            kv = q if ctx.sum() == 0 else ctx
+            return self.mha(q, kv, kv, need_weights=False)[0]
+
+    xs = [(_spikes(4, 3, 16), _spikes(4, 3, 32) if i < 3 else torch.zeros(4, 3, 32)) for i in range(4)]
+    got, want = _again(Attend().eval(), xs, call=lambda m, x: m(*x))
+    assert got == want and got[3]["layers"][2]["synops"] != got[2]["layers"][2]["synops"]
+
+
+def test_counters_that_read_counts_back_are_not_replayed():
+    """A count a counter turned into a Python number would stand for every replay: EmbeddingBag (registered with
+    replay=False) and a user counter taking int() of a stats count are hooked on every call."""
+    from neurosim.energy import Count, register_counter, stats
+
+    class Bags(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.fc, self.lif = nn.EmbeddingBag(50, 16, mode="sum", padding_idx=0), _lin(16, 16), _lif()
+
+        def forward(self, idx):
+            return self.lif(self.fc(self.emb(idx).unsqueeze(0)))
+
+    idxs = []
+    for i in range(4):
+        idx = torch.randint(1, 50, (3, 8))
+        idx[:, 2 * i:] = 0  # (bags of other lengths each call)
+        idxs.append(idx)
+    got, want = [], []
+    model = Bags()
+    for idx in idxs:
+        got.append(profile(model, idx).layers[0].acs)
+        with torch.no_grad(), EnergyMeter(model, replay=False) as meter:
+            model(idx)
+        want.append(meter.report().layers[0].acs)
+    assert got == want and len(set(want)) == 4
+
+    class Gate(nn.Module):
+        def forward(self, x):
+            return x * 2
+
+    register_counter(Gate, lambda m, a, o: Count(dense=a[0].numel(), dense_is_mac=False, acs=int(stats(a[0]).nnz)),
+                     overwrite=True)
+    got, want = _again(nn.Sequential(_lin(16, 16), _lif(), Gate()), [_spikes(4, 3, 16) for _ in range(4)])
+    assert got == want and M._KEPT  # (the kept meter hooked them: "a counter read a count back")
+
+
+def test_a_list_valued_setting_changed_between_calls_is_recorded_anew():
+    class Pooled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.lif = nn.Conv2d(2, 4, 3, padding=1), _lif()
+            self.conv.weight.data *= 8
+            self.pool = nn.MaxPool2d([2, 2], [2, 2], [0, 0])  # (lists, as a YAML config gives them)
+
+        def forward(self, x):
+            y = self.lif(self.conv(x.flatten(0, 1)).unflatten(0, x.shape[:2]))
+            return self.pool(y.flatten(0, 1))
+
+    model = Pooled()
+    got, want = _again(model, [_spikes(2, 3, 2, 8, 8) for _ in range(3)])
+    model.pool.kernel_size, model.pool.padding = [3, 3], [1, 1]  # (same output shape, other windows)
+    got2, want2 = _again(model, [_spikes(2, 3, 2, 8, 8)])
+    model.pool.kernel_size[0] = 2  # (changed in place: the meter compared a copy)
+    model.pool.kernel_size[1], model.pool.padding = 2, [0, 0]
+    got3, want3 = _again(model, [_spikes(2, 3, 2, 8, 8)])
+    assert got + got2 + got3 == want + want2 + want3
+
+
+def test_one_model_profiled_from_two_threads_and_run_by_a_third():
+    """Two threads profiling one model at once: the second waits for the first's block (its meter would wrap the
+    same forwards); a forward of another thread meanwhile is not the meter's. Each report is the one it gives
+    alone, and the model is left unwrapped."""
+    import threading
+    import time
+
+    entered, go = threading.Event(), threading.Event()
+
+    class Gate(nn.Module):
+        def forward(self, x):
+            if threading.current_thread().name == "A":
+                entered.set()
+                go.wait(30)
+            return x
+
+    model = nn.Sequential(_lin(16, 16), _lif(), Gate(), nn.Linear(16, 4))
+    xa, xb = _spikes(4, 3, 16), _spikes(4, 3, 16)
+    want = {"A": hooked(model, xa), "B": hooked(model, xb)}
+    out = {}
+    threads = [threading.Thread(target=lambda k=k, x=x: out.__setitem__(k, as_dict(profile(model, x))), name=k)
+               for k, x in (("A", xa), ("B", xb))]
+    threads[0].start()
+    assert entered.wait(30)
+    threads[1].start()
+    with torch.no_grad():
+        model(xb)  # (this thread's plain forward, while A's meter wraps the model)
+    time.sleep(0.2)
+    assert "B" not in out  # (B waits for A)
+    go.set()
+    for t in threads:
+        t.join(30)
+    assert out == want
+    assert not any("forward" in m.__dict__ for m in model.modules())
+    assert as_dict(profile(model, xa)) == want["A"]
+
+
+def test_a_replayed_forward_that_changes_a_used_tensor_in_place_says_so():
+    """A replay reads its tensors when the forward ends; one changed in place after its layer used it is counted
+    changed, with a warning and a note, and the next forwards are hooked (exact again)."""
+    class Late(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.lif, self.fc2 = _lin(16, 16), _lif(), _lin(16, 16)
+
+        def forward(self, x):
+            a = self.lif(self.fc1(x))
+            y = self.fc2(a)
+            if x[0, 0, 0] > 0:
+                a.zero_()  # (after fc2 used it)
+            return y
+
+    xs = [_spikes(4, 3, 16) for _ in range(5)]
+    for i, x in enumerate(xs):
+        x[0, 0, 0] = float(i >= 3)
+    model = Late()
+    got, want = _again(model, xs[:3])
+    assert got == want
+    with pytest.warns(RuntimeWarning, match=r"changed tensors in place after layer\(s\) 'lif', 'fc2' used them"):
+        rep = profile(model, xs[3])
+    assert "changed in place" in rep.layer("fc2").note
+    got, want = _again(model, xs[4:])
+    assert got == want

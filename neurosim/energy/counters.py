@@ -173,6 +173,7 @@ Summary = Callable[[object, list], tuple]
 _COUNTERS: dict[type, Counter] = {}
 _SUMMARIES: dict[type, Summary] = {}
 _OWN_OPS: set[type] = set()  # types whose counter counts only their own arithmetic; their children are hooked too
+_NO_REPLAY: set[type] = set()  # types whose counter makes Python numbers of tensors (register_counter(replay=False))
 _ZERO_COST: tuple[type, ...] = (
     nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
     nn.FeatureAlphaDropout, nn.modules.padding._ConstantPadNd, nn.modules.padding._ReflectionPadNd,
@@ -181,7 +182,7 @@ _ZERO_COST: tuple[type, ...] = (
 
 
 def register_counter(module_type: type, fn: Counter | None = None, overwrite: bool = False,
-                     summary: Summary | None = None, own_ops: bool = False):
+                     summary: Summary | None = None, own_ops: bool = False, replay: bool = True):
     """Register ``fn(module, args, output) -> Count`` for ``module_type`` (and its subclasses).
 
     A module whose type has a counter is counted by it alone: the profiler does not look inside it. Usable
@@ -193,6 +194,11 @@ def register_counter(module_type: type, fn: Counter | None = None, overwrite: bo
     :class:`~neurosim.energy.LayerReport` (its counts, input/output nonzeros) and the ``Count.info`` of each
     call (tensors read back as floats); ``info`` becomes ``row.info`` (JSON, CSV) and a non-empty ``line`` is
     added to the report's notes (terminal table, JSON) and to the row's note (CSV).
+
+    ``replay=False``: the counter turns tensors into Python numbers (``int()``, ``.item()``, ``.tolist()`` of a
+    tensor), so its counts cannot be repeated from a recording (:mod:`neurosim.energy.replay`): a forward that runs
+    it is metered with the hooks every time. (``int()`` / ``float()`` of a :class:`DeviceCount` is noticed without
+    this flag; a counter that keeps its counts as :func:`stats` values and their arithmetic needs neither.)
     """
     if not isinstance(module_type, type) or not issubclass(module_type, nn.Module):
         raise ValueError(f"module_type must be an nn.Module subclass, got {module_type!r}")
@@ -210,6 +216,10 @@ def register_counter(module_type: type, fn: Counter | None = None, overwrite: bo
             _OWN_OPS.add(module_type)
         else:
             _OWN_OPS.discard(module_type)
+        if replay:
+            _NO_REPLAY.discard(module_type)
+        else:
+            _NO_REPLAY.add(module_type)
         if summary is not None:
             _SUMMARIES[module_type] = summary
         else:
@@ -249,6 +259,11 @@ def summary_for(module: nn.Module) -> Summary | None:
     """The summary registered with the counter that counts ``module``, or None."""
     cls = _registered(module)
     return None if cls is None else _SUMMARIES.get(cls)
+
+
+def replayable(module: nn.Module) -> bool:
+    """Whether the counts of ``module``'s counter can be repeated from a recording (see :func:`register_counter`)."""
+    return _registered(module) not in _NO_REPLAY
 
 
 def counts_own_ops(module: nn.Module) -> bool:

@@ -75,10 +75,18 @@ class DeviceCount:
         return (-self) + o
 
     def __int__(self):
-        return int(self.owner.value(self))
+        return int(self._now())
 
     def __float__(self):
-        return float(self.owner.value(self))
+        return float(self._now())
+
+    def _now(self):
+        """The value now (a host read-back). A forward being recorded for replays cannot be replayed then: the
+        number the counter made of it would stand for every replay (neurosim.energy.replay)."""
+        rec = self.owner.recorder
+        if rec is not None and not rec.problem:
+            rec.problem = "a counter read a count back to the host (int() or float() of a DeviceCount)"
+        return self.owner.value(self)
 
     def __repr__(self):
         return f"DeviceCount({len(self.terms)} terms + {self.const})"

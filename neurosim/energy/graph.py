@@ -123,13 +123,29 @@ def _tensors(inputs) -> list:
     return []
 
 
-def signature(inputs) -> tuple:
-    """What a graph is specialised to: structure, and shape / dtype / device of each tensor (other values as
-    they are)."""
+_PLAIN = (int, float, bool, str, bytes, type(None))
+
+
+def _sig(v, strict: bool, depth: int = 0):
+    if torch.is_tensor(v):
+        return ("tensor", tuple(v.shape), v.dtype, v.device)
+    if depth < 4:
+        if isinstance(v, (tuple, list)):
+            return (type(v),) + tuple(_sig(e, strict, depth + 1) for e in v)
+        if isinstance(v, dict):
+            return (dict,) + tuple((k, _sig(e, strict, depth + 1)) for k, e in v.items())
+    if strict and type(v) not in _PLAIN:
+        raise TypeError(f"not keyed by value: {type(v).__name__}")
+    return ("value", v)
+
+
+def signature(inputs, strict: bool = False) -> tuple:
+    """What a graph (or a recording, :mod:`neurosim.energy.replay`) is specialised to: structure, and shape / dtype /
+    device of each tensor, also inside nested tuples, lists and dicts (an LSTM state ``(h, c)``); other values as
+    they are. ``strict``: a value that is neither a tensor, a plain value (number, string, None) nor such a
+    container raises TypeError (keying by it would keep it alive and match it only by identity)."""
     def sig(v):
-        if torch.is_tensor(v):
-            return ("tensor", tuple(v.shape), v.dtype, v.device)
-        return ("value", v)
+        return _sig(v, strict)
 
     if torch.is_tensor(inputs):
         return ("tensor", sig(inputs))

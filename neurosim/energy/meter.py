@@ -11,6 +11,7 @@ import inspect
 import math
 import threading
 import types
+import warnings
 import weakref
 from dataclasses import dataclass, field
 
@@ -28,6 +29,9 @@ from .report import EnergyReport, LayerReport
 from .stats_cache import StatsCache
 
 RATES = ("needed", "all")
+MAX_RECORDINGS = 16  # input signatures a meter records (further ones are metered by the hooks)
+_SCRIPTED = ("a TorchScript module (torch.jit.script / trace): it runs compiled, without calling its submodules in "
+             "Python, so its operations are not counted; meter the module before scripting it")
 CHANGED_LATE = ("a tensor it made or was given was changed in place before the replayed forward read it: its counts "
                 "are of the changed values")
 
@@ -41,6 +45,7 @@ class _Slot:
     neuron: bool = False  # a spiking neuron: its output (spikes) is always counted
     reread: bool = False  # a neuron whose spikes a fan-map counter reads anyway: its kernel is not asked to count them
     first_call: int = -1
+    module_ref: object = None  # a kept meter between profile calls: a weak reference to the module (module None)
     pre: object = None  # the meter's pre-hook and hook for it (run by its wrapped forward, or for a replay given up)
     post: object = None
     notes: set = field(default_factory=set)
@@ -82,6 +87,39 @@ def _first_tensor(obj):
     return None
 
 
+_get_ident = threading.get_ident
+# module id -> [thread, blocks, module]: the modules some meter's block wraps, and the thread it runs in
+_CLAIMS: dict = {}
+_CLAIMED = threading.Condition()
+
+
+def _claim(modules: list) -> list:
+    """Take ``modules`` for this thread's meter, waiting while a meter of another thread wraps any of them. All or
+    none: a waiting thread holds none, so two threads never wait for each other. (Meters of one thread nest: each
+    wraps over the other's wrappers and unwraps last-in first-out.)"""
+    me = _get_ident()
+    with _CLAIMED:
+        while any((c := _CLAIMS.get(id(m))) is not None and c[0] != me for m in modules):
+            _CLAIMED.wait()
+        for m in modules:
+            c = _CLAIMS.get(id(m))
+            if c is None:
+                _CLAIMS[id(m)] = [me, 1, m]
+            else:
+                c[1] += 1
+    return modules
+
+
+def _release(modules: list):
+    with _CLAIMED:
+        for m in modules:
+            c = _CLAIMS[id(m)]
+            c[1] -= 1
+            if not c[1]:
+                del _CLAIMS[id(m)]
+        _CLAIMED.notify_all()
+
+
 class _Wrapped:
     """``module.forward`` replaced by ``make(module.forward)`` (an instance attribute over the class's method: a
     module's ``__call__`` takes its forward from the instance; no hooks, whose modules run torch's slower hooked
@@ -109,14 +147,38 @@ class _Wrapped:
 _SETTING = frozenset((bool, int, float, str, type(None), types.FunctionType, types.BuiltinFunctionType))
 
 
+_OTHER = object()  # (an attribute value that is not a setting)
+
+
+def _plain(v, depth: int = 3):
+    """``v`` as a comparable copy (lists as tuples) when it is a plain value or a (nested) tuple/list of them, else
+    :data:`_OTHER`."""
+    if type(v) in _SETTING:
+        return v
+    if (type(v) is tuple or type(v) is list) and depth:
+        items = tuple(_plain(e, depth - 1) for e in v)
+        if not any(e is _OTHER for e in items):
+            return items
+    return _OTHER
+
+
 def _settings(module: nn.Module) -> tuple:
-    """A module's own plain-valued attributes (its train/eval mode, a convolution's stride and padding, a product's
-    scale, a transformer layer's activation function...): what a counter's rules may depend on besides the shapes a
-    replay checks. A change between two ``with`` blocks makes the meter record its forwards anew."""
+    """A module's own plain-valued attributes (its train/eval mode, a convolution's stride and padding, a pooling's
+    kernel size given as a list, a product's scale, a transformer layer's activation function...): what a counter's
+    rules may depend on besides the shapes a replay checks. A change between two ``with`` blocks makes the meter
+    record its forwards anew."""
     # (torch's own state: the names starting with "_"; "forward": the meter's wrapper, new in every block)
-    return tuple((k, v) for k, v in module.__dict__.items()
-                 if k[0] != "_" and k != "forward"
-                 and (type(v) in _SETTING or (type(v) is tuple and all(type(e) in _SETTING for e in v))))
+    out = []
+    for k, v in module.__dict__.items():
+        if k[0] == "_" or k == "forward":
+            continue
+        if type(v) in _SETTING:
+            out.append((k, v))
+        elif type(v) is tuple or type(v) is list:
+            v = _plain(v)
+            if v is not _OTHER:
+                out.append((k, v))
+    return tuple(out)
 
 
 def _tensors(args):
@@ -225,6 +287,12 @@ class EnergyMeter:
     replays the recordings of earlier blocks, as long as the block wraps the same layers and their plain-valued
     settings are unchanged (train/eval mode, strides, a product's scale; :func:`_settings`). If they changed, its
     forwards are recorded anew.
+
+    A block counts the forwards of the thread that entered it: a forward another thread runs meanwhile passes
+    through uncounted, and a meter of another thread that would wrap some of the same modules (the same model
+    profiled in two threads) waits for this block to end. A module reachable through two containers is one layer,
+    under its first name. A TorchScript module (``torch.jit.script`` / ``trace``) runs its submodules without Python:
+    it is one "not counted" layer.
     """
 
     def __init__(self, model: nn.Module, hardware="cmos45nm", require_spikes=None, counting: str = "auto",
@@ -268,10 +336,20 @@ class EnergyMeter:
         self._fast_off = False  # this block turned torch's transformer fast path off (_FASTPATH), to be set back
         self.replayed = 0  # forwards replayed (not hooked)
         self._walked: list = []  # the slots this block wraps, in the order of the walk
+        self._seen = None  # ids of the modules walked so far (during the walk)
+        self._to_wrap: list = []  # (module, slot index, slot) found by the walk, wrapped once claimed
+        self._claimed = None  # the modules this block claimed (_claim), while it runs
+        self._thread = None  # the thread that entered the block: forwards of other threads are not its own
         self._stamp = None  # what the recordings were made under: the slots wrapped and their modules' settings
 
     # ----------------------------------------------------------------------------------------- hooking
     def _walk(self, module: nn.Module, name: str):
+        if id(module) in self._seen:  # (reachable through two parents: one layer, under the first name)
+            return
+        self._seen.add(id(module))
+        if isinstance(module, torch.jit.ScriptModule):  # (compiled: its submodules run without Python)
+            self._attach(module, name or type(module).__name__, C.counter_for(module), note=_SCRIPTED)
+            return
         counter = C.counter_for(module)
         children = list(module.named_children())
         if counter is not None or not children:
@@ -307,15 +385,17 @@ class EnergyMeter:
         if note:
             slot.notes.add(note)
         self._walked.append(idx)
-        self._handles.append(_Wrapped(module, self._wrapper(module, idx, slot)))
+        self._to_wrap.append((module, idx, slot))
 
     def _wrapper(self, module, idx, slot):
         """``forward`` of a counted module: the slot's pre-hook, the module's forward, its hook; while a forward is
         replayed, only a note of the call (see :mod:`neurosim.energy.replay`)."""
-        running, exit_code, pre, post = self._running, -1 - idx, slot.pre, slot.post
+        running, exit_code, pre, post, me = self._running, -1 - idx, slot.pre, slot.post, self._thread
 
         def wrapper(call):
             def forward(*args, **kwargs):
+                if _get_ident() != me:  # (another thread running the model: not this meter's forward)
+                    return call(*args, **kwargs)
                 rp = self._replaying
                 if rp is not None and rp.match(idx, (idx, args, kwargs, OPEN),
                                                args if len(args) == 1 and not kwargs else None):
@@ -350,18 +430,24 @@ class EnergyMeter:
 
     def _root(self, call):
         """``forward`` of the model itself: a recorded or replayed forward when replay is on."""
+        me = self._thread
+
         def forward(*args, **kwargs):
+            if _get_ident() != me:
+                return call(*args, **kwargs)
             if not self._forward:
                 _no_inference_tensors(args, kwargs)
             # (batching: a CUDA graph's warm-ups and capture, neurosim.energy.graph, which meter with the hooks)
             if self._forward or not self.replay or self.audit or self._counts.batching:
                 return call(*args, **kwargs)
             try:
-                key = (signature(args), signature(kwargs), torch.is_grad_enabled())
+                key = (signature(args, strict=True), signature(kwargs, strict=True), torch.is_grad_enabled())
                 hash(key)
             except (TypeError, ValueError):
                 return call(*args, **kwargs)
             template = self._templates.get(key)
+            if template is None and len(self._templates) >= MAX_RECORDINGS:
+                return call(*args, **kwargs)  # (inputs that change signature every call: hooked, not kept)
             self._forward = True
             try:
                 if template is None:
@@ -414,9 +500,20 @@ class EnergyMeter:
             counts.flush()
             return out
         self.replayed += 1
-        for s in rp.finish(self._slots):
+        for i in template.first_exits:  # (numbered as the hooks number them: the order of the first returns)
+            slot = self._slots[i]
+            if slot.first_call < 0:
+                slot.first_call = self._seq
+                self._seq += 1
+        changed = rp.finish(self._slots)
+        for s in changed:
             s.notes.add(CHANGED_LATE)
             self._templates[key] = "a tensor was changed in place in a replayed forward"
+        if changed:  # (the hooks would have read those tensors when their layers ran: say so, not only in the notes)
+            warnings.warn(f"EnergyMeter: this replayed forward changed tensors in place after layer(s) "
+                          f"{', '.join(repr(s.name) for s in changed)} used them, so their counts are of the changed "
+                          "values; the meter counts the next forwards of this input signature with its hooks, "
+                          "which read a tensor when its layer runs", RuntimeWarning, stacklevel=5)
         return out
 
     def _give_up(self, rp: Replayer):
@@ -446,15 +543,17 @@ class EnergyMeter:
         return quiet
 
     def __enter__(self):
-        if self._handles:
+        if self._handles or self._claimed:
             raise RuntimeError("EnergyMeter is already active")
         if torch.is_inference_mode_enabled():
             raise RuntimeError(_INFERENCE)
+        self._thread = _get_ident()
         try:
             # a torch.compile'd model's layers under their own names (not "_orig_mod.*"): dynamo guards on the
             # forwards the meter wraps and runs them (tests: a compiled model's report is the eager one's)
-            self._walked = []
+            self._walked, self._seen = [], set()
             self._walk(getattr(self.model, "_orig_mod", self.model), "")
+            self._seen = None
             if self.require and not self.require_all and len(self._slots) != self._require_seen:
                 self._match_required()
             if self.replay and not self.audit:  # (recordings are made and replayed)
@@ -462,6 +561,12 @@ class EnergyMeter:
                 if stamp != self._stamp:  # other layers, or settings changed since the recordings: record anew
                     self._templates.clear()
                     self._stamp = stamp
+            # another thread metering any of these modules (the same model profiled in two threads) finishes first:
+            # a module's forward is wrapped by one thread's meters at a time, so each unwraps what it wrapped
+            self._claimed = _claim([m for m, _, _ in self._to_wrap] + [self.model])
+            for module, idx, slot in self._to_wrap:
+                self._handles.append(_Wrapped(module, self._wrapper(module, idx, slot)))
+            self._to_wrap = []
             self._handles.append(_Wrapped(self.model, self._root))
             collecting = spike_tally.collecting(self)
             collecting.__enter__()
@@ -514,7 +619,10 @@ class EnergyMeter:
         start)."""
         for h in reversed(self._handles):
             h.remove()
-        self._handles = []
+        self._handles, self._to_wrap = [], []
+        if self._claimed:
+            _release(self._claimed)
+            self._claimed = None
         if self._fast_off:
             _FASTPATH.release()
             self._fast_off = False
@@ -638,6 +746,9 @@ class EnergyMeter:
             cnt = None
             self._counts.context = slot  # the rows made here are keyed by this layer (CountBuffer.batching)
             if slot.counter is not None:
+                rec = self._recording
+                if rec is not None and not rec.problem and not C.replayable(module):
+                    rec.problem = f"layer {slot.name!r}: its counter reads tensors back as numbers (replay=False)"
                 # counters share the meter's tensor stats, however they imported stats and the rest (one read per
                 # tensor; conv/pool get their fan-out weighted count from the same read; the output's counts come
                 # from the next layer's read)
@@ -696,6 +807,8 @@ class EnergyMeter:
         for s in self._slots:  # (the next block's calls note again what they find; _attach its layer notes)
             s.calls = []
             s.notes = set()
+            s.first_call = -1  # (the report lists the layers in the order of their first call after the reset)
+        self._seq = 0
         self._audited.clear()
         self.replayed = 0
 
@@ -1212,15 +1325,17 @@ def _meter_for(model, hardware, require_spikes, counting, rates, audit, reuse) -
             entry = _KEPT.get(model)
             if entry is not None and entry[0] == settings and entry[1].model is None:
                 meter = entry[1]
-                try:
-                    meter.reset()
-                except BaseException:
-                    del _KEPT[model]  # (not expected: a fresh meter from now on)
-                    raise
-                meter.model, meter.hardware = model, hw
-                # from the second call on, forwards are recorded, then replayed (neurosim.energy.replay)
-                meter.replay = True
-                return meter, True
+                if _hold_layers(meter):
+                    try:
+                        meter.reset()
+                    except BaseException:
+                        del _KEPT[model]  # (not expected: a fresh meter from now on)
+                        raise
+                    meter.model, meter.hardware = model, hw
+                    # from the second call on, forwards are recorded, then replayed (neurosim.energy.replay)
+                    meter.replay = True
+                    return meter, True
+                del _KEPT[model]  # (a layer it counted is gone: a fresh meter, which walks the model anew)
     # a first call: one forward, nothing to replay, so it is not recorded either
     meter = EnergyMeter(model, hardware=hardware, require_spikes=require_spikes, counting=counting, rates=rates,
                         audit=audit, replay=False)
@@ -1243,11 +1358,25 @@ def _hashable(model) -> bool:
 
 
 def _let_model_go(model, meter):
-    """A kept meter after its call: no reference to the model (the entry goes with it); not kept at all when it
-    wraps the model itself (a counted or leaf model: its slot would keep the model alive)."""
+    """A kept meter after its call: no reference to the model or its layers (only weak ones, so the entry goes with
+    the model even where a layer refers back to it, as a bound-method hook of the model does; and a replaced layer
+    is not kept alive); not kept at all when it wraps the model itself (a counted or leaf model)."""
     with _KEPT_LOCK:
         meter.model = None
+        entry = _KEPT.get(model)
         if any(s.module is model for s in meter._slots):
-            entry = _KEPT.get(model)
             if entry is not None and entry[1] is meter:
                 del _KEPT[model]
+        elif entry is not None and entry[1] is meter:
+            for s in meter._slots:
+                s.module_ref, s.module = weakref.ref(s.module), None
+
+
+def _hold_layers(meter) -> bool:
+    """A kept meter's layers held again for its next call (see :func:`_let_model_go`); False if one is gone."""
+    modules = [s.module_ref() for s in meter._slots]
+    if any(m is None for m in modules):
+        return False
+    for s, m in zip(meter._slots, modules):
+        s.module, s.module_ref = m, None
+    return True

@@ -146,5 +146,5 @@ for _t in (nn.LPPool1d, nn.LPPool2d, nn.LPPool3d):
     register_counter(_t, count_lppool)
 for _t in (nn.FractionalMaxPool2d, nn.FractionalMaxPool3d):
     register_counter(_t, count_fractional_pool)
-register_counter(nn.EmbeddingBag, count_embedding_bag)
+register_counter(nn.EmbeddingBag, count_embedding_bag, replay=False)  # (reads the bag sizes back)
 register_counter(nn.Fold, count_fold)

@@ -102,8 +102,20 @@ def _flat(out) -> tuple:
     return (out,)
 
 
+def _aliases(vals) -> tuple | None:
+    """Which of a call's tensor arguments are the same tensor (a counter may tell them apart by identity, as the
+    MultiheadAttention one does self- from cross-attention): for each, the position of its first occurrence;
+    None when all differ."""
+    ids = [id(v) for v in vals if isinstance(v, torch.Tensor)]
+    if len(set(ids)) == len(ids):
+        return None
+    return tuple(ids.index(i) for i in ids)
+
+
 def _entry_sig(args: tuple, kwargs: dict):
-    return _sig(args) if not kwargs else (_sig(args), tuple(kwargs), _sig(kwargs.values()))
+    if not kwargs:
+        return _sig(args), _aliases(args)
+    return _sig(args), tuple(kwargs), _sig(kwargs.values()), _aliases(args + tuple(kwargs.values()))
 
 
 def _exit_sig(out):
@@ -154,6 +166,8 @@ class Template:
                 if delta is None or same:
                     self.members[g].append((k, c if c >= 0 else -1 - c))
         self.groups, self.reads, self.tallies, self.calls = groups, reads, tallies, calls
+        # the modules in the order they first returned (the hooks number the layers in that order for the report)
+        self.first_exits = list(dict.fromkeys(-1 - c for c in codes if c < 0))
         self.device, self.base, self.nrows, self.paths = device, base, nrows, paths
         self.replays = Replays(counts, device, base, nrows)  # the weight of its calls once replayed
         self.scratch = self.regions = self.torch_reads = self.batches = None
@@ -195,8 +209,8 @@ SIG, SHAPE, ANCHOR, SAME, WATCH = range(5)  # Template step kinds: what a replay
 
 def _step(code: int, sig, watch) -> tuple:
     """A :class:`Template` step."""
-    if code >= 0 and type(sig) is list and len(sig) == 1 and type(sig[0]) is tuple:
-        sig = sig[0]
+    if code >= 0 and len(sig) == 2 and type(sig[0]) is list and len(sig[0]) == 1 and type(sig[0][0]) is tuple:
+        sig = sig[0][0]  # (one positional argument, no keywords: its aliases are None)
     elif not (code < 0 and type(sig) is tuple and len(sig) == 2 and isinstance(sig[0], torch.Size)):
         return code, SIG, sig, watch
     if watch is None:
