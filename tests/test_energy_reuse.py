@@ -466,3 +466,132 @@ def test_a_replayed_forward_that_changes_a_used_tensor_in_place_says_so():
     assert "changed in place" in rep.layer("fc2").note
     got, want = _again(model, xs[4:])
     assert got == want
+
+
+def test_settings_that_are_numpy_scalars_or_change_inside_a_block_are_compared():
+    """A scale swept with numpy (np.float64, a float subclass) between calls, and train/eval plus a scale changed
+    between two forwards of one block: the recordings are made anew, as the hooks count."""
+    import numpy as np
+
+    class Attend(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.lif = _lin(16, 32), _lif()
+            self.norm = nn.InstanceNorm1d(32, track_running_stats=True)  # (more MACs in training)
+            self.mm = MatMul(scale=0.5)
+
+        def forward(self, x):
+            h = self.lif(self.fc(x))
+            return self.mm(h, h.transpose(-1, -2)), self.norm(h.transpose(1, 2))
+
+    model = Attend().eval()
+    for scale in np.linspace(0.25, 1.0, 4):
+        model.mm.scale = scale
+        got, want = _again(model, [_spikes(4, 3, 16)])
+        assert got == want, scale
+    xs = [_spikes(4, 3, 16) for _ in range(4)]
+    want, meter = [], EnergyMeter(model)
+    for i, x in enumerate(xs):  # (one block: training forwards, then evaluation ones with another scale)
+        model.train(i < 2)
+        model.mm.scale = 0.5 if i < 2 else 1.0
+        want.append(hooked(model, x))
+    with torch.no_grad(), meter:
+        for i, x in enumerate(xs):
+            model.train(i < 2)
+            model.mm.scale = 0.5 if i < 2 else 1.0
+            model(x)
+    got = as_dict(meter.report(batch_size=3))
+    for key in ("synops", "macs", "acs"):
+        assert got["totals"][key] == sum(w["totals"][key] for w in want), key
+
+
+def test_a_caught_layer_error_is_not_blamed_for_a_later_one_and_failed_forwards_count_alike():
+    """A counted layer whose error the model catches: a later, unrelated error is not reported as that layer's;
+    a forward that raises counts the layers it ran, replayed or hooked."""
+    from neurosim.energy import profile_batches
+
+    class Fallback(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wide, self.fc, self.lif = nn.Linear(32, 8), nn.Linear(16, 8), _lif()
+
+        def forward(self, x):
+            try:
+                y = self.wide(x)  # (raises: x has 16 features)
+            except RuntimeError:
+                y = self.fc(x)
+            return self.lif(y)
+
+    def batches():
+        for _ in range(3):
+            yield _spikes(4, 3, 16)
+        raise ValueError("corrupt record")
+
+    with pytest.raises(ValueError, match="^corrupt record$"):
+        profile_batches(Fallback(), batches(), progress=False)
+
+    class Fails(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.lif, self.fc2, self.fail = _lin(16, 32), _lif(), nn.Linear(32, 8), False
+
+        def forward(self, x):
+            h = self.lif(self.fc1(x))
+            if self.fail:
+                raise RuntimeError("bad batch")
+            return self.fc2(h)
+
+    model, calls = Fails().eval(), []
+    xs = [_spikes(4, 3, 16) for _ in range(4)]
+    for replay in (False, True):
+        meter = EnergyMeter(model, replay=replay)
+        with torch.no_grad(), meter:
+            for i, x in enumerate(xs):
+                model.fail = i == 2
+                try:
+                    model(x)
+                except RuntimeError:
+                    pass
+        calls.append({r.name: (r.calls, r.synops) for r in meter.report().layers})
+    assert calls[0] == calls[1] and calls[0]["fc1"][0] == 4 and calls[0]["fc2"][0] == 3
+
+
+def test_blocks_of_one_thread_ending_out_of_order_leave_the_model_unwrapped():
+    """Two meters entered on one model and ended first-in first-out (as interleaved coroutines can): the first is
+    taken out from under the second, and neither counts after its block."""
+    model = nn.Sequential(_lin(16, 32), _lif(), nn.Linear(32, 8))
+    a, b = EnergyMeter(model), EnergyMeter(model)
+    a.__enter__()
+    b.__enter__()
+    with torch.no_grad():
+        model(_spikes(4, 3, 16))  # (both count it)
+    a.__exit__(None, None, None)
+    with torch.no_grad():
+        model(_spikes(4, 3, 16))  # (b's alone)
+    b.__exit__(None, None, None)
+    assert not any("forward" in m.__dict__ for m in model.modules())
+    with torch.no_grad():
+        model(_spikes(4, 3, 16))  # (nobody's)
+    assert [r.calls for r in a.report().layers] == [1, 1, 1] and [r.calls for r in b.report().layers] == [2, 2, 2]
+
+
+def test_a_count_cannot_be_compared_before_it_is_known():
+    """Inside a meter stats() gives DeviceCounts: a counter comparing them (nnz == ones) gets a TypeError saying
+    why, not a silent False."""
+    from neurosim.energy import Count, register_counter, stats
+
+    class Gate(nn.Module):
+        def forward(self, x):
+            return x * 2
+
+    def count(module, args, output):
+        s = stats(args[0])
+        return Count(dense=args[0].numel(), acs=s.nnz if bool(s.nnz == s.ones) else args[0].numel())
+
+    register_counter(Gate, count, overwrite=True)
+    x = _spikes(4, 3, 16)
+    assert int(count(Gate(), (x,), x).acs) == int(x.count_nonzero())  # (outside a meter: tensors, which compare)
+    gate = Gate()
+    with pytest.raises(TypeError, match="known only after the forward"):
+        with torch.no_grad(), EnergyMeter(gate, replay=False):
+            gate(x)

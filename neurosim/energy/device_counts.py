@@ -42,7 +42,9 @@ class DeviceCount:
     """``const + sum(coef * buffer[dev][row, col])``: an exact count known after the read-back.
 
     Supports ``+`` and ``-`` with numbers and other DeviceCounts of the same buffer and ``*`` with numbers (lazy,
-    no device work). ``int()`` / ``float()`` read the value now (a host synchronisation)."""
+    no device work). ``int()`` / ``float()`` read the value now (a host synchronisation). Comparisons and truth
+    tests raise TypeError: the value is not known yet (outside a meter, :func:`~neurosim.energy.stats` gives tensors,
+    which compare)."""
 
     __slots__ = ("owner", "terms", "const")
 
@@ -67,6 +69,14 @@ class DeviceCount:
 
     def __neg__(self):
         return self * -1
+
+    def _undecided(self, *_):
+        raise TypeError("a DeviceCount (a count inside an EnergyMeter) is known only after the forward: it cannot be "
+                        "compared or tested now. Keep the counts apart (nnz and ones both), or read them with int() "
+                        "(a host read-back, which a recording then does not replay)")
+
+    __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = __bool__ = _undecided
+    __hash__ = object.__hash__
 
     def __sub__(self, o):
         return self + (-o)

@@ -9,6 +9,7 @@ import fnmatch
 import gc
 import inspect
 import math
+import numbers
 import threading
 import types
 import warnings
@@ -126,21 +127,40 @@ class _Wrapped:
     call path, BENCHMARKS.md energy run 12); :meth:`remove` restores it. (Set in the instance's ``__dict__``:
     ``nn.Module.__setattr__`` would look for parameters, buffers and modules of that name first.)"""
 
-    __slots__ = ("module", "forward", "previous")
+    __slots__ = ("module", "forward", "previous", "call")
 
     def __init__(self, module: nn.Module, make):
         self.module = module
         self.previous = module.__dict__.get("forward")  # an instance attribute already there (None: the method)
-        self.forward = make(module.forward)
+        self.call = module.forward  # what the wrapper calls (relinked when the wrapper under it goes first)
+        self.forward = make(self)
+        self.forward.wrapped_by_meter = self
         module.__dict__["forward"] = self.forward
 
     def remove(self):
+        self._unlink()
+        # (the wrapper refers to this handle and the handle to it: a cycle, which would be left to the collector)
+        del self.forward.wrapped_by_meter
+        self.forward = self.call = None
+
+    def _unlink(self):
         d = self.module.__dict__
-        if d.get("forward") is self.forward:
+        top = d.get("forward")
+        if top is self.forward:
             if self.previous is None:
                 del d["forward"]
             else:
                 d["forward"] = self.previous
+            return
+        # another meter's wrapper was put on top later and is still there (blocks of one thread ended out of order,
+        # as interleaved coroutines can): take this one out of the chain under it
+        above = getattr(top, "wrapped_by_meter", None)
+        while above is not None and above.call is not self.forward:
+            above = getattr(above.call, "wrapped_by_meter", None)
+        if above is not None:
+            above.call = self.call
+            if above.previous is self.forward:
+                above.previous = self.previous
 
 
 # values compared by equality (numbers, strings) or, for functions, by identity
@@ -151,14 +171,17 @@ _OTHER = object()  # (an attribute value that is not a setting)
 
 
 def _plain(v, depth: int = 3):
-    """``v`` as a comparable copy (lists as tuples) when it is a plain value or a (nested) tuple/list of them, else
+    """``v`` as a comparable copy (lists as tuples) when it is a plain value (also a subclass or numpy scalar: a
+    scale swept with ``np.linspace``, an IntEnum, a torch.Size) or a (nested) tuple/list of them, else
     :data:`_OTHER`."""
     if type(v) in _SETTING:
         return v
-    if (type(v) is tuple or type(v) is list) and depth:
+    if isinstance(v, (tuple, list)) and depth:
         items = tuple(_plain(e, depth - 1) for e in v)
         if not any(e is _OTHER for e in items):
             return items
+    elif isinstance(v, (numbers.Number, str)):
+        return v
     return _OTHER
 
 
@@ -174,7 +197,7 @@ def _settings(module: nn.Module) -> tuple:
             continue
         if type(v) in _SETTING:
             out.append((k, v))
-        elif type(v) is tuple or type(v) is list:
+        elif not isinstance(v, (torch.Tensor, nn.Module)):
             v = _plain(v)
             if v is not _OTHER:
                 out.append((k, v))
@@ -273,7 +296,10 @@ class EnergyMeter:
             shapes, dtypes, devices) is metered by the hooks and recorded; later forwards with that signature are
             replayed from the recording: the counted modules only note their tensors and every counting read runs
             when the forward ends, a few launches in all (:mod:`neurosim.energy.replay`; same counts, far less host
-            work; a replayed forward keeps its activations until it ends). ``False``: every forward is hooked.
+            work; a replayed forward keeps its activations until it ends). ``False``: every forward is hooked. A
+            replay notices a tensor changed in place after its layer used it by torch's version counter, and warns;
+            a change torch does not record (through ``.data``, a numpy view, a custom kernel writing in place) goes
+            unseen, and the replay counts the changed values: use ``replay=False`` for such models.
 
     Every tensor is read once: a layer's output is counted when the next layer starts (or by that layer's
     counter, when it needs the tensor's fan-out-weighted count: convolutions, pooling), its counts go to a
@@ -340,7 +366,9 @@ class EnergyMeter:
         self._to_wrap: list = []  # (module, slot index, slot) found by the walk, wrapped once claimed
         self._claimed = None  # the modules this block claimed (_claim), while it runs
         self._thread = None  # the thread that entered the block: forwards of other threads are not its own
+        self._failed = None  # (exception, slot): the innermost counted layer the last exception came out of
         self._stamp = None  # what the recordings were made under: the slots wrapped and their modules' settings
+        self._stamp_stale = False  # a forward ran since the settings were compared (the next one compares them)
 
     # ----------------------------------------------------------------------------------------- hooking
     def _walk(self, module: nn.Module, name: str):
@@ -392,16 +420,19 @@ class EnergyMeter:
         replayed, only a note of the call (see :mod:`neurosim.energy.replay`)."""
         running, exit_code, pre, post, me = self._running, -1 - idx, slot.pre, slot.post, self._thread
 
-        def wrapper(call):
+        def wrapper(h: _Wrapped):
             def forward(*args, **kwargs):
                 if _get_ident() != me:  # (another thread running the model: not this meter's forward)
-                    return call(*args, **kwargs)
+                    return h.call(*args, **kwargs)
                 rp = self._replaying
                 if rp is not None and rp.match(idx, (idx, args, kwargs, OPEN),
                                                args if len(args) == 1 and not kwargs else None):
                     running.append(slot)
                     try:
-                        out = call(*args, **kwargs)
+                        out = h.call(*args, **kwargs)
+                    except BaseException as exc:
+                        self._failed_in(slot, exc)
+                        raise
                     finally:
                         if running and running[-1] is slot:
                             running.pop()
@@ -418,7 +449,13 @@ class EnergyMeter:
                 if rec is not None:
                     rec.entry(idx, args, kwargs)
                 pre(module, args)
-                out = call(*args, **kwargs)
+                try:
+                    out = h.call(*args, **kwargs)
+                except BaseException as exc:
+                    self._failed_in(slot, exc)
+                    if running and running[-1] is slot:
+                        running.pop()
+                    raise
                 if rec is not None:
                     rec.exit(idx, args, kwargs, out)
                 post(module, args, kwargs, out)
@@ -428,11 +465,18 @@ class EnergyMeter:
 
         return wrapper
 
-    def _root(self, call):
+    def _failed_in(self, slot: _Slot, exc: BaseException):
+        """``slot``'s module raised ``exc``: the layer a block ending with it names (the innermost: the first to
+        see it). A layer whose error the model catches is not blamed for a later one."""
+        if self._failed is None or self._failed[0] is not exc:
+            self._failed = (exc, slot)
+
+    def _root(self, h: _Wrapped):
         """``forward`` of the model itself: a recorded or replayed forward when replay is on."""
         me = self._thread
 
         def forward(*args, **kwargs):
+            call = h.call
             if _get_ident() != me:
                 return call(*args, **kwargs)
             if not self._forward:
@@ -445,6 +489,9 @@ class EnergyMeter:
                 hash(key)
             except (TypeError, ValueError):
                 return call(*args, **kwargs)
+            if self._stamp_stale:  # (a forward after the block's first: settings may have changed in between)
+                self._check_stamp()
+            self._stamp_stale = True
             template = self._templates.get(key)
             if template is None and len(self._templates) >= MAX_RECORDINGS:
                 return call(*args, **kwargs)  # (inputs that change signature every call: hooked, not kept)
@@ -488,6 +535,11 @@ class EnergyMeter:
         rp = self._replaying = Replayer(template, counts)
         try:
             out = call(*args, **kwargs)
+        except BaseException:
+            if self._replaying is rp:  # (the calls it ran are counted by the hooks, as in a hooked forward)
+                self._give_up(rp)
+                self._running.clear()
+            raise
         finally:
             if self._replaying is rp:
                 self._replaying = None
@@ -557,10 +609,8 @@ class EnergyMeter:
             if self.require and not self.require_all and len(self._slots) != self._require_seen:
                 self._match_required()
             if self.replay and not self.audit:  # (recordings are made and replayed)
-                stamp = self._stamp_now()
-                if stamp != self._stamp:  # other layers, or settings changed since the recordings: record anew
-                    self._templates.clear()
-                    self._stamp = stamp
+                self._check_stamp()
+            self._stamp_stale = False
             # another thread metering any of these modules (the same model profiled in two threads) finishes first:
             # a module's forward is wrapped by one thread's meters at a time, so each unwraps what it wrapped
             self._claimed = _claim([m for m, _, _ in self._to_wrap] + [self.model])
@@ -599,6 +649,14 @@ class EnergyMeter:
             raise ValueError(f"require_spikes: {', '.join(repr(p) for p in unmatched)} matches no layer of the model "
                              f"(layer names or glob patterns; the layers: {shown or 'none'})")
         self._require_seen = len(self._slots)
+
+    def _check_stamp(self):
+        """Other layers, or settings changed since the recordings (between blocks, or between two forwards of one
+        block: ``model.eval()`` in a metered loop): the recordings are dropped, the next forwards recorded anew."""
+        stamp = self._stamp_now()
+        if stamp != self._stamp:
+            self._templates.clear()
+            self._stamp = stamp
 
     def _stamp_now(self) -> tuple:
         """The slots this block wraps, in order, with their modules' settings (:func:`_settings`): the recordings of
@@ -644,15 +702,16 @@ class EnergyMeter:
         self._cache.clear()
         self._counts.flush()  # count what is still deferred (no host sync) and drop the tensors it held
         self._let_go()
-        running, self._running = self._running, []
+        self._running.clear()
+        failed, self._failed = self._failed, None
         checks, self._checks = self._checks, None
         if exc_type is not None and issubclass(exc_type, (ValueError, RuntimeError)):
             if checks is not None:
                 checks.__exit__(exc_type, exc, tb)
-            # name the layer: the first one whose input held NaN/inf, else the innermost one that was running
+            # name the layer: the first one whose input held NaN/inf, else the innermost one the error came from
             self._check_finite(self._host_values())
-            if running:
-                s = running[-1]
+            if failed is not None and failed[0] is exc:
+                s = failed[1]
                 raise ValueError(f"layer {s.name!r} ({type(s.module).__name__}) failed: {exc}") from exc
             return False
         if checks is not None:

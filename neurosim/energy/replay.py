@@ -35,6 +35,11 @@ computed a count tensor itself, when rows of another forward are referenced, whe
 after it was noted, or when the tensors noted in one forward would hold more than :func:`max_bytes`: a replayed
 forward keeps every noted tensor until it ends (its reads run then), so its peak memory is that of a forward that
 keeps its activations (as training does). ``EnergyMeter(replay=False)`` meters every forward with the hooks.
+
+Because the reads run when the forward ends, a tensor changed in place after the layer that used it, and before
+the end, is read changed. Torch's version counter shows such a change (the meter then warns and hooks the next
+forwards), except one made through ``.data`` or outside torch (a numpy view, a custom kernel): models that do that
+need ``replay=False``.
 """
 from __future__ import annotations
 
