@@ -401,6 +401,29 @@ def test_a_list_valued_setting_changed_between_calls_is_recorded_anew():
     model.pool.kernel_size[1], model.pool.padding = 2, [0, 0]
     got3, want3 = _again(model, [_spikes(2, 3, 2, 8, 8)])
     assert got + got2 + got3 == want + want2 + want3
+    # inside one block: the list changed in place between forwards (the check before each forward sees it)
+    xs, sizes, want = [_spikes(2, 3, 2, 8, 8) for _ in range(4)], [2, 2, 3, 3], []
+    for x, k in zip(xs, sizes):
+        model.pool.kernel_size[:], model.pool.padding[:] = [k, k], [k - 2, k - 2]
+        want.append(hooked(model, x))
+    meter = EnergyMeter(model)
+    with torch.no_grad(), meter:
+        for x, k in zip(xs, sizes):
+            model.pool.kernel_size[:], model.pool.padding[:] = [k, k], [k - 2, k - 2]
+            model(x)
+    got = as_dict(meter.report(batch_size=3))
+    assert got["totals"]["acs"] == sum(w["totals"]["acs"] for w in want) and meter.replayed == 2
+    # changed after the block started, before its first forward: that forward's recording is not taken for one of
+    # the settings the block started with (the next block, entered with those, records anew)
+    meter, (x1, x2) = EnergyMeter(model), (_spikes(2, 3, 2, 8, 8), _spikes(2, 3, 2, 8, 8))
+    with torch.no_grad(), meter:
+        model.pool.kernel_size[:], model.pool.padding[:] = [2, 2], [0, 0]
+        model(x1)
+    meter.reset()
+    model.pool.kernel_size[:], model.pool.padding[:] = [3, 3], [1, 1]
+    with torch.no_grad(), meter:
+        model(x2)
+    assert as_dict(meter.report(batch_size=3)) == hooked(model, x2)
 
 
 def test_one_model_profiled_from_two_threads_and_run_by_a_third():

@@ -185,11 +185,12 @@ def _plain(v, depth: int = 3):
     return _OTHER
 
 
-def _settings(module: nn.Module) -> tuple:
+def _settings(module: nn.Module, keep: list | None = None) -> tuple:
     """A module's own plain-valued attributes (its train/eval mode, a convolution's stride and padding, a pooling's
     kernel size given as a list, a product's scale, a transformer layer's activation function...): what a counter's
     rules may depend on besides the shapes a replay checks. A change between two ``with`` blocks makes the meter
-    record its forwards anew."""
+    record its forwards anew. ``keep``: gets ``(name, value, its comparable copy, whether the value itself cannot
+    change)`` of each (for :func:`_settings_moved`)."""
     # (torch's own state: the names starting with "_"; "forward": the meter's wrapper, new in every block)
     out = []
     for k, v in module.__dict__.items():
@@ -197,11 +198,35 @@ def _settings(module: nn.Module) -> tuple:
             continue
         if type(v) in _SETTING:
             out.append((k, v))
+            if keep is not None:
+                keep.append((k, v, v, True))
         elif not isinstance(v, (torch.Tensor, nn.Module)):
-            v = _plain(v)
-            if v is not _OTHER:
-                out.append((k, v))
+            p = _plain(v)
+            if p is not _OTHER:
+                out.append((k, p))
+                if keep is not None:  # (a tuple of plain values cannot change; a list can, in place)
+                    keep.append((k, v, p, type(v) is tuple and p == v and all(type(e) in _SETTING for e in v)))
     return tuple(out)
+
+
+def _settings_moved(quick: list) -> bool:
+    """Whether a setting of the modules in ``quick`` (``(module __dict__, its length, _settings' keep)``, taken when
+    the settings were last compared) changed since: cheaper than :func:`_settings` over every attribute, for a
+    check before each forward of a block. (An attribute added and another removed between two forwards of one
+    block, leaving the length, is not seen here; entering the block again compares everything.)"""
+    for d, n, items in quick:
+        if len(d) - ("forward" in d) != n:  # (the meter's wrapper comes and goes as "forward")
+            return True
+        for k, v, p, fixed in items:
+            now = d.get(k, _OTHER)
+            if now is v and fixed:
+                continue
+            if type(now) in _SETTING:
+                if now != p or type(now) is not type(p):
+                    return True
+            elif _plain(now) != p:
+                return True
+    return False
 
 
 def _tensors(args):
@@ -368,7 +393,7 @@ class EnergyMeter:
         self._thread = None  # the thread that entered the block: forwards of other threads are not its own
         self._failed = None  # (exception, slot): the innermost counted layer the last exception came out of
         self._stamp = None  # what the recordings were made under: the slots wrapped and their modules' settings
-        self._stamp_stale = False  # a forward ran since the settings were compared (the next one compares them)
+        self._quick = None  # while a block runs: what a forward compares to see a setting changed (_settings_moved)
 
     # ----------------------------------------------------------------------------------------- hooking
     def _walk(self, module: nn.Module, name: str):
@@ -489,9 +514,9 @@ class EnergyMeter:
                 hash(key)
             except (TypeError, ValueError):
                 return call(*args, **kwargs)
-            if self._stamp_stale:  # (a forward after the block's first: settings may have changed in between)
+            # (a setting changed since the block started or since its last forward: model.eval() in a metered loop)
+            if self._quick is not None and _settings_moved(self._quick):
                 self._check_stamp()
-            self._stamp_stale = True
             template = self._templates.get(key)
             if template is None and len(self._templates) >= MAX_RECORDINGS:
                 return call(*args, **kwargs)  # (inputs that change signature every call: hooked, not kept)
@@ -610,7 +635,6 @@ class EnergyMeter:
                 self._match_required()
             if self.replay and not self.audit:  # (recordings are made and replayed)
                 self._check_stamp()
-            self._stamp_stale = False
             # another thread metering any of these modules (the same model profiled in two threads) finishes first:
             # a module's forward is wrapped by one thread's meters at a time, so each unwraps what it wrapped
             self._claimed = _claim([m for m, _, _ in self._to_wrap] + [self.model])
@@ -653,16 +677,23 @@ class EnergyMeter:
     def _check_stamp(self):
         """Other layers, or settings changed since the recordings (between blocks, or between two forwards of one
         block: ``model.eval()`` in a metered loop): the recordings are dropped, the next forwards recorded anew."""
-        stamp = self._stamp_now()
+        stamp = self._stamp_now(quick=True)
         if stamp != self._stamp:
             self._templates.clear()
             self._stamp = stamp
 
-    def _stamp_now(self) -> tuple:
+    def _stamp_now(self, quick: bool = False) -> tuple:
         """The slots this block wraps, in order, with their modules' settings (:func:`_settings`): the recordings of
-        earlier blocks are replayed only while it stays the same."""
-        slots = self._slots
-        return tuple(self._walked), tuple(_settings(slots[i].module) for i in self._walked)
+        earlier blocks are replayed only while it stays the same. ``quick``: also notes, for the block's later
+        forwards, what :func:`_settings_moved` compares (kept until the block ends: it refers to the modules)."""
+        slots, settings, self._quick = self._slots, [], [] if quick else None
+        for i in self._walked:
+            d = slots[i].module.__dict__
+            keep = [] if quick else None
+            settings.append(_settings(slots[i].module, keep))
+            if quick:
+                self._quick.append((d, len(d) - ("forward" in d), keep))
+        return tuple(self._walked), tuple(settings)
 
     def _abandon(self):
         """Undo an ``__enter__`` that failed part-way: its forwards unwrapped, its switches set back."""
@@ -677,7 +708,7 @@ class EnergyMeter:
         start)."""
         for h in reversed(self._handles):
             h.remove()
-        self._handles, self._to_wrap = [], []
+        self._handles, self._to_wrap, self._quick = [], [], None
         if self._claimed:
             _release(self._claimed)
             self._claimed = None
