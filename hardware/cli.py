@@ -27,12 +27,29 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     return p
 
 
+# The functions a checkpoint of save_exportable may name to rebuild its model. A checkpoint is data, and the loader
+# calls the function it names with the keyword arguments it holds: only these are trusted (register_builder).
+BUILDERS = {"neurosim.hardware.demo:digits_mlp"}
+
+
+def register_builder(spec: str) -> str:
+    """Trust the ``"package.module:function"`` that returns an ``nn.Module``, for :func:`load_exportable` (and the
+    ``neurosim export`` command in this process) to call when a checkpoint names it."""
+    if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.split(":")):
+        raise ValueError(f"builder must be 'package.module:function', got {spec!r}")
+    BUILDERS.add(spec)
+    return spec
+
+
 def save_exportable(model, path, builder: str, **kwargs) -> Path:
-    """Save ``model``'s weights with the ``"module:function"`` that rebuilds it (atomically, weights_only-safe)."""
+    """Save ``model``'s weights with the ``"module:function"`` that rebuilds it (atomically, weights_only-safe; the
+    builder must be registered, see :func:`register_builder`)."""
     import os
 
     import torch
 
+    if builder not in BUILDERS:
+        raise ValueError(f"builder {builder!r} is not registered (register_builder); registered: {sorted(BUILDERS)}")
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     torch.save({"builder": builder, "kwargs": kwargs, "state_dict": model.state_dict()}, tmp)
@@ -41,11 +58,19 @@ def save_exportable(model, path, builder: str, **kwargs) -> Path:
 
 
 def load_exportable(path):
+    import zipfile
+
     import torch
+    from torch import nn
+
+    from neurosim import validate
 
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"checkpoint {str(path)!r} does not exist")
+        raise ValueError(f"checkpoint {str(path)!r} " + ("is a directory, not a file" if path.is_dir()
+                                                         else "does not exist"))
+    if zipfile.is_zipfile(path) and (problem := validate.zip_problem(path)):
+        raise ValueError(f"checkpoint {str(path)!r} cannot be read: it is {problem}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same clear message
@@ -53,11 +78,27 @@ def load_exportable(path):
     if not isinstance(ckpt, dict) or not {"builder", "state_dict"} <= set(ckpt):
         raise ValueError(f"checkpoint {str(path)!r} has no 'builder'/'state_dict': pass a model loader "
                          "(neurosim export uses the trainer's) or write it with save_exportable")
-    mod, _, fn = str(ckpt["builder"]).partition(":")
-    if not mod.startswith("neurosim") or not fn:
-        raise ValueError(f"builder {ckpt['builder']!r} must be 'neurosim.<module>:<function>'")
-    model = getattr(importlib.import_module(mod), fn)(**ckpt.get("kwargs", {}))
-    model.load_state_dict(ckpt["state_dict"])
+    spec, kwargs = str(ckpt["builder"]), ckpt.get("kwargs", {})
+    if spec not in BUILDERS:
+        raise ValueError(f"checkpoint {str(path)!r} names the builder {spec!r}, which is not registered: a checkpoint "
+                         f"may only call a trusted function (registered: {sorted(BUILDERS)}; "
+                         "neurosim.hardware.cli.register_builder adds one)")
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"checkpoint {str(path)!r}: its 'kwargs' must be a dict, got {type(kwargs).__name__}")
+    mod, fn = spec.split(":")
+    try:
+        model = getattr(importlib.import_module(mod), fn)(**kwargs)
+    except (ImportError, AttributeError, TypeError) as err:
+        raise ValueError(f"checkpoint {str(path)!r}: builder {spec!r} with {kwargs} failed "
+                         f"({type(err).__name__}: {err})") from None
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"checkpoint {str(path)!r}: builder {spec!r} returned {type(model).__name__}, not an "
+                         "nn.Module")
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except (RuntimeError, TypeError, AttributeError) as err:
+        raise ValueError(f"checkpoint {str(path)!r}: its state_dict does not fit the model {spec!r} builds "
+                         f"({' '.join(str(err).split())[:300]})") from None
     return model
 
 

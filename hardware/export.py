@@ -28,5 +28,6 @@ def export_lava(model, path, input_shape=None, steps: int = 0, allow_reset_chang
     if changed:
         warnings.warn(f"layers {changed}: reset='subtract' exported as Lava's reset-to-zero", stacklevel=2)
     layers = quantize(graph)
+    net = LoihiNetwork(layers, graph.input_shape)  # (checks the fixed-point weights before anything is written)
     write_netx(Path(path), layers, graph.input_shape, steps)
-    return LoihiNetwork(layers, graph.input_shape)
+    return net

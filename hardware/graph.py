@@ -13,6 +13,7 @@ folded layer computes exactly what pool-then-synapse computes (the pooled sizes 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -129,6 +130,11 @@ def _neuron(name, m, allow_reset_change, problems) -> Neuron:
     beta = _uniform(name, "beta", m.beta, problems)
     threshold = _uniform(name, "threshold", m.threshold, problems)
     alpha = _uniform(name, "alpha", m.alpha, problems) if isinstance(m, CubaLIF) else None
+    for what, v in (("beta", beta), ("threshold", threshold), ("alpha", alpha)):
+        if v is not None and not math.isfinite(v):
+            problems.append((name, f"{what} is {v}: it must be finite"))
+    if math.isfinite(threshold) and threshold <= 0:
+        problems.append((name, f"threshold is {threshold:g}: it must be > 0 (the neuron would spike without input)"))
     if m.reset == "subtract" and not allow_reset_change:
         problems.append((name, "reset='subtract' has no exact equivalent: Lava's CUBA neuron and NIR neurons reset "
                                "the membrane to 0. Train with reset='zero', or pass allow_reset_change=True to "
@@ -316,6 +322,9 @@ def lower(model: nn.Module, input_shape=None, allow_reset_change: bool = False) 
     if not layers and not problems:
         problems.append(("model", "no Linear/Conv2d + neuron layer found"))
     for layer in layers:
+        for what, arr in (("weight", layer.weight), ("bias", layer.bias)):
+            if arr is not None and not np.all(np.isfinite(arr)):
+                problems.append((layer.name, f"its {what} holds NaN or inf"))
         if not np.any(layer.weight):
             problems.append((layer.name, "all weights are zero (Lava's weight-bit optimiser divides by the largest "
                                          "weight)"))

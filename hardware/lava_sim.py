@@ -74,8 +74,25 @@ def run_lava_many(jobs, inspect=(), timeout: Optional[float] = None):
     for path, spikes, steps in jobs:
         path = Path(path)
         if not path.is_file():
-            raise ValueError(f"path {str(path)!r} does not exist")
+            raise ValueError(f"path {str(path)!r} " + ("is a directory, not a NetX file" if path.is_dir()
+                                                       else "does not exist"))
         x = _spikes_np(spikes)
+        if x.shape[0] == 0 or x.shape[1] == 0:
+            raise ValueError(f"spikes must hold at least one time step and one sample [T >= 1, B >= 1, ...], got "
+                             f"shape {tuple(x.shape)}")
+        from .graph import ExportError
+        from .netx import read_netx
+
+        try:  # (a clear error for a file that is not a NetX network, and the input's shape, before Lava starts)
+            input_shape = read_netx(path)[1]
+        except ExportError as err:
+            if "cannot read the NetX file" in str(err):
+                raise
+            input_shape = None  # (a block type only Lava itself runs: Lava checks)
+        if input_shape is not None and tuple(x.shape[2:]) != tuple(input_shape) and \
+                int(np.prod(x.shape[2:])) != int(np.prod(input_shape)):
+            raise ValueError(f"spikes: {str(path)!r} takes input steps of shape {tuple(input_shape)}, got "
+                             f"{tuple(x.shape[2:])} (spikes {tuple(x.shape)} are [T, B, *input_shape])")
         steps = x.shape[0] if steps is None else validate.positive_int("steps", steps)
         if steps < x.shape[0]:
             raise ValueError(f"steps must be >= the input length T={x.shape[0]}, got {steps}")

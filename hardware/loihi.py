@@ -89,6 +89,11 @@ def quantize_layer(layer: Layer) -> QLayer:
                                      "decay register (iDecay - 1) cannot hold; use alpha <= 0.9998"))
     if vth < 1:
         problems.append((layer.name, f"threshold {n.threshold:g} quantizes to 0 at weight scale {s:g}"))
+    if not np.any(q(layer.weight)):
+        problems.append((layer.name, f"every weight quantizes to 0 at weight scale {s:g} (set by the largest of: "
+                                     f"weight {w_abs:g}, threshold {n.threshold:g}"
+                                     + (f", bias {float(np.abs(layer.bias).max()):g}" if layer.bias is not None
+                                        else "") + "): the layer could never drive its neurons"))
     if problems:
         raise ExportError(problems)
     return QLayer(layer.name, layer.kind, q(layer.weight), None if layer.bias is None else q(layer.bias),

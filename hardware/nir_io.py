@@ -4,6 +4,9 @@ NIR neurons are continuous-time; a graph is discretised with a step ``dt`` (stor
 the default 1e-4 is snnTorch's fixed import step, pass ``dt=1e-4`` to ``norse.torch.from_nir``). The mapping
 keeps the spikes of every neuron equal under Euler discretisation (:math:`\beta = 1 - dt/\tau`):
 
+* ``LIF(beta=1, threshold, reset="zero")`` (no leak, a readout's integrator) -> ``nir.IF(r = 1,
+  v_threshold = threshold, v_reset = 0)``, read as :math:`v \mathrel{+}= r I` a step, as Norse's importer runs it
+  (snnTorch's importer makes a leaky neuron of it);
 * ``LIF(beta, threshold, reset="zero")`` -> ``nir.LIF(tau = dt/(1-beta), r = 1, v_leak = 0,
   v_threshold = threshold (1-beta), v_reset = 0)``. NIR's membrane is neurosim's times :math:`(1-\beta)`
   (Euler input gain :math:`r\,dt/\tau`), hence the scaled threshold; ``r = 1`` because Norse's importer
@@ -21,6 +24,9 @@ input), and ``reset="subtract"`` has no NIR form (export needs ``allow_reset_cha
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 from torch import nn
 
@@ -30,6 +36,7 @@ from neurosim.neurons.lif import CubaLIF, LIF
 from .graph import ExportError, lower
 
 DT = 1e-4
+_TOL = 1e-6  # (relative: time constants pass through float32 in a NIR file)
 
 
 def _full(shape, value):
@@ -43,8 +50,10 @@ def export_nir(model, input_shape=None, dt: float = DT, allow_reset_change: bool
     if not (dt > 0 and np.isfinite(dt)):
         raise ValueError(f"dt must be a finite number > 0, got {dt!r}")
     graph = lower(model, input_shape, allow_reset_change=allow_reset_change)
-    problems = [(layer.name, "beta=1 (no leak) has no finite NIR time constant")
-                for layer in graph.layers if layer.neuron.beta >= 1.0 or (layer.neuron.alpha or 0) >= 1.0]
+    # (a LIF without leak is NIR's IF; a CubaLIF has no leak-free NIR form)
+    problems = [(layer.name, "a CubaLIF with alpha=1 or beta=1 (no decay) has no finite NIR time constant")
+                for layer in graph.layers
+                if layer.neuron.alpha is not None and (layer.neuron.beta >= 1.0 or layer.neuron.alpha >= 1.0)]
     if problems:
         raise ExportError(problems)
     nodes = {"input": nir.Input(input_type=np.array(graph.input_shape))}
@@ -64,7 +73,9 @@ def export_nir(model, input_shape=None, dt: float = DT, allow_reset_change: bool
                              padding=layer.padding, dilation=layer.dilation, groups=layer.groups,
                              bias=np.zeros(w.shape[0], np.float32) if b is None else b)
         n, shape = layer.neuron, layer.out_shape
-        if n.alpha is None:
+        if n.alpha is None and n.beta >= 1.0:  # (IF: v += r I a step, as Norse's importer runs it)
+            neuron = nir.IF(r=_full(shape, 1.0), v_threshold=_full(shape, n.threshold), v_reset=_full(shape, 0.0))
+        elif n.alpha is None:
             neuron = nir.LIF(tau=_full(shape, dt / (1 - n.beta)), r=_full(shape, 1.0), v_leak=_full(shape, 0.0),
                              v_threshold=_full(shape, n.threshold * (1 - n.beta)), v_reset=_full(shape, 0.0))
         else:
@@ -124,13 +135,21 @@ def import_nir(graph, dt: float | None = None) -> nn.Sequential:
     """Build a neurosim ``nn.Sequential`` (on ``[T, B, ...]``) from a chain-shaped NIR graph.
 
     ``dt`` defaults to ``graph.metadata["dt"]`` and else 1e-4 (snnTorch's convention). Supported nodes:
-    Affine, Linear, Conv2d, Flatten, AvgPool2d, LIF and CubaLIF with ``v_leak = 0`` and ``v_reset = 0``.
+    Affine, Linear, Conv2d, Flatten, AvgPool2d, IF, LIF and CubaLIF with ``v_leak = 0`` and ``v_reset = 0``.
     Anything else raises :class:`ExportError` listing each unsupported node.
     """
     import nir
 
-    if isinstance(graph, str):
-        graph = nir.read(graph)
+    if isinstance(graph, (str, os.PathLike)):
+        path = Path(graph)
+        if not path.is_file():
+            raise ValueError(f"graph {str(path)!r} " + ("is a directory, not a NIR file" if path.is_dir()
+                                                        else "does not exist"))
+        try:
+            graph = nir.read(str(path))
+        except Exception as err:  # noqa: BLE001 - a cut or foreign file: h5py's or nir's own errors, named here
+            raise ValueError(f"graph {str(path)!r} cannot be read as a NIR graph ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0][:200] if str(err) else 'no detail'})") from None
     if not isinstance(graph, nir.NIRGraph):
         raise ValueError(f"graph must be a nir.NIRGraph or a path to one, got {type(graph).__name__}")
     if dt is None:
@@ -140,8 +159,16 @@ def import_nir(graph, dt: float | None = None) -> nn.Sequential:
     problems, mods = [], []
     for name in _chain(graph):
         node = graph.nodes[name]
+        bad = [k for k in ("weight", "bias") if getattr(node, k, None) is not None
+               and not np.all(np.isfinite(np.asarray(getattr(node, k), dtype=np.float64)))]
+        if bad:
+            problems.append((name, f"its {' and '.join(bad)} hold NaN or inf"))
+            continue
         if isinstance(node, (nir.Affine, nir.Linear)):
             w = np.asarray(node.weight, dtype=np.float32)
+            if w.ndim != 2 or (isinstance(node, nir.Affine) and np.asarray(node.bias).shape != (w.shape[0],)):
+                problems.append((name, f"weight {w.shape} must be 2-D [out, in] and the bias [out]"))
+                continue
             lin = nn.Linear(w.shape[1], w.shape[0], bias=isinstance(node, nir.Affine))
             lin.weight.data.copy_(nn.Parameter(lin.weight.new_tensor(w)))
             if isinstance(node, nir.Affine):
@@ -164,6 +191,17 @@ def import_nir(graph, dt: float | None = None) -> nn.Sequential:
         elif isinstance(node, nir.AvgPool2d):
             mods.append((name, TimeDistributed(nn.AvgPool2d(tuple(node.kernel_size), tuple(node.stride),
                                                             tuple(node.padding)))))
+        elif isinstance(node, nir.IF):  # (no leak: neurosim's LIF with beta = 1)
+            n = len(problems)
+            reset = _one(name, "v_reset", getattr(node, "v_reset", 0.0), problems)
+            vth, r = _one(name, "v_threshold", node.v_threshold, problems), _one(name, "r", node.r, problems)
+            if len(problems) > n:
+                continue
+            if reset != 0 or not r > 0 or not vth > 0:
+                problems.append((name, f"v_reset={reset:g}, r={r:g}, v_threshold={vth:g}: need v_reset 0, r > 0 and "
+                                       "v_threshold > 0"))
+                continue
+            mods.append((name, LIF(beta=1.0, threshold=vth / r, reset="zero")))
         elif isinstance(node, (nir.LIF, nir.CubaLIF)):
             n = len(problems)
             leak = _one(name, "v_leak", node.v_leak, problems)
@@ -181,23 +219,26 @@ def import_nir(graph, dt: float | None = None) -> nn.Sequential:
             if leak != 0 or reset != 0:
                 problems.append((name, f"v_leak={leak:g}, v_reset={reset:g}: only 0 is supported"))
                 continue
-            if tau < dt:
+            if not r > 0:
+                problems.append((name, f"r={r:g}: it must be > 0"))
+                continue
+            if tau < dt * (1 - _TOL):  # (tau = dt, beta = 0, comes back from float32 a hair under dt)
                 problems.append((name, f"tau={tau:g} < dt={dt:g} gives a negative decay"))
                 continue
-            beta = 1 - dt / tau
+            beta = max(0.0, 1 - dt / tau)
             gain = r * dt / tau
             if isinstance(node, nir.LIF):
                 mods.append((name, LIF(beta=beta, threshold=vth / gain, reset="zero")))
             else:
-                if tau_syn < dt:
+                if tau_syn < dt * (1 - _TOL):
                     problems.append((name, f"tau_syn={tau_syn:g} < dt={dt:g} gives a negative decay"))
                     continue
-                alpha = 1 - dt / tau_syn
+                alpha = max(0.0, 1 - dt / tau_syn)
                 gain *= w_in * dt / tau_syn
                 mods.append((name, CubaLIF(alpha=alpha, beta=beta, threshold=vth / gain, reset="zero")))
         else:
             problems.append((name, f"NIR node {type(node).__name__} is not supported (Affine, Linear, Conv2d, "
-                                   "Flatten, AvgPool2d, LIF, CubaLIF)"))
+                                   "Flatten, AvgPool2d, IF, LIF, CubaLIF)"))
     if problems:
         raise ExportError(problems, "the NIR graph cannot be imported")
     return nn.Sequential(*[m for _, m in mods])

@@ -123,6 +123,69 @@ def test_run_lava_rejects_bad_input_before_starting_lava(tmp_path):
         hw.run_lava(path, torch.zeros(4, 2, 8), steps=3)
     with pytest.raises(ValueError, match="does not exist"):
         hw.run_lava(tmp_path / "missing.net", torch.zeros(4, 2, 8))
+    with pytest.raises(ValueError, match=r"at least one time step and one sample .* got shape \(0, 2, 8\)"):
+        hw.run_lava(path, torch.zeros(0, 2, 8))  # (T=0 ran Lava for zero steps: it never returned)
+    with pytest.raises(ValueError, match=r"takes input steps of shape \(8,\), got \(9,\)"):
+        hw.run_lava(path, torch.zeros(4, 2, 9))
+    (tmp_path / "junk.net").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="cannot read the NetX file"):
+        hw.run_lava(tmp_path / "junk.net", torch.zeros(4, 2, 8))
+
+
+@pytest.mark.parametrize("spoil, message", [
+    (lambda m: m[0].weight.data.__setitem__((0, 0), float("nan")), "- 0: its weight holds NaN or inf"),
+    (lambda m: m[0].bias.data.__setitem__(0, float("inf")), "- 0: its bias holds NaN or inf"),
+    (lambda m: m[1].threshold.fill_(0.0), "- 1: threshold is 0: it must be > 0"),
+    (lambda m: m[1].threshold.fill_(-0.5), "- 1: threshold is -0.5: it must be > 0"),
+    (lambda m: m[1].beta.fill_(float("nan")), "- 1: beta is nan: it must be finite"),
+])
+def test_non_finite_parameters_and_thresholds_are_refused_by_both_exports(spoil, message, tmp_path):
+    model = small_mlp()
+    spoil(model)
+    with pytest.raises(hw.ExportError, match=message):
+        hw.export_lava(model, tmp_path / "m.net")
+    with pytest.raises(hw.ExportError, match=message):
+        hw.export_nir(model)
+    assert not (tmp_path / "m.net").exists()
+
+
+def test_a_layer_whose_weights_all_quantize_to_zero_is_refused_before_writing(tmp_path):
+    model = small_mlp()
+    model[0].weight.data.fill_(1e-3)
+    model[0].bias.data.zero_()
+    model[1].threshold.fill_(1000.0)  # (the threshold sets the scale: 1e-3 weights round to 0)
+    with pytest.raises(hw.ExportError, match="- 0: every weight quantizes to 0"):
+        hw.export_lava(model, tmp_path / "m.net")
+    assert not (tmp_path / "m.net").exists()
+
+
+def test_exportable_checkpoints_call_only_registered_builders_and_are_crc_checked(tmp_path):
+    """A checkpoint is data: the builder it names is called only if registered (a crafted one named a function
+    that writes files); a byte flipped inside it is found by its zip CRCs, which torch.load does not check."""
+    from neurosim.hardware import demo
+    from neurosim.hardware.cli import load_exportable, register_builder
+
+    target = tmp_path / "written.txt"
+    torch.save({"builder": "neurosim.training.checkpoint:atomic_write_text",
+                "kwargs": {"path": str(target), "text": "x"}, "state_dict": {}}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="names the builder 'neurosim.training.checkpoint:atomic_write_text', which "
+                                         "is not registered"):
+        load_exportable(tmp_path / "evil.pt")
+    assert not target.exists()
+    with pytest.raises(ValueError, match="is not registered"):
+        save_exportable(small_mlp(), tmp_path / "m.pt", "neurosim.hardware.demo:nope")
+    good = save_exportable(demo.digits_mlp(hidden=8), tmp_path / "m.pt", "neurosim.hardware.demo:digits_mlp", hidden=8)
+    data = bytearray(good.read_bytes())
+    i = data.find(b"archive/data/0") + 200  # (inside the first tensor's bytes)
+    data[i:i + 50] = bytes(b ^ 0xFF for b in data[i:i + 50])
+    (tmp_path / "flipped.pt").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="fails its CRC check"):
+        load_exportable(tmp_path / "flipped.pt")
+    torch.save({"builder": "neurosim.hardware.demo:digits_mlp", "kwargs": {"hidden": 5},
+                "state_dict": demo.digits_mlp(hidden=8).state_dict()}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="its state_dict does not fit the model"):
+        load_exportable(tmp_path / "other.pt")
+    assert register_builder("neurosim.hardware.demo:digits_mlp") == "neurosim.hardware.demo:digits_mlp"
 
 
 def test_cli_exports_lava_and_nir(tmp_path, capsys):
