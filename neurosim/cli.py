@@ -145,13 +145,14 @@ def _config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace,
 def _cmd_train(parser, args) -> int:
     from .training import Trainer
 
+    from .training.checkpoint import CheckpointError
     from .training.config import ConfigError
 
     cfg, resume = _config_from_args(parser, args, {})
     try:
         summary = Trainer(cfg).fit(resume=resume)
-    except ConfigError as err:
-        parser.error(str(err))
+    except (ConfigError, CheckpointError) as err:  # (a checkpoint of another run given to --resume, an unwritable
+        parser.error(str(err))                     # --out-dir: found before the first step)
     if "paths" in summary:
         best = ", ".join(f"{k} {v:.4g}" for k, v in summary["best"].items())
         print(f"neurosim train: {cfg.model} on {cfg.dataset}, {summary['epochs_run']} epochs on {summary['device']}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextvars
 import math
+import numbers
 from typing import Callable, Iterable
 
 import torch
@@ -243,13 +244,15 @@ def rank_exactly(name: str, x: torch.Tensor, ks: Iterable[int], layout: str) -> 
 
 def in_range(name: str, value, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False):
     """Check a scalar or every element of a tensor lies in [lo, hi] (open ends where asked)."""
+    interval = ("(" if lo_open else "[") + f"{lo}, {hi}" + (")" if hi_open else "]")
+    if value is None or isinstance(value, (str, bytes, bool)):  # (a config file's "0.2" or null)
+        raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
     t = torch.as_tensor(value, dtype=torch.float64) if not torch.is_tensor(value) else value.detach().double()
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} must be finite, got {value}")
     low_ok = (t > lo) if lo_open else (t >= lo)
     high_ok = (t < hi) if hi_open else (t <= hi)
     if not bool((low_ok & high_ok).all()):
-        interval = ("(" if lo_open else "[") + f"{lo}, {hi}" + (")" if hi_open else "]")
         shown = value if not torch.is_tensor(value) or value.numel() == 1 else f"values in [{t.min():g}, {t.max():g}]"
         raise ValueError(f"{name} must be in {interval}, got {shown}")
     return value
@@ -279,6 +282,20 @@ def one_of(name: str, value, allowed: Iterable) -> None:
         raise ValueError(f"{name} must be one of {', '.join(repr(a) for a in allowed)}; got {value!r}")
 
 
+def zip_problem(path) -> str | None:
+    """Why the zip archive at ``path`` (what ``torch.save`` writes) cannot be trusted, or None: not a complete
+    archive (cut short), or a member whose bytes no longer match its CRC-32 (flipped on disk or in transit;
+    ``torch.load`` itself does not check)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+        return f"truncated or not a torch file ({type(err).__name__}: {err})"
+    return f"corrupt: its part {bad!r} fails its CRC check" if bad is not None else None
+
+
 def device(name: str, spec) -> torch.device:
     """A device given as ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (or a torch.device) that this machine has."""
     text = str(spec)
@@ -303,6 +320,8 @@ def binary(name: str, x: torch.Tensor) -> torch.Tensor:
 
 
 def positive_float(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     v = float(value)
     if not math.isfinite(v) or v <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")

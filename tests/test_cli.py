@@ -58,6 +58,29 @@ def test_bad_config_file_and_missing_checkpoint_are_usage_errors(tmp_path, capsy
     cfg.write_text("epochs: -2\n")
     code, err = _fails(["train", "--config", str(cfg)], capsys)
     assert code == 2 and "epochs must be an integer >= 1, got -2" in err
+    cfg.write_text("val_fraction: '0.2'\n")  # (a number quoted in YAML, a null: named, not a torch TypeError)
+    code, err = _fails(["train", "--config", str(cfg)], capsys)
+    assert code == 2 and "val_fraction must be a number in (0.0, 1.0), got '0.2'" in err
+    cfg.write_text("weight_decay: null\n")
+    code, err = _fails(["train", "--config", str(cfg)], capsys)
+    assert code == 2 and "weight_decay must be a number in [0.0, inf], got None" in err
+    cfg.write_text("lr: abc\n")
+    code, err = _fails(["train", "--config", str(cfg)], capsys)
+    assert code == 2 and "lr must be a finite number > 0, got 'abc'" in err
+
+
+def test_resuming_another_run_or_an_unwritable_out_dir_are_usage_errors_before_training(tmp_path, capsys):
+    tiny = ["train", "--epochs", "1", "--num-steps", "2", "--opt", "hidden=[8]", "--no-progress",
+            "--no-tensorboard", "--no-plots", "--device", "cpu"]
+    assert cli.main(tiny + ["--out-dir", str(tmp_path / "a")]) == 0
+    last = tmp_path / "a" / "checkpoints" / "last.pt"
+    code, err = _fails(tiny + ["--opt", "hidden=[16]", "--out-dir", str(tmp_path / "b"), "--resume", str(last)],
+                       capsys)
+    assert code == 2 and "was written by a different run (model_options" in err
+    (tmp_path / "c" / "checkpoints" / "last.pt").mkdir(parents=True)  # (where the checkpoint must go)
+    code, err = _fails(tiny + ["--out-dir", str(tmp_path / "c")], capsys)
+    assert code == 2 and "out_dir" in err and "cannot hold this run's files" in err
+    assert not (tmp_path / "c" / "log.csv").exists()  # (nothing trained)
     code, err = _fails(["train", "--out-dir", str(tmp_path / "none"), "--resume"], capsys)
     assert code == 2 and "last.pt' does not exist" in err
     bad = tmp_path / "bad.pt"
@@ -189,3 +212,16 @@ def test_export_stack_is_the_same_network_and_export_command_takes_trainer_check
     if code != 0:
         pytest.fail(capsys.readouterr().err)
     assert (tmp_path / "net.h5").stat().st_size > 0 and "NetX network, 2 layers" in capsys.readouterr().out
+    # NIR too: the readout integrator (beta=1, no leak) is NIR's IF node, and the graph imports back to the stack
+    from neurosim.hardware import import_nir
+
+    code = cli.main(["export", str(ckpt), "--format", "nir", "--out", str(tmp_path / "net.nir")])
+    if code != 0:
+        pytest.fail(capsys.readouterr().err)
+    back = import_nir(str(tmp_path / "net.nir"))
+    with torch.no_grad():
+        hb = s
+        for layer in list(back)[:-1]:
+            hb = layer(hb)
+        assert torch.equal(hb, h)  # (the hidden spikes)
+        torch.testing.assert_close(back[-1](hb, return_mem=True)[1], mem)  # (the readout's membrane: no leak)

@@ -39,6 +39,24 @@ def test_truncated_file_gives_clear_error(run_dir, tmp_path):
             ckpt_io.load(bad)
 
 
+def test_a_byte_flipped_inside_a_checkpoint_is_found(tmp_path):
+    """torch.load reads a checkpoint whose tensor bytes changed on disk without complaint; its zip CRCs do not."""
+    import zipfile
+
+    path = ckpt_io.save(tmp_path / "c.pt", {"model": nn.Linear(64, 64).state_dict()})
+    with zipfile.ZipFile(path) as z:  # (the bytes of the first tensor: the local header, its name, then the data)
+        info = next(i for i in z.infolist() if i.filename.endswith("/data/0"))
+    data = bytearray(path.read_bytes())
+    start = info.header_offset + 30 + len(info.filename.encode()) + int.from_bytes(
+        data[info.header_offset + 28:info.header_offset + 30], "little")
+    i = start + 1000
+    data[i:i + 100] = bytes(b ^ 0x55 for b in data[i:i + 100])
+    path.write_bytes(bytes(data))
+    torch.load(path, weights_only=True)  # (no error from torch)
+    with pytest.raises(CheckpointError, match="is corrupt: its part .* fails its CRC check"):
+        ckpt_io.load(path)
+
+
 def test_foreign_files_give_clear_errors(tmp_path):
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"definitely not a checkpoint\n" * 10)

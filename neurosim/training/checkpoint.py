@@ -19,6 +19,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from .. import validate
+
 FORMAT = "neurosim.checkpoint"
 VERSION = 1
 REQUIRED_KEYS = ("format", "version", "model", "optimizer", "scheduler", "epoch", "step_in_epoch",
@@ -79,6 +81,9 @@ def load(path: str | Path, map_location="cpu") -> dict[str, Any]:
     if not zipfile.is_zipfile(path):   # torch.save always writes a zip archive; a cut one loses its directory
         raise CheckpointError(f"checkpoint {str(path)!r} is truncated or not a torch file (no complete zip archive, "
                               f"{path.stat().st_size} bytes)")
+    problem = validate.zip_problem(path)
+    if problem:
+        raise CheckpointError(f"checkpoint {str(path)!r} is {problem}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:

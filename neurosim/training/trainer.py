@@ -11,6 +11,7 @@ averaged by DistributedDataParallel, metrics are summed over ranks, and only ran
 """
 from __future__ import annotations
 
+import errno
 import gc
 import math
 import random
@@ -289,6 +290,20 @@ class Trainer:
             self.ddp = self.model
             gc.collect()
 
+    def _check_writable(self):
+        """The run's directory and its checkpoints can be written, before an epoch is spent (a checkpoint that cannot
+        be saved would lose it)."""
+        try:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            ckpt_io.atomic_write_text(self.ckpt_dir / ".write-test", "")
+            (self.ckpt_dir / ".write-test").unlink()
+            for path in self.paths.values():
+                if Path(path).is_dir() and Path(path).suffix:
+                    raise IsADirectoryError(errno.EISDIR, "it is a directory", str(path))
+        except OSError as err:
+            raise ckpt_io.CheckpointError(f"out_dir {str(self.cfg.out_dir)!r} cannot hold this run's files "
+                                          f"({type(err).__name__}: {err})") from None
+
     def _fit(self, resume) -> dict:
         cfg = self.cfg
         if resume is not None:
@@ -296,7 +311,7 @@ class Trainer:
         main = self.dist.is_main
         tb = None
         if main:
-            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            self._check_writable()
             logs.write_json(self.paths["config"], cfg.to_dict())
             if cfg.tensorboard:
                 tb = logs.TensorBoardLog(self.paths["tensorboard"], start_epoch=self.epoch)
