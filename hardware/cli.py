@@ -107,7 +107,12 @@ def cli_main(argv=None, load_model=None) -> int:
     args = build_parser().parse_args(argv)
     from .graph import ExportError
 
+    from neurosim import validate
+
     try:
+        problem = validate.output_problem(args.out)
+        if problem:
+            raise ValueError(f"--out {args.out!r}: {problem}")
         model = (load_model or load_exportable)(args.checkpoint)
         model.eval()
         shape = tuple(args.input_shape) if args.input_shape else None
@@ -121,10 +126,16 @@ def cli_main(argv=None, load_model=None) -> int:
 
             from .nir_io import export_nir
             graph = export_nir(model, input_shape=shape, allow_reset_change=args.allow_reset_change)
+            import os
+
             out = Path(args.out)
-            tmp = out.with_name(f".{out.name}.tmp")
-            nir.write(str(tmp), graph)
-            tmp.replace(out)
+            out.parent.mkdir(parents=True, exist_ok=True)  # (as the Lava export does)
+            tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+            try:
+                nir.write(str(tmp), graph)
+                tmp.replace(out)
+            finally:
+                tmp.unlink(missing_ok=True)
             print(f"wrote {args.out}: NIR graph with {len(graph.nodes)} nodes")
     except (ExportError, ValueError) as err:
         print(f"neurosim export: error: {err}", file=sys.stderr)

@@ -200,6 +200,11 @@ def lower(model: nn.Module, input_shape=None, allow_reset_change: bool = False) 
             input_shape = (first.in_features,)
         elif isinstance(first, nn.Conv2d):
             raise ExportError([("input", "the first synapse is a Conv2d: pass input_shape=(C, H, W)")])
+    if isinstance(input_shape, int) and not isinstance(input_shape, bool):
+        input_shape = (input_shape,)
+    if input_shape is not None and (isinstance(input_shape, (str, bytes)) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in input_shape)):
+        raise ValueError(f"input_shape must be (features,) or (C, H, W) of integers, got {input_shape!r}")
     input_shape = tuple(int(s) for s in input_shape) if input_shape is not None else None
     if input_shape is not None and (len(input_shape) not in (1, 3) or min(input_shape) < 1):
         raise ValueError(f"input_shape must be (features,) or (C, H, W) with positive sizes, got {input_shape}")

@@ -25,6 +25,7 @@ input), and ``reset="subtract"`` has no NIR form (export needs ``allow_reset_cha
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,9 @@ def export_nir(model, input_shape=None, dt: float = DT, allow_reset_change: bool
     if not (dt > 0 and np.isfinite(dt)):
         raise ValueError(f"dt must be a finite number > 0, got {dt!r}")
     graph = lower(model, input_shape, allow_reset_change=allow_reset_change)
+    changed = [layer.name for layer in graph.layers if layer.neuron.reset == "subtract"]
+    if changed:  # (as export_lava says it)
+        warnings.warn(f"layers {changed}: reset='subtract' exported as NIR's reset to v_reset = 0", stacklevel=2)
     # (a LIF without leak is NIR's IF; a CubaLIF has no leak-free NIR form)
     problems = [(layer.name, "a CubaLIF with alpha=1 or beta=1 (no decay) has no finite NIR time constant")
                 for layer in graph.layers

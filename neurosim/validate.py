@@ -282,6 +282,23 @@ def one_of(name: str, value, allowed: Iterable) -> None:
         raise ValueError(f"{name} must be one of {', '.join(repr(a) for a in allowed)}; got {value!r}")
 
 
+def output_problem(path) -> str | None:
+    """Why an output file cannot be written at ``path`` (a directory there, a file where a directory should be, a
+    directory without write permission), or None."""
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    if path.is_dir():
+        return "it is a directory"
+    parent = next((a for a in path.absolute().parents if a.exists()), None)
+    if parent is not None and not parent.is_dir():
+        return f"{str(parent)!r} is a file, not a directory"
+    if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+        return f"directory {str(parent)!r} is not writable"
+    return None
+
+
 def zip_problem(path) -> str | None:
     """Why the zip archive at ``path`` (what ``torch.save`` writes) cannot be trusted, or None: not a complete
     archive (cut short), or a member whose bytes no longer match its CRC-32 (flipped on disk or in transit;

@@ -132,6 +132,21 @@ def test_run_lava_rejects_bad_input_before_starting_lava(tmp_path):
         hw.run_lava(tmp_path / "junk.net", torch.zeros(4, 2, 8))
 
 
+def test_export_command_checks_its_output_path_and_input_shape(tmp_path, capsys):
+    from neurosim.hardware import demo
+
+    ckpt = save_exportable(demo.digits_mlp(hidden=8), tmp_path / "m.pt", "neurosim.hardware.demo:digits_mlp", hidden=8)
+    for fmt in ("lava", "nir"):
+        assert cli_main([str(ckpt), "--format", fmt, "--out", str(tmp_path)]) == 2
+        assert "--out" in capsys.readouterr().err
+        assert cli_main([str(ckpt), "--format", fmt, "--out", str(ckpt / "x.net")]) == 2
+        assert "is a file, not a directory" in capsys.readouterr().err
+    assert cli_main([str(ckpt), "--format", "nir", "--out", str(tmp_path / "new" / "m.nir")]) == 0  # (made)
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["m.nir"]  # (no temporary left)
+    with pytest.raises(ValueError, match="input_shape must be .* of integers, got '64'"):
+        hw.export_lava(small_mlp(), tmp_path / "s.net", input_shape="64")
+
+
 @pytest.mark.parametrize("spoil, message", [
     (lambda m: m[0].weight.data.__setitem__((0, 0), float("nan")), "- 0: its weight holds NaN or inf"),
     (lambda m: m[0].bias.data.__setitem__(0, float("inf")), "- 0: its bias holds NaN or inf"),

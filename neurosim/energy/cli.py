@@ -23,7 +23,6 @@ import torch
 
 from .. import validate
 from .hardware import get_profile, list_profiles
-from .report import output_problem
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -167,7 +166,7 @@ def _check_outputs(args):
     """Each output path can be written (checked before the model runs, so a typo does not cost a profile)."""
     for option in ("csv", "json", "plot"):
         path = getattr(args, option)
-        problem = path and output_problem(path)
+        problem = path and validate.output_problem(path)
         if problem:
             raise ValueError(f"--{option} {path!r}: {problem}")
 

@@ -10,6 +10,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .. import validate
 from .hardware import HardwareProfile
 
 
@@ -92,26 +93,12 @@ def _umask() -> int:
     return mask
 
 
-def output_problem(path) -> str | None:
-    """Why a report file cannot be written at ``path`` (a directory there, a file where a directory should be, a
-    directory without write permission), or None."""
-    path = Path(path)
-    if path.is_dir():
-        return "it is a directory"
-    parent = next((a for a in path.absolute().parents if a.exists()), None)
-    if parent is not None and not parent.is_dir():
-        return f"{str(parent)!r} is a file, not a directory"
-    if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
-        return f"directory {str(parent)!r} is not writable"
-    return None
-
-
 def _atomic_write(path, write, mode: str = "w") -> Path:
     """Write a file at ``path`` whole or not at all: ``write(f)`` fills a temporary file beside it, which then
     replaces ``path`` (with the permissions a new file gets, not the temporary's private ones). A failure names
     ``path``, not the temporary."""
     path = Path(path)
-    problem = output_problem(path)
+    problem = validate.output_problem(path)
     if problem:
         raise OSError(errno.EINVAL, f"cannot write {str(path)!r}: {problem}")
     try:

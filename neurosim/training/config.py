@@ -78,6 +78,8 @@ class TrainConfig:
         self.save_every = validate.positive_int("save_every", self.save_every, minimum=0)
         self.cpu_threads = validate.positive_int("cpu_threads", self.cpu_threads, minimum=0)
         self.lr = validate.positive_float("lr", self.lr)
+        for name in ("progress", "tensorboard", "plots"):
+            validate.boolean(name, getattr(self, name))
         validate.in_range("weight_decay", self.weight_decay, 0.0, float("inf"))
         validate.in_range("grad_clip", self.grad_clip, 0.0, float("inf"))
         validate.in_range("lr_factor", self.lr_factor, 0.0, 1.0, lo_open=True, hi_open=True)
