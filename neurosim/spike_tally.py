@@ -11,10 +11,11 @@ sum of the row. Outside such a block
 from __future__ import annotations
 
 from contextlib import contextmanager
-from contextvars import ContextVar
 from typing import Protocol
 
 import torch
+
+from .context_stack import Stacked
 
 
 SLOTS = 32  # elements of a tally row (the number of addresses the kernel's programs spread their counts over)
@@ -29,17 +30,17 @@ class Sink(Protocol):
         """``row`` holds (once the kernel ran) the count of ``spikes``."""
 
 
-_SINK: ContextVar = ContextVar("neurosim_spike_tally", default=None)
+_SINK = Stacked("neurosim_spike_tally")  # the innermost collecting block's sink
 
 
 @contextmanager
 def collecting(sink: Sink):
     """Route the spike counts of kernels run inside the block to ``sink``."""
-    token = _SINK.set(sink)
+    frame = _SINK.push(sink)
     try:
         yield sink
     finally:
-        _SINK.reset(token)
+        _SINK.pop(frame)
 
 
 def row(x: torch.Tensor) -> torch.Tensor | None:

@@ -5,14 +5,15 @@ into a silently clamped or truncated result.
 """
 from __future__ import annotations
 
-import contextvars
 import math
 import numbers
 from typing import Callable, Iterable
 
 import torch
 
-_DEFERRED: contextvars.ContextVar = contextvars.ContextVar("neurosim_deferred_checks", default=None)
+from .context_stack import Stacked
+
+_DEFERRED = Stacked("neurosim_deferred_checks")  # the innermost deferred_checks block's DeferredChecks
 
 
 COMPACT_EVERY = 4096  # queued checks a DeferredChecks holds before it compacts them
@@ -163,14 +164,14 @@ class deferred_checks:
 
     def __init__(self, where: Callable[[], str] | None = None):
         self.checks = DeferredChecks(where)
-        self._token = None
+        self._frame = None
 
     def __enter__(self) -> DeferredChecks:
-        self._token = _DEFERRED.set(self.checks)
+        self._frame = _DEFERRED.push(self.checks)
         return self.checks
 
     def __exit__(self, exc_type, exc, tb):
-        _DEFERRED.reset(self._token)
+        _DEFERRED.pop(self._frame)
         if exc_type is None:
             self.checks.check()
         return False

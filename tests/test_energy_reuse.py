@@ -596,6 +596,12 @@ def test_blocks_of_one_thread_ending_out_of_order_leave_the_model_unwrapped():
     with torch.no_grad():
         model(_spikes(4, 3, 16))  # (nobody's)
     assert [r.calls for r in a.report().layers] == [1, 1, 1] and [r.calls for r in b.report().layers] == [2, 2, 2]
+    # the meters' context (deferred NaN checks, the spike tally's sink) is as it was before them, not a's
+    from neurosim import spike_tally, validate
+
+    assert validate.active_checks() is None and spike_tally.row(torch.zeros(1)) is None
+    with pytest.raises(ValueError, match="NaN"):
+        validate.finite("x", torch.tensor([float("nan")]))
 
 
 def test_a_count_cannot_be_compared_before_it_is_known():
