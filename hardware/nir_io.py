@@ -63,9 +63,9 @@ def export_nir(model, input_shape=None, dt: float = DT, allow_reset_change: bool
     nodes = {"input": nir.Input(input_type=np.array(graph.input_shape))}
     edges, prev = [], "input"
     for i, layer in enumerate(graph.layers):
-        if layer.flatten_before and i > 0:
-            nodes[f"flatten{i}"] = nir.Flatten(input_type={"input": np.array(graph.layers[i - 1].out_shape)},
-                                               start_dim=0, end_dim=-1)
+        if layer.flatten_before:  # (also before the first synapse: an image input to a Linear)
+            before = graph.layers[i - 1].out_shape if i > 0 else graph.input_shape
+            nodes[f"flatten{i}"] = nir.Flatten(input_type={"input": np.array(before)}, start_dim=0, end_dim=-1)
             edges.append((prev, f"flatten{i}"))
             prev = f"flatten{i}"
         w = layer.weight.astype(np.float32)

@@ -100,6 +100,15 @@ def test_round_trip_through_neurosim_import(case):
         assert torch.equal(back(x), model(x))
 
 
+def test_an_image_input_flattened_into_a_linear_round_trips():
+    model = nn.Sequential(TD(nn.Flatten()), nn.Linear(64, 5), lif(0.8, 0.3))
+    x = spikes_in((1, 8, 8), seed=3)
+    graph = hw.export_nir(model, input_shape=(1, 8, 8))
+    back = hw.import_nir(graph)
+    with torch.no_grad():
+        assert torch.equal(back(x), model(x)) and model(x).sum() > 0
+
+
 def test_cubalif_parameters_round_trip():
     model = nn.Sequential(nn.Linear(6, 4), neurosim.CubaLIF(alpha=0.6, beta=0.85, threshold=0.7, reset="zero"))
     back = hw.import_nir(hw.export_nir(model))
