@@ -549,6 +549,22 @@ def test_profile_inside_inference_mode_counts_as_outside():
             net(xi)
     assert not any("forward" in m.__dict__ for m in net.modules())
 
+    # (inputs given as a namedtuple, with or without inference tensors: passed as they are, or rebuilt as one)
+    import collections
+
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.add, self.fc = Add(), nn.Linear(4, 2)
+
+        def forward(self, x, y):
+            return self.fc(self.add(x, y))
+
+    pair = collections.namedtuple("Pair", "x y")
+    two = Two()
+    want = profile(two, pair(x, x), reuse=False).to_dict()
+    assert profile(two, pair(x, x)).to_dict() == want and profile(two, pair(xi, xi)).to_dict() == want
+
 
 def test_a_layer_reachable_through_two_parents_is_counted_once():
     """A module registered under two containers is one layer (under its first name), wrapped once: its calls are

@@ -1305,15 +1305,21 @@ def _no_inference_tensors(args: tuple, kwargs: dict):
 
 
 def _usual_tensors(inputs):
-    """``inputs`` with every inference tensor (made under ``torch.inference_mode()``) cloned outside it."""
+    """``inputs`` with every inference tensor (made under ``torch.inference_mode()``) cloned outside it (``inputs``
+    itself when it holds none)."""
     def fix(v):
         if isinstance(v, torch.Tensor) and v.is_inference():
             with torch.inference_mode(False):
                 return v.clone()
         return v
 
+    vals = inputs.values() if isinstance(inputs, dict) else inputs if isinstance(inputs, (tuple, list)) else (inputs,)
+    if not any(isinstance(v, torch.Tensor) and v.is_inference() for v in vals):
+        return inputs
     if isinstance(inputs, dict):
         return {k: fix(v) for k, v in inputs.items()}
+    if isinstance(inputs, tuple) and hasattr(inputs, "_fields"):  # (a namedtuple)
+        return type(inputs)(*(fix(v) for v in inputs))
     if isinstance(inputs, (tuple, list)):
         return type(inputs)(fix(v) for v in inputs)
     return fix(inputs)
