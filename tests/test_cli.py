@@ -81,6 +81,10 @@ def test_resuming_another_run_or_an_unwritable_out_dir_are_usage_errors_before_t
     code, err = _fails(tiny + ["--out-dir", str(tmp_path / "c")], capsys)
     assert code == 2 and "out_dir" in err and "cannot hold this run's files" in err
     assert not (tmp_path / "c" / "log.csv").exists()  # (nothing trained)
+    code, err = _fails(tiny + ["--dataset", "damped_sine", "--encoder", "rate", "--out-dir", str(tmp_path / "d")],
+                       capsys)
+    assert code == 2 and "encoder 'rate' cannot encode the samples of dataset 'damped_sine'" in err
+    assert not (tmp_path / "d").exists()  # (found before anything was made)
     code, err = _fails(["train", "--out-dir", str(tmp_path / "none"), "--resume"], capsys)
     assert code == 2 and "last.pt' does not exist" in err
     bad = tmp_path / "bad.pt"

@@ -131,3 +131,14 @@ def test_pickle_error_is_reported_by_name(tmp_path):
     p.write_bytes(pickle.dumps({"a": 1}))
     with pytest.raises(CheckpointError, match="old.pt' is truncated or not a torch file"):
         ckpt_io.load(p)
+
+
+def test_fit_sets_the_thread_count_back(tmp_path):
+    """cpu_threads is process-wide in torch: a finished fit() leaves it as it found it (a later training in the same
+    process, as in a notebook or a test run, would otherwise take other float sums and reach other accuracies)."""
+    from neurosim.training import TrainConfig, Trainer
+
+    before = torch.get_num_threads()
+    Trainer(TrainConfig(epochs=1, num_steps=2, model_options={"hidden": [8]}, progress=False, tensorboard=False,
+                        plots=False, out_dir=str(tmp_path), cpu_threads=before + 1, device="cpu")).fit()
+    assert torch.get_num_threads() == before

@@ -70,7 +70,8 @@ class Trainer:
     def _setup(self) -> None:
         cfg = self.cfg
         self.dist, self.device = D.setup(cfg.device)
-        if self.device.type == "cpu" and cfg.cpu_threads:
+        if self.device.type == "cpu" and cfg.cpu_threads:  # (set back when fit() returns: a process-wide setting)
+            self._threads_before = torch.get_num_threads()
             torch.set_num_threads(cfg.cpu_threads)
         world = self.dist.world_size
         if cfg.batch_size % world:
@@ -96,6 +97,7 @@ class Trainer:
         if not isinstance(model, nn.Module):
             raise ValueError(f"model builder {cfg.model!r} returned {type(model).__name__}, not an nn.Module")
         self.model = model.to(self.device)
+        self._check_encoding()
         seed_everything(cfg.seed + self.dist.rank)      # per-rank stream for encoders / dropout
         if self.dist.enabled:
             ids = [self.device] if self.device.type == "cuda" else None
@@ -123,6 +125,21 @@ class Trainer:
         self.train_time = 0.0
         self.train_samples = 0
         self.sums = MetricSums(self.device)
+
+    def _check_encoding(self) -> None:
+        """The model's encoder takes this dataset's samples (a rate encoder needs values in [0, 1]; a forecasting
+        series is not), found before any directory is made or step taken; the random streams are left as they
+        were."""
+        if not hasattr(self.model, "encode") or not len(self.train_idx):
+            return
+        x = self.info.dataset[self.train_idx[0]][0]
+        devices = [self.device] if self.device.type == "cuda" else []
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=devices):
+                self.model.encode(torch.as_tensor(x).unsqueeze(0).to(self.device))
+        except ValueError as err:
+            raise ConfigError(f"encoder {self.cfg.encoder!r} cannot encode the samples of dataset "
+                              f"{self.cfg.dataset!r}: {err}") from None
 
     # ---- checkpoints ------------------------------------------------------------------------------------------
     def _state(self) -> dict:
@@ -270,16 +287,21 @@ class Trainer:
     # ---- the run ----------------------------------------------------------------------------------------------
     def fit(self, resume: str | Path | None = None) -> dict:
         """Train (continuing from the checkpoint ``resume`` if given); return the summary dict."""
-        self._setup()
+        self._threads_before = None
         try:
-            summary = self._fit(resume)
-        except BaseException:
+            self._setup()
+            try:
+                summary = self._fit(resume)
+            except BaseException:
+                self._release_ddp()
+                D.teardown(self.dist, ok=False)
+                raise
             self._release_ddp()
-            D.teardown(self.dist, ok=False)
-            raise
-        self._release_ddp()
-        D.teardown(self.dist)
-        return summary
+            D.teardown(self.dist)
+            return summary
+        finally:
+            if self._threads_before is not None:
+                torch.set_num_threads(self._threads_before)
 
     def _release_ddp(self) -> None:
         """Drop the DDP wrapper (its reducer holds the process group's gloo/NCCL work objects) before the group
