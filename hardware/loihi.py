@@ -33,6 +33,7 @@ How this differs from neurosim's float model (the accuracy cost is measured by c
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -72,6 +73,9 @@ class QLayer:
     scale: float = 1.0             # float value of one weight LSB is 1/scale
 
 
+LOST_WARN = 0.25  # a layer losing more than this share of its nonzero weights to rounding is warned about
+
+
 def quantize_layer(layer: Layer) -> QLayer:
     n = layer.neuron
     w_abs = float(np.abs(layer.weight).max())
@@ -96,6 +100,10 @@ def quantize_layer(layer: Layer) -> QLayer:
                                         else "") + "): the layer could never drive its neurons"))
     if problems:
         raise ExportError(problems)
+    nonzero, kept = int(np.count_nonzero(layer.weight)), int(np.count_nonzero(q(layer.weight)))
+    if nonzero and (nonzero - kept) / nonzero > LOST_WARN:
+        warnings.warn(f"layer {layer.name!r}: {nonzero - kept} of its {nonzero} nonzero weights quantize to 0 at "
+                      f"weight scale {s:g} (the largest weight, threshold or bias sets the scale)", stacklevel=3)
     return QLayer(layer.name, layer.kind, q(layer.weight), None if layer.bias is None else q(layer.bias),
                   i_decay, v_decay, vth, tuple(layer.in_shape), tuple(layer.out_shape), layer.flatten_before,
                   tuple(layer.stride), tuple(layer.padding), tuple(layer.dilation), int(layer.groups), float(s))

@@ -174,6 +174,14 @@ def test_a_layer_whose_weights_all_quantize_to_zero_is_refused_before_writing(tm
     assert not (tmp_path / "m.net").exists()
 
 
+def test_weights_lost_to_quantization_are_warned_about(tmp_path):
+    model = small_mlp()
+    model[0].weight.data.fill_(1e-4)
+    model[0].weight.data[0, 0] = 10.0  # (the largest weight sets the scale: the others round to 0)
+    with pytest.warns(UserWarning, match="layer '0': 47 of its 48 nonzero weights quantize to 0"):
+        hw.export_lava(model, tmp_path / "m.net")
+
+
 def test_exportable_checkpoints_call_only_registered_builders_and_are_crc_checked(tmp_path):
     """A checkpoint is data: the builder it names is called only if registered (a crafted one named a function
     that writes files); a byte flipped inside it is found by its zip CRCs, which torch.load does not check."""
