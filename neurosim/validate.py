@@ -328,6 +328,23 @@ def device(name: str, spec) -> torch.device:
     return dev
 
 
+def broadcasts_to(shape, target) -> bool:
+    """Whether a tensor of ``shape`` broadcasts to ``target`` without growing it."""
+    try:
+        return tuple(torch.broadcast_shapes(tuple(shape), tuple(target))) == tuple(target)
+    except RuntimeError:
+        return False
+
+
+def neuron_param(name: str, value: torch.Tensor, neuron_shape) -> torch.Tensor:
+    """A neuron parameter (or state) is a scalar or broadcasts to the neuron shape ``x.shape[1:]`` (a shape that
+    would broadcast ``x`` itself to more dimensions is an error, not a bigger output)."""
+    if value.numel() != 1 and not broadcasts_to(value.shape, neuron_shape):
+        raise ValueError(f"{name} of shape {tuple(value.shape)} must be a scalar or broadcastable to the neuron shape "
+                         f"x.shape[1:] = {tuple(neuron_shape)}")
+    return value
+
+
 def binary(name: str, x: torch.Tensor) -> torch.Tensor:
     """Require a spike tensor: every element exactly 0 or 1."""
     finite(name, x)

@@ -133,3 +133,11 @@ def test_cpg_threshold_sparsifies_and_errors():
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_delta_keeps_float64_differences():
+    from neurosim.encoders import delta
+
+    x = (1e8 + torch.arange(6, dtype=torch.float64)).reshape(6, 1)  # (steps of 1 on 1e8: lost in float32)
+    assert delta(x, 0.5, padding=True).flatten().tolist() == [0, 1, 1, 1, 1, 1]
+    assert delta(torch.tensor([[0.3], [0.4]], dtype=torch.float64), 0.1, padding=True).flatten().tolist() == [0, 1]

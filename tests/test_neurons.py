@@ -195,3 +195,54 @@ def test_cuba_not_on_norse_and_detach_reset_needs_reference():
 def test_bad_input(x, match):
     with pytest.raises(ValueError, match=match):
         neurosim.LIF()(x)
+
+
+@pytest.mark.parametrize("cls", ["LIF", "CubaLIF"])
+def test_a_broadcast_initial_state_is_the_same_on_every_backend(cls):
+    """A per-neuron initial state (broadcast over the batch): snnTorch's neurons replace a state whose shape is not
+    the input's by zeros, so the snnTorch backend expands it first; gradients reach it on every backend."""
+    from neurosim.neurons.functional import CubaLIFState, LIFState
+
+    x = torch.full((3, 2, 5), 0.1)
+    out = {}
+    for backend in ("torch", "snntorch", "fused") + (("norse",) if cls == "LIF" else ()):
+        mem0 = torch.full((5,), 0.95, requires_grad=True)
+        state = LIFState(mem0) if cls == "LIF" else CubaLIFState(torch.full((5,), 0.5), mem0)
+        layer = getattr(neurosim, cls)(beta=0.99, threshold=1.0, backend=backend, reset="zero")  # (norse's reset)
+        spikes, mem = layer(x, state=state, return_mem=True)
+        mem.sum().backward()
+        out[backend] = (spikes, mem.detach(), mem0.grad)
+    ref = out["torch"]
+    assert ref[0].sum() > 0
+    for backend, (spikes, mem, grad) in out.items():
+        assert torch.equal(spikes, ref[0]), backend
+        torch.testing.assert_close(mem, ref[1]) and torch.testing.assert_close(grad, ref[2])
+
+
+@pytest.mark.parametrize("backend", ["torch", "snntorch", "norse", "fused"])
+def test_parameters_and_state_of_another_shape_or_nan_are_refused_on_every_backend(backend):
+    from neurosim.neurons.functional import LIFState
+
+    x = torch.randn(4, 2, 5)
+    for shape in [(1, 2, 5), (3,)]:  # (one would broadcast x to 4-D, the other not at all)
+        with pytest.raises(ValueError, match=r"beta of shape .* must be a scalar or broadcastable to the neuron shape"):
+            neurosim.LIF(beta=torch.full(shape, 0.5), reset="zero", backend=backend)(x)
+    lif = neurosim.LIF(reset="zero", backend=backend)
+    with pytest.raises(ValueError, match=r"state.mem of shape \(3, 5\) must broadcast to x.shape\[1:\] = \(2, 5\)"):
+        lif(x, state=LIFState(torch.zeros(3, 5)))
+    with pytest.raises(ValueError, match="state.mem.*NaN"):
+        lif(x, state=LIFState(torch.full((2, 5), float("nan"))))
+    with pytest.raises(ValueError, match="state must be a LIFState"):
+        lif(x, state=(torch.zeros(2, 5),))
+
+
+def test_a_model_is_copied_and_saved_after_a_forward_on_the_snntorch_backend(tmp_path):
+    """The snnTorch backend's cached neuron (holding its last step's tensors) is not copied or pickled."""
+    import copy
+
+    lif = neurosim.LIF(backend="snntorch")
+    x = torch.rand(4, 2, 3, requires_grad=True)
+    lif(x)
+    twin = copy.deepcopy(lif)
+    torch.save(lif, tmp_path / "lif.pt")
+    assert torch.equal(twin(x), lif(x))

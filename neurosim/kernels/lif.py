@@ -36,19 +36,8 @@ class _Cfg(NamedTuple):
     interpret: bool
 
 
-def _broadcasts_to(shape, target) -> bool:
-    try:
-        return tuple(torch.broadcast_shapes(tuple(shape), tuple(target))) == tuple(target)
-    except RuntimeError:
-        return False
-
-
-def _check_shape(name, value: torch.Tensor, neuron_shape):
-    if value.numel() != 1 and not _broadcasts_to(value.shape, neuron_shape):
-        raise ValueError(
-            f"{name} of shape {tuple(value.shape)} must be a scalar or broadcastable to the neuron shape "
-            f"x.shape[1:] = {tuple(neuron_shape)}"
-        )
+_broadcasts_to = validate.broadcasts_to
+_check_shape = validate.neuron_param
 
 
 def _check_device(name, value: torch.Tensor, x: torch.Tensor):

@@ -92,15 +92,16 @@ class SnnTorchBackend:
         neuron = self._neuron(kind, p, {} if cache is None else cache)
         state = F.initial_state(kind, x[0]) if state is None else state
         spikes, mems = [], []
+        # (snnTorch replaces a state whose shape is not the input's by zeros: a broadcast one is expanded first)
         if kind == "lif":
-            mem = state.mem
+            mem = state.mem.expand_as(x[0])
             for x_t in x:
                 s, mem = neuron(x_t, mem)
                 spikes.append(s)
                 mems.append(mem)
             final = F.LIFState(mem)
         else:
-            syn, mem = state
+            syn, mem = state.syn.expand_as(x[0]), state.mem.expand_as(x[0])
             for x_t in x:
                 s, syn, mem = neuron(x_t, syn, mem)
                 spikes.append(s)

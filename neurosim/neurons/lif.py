@@ -38,6 +38,13 @@ class _SpikingNeuron(nn.Module):
         self._backend_name = backend
         self._cache: dict = {}
 
+    def __getstate__(self):
+        # (the snnTorch backend's cached neuron holds its last step's tensors: not part of the layer's state, and not
+        # copyable or picklable; copy.deepcopy and torch.save of a model after a forward failed)
+        state = self.__dict__.copy()
+        state["_cache"] = {}
+        return state
+
     def _register(self, name, t):
         if isinstance(t, nn.Parameter):
             self.register_parameter(name, t)
@@ -68,6 +75,18 @@ class _SpikingNeuron(nn.Module):
         p = self.params()
         backend = B.get(self._backend_name)
         backend.check(self.kind, p)
+        for name in ("beta", "threshold") + (("alpha",) if self.kind == "cuba" else ()):
+            validate.neuron_param(name, getattr(p, name), x.shape[1:])
+        if state is not None:  # (every backend: snnTorch's would drop a state of another shape, silently)
+            kind = F.LIFState if self.kind == "lif" else F.CubaLIFState
+            if not isinstance(state, kind):
+                raise ValueError(f"state must be a {kind.__name__} (as return_state=True gives), got "
+                                 f"{type(state).__name__}")
+            for name, s in zip(state._fields, state):
+                if not validate.broadcasts_to(s.shape, x.shape[1:]):
+                    raise ValueError(f"state.{name} of shape {tuple(s.shape)} must broadcast to x.shape[1:] = "
+                                     f"{tuple(x.shape[1:])}")
+                validate.finite(f"state.{name}", s)
         if backend.name != "fused":  # the fused backend checks x as its kernel reads it
             validate.finite("x", x)
         if backend.name == "snntorch":
