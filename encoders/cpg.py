@@ -32,6 +32,9 @@ def cpg_code(max_len: int, num_oscillators: int = 8, periods=None, threshold: fl
     max_len = validate.positive_int("max_len", max_len)
     num_oscillators = validate.positive_int("num_oscillators", num_oscillators)
     validate.in_range("threshold", threshold, 0.0, 1.0, hi_open=True)
+    if periods is not None and not all(isinstance(p, int) or (isinstance(p, float) and p.is_integer())
+                                       for p in periods):
+        raise ValueError(f"periods must be integers >= 2, got {list(periods)}")  # (4.9 is not truncated to 4)
     periods = default_periods(num_oscillators) if periods is None else [int(p) for p in periods]
     if len(periods) != num_oscillators:
         raise ValueError(f"periods must have num_oscillators={num_oscillators} entries, got {len(periods)}")

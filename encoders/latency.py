@@ -46,6 +46,7 @@ def latency(data: torch.Tensor, num_steps: int, threshold: float = 0.01, tau: fl
     validate.in_range("threshold", threshold, 0.0, 1.0, lo_open=True, hi_open=True)
     validate.positive_float("tau", tau)
     first_spike_time = validate.positive_int("first_spike_time", first_spike_time, minimum=0)
+    validate.positive_float("epsilon", epsilon)
     if first_spike_time > num_steps - 1:
         raise ValueError(f"first_spike_time must be in [0, num_steps-1={num_steps - 1}], got {first_spike_time}")
     t = spike_times(data.float(), num_steps, threshold, tau, first_spike_time, linear, normalize, epsilon)

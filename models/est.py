@@ -66,6 +66,11 @@ class ESTConfig:
                      "tpu_kernel"):
             validate.positive_int(name, getattr(self, name))
         validate.positive_float("mlp_ratio", self.mlp_ratio)
+        for name in ("causal", "tpu"):  # ("no" would be true)
+            validate.boolean(name, getattr(self, name))
+        if isinstance(self.kernel_sizes, int):
+            raise ValueError(f"kernel_sizes must be a sequence of kernel sizes (one per layer, the last repeats), "
+                             f"got {self.kernel_sizes!r}")
         validate.one_of("attention", self.attention, ATTENTIONS)
         validate.in_range("astro_alpha", self.astro_alpha, 0.0, 1.0, lo_open=True)
         validate.one_of("pos_encoding", self.pos_encoding, ("cpg", "sin", "learned", "none"))

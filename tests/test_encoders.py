@@ -141,3 +141,14 @@ def test_delta_keeps_float64_differences():
     x = (1e8 + torch.arange(6, dtype=torch.float64)).reshape(6, 1)  # (steps of 1 on 1e8: lost in float32)
     assert delta(x, 0.5, padding=True).flatten().tolist() == [0, 1, 1, 1, 1, 1]
     assert delta(torch.tensor([[0.3], [0.4]], dtype=torch.float64), 0.1, padding=True).flatten().tolist() == [0, 1]
+
+
+def test_latency_epsilon_and_cpg_periods_are_checked():
+    from neurosim.encoders import latency
+    from neurosim.encoders.cpg import cpg_code
+
+    with pytest.raises(ValueError, match="epsilon must be a finite number > 0, got 0"):
+        latency(torch.rand(2, 3), 5, epsilon=0)  # (an index error deep inside before)
+    with pytest.raises(ValueError, match=r"periods must be integers >= 2, got \[4.9, 8.9\]"):
+        cpg_code(4, 2, periods=[4.9, 8.9])  # (taken as [4, 8] before)
+    assert torch.equal(cpg_code(4, 2, periods=[4.0, 8]), cpg_code(4, 2, periods=[4, 8]))

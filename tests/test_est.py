@@ -254,3 +254,12 @@ def test_energy_report_lists_every_rsm_layer_of_an_est():
     notes = [n for n in profile(model, torch.randn(B, N, F)).notes if n.startswith("RSM ")]
     assert notes == [f"RSM layers.{i}.{part}.rsm: ratio {r:g}, mode 'train' -> inactive in this eval pass "
                      "(no spike masked)" for i, r in enumerate((0.25, 0.5)) for part in ("attn", "mlp")]
+
+
+def test_config_flags_and_kernel_sizes_are_checked():
+    with pytest.raises(ValueError, match="tpu must be True or False; got 'no'"):
+        ESTConfig(3, 2, tpu="no")  # (a TPU was built: "no" is true)
+    with pytest.raises(ValueError, match="causal must be True or False; got 'False'"):
+        ESTConfig(3, 2, causal="False")
+    with pytest.raises(ValueError, match="kernel_sizes must be a sequence of kernel sizes"):
+        ESTConfig(3, 2, kernel_sizes=3)
