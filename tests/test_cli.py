@@ -52,21 +52,21 @@ def test_cuda_without_gpu_is_a_usage_error(capsys):
 
 def test_bad_config_file_and_missing_checkpoint_are_usage_errors(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("epochs: 2\nlearning_rate: 0.1\n")
-    code, err = _fails(["train", "--config", str(cfg)], capsys)
-    assert code == 2 and "unknown config key(s) learning_rate" in err
-    cfg.write_text("epochs: -2\n")
-    code, err = _fails(["train", "--config", str(cfg)], capsys)
-    assert code == 2 and "epochs must be an integer >= 1, got -2" in err
-    cfg.write_text("val_fraction: '0.2'\n")  # (a number quoted in YAML, a null: named, not a torch TypeError)
-    code, err = _fails(["train", "--config", str(cfg)], capsys)
-    assert code == 2 and "val_fraction must be a number in (0.0, 1.0), got '0.2'" in err
-    cfg.write_text("weight_decay: null\n")
-    code, err = _fails(["train", "--config", str(cfg)], capsys)
-    assert code == 2 and "weight_decay must be a number in [0.0, inf], got None" in err
-    cfg.write_text("lr: abc\n")
-    code, err = _fails(["train", "--config", str(cfg)], capsys)
-    assert code == 2 and "lr must be a finite number > 0, got 'abc'" in err
+    for text, message in [("epochs: 2\nlearning_rate: 0.1\n", "unknown config key(s) learning_rate"),
+                          ("epochs: -2\n", "epochs must be an integer >= 1, got -2"),
+                          # (a number quoted in YAML, a null: named, not a torch TypeError)
+                          ("val_fraction: '0.2'\n", "val_fraction must be a number in (0.0, 1.0), got '0.2'"),
+                          ("weight_decay: null\n", "weight_decay must be a number in [0.0, inf], got None"),
+                          ("lr: abc\n", "lr must be a finite number > 0, got 'abc'")]:
+        cfg.write_text(text)
+        code, err = _fails(["train", "--config", str(cfg)], capsys)
+        assert code == 2 and message in err, text
+    code, err = _fails(["train", "--out-dir", str(tmp_path / "none"), "--resume"], capsys)
+    assert code == 2 and "last.pt' does not exist" in err
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00" * 64)
+    code, err = _fails(["train", "--resume", str(bad)], capsys)
+    assert code == 2 and "bad.pt' is truncated or not a torch file" in err
 
 
 def test_resuming_another_run_or_an_unwritable_out_dir_are_usage_errors_before_training(tmp_path, capsys):
@@ -85,12 +85,6 @@ def test_resuming_another_run_or_an_unwritable_out_dir_are_usage_errors_before_t
                        capsys)
     assert code == 2 and "encoder 'rate' cannot encode the samples of dataset 'damped_sine'" in err
     assert not (tmp_path / "d").exists()  # (found before anything was made)
-    code, err = _fails(["train", "--out-dir", str(tmp_path / "none"), "--resume"], capsys)
-    assert code == 2 and "last.pt' does not exist" in err
-    bad = tmp_path / "bad.pt"
-    bad.write_bytes(b"\x00" * 64)
-    code, err = _fails(["train", "--resume", str(bad)], capsys)
-    assert code == 2 and "bad.pt' is truncated or not a torch file" in err
 
 
 @pytest.mark.parametrize("command", [None, "demo", "train", "energy", "export"])
