@@ -345,6 +345,14 @@ def neuron_param(name: str, value: torch.Tensor, neuron_shape) -> torch.Tensor:
     return value
 
 
+def neuron_state(state, neuron_shape) -> None:
+    """Every tensor of a neuron's state (a LIFState / CubaLIFState) broadcasts to the neuron shape ``x.shape[1:]``."""
+    for name, s in zip(state._fields, state):
+        if not broadcasts_to(s.shape, neuron_shape):
+            raise ValueError(f"state.{name} of shape {tuple(s.shape)} must broadcast to x.shape[1:] = "
+                             f"{tuple(neuron_shape)}")
+
+
 def binary(name: str, x: torch.Tensor) -> torch.Tensor:
     """Require a spike tensor: every element exactly 0 or 1."""
     finite(name, x)

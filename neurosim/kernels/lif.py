@@ -36,10 +36,6 @@ class _Cfg(NamedTuple):
     interpret: bool
 
 
-_broadcasts_to = validate.broadcasts_to
-_check_shape = validate.neuron_param
-
-
 def _check_device(name, value: torch.Tensor, x: torch.Tensor):
     """The kernels read parameters and state through pointers on ``x``'s device: anything else is an error
     (the torch backends would broadcast a CPU scalar; the kernel would fail inside Triton)."""
@@ -50,7 +46,7 @@ def _check_device(name, value: torch.Tensor, x: torch.Tensor):
 
 def _flat_param(name, value: torch.Tensor, neuron_shape):
     """A parameter as a float32 vector of 1 or N elements (N = neurons of one time step)."""
-    _check_shape(name, value, neuron_shape)
+    validate.neuron_param(name, value, neuron_shape)
     if value.numel() == 1:
         return value.detach().reshape(1).float().contiguous()
     return value.detach().float().expand(neuron_shape).contiguous().reshape(-1)
@@ -180,13 +176,11 @@ class FusedBackend:
         Inside an energy meter the kernel also counts the spikes it writes (:mod:`neurosim.spike_tally`)."""
         self.check(kind, p)
         for name in ("beta", "threshold") + (("alpha",) if kind == "cuba" else ()):
-            _check_shape(name, getattr(p, name), x.shape[1:])
+            validate.neuron_param(name, getattr(p, name), x.shape[1:])
             _check_device(name, getattr(p, name), x)
         if state is not None:
+            validate.neuron_state(state, x.shape[1:])
             for name, s in zip(state._fields, state):
-                if not _broadcasts_to(s.shape, x.shape[1:]):
-                    raise ValueError(f"state.{name} of shape {tuple(s.shape)} must broadcast to x.shape[1:] = "
-                                     f"{tuple(x.shape[1:])}")
                 _check_device(f"state.{name}", s, x)
         path = self.path(x, interpret)
         if path == "reference":

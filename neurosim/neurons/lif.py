@@ -75,20 +75,19 @@ class _SpikingNeuron(nn.Module):
         p = self.params()
         backend = B.get(self._backend_name)
         backend.check(self.kind, p)
-        for name in ("beta", "threshold") + (("alpha",) if self.kind == "cuba" else ()):
-            validate.neuron_param(name, getattr(p, name), x.shape[1:])
         if state is not None:  # (every backend: snnTorch's would drop a state of another shape, silently)
             kind = F.LIFState if self.kind == "lif" else F.CubaLIFState
             if not isinstance(state, kind):
                 raise ValueError(f"state must be a {kind.__name__} (as return_state=True gives), got "
                                  f"{type(state).__name__}")
             for name, s in zip(state._fields, state):
-                if not validate.broadcasts_to(s.shape, x.shape[1:]):
-                    raise ValueError(f"state.{name} of shape {tuple(s.shape)} must broadcast to x.shape[1:] = "
-                                     f"{tuple(x.shape[1:])}")
                 validate.finite(f"state.{name}", s)
-        if backend.name != "fused":  # the fused backend checks x as its kernel reads it
+        if backend.name != "fused":  # the fused backend checks x, the parameters' and state's shapes as it runs
             validate.finite("x", x)
+            for name in ("beta", "threshold") + (("alpha",) if self.kind == "cuba" else ()):
+                validate.neuron_param(name, getattr(p, name), x.shape[1:])
+            if state is not None:
+                validate.neuron_state(state, x.shape[1:])
         if backend.name == "snntorch":
             spikes, mem, final = backend.run(self.kind, p, x, state, cache=self._cache)
         elif backend.name == "fused":  # writes the membrane trace only when asked for
