@@ -65,10 +65,7 @@ def load_exportable(path):
 
     from neurosim import validate
 
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"checkpoint {str(path)!r} " + ("is a directory, not a file" if path.is_dir()
-                                                         else "does not exist"))
+    path = validate.input_file("checkpoint", path)
     if zipfile.is_zipfile(path) and (problem := validate.zip_problem(path)):
         raise ValueError(f"checkpoint {str(path)!r} cannot be read: it is {problem}")
     try:

@@ -69,13 +69,9 @@ def run_lava_many(jobs, inspect=(), timeout: Optional[float] = None):
     jobs, inspect = list(jobs), [Path(p).resolve() for p in inspect]
     prepared = []
     for p in inspect:
-        if not p.is_file():
-            raise ValueError(f"path {str(p)!r} does not exist")
+        validate.input_file("path", p)
     for path, spikes, steps in jobs:
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"path {str(path)!r} " + ("is a directory, not a NetX file" if path.is_dir()
-                                                       else "does not exist"))
+        path = validate.input_file("path", path)
         x = _spikes_np(spikes)
         if x.shape[0] == 0 or x.shape[1] == 0:
             raise ValueError(f"spikes must hold at least one time step and one sample [T >= 1, B >= 1, ...], got "

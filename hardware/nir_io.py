@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import os
 import warnings
-from pathlib import Path
 
 import numpy as np
 from torch import nn
 
+from neurosim import validate
 from neurosim.layers import TimeDistributed
 from neurosim.neurons.lif import CubaLIF, LIF
 
@@ -145,10 +145,7 @@ def import_nir(graph, dt: float | None = None) -> nn.Sequential:
     import nir
 
     if isinstance(graph, (str, os.PathLike)):
-        path = Path(graph)
-        if not path.is_file():
-            raise ValueError(f"graph {str(path)!r} " + ("is a directory, not a NIR file" if path.is_dir()
-                                                        else "does not exist"))
+        path = validate.input_file("graph", graph)
         try:
             graph = nir.read(str(path))
         except Exception as err:  # noqa: BLE001 - a cut or foreign file: h5py's or nir's own errors, named here

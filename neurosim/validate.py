@@ -283,6 +283,17 @@ def one_of(name: str, value, allowed: Iterable) -> None:
         raise ValueError(f"{name} must be one of {', '.join(repr(a) for a in allowed)}; got {value!r}")
 
 
+def input_file(name: str, path):
+    """``path`` as a Path, when it is an existing file (a directory, or nothing there, is an error naming ``name``)."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{name} {str(path)!r} "
+                         + ("is a directory, not a file" if path.is_dir() else "does not exist"))
+    return path
+
+
 def output_problem(path) -> str | None:
     """Why an output file cannot be written at ``path`` (a directory there, a file where a directory should be, a
     directory without write permission), or None."""

@@ -180,10 +180,7 @@ def cli_main(args, load=None):
 
     if not isinstance(args, argparse.Namespace):
         args = add_arguments(argparse.ArgumentParser(prog="neurosim energy")).parse_args(args)
-    path = Path(args.checkpoint)
-    if not path.is_file():
-        raise ValueError(f"checkpoint {args.checkpoint!r} " + ("is a directory, not a file" if path.is_dir()
-                                                               else "does not exist"))
+    validate.input_file("checkpoint", args.checkpoint)
     device = validate.device("--device", args.device)
     hardware = get_profile(_hardware(args.hardware))
     samples = getattr(args, "samples", None)
