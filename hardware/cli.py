@@ -58,15 +58,13 @@ def save_exportable(model, path, builder: str, **kwargs) -> Path:
 
 
 def load_exportable(path):
-    import zipfile
-
     import torch
     from torch import nn
 
     from neurosim import validate
 
     path = validate.input_file("checkpoint", path)
-    if zipfile.is_zipfile(path) and (problem := validate.zip_problem(path)):
+    if problem := validate.zip_problem(path, zip_only=False):
         raise ValueError(f"checkpoint {str(path)!r} cannot be read: it is {problem}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)

@@ -311,12 +311,15 @@ def output_problem(path) -> str | None:
     return None
 
 
-def zip_problem(path) -> str | None:
+def zip_problem(path, zip_only: bool = True) -> str | None:
     """Why the zip archive at ``path`` (what ``torch.save`` writes) cannot be trusted, or None: not a complete
     archive (cut short), or a member whose bytes no longer match its CRC-32 (flipped on disk or in transit;
-    ``torch.load`` itself does not check)."""
+    ``torch.load`` itself does not check). ``zip_only=False``: a file that is no zip archive at all (torch's legacy
+    format, or no torch file: ``torch.load`` says which) is not this check's problem."""
     import zipfile
 
+    if not zip_only and not zipfile.is_zipfile(path):
+        return None
     try:
         with zipfile.ZipFile(path) as z:
             bad = z.testzip()

@@ -94,9 +94,7 @@ def _builder(spec: str):
 
 def _load_tensor_file(what: str, path):
     """``torch.load(path, weights_only=True)``, its failures as a ValueError naming ``what``."""
-    import zipfile
-
-    if Path(path).is_file() and zipfile.is_zipfile(path) and (problem := validate.zip_problem(path)):
+    if Path(path).is_file() and (problem := validate.zip_problem(path, zip_only=False)):
         raise ValueError(f"{what} {str(path)!r} is {problem}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
