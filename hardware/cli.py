@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -44,8 +45,6 @@ def register_builder(spec: str) -> str:
 def save_exportable(model, path, builder: str, **kwargs) -> Path:
     """Save ``model``'s weights with the ``"module:function"`` that rebuilds it (atomically, weights_only-safe; the
     builder must be registered, see :func:`register_builder`)."""
-    import os
-
     import torch
 
     if builder not in BUILDERS:
@@ -121,8 +120,6 @@ def cli_main(argv=None, load_model=None) -> int:
 
             from .nir_io import export_nir
             graph = export_nir(model, input_shape=shape, allow_reset_change=args.allow_reset_change)
-            import os
-
             out = Path(args.out)
             out.parent.mkdir(parents=True, exist_ok=True)  # (as the Lava export does)
             tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")

@@ -64,9 +64,9 @@ def energy_loader(path, args):
         from ..energy.cli import default_load
 
         return default_load(path, args)
-    given = [o for o, v in (("--model", getattr(args, "model", None)),
-                            ("--model-kwargs", getattr(args, "model_kwargs", "{}") not in (None, "{}")))
-             if v]
+    given = ["--model"] if getattr(args, "model", None) is not None else []
+    if getattr(args, "model_kwargs", "{}") not in (None, "{}"):
+        given.append("--model-kwargs")
     if given:
         raise ValueError(f"{' and '.join(given)}: {str(path)!r} is a neurosim trainer checkpoint, which rebuilds "
                          "its own model (these options are for plain state-dict files)")

@@ -128,14 +128,13 @@ class Trainer:
 
     def _check_encoding(self) -> None:
         """The model's encoder takes this dataset's samples (a rate encoder needs values in [0, 1]; a forecasting
-        series is not), found before any directory is made or step taken; the random streams are left as they
-        were."""
+        series is not), found before any directory is made or step taken. (Called before the per-rank seeding: the
+        random numbers an encoder draws here change no stream training uses.)"""
         if not hasattr(self.model, "encode") or not len(self.train_idx):
             return
         x = self.info.dataset[self.train_idx[0]][0]
-        devices = [self.device] if self.device.type == "cuda" else []
         try:
-            with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            with torch.no_grad():
                 self.model.encode(torch.as_tensor(x).unsqueeze(0).to(self.device))
         except ValueError as err:
             raise ConfigError(f"encoder {self.cfg.encoder!r} cannot encode the samples of dataset "
