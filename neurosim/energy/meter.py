@@ -205,7 +205,7 @@ def _settings(module: nn.Module, keep: list | None = None) -> tuple:
             if p is not _OTHER:
                 out.append((k, p))
                 if keep is not None:  # (a tuple of plain values cannot change; a list can, in place)
-                    keep.append((k, v, p, type(v) is tuple and p == v and all(type(e) in _SETTING for e in v)))
+                    keep.append((k, v, p, type(v) is tuple and all(type(e) in _SETTING for e in v)))
     return tuple(out)
 
 
