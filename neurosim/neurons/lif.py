@@ -2,6 +2,11 @@
 
 Both take input current shaped ``[T, B, ...]`` (time leading) and return spikes of the same shape; the
 dynamics are those of :mod:`neurosim.neurons.functional`, whichever ``backend`` runs them.
+
+Precision, the same on every backend: a bfloat16 or float16 input is integrated with a float32 state (a 16-bit
+membrane loses small inputs: in bfloat16, ``0.9 + 0.001`` is ``0.9``), float32 and float64 inputs with a state of
+their own dtype. Spikes come back in the input's dtype; the membrane trace and the final state in the state's.
+A given ``state`` is converted to that dtype.
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from . import functional as F
 from .surrogate import Surrogate, make
 
 RESETS = ("subtract", "zero")
+_HALF = (torch.float16, torch.bfloat16)
 
 
 def _as_param(name, value, learn, lo, hi, lo_open=False):
@@ -88,12 +94,18 @@ class _SpikingNeuron(nn.Module):
                 validate.neuron_param(name, getattr(p, name), x.shape[1:])
             if state is not None:
                 validate.neuron_state(state, x.shape[1:])
-        if backend.name == "snntorch":
-            spikes, mem, final = backend.run(self.kind, p, x, state, cache=self._cache)
-        elif backend.name == "fused":  # writes the membrane trace only when asked for
+        if backend.name == "fused":  # writes the membrane trace only when asked for; reads 16-bit x itself
             spikes, mem, final = backend.run(self.kind, p, x, state, need_mem=return_mem)
         else:
-            spikes, mem, final = backend.run(self.kind, p, x, state)
+            work = torch.float32 if x.dtype in _HALF else x.dtype
+            xw = x.to(work)
+            if state is not None:
+                state = type(state)(*(s.to(work) for s in state))
+            if backend.name == "snntorch":
+                spikes, mem, final = backend.run(self.kind, p, xw, state, cache=self._cache)
+            else:
+                spikes, mem, final = backend.run(self.kind, p, xw, state)
+            spikes = spikes.to(x.dtype)  # (snnTorch gives float32 spikes for float64 input)
         out = (spikes,)
         if return_mem:
             out += (mem,)
