@@ -64,9 +64,10 @@ class DeferredChecks:
         else:
             self._add(name, x.sum(dtype=torch.float64), "sum")
 
-    def add_flag(self, name: str, bad: torch.Tensor):
-        """Queue a kernel's flag (a one-element device tensor, nonzero when ``name`` held NaN/inf)."""
-        self._add(name, bad, "flag")
+    def add_flag(self, name: str, bad: torch.Tensor, problem: str | None = None):
+        """Queue a kernel's flag (a one-element device tensor, nonzero when ``name`` held NaN/inf, or what
+        ``problem`` says: the error then reads ``"{name} {problem}"``)."""
+        self._add(name if problem is None else (name, problem), bad, "flag")
 
     def _add(self, name: str, value: torch.Tensor, kind: str):
         item = (self._n, self._label(), name, value.reshape(1), kind)
@@ -138,8 +139,9 @@ class DeferredChecks:
         if found:
             _, label, name = min(found, key=lambda f: f[0])
             label = str(label)  # (made now: where() may return any object naming the place)
-            raise ValueError(f"{label + ': ' if label else ''}{name} contains NaN/inf value(s); all values must be "
-                             "finite")
+            name, problem = name if isinstance(name, tuple) else (name, "contains NaN/inf value(s); all values must "
+                                                                        "be finite")
+            raise ValueError(f"{label + ': ' if label else ''}{name} {problem}")
 
 
 def read_back(values: list) -> list:
@@ -211,6 +213,22 @@ def flag(name: str, x: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
         checks.add_flag(name, bad)
     elif bool(bad.item()):
         finite_after_flag(name, x)
+    return x
+
+
+POSITIVE = "must be > 0 everywhere (a finite number); a learnable one can reach 0 or below in training"
+
+
+def positive(name: str, x: torch.Tensor) -> torch.Tensor:
+    """Require every element of ``x`` (a learnable neuron threshold, changed by training) to be > 0 and finite.
+    One read of ``x``, queued inside :func:`deferred_checks` like :func:`finite`."""
+    bad = (~(x.detach() > 0)).any()
+    checks = _DEFERRED.get()
+    if checks is not None:
+        checks.add_flag(name, bad, POSITIVE)
+    elif bool(bad):
+        low = x.detach().flatten()[~(x.detach().flatten() > 0)][:5].tolist()
+        raise ValueError(f"{name} {POSITIVE}; found values such as {low}")
     return x
 
 

@@ -284,3 +284,47 @@ def test_every_backend_integrates_16_bit_input_in_float32_and_returns_spikes_in_
         rounded = type(st)(*(s.to(dtype) for s in st))
         assert torch.equal(layer(x[100:], state=rounded),
                            layer(x[100:], state=type(st)(*(s.to(work) for s in rounded)))), backend
+
+
+@pytest.mark.parametrize("cls", ["LIF", "CubaLIF", "STCLIF"])
+def test_a_learnable_threshold_trained_to_zero_or_below_is_refused_at_the_next_forward(cls):
+    """A threshold <= 0 makes every neuron fire on silence; construction refuses it, and so does the forward after a
+    training step took a learnable one there (read at once, or queued inside deferred checks)."""
+    from neurosim import validate
+    from neurosim.neurons.stc_lif import STCLIF
+
+    layer = STCLIF(3, learn_threshold=True) if cls == "STCLIF" else getattr(neurosim, cls)(
+        learn_threshold=True, backend="torch")
+    x = torch.rand(4, 2, 3)
+    assert layer(x).shape == x.shape
+    opt = torch.optim.SGD(layer.parameters(), lr=1.0)
+    layer.threshold.grad = torch.full_like(layer.threshold, 1.5)
+    opt.step()  # 1.0 -> -0.5
+    with pytest.raises(ValueError, match=r"threshold must be > 0 everywhere.*found values such as \[-0.5\]"):
+        layer(x)
+    with pytest.raises(ValueError, match=r"^the layer: threshold must be > 0 everywhere"):
+        with validate.deferred_checks(lambda: "the layer"):
+            layer(x)
+    with torch.no_grad():
+        layer.threshold.fill_(float("nan"))
+    with pytest.raises(ValueError, match="threshold must be > 0"):
+        layer(x)
+    with torch.no_grad():
+        layer.threshold.fill_(0.7)
+    assert layer(x).shape == x.shape
+
+
+def test_reset_is_checked_when_set_after_construction():
+    """Any value but 'subtract' ran as a zero reset on the torch backend, silently; an STC-LIF always subtracts,
+    and the exporters read its reset."""
+    from neurosim.neurons.stc_lif import STCLIF
+
+    lif = neurosim.LIF(backend="torch")
+    with pytest.raises(ValueError, match="reset must be one of 'subtract', 'zero'; got 'Zero'"):
+        lif.reset = "Zero"
+    lif.reset = "zero"
+    assert lif.params().reset == "zero"
+    stc = STCLIF(3)
+    with pytest.raises(ValueError, match="reset of an STCLIF is 'subtract' only"):
+        stc.reset = "zero"
+    assert stc.reset == "subtract"

@@ -28,6 +28,20 @@ def _as_param(name, value, learn, lo, hi, lo_open=False):
     return nn.Parameter(t) if learn else t
 
 
+def check_learned_threshold(layer: nn.Module, threshold: torch.Tensor) -> None:
+    """A learnable threshold is > 0 at construction, but training can take it to 0 or below (every neuron then
+    fires on silence). Read once per change of the tensor (an optimizer step), queued inside deferred checks (and
+    then read again at the next forward). A fixed threshold is checked when it is made."""
+    if not threshold.requires_grad:
+        return
+    key = (threshold.data_ptr(), threshold._version)
+    if key == layer.__dict__.get("_threshold_ok"):
+        return
+    validate.positive("threshold", threshold)
+    if validate.active_checks() is None:
+        layer.__dict__["_threshold_ok"] = key
+
+
 class _SpikingNeuron(nn.Module):
     kind = "lif"
     # protocol read by neurosim.energy (and anything else that must find the neurons of a network)
@@ -35,7 +49,6 @@ class _SpikingNeuron(nn.Module):
 
     def __init__(self, threshold, reset, surrogate, slope, learn_threshold, backend, detach_reset):
         super().__init__()
-        validate.one_of("reset", reset, RESETS)
         validate.one_of("backend", backend, B.BACKENDS)
         self.reset = reset
         self.surrogate: Surrogate = make(surrogate, slope)
@@ -56,6 +69,17 @@ class _SpikingNeuron(nn.Module):
             self.register_parameter(name, t)
         else:
             self.register_buffer(name, t)
+
+    @property
+    def reset(self) -> str:
+        """``"subtract"`` or ``"zero"``; checked when set (any other value would run as a zero reset on some
+        backends, silently)."""
+        return self._reset
+
+    @reset.setter
+    def reset(self, value: str):
+        validate.one_of("reset", value, RESETS)
+        self._reset = value
 
     @property
     def backend(self) -> str:
@@ -79,6 +103,7 @@ class _SpikingNeuron(nn.Module):
         """
         validate.rank_at_least("x", x, 2, "[T, B, ...]")
         p = self.params()
+        check_learned_threshold(self, p.threshold)
         backend = B.get(self._backend_name)
         backend.check(self.kind, p)
         if state is not None:  # (every backend: snnTorch's would drop a state of another shape, silently)

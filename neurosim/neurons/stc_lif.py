@@ -34,7 +34,7 @@ from torch import nn
 
 from .. import validate
 from . import functional as F
-from .lif import _as_param
+from .lif import _as_param, check_learned_threshold
 from .surrogate import Surrogate, make
 
 
@@ -106,7 +106,6 @@ class STCLIF(nn.Module):
             raise ValueError(f"kernel_size must be odd (same-size output), got {self.kernel_size}")
         self.surrogate: Surrogate = make(surrogate, slope)
         self.detach_reset = bool(detach_reset)
-        self.reset = "subtract"
         for name, value, learn, lo_open in (("beta", beta, learn_beta, False), ("threshold", threshold, learn_threshold, True)):
             t = _as_param(name, value, learn, 0.0, 1.0 if name == "beta" else float("inf"), lo_open=lo_open)
             if isinstance(t, nn.Parameter):
@@ -116,6 +115,16 @@ class STCLIF(nn.Module):
         conv = (self.channels, self.groups, self.kernel_size, self.spatial_dims)
         self.temporal_circuit = _group_conv(*conv) if temporal else None
         self.spatial_circuit = _group_conv(*conv) if spatial else None
+
+    @property
+    def reset(self) -> str:
+        """Always ``"subtract"`` (what the exporters read)."""
+        return "subtract"
+
+    @reset.setter
+    def reset(self, value):
+        if value != "subtract":
+            raise ValueError(f"reset of an STCLIF is 'subtract' only (its step subtracts the threshold); got {value!r}")
 
     def params(self) -> F.LIFParameters:
         return F.LIFParameters(self.beta, self.threshold, "subtract", self.surrogate, self.detach_reset)
@@ -146,6 +155,7 @@ class STCLIF(nn.Module):
         if x.shape[2] != self.channels:
             raise ValueError(f"x must have {self.channels} channels at dim 2 ([T, B, C, ...]), got shape {tuple(x.shape)}")
         p = self.params()
+        check_learned_threshold(self, p.threshold)
         state = F.initial_state("lif", x[0]) if state is None else state
         spikes, mems, betas, gammas = [], [], [], []
         for x_t in x:
