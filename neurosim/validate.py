@@ -385,12 +385,20 @@ def neuron_state(state, neuron_shape) -> None:
                              f"{tuple(neuron_shape)}")
 
 
+BINARY = "must be a binary spike tensor (values 0 or 1)"
+
+
 def binary(name: str, x: torch.Tensor) -> torch.Tensor:
-    """Require a spike tensor: every element exactly 0 or 1."""
+    """Require a spike tensor: every element exactly 0 or 1 (NaN is neither). Queued inside :func:`deferred_checks`
+    like :func:`finite`."""
+    checks = _DEFERRED.get()
+    if checks is not None:
+        checks.add_flag(name, ((x.detach() != 0) & (x.detach() != 1)).any(), BINARY)
+        return x
     finite(name, x)
     if not bool(((x == 0) | (x == 1)).all()):
         vals = torch.unique(x.detach().flatten())[:5].tolist()
-        raise ValueError(f"{name} must be a binary spike tensor (values 0 or 1); found values such as {vals}")
+        raise ValueError(f"{name} {BINARY}; found values such as {vals}")
     return x
 
 

@@ -301,6 +301,24 @@ def test_sew_connect_truth_tables():
         SEWConnect("or")
 
 
+@pytest.mark.parametrize("fn", ["and", "iand"])
+def test_sew_and_iand_refuse_graded_input(fn):
+    """AND/IAND are logic on spikes: a graded shortcut passed through them unchanged, silently (ADD takes counts)."""
+    from neurosim import validate
+
+    a = torch.tensor([0.0, 1.0, 1.0])
+    graded = torch.tensor([0.0, 0.5, 2.0])
+    for bad in ("a", "s"):
+        args = (graded, a) if bad == "a" else (a, graded)
+        with pytest.raises(ValueError, match=rf"^{bad} must be a binary spike tensor \(values 0 or 1\); found values "
+                                             r"such as \[0.0, 0.5, 2.0\]"):
+            SEWConnect(fn)(*args)
+        with pytest.raises(ValueError, match=rf"^block 1: {bad} must be a binary spike tensor"):
+            with validate.deferred_checks(lambda: "block 1"):
+                SEWConnect(fn)(*args)
+    assert SEWConnect("add")(a, graded).tolist() == [0.0, 1.5, 3.0]
+
+
 def test_membrane_shortcut_adds_pre_activation_to_stream():
     torch.manual_seed(8)
     blk = SpikeResidual(SpikingMLP(D), "membrane").eval()

@@ -37,6 +37,8 @@ def sew_connect(a: torch.Tensor, s: torch.Tensor, fn: str) -> torch.Tensor:
     validate.one_of("fn", fn, SEW)
     if fn == "add":
         return a + s
+    validate.binary("a", a)  # (AND/IAND are logic on spikes: graded values would pass through s unnoticed)
+    validate.binary("s", s)
     if fn == "and":
         return torch.where(a > 0, s, torch.zeros_like(s))
     return torch.where(a > 0, torch.zeros_like(s), s)
