@@ -248,23 +248,25 @@ def test_a_model_is_copied_and_saved_after_a_forward_on_the_snntorch_backend(tmp
     assert torch.equal(twin(x), lif(x))
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA (the fused backend's Triton kernel)"))])
 @pytest.mark.parametrize("cls", ["LIF", "CubaLIF"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
-def test_every_backend_integrates_16_bit_input_in_float32_and_returns_spikes_in_its_dtype(cls, dtype):
+def test_every_backend_integrates_16_bit_input_in_float32_and_returns_spikes_in_its_dtype(cls, dtype, device):
     """One precision on every backend (the fused kernel's): a 16-bit input is integrated with a float32 state; float64
     with a float64 state. The reference is snnTorch's own neuron stepped over the input converted to that dtype. A
     bf16 membrane (the torch and norse backends before) differed in 148 of 800 spikes on this input."""
     import snntorch
 
     torch.manual_seed(0)
-    x = (torch.randn(200, 2, 2, dtype=torch.float64) * 0.6 + 0.15).to(dtype)
+    x = (torch.randn(200, 2, 2, dtype=torch.float64) * 0.6 + 0.15).to(dtype).to(device)
     work = torch.float64 if dtype == torch.float64 else torch.float32
     if cls == "LIF":
         ref_neuron, state = snntorch.Leaky(beta=0.9, threshold=1.0, reset_mechanism="zero"), ()
     else:
         ref_neuron = snntorch.Synaptic(alpha=0.8, beta=0.9, threshold=1.0, reset_mechanism="zero")
-        state = (torch.zeros(2, 2, dtype=work),)
-    mem, ref = torch.zeros(2, 2, dtype=work), []
+        state = (torch.zeros(2, 2, dtype=work, device=device),)
+    mem, ref = torch.zeros(2, 2, dtype=work, device=device), []
     for x_t in x.to(work):
         s, *state, mem = ref_neuron(x_t, *state, mem)
         ref.append(s)
@@ -272,13 +274,13 @@ def test_every_backend_integrates_16_bit_input_in_float32_and_returns_spikes_in_
     assert 0 < ref.sum() < ref.numel()
     backends = ("torch", "snntorch", "fused") + (("norse",) if cls == "LIF" else ())
     for backend in backends:
-        spikes, trace, final = getattr(neurosim, cls)(reset="zero", backend=backend)(
+        spikes, trace, final = getattr(neurosim, cls)(reset="zero", backend=backend).to(device)(
             x, return_mem=True, return_state=True)
         assert spikes.dtype == dtype and trace.dtype == work and final.mem.dtype == work, backend
         assert torch.equal(spikes.to(work), ref.to(work)), backend
         # a stream continued from the returned state equals the whole; a state given in the input's 16-bit dtype is
         # converted to the state's (it is what a float32 state rounded to 16 bits gives)
-        layer = getattr(neurosim, cls)(reset="zero", backend=backend)
+        layer = getattr(neurosim, cls)(reset="zero", backend=backend).to(device)
         first, st = layer(x[:100], return_state=True)
         assert torch.equal(torch.cat([first, layer(x[100:], state=st)]), spikes), backend
         rounded = type(st)(*(s.to(dtype) for s in st))
