@@ -85,6 +85,8 @@ class ESTConfig:
             raise ValueError(f"rsm_ratio must be one number or {self.depth} (depth) numbers; got {self.rsm_ratio}")
         for r in ratios:
             validate.in_range("rsm_ratio", r, 0.0, 1.0, hi_open=True)
+        if self.rsm_seed is not None:  # ("abc" failed at build; 1.7 was cut to 1)
+            self.rsm_seed = validate.positive_int("rsm_seed", self.rsm_seed, minimum=0)
         self.neuron = as_spec(self.neuron)
 
     def layer_rsm_ratios(self) -> tuple:

@@ -26,7 +26,7 @@ def test_checkpoint_holds_everything_needed_to_resume(run_dir):
     ck = ckpt_io.load(run_dir / "checkpoints" / "last.pt")
     assert set(ckpt_io.REQUIRED_KEYS) <= set(ck)
     assert ck["config"]["dataset"] == "damped_sine" and ck["epoch"] == 1 and ck["step_in_epoch"] == 0
-    assert set(ck["rng"][0]) == {"torch", "numpy", "python", "cuda"}
+    assert set(ck["rng"][0]) == {"torch", "numpy", "python", "cuda", "layers"}
     assert ck["optimizer"]["state"] and "best" in ck["scheduler"]
 
 

@@ -99,3 +99,44 @@ def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
     with pytest.raises(CheckpointError, match="different run.*seed: checkpoint 7 vs now 8"):
         Trainer(other).fit(resume=tmp_path / "a" / "checkpoints" / "last.pt")
     assert not (tmp_path / "b").exists()         # refused before writing anything
+
+
+def test_a_resumed_run_draws_the_random_spike_masks_an_uninterrupted_one_would(tmp_path):
+    """Seeded random spike masks have their own generators, outside the global RNG: the checkpoint keeps where each
+    stands, so a run resumed after epoch 1 ends with the uninterrupted run's weights (before, it replayed epoch 1's
+    masks). The run's seed and the process's rank reach those generators too."""
+    import neurosim.models  # noqa: F401  (registers "est")
+    from neurosim.layers import RandomSpikeMask
+    from neurosim.training import TrainConfig, Trainer
+    from neurosim.training.trainer import seed_layer_generators
+
+    def cfg(out, epochs, seed=0):
+        return TrainConfig(model="est", dataset="digits", num_steps=2, epochs=epochs, batch_size=256, seed=seed,
+                           out_dir=str(out), progress=False, tensorboard=False, plots=False, patience=0, device="cpu",
+                           model_options={"dim": 8, "depth": 1, "heads": 2, "rsm_ratio": 0.5}).validate()
+
+    whole = Trainer(cfg(tmp_path / "a", 2))
+    whole.fit()
+    first = Trainer(cfg(tmp_path / "b", 1))
+    first.fit()
+    ck = ckpt_io.load(first.paths["last_checkpoint"], map_location="cpu")  # (before the resumed run overwrites it)
+    resumed = Trainer(cfg(tmp_path / "b", 2))
+    resumed.fit(resume=first.paths["last_checkpoint"])
+    a, b = whole.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # without the masks' states (a checkpoint written before they were saved) the resumed run differs
+    for r in ck["rng"]:
+        r.pop("layers")
+    ckpt_io.save(tmp_path / "old.pt", ck)
+    old = Trainer(cfg(tmp_path / "c", 2))
+    old.fit(resume=tmp_path / "old.pt")
+    c = old.model.state_dict()
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+    def masks(seed, rank):
+        layer = RandomSpikeMask(0.5, seed=3)
+        seed_layer_generators(layer, seed, rank)
+        return layer(torch.ones(64))
+    assert torch.equal(masks(0, 0), RandomSpikeMask(0.5, seed=3)(torch.ones(64)))
+    assert not torch.equal(masks(0, 0), masks(1, 0)) and not torch.equal(masks(0, 0), masks(0, 1))
+    assert torch.equal(masks(1, 1), masks(1, 1))

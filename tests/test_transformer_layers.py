@@ -301,6 +301,65 @@ def test_sew_connect_truth_tables():
         SEWConnect("or")
 
 
+def test_sew_and_iand_pass_the_papers_gradient_to_the_block():
+    """SEW-ResNet's AND = A S and IAND = (1 - A) S: d/dA is S and -S, d/dS is A and 1 - A. Written as selections they
+    had no gradient for A, so a sew_and / sew_iand network trained only its head."""
+    from neurosim.layers import sew_connect
+
+    a = torch.tensor([0.0, 0.0, 1.0, 1.0], requires_grad=True)
+    s = torch.tensor([0.0, 1.0, 0.0, 1.0], requires_grad=True)
+    w = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    for fn, da, ds in (("and", [0.0, 2.0, 0.0, 4.0], [0.0, 0.0, 3.0, 4.0]),
+                       ("iand", [0.0, -2.0, 0.0, -4.0], [1.0, 2.0, 0.0, 0.0])):
+        a.grad = s.grad = None
+        (sew_connect(a, s, fn) * w).sum().backward()
+        assert a.grad.tolist() == da and s.grad.tolist() == ds, fn
+    for mode in ("sew_and", "sew_iand"):
+        torch.manual_seed(0)
+        block = SpikeResidual(SpikingMLP(8, neuron=NeuronSpec(threshold=0.2)), mode)
+        x = (torch.rand(4, 2, 5, 8) < 0.5).float()
+        block(x).sum().backward()
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in block.parameters()), mode
+
+
+@pytest.mark.parametrize("mode", ["sew_add", "sew_and", "sew_iand", "membrane"])
+def test_a_residual_refuses_a_block_that_changes_the_shape(mode):
+    """A block narrowing the width broadcast against the shortcut: a [.., 8] input gave a [.., 8] output from a
+    [.., 1] block, silently."""
+    x = (torch.rand(T, B, N, D) < 0.3).float()
+    with pytest.raises(ValueError, match=rf"block output must have its input's shape \({T}, {B}, {N}, {D}\); got "
+                                         rf"\({T}, {B}, {N}, 1\)"):
+        SpikeResidual(SpikingMLP(D, out_dim=1), mode)(x)
+    assert SpikeResidual(SpikingMLP(D), mode)(x).shape == x.shape
+
+
+def test_residual_and_mask_arguments_are_checked_when_made():
+    with pytest.raises(ValueError, match="mode='membrane' needs a block with a pre"):
+        SpikeResidual(torch.nn.Identity(), "membrane")
+    with pytest.raises(ValueError, match=r"rsm must be a RandomSpikeMask or None; got float"):
+        SpikeResidual(SpikingMLP(D), "sew_add", rsm=0.5)
+    with pytest.raises(ValueError, match="ratio must be a number in \\[0, 1\\), not a tensor"):
+        RandomSpikeMask(torch.tensor([0.1, 0.2]))
+    with pytest.raises(ValueError, match="ratio must be a number in \\[0, 1\\), not a tensor"):
+        random_spike_mask(torch.ones(3), torch.tensor([0.1, 0.2]))
+    for bad in ("1", 1.5, -1, True):
+        with pytest.raises(ValueError, match="seed must be an integer >= 0 or None"):
+            RandomSpikeMask(0.5, seed=bad)
+
+
+def test_a_masks_generator_state_continues_its_sequence():
+    """generator_states / set_generator_states: what the trainer's checkpoint keeps of a seeded mask."""
+    a = RandomSpikeMask(0.5, seed=4)
+    x = torch.ones(4, 64)
+    a(x)
+    saved = a.generator_states()
+    expected = a(x)
+    b = RandomSpikeMask(0.5, seed=4)
+    assert not torch.equal(b(x), expected)  # (a fresh one starts over)
+    b.set_generator_states(saved)
+    assert torch.equal(b(x), expected)
+
+
 @pytest.mark.parametrize("fn", ["and", "iand"])
 def test_sew_and_iand_refuse_graded_input(fn):
     """AND/IAND are logic on spikes: a graded shortcut passed through them unchanged, silently (ADD takes counts)."""

@@ -6,6 +6,8 @@ and a masked spike reaches no synapse: it costs no SynOps in whatever layer read
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import nn
 
@@ -16,11 +18,21 @@ MODES = ("train", "always")
 
 def random_spike_mask(x: torch.Tensor, ratio: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Drop each element of ``x`` with probability ``ratio`` in [0, 1) (ratio 0 returns ``x`` itself)."""
+    if torch.is_tensor(ratio):  # (a tensor ratio would reach `ratio == 0.0` as a tensor)
+        raise ValueError(f"ratio must be a number in [0, 1), not a tensor; got a tensor of shape {tuple(ratio.shape)}")
     validate.in_range("ratio", ratio, 0.0, 1.0, hi_open=True)
     if ratio == 0.0:
         return x
     keep = torch.rand(x.shape, generator=generator, device=x.device) >= ratio
     return x * keep.to(x.dtype)
+
+
+def _seed(seed):
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0 or None; got {seed!r}")
+    return int(seed)
 
 
 class RandomSpikeMask(nn.Module):
@@ -36,17 +48,39 @@ class RandomSpikeMask(nn.Module):
 
     def __init__(self, ratio: float = 0.0, mode: str = "train", seed: int | None = None):
         super().__init__()
+        if torch.is_tensor(ratio):
+            raise ValueError(f"ratio must be a number in [0, 1), not a tensor; got a tensor of shape "
+                             f"{tuple(ratio.shape)}")
         validate.in_range("ratio", ratio, 0.0, 1.0, hi_open=True)
         validate.one_of("mode", mode, MODES)
         self.ratio = float(ratio)
         self.mode = mode
-        self.seed = seed
+        self.seed = _seed(seed)
         self._gens: dict = {}
 
     def reseed(self, seed: int | None = None):
         if seed is not None:
-            self.seed = seed
+            self.seed = _seed(seed)
         self._gens = {}
+
+    def generator_states(self) -> dict:
+        """``{device: state}`` of this layer's generators (where the mask sequence stands), for a checkpoint; the
+        trainer saves them with the other RNG states, so a resumed run draws the masks an uninterrupted one would."""
+        return {key: g.get_state() for key, g in self._gens.items()}
+
+    def set_generator_states(self, states: dict) -> None:
+        """Continue the mask sequences saved by :meth:`generator_states` (a device this machine lacks is skipped:
+        masks there start from ``seed``)."""
+        if self.seed is None:
+            return
+        for key, state in states.items():
+            device = torch.device(key)
+            if device.type == "cuda" and (not torch.cuda.is_available() or
+                                          (device.index or 0) >= torch.cuda.device_count()):
+                continue
+            g = torch.Generator(device=device)
+            g.set_state(state)
+            self._gens[key] = g
 
     def _generator(self, device) -> torch.Generator | None:
         if self.seed is None:

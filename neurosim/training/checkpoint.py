@@ -123,8 +123,14 @@ def check_state_dict(path, name: str, saved: dict, expected: dict) -> None:
 
 # ---- RNG states as plain tensors / ints (all loadable with weights_only=True) -------------------------------
 
-def rng_state(device: torch.device | None = None) -> dict[str, Any]:
-    """RNG states of torch (CPU, and the CUDA ``device`` in use if any), numpy and Python's ``random``."""
+def _masks(model):
+    return {} if model is None else {name: m for name, m in model.named_modules()
+                                     if callable(getattr(m, "generator_states", None))}
+
+
+def rng_state(device: torch.device | None = None, model: torch.nn.Module | None = None) -> dict[str, Any]:
+    """RNG states of torch (CPU, and the CUDA ``device`` in use if any), numpy and Python's ``random``, and of the
+    own generators of ``model``'s layers (seeded random spike masks: ``generator_states()``)."""
     np_state = np.random.get_state()
     py_version, py_internal, py_gauss = random.getstate()
     state = {
@@ -134,11 +140,13 @@ def rng_state(device: torch.device | None = None) -> dict[str, Any]:
         "python": {"version": py_version, "internal": torch.tensor(py_internal, dtype=torch.int64),
                    "gauss": py_gauss},
         "cuda": torch.cuda.get_rng_state(device) if device is not None and device.type == "cuda" else None,
+        "layers": {name: m.generator_states() for name, m in _masks(model).items()},
     }
     return state
 
 
-def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None,
+                  model: torch.nn.Module | None = None) -> None:
     torch.set_rng_state(state["torch"].cpu())
     n = state["numpy"]
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
@@ -147,3 +155,7 @@ def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> 
     random.setstate((p["version"], tuple(int(v) for v in p["internal"].tolist()), p["gauss"]))
     if state.get("cuda") is not None and device is not None and device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+    saved = state.get("layers") or {}  # (checkpoints before this field: the layers' masks start from their seeds)
+    for name, m in _masks(model).items():
+        if name in saved:
+            m.set_generator_states(saved[name])

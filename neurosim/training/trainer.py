@@ -37,6 +37,15 @@ from .registry import get_dataset, get_model
 Callback = Callable[[str, "Trainer"], None]
 
 
+def seed_layer_generators(model: nn.Module, seed: int, rank: int) -> None:
+    """Layers with their own seeded generator (random spike masks) draw a stream of the run's ``seed`` and the
+    process's ``rank`` too, as the global RNG does: before, every training seed and every rank drew the same masks.
+    Seed 0 on rank 0 keeps the layer's own seed."""
+    for m in model.modules():
+        if callable(getattr(m, "generator_states", None)) and getattr(m, "seed", None) is not None:
+            m.reseed(m.seed + 1_000_003 * seed + 7_919 * rank)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -99,6 +108,7 @@ class Trainer:
         self.model = model.to(self.device)
         self._check_encoding()
         seed_everything(cfg.seed + self.dist.rank)      # per-rank stream for encoders / dropout
+        seed_layer_generators(self.model, cfg.seed, self.dist.rank)
         if self.dist.enabled:
             ids = [self.device] if self.device.type == "cuda" else None
             self.ddp = DistributedDataParallel(self.model, device_ids=ids)
@@ -148,7 +158,7 @@ class Trainer:
                 "train_samples": self.train_samples}
 
     def _save(self, which: Iterable[str]) -> None:
-        rngs = D.gather_objects(ckpt_io.rng_state(self.device), self.dist)   # collective: all ranks call it
+        rngs = D.gather_objects(ckpt_io.rng_state(self.device, self.model), self.dist)   # collective: all ranks call it
         if not self.dist.is_main:
             return
         payload = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -183,9 +193,10 @@ class Trainer:
         self.train_time, self.train_samples = st["train_time"], st["train_samples"]
         self.sums = MetricSums(self.device, st["train_sums"])
         if len(ck["rng"]) == self.dist.world_size:
-            ckpt_io.set_rng_state(ck["rng"][self.dist.rank], self.device)
+            ckpt_io.set_rng_state(ck["rng"][self.dist.rank], self.device, self.model)
         else:  # different number of processes: the data order still matches, the random streams cannot
             seed_everything(self.cfg.seed + self.dist.rank + 1_000_003 * self.global_step)
+            seed_layer_generators(self.model, 1 + self.global_step, self.dist.rank)
 
     # ---- loops ------------------------------------------------------------------------------------------------
     def _autocast(self):
