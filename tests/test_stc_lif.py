@@ -130,6 +130,12 @@ def test_modulated_beta_limits():
     (dict(channels=4, spatial_dims=3), "spatial_dims"),
     (dict(channels=4, beta=1.5), "beta"),
     (dict(channels=0), "channels"),
+    (dict(channels=4, spatial_dims=1.7), "spatial_dims must be an integer"),
+    (dict(channels=4, temporal="no"), "temporal must be True or False"),
+    (dict(channels=4, spatial="no"), "spatial must be True or False"),
+    (dict(channels=4, learn_beta="no"), "learn_beta must be True or False"),
+    (dict(channels=4, learn_threshold=1), "learn_threshold must be True or False"),
+    (dict(channels=4, detach_reset="no"), "detach_reset must be True or False"),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -144,3 +150,39 @@ def test_bad_input():
         stc(torch.zeros(3, 2, 4, 4))
     with pytest.raises(ValueError, match="NaN"):
         stc(torch.full((3, 2, 4), float("nan")))
+
+
+def test_a_given_state_is_checked_like_the_lif_layers():
+    """A NaN state ran on silently (all-NaN membrane, no spikes), a CubaLIFState lost its current, a tensor or a
+    wrong shape failed inside the circuits; a broadcast state is expanded as for neurosim.LIF."""
+    from neurosim.neurons.functional import CubaLIFState, LIFState
+
+    stc = STCLIF(4, groups=2)
+    _perturb(stc, seed=3)
+    x = _x((5, 3, 4), seed=1)
+    with pytest.raises(ValueError, match="state.mem contains 12 NaN"):
+        stc(x, state=LIFState(torch.full((3, 4), float("nan"))))
+    for bad in (CubaLIFState(torch.zeros(3, 4), torch.zeros(3, 4)), torch.zeros(3, 4)):
+        with pytest.raises(ValueError, match="state must be a LIFState"):
+            stc(x, state=bad)
+    with pytest.raises(ValueError, match=r"state.mem of shape \(2, 4\) must broadcast to x.shape\[1:\] = \(3, 4\)"):
+        stc(x, state=LIFState(torch.zeros(2, 4)))
+    mem0 = torch.tensor([0.1, 0.9, 0.5, 0.95])
+    assert torch.equal(stc(x, state=LIFState(mem0)), stc(x, state=LIFState(mem0.expand(3, 4).clone())))
+    with pytest.raises(ValueError, match=r"beta of shape \(4,\) must be a scalar or broadcastable to the neuron shape "
+                                         r"x.shape\[1:\] = \(2, 4, 5, 6\)"):
+        STCLIF(4, spatial_dims=2, beta=torch.full((4,), 0.5))(torch.zeros(3, 2, 4, 5, 6))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_the_lif_layers_precision_rule(dtype):
+    """16-bit input runs with a float32 state (as neurosim.LIF on every backend), float64 with a float64 one; spikes
+    come back in the input's dtype. Before, both failed inside the float32 circuits with torch's dtype error."""
+    stc = STCLIF(4, spatial_dims=1, groups=2)
+    _perturb(stc, seed=5)
+    x = _x((6, 2, 4, 5), seed=7).to(dtype)
+    s, m, final = stc(x, return_mem=True, return_state=True)
+    work = torch.float64 if dtype == torch.float64 else torch.float32
+    assert s.dtype == dtype and m.dtype == work and final.mem.dtype == work
+    ref_s, ref_m = stc(x.to(work), return_mem=True)
+    assert torch.equal(s.to(work), ref_s) and torch.equal(m, ref_m)

@@ -28,6 +28,17 @@ def _as_param(name, value, learn, lo, hi, lo_open=False):
     return nn.Parameter(t) if learn else t
 
 
+def check_state(state, kind: type, neuron_shape=None) -> None:
+    """A given initial state is a ``kind`` (LIFState / CubaLIFState, as ``return_state=True`` gives) of finite
+    tensors; with ``neuron_shape``, each broadcasts to it (the fused kernel checks shapes itself)."""
+    if not isinstance(state, kind):
+        raise ValueError(f"state must be a {kind.__name__} (as return_state=True gives), got {type(state).__name__}")
+    for name, s in zip(state._fields, state):
+        validate.finite(f"state.{name}", s)
+    if neuron_shape is not None:
+        validate.neuron_state(state, neuron_shape)
+
+
 def check_learned_threshold(layer: nn.Module, threshold: torch.Tensor) -> None:
     """A learnable threshold is > 0 at construction, but training can take it to 0 or below (every neuron then
     fires on silence). Read once per change of the tensor (an optimizer step), queued inside deferred checks (and
@@ -107,12 +118,7 @@ class _SpikingNeuron(nn.Module):
         backend = B.get(self._backend_name)
         backend.check(self.kind, p)
         if state is not None:  # (every backend: snnTorch's would drop a state of another shape, silently)
-            kind = F.LIFState if self.kind == "lif" else F.CubaLIFState
-            if not isinstance(state, kind):
-                raise ValueError(f"state must be a {kind.__name__} (as return_state=True gives), got "
-                                 f"{type(state).__name__}")
-            for name, s in zip(state._fields, state):
-                validate.finite(f"state.{name}", s)
+            check_state(state, F.LIFState if self.kind == "lif" else F.CubaLIFState)
         if backend.name != "fused":  # the fused backend checks x, the parameters' and state's shapes as it runs
             validate.finite("x", x)
             for name in ("beta", "threshold") + (("alpha",) if self.kind == "cuba" else ()):

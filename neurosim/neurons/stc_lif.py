@@ -22,6 +22,9 @@ zero-initialised, so an untrained STC-LIF starts as the LIF it extends and learn
 The previous spikes feeding the circuits carry the surrogate gradient (the circuits learn through time); the
 reset itself is detached, as in :class:`neurosim.LIF`.
 
+Precision as for :class:`neurosim.LIF`: a 16-bit input runs with a float32 state, float64 with a float64 one,
+spikes come back in the input's dtype; the circuits run in their weights' dtype.
+
 With ``temporal=False, spatial=False`` the update is exactly :func:`neurosim.neurons.functional.lif_step`
 with ``reset="subtract"`` (tested against ``neurosim.LIF(backend="snntorch")``).
 """
@@ -34,7 +37,7 @@ from torch import nn
 
 from .. import validate
 from . import functional as F
-from .lif import _as_param, check_learned_threshold
+from .lif import _as_param, check_learned_threshold, check_state
 from .surrogate import Surrogate, make
 
 
@@ -96,8 +99,11 @@ class STCLIF(nn.Module):
                  slope=None, learn_beta=False, learn_threshold=False, detach_reset=True):
         super().__init__()
         self.channels = validate.positive_int("channels", channels)
-        self.spatial_dims = int(spatial_dims)
+        self.spatial_dims = validate.positive_int("spatial_dims", spatial_dims, minimum=0)  # (1.7 was taken as 1)
         validate.one_of("spatial_dims", self.spatial_dims, (0, 1, 2))
+        for name, flag in (("temporal", temporal), ("spatial", spatial), ("learn_beta", learn_beta),
+                           ("learn_threshold", learn_threshold), ("detach_reset", detach_reset)):
+            validate.boolean(name, flag)  # ("no" was taken as true)
         self.groups = validate.positive_int("groups", groups)
         if self.channels % self.groups:
             raise ValueError(f"groups must divide channels={self.channels}, got groups={self.groups}")
@@ -130,9 +136,10 @@ class STCLIF(nn.Module):
         return F.LIFParameters(self.beta, self.threshold, "subtract", self.surrogate, self.detach_reset)
 
     def _circuit(self, conv: nn.Module, s: torch.Tensor) -> torch.Tensor:
-        if self.spatial_dims == 2 or self.spatial_dims == 1:
-            return conv(s)
-        return conv(s.unsqueeze(-1)).squeeze(-1)
+        """The circuit runs in its weights' dtype; its output comes back in the state's."""
+        z = s.to(conv.weight.dtype)
+        z = conv(z) if self.spatial_dims in (1, 2) else conv(z.unsqueeze(-1)).squeeze(-1)
+        return z.to(s.dtype)
 
     def modulation(self, prev_spikes: torch.Tensor, p: F.LIFParameters) -> STCModulation:
         """Factors for the next step from the previous spikes ``[B, C, ...]``."""
@@ -156,7 +163,15 @@ class STCLIF(nn.Module):
             raise ValueError(f"x must have {self.channels} channels at dim 2 ([T, B, C, ...]), got shape {tuple(x.shape)}")
         p = self.params()
         check_learned_threshold(self, p.threshold)
-        state = F.initial_state("lif", x[0]) if state is None else state
+        for name in ("beta", "threshold"):
+            validate.neuron_param(name, getattr(p, name), x.shape[1:])
+        dtype = x.dtype  # (the LIF layers' precision rule: a 16-bit input runs with a float32 state)
+        x = x.float() if dtype in (torch.float16, torch.bfloat16) else x
+        if state is None:
+            state = F.initial_state("lif", x[0])
+        else:  # (a NaN state ran on, silently; a CubaLIFState lost its current; the circuits need the full shape)
+            check_state(state, F.LIFState, x.shape[1:])
+            state = F.LIFState(state.mem.to(x.dtype).expand_as(x[0]))
         spikes, mems, betas, gammas = [], [], [], []
         for x_t in x:
             prev = p.surrogate(state.mem - p.threshold)
@@ -166,7 +181,7 @@ class STCLIF(nn.Module):
             mems.append(state.mem)
             betas.append(mod.beta)
             gammas.append(mod.gamma)
-        out = (torch.stack(spikes),)
+        out = (torch.stack(spikes).to(dtype),)
         if return_mem:
             out += (torch.stack(mems),)
         if return_state:
