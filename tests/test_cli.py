@@ -187,6 +187,24 @@ def test_energy_command_rebuilds_a_trainer_checkpoint(tmp_path, capsys):
     assert code == 2 and "cut.pt' is truncated or not a torch file" in err
 
 
+def test_energy_command_takes_a_batch_first_models_samples_as_its_batch(tmp_path):
+    """The transformers take batch-first samples [B, L, F]: the report took dim 1 (the sequence) as the batch size,
+    so the per-sample energy of a trained EST was L/B times its real value."""
+    import neurosim.models  # noqa: F401  (registers "est")
+    from neurosim.training import TrainConfig, Trainer
+
+    out = tmp_path / "run"
+    Trainer(TrainConfig(model="est", dataset="digits", epochs=1, num_steps=2, batch_size=256, progress=False,
+                        tensorboard=False, plots=False, out_dir=str(out), device="cpu",
+                        model_options={"dim": 8, "depth": 1, "heads": 2})).fit()
+    assert cli.main(["energy", str(out / "checkpoints" / "last.pt"), "--plain", "--samples", "6", "--json",
+                     str(tmp_path / "e.json")]) == 0
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert report["batch_size"] == 6
+    total = report["totals"]
+    assert total["energy_per_sample_pj"] == pytest.approx(total["energy_pj"] / 6)
+
+
 def test_export_stack_is_the_same_network_and_export_command_takes_trainer_checkpoints(tmp_path, capsys):
     import torch
     from neurosim.training import TrainConfig, Trainer

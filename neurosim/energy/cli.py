@@ -6,8 +6,9 @@ Wiring into the ``neurosim`` command (neurosim/cli.py)::
     neurosim.energy.add_arguments(sub)
     sub.set_defaults(func=lambda a: neurosim.energy.cli_main(a, load=<trainer's loader or None>))
 
-``load(checkpoint_path, args) -> (model, inputs or None)`` rebuilds the model of a checkpoint (the training
-code knows its format). Without one, the checkpoint is a state dict (or a dict holding one under "model" /
+``load(checkpoint_path, args) -> (model, inputs or None[, batch_dim])`` rebuilds the model of a checkpoint (the
+training code knows its format); ``batch_dim`` is the inputs' sample dimension, for the per-sample energy (default 1,
+``[T, B, ...]``; 0 for a model that takes batch-first samples). Without one, the checkpoint is a state dict (or a dict holding one under "model" /
 "state_dict" / "model_state") and ``--model package.module:builder`` builds the network.
 Inputs: ``--input x.pt`` (a saved tensor ``[T, B, ...]``) or ``--input-shape T,B,... --input-rate p``
 (Bernoulli spikes, seeded), unless the loader returns some.
@@ -185,7 +186,8 @@ def cli_main(args, load=None):
     if samples is not None:
         validate.positive_int("--samples", samples)
     _check_outputs(args)
-    model, inputs = (load or default_load)(args.checkpoint, args)
+    model, inputs, *rest = (load or default_load)(args.checkpoint, args)
+    batch_dim = rest[0] if rest else 1
     if inputs is None:
         if samples is not None:
             raise ValueError("--samples picks a trainer checkpoint's validation samples; this run takes its input "
@@ -193,8 +195,10 @@ def cli_main(args, load=None):
         inputs = _inputs(args)
     model = model.to(device).eval()
     inputs = inputs.to(device) if torch.is_tensor(inputs) else inputs
+    first = inputs if torch.is_tensor(inputs) else next((t for t in inputs if torch.is_tensor(t)), None)
+    batch = None if first is None or first.dim() <= batch_dim else first.shape[batch_dim]
     report = profile(model, inputs, hardware=hardware, require_spikes=args.require_spikes,
-                     audit=getattr(args, "audit", True))
+                     audit=getattr(args, "audit", True), batch_size=batch)
     report.print(rich=False if args.plain else None)
     for path, write in ((args.csv, report.to_csv), (args.json, report.to_json), (args.plot, report.plot)):
         if path:

@@ -41,12 +41,19 @@ class SpikeInput(nn.Module):
         return self.model.forward_spikes(s)
 
 
+def takes_spikes(model: nn.Module) -> bool:
+    """Whether the model encodes its own input (``encode``/``forward_spikes``): then it can take time-major spikes
+    ``[T, B, ...]``; the others (the transformers, the frame predictor) take batch-first samples ``[B, ...]``."""
+    return hasattr(model, "encode") and hasattr(model, "forward_spikes")
+
+
 def time_major_inputs(path: str | Path, num_samples: int = 64, seed: int = 0):
-    """``(module, inputs)`` taking time-major input: the model of a checkpoint on ``num_samples`` validation
-    samples, encoded by the model itself (seeded) when it can (``encode``/``forward_spikes``)."""
+    """``(module, inputs)``: the model of a checkpoint on ``num_samples`` validation samples, encoded by the model
+    itself (seeded) into time-major spikes ``[T, B, ...]`` when it can (:func:`takes_spikes`), else the samples as
+    the model takes them, batch first ``[B, ...]``."""
     model, cfg, info, val = load_trained(path)
     x = torch.stack([info.dataset[i][0] for i in val[:num_samples]])
-    if hasattr(model, "encode") and hasattr(model, "forward_spikes"):
+    if takes_spikes(model):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return SpikeInput(model), model.encode(x)
@@ -55,8 +62,8 @@ def time_major_inputs(path: str | Path, num_samples: int = 64, seed: int = 0):
 
 def energy_loader(path, args):
     """``load`` hook for :func:`neurosim.energy.cli_main`: trainer checkpoints rebuild themselves (their model, and
-    ``--samples`` validation samples encoded as in training unless ``--input`` / ``--input-shape`` give the
-    time-major input); any other torch file goes to the energy module's own loader (state dict + ``--model``). A
+    ``--samples`` validation samples encoded as in training unless ``--input`` / ``--input-shape`` give the input,
+    and the inputs' batch dimension: 1 for time-major spikes, 0 for a batch-first model); any other torch file goes to the energy module's own loader (state dict + ``--model``). A
     truncated or unreadable file is an error."""
     try:
         ckpt_io.load(path)
@@ -76,7 +83,8 @@ def energy_loader(path, args):
         raise ValueError("--samples picks validation samples; it does not go with --input / --input-shape")
     model, x = time_major_inputs(path, num_samples=64 if samples is None else samples,
                                  seed=getattr(args, "seed", 0))
-    return model, (None if own_input else x)
+    # (the samples' dim: a batch-first model's dim 1 is its sequence, which the report took as the batch size)
+    return model, (None if own_input else x), (1 if isinstance(model, SpikeInput) else 0)
 
 
 def export_loader(path):
