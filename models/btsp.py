@@ -65,7 +65,9 @@ class BTSPPlasticity(nn.Module):
 
     ``forward(attn, x, renormalize)``: ``attn`` ``[M, heads, n, n]`` in [0, 1], ``x`` ``[M, n, dim]`` the tokens
     the signals are read from; returns the plastic weights (rows renormalised to sum 1 when ``renormalize``).
-    With ``record=True`` the last call's :class:`PlasticityStats` is kept in ``last_stats``.
+    With ``record=True`` the last call's :class:`PlasticityStats` is kept in ``last_stats`` (all zero when the
+    rule is switched off, ``enabled=False``: that call changed nothing); a call with ``record=False`` sets it to
+    None.
     """
 
     def __init__(self, dim: int, heads: int, tau_et: float = 8.0, tau_is: float = 2.0):
@@ -101,7 +103,12 @@ class BTSPPlasticity(nn.Module):
         return self.outer(plateau, tag) * kernel
 
     def forward(self, attn: torch.Tensor, x: torch.Tensor, renormalize: bool = True) -> torch.Tensor:
+        # every call replaces last_stats: this call's numbers when recording (all zero when the rule is switched
+        # off: it changed nothing), None otherwise, so that no reader ever sees an earlier call's numbers
+        self.last_stats = None
         if not self.enabled:
+            if self.record:
+                self.last_stats = PlasticityStats(0.0, 0.0, 0.0, 0.0)
             return attn
         k_plus, k_minus = self.rates()
         delta = btsp_update(attn, self.overlap(x), k_plus[:, None, None], k_minus[:, None, None])

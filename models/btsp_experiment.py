@@ -79,7 +79,9 @@ def persistence_baseline(trainer: Trainer) -> dict:
 def attention_change(model: torch.nn.Module, x: torch.Tensor) -> list[dict] | None:
     """What the BTSP step does to attention on inputs ``x``: one :class:`~neurosim.models.btsp.PlasticityStats`
     dict per plastic layer (mean row total-variation distance, mean |delta a|, fractions potentiated/depressed),
-    measured in eval mode (the model's train/eval mode is restored). ``None`` for models without BTSP plasticity."""
+    measured in eval mode on this call (the model's train/eval mode is restored). A layer whose rule is switched
+    off (``set_plasticity(False)``) changes nothing: all its numbers are 0. ``None`` for models without BTSP
+    plasticity."""
     mods = model.plasticity_modules() if hasattr(model, "plasticity_modules") else []
     if not mods:
         return None
@@ -87,13 +89,19 @@ def attention_change(model: torch.nn.Module, x: torch.Tensor) -> list[dict] | No
     model.eval()
     for m in mods:
         m.record = True
+        m.last_stats = None
     try:
         model(x)
     finally:
         for m in mods:
             m.record = False
         model.train(was_training)
-    return [m.last_stats._asdict() for m in mods]
+    stats = [m.last_stats for m in mods]
+    if any(s is None for s in stats):
+        missing = [i for i, s in enumerate(stats) if s is None]
+        raise RuntimeError(f"plastic layer(s) {missing} of {type(model).__name__} did not run in its forward pass; "
+                           "no attention change to report for them")
+    return [s._asdict() for s in stats]
 
 
 def validation_inputs(trainer: Trainer, max_samples: int = 512) -> torch.Tensor:
@@ -108,21 +116,27 @@ def plasticity_effect(trainer: Trainer, max_samples: int = 512) -> dict | None:
 
     Returns the mean total-variation distance per attention row between the weights before and after the
     plastic step (per layer), the fractions of weights potentiated/depressed, and the validation MSE/MAE with the
-    rule switched off (same trained weights). ``None`` for models without BTSP plasticity.
+    rule switched off (same trained weights). Measured on the model as found: where the rule is already switched
+    off (the no-plasticity ablation) its layers report no change, and ``plasticity_enabled`` says so. Each
+    layer's on/off setting and the train/eval mode are restored. ``None`` for models without BTSP plasticity.
     """
     model = trainer.model
     stats = attention_change(model, validation_inputs(trainer, max_samples))
     if stats is None:
         return None
+    mods = model.plasticity_modules()
+    enabled = [m.enabled for m in mods]
     was_training = model.training
     model.set_plasticity(False)
     try:
         off = trainer.evaluate()
     finally:
-        model.set_plasticity(True)
+        for m, on in zip(mods, enabled):
+            m.enabled = on
         model.train(was_training)
     return {"per_layer": stats,
             "mean_row_tv": sum(s["mean_row_tv"] for s in stats) / len(stats),
+            "plasticity_enabled": enabled,
             "val_without_plasticity": {"mse": off["mse"], "mae": off["mae"]}}
 
 

@@ -61,3 +61,58 @@ def test_attention_change_without_plasticity_and_bad_arguments(tmp_path):
         X.PlasticityHistory(every_steps=-1)
     with pytest.raises(ValueError, match="max_samples"):
         X.PlasticityHistory(max_samples=0)
+
+
+def test_attention_change_describes_this_call_even_with_the_rule_off():
+    from neurosim.models import BTSPFormer
+
+    torch.manual_seed(0)
+    model = BTSPFormer(20, model_dim=16, heads=2, layers=2)
+    x = torch.randn(8, 20)
+    on = X.attention_change(model, x)
+    assert [s["mean_row_tv"] for s in on] == pytest.approx(_tv_by_hand(model, x), rel=1e-5)
+    assert all(s["mean_row_tv"] > 1e-3 for s in on)
+    model.set_plasticity(False)
+    off = X.attention_change(model, 5 * x)       # another input, the rule off: no change at all, not the last numbers
+    assert _tv_by_hand(model, 5 * x) == [0.0, 0.0]
+    assert off == [dict(mean_abs_change=0.0, mean_row_tv=0.0, potentiated=0.0, depressed=0.0)] * 2
+    fresh = BTSPFormer(20, model_dim=16, heads=2, layers=1)
+    fresh.set_plasticity(False)                  # never recorded before: used to fail on last_stats=None
+    assert X.attention_change(fresh, x) == [dict(mean_abs_change=0.0, mean_row_tv=0.0, potentiated=0.0,
+                                                 depressed=0.0)]
+    # a call that does not record leaves no numbers behind for a later reader
+    model.set_plasticity(True)
+    model(x)
+    assert all(p.last_stats is None for p in model.plasticity_modules())
+
+
+@pytest.mark.parametrize("setting", [(True, True), (False, False), (True, False)])
+def test_plasticity_effect_restores_the_setting_it_found(setting):
+    from types import SimpleNamespace
+
+    from neurosim.models import BTSPFormer
+
+    torch.manual_seed(0)
+    model = BTSPFormer(20, model_dim=16, heads=2, layers=2).train()
+    mods = model.plasticity_modules()
+    for m, on in zip(mods, setting):
+        m.enabled = on
+    xs = torch.randn(8, 20)
+    seen = []
+
+    def evaluate():
+        seen.append([m.enabled for m in mods])
+        return {"mse": 1.5, "mae": 0.5}
+
+    trainer = SimpleNamespace(model=model, val_idx=list(range(8)), device="cpu", evaluate=evaluate,
+                              info=SimpleNamespace(dataset=[(xs[i], torch.zeros(())) for i in range(8)]))
+    expected_tv = _tv_by_hand(model, xs)          # by hand, on the model as found (0 for a layer switched off)
+    model.train()
+    effect = X.plasticity_effect(trainer)
+    assert seen == [[False, False]]               # the "without plasticity" number was measured with the rule off
+    assert [m.enabled for m in mods] == list(setting) and model.training
+    assert effect["plasticity_enabled"] == list(setting)
+    assert [s["mean_row_tv"] for s in effect["per_layer"]] == pytest.approx(expected_tv, rel=1e-5, abs=0)
+    for tv, on in zip(expected_tv, setting):
+        assert (tv > 0) == on
+    assert effect["val_without_plasticity"] == {"mse": 1.5, "mae": 0.5}
