@@ -16,6 +16,7 @@ Input ``x`` ``[B, L]`` (or ``[B, L, 1]``): a window of L scalar values; output `
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import nn
@@ -29,6 +30,12 @@ from .btsp import BTSPPlasticity
 
 ATTENTIONS = ("btsp", "softmax", "astro")
 POSITIONS = ("asymmetric", "sinusoidal")
+
+
+def _finite_at_least_zero(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
 
 
 def sinusoidal_table(n: int, dim: int) -> torch.Tensor:
@@ -47,8 +54,12 @@ def asymmetric_envelope(seq_len: int, peak_offset: float = 2.0, width_past: floa
 
     With ``d = L - t`` steps before the target, a two-sided Gaussian in ``d`` centred at ``peak_offset``: width
     ``width_past`` (default ``L/4``) on the past side, ``width_future`` on the side of the target.
+    ``seq_len`` >= 1; ``peak_offset`` finite and >= 0 (at or before the target); widths finite and > 0.
     """
-    width_past = seq_len / 4 if width_past is None else width_past
+    seq_len = validate.positive_int("seq_len", seq_len)
+    peak_offset = _finite_at_least_zero("peak_offset", peak_offset)
+    width_past = seq_len / 4 if width_past is None else validate.positive_float("width_past", width_past)
+    validate.positive_float("width_future", width_future)
     d = seq_len - torch.arange(seq_len, dtype=torch.float64)
     width = torch.where(d >= peak_offset, torch.full_like(d, width_past), torch.full_like(d, width_future))
     return torch.exp(-0.5 * ((d - peak_offset) / width) ** 2).float()
@@ -68,8 +79,12 @@ class AsymmetricPositionEmbedding(nn.Module):
         self.direction = nn.Parameter(torch.randn(dim) / math.sqrt(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[-2]
-        return x + self.table[:n] + self.envelope[-n:, None] * self.direction
+        n, seq_len = x.shape[-2], self.envelope.shape[0]
+        if not 1 <= n <= seq_len:
+            raise ValueError(f"x has {n} steps; this position embedding takes 1 to seq_len={seq_len} steps")
+        # the last n envelope values: the window ends at the step before the target (not envelope[-n:], which
+        # is the whole table for n=0)
+        return x + self.table[:n] + self.envelope[seq_len - n:, None] * self.direction
 
 
 class SinusoidalPositionEmbedding(nn.Module):
@@ -152,8 +167,8 @@ def _window(x: torch.Tensor, seq_len: int) -> torch.Tensor:
     if x.dim() == 3 and x.shape[-1] == 1:
         x = x[..., 0]
     validate.rank_exactly("x", x, (2,), "[B, L] (or [B, L, 1])")
-    if x.shape[1] > seq_len:
-        raise ValueError(f"x has {x.shape[1]} steps; the model was built for seq_len <= {seq_len}")
+    if not 1 <= x.shape[1] <= seq_len:
+        raise ValueError(f"x has {x.shape[1]} steps; the model was built for 1 <= L <= seq_len={seq_len}")
     return x
 
 
@@ -171,6 +186,7 @@ class BTSPFormer(nn.Module):
         validate.in_range("dropout", dropout, 0.0, 1.0, hi_open=True)
         validate.one_of("attention", attention, ATTENTIONS)
         validate.one_of("position", position, POSITIONS)
+        _finite_at_least_zero("peak_offset", peak_offset)
         if model_dim % heads:
             raise ValueError(f"model_dim={model_dim} must be divisible by heads={heads}")
         self.attention_kind = attention
@@ -254,6 +270,8 @@ class SpikingBTSPFormer(nn.Module):
         heads = validate.positive_int("heads", heads)
         layers = validate.positive_int("layers", layers)
         self.num_steps = validate.positive_int("num_steps", num_steps)
+        validate.in_range("dropout", dropout, 0.0, 1.0, hi_open=True)
+        _finite_at_least_zero("peak_offset", peak_offset)
         if model_dim % heads:
             raise ValueError(f"model_dim={model_dim} must be divisible by heads={heads}")
         lif = dict(beta=beta, threshold=threshold, backend=backend)

@@ -28,8 +28,9 @@ def moving_digits(num_sequences: int, num_frames: int = 10, canvas: int = 16, se
     n = validate.positive_int("num_sequences", num_sequences)
     t = validate.positive_int("num_frames", num_frames, minimum=2)
     c = validate.positive_int("canvas", canvas, minimum=DIGIT + 1)
+    seed = validate.positive_int("seed", seed, minimum=0)      # 1.9 is not seed 1
     images = torch.tensor(load_digits().images, dtype=torch.float32) / 16.0     # [1797, 8, 8]
-    g = torch.Generator().manual_seed(int(seed))
+    g = torch.Generator().manual_seed(seed)
     which = torch.randint(len(images), (n,), generator=g)
     span = c - DIGIT                                                            # positions 0..span
     pos = torch.randint(span + 1, (n, 2), generator=g)
@@ -82,6 +83,9 @@ class FramePredictor(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         validate.finite("x", x)
         validate.rank_exactly("x", x, (4,), "[B, T, H, W]")
+        if min(x.shape[1:]) < 1:
+            raise ValueError(f"x [B, T, H, W] needs T >= 1 frames of H >= 1 by W >= 1 pixels, got shape "
+                             f"{tuple(x.shape)}")
         s = x.transpose(0, 1).unsqueeze(2)                                     # [T, B, 1, H, W]
         s = self.lif1(self._per_step(self.conv1, s))
         s = self.lif2(self._per_step(self.conv2, s))

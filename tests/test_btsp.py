@@ -165,3 +165,39 @@ def test_bad_input():
         model(torch.randn(2, 11))
     with pytest.raises(ValueError, match="dimensions"):
         model(torch.randn(2, 10, 3))
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: BTSPFormer(8, 8, 2, 1, peak_offset=float("nan")), r"peak_offset must be a finite number >= 0"),
+    (lambda: BTSPFormer(8, 8, 2, 1, peak_offset=-5.0), r"peak_offset must be a finite number >= 0"),
+    (lambda: BTSPFormer(8, 8, 2, 1, position="sinusoidal", peak_offset=float("inf")), r"peak_offset .* >= 0"),
+    (lambda: SpikingBTSPFormer(8, 8, 2, 1, peak_offset=float("nan")), r"peak_offset must be a finite number >= 0"),
+    (lambda: SpikingBTSPFormer(8, 8, 2, 1, dropout=1.0), r"dropout must be in \[0.0, 1.0\)"),
+    (lambda: SpikingBTSPFormer(8, 8, 2, 1, dropout=-0.1), r"dropout must be in \[0.0, 1.0\)"),
+    (lambda: asymmetric_envelope(8, width_past=0), r"width_past must be a finite number > 0"),
+    (lambda: asymmetric_envelope(8, width_future=float("nan")), r"width_future must be a finite number > 0"),
+    (lambda: asymmetric_envelope(0), r"seq_len must be an integer >= 1"),
+])
+def test_bad_settings_are_refused_by_name(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+@pytest.mark.parametrize("model_cls", [BTSPFormer, SpikingBTSPFormer])
+def test_empty_window_is_refused_and_short_windows_read_the_envelope_tail(model_cls):
+    model = model_cls(8, model_dim=8, heads=2, layers=1)
+    for x in (torch.zeros(2, 0), torch.zeros(2, 0, 1)):
+        with pytest.raises(ValueError, match=r"x has 0 steps; .*1 <= L <= seq_len=8"):
+            model(x)
+    assert model(torch.zeros(0, 8)).shape == (0, 1)          # an empty batch is fine
+    pos = model.pos
+    with pytest.raises(ValueError, match="1 to seq_len=8"):
+        pos(torch.zeros(1, 0, 8))
+    # a 3-step window gets the envelope of the last 3 input steps t = 5, 6, 7, i.e. d = L - t = 3, 2, 1 steps
+    # before the target; peak_offset 2, past width L/4 = 2, future width 1: exp(-1/8), 1, exp(-1/2)
+    with torch.no_grad():
+        pos.direction.fill_(1.0)
+    x = torch.zeros(1, 3, 8)
+    added = pos(x) - pos.table[:3]
+    hand = torch.tensor([math.exp(-0.125), 1.0, math.exp(-0.5)])
+    torch.testing.assert_close(added, hand[None, :, None].expand(1, 3, 8))

@@ -73,6 +73,24 @@ def test_moving_digits_motion():
     assert DIGIT == 8
 
 
+def test_moving_digits_seed_must_be_a_whole_number():
+    for seed in (1.9, -1, "1", True):
+        with pytest.raises(ValueError, match=r"seed must be an integer >= 0"):
+            moving_digits(2, 3, 12, seed=seed)
+    assert torch.equal(moving_digits(2, 3, 12, seed=2.0), moving_digits(2, 3, 12, seed=2))   # 2.0 is seed 2
+
+
+@pytest.mark.parametrize("neuron", ["lif", "stc_lif"])
+def test_frame_predictor_refuses_empty_frames(neuron):
+    from neurosim.models import FramePredictor
+
+    model = FramePredictor(neuron, 4, groups=2) if neuron == "stc_lif" else FramePredictor(neuron, 4)
+    for shape in ((2, 0, 12, 12), (2, 3, 0, 12), (2, 3, 12, 0)):
+        with pytest.raises(ValueError, match=r"T >= 1 frames of H >= 1 by W >= 1 pixels"):
+            model(torch.zeros(shape))
+    assert model(torch.zeros(0, 3, 12, 12)).shape == (0, 3, 12, 12)   # an empty batch is fine
+
+
 def test_frame_predictor_through_registry(tmp_path):
     rc = cli.main(["train", "--model", "frame_predictor", "--dataset", "moving_digits", "--data-opt",
                    "num_sequences=24", "--data-opt", "num_frames=4", "--opt", "neuron=stc_lif", "--opt", "channels=4",
