@@ -60,7 +60,9 @@ def digits_job(neuron: str, seed: int, out: str, stop_at: float, quick: bool, us
     cfg = TrainConfig(model="frame_predictor", dataset="moving_digits", epochs=1 if quick else 60, lr=2e-3,
                       batch_size=8 if quick else 64, patience=8, lr_patience=3, seed=seed,
                       device="cuda" if use_gpu else "cpu", out_dir=out, progress=False, tensorboard=False,
-                      plots=not quick, model_options={"neuron": neuron, "channels": 4 if quick else 16, "groups": 4 if not quick else 2},
+                      plots=not quick,
+                      model_options={"neuron": neuron, "channels": 4 if quick else 16,
+                                     **({"groups": 2 if quick else 4} if neuron == "stc_lif" else {})},
                       dataset_options={**data, "canvas": 16, "seed": 0}).validate()
     trainer = Trainer(cfg, callbacks=[_deadline(stop_at)])
     summary = trainer.fit()

@@ -24,18 +24,21 @@ from neurosim.training import checkpoint as ckpt_io
 from neurosim.training import plots
 
 DEFAULT_DT = 0.01
+SPIKING = "spiking_btspformer"
 
 
 def seed_config(model: str = "btspformer", seq_len: int = 50, num_samples: int = 10000, batch_size: int = 128,
                 epochs: int = 100, lr: float = 1e-3, use_gpu: bool = False, model_dim: int = 64, heads: int = 4,
                 layers: int = 2, dt: float = DEFAULT_DT, dropout: float = 0.1, optimizer: str = "adamw",
-                patience: int = 10, lr_patience: int = 4, seed: int = 0, num_steps: int = 4, out_dir: str = ".",
+                patience: int = 10, lr_patience: int = 4, seed: int = 0, num_steps: int | None = None, out_dir: str = ".",
                 progress: bool = True, backend: str = "snntorch") -> TrainConfig:
     """The trainer configuration for the seed's command line.
 
     ``num_samples`` windows of ``seq_len`` values (each with its next value as target) are cut from one damped
     cosine ``A e^{-gamma t} cos(omega t + phi)`` (A=1, gamma=0.1, omega=2, phi=0) sampled every ``dt``;
-    80/20 random split (fixed by ``seed``).
+    80/20 random split (fixed by ``seed``). ``num_steps`` (SNN time steps) applies to ``spiking_btspformer``
+    only (default 4); the analog models take none, so it must be left unset for them and the run records the
+    trainer's default.
     """
     for name, value, minimum in (("seq_len", seq_len, 1), ("num_samples", num_samples, 2), ("model_dim", model_dim, 2),
                                  ("heads", heads, 1), ("layers", layers, 1)):
@@ -43,6 +46,13 @@ def seed_config(model: str = "btspformer", seq_len: int = 50, num_samples: int =
     validate.positive_float("dt", dt)
     if model_dim % heads:
         raise ValueError(f"model_dim={model_dim} must be divisible by heads={heads}")
+    if model == SPIKING:
+        num_steps = 4 if num_steps is None else validate.positive_int("num_steps", num_steps)
+    elif num_steps is not None:
+        raise ValueError(f"num_steps applies to model {SPIKING!r} only; model {model!r} has no SNN time steps, "
+                         f"leave num_steps unset (got {num_steps!r})")
+    else:
+        num_steps = TrainConfig().num_steps
     device = "cpu"
     if use_gpu:
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -10,6 +10,7 @@ from torch import nn
 
 import neurosim
 from neurosim import validate
+from neurosim.neurons import BACKENDS
 from neurosim.neurons.stc_lif import STCLIF
 
 NEURONS = ("lif", "stc_lif")
@@ -52,16 +53,30 @@ def moving_digits(num_sequences: int, num_frames: int = 10, canvas: int = 16, se
 class FramePredictor(nn.Module):
     """Two spiking conv layers and a conv readout, one step per frame: ``x [B, T, H, W] -> [B, T, H, W]``.
 
-    ``neuron="lif"`` uses :class:`neurosim.LIF`, ``"stc_lif"`` :class:`neurosim.neurons.stc_lif.STCLIF`
-    (same beta/threshold; circuits with ``groups`` channel groups and 3x3 windows). Output step t predicts
-    frame t+1 from the spikes at step t (the neurons carry the motion history).
+    ``neuron="lif"`` uses :class:`neurosim.LIF` on ``backend`` (one of :data:`neurosim.neurons.BACKENDS`,
+    default ``"snntorch"``), ``"stc_lif"`` :class:`neurosim.neurons.stc_lif.STCLIF` (same beta/threshold;
+    circuits with ``groups`` channel groups, default 4, and 3x3 windows). Each neuron takes only its own
+    option: ``groups`` with ``"lif"`` or ``backend`` with ``"stc_lif"`` (which runs its own time loop) is an
+    error rather than a setting silently ignored. Output step t predicts frame t+1 from the spikes at step t (the
+    neurons carry the motion history).
     """
 
     def __init__(self, neuron: str = "lif", channels: int = 16, beta: float = 0.8, threshold: float = 1.0,
-                 groups: int = 4, backend: str = "snntorch"):
+                 groups: int | None = None, backend: str | None = None):
         super().__init__()
         validate.one_of("neuron", neuron, NEURONS)
         c = validate.positive_int("channels", channels)
+        if neuron == "lif":
+            if groups is not None:
+                raise ValueError(f"groups applies to neuron='stc_lif' only (the circuits' channel groups); "
+                                 f"neuron='lif' takes no groups, got groups={groups!r}")
+            backend = "snntorch" if backend is None else backend
+            validate.one_of("backend", backend, BACKENDS)
+        else:
+            if backend is not None:
+                raise ValueError(f"backend applies to neuron='lif' only; neuron='stc_lif' runs neurosim's own time "
+                                 f"loop and takes no backend, got backend={backend!r}")
+            groups = 4 if groups is None else validate.positive_int("groups", groups)
         self.neuron_kind = neuron
         self.conv1 = nn.Conv2d(1, c, 3, padding=1)
         self.conv2 = nn.Conv2d(c, c, 3, padding=1)

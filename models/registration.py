@@ -32,6 +32,26 @@ def _options(cfg, name: str, allowed: dict) -> dict:
     return {**allowed, **cfg.model_options}
 
 
+def _config_default(field_name: str):
+    from neurosim.training.config import TrainConfig
+
+    return next(f.default for f in fields(TrainConfig) if f.name == field_name)
+
+
+def _refuse_unused(cfg, name: str, why: dict) -> None:
+    """``why``: the run-identity fields (encoder, backend, num_steps) model ``name`` does not use, each with the
+    reason. They are recorded in config.json and checkpoints, so a value other than the trainer's default would
+    label the run with a setting it never used: a ValueError naming the field, the model and what it accepts."""
+    for field_name, reason in why.items():
+        value, default = getattr(cfg, field_name), _config_default(field_name)
+        if value != default:
+            raise ValueError(f"{field_name}={value!r} does not apply to model {name!r} ({reason}); it accepts only "
+                             f"the default {field_name}={default!r}")
+
+
+ANALOG = "an analog transformer fed the raw window, no spiking neurons"
+
+
 def _seq_len(info, name: str) -> int:
     if info.task != "regression" or len(info.input_shape) != 1 or info.num_outputs != 1:
         raise ValueError(f"model {name!r} needs a one-step forecasting dataset (input [L], one regression "
@@ -44,6 +64,7 @@ TRANSFORMER_OPTIONS = {"model_dim": 64, "heads": 4, "layers": 2, "dropout": 0.1}
 
 def _transformer(name: str, **fixed):
     def build(info, cfg):
+        _refuse_unused(cfg, name, {"encoder": ANALOG, "backend": ANALOG, "num_steps": ANALOG})
         o = _options(cfg, name, TRANSFORMER_OPTIONS)
         return BTSPFormer(_seq_len(info, name), o["model_dim"], o["heads"], o["layers"], o["dropout"], **fixed)
 
@@ -52,6 +73,8 @@ def _transformer(name: str, **fixed):
 
 
 def build_spiking_btspformer(info, cfg):
+    _refuse_unused(cfg, "spiking_btspformer", {
+        "encoder": "its input is encoded by a LIF layer of its own, fed the embedded window for num_steps steps"})
     o = _options(cfg, "spiking_btspformer", {**TRANSFORMER_OPTIONS, "beta": 0.9, "threshold": 1.0})
     return SpikingBTSPFormer(_seq_len(info, "spiking_btspformer"), o["model_dim"], o["heads"], o["layers"],
                              o["dropout"], num_steps=cfg.num_steps, beta=o["beta"], threshold=o["threshold"],
@@ -59,9 +82,19 @@ def build_spiking_btspformer(info, cfg):
 
 
 def build_frame_predictor(info, cfg):
+    """model_options: neuron ("lif" or "stc_lif"), channels, beta, threshold, and groups (stc_lif only, default 4).
+    The frames are the input current, one SNN step per frame: no encoder, no num_steps; backend picks the LIF
+    backend (neuron="lif" only)."""
+    frames = "the frames drive the neurons directly, one time step per frame"
+    why = {"encoder": frames, "num_steps": frames}
+    neuron = cfg.model_options.get("neuron", "lif")
+    if neuron == "stc_lif":
+        why["backend"] = "neuron='stc_lif' runs neurosim's own time loop; backend picks the LIF backend of neuron='lif'"
+    _refuse_unused(cfg, "frame_predictor", why)
     o = _options(cfg, "frame_predictor", {"neuron": "lif", "channels": 16, "beta": 0.8, "threshold": 1.0,
-                                          "groups": 4})
-    return FramePredictor(o["neuron"], o["channels"], o["beta"], o["threshold"], o["groups"], cfg.backend)
+                                          "groups": None})
+    return FramePredictor(o["neuron"], o["channels"], o["beta"], o["threshold"], o["groups"],
+                          cfg.backend if neuron == "lif" else None)
 
 
 def moving_digits_dataset(cfg):

@@ -47,9 +47,10 @@ def test_bad_flag_is_reported():
 
 @pytest.mark.parametrize("model", ["btspformer", "spiking_btspformer"])
 def test_neurosim_train_cli(tmp_path, model, capsys):
+    steps = ["--num-steps", "2"] if model == "spiking_btspformer" else []    # the analog model has no SNN steps
     rc = cli.main(["train", "--model", model, "--dataset", "damped_sine", "--data-opt", "seq_len=12",
                    "--data-opt", "n_points=60", "--opt", "model_dim=8", "--opt", "heads=2", "--opt", "layers=1",
-                   "--num-steps", "2", "--epochs", "1", "--batch-size", "16", "--device", "cpu",
+                   *steps, "--epochs", "1", "--batch-size", "16", "--device", "cpu",
                    "--out-dir", str(tmp_path), "--no-progress", "--no-plots", "--no-tensorboard"])
     assert rc == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -115,3 +116,80 @@ def test_comparison_script_quick(tmp_path):
     assert "btspformer" in md and "Persistence baseline" in md
     btsp = next(r for r in results if r["model"] == "btspformer")
     assert btsp["plasticity"]["mean_row_tv"] > 0 and btsp["plasticity"]["val_without_plasticity"]["mse"] > 0
+
+
+# --------------------------------------------------------------- run settings a model does not use are refused
+def _build(model, dataset="damped_sine", **fields):
+    from neurosim.training import TrainConfig
+    from neurosim.training.registry import get_dataset, get_model
+
+    options = {"seq_len": 8, "n_points": 40} if dataset == "damped_sine" else {"num_sequences": 4, "num_frames": 3}
+    cfg = TrainConfig(model=model, dataset=dataset, device="cpu", dataset_options=options, **fields).validate()
+    return get_model(model)(get_dataset(dataset)(cfg), cfg)
+
+
+# the trainer's defaults, written out: encoder unset, backend snntorch, 16 steps
+DEFAULTS = {"encoder": None, "backend": "snntorch", "num_steps": 16}
+
+
+@pytest.mark.parametrize("model", ["btspformer", "vanilla_transformer", "astro_transformer"])
+@pytest.mark.parametrize("field,value", [("encoder", "latency"), ("backend", "norse"), ("num_steps", 4)])
+def test_analog_transformers_refuse_spiking_settings(model, field, value):
+    import re
+
+    msg = (f"{field}={value!r} does not apply to model {model!r} (an analog transformer fed the raw window, no "
+           f"spiking neurons); it accepts only the default {field}={DEFAULTS[field]!r}")
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        _build(model, **{field: value})
+    assert isinstance(_build(model), BTSPFormer)          # the defaults still build
+
+
+def test_spiking_btspformer_uses_backend_and_steps_but_no_encoder():
+    with pytest.raises(ValueError, match=r"encoder='rate' does not apply to model 'spiking_btspformer' .*"
+                                         r"accepts only the default encoder=None"):
+        _build("spiking_btspformer", encoder="rate")
+    model = _build("spiking_btspformer", backend="torch", num_steps=3)
+    assert model.num_steps == 3 and model.encoder.backend == "torch"
+
+
+def test_frame_predictor_refuses_settings_it_ignores():
+    from neurosim.models import FramePredictor
+
+    md = "moving_digits"
+    for field, value in (("encoder", "rate"), ("num_steps", 4)):
+        with pytest.raises(ValueError, match=rf"{field}={value!r} does not apply to model 'frame_predictor' "
+                                             rf"\(the frames drive the neurons directly.*default {field}="):
+            _build("frame_predictor", md, **{field: value})
+    with pytest.raises(ValueError, match=r"backend='fused' does not apply to model 'frame_predictor' "
+                                         r"\(neuron='stc_lif' runs neurosim's own time loop"):
+        _build("frame_predictor", md, backend="fused", model_options={"neuron": "stc_lif", "channels": 4})
+    with pytest.raises(ValueError, match=r"groups applies to neuron='stc_lif' only.*got groups=2"):
+        _build("frame_predictor", md, model_options={"groups": 2})
+    # what each neuron does take
+    lif = _build("frame_predictor", md, backend="torch")
+    assert lif.neuron_kind == "lif" and lif.lif1.backend == "torch"
+    stc = _build("frame_predictor", md, model_options={"neuron": "stc_lif", "channels": 8})
+    assert stc.neuron_kind == "stc_lif" and stc.lif1.groups == 4            # the documented default
+    assert _build("frame_predictor", md).lif1.backend == "snntorch"
+    # the class itself
+    with pytest.raises(ValueError, match=r"backend must be one of 'snntorch', 'norse', 'fused', 'torch'; got 'bogus'"):
+        FramePredictor(backend="bogus")
+    with pytest.raises(ValueError, match=r"groups applies to neuron='stc_lif' only.*got groups=5"):
+        FramePredictor("lif", groups=5)
+    with pytest.raises(ValueError, match=r"backend applies to neuron='lif' only.*got backend='norse'"):
+        FramePredictor("stc_lif", 8, backend="norse")
+    assert FramePredictor("stc_lif", 8, groups=2).lif1.groups == 2
+
+
+def test_seed_config_num_steps_only_for_the_spiking_model():
+    from neurosim.models import btsp_experiment as X
+
+    with pytest.raises(ValueError, match=r"num_steps applies to model 'spiking_btspformer' only; model "
+                                         r"'btspformer' has no SNN time steps"):
+        X.seed_config("btspformer", num_steps=3)
+    assert X.seed_config("btspformer").num_steps == DEFAULTS["num_steps"]
+    assert X.seed_config("spiking_btspformer").num_steps == 4
+    assert X.seed_config("spiking_btspformer", num_steps=3).num_steps == 3
+    res = subprocess.run([sys.executable, str(ROOT / "examples/btspformer/main.py"), "--num_steps", "3"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "num_steps applies to model 'spiking_btspformer' only" in res.stderr

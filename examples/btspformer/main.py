@@ -35,7 +35,8 @@ def main(argv=None):
     ap.add_argument("--optimizer", default="adamw", choices=("adamw", "adam"))
     ap.add_argument("--patience", type=int, default=10, help="early stopping: epochs without improvement (0: off)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--num_steps", type=int, default=4, help="simulation steps of the spiking variant")
+    ap.add_argument("--num_steps", type=int, default=None,
+                    help="simulation steps of spiking_btspformer (default 4; the other models take none)")
     ap.add_argument("--no_progress", action="store_true", help="hide the progress bars")
     a = ap.parse_args(argv)
     try:
