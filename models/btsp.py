@@ -8,10 +8,23 @@ and key position ``j`` as the presynaptic input:
 
 * presynaptic tag :math:`e_j = \sigma(w_e\cdot x_j + b_e)` and plateau :math:`p_i = \sigma(w_p\cdot x_i + b_p)`
   (one per head, learned);
-* time-asymmetric overlap kernel, with :math:`\Delta = i - j`: :math:`K(\Delta) = e^{-\Delta/\tau_{ET}}` for an
-  input before (or at) the plateau, :math:`e^{\Delta/\tau_{IS}}` for an input after it; the ET outlasts the IS
-  (:math:`\tau_{ET} > \tau_{IS}` at initialisation, 8 vs 2 steps), so inputs slightly *before* the plateau get
-  the largest change, as in BTSP;
+* time-asymmetric overlap kernel over :math:`\Delta = i - j` (how many steps the input comes before the plateau),
+  peaking at a lead :math:`\lambda \ge 0` (``lead``, 1 step by default):
+
+  .. math::
+
+     K(\Delta) = e^{-(\Delta - \lambda)/\tau_{ET}} \ (\Delta \ge \lambda), \qquad
+     K(\Delta) = e^{-(\lambda - \Delta)/\tau_{IS}} \ (\Delta < \lambda),
+
+  so :math:`K(\lambda) = 1` is the maximum: the largest change goes to inputs :math:`\lambda` steps *before* the
+  plateau, as the seed states ("weight change is stronger for inputs that occur slightly before plateau
+  events"). Further into the past the kernel falls with the long eligibility trace :math:`\tau_{ET}`; towards
+  and after the plateau with the short instructive signal :math:`\tau_{IS}` (:math:`\tau_{ET} > \tau_{IS}` at
+  initialisation, 8 vs 2 steps; both are learned and the order is not enforced in training). With
+  :math:`\lambda = 0` this is the overlap of two instantaneous exponential traces, whose maximum is at
+  coincidence (:math:`\Delta = 0`), not before the plateau. Example, :math:`\lambda = 1`, :math:`\tau_{ET} = 8`,
+  :math:`\tau_{IS} = 2`: :math:`K(1) = 1`, :math:`K(2) = e^{-1/8} \approx 0.88`, :math:`K(0) = e^{-1/2} \approx
+  0.61`, :math:`K(-1) = e^{-1} \approx 0.37`;
 * signal overlap :math:`c_{ij} = p_i\,e_j\,K(i-j) \in [0, 1]`;
 * bidirectional update of an attention weight :math:`a \in [0, 1]`:
   :math:`\Delta a = c\,(k_+ (1 - a) - k_- a)` with rates :math:`k_\pm = \tfrac12\sigma(\rho_\pm)`. The update is
@@ -23,6 +36,8 @@ and is shared by the analog and the spiking BTSP attention.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from typing import NamedTuple
 
 import torch
@@ -33,16 +48,28 @@ from neurosim import validate
 from neurosim.layers import MatMul
 
 
-def asymmetric_kernel(n: int, tau_et: torch.Tensor, tau_is: torch.Tensor) -> torch.Tensor:
-    """``[..., n, n]`` kernel ``K[i, j]``: ``exp(-(i-j)/tau_et)`` for ``j <= i``, ``exp(-(j-i)/tau_is)`` for ``j > i``.
+DEFAULT_LEAD = 1.0
 
-    ``tau_et``/``tau_is`` are tensors broadcastable to the leading dimensions (e.g. ``[heads, 1, 1]``).
+
+def _lead(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"lead must be a finite number >= 0 (steps before the plateau), got {value!r}")
+    return float(value)
+
+
+def asymmetric_kernel(n: int, tau_et: torch.Tensor, tau_is: torch.Tensor, lead: float = DEFAULT_LEAD) -> torch.Tensor:
+    """``[..., n, n]`` kernel ``K[i, j]`` over ``d = i - j``, peaking at ``d = lead``:
+    ``exp(-(d - lead)/tau_et)`` for ``d >= lead``, ``exp(-(lead - d)/tau_is)`` for ``d < lead``.
+
+    ``tau_et``/``tau_is`` are tensors broadcastable to the leading dimensions (e.g. ``[heads, 1, 1]``);
+    ``lead`` >= 0 steps (0: the maximum at ``j = i``).
     """
+    lead = _lead(lead)
     idx = torch.arange(n, device=tau_et.device, dtype=tau_et.dtype)
-    delta = idx[:, None] - idx[None, :]                                  # i - j
-    before = torch.exp(-delta.clamp(min=0) / tau_et)
-    after = torch.exp(delta.clamp(max=0) / tau_is)
-    return torch.where(delta >= 0, before, after)
+    shift = idx[:, None] - idx[None, :] - lead                           # (i - j) - lead
+    past = torch.exp(-shift.clamp(min=0) / tau_et)
+    near = torch.exp(shift.clamp(max=0) / tau_is)
+    return torch.where(shift >= 0, past, near)
 
 
 def btsp_update(weights: torch.Tensor, overlap: torch.Tensor, k_plus: torch.Tensor, k_minus: torch.Tensor) -> torch.Tensor:
@@ -61,7 +88,8 @@ class PlasticityStats(NamedTuple):
 
 
 class BTSPPlasticity(nn.Module):
-    """Learned ET/IS gates, asymmetric time constants and rates of the BTSP rule, per head.
+    """Learned ET/IS gates, asymmetric time constants and rates of the BTSP rule, per head; ``lead`` (fixed, not
+    learned) is where the time kernel peaks, in steps before the plateau (see the module docstring).
 
     ``forward(attn, x, renormalize)``: ``attn`` ``[M, heads, n, n]`` in [0, 1], ``x`` ``[M, n, dim]`` the tokens
     the signals are read from; returns the plastic weights (rows renormalised to sum 1 when ``renormalize``).
@@ -70,10 +98,11 @@ class BTSPPlasticity(nn.Module):
     None.
     """
 
-    def __init__(self, dim: int, heads: int, tau_et: float = 8.0, tau_is: float = 2.0):
+    def __init__(self, dim: int, heads: int, tau_et: float = 8.0, tau_is: float = 2.0, lead: float = DEFAULT_LEAD):
         super().__init__()
         validate.positive_float("tau_et", tau_et)
         validate.positive_float("tau_is", tau_is)
+        self.lead = _lead(lead)
         self.heads = heads
         self.et_gate = nn.Linear(dim, heads)
         self.is_gate = nn.Linear(dim, heads)
@@ -99,8 +128,11 @@ class BTSPPlasticity(nn.Module):
         plateau = torch.sigmoid(self.is_gate(x)).transpose(-1, -2).unsqueeze(-1)   # [M, heads, n, 1]
         tag = torch.sigmoid(self.et_gate(x)).transpose(-1, -2).unsqueeze(-2)       # [M, heads, 1, n]
         tau_et, tau_is = self.time_constants()
-        kernel = asymmetric_kernel(n, tau_et[:, None, None], tau_is[:, None, None])
+        kernel = asymmetric_kernel(n, tau_et[:, None, None], tau_is[:, None, None], self.lead)
         return self.outer(plateau, tag) * kernel
+
+    def extra_repr(self) -> str:
+        return f"heads={self.heads}, lead={self.lead:g}"
 
     def forward(self, attn: torch.Tensor, x: torch.Tensor, renormalize: bool = True) -> torch.Tensor:
         # every call replaces last_stats: this call's numbers when recording (all zero when the rule is switched

@@ -10,7 +10,8 @@ Input ``x`` ``[B, L]`` (or ``[B, L, 1]``): a window of L scalar values; output `
 * head on the last token: ``LN -> Linear(D, D/2) -> GELU -> Dropout -> Linear(D/2, 1)``.
 
 ``attention`` picks the attention of every block: ``"btsp"`` (softmax attention changed by
-:class:`models.btsp.BTSPPlasticity`), ``"softmax"`` (the vanilla transformer baseline) or ``"astro"``
+:class:`models.btsp.BTSPPlasticity`, whose time kernel is set by ``tau_et``, ``tau_is`` and ``lead``: the change
+is largest for keys ``lead`` steps before the query), ``"softmax"`` (the vanilla transformer baseline) or ``"astro"``
 (:class:`neurosim.layers.astro_attention.AstroAttention`). :class:`SpikingBTSPFormer` is the spiking variant.
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ from neurosim import validate
 from neurosim.layers import Add, MatMul, Mean
 from neurosim.layers.astro_attention import AstroAttention
 
-from .btsp import BTSPPlasticity
+from .btsp import DEFAULT_LEAD, BTSPPlasticity
 
 ATTENTIONS = ("btsp", "softmax", "astro")
 POSITIONS = ("asymmetric", "sinusoidal")
@@ -132,11 +133,11 @@ class SoftmaxAttention(nn.Module):
 
 
 def make_attention(kind: str, dim: int, heads: int, seq_len: int, dropout: float, tau_et: float = 8.0,
-                   tau_is: float = 2.0) -> nn.Module:
+                   tau_is: float = 2.0, lead: float = DEFAULT_LEAD) -> nn.Module:
     validate.one_of("attention", kind, ATTENTIONS)
     if kind == "astro":
         return AstroAttention(dim, heads, max_len=seq_len, dropout=dropout)
-    plastic = BTSPPlasticity(dim, heads, tau_et, tau_is) if kind == "btsp" else None
+    plastic = BTSPPlasticity(dim, heads, tau_et, tau_is, lead) if kind == "btsp" else None
     return SoftmaxAttention(dim, heads, dropout, plastic)
 
 
@@ -177,7 +178,7 @@ class BTSPFormer(nn.Module):
 
     def __init__(self, seq_len: int, model_dim: int = 64, heads: int = 4, layers: int = 2, dropout: float = 0.1,
                  attention: str = "btsp", position: str = "asymmetric", peak_offset: float = 2.0,
-                 tau_et: float = 8.0, tau_is: float = 2.0):
+                 tau_et: float = 8.0, tau_is: float = 2.0, lead: float = DEFAULT_LEAD):
         super().__init__()
         self.seq_len = validate.positive_int("seq_len", seq_len)
         model_dim = validate.positive_int("model_dim", model_dim, minimum=2)
@@ -187,13 +188,14 @@ class BTSPFormer(nn.Module):
         validate.one_of("attention", attention, ATTENTIONS)
         validate.one_of("position", position, POSITIONS)
         _finite_at_least_zero("peak_offset", peak_offset)
+        _finite_at_least_zero("lead", lead)
         if model_dim % heads:
             raise ValueError(f"model_dim={model_dim} must be divisible by heads={heads}")
         self.attention_kind = attention
         self.input_proj = nn.Linear(1, model_dim)
         self.pos = (AsymmetricPositionEmbedding(seq_len, model_dim, peak_offset) if position == "asymmetric"
                     else SinusoidalPositionEmbedding(seq_len, model_dim))
-        kw = dict(tau_et=tau_et, tau_is=tau_is) if attention == "btsp" else {}
+        kw = dict(tau_et=tau_et, tau_is=tau_is, lead=lead) if attention == "btsp" else {}
         self.blocks = nn.ModuleList(Block(model_dim, heads, seq_len, attention, dropout, **kw) for _ in range(layers))
         self.head = regression_head(model_dim, dropout)
 
@@ -222,7 +224,7 @@ class SpikingBTSPAttention(nn.Module):
     """
 
     def __init__(self, dim: int, heads: int, beta: float = 0.9, threshold: float = 1.0, backend: str = "snntorch",
-                 tau_et: float = 8.0, tau_is: float = 2.0):
+                 tau_et: float = 8.0, tau_is: float = 2.0, lead: float = DEFAULT_LEAD):
         super().__init__()
         if dim % heads:
             raise ValueError(f"model_dim={dim} must be divisible by heads={heads}")
@@ -232,7 +234,7 @@ class SpikingBTSPAttention(nn.Module):
         self.qkv_lif = neurosim.LIF(beta=beta, threshold=threshold, backend=backend)
         self.score_mm = MatMul(scale=1.0 / self.head_dim)
         self.value_mm = MatMul()
-        self.plasticity = BTSPPlasticity(dim, heads, tau_et, tau_is)
+        self.plasticity = BTSPPlasticity(dim, heads, tau_et, tau_is, lead)
         self.proj = nn.Linear(dim, dim)
         self.proj_norm = nn.LayerNorm(dim)
         self.out_lif = neurosim.LIF(beta=beta, threshold=threshold, backend=backend)
@@ -263,7 +265,7 @@ class SpikingBTSPFormer(nn.Module):
 
     def __init__(self, seq_len: int, model_dim: int = 64, heads: int = 4, layers: int = 2, dropout: float = 0.1,
                  num_steps: int = 4, beta: float = 0.9, threshold: float = 1.0, backend: str = "snntorch",
-                 peak_offset: float = 2.0, tau_et: float = 8.0, tau_is: float = 2.0):
+                 peak_offset: float = 2.0, tau_et: float = 8.0, tau_is: float = 2.0, lead: float = DEFAULT_LEAD):
         super().__init__()
         self.seq_len = validate.positive_int("seq_len", seq_len)
         model_dim = validate.positive_int("model_dim", model_dim, minimum=2)
@@ -279,8 +281,8 @@ class SpikingBTSPFormer(nn.Module):
         self.pos = AsymmetricPositionEmbedding(seq_len, model_dim, peak_offset)
         self.input_norm = nn.LayerNorm(model_dim)
         self.encoder = neurosim.LIF(**lif)
-        self.attn = nn.ModuleList(SpikingBTSPAttention(model_dim, heads, tau_et=tau_et, tau_is=tau_is, **lif)
-                                  for _ in range(layers))
+        self.attn = nn.ModuleList(SpikingBTSPAttention(model_dim, heads, tau_et=tau_et, tau_is=tau_is, lead=lead,
+                                                       **lif) for _ in range(layers))
         self.ffn = nn.ModuleList(
             nn.ModuleDict(dict(up=nn.Linear(model_dim, 4 * model_dim), up_norm=nn.LayerNorm(4 * model_dim),
                                up_lif=neurosim.LIF(**lif), down=nn.Linear(4 * model_dim, model_dim),

@@ -27,7 +27,7 @@ def test_update_potentiates_weak_and_depresses_strong():
 
 
 def test_kernel_is_time_asymmetric():
-    k = asymmetric_kernel(9, torch.tensor(6.0), torch.tensor(1.5))
+    k = asymmetric_kernel(9, torch.tensor(6.0), torch.tensor(1.5), lead=0.0)   # lead 0: the peak at j = i
     i = 4
     for d in (1, 2, 3, 4):
         before, after = float(k[i, i - d]), float(k[i, i + d])
@@ -35,6 +35,41 @@ def test_kernel_is_time_asymmetric():
         assert math.isclose(after, math.exp(-d / 1.5), rel_tol=1e-6)
         assert before > after          # input before the plateau changes more than one after it
     assert float(k[i, i]) == 1.0
+
+
+def test_kernel_peaks_slightly_before_the_plateau():
+    # default lead 1 step, tau_ET 8, tau_IS 2; row i = 4 (the plateau), keys j = 0..8, d = i - j = 4..-4:
+    # d >= 1: exp(-(d - 1)/8); d < 1: exp(-(1 - d)/2)
+    k = asymmetric_kernel(9, torch.tensor(8.0), torch.tensor(2.0))
+    hand = [math.exp(-3 / 8), math.exp(-2 / 8), math.exp(-1 / 8), 1.0, math.exp(-1 / 2), math.exp(-2 / 2),
+            math.exp(-3 / 2), math.exp(-4 / 2), math.exp(-5 / 2)]
+    assert k[4].tolist() == pytest.approx(hand, rel=1e-6)
+    # the largest value of every row is the key one step before the query (row 0 has no earlier key)
+    assert k.argmax(-1).tolist() == [0, 0, 1, 2, 3, 4, 5, 6, 7]
+    # a lead of 2.5 steps: d = 2 gives exp(-0.5/2) = 0.78, d = 3 gives exp(-0.5/8) = 0.94: the peak is 3 back
+    k = asymmetric_kernel(9, torch.tensor(8.0), torch.tensor(2.0), lead=2.5)
+    assert int(k[8].argmax()) == 5
+    assert float(k[8, 5]) == pytest.approx(math.exp(-0.5 / 8)) and float(k[8, 6]) == pytest.approx(math.exp(-0.25))
+    for bad in (-1.0, float("nan"), float("inf"), "1"):
+        with pytest.raises(ValueError, match=r"lead must be a finite number >= 0"):
+            asymmetric_kernel(9, torch.tensor(8.0), torch.tensor(2.0), lead=bad)
+    with pytest.raises(ValueError, match=r"lead must be a finite number >= 0"):
+        BTSPFormer(8, 8, 2, 1, lead=-1.0)
+    with pytest.raises(ValueError, match=r"lead must be a finite number >= 0"):
+        SpikingBTSPFormer(8, 8, 2, 1, lead=float("nan"))
+
+
+def test_plastic_change_is_largest_one_step_before_the_plateau():
+    # constant signals (tag = plateau = sigmoid(3)), rates k+ = k- = 1/4 (rho = 0), weights 0.05:
+    # delta a = s^2 K(d) (0.25 * 0.95 - 0.25 * 0.05) = 0.225 s^2 K(d), K from tau_ET 8, tau_IS 2, lead 1
+    p = _plasticity(tau_et=8.0, tau_is=2.0)
+    n = 6
+    delta = p(torch.full((1, 2, n, n), 0.05), torch.zeros(1, n, 4), renormalize=False) - 0.05
+    s2 = (1 / (1 + math.exp(-3))) ** 2
+    row = delta[0, 0, 3]                                           # plateau at i = 3, keys j = 0..5, d = 3..-2
+    K = [math.exp(-2 / 8), math.exp(-1 / 8), 1.0, math.exp(-1 / 2), math.exp(-1), math.exp(-3 / 2)]
+    assert row.tolist() == pytest.approx([0.225 * s2 * k for k in K], rel=1e-5)
+    assert int(row.argmax()) == 2                                   # j = i - 1
 
 
 def _plasticity(heads=2, dim=4, tau_et=6.0, tau_is=1.5):
