@@ -15,6 +15,7 @@ from torch.utils.data import TensorDataset
 
 from neurosim import validate
 
+from .btsp import DEFAULT_LEAD
 from .btspformer import BTSPFormer, SpikingBTSPFormer
 from .est import ESTConfig, EnhancedSpikingTransformer, spikformer_config
 from .moving_digits import FramePredictor, moving_digits
@@ -63,10 +64,14 @@ TRANSFORMER_OPTIONS = {"model_dim": 64, "heads": 4, "layers": 2, "dropout": 0.1}
 
 
 def _transformer(name: str, **fixed):
+    btsp = fixed.get("attention") == "btsp"  # (lead: where the BTSP time kernel peaks; 0 = the kernel before 619d426)
+
     def build(info, cfg):
         _refuse_unused(cfg, name, {"encoder": ANALOG, "backend": ANALOG, "num_steps": ANALOG})
-        o = _options(cfg, name, TRANSFORMER_OPTIONS)
-        return BTSPFormer(_seq_len(info, name), o["model_dim"], o["heads"], o["layers"], o["dropout"], **fixed)
+        o = _options(cfg, name, {**TRANSFORMER_OPTIONS, "lead": DEFAULT_LEAD} if btsp else TRANSFORMER_OPTIONS)
+        extra = {"lead": o["lead"]} if btsp else {}
+        return BTSPFormer(_seq_len(info, name), o["model_dim"], o["heads"], o["layers"], o["dropout"], **fixed,
+                          **extra)
 
     build.__name__ = f"build_{name}"
     return build
@@ -75,10 +80,11 @@ def _transformer(name: str, **fixed):
 def build_spiking_btspformer(info, cfg):
     _refuse_unused(cfg, "spiking_btspformer", {
         "encoder": "its input is encoded by a LIF layer of its own, fed the embedded window for num_steps steps"})
-    o = _options(cfg, "spiking_btspformer", {**TRANSFORMER_OPTIONS, "beta": 0.9, "threshold": 1.0})
+    o = _options(cfg, "spiking_btspformer", {**TRANSFORMER_OPTIONS, "beta": 0.9, "threshold": 1.0,
+                                              "lead": DEFAULT_LEAD})
     return SpikingBTSPFormer(_seq_len(info, "spiking_btspformer"), o["model_dim"], o["heads"], o["layers"],
                              o["dropout"], num_steps=cfg.num_steps, beta=o["beta"], threshold=o["threshold"],
-                             backend=cfg.backend)
+                             backend=cfg.backend, lead=o["lead"])
 
 
 def build_frame_predictor(info, cfg):

@@ -193,3 +193,17 @@ def test_seed_config_num_steps_only_for_the_spiking_model():
     res = subprocess.run([sys.executable, str(ROOT / "examples/btspformer/main.py"), "--num_steps", "3"],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "num_steps applies to model 'spiking_btspformer' only" in res.stderr
+
+
+def test_the_btsp_models_take_the_kernels_lead_as_a_model_option():
+    """``lead=0`` rebuilds the kernel RESULTS.md's BTSP rows were measured with (maximum at coincidence); the
+    default peaks one step before the plateau; the models without the BTSP rule refuse the option."""
+    from neurosim.models.btsp import BTSPPlasticity
+
+    for name in ("btspformer", "spiking_btspformer"):
+        for opts, lead in (({}, 1.0), ({"lead": 0}, 0.0)):
+            model = _build(name, model_options=opts)
+            leads = {m.lead for m in model.modules() if isinstance(m, BTSPPlasticity)}
+            assert leads == {lead}, (name, opts)
+    with pytest.raises(ValueError, match="lead"):
+        _build("vanilla_transformer", model_options={"lead": 0})
