@@ -263,3 +263,17 @@ def test_config_flags_and_kernel_sizes_are_checked():
         ESTConfig(3, 2, causal="False")
     with pytest.raises(ValueError, match="kernel_sizes must be a sequence of kernel sizes"):
         ESTConfig(3, 2, kernel_sizes=3)
+
+
+@pytest.mark.parametrize("attention", ["conv", "astro"])
+def test_an_est_converted_to_bfloat16_runs_in_bfloat16(attention):
+    """The snnTorch backend (the default) gave float32 spikes for bf16 input, so a .bfloat16() EST failed in its
+    first bf16 convolution after a neuron ("Input type (torch.FloatTensor) and weight type ... BFloat16")."""
+    import copy
+
+    torch.manual_seed(0)
+    model = EnhancedSpikingTransformer(ESTConfig(3, 2, dim=16, depth=2, attention=attention)).eval()
+    x = torch.randn(4, 10, 3)
+    half = copy.deepcopy(model).bfloat16()
+    y = half(x.bfloat16())
+    assert y.dtype == torch.bfloat16 and y.shape == model(x).shape and bool(torch.isfinite(y).all())
