@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from neurosim.layers import MatMul
-from neurosim.layers.astro_attention import AstroAttention
+from neurosim.layers.astro_attention import AstroAttention, AstroMixing
 
 
 def _layer(seed=0, **kw):
@@ -119,3 +119,24 @@ def test_bad_input():
         layer(torch.randn(1, 3, 6))
     with pytest.raises(ValueError, match="dimensions"):
         layer(torch.randn(3, 8))
+
+
+@pytest.mark.parametrize("q_shape,k_shape,v_shape,name", [
+    ((2, 4, 6, 16), (2, 4, 6, 16), (2, 4, 6, 16), "q"),   # head_dim 16 for a layer of head_dim 8
+    ((2, 1, 6, 8), (2, 1, 6, 8), (2, 1, 6, 8), "q"),      # one head for a layer of 4 (broadcast before)
+    ((6, 8), (6, 8), (6, 8), "q"),                        # no heads dimension
+    ((2, 4, 6, 8), (2, 4, 5, 8), (2, 4, 6, 8), "k"),      # keys of another sequence length
+    ((2, 4, 6, 8), (1, 4, 6, 8), (2, 4, 6, 8), "k"),      # keys broadcast over the batch
+    ((2, 4, 6, 8), (2, 4, 6, 8), (2, 4, 6, 16), "v"),
+    ((2, 4, 6, 8), (2, 4, 6, 8), (2, 1, 6, 8), "v"),
+])
+def test_mixing_refuses_q_k_v_of_other_heads_or_widths(q_shape, k_shape, v_shape, name):
+    mix = AstroMixing(heads=4, head_dim=8)
+    q, k, v = torch.randn(q_shape), torch.randn(k_shape), torch.randn(v_shape)
+    with pytest.raises(ValueError, match=rf"^{name} must have .*\[\.\.\., heads, n, head_dim\] with heads=4, head_dim=8"):
+        mix(q, k, v)
+    if name != "v":
+        with pytest.raises(ValueError, match=rf"^{name} must have"):
+            mix.attention(q, k)
+    # the layout it asks for runs (and any leading dimensions)
+    assert mix(*(torch.randn(3, 2, 4, 6, 8) for _ in range(3))).shape == (3, 2, 4, 6, 8)

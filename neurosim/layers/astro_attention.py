@@ -41,7 +41,8 @@ class AstroMixing(nn.Module):
     the module docstring), output ``A v``. Holds the relative positional astrocyte weights, the astrocyte
     scale and the three products (:class:`MatMul`, so energy hooks count them).
 
-    Input ``q, k, v`` ``[..., heads, n, head_dim]``; used by :class:`AstroAttention` (real-valued tokens) and by
+    Input ``q, k, v`` of one shape ``[..., heads, n, head_dim]`` (for this layer's ``heads`` and ``head_dim``:
+    any other shape is refused, naming the tensor); used by :class:`AstroAttention` (real-valued tokens) and by
     :class:`neurosim.layers.AstroSpikingAttention` (spike Q/K/V).
     """
 
@@ -69,8 +70,19 @@ class AstroMixing(nn.Module):
         offsets = idx[:, None] - idx[None, :] + self.max_len - 1
         return torch.exp(self.rel_pos[:, offsets])
 
+    def _check_heads(self, q: torch.Tensor, **others: torch.Tensor) -> None:
+        """``q`` must be ``[..., heads, n, head_dim]`` for this layer's ``heads`` and ``head_dim``, and each of
+        ``others`` (``k``, ``v``) of ``q``'s shape (the same tokens, heads and leading dimensions)."""
+        layout = f"[..., heads, n, head_dim] with heads={self.heads}, head_dim={self.head_dim}"
+        if q.dim() < 3 or q.shape[-3] != self.heads or q.shape[-1] != self.head_dim:
+            raise ValueError(f"q must have shape {layout}, got {tuple(q.shape)}")
+        for name, x in others.items():
+            if x.shape != q.shape:
+                raise ValueError(f"{name} must have q's shape {tuple(q.shape)} ({layout}), got {tuple(x.shape)}")
+
     def attention(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """Weights ``[..., heads, n, n]`` from per-head ``q, k`` ``[..., heads, n, head_dim]``."""
+        self._check_heads(q, k=k)
         n = q.shape[-2]
         if n > self.max_len:
             raise ValueError(f"sequence length {n} exceeds max_len={self.max_len}")
@@ -85,6 +97,7 @@ class AstroMixing(nn.Module):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """``A v`` ``[..., heads, n, head_dim]``."""
+        self._check_heads(q, v=v)
         attn = self.attention(q, k)
         if self.record:
             self.last_attention = attn.detach()
