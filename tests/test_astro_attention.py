@@ -140,3 +140,98 @@ def test_mixing_refuses_q_k_v_of_other_heads_or_widths(q_shape, k_shape, v_shape
             mix.attention(q, k)
     # the layout it asks for runs (and any leading dimensions)
     assert mix(*(torch.randn(3, 2, 4, 6, 8) for _ in range(3))).shape == (3, 2, 4, 6, 8)
+
+
+def _mixing_reference(mix, q, k, v):
+    """The module docstring's equations in float64 (vectorised; phi(u) = u + 1 for u > 0, exp(u) below, as
+    elu(u) + 1 is): weights ``A`` and output ``A v``, from ``q, k, v`` and the layer's parameters as stored."""
+    q, k, v = q.double(), k.double(), v.double()
+    d, n = q.shape[-1], q.shape[-2]
+    phi = lambda u: torch.where(u > 0, u + 1, torch.exp(torch.clamp(u, max=0)))
+    hn = phi(q) @ phi(k).pow(mix.alpha).transpose(-1, -2) / d
+    m = torch.log1p(torch.exp(mix.astro_scale.detach().double()))[:, None, None]
+    ha = m * torch.sigmoid(q @ k.transpose(-1, -2) / math.sqrt(d))
+    i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
+    w = torch.exp(mix.rel_pos.detach().double()[:, i - j + mix.max_len - 1])
+    drive = w * (hn + ha)
+    if mix.causal:
+        drive = drive * (j <= i)
+    a = drive / drive.sum(-1, keepdim=True)
+    return a, a @ v
+
+
+def _mixing(dtype, causal=False, seed=0):
+    torch.manual_seed(seed)
+    mix = AstroMixing(heads=2, head_dim=4, max_len=6, causal=causal)
+    with torch.no_grad():
+        mix.rel_pos.normal_(0, 0.5)
+        mix.astro_scale.normal_(0, 1)
+    return mix.to(dtype)
+
+
+# weights and outputs of 16-bit input: the input's rounding (float32 weights, rounded once to the dtype)
+_TOL = {torch.float64: 1e-12, torch.float32: 2e-6, torch.bfloat16: 2 ** -8, torch.float16: 2 ** -10}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("spread", [2.0])
+def test_mixing_matches_float64_equations_in_every_dtype(dtype, causal, spread):
+    mix = _mixing(dtype, causal)
+    g = torch.Generator().manual_seed(3)
+    q, k, v = ((torch.randn(3, 2, 6, 4, generator=g) * spread).to(dtype) for _ in range(3))
+    a_ref, out_ref = _mixing_reference(mix, q, k, v)
+    with torch.no_grad():
+        a, out = mix.attention(q, k), mix(q, k, v)
+    assert a.dtype == out.dtype == dtype
+    tol = _TOL[dtype]
+    torch.testing.assert_close(a.double(), a_ref, rtol=tol, atol=tol)
+    torch.testing.assert_close(out.double(), out_ref, rtol=4 * tol, atol=4 * tol * float(v.abs().max()))
+
+
+def test_float16_drive_beyond_float16_range_is_computed_in_float32():
+    # phi(q) . phi(k)^alpha summed over 4 channels reaches 4 * 301 * 301^0.25 ~ 5e3 x 1.2 (> 65504 with d=64; here
+    # the product of q . k / sqrt(d) = 4 * 300^2 / 2 = 1.8e5 overflows float16): NaN before, the equations now
+    mix = AstroMixing(heads=1, head_dim=64, max_len=4).half()
+    g = torch.Generator().manual_seed(4)
+    q = (300 + torch.rand(2, 1, 4, 64, generator=g)).half()
+    k = (300 + torch.rand(2, 1, 4, 64, generator=g)).half()
+    v = torch.randn(2, 1, 4, 64, generator=g).half()
+    a_ref, out_ref = _mixing_reference(mix, q, k, v)
+    with torch.no_grad():
+        out = mix(q, k, v)
+    assert bool(torch.isfinite(out).all())
+    torch.testing.assert_close(out.double(), out_ref, rtol=4e-3, atol=4e-3)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_rows_whose_drive_underflows_are_zero_not_nan(causal):
+    """A query row of -110 (float32): phi(q) = e^-110 and sigma(q . k / sqrt d) = sigma(-220) are below float32's
+    smallest number, so the row's every drive is 0 (its true weights are not representable): weights and output
+    of that row are 0 (the documented guard), every other row as the float64 equations give it."""
+    mix = _mixing(torch.float32, causal)
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(2, 2, 6, 4, generator=g)
+    k = 1 + torch.rand(2, 2, 6, 4, generator=g)                 # k > 1: q . k < -440 on the extreme rows
+    v = torch.randn(2, 2, 6, 4, generator=g)
+    q[0, 1, 2] = -110.0
+    q[1, 0, 0] = -110.0
+    a_ref, out_ref = _mixing_reference(mix, q, k, v)
+    with torch.no_grad():
+        a, out = mix.attention(q, k), mix(q, k, v)
+    guarded = torch.zeros(2, 2, 6, dtype=torch.bool)
+    guarded[0, 1, 2] = guarded[1, 0, 0] = True
+    assert bool(torch.isfinite(a).all()) and bool(torch.isfinite(out).all())
+    assert float(a[guarded].abs().max()) == 0.0 and float(out[guarded].abs().max()) == 0.0
+    torch.testing.assert_close(a[~guarded].double(), a_ref[~guarded], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out[~guarded].double(), out_ref[~guarded], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype,q0,k0", [(torch.float32, -30.0, 30.0), (torch.float16, -20.0, 3.0),
+                                         (torch.bfloat16, -30.0, 30.0), (torch.float64, -800.0, 800.0)])
+def test_extreme_finite_input_gives_finite_output(dtype, q0, k0):
+    mix = AstroMixing(heads=1, head_dim=4).to(dtype)
+    q, k = torch.full((1, 1, 3, 4), q0, dtype=dtype), torch.full((1, 1, 3, 4), k0, dtype=dtype)
+    with torch.no_grad():
+        out = mix(q, k, torch.randn(1, 1, 3, 4).to(dtype))
+    assert bool(torch.isfinite(out).all()), out

@@ -15,6 +15,17 @@ and values :math:`v_j` of width :math:`d`:
   :math:`o_i = \sum_j A_{ij} v_j`.
 
 Every weight is non-negative, so each row of :math:`A` is a distribution, as softmax attention's is.
+
+In floating point: the weights of a bfloat16 or float16 ``q, k`` are computed in float32 (and returned in the
+input's dtype), as the neurons integrate a 16-bit input with a float32 membrane; 16-bit :math:`\phi` rounds
+to 0 below :math:`u \approx -6` (bfloat16) or :math:`-8` (float16), and a float16 drive overflows from
+:math:`|q|, |k|` of a few hundred. :math:`\phi(u) = \mathrm{elu}(u) + 1` still rounds to 0 below
+:math:`u \approx -16.6` in float32 (:math:`-36.7` in float64), and :math:`\sigma` below about :math:`-104`. A row
+whose every drive :math:`w_{ij}(h^n_{ij} + h^a_{ij})` rounds to 0 has the denominator 0: it is taken as 1
+there (the only guard), so that row of :math:`A` is all zeros and its output 0, where the unguarded division
+gave 0/0 = NaN; every other row is computed as written. (A drive beyond the float's largest value, from
+:math:`|q|\,|k|^\alpha` near :math:`10^{38}/d` in float32, still gives inf/inf = NaN.)
+
 Layouts: ``[B, L, D]`` (sequence of L tokens) or ``[T, B, N, D]`` (time-leading spiking layout: attention over
 the N tokens of each time step, independently per step). All products go through
 :class:`neurosim.layers.MatMul` so energy hooks count them.
@@ -86,6 +97,9 @@ class AstroMixing(nn.Module):
         n = q.shape[-2]
         if n > self.max_len:
             raise ValueError(f"sequence length {n} exceeds max_len={self.max_len}")
+        dtype = q.dtype
+        work = torch.promote_types(dtype, torch.float32)                 # 16-bit -> float32 (module docstring)
+        q, k = q.to(work), k.to(work)
         pre = presynaptic_rate(k).pow(self.alpha)
         neuron = self.neuron_mm(presynaptic_rate(q), pre.transpose(-1, -2))
         astro = F.softplus(self.astro_scale)[:, None, None] * torch.sigmoid(self.astro_mm(q, k.transpose(-1, -2)))
@@ -93,7 +107,9 @@ class AstroMixing(nn.Module):
         if self.causal:
             mask = torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1)
             drive = drive.masked_fill(mask, 0.0)
-        return drive / drive.sum(-1, keepdim=True)
+        total = drive.sum(-1, keepdim=True)
+        # a row whose drives all rounded to 0: weights 0 rather than 0/0 = NaN (the module docstring's guard)
+        return (drive / total.masked_fill(total == 0, 1.0)).to(dtype)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """``A v`` ``[..., heads, n, head_dim]``."""
