@@ -175,7 +175,7 @@ _TOL = {torch.float64: 1e-12, torch.float32: 2e-6, torch.bfloat16: 2 ** -8, torc
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("spread", [2.0])
+@pytest.mark.parametrize("spread", [2.0, 8.0])
 def test_mixing_matches_float64_equations_in_every_dtype(dtype, causal, spread):
     mix = _mixing(dtype, causal)
     g = torch.Generator().manual_seed(3)
@@ -235,3 +235,26 @@ def test_extreme_finite_input_gives_finite_output(dtype, q0, k0):
     with torch.no_grad():
         out = mix(q, k, torch.randn(1, 1, 3, 4).to(dtype))
     assert bool(torch.isfinite(out).all()), out
+
+
+def test_presynaptic_plasticity_of_very_negative_keys_matches_float64_with_finite_gradients():
+    """p = phi(k)^alpha for keys in [-100, -17] (phi = e^k, so p = e^(alpha k) down to 1.4e-11 at alpha=0.25, in
+    float32's range): elu(k) + 1 rounded phi to 0 there, so p to 0 (its true value near 0.016 at k=-17) and its
+    gradient to inf. Weights, output and gradients against float64 autograd of the docstring's equations."""
+    mix = _mixing(torch.float32)
+    g = torch.Generator().manual_seed(6)
+    q = torch.randn(2, 2, 6, 4, generator=g)
+    k = -17 - 83 * torch.rand(2, 2, 6, 4, generator=g)
+    k[:, :, :2] = torch.randn(2, 2, 4, generator=g)[:, :, None]            # and some ordinary keys
+    v = torch.randn(2, 2, 6, 4, generator=g)
+    qr, kr = q.double().requires_grad_(), k.double().requires_grad_()
+    a_ref, out_ref = _mixing_reference(mix, qr, kr, v)
+    out_ref.square().sum().backward()
+    q32, k32 = q.clone().requires_grad_(), k.clone().requires_grad_()
+    out = mix(q32, k32, v)
+    out.square().sum().backward()
+    torch.testing.assert_close(mix.attention(q, k).detach().double(), a_ref.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.detach().double(), out_ref.detach(), rtol=1e-5, atol=1e-5)
+    assert bool(torch.isfinite(k32.grad).all()) and bool(torch.isfinite(q32.grad).all())
+    torch.testing.assert_close(k32.grad.double(), kr.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(q32.grad.double(), qr.grad, rtol=1e-4, atol=1e-6)

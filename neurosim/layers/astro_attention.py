@@ -19,8 +19,10 @@ Every weight is non-negative, so each row of :math:`A` is a distribution, as sof
 In floating point: the weights of a bfloat16 or float16 ``q, k`` are computed in float32 (and returned in the
 input's dtype), as the neurons integrate a 16-bit input with a float32 membrane; 16-bit :math:`\phi` rounds
 to 0 below :math:`u \approx -6` (bfloat16) or :math:`-8` (float16), and a float16 drive overflows from
-:math:`|q|, |k|` of a few hundred. :math:`\phi(u) = \mathrm{elu}(u) + 1` still rounds to 0 below
-:math:`u \approx -16.6` in float32 (:math:`-36.7` in float64), and :math:`\sigma` below about :math:`-104`. A row
+:math:`|q|, |k|` of a few hundred. :math:`p_j` is computed as :math:`e^{\alpha k_j}` for negative
+:math:`k_j` (:func:`presynaptic_plasticity`), to the float's precision; :math:`\phi(q_i) = \mathrm{elu}(q_i) + 1`
+is within half a unit of 1 of its value (3e-8 in float32), so it rounds to 0 below :math:`q \approx -16.6` in
+float32 (:math:`-36.7` in float64), and :math:`\sigma` does below about :math:`-104`. A row
 whose every drive :math:`w_{ij}(h^n_{ij} + h^a_{ij})` rounds to 0 has the denominator 0: it is taken as 1
 there (the only guard), so that row of :math:`A` is all zeros and its output 0, where the unguarded division
 gave 0/0 = NaN; every other row is computed as written. (A drive beyond the float's largest value, from
@@ -43,8 +45,19 @@ from .ops import MatMul
 
 
 def presynaptic_rate(u: torch.Tensor) -> torch.Tensor:
-    r""":math:`\phi(u) = \mathrm{elu}(u) + 1`, a positive firing rate."""
+    r""":math:`\phi(u) = \mathrm{elu}(u) + 1`, a positive firing rate (in floating point within half a unit of
+    1 of it: 0 below :math:`u \approx -16.6` in float32)."""
     return F.elu(u) + 1
+
+
+def presynaptic_plasticity(k: torch.Tensor, alpha: float) -> torch.Tensor:
+    r""":math:`p = \phi(k)^\alpha`, computed as :math:`(k + 1)^\alpha` for :math:`k > 0` and :math:`e^{\alpha k}`
+    below: to the float's relative precision wherever it is representable. (:math:`\phi` from ``elu + 1`` and
+    then the power magnified elu's rounding: ``alpha=0.25`` turned its absolute error of 6e-8 in float32 into
+    0.016 near :math:`k = -16.6`, where :math:`p` jumped to 0 and its gradient to infinity.)"""
+    pos = k > 0
+    grown = k.masked_fill(~pos, 0.0) + 1                                  # k + 1 where k > 0, else 1
+    return torch.where(pos, grown.pow(alpha), torch.pow(math.exp(alpha), k.masked_fill(pos, 0.0)))
 
 
 class AstroMixing(nn.Module):
@@ -100,7 +113,7 @@ class AstroMixing(nn.Module):
         dtype = q.dtype
         work = torch.promote_types(dtype, torch.float32)                 # 16-bit -> float32 (module docstring)
         q, k = q.to(work), k.to(work)
-        pre = presynaptic_rate(k).pow(self.alpha)
+        pre = presynaptic_plasticity(k, self.alpha)
         neuron = self.neuron_mm(presynaptic_rate(q), pre.transpose(-1, -2))
         astro = F.softplus(self.astro_scale)[:, None, None] * torch.sigmoid(self.astro_mm(q, k.transpose(-1, -2)))
         drive = self.relative_weights(n) * (neuron + astro)
