@@ -426,3 +426,54 @@ def test_layers_validate_arguments():
         NeuronSpec(backend="loihi")
     with pytest.raises(ValueError, match="s must have"):
         SpikingSelfAttention(8)(torch.zeros(2, 3, 8))
+
+
+
+# ---------------------------------------------------------------- argument and input checks (attention, PE, conv)
+from neurosim.layers import AstroAttention, AstroMixing  # noqa: E402  (kept with the tests that use them)
+
+
+@pytest.mark.parametrize("scale", [float("nan"), float("inf"), -1.0, 0.0, "0.125", None, True])
+def test_spiking_self_attention_refuses_a_scale_that_is_not_positive_and_finite(scale):
+    with pytest.raises(ValueError, match=r"^scale must be a finite number > 0"):
+        SpikingSelfAttention(D, heads=2, scale=scale)
+
+
+def test_spiking_self_attention_scale_multiplies_the_coincidence_counts():
+    # an accepted scale is the one used: scale * Q K^T V, by hand from the layer's own spike Q, K, V
+    layer = SpikingSelfAttention(D, heads=2, scale=0.5).eval()
+    q, k, v = layer.qkv(spikes(T, B, N, D, seed=8))
+    torch.testing.assert_close(layer.mix(q, k, v), 0.5 * (q @ k.transpose(-1, -2)) @ v)
+
+
+FLAGGED = {
+    "SpikingSelfAttention": (lambda **kw: SpikingSelfAttention(D, heads=2, **kw), ("causal", "attn_norm")),
+    "AstroSpikingAttention": (lambda **kw: AstroSpikingAttention(D, heads=2, max_len=N, **kw), ("causal", "attn_norm")),
+    "AstroAttention": (lambda **kw: AstroAttention(D, heads=2, **kw), ("causal",)),
+    "AstroMixing": (lambda **kw: AstroMixing(2, D // 2, **kw), ("causal",)),
+}
+
+
+@pytest.mark.parametrize("layer,name", [(layer, name) for layer, (_, names) in FLAGGED.items() for name in names])
+@pytest.mark.parametrize("value", ["False", "no", 0, 1, None])
+def test_attention_flags_must_be_true_or_false(layer, name, value):
+    make = FLAGGED[layer][0]
+    with pytest.raises(ValueError, match=rf"^{name} must be True or False; got {value!r}"):
+        make(**{name: value})
+    assert getattr(make(**{name: False}), name, False) is False     # (attn_norm is not kept as an attribute)
+    assert make(causal=True).causal is True and make(causal=False).causal is False
+
+
+@pytest.mark.parametrize("attn_norm,kind", [(True, SpikeBatchNorm), (False, torch.nn.Identity)])
+def test_attn_norm_flag_is_what_the_block_does(attn_norm, kind):
+    for layer in (SpikingSelfAttention(D, heads=2, attn_norm=attn_norm),
+                  AstroSpikingAttention(D, heads=2, max_len=N, attn_norm=attn_norm)):
+        assert type(layer.bn_attn) is kind
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.5, "0.1"])
+def test_astro_mixing_refuses_dropout_outside_0_1(p):
+    with pytest.raises(ValueError, match=r"^dropout must .*\[0\.0, 1\.0\]"):
+        AstroMixing(2, 4, dropout=p)
+    with pytest.raises(ValueError, match=r"^dropout must be finite"):
+        AstroMixing(2, 4, dropout=float("nan"))

@@ -78,7 +78,8 @@ class AstroMixing(nn.Module):
         validate.in_range("alpha", alpha, 0.0, 1.0, lo_open=True)
         self.alpha = float(alpha)
         self.max_len = validate.positive_int("max_len", max_len)
-        self.causal = bool(causal)
+        self.causal = validate.boolean("causal", causal)
+        validate.in_range("dropout", dropout, 0.0, 1.0)
         self.drop = nn.Dropout(dropout)
         self.rel_pos = nn.Parameter(torch.zeros(self.heads, 2 * self.max_len - 1))
         self.astro_scale = nn.Parameter(torch.zeros(self.heads))          # m = softplus(0) = log 2 at start

@@ -57,8 +57,10 @@ class SpikingAttentionBlock(nn.Module):
         if dim % heads:
             raise ValueError(f"dim must be divisible by heads; got dim={dim}, heads={heads}")
         validate.one_of("qk", qk, QK)
+        causal = validate.boolean("causal", causal)
+        attn_norm = validate.boolean("attn_norm", attn_norm)
         spec = as_spec(neuron)
-        self.dim, self.heads, self.qk, self.causal = dim, heads, qk, bool(causal)
+        self.dim, self.heads, self.qk, self.causal = dim, heads, qk, causal
         if qk == "conv":
             self.w_q = CausalConv1d(dim, kernel_size=kernel_size, axis="tokens", bias=False)
             self.w_k = CausalConv1d(dim, kernel_size=kernel_size, axis="tokens", bias=False)
@@ -107,12 +109,13 @@ class SpikingAttentionBlock(nn.Module):
 
 
 class SpikingSelfAttention(SpikingAttentionBlock):
-    """Spikformer-style spiking self-attention: ``mix = scale * Q K^T V`` (no softmax)."""
+    """Spikformer-style spiking self-attention: ``mix = scale * Q K^T V`` (no softmax); ``scale`` a finite
+    number > 0 (0.125 as in Spikformer)."""
 
     def __init__(self, dim: int, heads: int = 4, qk: str = "linear", kernel_size: int = 3, causal: bool = False,
                  scale: float = 0.125, attn_threshold: float = 0.5, attn_norm: bool = True, neuron=None):
         super().__init__(dim, heads, qk, kernel_size, causal, attn_threshold, attn_norm, neuron)
-        self.qk_matmul = MatMul(scale=scale)
+        self.qk_matmul = MatMul(scale=validate.positive_float("scale", scale))
         self.av_matmul = MatMul()
 
     def mix(self, q, k, v):
