@@ -477,3 +477,26 @@ def test_astro_mixing_refuses_dropout_outside_0_1(p):
         AstroMixing(2, 4, dropout=p)
     with pytest.raises(ValueError, match=r"^dropout must be finite"):
         AstroMixing(2, 4, dropout=float("nan"))
+
+
+@pytest.mark.parametrize("kind", ["cpg", "sin", "learned"])
+@pytest.mark.parametrize("mode", ["concat", "add"])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int32, torch.int64, torch.bool])
+def test_positional_encodings_refuse_integer_and_bool_input(kind, mode, dtype):
+    pe = positional_encoding(kind, 8, dim=8, mode=mode)
+    x = spikes(2, 1, 4, 8, seed=9).to(dtype)
+    with pytest.raises(TypeError, match=rf"^x must be a floating-point tensor \(float16, bfloat16, float32 or "
+                                        rf"float64\), got {dtype}"):
+        pe(x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_sinusoidal_encoding_of_float_spikes_in_every_dtype(dtype):
+    # uint8 spikes once gave rows 1-3 of the table as 0; float spikes of any width get sin/cos, by hand
+    x = spikes(2, 1, 4, 3, seed=9).to(dtype)
+    y = SinusoidalPositionalEncoding(8, dim=4)(x)
+    assert y.dtype == dtype and torch.equal(y[..., :3], x)
+    hand = torch.tensor([[f(i / 10000 ** (2 * (c // 2) / 4)) for c, f in enumerate((math.sin, math.cos) * 2)]
+                         for i in range(4)], dtype=torch.float64)
+    tol = {torch.float16: 1e-3, torch.bfloat16: 8e-3, torch.float32: 1e-6, torch.float64: 1e-6}[dtype]
+    torch.testing.assert_close(y[..., 3:].double(), hand.expand(2, 1, 4, 4), rtol=0, atol=tol)

@@ -4,7 +4,8 @@ Each encoding holds a table ``[max_len, P]`` whose row ``i`` codes position ``i`
 the row to every token's features (``F -> F + P``; the following embedding layer mixes them, as CPG-PE does
 with its linear layer), ``mode="add"`` adds it (needs ``P == F``, through :class:`Add`). The CPG table is
 binary (spikes of pairs of anti-phase oscillators, :func:`neurosim.encoders.cpg_code`), the sinusoidal one is
-real-valued (Vaswani et al.), the learned one is a trained parameter.
+real-valued (Vaswani et al.), the learned one is a trained parameter. ``x`` must be floating-point: the table is
+cast to its dtype, and an integer or bool ``x`` (integer spikes) is refused rather than truncating the table.
 """
 from __future__ import annotations
 
@@ -39,6 +40,9 @@ class _PositionalEncoding(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         validate.rank_exactly("x", x, (4,), "[T, B, N, F]")
+        if not x.is_floating_point():  # the table in an integer dtype would lose its fractions (every kind alike)
+            raise TypeError(f"x must be a floating-point tensor (float16, bfloat16, float32 or float64), got "
+                            f"{x.dtype}; convert integer or bool spikes first, e.g. x.float()")
         n = x.shape[2]
         if n > self.max_len:
             raise ValueError(f"x has {n} positions (dim 2); this encoding covers max_len={self.max_len}")
