@@ -500,3 +500,26 @@ def test_sinusoidal_encoding_of_float_spikes_in_every_dtype(dtype):
                          for i in range(4)], dtype=torch.float64)
     tol = {torch.float16: 1e-3, torch.bfloat16: 8e-3, torch.float32: 1e-6, torch.float64: 1e-6}[dtype]
     torch.testing.assert_close(y[..., 3:].double(), hand.expand(2, 1, 4, 4), rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("shape", [(4, 2, 5, 3, 8), (4, 2, 5, 1, 8), (4, 2, 1, 5, 8), (4, 2, 8)])
+def test_token_axis_conv_refuses_x_that_is_not_rank_4(shape):
+    # rank 5 was a reshape error, or with a middle dimension of 1 silently lost that dimension
+    with pytest.raises(ValueError, match=r"^x must have .*\[T, B, N, C\]"):
+        CausalConv1d(8, axis="tokens")(torch.rand(shape))
+
+
+def test_time_axis_conv_keeps_any_middle_dimensions():
+    # axis="time" still takes [T, B, ..., C]: a rank-5 input against the defining sum in float64, by hand
+    torch.manual_seed(4)
+    conv = CausalConv1d(3, 2, kernel_size=3, axis="time", dilation=2).double()
+    x = torch.randn(6, 2, 4, 1, 3, dtype=torch.float64)
+    w, bias = conv.conv.weight, conv.conv.bias  # [out, in, K]
+    ref = torch.zeros(6, 2, 4, 1, 2, dtype=torch.float64)
+    for t in range(6):
+        ref[t] = bias
+        for j in range(3):
+            src = t - (2 - j) * 2
+            if src >= 0:
+                ref[t] += x[src] @ w[:, :, j].T
+    torch.testing.assert_close(conv(x), ref, rtol=1e-12, atol=1e-12)

@@ -39,10 +39,11 @@ class Conv1d(nn.Conv1d):
 class CausalConv1d(nn.Module):
     """1-D convolution whose output at position ``i`` sees only positions ``<= i`` of the chosen axis.
 
-    Input ``[T, B, N, C]`` (or ``[T, B, C]`` for ``axis="time"``). ``axis="time"`` convolves along ``T`` (the
-    spike history of each token and channel); ``axis="tokens"`` convolves along ``N`` separately at every
-    timestep (the convolution is applied per timestep). Left padding of ``(kernel_size - 1) * dilation``
-    zeros makes it causal; ``groups=channels`` gives a depthwise convolution.
+    Input ``[T, B, N, C]`` for ``axis="tokens"`` (any other rank is refused); ``[T, B, ..., C]`` (rank >= 3)
+    for ``axis="time"``. ``axis="time"`` convolves along ``T`` (the spike history of each token and channel);
+    ``axis="tokens"`` convolves along ``N`` separately at every timestep (the convolution is applied per
+    timestep). Left padding of ``(kernel_size - 1) * dilation`` zeros makes it causal; ``groups=channels``
+    gives a depthwise convolution.
     """
 
     def __init__(self, channels: int, out_channels: int | None = None, kernel_size: int = 3, axis: str = "tokens",
@@ -66,7 +67,7 @@ class CausalConv1d(nn.Module):
             lead = x.shape[1:-1]
             y = x.reshape(t, -1, c).permute(1, 2, 0)
         else:
-            validate.rank_at_least("x", x, 4, "[T, B, N, C] for axis='tokens'")
+            validate.rank_exactly("x", x, (4,), "[T, B, N, C] for axis='tokens'")
             t, b, n = x.shape[:3]
             y = x.reshape(t * b, n, c).transpose(1, 2)
         y = self.conv(Fn.pad(y, ((self.kernel_size - 1) * self.dilation, 0)))
