@@ -311,6 +311,39 @@ def test_nan_and_non_binary_errors_name_the_layer():
         profile(net, x, require_spikes=3)
 
 
+def test_a_two_operand_layer_is_event_driven_when_either_operand_is_spikes():
+    """Real x spike products and sums are counted as SynOps / ACs (the spikes pick what is done), so
+    require_spikes and the report's binary-input flag accept spikes in either operand: require_spikes=True failed on a
+    spiking self-attention's scores x V product, and its row was starred as counted like an ANN's."""
+    from neurosim.layers import SpikingSelfAttention
+
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mm, self.add = MatMul(), Add()
+
+        def forward(self, a, b):
+            return self.mm(a, b), self.add(a, b)
+
+    s, real = spikes(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    ones = int(s.sum())
+    for args in ((s, real), (real, s)):
+        r = profile(Two(), args, reuse=False, require_spikes=True)
+        # hand counts: each spike meets one row (left operand) or column (right) of 4 values; each is one addition
+        assert r.layer("mm").synops == ones * 4 and r.layer("mm").macs == 0 and r.layer("add").acs == ones
+        assert r.layer("mm").in_spikes and r.layer("add").in_spikes
+    with pytest.raises(ValueError, match=r"layer 'mm' \(MatMul\) requires binary spikes .* \(nor were its second "
+                                         r"operand's\)"):
+        profile(Two(), (real, real), reuse=False, require_spikes=True)
+    torch.manual_seed(0)
+    ssa = SpikingSelfAttention(16, heads=2).eval()
+    with torch.no_grad():
+        for p in ssa.parameters():
+            p.mul_(3)  # (real attention scores, not spikes)
+    r = profile(ssa, spikes(2, 2, 5, 16), reuse=False, require_spikes=True)
+    assert r.layer("av_matmul").synops > 0 and r.layer("av_matmul").in_spikes
+
+
 class _Inner(nn.Module):
     """Counted as one layer (its own counter), so the meter never sees the tensor it checks inside."""
 

@@ -413,8 +413,10 @@ class EnergyMeter:
                 children = [(n, c) for n, c in children if next(c.parameters(), None) is not None]
             elif not (children and C.counts_own_ops(module)):
                 return  # counted by its counter alone (or a leaf no counter knows)
-        elif own := [n for n, p in module._parameters.items() if p is not None]:
-            # a container that also holds parameters uses them outside its children: flag it if it runs
+        elif (own := [n for n, p in module._parameters.items() if p is not None]) and not getattr(
+                module, "parameters_feed_children", False):
+            # a container that also holds parameters uses them outside its children: flag it if it runs (unless it
+            # declares them data for its children, as a learned positional table read and added by a child Add)
             self._attach(module, name or type(module).__name__, None,
                          note=f"own parameters ({', '.join(own)}) used outside child modules are not counted")
         for child_name, child in children:
@@ -1005,14 +1007,21 @@ class EnergyMeter:
                     r.in_numel += sin.numel * w
                     nnz = col(sin, NNZ)
                     r.in_nnz += int(_total(nnz))
-                    spikes_in = _all(binary(sin))
+                    b_in = binary(sin)
+                    two = cnt is not None and isinstance(cnt.spike_count, dict)
+                    if two:
+                        # (a product or sum of two operands is event-driven when either one is spikes: real
+                        # scores x spike values is SynOps as much as spikes x real weights)
+                        b_in = b_in | binary(cnt.spike_input2)
+                    spikes_in = _all(b_in)
                     all_spikes &= spikes_in
                     # (require_spikes=True: only where spikes drive the counted operations)
                     if require and not spikes_in and (cnt is not None and cnt.spike_count is not None
                                                       or not self.require_all):
                         bad = int(_total(nnz - col(sin, ONES)))
+                        other = " (nor were its second operand's)" if two else ""
                         raise ValueError(f"layer {s.name!r} ({r.type}) requires binary spikes (values 0 or 1) as "
-                                         f"input, but {bad} of {sin.numel * w} input values were not 0 or 1")
+                                         f"input, but {bad} of {sin.numel * w} input values were not 0 or 1{other}")
                 if _measured(sout):
                     r.out_numel += sout.numel * w
                     r.out_nnz += int(_total(col(sout, NNZ)))
