@@ -344,6 +344,28 @@ def test_a_two_operand_layer_is_event_driven_when_either_operand_is_spikes():
     assert r.layer("av_matmul").synops > 0 and r.layer("av_matmul").in_spikes
 
 
+def test_a_learned_positional_table_is_not_listed_as_uncounted():
+    """Its table is read and handed to its child Add (counted); the meter flagged it as parameters used outside
+    child modules, unlike the sinusoidal encoding with the same forward. A container that does compute with its own
+    parameters is still flagged."""
+    from neurosim.layers import LearnedPositionalEncoding
+
+    x = spikes(2, 2, 5, 8)
+    r = profile(nn.Sequential(LearnedPositionalEncoding(16, 8, mode="add")), x, reuse=False)
+    assert r.not_counted == [] and r.layer("0.add").acs == int(x.sum())
+
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(8, 8)
+            self.gain = nn.Parameter(torch.ones(8))
+
+        def forward(self, x):
+            return self.lin(x) * self.gain
+
+    assert profile(Scaled(), x, reuse=False).not_counted == ["Scaled"]
+
+
 class _Inner(nn.Module):
     """Counted as one layer (its own counter), so the meter never sees the tensor it checks inside."""
 

@@ -21,6 +21,10 @@ PE_MODES = ("concat", "add")
 
 
 class _PositionalEncoding(nn.Module):
+    # protocol read by neurosim.energy: this module's own parameters (a learned table) are data handed to its child
+    # modules (the Add), not weights it computes with outside them; its arithmetic is its children's
+    parameters_feed_children = True
+
     def __init__(self, max_len: int, mode: str):
         super().__init__()
         self.max_len = validate.positive_int("max_len", max_len)
