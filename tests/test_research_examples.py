@@ -207,3 +207,32 @@ def test_the_btsp_models_take_the_kernels_lead_as_a_model_option():
             assert leads == {lead}, (name, opts)
     with pytest.raises(ValueError, match="lead"):
         _build("vanilla_transformer", model_options={"lead": 0})
+
+
+def test_the_btspformer_scripts_cli_line_is_the_same_run():
+    """examples/btspformer/main.py's docstring gives the `neurosim train` line of the seed's run: the same training
+    settings, data and model (it differed in epochs, batch size and both patiences)."""
+    import dataclasses
+    import re
+
+    from neurosim import cli
+    from neurosim.models.btsp_experiment import seed_config
+    from neurosim.training.registry import get_dataset, get_model
+
+    doc = (ROOT / "examples" / "btspformer" / "main.py").read_text()
+    line = re.search(r"``(neurosim train .*?)``", doc, re.S).group(1).split()[1:]
+    parser = cli.build_parser()
+    cfg, _ = cli._config_from_args(parser, parser.parse_args(line + ["--device", "cpu"]), {})
+    ref = seed_config("btspformer")
+    run_only = {"out_dir", "plots", "progress", "tensorboard", "model_options", "dataset_options"}
+    differ = {f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(ref, f.name)}
+    assert differ <= run_only, differ
+    a, b = get_dataset(cfg.dataset)(cfg), get_dataset(ref.dataset)(ref)
+    assert len(a.dataset) == len(b.dataset) and all(
+        torch.equal(a.dataset[i][0], b.dataset[i][0]) for i in (0, len(a.dataset) - 1))
+    torch.manual_seed(0)
+    ma = get_model(cfg.model)(a, cfg)
+    torch.manual_seed(0)
+    mb = get_model(ref.model)(b, ref)
+    assert str(ma) == str(mb)
+    assert all(torch.equal(p, q) for p, q in zip(ma.state_dict().values(), mb.state_dict().values()))

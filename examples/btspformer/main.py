@@ -6,7 +6,8 @@
 Writes btspformer_model.pth, btspformer_loss_curve.png, btspformer_inference.png, logs/ (CSV, TensorBoard)
 and checkpoints/ into --out_dir (default: the current folder). Same run through the CLI:
 ``neurosim train --model btspformer --dataset damped_sine --data-opt seq_len=50 --data-opt n_points=10050
---data-opt dt=0.01``. ``--model`` also takes spiking_btspformer, vanilla_transformer and astro_transformer.
+--data-opt dt=0.01 --epochs 100 --batch-size 128 --lr 1e-3 --patience 10 --lr-patience 4`` (a test checks the two
+give one configuration). ``--model`` also takes spiking_btspformer, vanilla_transformer and astro_transformer.
 """
 import argparse
 import json
