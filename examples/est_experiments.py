@@ -1,10 +1,11 @@
 """Enhanced Spiking Transformer experiments: spike-count prediction, forecasting, digits; ablations, PE
 comparison and a random-spike-masking sweep, over several seeds.
 
-Self-contained (compact training loop; ``neurosim.training`` was not in main when this was written). Every row of
-the EST section of RESULTS.md comes from::
+Self-contained (compact training loop; ``neurosim.training`` was not in main when this was written). The rows of
+the EST section of RESULTS.md come from (RESULTS.md lists the CPU reruns of the seeds the GPU budget cut off)::
 
-    python examples/est_experiments.py --suite all --device cuda --workers 10 --out runs/est   # GPU (device tool)
+    python examples/est_experiments.py --suite all --device cuda --backend torch --workers 12 --steps 500 \
+        --budget-s 390 --out runs/est                                                          # GPU (device tool)
     python examples/est_experiments.py --summarize runs/est/results.jsonl                     # tables
     python examples/est_experiments.py --suite smoke --device cpu --out runs/smoke            # tiny CPU check
 
