@@ -79,3 +79,15 @@ def test_forecasting_run_writes_prediction_plot_and_early_stops(tmp_path):
     assert os.path.getsize(summary["paths"]["loss_curve"]) > 10_000
     lrs = [float(r["lr"]) for r in csv.DictReader(open(summary["paths"]["csv_log"]))]
     assert lrs[-1] < lrs[0] or len(lrs) < 3                             # ReduceLROnPlateau(patience=0) acted
+
+
+def test_the_digits_demo_script_is_the_demo_command(tmp_path):
+    """examples/digits_demo.py passes its flags to `neurosim demo` (the README says every example is run by the
+    tests; this one was not)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    res = subprocess.run([sys.executable, os.path.join(root, "examples", "digits_demo.py"), "--epochs", "1",
+                          "--out-dir", str(tmp_path / "dd"), "--no-progress", "--no-tensorboard"],
+                         capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((tmp_path / "dd" / "summary.json").read_text())
+    assert summary["epochs_run"] == 1 and f"validation accuracy {summary['best']['accuracy']:.3f}" in res.stdout
