@@ -11,7 +11,8 @@ convolution).
 
 Per layer ``l``: ``x <- R(SSA_l)(x)``, ``x <- R(TPU)(x)`` (if ``tpu``), ``x <- R(MLP)(x)`` where ``R`` is the
 spike-aware residual (``residual``) and random spike masking with ratio ``rsm_ratio[l]`` drops spikes entering
-SSA and MLP. The readout applies a Linear to the final spikes at each timestep and averages over T
+SSA and MLP, by default in evaluation too (``rsm_mode="always"``: the seed's masking, whose SynOps saving is real at
+deployment; RESULTS.md measured masking in training only to be worse at inference and to raise SynOps). The readout applies a Linear to the final spikes at each timestep and averages over T
 (``readout="tokens"``: ``[B, N, out]``; ``"pool"``: averaged over tokens too, ``[B, out]``).
 """
 from __future__ import annotations
@@ -56,7 +57,7 @@ class ESTConfig:
     tpu_kernel: int = 3
     residual: str = "membrane"         # "membrane", "sew_add", "sew_and", "sew_iand"
     rsm_ratio: float | tuple = 0.0     # one ratio, or one per layer
-    rsm_mode: str = "train"            # "train": masks only in training; "always": at inference too
+    rsm_mode: str = "always"           # "always": masks at inference too (the seed, MST); "train": in training only
     rsm_seed: int | None = 0
     readout: str = "tokens"            # "tokens" -> [B, N, out]; "pool" -> [B, out]
     neuron: NeuronSpec = field(default_factory=NeuronSpec)
