@@ -163,7 +163,8 @@ def regression_head(dim: int, dropout: float) -> nn.Sequential:
                          nn.Linear(dim // 2, 1))
 
 
-def _window(x: torch.Tensor, seq_len: int) -> torch.Tensor:
+def _window(x: torch.Tensor, seq_len: int, weight: torch.Tensor) -> torch.Tensor:
+    validate.input_dtype("x", x, weight)
     validate.finite("x", x)
     if x.dim() == 3 and x.shape[-1] == 1:
         x = x[..., 0]
@@ -200,7 +201,7 @@ class BTSPFormer(nn.Module):
         self.head = regression_head(model_dim, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.pos(self.input_proj(_window(x, self.seq_len).unsqueeze(-1)))
+        h = self.pos(self.input_proj(_window(x, self.seq_len, self.input_proj.weight).unsqueeze(-1)))
         for block in self.blocks:
             h = block(h)
         return self.head(h[:, -1])
@@ -293,7 +294,8 @@ class SpikingBTSPFormer(nn.Module):
         self.time_mean = Mean(0)  # the head reads the last token's time-averaged residual stream
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.input_norm(self.pos(self.input_proj(_window(x, self.seq_len).unsqueeze(-1))))
+        x = _window(x, self.seq_len, self.input_proj.weight)
+        h = self.input_norm(self.pos(self.input_proj(x.unsqueeze(-1))))
         s = self.encoder(h.unsqueeze(0).expand(self.num_steps, *h.shape))            # [T, B, L, D] spikes
         for i, (attn, f) in enumerate(zip(self.attn, self.ffn)):
             s = self.adds[2 * i](s, attn(s))

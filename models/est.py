@@ -12,8 +12,9 @@ convolution).
 Per layer ``l``: ``x <- R(SSA_l)(x)``, ``x <- R(TPU)(x)`` (if ``tpu``), ``x <- R(MLP)(x)`` where ``R`` is the
 spike-aware residual (``residual``) and random spike masking with ratio ``rsm_ratio[l]`` drops spikes entering
 SSA and MLP, by default in evaluation too (``rsm_mode="always"``: the seed's masking, whose SynOps saving is real at
-deployment; RESULTS.md measured masking in training only to be worse at inference and to raise SynOps). The readout applies a Linear to the final spikes at each timestep and averages over T
-(``readout="tokens"``: ``[B, N, out]``; ``"pool"``: averaged over tokens too, ``[B, out]``).
+deployment; RESULTS.md measured masking in training only to be worse at inference and to raise SynOps). The
+readout applies a Linear to the final spikes at each timestep and averages over T (``readout="tokens"``:
+``[B, N, out]``; ``"pool"``: averaged over tokens too, ``[B, out]``).
 """
 from __future__ import annotations
 
@@ -173,6 +174,7 @@ class EnhancedSpikingTransformer(nn.Module):
 
     def to_steps(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, N, F]`` -> ``[T, B, N, F]`` (input repeated over the SNN timesteps); ``[T, B, N, F]`` unchanged."""
+        validate.input_dtype("x", x, self.embed.weight)
         validate.finite("x", x)
         validate.rank_exactly("x", x, (3, 4), "[B, N, F] or [T, B, N, F]")
         if x.shape[-1] != self.cfg.in_features:

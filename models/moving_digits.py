@@ -96,6 +96,7 @@ class FramePredictor(nn.Module):
         return y.reshape(t, b, *y.shape[1:])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        validate.input_dtype("x", x, self.conv1.weight)
         validate.finite("x", x)
         validate.rank_exactly("x", x, (4,), "[B, T, H, W]")
         if min(x.shape[1:]) < 1:

@@ -385,6 +385,19 @@ def neuron_state(state, neuron_shape) -> None:
                              f"{tuple(neuron_shape)}")
 
 
+def input_dtype(name: str, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """A model's input is in its weights' floating dtype, or autocast converts it: otherwise torch fails deep inside
+    the first layer ("mat1 and mat2 must have the same dtype"); this says which argument and what to convert."""
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor (the model's dtype, {weight.dtype}); got {x.dtype}: "
+                         f"convert it, e.g. {name}.to({weight.dtype})")
+    if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise ValueError(f"{name} has dtype {x.dtype} but the model's parameters are {weight.dtype}: convert one "
+                         f"to the other ({name}.to({weight.dtype}) or model.to({x.dtype})), or run under "
+                         "torch.autocast")
+    return x
+
+
 BINARY = "must be a binary spike tensor (values 0 or 1)"
 
 

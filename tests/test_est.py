@@ -289,3 +289,21 @@ def test_random_spike_masking_stays_on_at_inference_by_default():
     assert masks and all(m.active for m in masks)
     x = (torch.rand(4, 6, 8) < 0.5).float()
     assert not torch.equal(masks[0](x), x)
+
+
+def test_an_input_of_another_dtype_than_the_model_is_named():
+    """float64 or integer input into a float32 model failed deep inside its first layer with torch's dtype error;
+    autocast's mixed dtypes still run."""
+    from neurosim.models import BTSPFormer, FramePredictor
+
+    est = EnhancedSpikingTransformer(ESTConfig(3, 2, dim=16, depth=1)).eval()
+    for model, x in ((est, torch.randn(2, 5, 3)), (BTSPFormer(6, 8, 2, 1).eval(), torch.randn(2, 6)),
+                     (FramePredictor("lif", 4).eval(), torch.rand(2, 3, 6, 6))):
+        with pytest.raises(ValueError, match=r"x has dtype torch.float64 but the model's parameters are "
+                                             r"torch.float32: convert one"):
+            model(x.double())
+        with pytest.raises(ValueError, match=r"x must be a floating-point tensor .*got torch.uint8"):
+            model((x > 0).to(torch.uint8))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.isfinite(model(x.bfloat16()).float()).all()
+        assert model.double()(x.double()).dtype == torch.float64

@@ -8,8 +8,9 @@ Wiring into the ``neurosim`` command (neurosim/cli.py)::
 
 ``load(checkpoint_path, args) -> (model, inputs or None[, batch_dim])`` rebuilds the model of a checkpoint (the
 training code knows its format); ``batch_dim`` is the inputs' sample dimension, for the per-sample energy (default 1,
-``[T, B, ...]``; 0 for a model that takes batch-first samples). Without one, the checkpoint is a state dict (or a dict holding one under "model" /
-"state_dict" / "model_state") and ``--model package.module:builder`` builds the network.
+``[T, B, ...]``; 0 for a model that takes batch-first samples). Without one, the checkpoint is a state dict (or a
+dict holding one under "model" / "state_dict" / "model_state") and ``--model package.module:builder`` builds the
+network.
 Inputs: ``--input x.pt`` (a saved tensor ``[T, B, ...]``) or ``--input-shape T,B,... --input-rate p``
 (Bernoulli spikes, seeded), unless the loader returns some.
 """
