@@ -314,6 +314,31 @@ def test_a_learnable_threshold_trained_to_zero_or_below_is_refused_at_the_next_f
     with torch.no_grad():
         layer.threshold.fill_(0.7)
     assert layer(x).shape == x.shape
+    # updates that leave the tensor's version counter as it was: a fused optimizer step, a write through .data
+    fused = torch.optim.Adam(layer.parameters(), lr=10.0, fused=True)
+    layer.threshold.grad = torch.ones_like(layer.threshold)
+    fused.step()
+    with pytest.raises(ValueError, match="threshold must be > 0 everywhere"):
+        layer(x)
+    layer.threshold.data.fill_(0.7)
+    assert layer(x).shape == x.shape
+    layer.threshold.data.mul_(-1)
+    with pytest.raises(ValueError, match="threshold must be > 0 everywhere"):
+        layer(x)
+
+
+def test_a_layer_pickled_before_reset_was_a_property_still_runs():
+    """Before, reset was a plain attribute in the layer's __dict__; the property then found no _reset."""
+    import pickle
+
+    lif = neurosim.LIF(reset="zero", backend="torch")
+    state = lif.__dict__.copy()
+    state["reset"] = state.pop("_reset")
+    old = neurosim.LIF.__new__(neurosim.LIF)
+    old.__setstate__(state)
+    x = torch.rand(3, 2, 4) * 2
+    assert old.reset == "zero" and torch.equal(old(x), lif(x))
+    assert pickle.loads(pickle.dumps(old)).reset == "zero"
 
 
 def test_reset_is_checked_when_set_after_construction():

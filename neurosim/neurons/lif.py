@@ -41,16 +41,11 @@ def check_state(state, kind: type, neuron_shape=None) -> None:
 
 def check_learned_threshold(layer: nn.Module, threshold: torch.Tensor) -> None:
     """A learnable threshold is > 0 at construction, but training can take it to 0 or below (every neuron then
-    fires on silence). Read once per change of the tensor (an optimizer step), queued inside deferred checks (and
-    then read again at the next forward). A fixed threshold is checked when it is made."""
-    if not threshold.requires_grad:
-        return
-    key = (threshold.data_ptr(), threshold._version)
-    if key == layer.__dict__.get("_threshold_ok"):
-        return
-    validate.positive("threshold", threshold)
-    if validate.active_checks() is None:
-        layer.__dict__["_threshold_ok"] = key
+    fires on silence): checked at every forward of a layer whose threshold learns (a small read; queued inside
+    deferred checks). Not cached by the tensor's version: a fused optimizer step and ``.data`` updates leave that
+    unchanged. A fixed threshold is checked when it is made."""
+    if threshold.requires_grad:
+        validate.positive("threshold", threshold)
 
 
 class _SpikingNeuron(nn.Module):
@@ -67,6 +62,12 @@ class _SpikingNeuron(nn.Module):
         self._register("threshold", _as_param("threshold", threshold, learn_threshold, 0.0, float("inf"), lo_open=True))
         self._backend_name = backend
         self._cache: dict = {}
+
+    def __setstate__(self, state):
+        # (a layer pickled before reset became a checked property kept it as a plain attribute)
+        if "reset" in state and "_reset" not in state:
+            state["_reset"] = state.pop("reset")
+        super().__setstate__(state)
 
     def __getstate__(self):
         # (the snnTorch backend's cached neuron holds its last step's tensors: not part of the layer's state, and not
