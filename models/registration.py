@@ -113,6 +113,29 @@ def moving_digits_dataset(cfg):
     return DataInfo(TensorDataset(x, y), "regression", y[0].numel(), tuple(x.shape[1:]))
 
 
+def _upgrade_v1(options: dict | None = None, unused=()):
+    """``builder.upgrade`` (neurosim.training.registry.upgrade_config) for a config of checkpoint format 1: the
+    model options whose default has changed since, at their old value, and the run settings the model never used
+    (``unused``: fields, or a function of the config giving them) at the trainer's default, which builders refuse
+    now (they were recorded, not used, so the model is the same)."""
+    def upgrade(config: dict, version: int) -> dict:
+        if version >= 2:
+            return config
+        config["model_options"] = {**(options or {}), **(config.get("model_options") or {})}
+        for name in (unused(config) if callable(unused) else unused):
+            config[name] = _config_default(name)
+        return config
+    return upgrade
+
+
+def _frame_predictor_v1(config: dict) -> tuple:
+    opts = config.get("model_options") or {}
+    if opts.get("neuron", "lif") == "stc_lif":
+        return "encoder", "num_steps", "backend"
+    config["model_options"] = {k: v for k, v in opts.items() if k != "groups"}  # (lif: groups was ignored)
+    return "encoder", "num_steps"
+
+
 MODELS = {
     "btspformer": _transformer("btspformer", attention="btsp", position="asymmetric"),
     "vanilla_transformer": _transformer("vanilla_transformer", attention="softmax", position="sinusoidal"),
@@ -199,6 +222,18 @@ def _default_tokens(feats: int) -> int:
 
 MODELS["est"] = _token_model("est", ESTConfig)
 MODELS["spikformer"] = _token_model("spikformer", spikformer_config)
+
+# format-1 checkpoints (before 2026-11-25): the EST's masks were off at inference, the BTSP kernel peaked at
+# coincidence, and settings the analog models never used were recorded without complaint
+_ANALOG_UNUSED = ("encoder", "backend", "num_steps")
+for _name, _upgrade in (("est", _upgrade_v1({"rsm_mode": "train"})),
+                        ("spikformer", _upgrade_v1({"rsm_mode": "train"})),
+                        ("btspformer", _upgrade_v1({"lead": 0.0}, _ANALOG_UNUSED)),
+                        ("vanilla_transformer", _upgrade_v1(None, _ANALOG_UNUSED)),
+                        ("astro_transformer", _upgrade_v1(None, _ANALOG_UNUSED)),
+                        ("spiking_btspformer", _upgrade_v1({"lead": 0.0}, ("encoder",))),
+                        ("frame_predictor", _upgrade_v1(None, _frame_predictor_v1))):
+    MODELS[_name].upgrade = _upgrade
 
 
 register()

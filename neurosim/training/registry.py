@@ -6,6 +6,9 @@ Register with one call::
     register_model("est", build_est)            # build_est(info: DataInfo, cfg: TrainConfig) -> nn.Module
     register_dataset("shd", build_shd)          # build_shd(cfg: TrainConfig) -> DataInfo
 
+A builder may carry ``builder.upgrade(config: dict, version: int) -> dict``: what a config saved in an older
+checkpoint format ``version`` meant under today's defaults (see :func:`upgrade_config`).
+
 The built-ins ("spiking_mlp"; "digits", "damped_sine") are registered on first use. A name not found is
 looked up again after importing :mod:`neurosim.models` (and :mod:`neurosim.hardware` is never needed), so
 model packages can register themselves when imported; neurosim core itself never imports them eagerly.
@@ -91,3 +94,15 @@ def list_datasets() -> list[str]:
     _load_builtins()
     _load_plugins()
     return sorted(_DATASETS)
+
+
+def upgrade_config(config: dict, version: int) -> dict:
+    """The config of a checkpoint written in format ``version``, as today's builders must read it to rebuild the
+    same model: the model builder's ``upgrade`` when it has one (a default that has changed since, a setting it
+    now refuses because it never used it), else ``config`` unchanged (also for a model that is not registered)."""
+    try:
+        builder = get_model(config.get("model"))
+    except (ValueError, TypeError):
+        return config
+    upgrade = getattr(builder, "upgrade", None)
+    return upgrade(dict(config), version) if upgrade is not None else config
