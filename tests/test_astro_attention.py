@@ -258,3 +258,28 @@ def test_presynaptic_plasticity_of_very_negative_keys_matches_float64_with_finit
     assert bool(torch.isfinite(k32.grad).all()) and bool(torch.isfinite(q32.grad).all())
     torch.testing.assert_close(k32.grad.double(), kr.grad, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(q32.grad.double(), qr.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_very_negative_queries_keep_their_weights():
+    """phi(q) = elu(q) + 1 rounded to 0 below q = -16.6 in float32, so a row of queries near -30 lost its neuron
+    term (and then its weights, to the zero-row guard, or to sigma's subnormals): phi is now e^q there. Weights and
+    output against float64 evaluation of the docstring's equations."""
+    from neurosim.layers.astro_attention import presynaptic_rate
+
+    u = torch.linspace(-85, 10, 500)
+    exact = [ui + 1 if ui > 0 else math.exp(ui) for ui in u.double().tolist()]  # elu(u) + 1, exactly
+    torch.testing.assert_close(presynaptic_rate(u).double(), torch.tensor(exact, dtype=torch.float64), rtol=2e-7,
+                               atol=0)
+    mix = _mixing(torch.float32)
+    g = torch.Generator().manual_seed(8)
+    q = torch.randn(2, 2, 6, 4, generator=g)
+    k = 1 + torch.rand(2, 2, 6, 4, generator=g)
+    v = torch.randn(2, 2, 6, 4, generator=g)
+    q[0, 1, 2] = -30.0
+    q[1, 0, 0] = -60.0
+    a_ref, out_ref = _mixing_reference(mix, q, k, v)
+    with torch.no_grad():
+        a, out = mix.attention(q, k), mix(q, k, v)
+    assert float(a[0, 1, 2].sum()) == pytest.approx(1.0, abs=1e-5)
+    torch.testing.assert_close(a.double(), a_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.double(), out_ref, rtol=1e-5, atol=1e-5)

@@ -27,8 +27,9 @@ def test_astro_mixing_counts_the_elementwise_ops_it_runs(causal):
     mix = AstroMixing(heads=2, head_dim=3, alpha=0.5, max_len=8, causal=causal).eval()
     q, k, v = (torch.randn(4, 2, 5, 3) for _ in range(3))
     truth, per_op = own_elementwise_ops(mix, q, k, v)
-    # phi(q) = elu + 1, phi(k)^alpha (3 a key element); sigmoid, x m, +, x w, / per weight; the row sums
-    assert set(per_op) == {"elu", "add", "pow", "sigmoid", "mul", "div", "sum"}, per_op
+    # phi(q): q + 1 or exp(q) (2 a query element), phi(k)^alpha (3 a key element); sigmoid, x m, +, x w, / per
+    # weight; the row sums
+    assert set(per_op) == {"exp", "add", "pow", "sigmoid", "mul", "div", "sum"}, per_op
     weights, rows = 4 * 2 * 5 * 5, 4 * 2 * 5
     assert truth == 2 * q.numel() + 3 * k.numel() + 5 * weights + rows * 4
     rep, row = own_row(mix, (q, k, v), "AstroMixing")

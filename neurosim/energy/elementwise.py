@@ -68,7 +68,8 @@ def count_softmax(module, args, output) -> Count:
 
 def count_astro(module: AstroMixing, args, output) -> Count:
     r"""The astrocyte terms of :class:`~neurosim.layers.AstroMixing` (its three products count themselves):
-    :math:`\phi(q) = \mathrm{elu}(q) + 1` (2 a query element), :math:`\phi(k)^\alpha` (3 a key element);
+    :math:`\phi(q) = \mathrm{elu}(q) + 1` (computed as :math:`q + 1` or :math:`e^q`: 2 a query element),
+    :math:`\phi(k)^\alpha` (3 a key element);
     per attention weight the sigmoid of :math:`q\cdot k/\sqrt d`, the product by the astrocyte scale, the sum of
     the neuron and astrocyte terms, the product by the positional weight and the division by the row sum (5),
     and the row sums (``n - 1`` additions a row). ``softplus`` of the scale and ``exp`` of the positional

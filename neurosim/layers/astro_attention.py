@@ -19,10 +19,10 @@ Every weight is non-negative, so each row of :math:`A` is a distribution, as sof
 In floating point: the weights of a bfloat16 or float16 ``q, k`` are computed in float32 (and returned in the
 input's dtype), as the neurons integrate a 16-bit input with a float32 membrane; 16-bit :math:`\phi` rounds
 to 0 below :math:`u \approx -6` (bfloat16) or :math:`-8` (float16), and a float16 drive overflows from
-:math:`|q|, |k|` of a few hundred. :math:`p_j` is computed as :math:`e^{\alpha k_j}` for negative
-:math:`k_j` (:func:`presynaptic_plasticity`), to the float's precision; :math:`\phi(q_i) = \mathrm{elu}(q_i) + 1`
-is within half a unit of 1 of its value (3e-8 in float32), so it rounds to 0 below :math:`q \approx -16.6` in
-float32 (:math:`-36.7` in float64), and :math:`\sigma` does below about :math:`-104`. A row
+:math:`|q|, |k|` of a few hundred. :math:`\phi(q_i)` and :math:`p_j` are computed as :math:`e^{q_i}` and
+:math:`e^{\alpha k_j}` for negative arguments (:func:`presynaptic_rate`, :func:`presynaptic_plasticity`), to the
+float's relative precision: :math:`\phi` rounds to 0 only below about :math:`-87` in float32, and :math:`\sigma`
+below about :math:`-104`. A row
 whose every drive :math:`w_{ij}(h^n_{ij} + h^a_{ij})` rounds to 0 has the denominator 0: it is taken as 1
 there (the only guard), so that row of :math:`A` is all zeros and its output 0, where the unguarded division
 gave 0/0 = NaN; every other row is computed as written. (A drive beyond the float's largest value, from
@@ -45,9 +45,10 @@ from .ops import MatMul
 
 
 def presynaptic_rate(u: torch.Tensor) -> torch.Tensor:
-    r""":math:`\phi(u) = \mathrm{elu}(u) + 1`, a positive firing rate (in floating point within half a unit of
-    1 of it: 0 below :math:`u \approx -16.6` in float32)."""
-    return F.elu(u) + 1
+    r""":math:`\phi(u) = \mathrm{elu}(u) + 1`, a positive firing rate, computed as :math:`u + 1` for :math:`u > 0` and
+    :math:`e^u` below: to the float's relative precision (``elu + 1`` rounded to 0 below :math:`u \approx -16.6`
+    in float32, so a row whose queries all lay there lost its weights)."""
+    return torch.where(u > 0, u + 1, torch.exp(u))
 
 
 def presynaptic_plasticity(k: torch.Tensor, alpha: float) -> torch.Tensor:
