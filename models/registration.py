@@ -115,25 +115,28 @@ def moving_digits_dataset(cfg):
 
 def _upgrade_v1(options: dict | None = None, unused=()):
     """``builder.upgrade`` (neurosim.training.registry.upgrade_config) for a config of checkpoint format 1: the
-    model options whose default has changed since, at their old value, and the run settings the model never used
-    (``unused``: fields, or a function of the config giving them) at the trainer's default, which builders refuse
-    now (they were recorded, not used, so the model is the same)."""
+    model options whose default has changed since, at their old value, and what the model never used, which
+    builders refuse now (recorded, not used, so the model is the same): ``unused`` gives ``(run settings, model
+    options)`` for a config, or is a tuple of run settings; the settings go back to the trainer's defaults and the
+    options are dropped."""
     def upgrade(config: dict, version: int) -> dict:
         if version >= 2:
             return config
-        config["model_options"] = {**(options or {}), **(config.get("model_options") or {})}
-        for name in (unused(config) if callable(unused) else unused):
+        opts = {**(options or {}), **(config.get("model_options") or {})}
+        fields_, dropped = unused(opts) if callable(unused) else (unused, ())
+        config["model_options"] = {k: v for k, v in opts.items() if k not in dropped}
+        for name in fields_:
             config[name] = _config_default(name)
         return config
     return upgrade
 
 
-def _frame_predictor_v1(config: dict) -> tuple:
-    opts = config.get("model_options") or {}
+def _frame_predictor_v1(opts: dict) -> tuple:
+    """What a format-1 frame predictor never used: no encoder or steps; the LIF backend with STC-LIF neurons,
+    ``groups`` with LIF ones."""
     if opts.get("neuron", "lif") == "stc_lif":
-        return "encoder", "num_steps", "backend"
-    config["model_options"] = {k: v for k, v in opts.items() if k != "groups"}  # (lif: groups was ignored)
-    return "encoder", "num_steps"
+        return ("encoder", "num_steps", "backend"), ()
+    return ("encoder", "num_steps"), ("groups",)
 
 
 MODELS = {
