@@ -36,8 +36,6 @@ and is shared by the analog and the spiking BTSP attention.
 """
 from __future__ import annotations
 
-import math
-import numbers
 from typing import NamedTuple
 
 import torch
@@ -51,12 +49,6 @@ from neurosim.layers import MatMul
 DEFAULT_LEAD = 1.0
 
 
-def _lead(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"lead must be a finite number >= 0 (steps before the plateau), got {value!r}")
-    return float(value)
-
-
 def asymmetric_kernel(n: int, tau_et: torch.Tensor, tau_is: torch.Tensor, lead: float = DEFAULT_LEAD) -> torch.Tensor:
     """``[..., n, n]`` kernel ``K[i, j]`` over ``d = i - j``, peaking at ``d = lead``:
     ``exp(-(d - lead)/tau_et)`` for ``d >= lead``, ``exp(-(lead - d)/tau_is)`` for ``d < lead``.
@@ -64,7 +56,7 @@ def asymmetric_kernel(n: int, tau_et: torch.Tensor, tau_is: torch.Tensor, lead: 
     ``tau_et``/``tau_is`` are tensors broadcastable to the leading dimensions (e.g. ``[heads, 1, 1]``);
     ``lead`` >= 0 steps (0: the maximum at ``j = i``).
     """
-    lead = _lead(lead)
+    lead = validate.non_negative_float("lead", lead)
     idx = torch.arange(n, device=tau_et.device, dtype=tau_et.dtype)
     shift = idx[:, None] - idx[None, :] - lead                           # (i - j) - lead
     past = torch.exp(-shift.clamp(min=0) / tau_et)
@@ -102,7 +94,7 @@ class BTSPPlasticity(nn.Module):
         super().__init__()
         validate.positive_float("tau_et", tau_et)
         validate.positive_float("tau_is", tau_is)
-        self.lead = _lead(lead)
+        self.lead = validate.non_negative_float("lead", lead)
         self.heads = heads
         self.et_gate = nn.Linear(dim, heads)
         self.is_gate = nn.Linear(dim, heads)

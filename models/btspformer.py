@@ -17,7 +17,6 @@ is largest for keys ``lead`` steps before the query), ``"softmax"`` (the vanilla
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 from torch import nn
@@ -31,12 +30,6 @@ from .btsp import DEFAULT_LEAD, BTSPPlasticity
 
 ATTENTIONS = ("btsp", "softmax", "astro")
 POSITIONS = ("asymmetric", "sinusoidal")
-
-
-def _finite_at_least_zero(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
 
 
 def sinusoidal_table(n: int, dim: int) -> torch.Tensor:
@@ -58,7 +51,7 @@ def asymmetric_envelope(seq_len: int, peak_offset: float = 2.0, width_past: floa
     ``seq_len`` >= 1; ``peak_offset`` finite and >= 0 (at or before the target); widths finite and > 0.
     """
     seq_len = validate.positive_int("seq_len", seq_len)
-    peak_offset = _finite_at_least_zero("peak_offset", peak_offset)
+    peak_offset = validate.non_negative_float("peak_offset", peak_offset)
     width_past = seq_len / 4 if width_past is None else validate.positive_float("width_past", width_past)
     validate.positive_float("width_future", width_future)
     d = seq_len - torch.arange(seq_len, dtype=torch.float64)
@@ -188,8 +181,8 @@ class BTSPFormer(nn.Module):
         validate.in_range("dropout", dropout, 0.0, 1.0, hi_open=True)
         validate.one_of("attention", attention, ATTENTIONS)
         validate.one_of("position", position, POSITIONS)
-        _finite_at_least_zero("peak_offset", peak_offset)
-        _finite_at_least_zero("lead", lead)
+        validate.non_negative_float("peak_offset", peak_offset)
+        validate.non_negative_float("lead", lead)
         if model_dim % heads:
             raise ValueError(f"model_dim={model_dim} must be divisible by heads={heads}")
         self.attention_kind = attention
@@ -274,7 +267,7 @@ class SpikingBTSPFormer(nn.Module):
         layers = validate.positive_int("layers", layers)
         self.num_steps = validate.positive_int("num_steps", num_steps)
         validate.in_range("dropout", dropout, 0.0, 1.0, hi_open=True)
-        _finite_at_least_zero("peak_offset", peak_offset)
+        validate.non_negative_float("peak_offset", peak_offset)
         if model_dim % heads:
             raise ValueError(f"model_dim={model_dim} must be divisible by heads={heads}")
         lif = dict(beta=beta, threshold=threshold, backend=backend)

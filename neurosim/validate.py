@@ -415,10 +415,16 @@ def binary(name: str, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _finite_number(name: str, value, bound: str, ok) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)) \
+            or not ok(float(value)):
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+    return float(value)
+
+
 def positive_float(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    v = float(value)
-    if not math.isfinite(v) or v <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return v
+    return _finite_number(name, value, "> 0", lambda v: v > 0)
+
+
+def non_negative_float(name: str, value) -> float:
+    return _finite_number(name, value, ">= 0", lambda v: v >= 0)
