@@ -206,7 +206,7 @@ class FusedBackend:
 
 def _reference(kind, p, x, state, need_mem):
     """The functional loop with a float32 state (what the kernels compute), spikes cast to x's dtype."""
-    x32 = x if x.dtype == torch.float64 else x.float()
+    x32 = x.to(F.state_dtype(x.dtype))
     if state is not None:
         state = type(state)(*(s.to(x32.dtype) for s in state))
     spikes, mem, final = F.run_sequence(kind, p, x32, state)

@@ -41,6 +41,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .. import validate
+from ..neurons.functional import state_dtype
 from .ops import MatMul
 
 
@@ -113,7 +114,7 @@ class AstroMixing(nn.Module):
         if n > self.max_len:
             raise ValueError(f"sequence length {n} exceeds max_len={self.max_len}")
         dtype = q.dtype
-        work = torch.promote_types(dtype, torch.float32)                 # 16-bit -> float32 (module docstring)
+        work = state_dtype(dtype)                                          # 16-bit -> float32 (module docstring)
         q, k = q.to(work), k.to(work)
         pre = presynaptic_plasticity(k, self.alpha)
         neuron = self.neuron_mm(presynaptic_rate(q), pre.transpose(-1, -2))

@@ -79,6 +79,12 @@ def cuba_lif_step(x: torch.Tensor, state: CubaLIFState, p: CubaLIFParameters):
     return p.surrogate(mem - p.threshold), CubaLIFState(syn, mem)
 
 
+def state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a neuron integrates an input of ``dtype`` in, on every backend: float32 for bfloat16 and float16
+    (a 16-bit membrane loses small inputs), the input's own for float32 and float64."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def initial_state(kind: str, like: torch.Tensor):
     z = torch.zeros_like(like)
     return LIFState(z) if kind == "lif" else CubaLIFState(z, z.clone())

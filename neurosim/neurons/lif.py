@@ -19,7 +19,6 @@ from . import functional as F
 from .surrogate import Surrogate, make
 
 RESETS = ("subtract", "zero")
-_HALF = (torch.float16, torch.bfloat16)
 
 
 def _as_param(name, value, learn, lo, hi, lo_open=False):
@@ -129,7 +128,7 @@ class _SpikingNeuron(nn.Module):
         if backend.name == "fused":  # writes the membrane trace only when asked for; reads 16-bit x itself
             spikes, mem, final = backend.run(self.kind, p, x, state, need_mem=return_mem)
         else:
-            work = torch.float32 if x.dtype in _HALF else x.dtype
+            work = F.state_dtype(x.dtype)
             xw = x.to(work)
             if state is not None:
                 state = type(state)(*(s.to(work) for s in state))

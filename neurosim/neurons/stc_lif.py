@@ -166,7 +166,7 @@ class STCLIF(nn.Module):
         for name in ("beta", "threshold"):
             validate.neuron_param(name, getattr(p, name), x.shape[1:])
         dtype = x.dtype  # (the LIF layers' precision rule: a 16-bit input runs with a float32 state)
-        x = x.float() if dtype in (torch.float16, torch.bfloat16) else x
+        x = x.to(F.state_dtype(dtype))
         if state is None:
             state = F.initial_state("lif", x[0])
         else:  # (a NaN state ran on, silently; a CubaLIFState lost its current; the circuits need the full shape)
