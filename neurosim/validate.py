@@ -222,13 +222,12 @@ POSITIVE = "must be > 0 everywhere (a finite number); a learnable one can reach 
 def positive(name: str, x: torch.Tensor) -> torch.Tensor:
     """Require every element of ``x`` (a learnable neuron threshold, changed by training) to be > 0 and finite.
     One read of ``x``, queued inside :func:`deferred_checks` like :func:`finite`."""
-    bad = (~(x.detach() > 0)).any()
+    bad = ~(x.detach() > 0)
     checks = _DEFERRED.get()
     if checks is not None:
-        checks.add_flag(name, bad, POSITIVE)
-    elif bool(bad):
-        low = x.detach().flatten()[~(x.detach().flatten() > 0)][:5].tolist()
-        raise ValueError(f"{name} {POSITIVE}; found values such as {low}")
+        checks.add_flag(name, bad.any(), POSITIVE)
+    elif bool(bad.any()):
+        raise ValueError(f"{name} {POSITIVE}; found values such as {x.detach()[bad][:5].tolist()}")
     return x
 
 

@@ -38,7 +38,7 @@ def check_state(state, kind: type, neuron_shape=None) -> None:
         validate.neuron_state(state, neuron_shape)
 
 
-def check_learned_threshold(layer: nn.Module, threshold: torch.Tensor) -> None:
+def check_learned_threshold(threshold: torch.Tensor) -> None:
     """A learnable threshold is > 0 at construction, but training can take it to 0 or below (every neuron then
     fires on silence): checked at every forward of a layer whose threshold learns (a small read; queued inside
     deferred checks). Not cached by the tensor's version: a fused optimizer step and ``.data`` updates leave that
@@ -114,7 +114,7 @@ class _SpikingNeuron(nn.Module):
         """
         validate.rank_at_least("x", x, 2, "[T, B, ...]")
         p = self.params()
-        check_learned_threshold(self, p.threshold)
+        check_learned_threshold(p.threshold)
         backend = B.get(self._backend_name)
         backend.check(self.kind, p)
         if state is not None:  # (every backend: snnTorch's would drop a state of another shape, silently)

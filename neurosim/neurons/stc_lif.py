@@ -162,7 +162,7 @@ class STCLIF(nn.Module):
         if x.shape[2] != self.channels:
             raise ValueError(f"x must have {self.channels} channels at dim 2 ([T, B, C, ...]), got shape {tuple(x.shape)}")
         p = self.params()
-        check_learned_threshold(self, p.threshold)
+        check_learned_threshold(p.threshold)
         for name in ("beta", "threshold"):
             validate.neuron_param(name, getattr(p, name), x.shape[1:])
         dtype = x.dtype  # (the LIF layers' precision rule: a 16-bit input runs with a float32 state)
