@@ -18,13 +18,18 @@ MODES = ("train", "always")
 
 def random_spike_mask(x: torch.Tensor, ratio: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Drop each element of ``x`` with probability ``ratio`` in [0, 1) (ratio 0 returns ``x`` itself)."""
-    if torch.is_tensor(ratio):  # (a tensor ratio would reach `ratio == 0.0` as a tensor)
-        raise ValueError(f"ratio must be a number in [0, 1), not a tensor; got a tensor of shape {tuple(ratio.shape)}")
-    validate.in_range("ratio", ratio, 0.0, 1.0, hi_open=True)
+    _ratio(ratio)
     if ratio == 0.0:
         return x
     keep = torch.rand(x.shape, generator=generator, device=x.device) >= ratio
     return x * keep.to(x.dtype)
+
+
+def _ratio(ratio) -> float:
+    if torch.is_tensor(ratio):  # (validate.in_range takes tensors; a tensor ratio would reach `ratio == 0.0`)
+        raise ValueError(f"ratio must be a number in [0, 1), not a tensor; got a tensor of shape {tuple(ratio.shape)}")
+    validate.in_range("ratio", ratio, 0.0, 1.0, hi_open=True)
+    return float(ratio)
 
 
 def _seed(seed):
@@ -48,12 +53,8 @@ class RandomSpikeMask(nn.Module):
 
     def __init__(self, ratio: float = 0.0, mode: str = "train", seed: int | None = None):
         super().__init__()
-        if torch.is_tensor(ratio):
-            raise ValueError(f"ratio must be a number in [0, 1), not a tensor; got a tensor of shape "
-                             f"{tuple(ratio.shape)}")
-        validate.in_range("ratio", ratio, 0.0, 1.0, hi_open=True)
+        self.ratio = _ratio(ratio)
         validate.one_of("mode", mode, MODES)
-        self.ratio = float(ratio)
         self.mode = mode
         self.seed = _seed(seed)
         self._gens: dict = {}

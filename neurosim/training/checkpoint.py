@@ -130,7 +130,9 @@ def check_state_dict(path, name: str, saved: dict, expected: dict) -> None:
 
 # ---- RNG states as plain tensors / ints (all loadable with weights_only=True) -------------------------------
 
-def _masks(model):
+def layer_generators(model: torch.nn.Module | None) -> dict:
+    """``{name: layer}`` of ``model``'s layers with their own random generators (``generator_states()``, as seeded
+    random spike masks have)."""
     return {} if model is None else {name: m for name, m in model.named_modules()
                                      if callable(getattr(m, "generator_states", None))}
 
@@ -147,7 +149,7 @@ def rng_state(device: torch.device | None = None, model: torch.nn.Module | None 
         "python": {"version": py_version, "internal": torch.tensor(py_internal, dtype=torch.int64),
                    "gauss": py_gauss},
         "cuda": torch.cuda.get_rng_state(device) if device is not None and device.type == "cuda" else None,
-        "layers": {name: m.generator_states() for name, m in _masks(model).items()},
+        "layers": {name: m.generator_states() for name, m in layer_generators(model).items()},
     }
     return state
 
@@ -163,6 +165,6 @@ def set_rng_state(state: dict[str, Any], device: torch.device | None = None,
     if state.get("cuda") is not None and device is not None and device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda"].cpu(), device)
     saved = state.get("layers") or {}  # (checkpoints before this field: the layers' masks start from their seeds)
-    for name, m in _masks(model).items():
+    for name, m in layer_generators(model).items():
         if name in saved:
             m.set_generator_states(saved[name])

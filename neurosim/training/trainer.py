@@ -41,8 +41,8 @@ def seed_layer_generators(model: nn.Module, seed: int, rank: int) -> None:
     """Layers with their own seeded generator (random spike masks) draw a stream of the run's ``seed`` and the
     process's ``rank`` too, as the global RNG does: before, every training seed and every rank drew the same masks.
     Seed 0 on rank 0 keeps the layer's own seed."""
-    for m in model.modules():
-        if callable(getattr(m, "generator_states", None)) and getattr(m, "seed", None) is not None:
+    for m in ckpt_io.layer_generators(model).values():
+        if getattr(m, "seed", None) is not None:
             m.reseed(m.seed + 1_000_003 * seed + 7_919 * rank)
 
 
