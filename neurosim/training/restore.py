@@ -63,8 +63,8 @@ def time_major_inputs(path: str | Path, num_samples: int = 64, seed: int = 0):
 def energy_loader(path, args):
     """``load`` hook for :func:`neurosim.energy.cli_main`: trainer checkpoints rebuild themselves (their model, and
     ``--samples`` validation samples encoded as in training unless ``--input`` / ``--input-shape`` give the input,
-    and the inputs' batch dimension: 1 for time-major spikes, 0 for a batch-first model); any other torch file goes to the energy module's own loader (state dict + ``--model``). A
-    truncated or unreadable file is an error."""
+    and the inputs' batch dimension: 1 for time-major spikes, 0 for a batch-first model); any other torch file goes
+    to the energy module's own loader (state dict + ``--model``). A truncated or unreadable file is an error."""
     try:
         ckpt_io.load(path)
     except ckpt_io.ForeignCheckpoint:
