@@ -204,21 +204,25 @@ def test_float16_drive_beyond_float16_range_is_computed_in_float32():
     torch.testing.assert_close(out.double(), out_ref, rtol=4e-3, atol=4e-3)
 
 
+def _extreme_queries(mix, seed, row0, row1):
+    """q, v and keys k > 1 drawn with ``seed``, the query rows [0, 1, 2] and [1, 0, 0] set to ``row0`` / ``row1``:
+    the layer's weights and output, then the float64 equations' (``_mixing_reference``)."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(2, 2, 6, 4, generator=g)
+    k = 1 + torch.rand(2, 2, 6, 4, generator=g)
+    v = torch.randn(2, 2, 6, 4, generator=g)
+    q[0, 1, 2], q[1, 0, 0] = row0, row1
+    a_ref, out_ref = _mixing_reference(mix, q, k, v)
+    with torch.no_grad():
+        return mix.attention(q, k), mix(q, k, v), a_ref, out_ref
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_rows_whose_drive_underflows_are_zero_not_nan(causal):
     """A query row of -110 (float32): phi(q) = e^-110 and sigma(q . k / sqrt d) = sigma(-220) are below float32's
     smallest number, so the row's every drive is 0 (its true weights are not representable): weights and output
     of that row are 0 (the documented guard), every other row as the float64 equations give it."""
-    mix = _mixing(torch.float32, causal)
-    g = torch.Generator().manual_seed(5)
-    q = torch.randn(2, 2, 6, 4, generator=g)
-    k = 1 + torch.rand(2, 2, 6, 4, generator=g)                 # k > 1: q . k < -440 on the extreme rows
-    v = torch.randn(2, 2, 6, 4, generator=g)
-    q[0, 1, 2] = -110.0
-    q[1, 0, 0] = -110.0
-    a_ref, out_ref = _mixing_reference(mix, q, k, v)
-    with torch.no_grad():
-        a, out = mix.attention(q, k), mix(q, k, v)
+    a, out, a_ref, out_ref = _extreme_queries(_mixing(torch.float32, causal), 5, -110.0, -110.0)  # q . k < -440
     guarded = torch.zeros(2, 2, 6, dtype=torch.bool)
     guarded[0, 1, 2] = guarded[1, 0, 0] = True
     assert bool(torch.isfinite(a).all()) and bool(torch.isfinite(out).all())
@@ -270,16 +274,7 @@ def test_very_negative_queries_keep_their_weights():
     exact = [ui + 1 if ui > 0 else math.exp(ui) for ui in u.double().tolist()]  # elu(u) + 1, exactly
     torch.testing.assert_close(presynaptic_rate(u).double(), torch.tensor(exact, dtype=torch.float64), rtol=2e-7,
                                atol=0)
-    mix = _mixing(torch.float32)
-    g = torch.Generator().manual_seed(8)
-    q = torch.randn(2, 2, 6, 4, generator=g)
-    k = 1 + torch.rand(2, 2, 6, 4, generator=g)
-    v = torch.randn(2, 2, 6, 4, generator=g)
-    q[0, 1, 2] = -30.0
-    q[1, 0, 0] = -60.0
-    a_ref, out_ref = _mixing_reference(mix, q, k, v)
-    with torch.no_grad():
-        a, out = mix.attention(q, k), mix(q, k, v)
+    a, out, a_ref, out_ref = _extreme_queries(_mixing(torch.float32), 8, -30.0, -60.0)
     assert float(a[0, 1, 2].sum()) == pytest.approx(1.0, abs=1e-5)
     torch.testing.assert_close(a.double(), a_ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out.double(), out_ref, rtol=1e-5, atol=1e-5)
