@@ -51,6 +51,24 @@ def _refuse_unused(cfg, name: str, why: dict) -> None:
 
 
 ANALOG = "an analog transformer fed the raw window, no spiking neurons"
+FRAMES = "the frames drive the neurons directly, one time step per frame"
+
+
+# What each model never uses of the run settings, with the reason, from its model_options: the builders refuse
+# those settings (_refuse_unused), and a format-1 config has them reset (_upgrade_v1).
+def _analog_unused(opts: dict) -> dict:
+    return dict.fromkeys(("encoder", "backend", "num_steps"), ANALOG)
+
+
+def _spiking_btspformer_unused(opts: dict) -> dict:
+    return {"encoder": "its input is encoded by a LIF layer of its own, fed the embedded window for num_steps steps"}
+
+
+def _frame_predictor_unused(opts: dict) -> dict:
+    why = {"encoder": FRAMES, "num_steps": FRAMES}
+    if opts.get("neuron", "lif") == "stc_lif":
+        why["backend"] = "neuron='stc_lif' runs neurosim's own time loop; backend picks the LIF backend of neuron='lif'"
+    return why
 
 
 def _seq_len(info, name: str) -> int:
@@ -67,7 +85,7 @@ def _transformer(name: str, **fixed):
     btsp = fixed.get("attention") == "btsp"  # (lead: where the BTSP time kernel peaks; 0 = the kernel before 619d426)
 
     def build(info, cfg):
-        _refuse_unused(cfg, name, {"encoder": ANALOG, "backend": ANALOG, "num_steps": ANALOG})
+        _refuse_unused(cfg, name, _analog_unused(cfg.model_options))
         o = _options(cfg, name, {**TRANSFORMER_OPTIONS, "lead": DEFAULT_LEAD} if btsp else TRANSFORMER_OPTIONS)
         extra = {"lead": o["lead"]} if btsp else {}
         return BTSPFormer(_seq_len(info, name), o["model_dim"], o["heads"], o["layers"], o["dropout"], **fixed,
@@ -78,8 +96,7 @@ def _transformer(name: str, **fixed):
 
 
 def build_spiking_btspformer(info, cfg):
-    _refuse_unused(cfg, "spiking_btspformer", {
-        "encoder": "its input is encoded by a LIF layer of its own, fed the embedded window for num_steps steps"})
+    _refuse_unused(cfg, "spiking_btspformer", _spiking_btspformer_unused(cfg.model_options))
     o = _options(cfg, "spiking_btspformer", {**TRANSFORMER_OPTIONS, "beta": 0.9, "threshold": 1.0,
                                               "lead": DEFAULT_LEAD})
     return SpikingBTSPFormer(_seq_len(info, "spiking_btspformer"), o["model_dim"], o["heads"], o["layers"],
@@ -91,12 +108,8 @@ def build_frame_predictor(info, cfg):
     """model_options: neuron ("lif" or "stc_lif"), channels, beta, threshold, and groups (stc_lif only, default 4).
     The frames are the input current, one SNN step per frame: no encoder, no num_steps; backend picks the LIF
     backend (neuron="lif" only)."""
-    frames = "the frames drive the neurons directly, one time step per frame"
-    why = {"encoder": frames, "num_steps": frames}
+    _refuse_unused(cfg, "frame_predictor", _frame_predictor_unused(cfg.model_options))
     neuron = cfg.model_options.get("neuron", "lif")
-    if neuron == "stc_lif":
-        why["backend"] = "neuron='stc_lif' runs neurosim's own time loop; backend picks the LIF backend of neuron='lif'"
-    _refuse_unused(cfg, "frame_predictor", why)
     o = _options(cfg, "frame_predictor", {"neuron": "lif", "channels": 16, "beta": 0.8, "threshold": 1.0,
                                           "groups": None})
     return FramePredictor(o["neuron"], o["channels"], o["beta"], o["threshold"], o["groups"],
@@ -113,30 +126,20 @@ def moving_digits_dataset(cfg):
     return DataInfo(TensorDataset(x, y), "regression", y[0].numel(), tuple(x.shape[1:]))
 
 
-def _upgrade_v1(options: dict | None = None, unused=()):
+def _upgrade_v1(options: dict | None = None, unused=None, dropped=lambda opts: ()):
     """``builder.upgrade`` (neurosim.training.registry.upgrade_config) for a config of checkpoint format 1: the
-    model options whose default has changed since, at their old value, and what the model never used, which
-    builders refuse now (recorded, not used, so the model is the same): ``unused`` gives ``(run settings, model
-    options)`` for a config, or is a tuple of run settings; the settings go back to the trainer's defaults and the
-    options are dropped."""
+    model options whose default has changed since, at their old value; the run settings the model never used
+    (``unused``, the function its builder refuses them by) at the trainer's defaults; and the model options it
+    ignored (``dropped(options)``) removed. (Recorded, not used: the model is the same.)"""
     def upgrade(config: dict, version: int) -> dict:
         if version >= 2:
             return config
         opts = {**(options or {}), **(config.get("model_options") or {})}
-        fields_, dropped = unused(opts) if callable(unused) else (unused, ())
-        config["model_options"] = {k: v for k, v in opts.items() if k not in dropped}
-        for name in fields_:
+        config["model_options"] = {k: v for k, v in opts.items() if k not in dropped(opts)}
+        for name in (unused(opts) if unused is not None else ()):
             config[name] = _config_default(name)
         return config
     return upgrade
-
-
-def _frame_predictor_v1(opts: dict) -> tuple:
-    """What a format-1 frame predictor never used: no encoder or steps; the LIF backend with STC-LIF neurons,
-    ``groups`` with LIF ones."""
-    if opts.get("neuron", "lif") == "stc_lif":
-        return ("encoder", "num_steps", "backend"), ()
-    return ("encoder", "num_steps"), ("groups",)
 
 
 MODELS = {
@@ -228,14 +231,14 @@ MODELS["spikformer"] = _token_model("spikformer", spikformer_config)
 
 # format-1 checkpoints (before 2026-11-25): the EST's masks were off at inference, the BTSP kernel peaked at
 # coincidence, and settings the analog models never used were recorded without complaint
-_ANALOG_UNUSED = ("encoder", "backend", "num_steps")
 for _name, _upgrade in (("est", _upgrade_v1({"rsm_mode": "train"})),
                         ("spikformer", _upgrade_v1({"rsm_mode": "train"})),
-                        ("btspformer", _upgrade_v1({"lead": 0.0}, _ANALOG_UNUSED)),
-                        ("vanilla_transformer", _upgrade_v1(None, _ANALOG_UNUSED)),
-                        ("astro_transformer", _upgrade_v1(None, _ANALOG_UNUSED)),
-                        ("spiking_btspformer", _upgrade_v1({"lead": 0.0}, ("encoder",))),
-                        ("frame_predictor", _upgrade_v1(None, _frame_predictor_v1))):
+                        ("btspformer", _upgrade_v1({"lead": 0.0}, _analog_unused)),
+                        ("vanilla_transformer", _upgrade_v1(None, _analog_unused)),
+                        ("astro_transformer", _upgrade_v1(None, _analog_unused)),
+                        ("spiking_btspformer", _upgrade_v1({"lead": 0.0}, _spiking_btspformer_unused)),
+                        ("frame_predictor", _upgrade_v1(None, _frame_predictor_unused, lambda opts: (
+                            () if opts.get("neuron", "lif") == "stc_lif" else ("groups",))))):  # (lif ignored it)
     MODELS[_name].upgrade = _upgrade
 
 
