@@ -176,7 +176,7 @@ def cli_main(args, load=None):
 
     Returns the :class:`~neurosim.energy.report.EnergyReport` (the caller's exit code is 0 when it returns).
     """
-    from .meter import profile
+    from .meter import _first_tensor, profile
 
     if not isinstance(args, argparse.Namespace):
         args = add_arguments(argparse.ArgumentParser(prog="neurosim energy")).parse_args(args)
@@ -196,7 +196,7 @@ def cli_main(args, load=None):
         inputs = _inputs(args)
     model = model.to(device).eval()
     inputs = inputs.to(device) if torch.is_tensor(inputs) else inputs
-    first = inputs if torch.is_tensor(inputs) else next((t for t in inputs if torch.is_tensor(t)), None)
+    first = _first_tensor(inputs)
     batch = None if first is None or first.dim() <= batch_dim else first.shape[batch_dim]
     report = profile(model, inputs, hardware=hardware, require_spikes=args.require_spikes,
                      audit=getattr(args, "audit", True), batch_size=batch)
