@@ -22,6 +22,8 @@ def delta(data: torch.Tensor, threshold: float = 0.1, padding: bool = False, off
     validate.finite("data", data)
     validate.rank_at_least("data", data, 2, "[T, B, ...]")
     validate.positive_float("threshold", threshold)
+    padding = validate.boolean("padding", padding)
+    off_spikes = validate.boolean("off_spikes", off_spikes)
     x = data if data.dtype == torch.float64 else data.float()  # (float64 differences stay float64)
     prev = torch.cat([x[:1] if padding else torch.zeros_like(x[:1]), x[:-1]])
     diff = x - prev

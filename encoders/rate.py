@@ -12,16 +12,23 @@ def rate(data: torch.Tensor, num_steps: int, gain: float = 1.0, offset: float = 
 
     Args:
         data: intensities ``[B, ...]``; ``p`` must lie in [0, 1] unless ``clamp=True`` (then it is clipped).
+            float64 data is drawn in float64, any other dtype in float32 (as ``snntorch.spikegen.rate`` does).
         num_steps: T >= 1.
+        gain, offset: finite numbers.
         generator: a seeded ``torch.Generator`` for reproducible spikes (the global RNG when ``None``;
             with the same seed the draws equal ``snntorch.spikegen.rate``'s).
     Returns:
-        float spikes ``[T, B, ...]``.
+        float spikes ``[T, B, ...]`` (float64 for float64 data). They carry no gradient: a Bernoulli draw has
+        none, so the output is detached rather than handing back a graph whose gradient is zero.
     """
     validate.finite("data", data)
     validate.rank_at_least("data", data, 1, "[B, ...]")
     num_steps = validate.positive_int("num_steps", num_steps)
-    p = data.float() * gain + offset
+    gain = validate.finite_float("gain", gain)
+    offset = validate.finite_float("offset", offset)
+    clamp = validate.boolean("clamp", clamp)
+    x = data if data.dtype == torch.float64 else data.float()
+    p = x.detach() * gain + offset
     if clamp:
         p = p.clamp(0.0, 1.0)
     else:

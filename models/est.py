@@ -30,6 +30,7 @@ from neurosim.layers import (AstroSpikingAttention, Mean, NeuronSpec, RandomSpik
 from neurosim.layers.neuron import as_spec
 from neurosim.layers.residual import MODES as RESIDUALS
 from neurosim.layers.masking import MODES as RSM_MODES
+from neurosim.layers.positional import PE_KINDS
 
 
 ATTENTIONS = ("conv", "linear", "astro")
@@ -52,7 +53,7 @@ class ESTConfig:
     astro_alpha: float = 0.25          # presynaptic exponent of the astro attention
     kernel_sizes: tuple = (3, 5, 7)    # Q/K kernel per layer (the last one repeats)
     causal: bool = True
-    pos_encoding: str = "cpg"          # "cpg", "sin", "learned", "none"
+    pos_encoding: str = "cpg"          # "cpg", "cpg_lv2024", "sin", "learned", "none" (neurosim.layers.PE_KINDS)
     pe_dim: int = 16
     tpu: bool = True
     tpu_kernel: int = 3
@@ -75,7 +76,7 @@ class ESTConfig:
                              f"got {self.kernel_sizes!r}")
         validate.one_of("attention", self.attention, ATTENTIONS)
         validate.in_range("astro_alpha", self.astro_alpha, 0.0, 1.0, lo_open=True)
-        validate.one_of("pos_encoding", self.pos_encoding, ("cpg", "sin", "learned", "none"))
+        validate.one_of("pos_encoding", self.pos_encoding, PE_KINDS)
         validate.one_of("residual", self.residual, RESIDUALS)
         validate.one_of("rsm_mode", self.rsm_mode, RSM_MODES)
         validate.one_of("readout", self.readout, ("tokens", "pool"))

@@ -417,8 +417,12 @@ def binary(name: str, x: torch.Tensor) -> torch.Tensor:
 def _finite_number(name: str, value, bound: str, ok) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)) \
             or not ok(float(value)):
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+        raise ValueError(f"{name} must be a finite number{' ' + bound if bound else ''}, got {value!r}")
     return float(value)
+
+
+def finite_float(name: str, value) -> float:
+    return _finite_number(name, value, "", lambda v: True)
 
 
 def positive_float(name: str, value) -> float:

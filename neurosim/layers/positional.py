@@ -3,7 +3,8 @@
 Each encoding holds a table ``[max_len, P]`` whose row ``i`` codes position ``i``. ``mode="concat"`` appends
 the row to every token's features (``F -> F + P``; the following embedding layer mixes them, as CPG-PE does
 with its linear layer), ``mode="add"`` adds it (needs ``P == F``, through :class:`Add`). The CPG table is
-binary (spikes of pairs of anti-phase oscillators, :func:`neurosim.encoders.cpg_code`), the sinusoidal one is
+binary (spikes of pairs of oscillators, :func:`neurosim.encoders.cpg_code`: neurosim's anti-phase half-centres,
+or with ``form="lv2024"`` the quadrature cells of Lv et al.'s released code), the sinusoidal one is
 real-valued (Vaswani et al.), the learned one is a trained parameter. ``x`` must be floating-point: the table is
 cast to its dtype, and an integer or bool ``x`` (integer spikes) is refused rather than truncating the table.
 """
@@ -63,14 +64,17 @@ class _PositionalEncoding(nn.Module):
 
 
 class CPGPositionalEncoding(_PositionalEncoding):
-    """Spike-form CPG-PE: ``2 * num_oscillators`` binary cells (see :mod:`neurosim.encoders.cpg`)."""
+    """Spike-form CPG-PE: ``2 * num_oscillators`` binary cells (see :mod:`neurosim.encoders.cpg`; ``form``
+    "halfcentre" or "lv2024", ``threshold`` None for the form's default)."""
 
-    def __init__(self, max_len: int, num_oscillators: int = 8, periods=None, threshold: float = 0.0,
-                 mode: str = "concat"):
+    def __init__(self, max_len: int, num_oscillators: int = 8, periods=None, threshold: float | None = None,
+                 mode: str = "concat", form: str = "halfcentre"):
         super().__init__(max_len, mode)
         from neurosim.encoders import cpg_code
 
-        self.register_buffer("code", cpg_code(max_len, num_oscillators, periods, threshold), persistent=False)
+        self.form = form
+        self.register_buffer("code", cpg_code(max_len, num_oscillators, periods, threshold, form=form),
+                             persistent=False)
 
     def table(self):
         return self.code
@@ -104,14 +108,24 @@ class LearnedPositionalEncoding(_PositionalEncoding):
         return self.pe
 
 
+PE_KINDS = ("cpg", "cpg_lv2024", "sin", "learned", "none")
+
+
 def positional_encoding(kind: str, max_len: int, dim: int = 16, mode: str = "concat"):
-    """Build ``"cpg"`` (``dim`` cells: ``dim // 2`` oscillators), ``"sin"``, ``"learned"``, or ``None`` for ``"none"``."""
-    validate.one_of("kind", kind, ("cpg", "sin", "learned", "none"))
+    """Build ``"cpg"`` (``dim`` cells: ``dim // 2`` half-centre oscillators), ``"cpg_lv2024"`` (``dim`` cells of
+    Lv et al.'s quadrature form), ``"sin"``, ``"learned"``, or ``None`` for ``"none"``."""
+    validate.one_of("kind", kind, PE_KINDS)
     if kind == "none":
         return None
-    if kind == "cpg":
+    if kind.startswith("cpg"):
+        dim = validate.positive_int("dim", dim)
         if dim % 2:
-            raise ValueError(f"dim must be even for kind='cpg' (two cells per oscillator); got {dim}")
-        return CPGPositionalEncoding(max_len, dim // 2, mode=mode)
+            raise ValueError(f"dim must be even for kind={kind!r} (two cells per oscillator); got {dim}")
+        if kind == "cpg" and max_len > 2 ** (dim // 2):
+            raise ValueError(f"kind='cpg' with dim={dim} ({dim // 2} oscillators) tells at most {2 ** (dim // 2)} "
+                             f"positions apart, max_len={max_len}; raise dim (pe_dim of an ESTConfig) to at least "
+                             f"{2 * math.ceil(math.log2(max_len))}")
+        return CPGPositionalEncoding(max_len, dim // 2, mode=mode,
+                                     form="halfcentre" if kind == "cpg" else "lv2024")
     cls = SinusoidalPositionalEncoding if kind == "sin" else LearnedPositionalEncoding
     return cls(max_len, dim, mode=mode)
