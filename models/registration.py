@@ -130,8 +130,12 @@ def _upgrade_v1(options: dict | None = None, unused=None, dropped=lambda opts: (
     """``builder.upgrade`` (neurosim.training.registry.upgrade_config) for a config of checkpoint format 1: the
     model options whose default has changed since, at their old value; the run settings the model never used
     (``unused``, the function its builder refuses them by) at the trainer's defaults; and the model options it
-    ignored (``dropped(options)``) removed. (Recorded, not used: the model is the same.)"""
+    ignored (``dropped(options)``) removed. (Recorded, not used: the model is the same.) Then, for every version
+    before 3, the encoder's old meaning (``upgrade_encoder``)."""
     def upgrade(config: dict, version: int) -> dict:
+        from neurosim.training.spiking_mlp import upgrade_encoder
+
+        config = upgrade_encoder(config, version)
         if version >= 2:
             return config
         opts = {**(options or {}), **(config.get("model_options") or {})}

@@ -16,13 +16,13 @@ from neurosim.training.restore import load_trained
 QUIET = dict(progress=False, tensorboard=False, plots=False, device="cpu", epochs=1)
 
 
-def _as_format_1(path, out, **config_changes):
-    """The checkpoint at ``path`` as format 1 wrote it: ``version`` 1, the config's changes applied."""
+def _as_format_1(path, out, version=1, **config_changes):
+    """The checkpoint at ``path`` as format ``version`` wrote it, the config's changes applied."""
     ck = ckpt_io.load(path)
-    ck["version"] = 1
+    ck["version"] = version
     ck["config"] = {**ck["config"], **config_changes}
     ckpt_io.save(out, ck)
-    assert torch.load(out, weights_only=True)["version"] == 1
+    assert torch.load(out, weights_only=True)["version"] == version
     return out
 
 
@@ -70,10 +70,10 @@ def test_a_format_1_btspformer_loads_with_its_kernel_and_unused_settings(tmp_pat
 def test_an_unknown_format_is_refused(tmp_path):
     from neurosim.training.checkpoint import CheckpointError
 
-    assert ckpt_io.READS == (1, 2) and ckpt_io.VERSION == 2
+    assert ckpt_io.READS == (1, 2, 3) and ckpt_io.VERSION == 3
     fields = {k: {} for k in ckpt_io.REQUIRED_KEYS if k not in ("format", "version")}
-    ckpt_io.save(tmp_path / "x.pt", {**fields, "version": 3})
-    with pytest.raises(CheckpointError, match="has format version 3; this neurosim reads versions 1, 2"):
+    ckpt_io.save(tmp_path / "x.pt", {**fields, "version": 4})
+    with pytest.raises(CheckpointError, match="has format version 4; this neurosim reads versions 1, 2, 3"):
         ckpt_io.load(tmp_path / "x.pt")
 
 
@@ -90,3 +90,20 @@ def test_a_format_1_frame_predictor_config_drops_what_its_neuron_ignored():
     assert stc["model_options"] == {"neuron": "stc_lif", "groups": 2} and stc["backend"] == default.backend
     same = {"model": "frame_predictor", "backend": "fused", "model_options": {"neuron": "stc_lif"}}
     assert upgrade_config(dict(same), 2) == same
+
+
+@pytest.mark.parametrize("model,options", [("spiking_mlp", {"hidden": [8]}),
+                                           ("est", {"dim": 8, "depth": 1, "heads": 2})])
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_latency_run_before_format_3_keeps_its_log_code(tmp_path, model, options, version):
+    """Format 3 changed what encoder "latency" means (the linear per-input code); older runs encoded with the
+    batch-normalised log code, now "latency_log", and are rebuilt with it."""
+    from neurosim.training.spiking_mlp import encode
+
+    Trainer(TrainConfig(model=model, dataset="digits", encoder="latency", num_steps=4, batch_size=256,
+                        model_options=options, out_dir=str(tmp_path / "run"), **QUIET)).fit()
+    new = tmp_path / "run" / "checkpoints" / "last.pt"
+    old = _as_format_1(new, tmp_path / "old.pt", version=version)
+    assert load_trained(new)[1].encoder == "latency" and load_trained(old)[1].encoder == "latency_log"
+    x = torch.tensor([[0.0, 0.25, 0.5, 1.0]])
+    assert not torch.equal(encode(x, "latency", 4), encode(x, "latency_log", 4))

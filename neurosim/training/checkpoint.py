@@ -24,8 +24,9 @@ from .. import validate
 FORMAT = "neurosim.checkpoint"
 # 2: configs mean today's model defaults; a version-1 config is read through registry.upgrade_config (the EST's
 # masks in training only, the BTSP kernel at coincidence, settings the analog models never used)
-VERSION = 2
-READS = (1, 2)
+# 3: encoder "latency" is the linear per-input code; before, it was the batch-normalised log code ("latency_log")
+VERSION = 3
+READS = (1, 2, 3)
 REQUIRED_KEYS = ("format", "version", "model", "optimizer", "scheduler", "epoch", "step_in_epoch",
                  "global_step", "rng", "config", "trainer")
 

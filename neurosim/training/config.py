@@ -14,7 +14,9 @@ from .. import validate
 
 OPTIMIZERS = ("adamw", "adam")
 PRECISIONS = ("fp32", "bf16")
-ENCODERS = ("rate", "latency", "direct")
+# "latency": linear time-to-first-spike per input (zero never fires); "latency_log": the logarithmic code normalised
+# over the whole batch (snntorch.spikegen.latency(normalize=True)), what "latency" meant before checkpoint format 3
+ENCODERS = ("rate", "latency", "latency_log", "direct")
 
 # Fields that decide what a run computes: a resumed run must agree with its checkpoint on all of them.
 IDENTITY_FIELDS = ("model", "dataset", "encoder", "backend", "num_steps", "batch_size", "lr", "weight_decay",

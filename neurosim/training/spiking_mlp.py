@@ -17,7 +17,13 @@ from .registry import register_model
 
 
 def encode(x: torch.Tensor, encoder: str, num_steps: int) -> torch.Tensor:
-    """``[B, F]`` -> ``[T, B, F]`` with :mod:`neurosim.encoders` (global RNG, so checkpoints can restore it)."""
+    """``[B, F]`` -> ``[T, B, F]`` with :mod:`neurosim.encoders` (global RNG, so checkpoints can restore it).
+
+    "rate": Bernoulli; "latency": each input on its own, intensity 1 at step 0, the threshold (0.01) at step T-1,
+    below it no spike (linear, normalised, clipped); "latency_log": the logarithmic code normalised by the largest
+    time in the batch, kept for checkpoints before format 3 (one sample's times depend on the others, and with
+    zeros in the data every nonzero input fires in the first steps); "direct": the analog input at every step.
+    """
     if encoder == "direct":
         return x.unsqueeze(0).expand(num_steps, *x.shape)
     from .. import encoders
@@ -25,6 +31,8 @@ def encode(x: torch.Tensor, encoder: str, num_steps: int) -> torch.Tensor:
     if encoder == "rate":
         return encoders.rate(x, num_steps)
     if encoder == "latency":
+        return encoders.latency(x, num_steps, linear=True, normalize=True, clip=True)
+    if encoder == "latency_log":
         return encoders.latency(x, num_steps, normalize=True)
     raise ValueError(f"encoder must be one of {', '.join(repr(e) for e in ENCODERS)}; got {encoder!r}")
 
@@ -92,4 +100,13 @@ def build(info, cfg) -> SpikingMLP:
                       opts["threshold"], cfg.backend, opts["reset"])
 
 
+def upgrade_encoder(config: dict, version: int) -> dict:
+    """``builder.upgrade`` of the models that encode with :func:`encode`: before checkpoint format 3, "latency" was
+    today's "latency_log"."""
+    if version < 3 and config.get("encoder") == "latency":
+        config["encoder"] = "latency_log"
+    return config
+
+
+build.upgrade = upgrade_encoder
 register_model("spiking_mlp", build)
