@@ -280,7 +280,7 @@ def jobs_for(suite, seeds, device, steps, small=False, backend="snntorch"):
                 add("ablation", task, v)
     if suite in ("all", "pe"):
         for task in ("forecast_damped", "forecast_multisine"):
-            for pe in ("cpg", "sin", "learned", "none"):
+            for pe in ("cpg", "cpg_lv2024", "sin", "learned", "none"):
                 add("pe", task, pos_encoding=pe)
     if suite in ("all", "rsm"):
         for task in ("digits", "population"):
@@ -309,6 +309,7 @@ def main(argv=None):
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--tasks", nargs="+", default=None, help="only these tasks (default: all of the suite)")
     ap.add_argument("--variants", nargs="+", default=None, help="only these model variants (see ablation_configs)")
+    ap.add_argument("--pe", nargs="+", default=None, help="only PE runs of these positional encodings")
     ap.add_argument("--rsm-mode", default=None, choices=["train", "always"], help="only RSM runs of this mode")
     ap.add_argument("--budget-s", type=float, default=float("inf"), help="stop starting jobs after this many seconds")
     ap.add_argument("--out", default="runs/est")
@@ -327,6 +328,8 @@ def main(argv=None):
         jobs = [j for j in jobs if j["task"] in args.tasks]
     if args.variants:
         jobs = [j for j in jobs if j["variant"] in args.variants]
+    if args.pe:
+        jobs = [j for j in jobs if j["overrides"].get("pos_encoding") in args.pe]
     if args.rsm_mode:
         jobs = [j for j in jobs if j["overrides"].get("rsm_mode", args.rsm_mode) == args.rsm_mode]
     os.makedirs(args.out, exist_ok=True)
