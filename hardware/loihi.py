@@ -124,8 +124,8 @@ def netx_dense_weights(w: np.ndarray):
         signed, scale = 0, -256 / mn
     elif mn >= 0:
         signed, scale = 0, 255 / mx
-    else:
-        signed, scale = 1, min(127 / mx, -128 / mn)
+    else:  # (mixed: with no positive weight lava-dl's 127 / 0 is numpy's inf, so the negative side sets the scale)
+        signed, scale = 1, (-128 / mn if mx == 0 else min(127 / mx, -128 / mn))
     shift = int(np.floor(np.log2(scale))) + signed
     n = 8
     while n > 0 and np.any(w % (1 << n)):

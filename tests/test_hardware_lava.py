@@ -130,3 +130,19 @@ def test_netx_network_reads_back_the_files(lava):
                 assert np.array_equal(w, q.weight[:, :, ::-1, ::-1].transpose(0, 3, 2, 1))
                 assert tuple(d[f"{i}_stride"]) == q.stride[::-1]
                 assert tuple(d[f"{i}_padding"]) == q.padding[::-1]
+
+
+
+def test_netx_dense_layer_with_zeros_and_no_positive_weight_runs_as_on_lava(tmp_path):
+    """Weights <= 0 with exact zeros are lava-dl's mixed sign mode with no positive weight (its 127 / 0 is numpy's
+    inf, so the negative side sets the scale): the Loihi mode reads such a file and runs it spike for spike as Lava."""
+    from neurosim.hardware.loihi import QLayer
+    from neurosim.hardware.netx import write_netx
+
+    w = np.array([[-200, 0, -100, -50], [-120, -160, 0, -200]])
+    write_netx(tmp_path / "m.net", [QLayer("0", "dense", w, np.array([152, 152]), 4096, 410, 254, (4,), (2,))], (4,))
+    x = (torch.rand(20, 3, 4, generator=torch.Generator().manual_seed(0)) < 0.5).float()
+    net = hw.LoihiNetwork.from_netx(tmp_path / "m.net")
+    mine = net(x, 21)
+    assert 0 < mine.sum() < mine.numel() and not torch.equal(mine, net(torch.zeros_like(x), 21))  # (inhibited)
+    assert torch.equal(hw.run_lava(tmp_path / "m.net", x, 21), mine)
