@@ -3,7 +3,8 @@
 Usage: ``python lava_runner.py NET_FILE IN_NPZ OUT_NPZ [NET_FILE IN_NPZ OUT_NPZ ...]`` (several jobs share
 one process, so Lava is imported once). ``IN_NPZ`` holds ``spikes`` ``[T, B, *input]``
 (0/1) and ``steps``; ``OUT_NPZ`` receives ``layer_<i>`` ``[steps, B, *shape_i]`` for every layer (neurosim's
-``[C, H, W]`` order for conv layers). Every sample starts from rest: the network is built and compiled once,
+``[C, H, W]`` order for conv layers) and ``v_<i>`` ``[B, *shape_i]``, every layer's membrane ``v`` after the
+sample's last step (Lava's integers). Every sample starts from rest: the network is built and compiled once,
 run ``steps`` steps per sample, and between samples each layer's ``u``, ``v`` and synapse buffer are zeroed.
 This file must not import neurosim (it runs outside the main environment).
 """
@@ -56,6 +57,7 @@ def run_one(net_file: str, in_npz: str, out_npz: str) -> None:
         sinks.append(sink)
     source.s_out.connect(net.inp)
     cfg = Loihi2SimCfg(select_tag="fixed_pt", select_sub_proc_model=True)
+    volts = [[] for _ in net.layers]
     try:
         for b in range(batch):
             if b:
@@ -66,6 +68,9 @@ def run_one(net_file: str, in_npz: str, out_npz: str) -> None:
                     buf = syn.a_buff if hasattr(syn, "a_buff") else syn.a_buf
                     buf.set(np.zeros(buf.shape))
             net.run(condition=RunSteps(num_steps=steps), run_cfg=cfg)
+            for i, layer in enumerate(net.layers):
+                v = np.asarray(layer.neuron.v.get()).astype(np.int64)
+                volts[i].append(v if v.ndim == 1 else v.transpose(2, 1, 0))
         outs = [s.data.get() for s in sinks]
     finally:
         net.stop()
@@ -73,6 +78,7 @@ def run_one(net_file: str, in_npz: str, out_npz: str) -> None:
     for i, y in enumerate(outs):
         per = [_from_lava(y[..., b * steps:(b + 1) * steps]) for b in range(batch)]
         result[f"layer_{i}"] = np.stack(per, axis=1).astype(np.uint8)
+        result[f"v_{i}"] = np.stack(volts[i])
     np.savez(out_npz, **result)
     print(f"lava_runner: {len(net.layers)} layers, {batch} samples x {steps} steps in {time.time() - t0:.1f} s",
           file=sys.stderr)

@@ -59,12 +59,14 @@ def _spikes_np(spikes) -> np.ndarray:
     return x.numpy().astype(np.uint8)
 
 
-def run_lava_many(jobs, inspect=(), timeout: Optional[float] = None):
+def run_lava_many(jobs, inspect=(), timeout: Optional[float] = None, return_voltage: bool = False):
     """Run several ``(path, spikes, steps)`` jobs in one Lava process (Lava is imported once).
 
-    Returns, per job, the list of every layer's spikes ``[steps, B, *shape]`` as float tensors. With
-    ``inspect`` (NetX file paths) it returns ``(results, descriptions)``: for each file, a dict of what
-    ``netx.hdf5.Network`` built from it (block types, shapes, neuron parameters, synapse weights).
+    Returns, per job, the list of every layer's spikes ``[steps, B, *shape]`` as float tensors; with
+    ``return_voltage=True`` a pair ``(spikes, voltages)``, ``voltages`` every layer's membrane after the last step
+    (see :func:`run_lava`). With ``inspect`` (NetX file paths) it returns ``(results, descriptions)``: for each
+    file, a dict of what ``netx.hdf5.Network`` built from it (block types, shapes, neuron parameters, synapse
+    weights).
     """
     jobs, inspect = list(jobs), [Path(p).resolve() for p in inspect]
     prepared = []
@@ -112,8 +114,10 @@ def run_lava_many(jobs, inspect=(), timeout: Optional[float] = None):
         results = []
         for i in range(len(prepared)):
             with np.load(Path(tmp) / f"out{i}.npz") as d:
-                n = len(d.files)
-                results.append([torch.from_numpy(d[f"layer_{j}"].astype(np.float32)) for j in range(n)])
+                n = sum(k.startswith("layer_") for k in d.files)
+                spikes = [torch.from_numpy(d[f"layer_{j}"].astype(np.float32)) for j in range(n)]
+                volts = [torch.from_numpy(d[f"v_{j}"].astype(np.float64)) for j in range(n)]
+                results.append((spikes, volts) if return_voltage else spikes)
         described = []
         for i in range(len(inspect)):
             with np.load(Path(tmp) / f"inspect{i}.npz") as d:
@@ -121,13 +125,22 @@ def run_lava_many(jobs, inspect=(), timeout: Optional[float] = None):
     return (results, described) if inspect else results
 
 
-def run_lava(path, spikes, steps: Optional[int] = None, return_all: bool = False, timeout: Optional[float] = None):
+def run_lava(path, spikes, steps: Optional[int] = None, return_all: bool = False, timeout: Optional[float] = None,
+             return_voltage: bool = False):
     """Run the NetX file ``path`` on Lava's CPU simulator (Loihi 2 sim config, fixed point).
 
     ``spikes``: binary input ``[T, B, *input_shape]`` (tensor or array); ``steps`` >= T (the input is padded
     with zeros; use :func:`neurosim.hardware.pad_steps` to cover the network's latency). Each sample starts
     from rest. Returns the output layer's spikes ``[steps, B, *out_shape]`` (float tensor), or the list of
     every layer's spikes with ``return_all=True``.
+
+    ``return_voltage=True`` returns ``(spikes, v)``: ``v`` ``[B, *out_shape]`` is the output layer's membrane
+    after the last step (every layer's, a list, with ``return_all``), in Lava's integer units (one weight LSB is
+    64; divide by ``64 * scale``, the layer's ``LoihiNetwork.layers[i].scale``, for the float model's units). A
+    readout that integrates without spiking (``SpikingMLP.export_stack``) keeps its prediction there: the
+    argmax of ``v`` is the predicted class.
     """
-    layers = run_lava_many([(path, spikes, steps)], timeout=timeout)[0]
-    return layers if return_all else layers[-1]
+    out, v = run_lava_many([(path, spikes, steps)], timeout=timeout, return_voltage=True)[0]
+    if not return_all:
+        out, v = out[-1], v[-1]
+    return (out, v) if return_voltage else out
