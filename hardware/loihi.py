@@ -6,10 +6,11 @@ This is what the exported NetX file does on Lava's CPU simulator (``Loihi2SimCfg
 deploying can be measured before deploying, and so the Lava run can be checked spike for spike.
 
 Quantization of one layer (scale :math:`S` per layer: spikes are binary, so layers scale independently):
-:math:`S = \min(254/\max|W|,\ 4095/\max|b|,\ 131071/\vartheta)`, ``weight = round(W S)`` (8-bit, what NetX
-keeps losslessly), ``bias = round(b S)`` (13-bit mantissa, exponent 6), ``vThMant = round(theta S)``
-(17-bit), ``vDecay = round((1 - beta) 4096)``, ``iDecay = round((1 - alpha) 4096)`` for CubaLIF and 4096
-(the current forgets everything each step) for LIF.
+:math:`S = \min(254/\max|W|,\ 4095/\max|b|,\ 131071/\vartheta)`, lowered for a dense layer without positive
+weights where NetX would otherwise lose some (the strongest then quantizes to :math:`-(2^k-1)`, at most -127),
+``weight = round(W S)`` (8-bit, what NetX keeps losslessly), ``bias = round(b S)`` (13-bit mantissa,
+exponent 6), ``vThMant = round(theta S)`` (17-bit), ``vDecay = round((1 - beta) 4096)``,
+``iDecay = round((1 - alpha) 4096)`` for CubaLIF and 4096 (the current forgets everything each step) for LIF.
 
 Integer dynamics per step (24-bit ``u`` and ``v``, all values in units of one weight LSB << 6):
 
@@ -76,6 +77,34 @@ class QLayer:
 LOST_WARN = 0.25  # a layer losing more than this share of its nonzero weights to rounding is warned about
 
 
+def netx_keeps(w: np.ndarray) -> bool:
+    """Whether Lava's fixed-point ``Dense`` uses the NetX dense weights ``w`` unchanged: its weights are ``w`` shifted
+    by the exponent exactly (:func:`netx_dense_weights`; the exponent shifts the summed activation)."""
+    w = np.asarray(w, dtype=np.int64)
+    eff, e = netx_dense_weights(w)
+    return np.array_equal(eff << e, w) if e > 0 else np.array_equal(eff, w << -e)
+
+
+def _dense_scale(weight: np.ndarray, s: float, w_abs: float):
+    """The weight scale, at most ``s``, at which Lava keeps a dense layer's quantized weights exactly (None: none).
+
+    Only layers without a positive weight can lose weights: lava-dl's optimiser shifts the strongest weight to the
+    bottom of the 8-bit range, so a strongest weight of -2^k becomes -256, which the synapse clips to -255 and then
+    truncates to the weights' common bits (-64 alone becomes 0), and with exact zeros among the weights (its mixed
+    sign mode) a strongest weight beyond -128 loses every weight unless all are even. A strongest weight of
+    -(2^k - 1), at most -127, is kept exactly, so the scale is lowered to give that (the strongest weight loses
+    one level of 2^k, or with zeros at most half its range); -1 and -2 have no such neighbour (None).
+    """
+    q = np.rint(weight * s)
+    if not q.any() or netx_keeps(q):
+        return s
+    m = int(np.abs(q).max())
+    m = min(m, 127) if m & (m - 1) else m - 1
+    if m < 3:
+        return None
+    return m / w_abs if netx_keeps(np.rint(weight * (m / w_abs))) else None
+
+
 def quantize_layer(layer: Layer) -> QLayer:
     n = layer.neuron
     w_abs = float(np.abs(layer.weight).max())
@@ -83,11 +112,20 @@ def quantize_layer(layer: Layer) -> QLayer:
     if layer.bias is not None and np.any(layer.bias):
         limits.append(BIAS_MAX / float(np.abs(layer.bias).max()))
     s = min(limits)
+    problems = []
+    if layer.kind == "dense":
+        kept = _dense_scale(layer.weight, s, w_abs)
+        if kept is None:
+            problems.append((layer.name, f"every weight is <= 0 and the strongest quantizes to "
+                                         f"{-int(np.rint(w_abs * s))} at weight scale {s:g}: Lava-DL's weight "
+                                         "optimiser shifts it to -256, which Lava's synapse clips and truncates, "
+                                         "losing these synapses; make the weights larger relative to the threshold "
+                                         "and bias"))
+        s = s if kept is None else kept
     q = lambda a: np.rint(np.asarray(a, dtype=np.float64) * s).astype(np.int64)  # noqa: E731
     i_decay = DECAY_UNITY if n.alpha is None else int(round((1.0 - n.alpha) * DECAY_UNITY))
     v_decay = int(round((1.0 - n.beta) * DECAY_UNITY))
     vth = int(np.rint(n.threshold * s))
-    problems = []
     if i_decay == 0:
         problems.append((layer.name, f"alpha={n.alpha:g} rounds to iDecay 0 (no current decay), which Lava's 12-bit "
                                      "decay register (iDecay - 1) cannot hold; use alpha <= 0.9998"))

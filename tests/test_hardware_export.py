@@ -174,6 +174,24 @@ def test_a_layer_whose_weights_all_quantize_to_zero_is_refused_before_writing(tm
     assert not (tmp_path / "m.net").exists()
 
 
+def test_inhibitory_layer_lava_would_empty_is_refused_or_rescaled(tmp_path):
+    """Every weight negative and the bias setting the scale: a strongest weight of -1 or -2 would be shifted to -256
+    by Lava-DL's optimiser and lost in Lava's synapse, so the export is refused; -64 is exported as -63."""
+    from neurosim.hardware.loihi import netx_keeps
+
+    model = nn.Sequential(nn.Linear(8, 6), neurosim.LIF(beta=0.8, threshold=0.3, reset="zero"))
+    model[0].weight.data.fill_(-0.001)
+    model[0].weight.data[0, 0] = -0.002
+    model[0].bias.data.fill_(4.095)        # (scale 1000: the strongest weight quantizes to -2)
+    with pytest.raises(hw.ExportError, match="- 0: every weight is <= 0 and the strongest quantizes to -2 at weight "
+                                            "scale 1000: Lava-DL's weight optimiser shifts it to -256"):
+        hw.export_lava(model, tmp_path / "m.net")
+    assert not (tmp_path / "m.net").exists()
+    model[0].weight.data.mul_(32)          # (strongest -64: exported as -63, all of it kept)
+    q = hw.export_lava(model, tmp_path / "m.net").layers[0]
+    assert q.weight.min() == -63 and netx_keeps(q.weight) and q.scale == pytest.approx(63 / 0.064)
+
+
 def test_weights_lost_to_quantization_are_warned_about(tmp_path):
     model = small_mlp()
     model[0].weight.data.fill_(1e-4)

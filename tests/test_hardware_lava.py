@@ -9,7 +9,7 @@ from torch import nn
 import neurosim
 from neurosim import hardware as hw
 from neurosim.hardware import demo
-from neurosim.hardware.loihi import netx_dense_weights
+from neurosim.hardware.loihi import netx_dense_weights, netx_keeps
 from neurosim.layers import TimeDistributed as TD
 
 T = 12
@@ -124,7 +124,7 @@ def test_netx_network_reads_back_the_files(lava):
                 w_eff, e = netx_dense_weights(q.weight)
                 assert int(d[f"{i}_weight_exp"]) == e
                 assert np.array_equal(w, w_eff)
-                assert np.array_equal(w_eff >> -e if e < 0 else w_eff, q.weight)   # lossless 8-bit weights
+                assert netx_keeps(q.weight)                                        # lossless 8-bit weights
             else:
                 # netx flips the kernel and reorders to [C_out, kx, ky, C_in]; Lava's conv flips it back
                 assert np.array_equal(w, q.weight[:, :, ::-1, ::-1].transpose(0, 3, 2, 1))
@@ -146,3 +146,28 @@ def test_netx_dense_layer_with_zeros_and_no_positive_weight_runs_as_on_lava(tmp_
     mine = net(x, 21)
     assert 0 < mine.sum() < mine.numel() and not torch.equal(mine, net(torch.zeros_like(x), 21))  # (inhibited)
     assert torch.equal(hw.run_lava(tmp_path / "m.net", x, 21), mine)
+
+
+@pytest.mark.parametrize("signs", ["positive", "negative", "mixed", "non-positive with zeros"])
+def test_dense_weights_reach_lava_unchanged_in_every_sign_mode(signs, tmp_path):
+    """A layer whose bias sets the weight scale, so that its strongest weight quantizes to a power of two (64):
+    Lava-DL's optimiser shifts an inhibitory -64 to -256, which Lava's synapse clips and truncates to nothing, so
+    the exporter lowers such a scale. Lava's membrane (a never-firing integrator) must be exactly the exported
+    integer weights summed over the input spikes plus the bias, in every sign mode."""
+    g = torch.Generator().manual_seed(0)
+    magnitude = 0.1 * torch.tensor([1.0, 0.75, 0.5, 0.3]).repeat(3, 3)        # [3, 12], strongest 0.1
+    sign = {"positive": 1.0, "negative": -1.0, "non-positive with zeros": -(torch.arange(12) % 5 != 0).float(),
+            "mixed": torch.where(torch.rand(3, 12, generator=g) < 0.5, -1.0, 1.0)}[signs]
+    lin = nn.Linear(12, 3)
+    with torch.no_grad():
+        lin.weight.copy_(magnitude * sign)
+        lin.bias.fill_(6.4)              # weight scale 4095 / 6.4: 0.1 -> 64 (a power of two)
+    model = nn.Sequential(lin, neurosim.LIF(beta=1.0, threshold=24 * 6.4, reset="zero"))  # (never reached)
+    net = hw.export_lava(model, tmp_path / "m.net")
+    q = net.layers[0]
+    assert np.abs(q.weight - lin.weight.detach().double().numpy() * q.scale).max() <= 0.5   # (the rounded weights)
+    x = (torch.rand(10, 4, 12, generator=g) < 0.5).float()
+    spikes, v = hw.run_lava(tmp_path / "m.net", x, 11, return_voltage=True)
+    drive = x.sum(0).double() @ torch.as_tensor(q.weight, dtype=torch.float64).T           # [B, 3]
+    assert spikes.sum() == 0 and drive.abs().min() > 0
+    assert torch.equal(v, 64 * (drive + 11 * torch.as_tensor(q.bias, dtype=torch.float64)))
