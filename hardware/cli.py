@@ -24,7 +24,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="shape of one input timestep, e.g. 64 or 1 8 8 (needed when the first layer is a Conv2d)")
     p.add_argument("--steps", type=int, default=0, help="steps per sample stored in the NetX file (informative)")
     p.add_argument("--allow-reset-change", action="store_true",
-                   help="export reset='subtract' neurons as reset-to-zero (a dynamics change)")
+                   help="export reset='subtract' neurons as reset-to-zero, and CubaLIF neurons, whose zero reset "
+                        "Lava and NIR do not reproduce (a dynamics change)")
+    p.add_argument("--allow-bias-change", action="store_true",
+                   help="lava: export CubaLIF biases, which Lava adds to the membrane instead of the synaptic "
+                        "current (a dynamics change; NIR keeps them exactly)")
     return p
 
 
@@ -113,7 +117,7 @@ def cli_main(argv=None, load_model=None) -> int:
         if args.format == "lava":
             from .export import export_lava
             net = export_lava(model, args.out, input_shape=shape, steps=args.steps,
-                              allow_reset_change=args.allow_reset_change)
+                              allow_reset_change=args.allow_reset_change, allow_bias_change=args.allow_bias_change)
             print(f"wrote {args.out}: NetX network, {net.depth} layers, input {net.input_shape}")
         else:
             import nir

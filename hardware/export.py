@@ -6,12 +6,13 @@ from pathlib import Path
 
 from neurosim import validate
 
-from .graph import lower
+from .graph import changes, lower
 from .loihi import LoihiNetwork, quantize
 from .netx import write_netx
 
 
-def export_lava(model, path, input_shape=None, steps: int = 0, allow_reset_change: bool = False) -> LoihiNetwork:
+def export_lava(model, path, input_shape=None, steps: int = 0, allow_reset_change: bool = False,
+                allow_bias_change: bool = False) -> LoihiNetwork:
     """Write ``model`` as a NetX network file that ``lava.lib.dl.netx.hdf5.Network`` reads.
 
     The model is a stack of Linear/Conv2d (+ AvgPool2d/Flatten) synapses each followed by a ``neurosim.LIF`` or
@@ -20,13 +21,16 @@ def export_lava(model, path, input_shape=None, steps: int = 0, allow_reset_chang
     :class:`~neurosim.hardware.graph.ExportError` listing every offending layer; nothing is written then, and
     the file itself is written atomically. ``steps`` is stored as ``simulation/tSample`` (informative).
 
+    Dynamics Lava changes are refused unless allowed, and then warned about: ``allow_reset_change`` for
+    ``reset="subtract"`` (Lava resets to zero) and for CubaLIF (whose zero reset Lava's neuron does not
+    reproduce), ``allow_bias_change`` for a CubaLIF's bias (Lava adds it to the membrane, not the current).
+
     Returns the :class:`LoihiNetwork` (Loihi mode) of exactly what was written.
     """
     steps = validate.positive_int("steps", steps, minimum=0)
-    graph = lower(model, input_shape, allow_reset_change=allow_reset_change)
-    changed = [layer.name for layer in graph.layers if layer.neuron.reset == "subtract"]
-    if changed:
-        warnings.warn(f"layers {changed}: reset='subtract' exported as Lava's reset-to-zero", stacklevel=2)
+    graph = lower(model, input_shape, allow_reset_change=allow_reset_change, allow_bias_change=allow_bias_change)
+    for change in changes(graph, "Lava"):
+        warnings.warn(change, stacklevel=2)
     layers = quantize(graph)
     net = LoihiNetwork(layers, graph.input_shape)  # (checks the fixed-point weights before anything is written)
     write_netx(Path(path), layers, graph.input_shape, steps)

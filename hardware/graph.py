@@ -139,6 +139,11 @@ def _neuron(name, m, allow_reset_change, problems) -> Neuron:
         problems.append((name, "reset='subtract' has no exact equivalent: Lava's CUBA neuron and NIR neurons reset "
                                "the membrane to 0. Train with reset='zero', or pass allow_reset_change=True to "
                                "export with reset-to-zero (measure the cost with the Loihi mode)"))
+    elif isinstance(m, CubaLIF) and not allow_reset_change:
+        problems.append((name, "CubaLIF's reset='zero' has no exact equivalent: neurosim (as snnTorch's Synaptic) "
+                               "also discards the synaptic current of the step after a spike, Lava's CUBA neuron and "
+                               "NIR's CubaLIF add it to the reset membrane. Use LIF, or pass allow_reset_change=True "
+                               "to export it so (measure the cost with the Loihi mode)"))
     return Neuron(m.kind, min(max(beta, 0.0), 1.0), threshold, m.reset,
                   None if alpha is None else min(max(alpha, 0.0), 1.0))
 
@@ -179,11 +184,34 @@ def _fold_pool_into_conv(weight, stride, padding, dilation, k):
     return out, (stride[0] * k[0], stride[1] * k[1]), (padding[0] * k[0], padding[1] * k[1]), (1, 1)
 
 
-def lower(model: nn.Module, input_shape=None, allow_reset_change: bool = False) -> Graph:
+def _cuba_bias(layer: Layer) -> bool:
+    return layer.neuron.alpha is not None and layer.bias is not None and bool(np.any(layer.bias))
+
+
+def changes(graph: Graph, target: str, bias: bool = True) -> list:
+    """What exporting ``graph`` to ``target`` ("Lava", "NIR") changes in its dynamics, one line per kind (for a
+    warning): resets, and with ``bias`` CubaLIF biases (which Lava adds to the membrane)."""
+    layers = graph.layers
+    found = [([x.name for x in layers if x.neuron.reset == "subtract"],
+              f"reset='subtract' exported as {target}'s reset to zero"),
+             ([x.name for x in layers if x.neuron.alpha is not None and x.neuron.reset == "zero"],
+              f"CubaLIF's zero reset exported as {target}'s, which keeps the synaptic current of the step after a "
+              "spike"),
+             ([x.name for x in layers if bias and _cuba_bias(x)],
+              f"CubaLIF bias exported as {target}'s, added to the membrane instead of the synaptic current")]
+    return [f"layers {names}: {what}" for names, what in found if names]
+
+
+def lower(model: nn.Module, input_shape=None, allow_reset_change: bool = False,
+          allow_bias_change: bool = False) -> Graph:
     """Check ``model`` and turn it into a :class:`Graph` of float layers (pooling folded in).
 
     ``input_shape``: the shape of one timestep of one sample, ``(features,)`` or ``(C, H, W)``; needed when
     the first synapse is a convolution (a ``Linear`` first layer gives it). Raises :class:`ExportError`.
+    Dynamics the targets change are refused unless allowed (:func:`changes` lists them for a warning):
+    ``allow_reset_change`` for ``reset="subtract"`` (exported as reset-to-zero) and for CubaLIF's zero reset;
+    ``allow_bias_change`` for a CubaLIF's bias, which Lava adds to the membrane instead of the synaptic current
+    (NIR's CubaLIF keeps it in the current: its exporter allows it).
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -333,6 +361,11 @@ def lower(model: nn.Module, input_shape=None, allow_reset_change: bool = False) 
         if not np.any(layer.weight):
             problems.append((layer.name, "all weights are zero (Lava's weight-bit optimiser divides by the largest "
                                          "weight)"))
+        if _cuba_bias(layer) and not allow_bias_change:
+            problems.append((layer.name, "a CubaLIF's bias enters its synaptic current in neurosim (the drive grows "
+                                         "to bias / (1 - alpha)), but Lava's CUBA neuron adds it to the membrane "
+                                         "directly (bias a step). Train without bias, or pass allow_bias_change=True "
+                                         "to export it so (measure the cost with the Loihi mode)"))
     if problems:
         raise ExportError(problems)
     return Graph(input_shape, layers)

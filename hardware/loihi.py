@@ -29,8 +29,9 @@ How this differs from neurosim's float model (the accuracy cost is measured by c
    spikes as neurosim (whose zero reset removes the previous membrane one step later); ``reset="subtract"``
    becomes reset-to-zero (only with ``allow_reset_change=True``). For ``CubaLIF`` the synaptic current
    after a spike still enters the membrane on the next step, while neurosim's (snnTorch's) zero reset
-   discards it for the spiking step;
-4. for CubaLIF a bias is added to ``v`` directly, not through the synaptic current.
+   discards it for the spiking step (so CubaLIF, too, is exported only with ``allow_reset_change=True``);
+4. for CubaLIF a bias is added to ``v`` directly, not through the synaptic current (exported only with
+   ``allow_bias_change=True``).
 """
 from __future__ import annotations
 
@@ -220,8 +221,10 @@ class LoihiNetwork:
                 self._dense[i] = (torch.as_tensor(w, dtype=torch.float64), e)
 
     @classmethod
-    def from_model(cls, model, input_shape=None, allow_reset_change: bool = False) -> "LoihiNetwork":
-        graph = lower(model, input_shape, allow_reset_change=allow_reset_change)
+    def from_model(cls, model, input_shape=None, allow_reset_change: bool = False,
+                   allow_bias_change: bool = False) -> "LoihiNetwork":
+        """What :func:`~neurosim.hardware.export_lava` would write (same arguments and refusals), unwritten."""
+        graph = lower(model, input_shape, allow_reset_change=allow_reset_change, allow_bias_change=allow_bias_change)
         return cls(quantize(graph), graph.input_shape)
 
     @classmethod

@@ -20,7 +20,7 @@ keeps the spikes of every neuron equal under Euler discretisation (:math:`\beta 
 
 NIR neurons reset to ``v_reset`` in the spiking step. For LIF that is neurosim's ``reset="zero"`` spike for
 spike; for CubaLIF the synaptic current after a spike is kept (neurosim's zero reset drops the spiking step's
-input), and ``reset="subtract"`` has no NIR form (export needs ``allow_reset_change=True``).
+input), and ``reset="subtract"`` has no NIR form: both are exported only with ``allow_reset_change=True``.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from neurosim import validate
 from neurosim.layers import TimeDistributed
 from neurosim.neurons.lif import CubaLIF, LIF
 
-from .graph import ExportError, lower
+from .graph import ExportError, changes, lower
 
 DT = 1e-4
 _TOL = 1e-6  # (relative: time constants pass through float32 in a NIR file)
@@ -45,15 +45,18 @@ def _full(shape, value):
 
 
 def export_nir(model, input_shape=None, dt: float = DT, allow_reset_change: bool = False):
-    """Convert a neurosim model (same layer set as :func:`export_lava`) to a ``nir.NIRGraph`` (float)."""
+    """Convert a neurosim model (same layer set as :func:`export_lava`) to a ``nir.NIRGraph`` (float).
+
+    ``reset="subtract"`` and CubaLIF (whose zero reset NIR's CubaLIF does not reproduce) need
+    ``allow_reset_change=True`` and are then warned about (module docstring)."""
     import nir
 
     if not (dt > 0 and np.isfinite(dt)):
         raise ValueError(f"dt must be a finite number > 0, got {dt!r}")
-    graph = lower(model, input_shape, allow_reset_change=allow_reset_change)
-    changed = [layer.name for layer in graph.layers if layer.neuron.reset == "subtract"]
-    if changed:  # (as export_lava says it)
-        warnings.warn(f"layers {changed}: reset='subtract' exported as NIR's reset to v_reset = 0", stacklevel=2)
+    # (NIR's CubaLIF takes the bias through its synaptic current, as neurosim does)
+    graph = lower(model, input_shape, allow_reset_change=allow_reset_change, allow_bias_change=True)
+    for change in changes(graph, "NIR", bias=False):  # (as export_lava says it)
+        warnings.warn(change, stacklevel=2)
     # (a LIF without leak is NIR's IF; a CubaLIF has no leak-free NIR form)
     problems = [(layer.name, "a CubaLIF with alpha=1 or beta=1 (no decay) has no finite NIR time constant")
                 for layer in graph.layers

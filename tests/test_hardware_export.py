@@ -11,10 +11,11 @@ from neurosim.hardware.cli import cli_main, save_exportable
 from neurosim.layers import MatMul, TimeDistributed as TD
 
 
-def small_mlp():
+def small_mlp(cuba=False):
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(8, 6), neurosim.LIF(beta=0.8, threshold=0.3, reset="zero"),
-                         nn.Linear(6, 3), neurosim.CubaLIF(alpha=0.5, beta=0.9, threshold=0.2, reset="zero"))
+    last = neurosim.CubaLIF(alpha=0.5, beta=0.9, threshold=0.2, reset="zero") if cuba else \
+        neurosim.LIF(beta=0.9, threshold=0.2, reset="zero")
+    return nn.Sequential(nn.Linear(8, 6), neurosim.LIF(beta=0.8, threshold=0.3, reset="zero"), nn.Linear(6, 3), last)
 
 
 def test_unsupported_layers_are_all_listed_and_nothing_is_written(tmp_path):
@@ -61,9 +62,41 @@ def test_uneven_pool_and_trailing_synapse_are_refused():
     assert "not divisible by the pool size" in text and "no LIF/CubaLIF neuron" in text
 
 
+def test_cubalif_reset_and_bias_are_refused_unless_allowed_then_warned(tmp_path):
+    """Lava's CUBA neuron keeps the synaptic current after a reset and adds a bias to the membrane, NIR's CubaLIF
+    keeps the current too (its bias goes through the current, as neurosim's): each is refused, then warned."""
+    model = small_mlp(cuba=True)
+    with pytest.raises(hw.ExportError) as err:
+        hw.export_lava(model, tmp_path / "m.net")
+    assert [name for name, _ in err.value.problems] == ["3", "2"]
+    assert "- 3: CubaLIF's reset='zero' has no exact equivalent" in str(err.value)
+    assert "- 2: a CubaLIF's bias enters its synaptic current in neurosim" in str(err.value)
+    with pytest.raises(hw.ExportError, match="- 2: a CubaLIF's bias") as err:
+        hw.export_lava(model, tmp_path / "m.net", allow_reset_change=True)
+    assert len(err.value.problems) == 1 and not (tmp_path / "m.net").exists()
+    with pytest.raises(hw.ExportError, match="- 3: CubaLIF's reset='zero'"):
+        hw.export_nir(model)
+    with pytest.warns(UserWarning) as record:
+        hw.export_lava(model, tmp_path / "m.net", allow_reset_change=True, allow_bias_change=True)
+        hw.export_nir(model, allow_reset_change=True)
+    assert [str(w.message) for w in record] == [
+        "layers ['2']: CubaLIF's zero reset exported as Lava's, which keeps the synaptic current of the step after "
+        "a spike", "layers ['2']: CubaLIF bias exported as Lava's, added to the membrane instead of the synaptic "
+        "current", "layers ['2']: CubaLIF's zero reset exported as NIR's, which keeps the synaptic current of the "
+        "step after a spike"]  # (a layer is named by its synapse)
+    with pytest.raises(hw.ExportError, match="- 3: CubaLIF's reset"):
+        hw.LoihiNetwork.from_model(model)
+    args = ["m.pt", "--format", "lava", "--out", str(tmp_path / "c.net")]
+    assert cli_main(args, load_model=lambda path: small_mlp(cuba=True)) == 2
+    with pytest.warns(UserWarning, match="CubaLIF"):
+        assert cli_main(args + ["--allow-reset-change", "--allow-bias-change"],
+                        load_model=lambda path: small_mlp(cuba=True)) == 0
+
+
 def test_file_reads_back_into_the_same_loihi_network(tmp_path):
-    model = small_mlp()
-    net = hw.export_lava(model, tmp_path / "m.net", steps=10)
+    model = small_mlp(cuba=True)
+    with pytest.warns(UserWarning, match="CubaLIF"):
+        net = hw.export_lava(model, tmp_path / "m.net", steps=10, allow_reset_change=True, allow_bias_change=True)
     back = hw.LoihiNetwork.from_netx(tmp_path / "m.net")
     x = (torch.rand(10, 5, 8, generator=torch.Generator().manual_seed(0)) < 0.5).float()
     for a, b in zip(net.run(x, 12), back.run(x, 12)):

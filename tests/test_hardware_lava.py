@@ -51,7 +51,8 @@ def lava(tmp_path_factory):
     demo.train_classifier(conv, ctr, ytr, epochs=6, lr=1e-2, progress=False)
     edge = edge_net()
     with pytest.warns(UserWarning, match="subtract"):
-        edge_loihi = hw.export_lava(edge, tmp / "edge.net", input_shape=(4, 9, 9), allow_reset_change=True)
+        edge_loihi = hw.export_lava(edge, tmp / "edge.net", input_shape=(4, 9, 9), allow_reset_change=True,
+                                    allow_bias_change=True)
     g = torch.Generator().manual_seed(7)
     x_edge = (torch.rand(T, 4, 4, 9, 9, generator=g) < 0.5).float()
     jobs = {"mlp": (mlp, xte, None), "conv": (conv, cte, (1, 8, 8))}

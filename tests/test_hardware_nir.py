@@ -111,7 +111,8 @@ def test_an_image_input_flattened_into_a_linear_round_trips():
 
 def test_cubalif_parameters_round_trip():
     model = nn.Sequential(nn.Linear(6, 4), neurosim.CubaLIF(alpha=0.6, beta=0.85, threshold=0.7, reset="zero"))
-    back = hw.import_nir(hw.export_nir(model))
+    with pytest.warns(UserWarning, match="CubaLIF's zero reset exported as NIR's"):
+        back = hw.import_nir(hw.export_nir(model, allow_reset_change=True))
     n = back[1]
     assert isinstance(n, neurosim.CubaLIF)
     assert float(n.alpha) == pytest.approx(0.6, abs=1e-5)
@@ -171,6 +172,28 @@ def test_unsupported_nir_nodes_are_listed():
                      edges=[("input", "li"), ("li", "output")])
     with pytest.raises(hw.ExportError, match="li: NIR node LI is not supported"):
         hw.import_nir(g)
+
+
+def test_cubalif_zero_reset_is_refused_for_nir_because_norse_runs_it_otherwise():
+    """NIR's CubaLIF keeps the synaptic current of the step after a spike (Norse's importer runs it so), neurosim's
+    zero reset discards it: the export is refused, and allowed only with a warning."""
+    import norse.torch as norse_torch
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 16), neurosim.CubaLIF(alpha=0.6, beta=0.8, threshold=0.5, reset="zero"))
+    with pytest.raises(hw.ExportError, match="- 1: CubaLIF's reset='zero' has no exact equivalent"):
+        hw.export_nir(model)
+    with pytest.warns(UserWarning, match="CubaLIF's zero reset"):
+        graph = hw.export_nir(model, allow_reset_change=True)
+    x = spikes_in((20,))
+    with torch.no_grad():
+        ref = model(x)
+        logging.disable(logging.WARNING)
+        try:
+            norse_out = run_foreign(norse_torch.from_nir(graph, dt=graph.metadata["dt"]), x, stateful=True)
+        finally:
+            logging.disable(logging.NOTSET)
+    assert ref.sum() > 0 and not torch.equal(norse_out, ref)
 
 
 def test_subtract_reset_refused_for_nir():
