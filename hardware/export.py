@@ -6,7 +6,7 @@ from pathlib import Path
 
 from neurosim import validate
 
-from .graph import changes, lower
+from .graph import ExportError, changes, lower
 from .loihi import LoihiNetwork, quantize
 from .netx import write_netx
 
@@ -25,9 +25,16 @@ def export_lava(model, path, input_shape=None, steps: int = 0, allow_reset_chang
     ``reset="subtract"`` (Lava resets to zero) and for CubaLIF (whose zero reset Lava's neuron does not
     reproduce), ``allow_bias_change`` for a CubaLIF's bias (Lava adds it to the membrane, not the current).
 
+    A model marked ``analog_input`` (``SpikingMLP.export_stack`` of a model trained with the "direct" encoder)
+    is refused: a NetX network's input takes binary spikes.
+
     Returns the :class:`LoihiNetwork` (Loihi mode) of exactly what was written.
     """
     steps = validate.positive_int("steps", steps, minimum=0)
+    if getattr(model, "analog_input", False):
+        raise ExportError([("input", "the model takes analog input currents (trained with the 'direct' encoder), "
+                                     "but a NetX network's input takes binary spikes: train with a spike encoder "
+                                     "(rate, latency) to deploy on Lava, or export to NIR")])
     graph = lower(model, input_shape, allow_reset_change=allow_reset_change, allow_bias_change=allow_bias_change)
     for change in changes(graph, "Lava"):
         warnings.warn(change, stacklevel=2)

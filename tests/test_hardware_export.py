@@ -278,3 +278,20 @@ def test_cli_exports_lava_and_nir(tmp_path, capsys):
     assert cli_main([str(tmp_path / "junk.pt"), "--format", "lava", "--out", str(tmp_path / "j.net")]) == 2
     assert "cannot be read" in capsys.readouterr().err
     assert not (tmp_path / "j.net").exists()
+
+
+def test_export_command_refuses_a_checkpoint_trained_on_analog_input_for_lava(tmp_path, capsys):
+    """The "direct" encoder feeds the analog input as a current; NetX input takes binary spikes (run_lava refuses
+    anything else), so the NetX export is refused (exit 2); NIR graphs take analog input and are written."""
+    from neurosim import cli
+    from neurosim.training import TrainConfig, Trainer
+
+    out = tmp_path / "run"
+    Trainer(TrainConfig(epochs=1, num_steps=3, encoder="direct", model_options={"hidden": [8], "reset": "zero"},
+                        progress=False, tensorboard=False, plots=False, out_dir=str(out))).fit()
+    ckpt = str(out / "checkpoints" / "best.pt")
+    assert cli.main(["export", ckpt, "--format", "lava", "--out", str(tmp_path / "m.net")]) == 2
+    assert "- input: the model takes analog input currents (trained with the 'direct' encoder)" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "m.net").exists()
+    assert cli.main(["export", ckpt, "--format", "nir", "--out", str(tmp_path / "m.nir")]) == 0

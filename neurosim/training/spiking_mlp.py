@@ -71,7 +71,9 @@ class SpikingMLP(nn.Module):
 
         The time-averaged readout becomes a non-leaking integrator (beta=1) whose threshold lies above any
         membrane it can reach in ``num_steps`` steps (T * max over outputs of sum|W| + |b|), so it never fires:
-        its final membrane is ``num_steps`` times this model's output, the same class ranking.
+        its final membrane is ``num_steps`` times this model's output, the same class ranking. With the "direct"
+        encoder the stack takes analog currents, not spikes: it is marked ``analog_input``, which
+        :func:`neurosim.hardware.export_lava` refuses (a NetX network's input takes binary spikes).
         """
         layers = []
         for linear, neuron in zip(self.linears, self.neurons):
@@ -80,7 +82,9 @@ class SpikingMLP(nn.Module):
         bound = float((w.abs().sum(1) + b.abs()).max()) * self.num_steps
         layers += [self.readout, LIF(beta=1.0, threshold=bound + 1.0, reset="zero", backend=self.neurons[0].backend
                                      if len(self.neurons) else "snntorch")]
-        return nn.Sequential(*layers)
+        stack = nn.Sequential(*layers)
+        stack.analog_input = self.encoder == "direct"
+        return stack
 
 
 def build(info, cfg) -> SpikingMLP:
