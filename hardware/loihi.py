@@ -44,8 +44,9 @@ import torch
 import torch.nn.functional as Fn
 
 from neurosim import validate
+from neurosim.neurons.lif import CubaLIF, LIF
 
-from .graph import ExportError, Graph, Layer, lower
+from .graph import ExportError, Graph, Layer, leaves, lower
 
 W_MAX = 254            # largest |weight|: NetX's weight-bit optimiser keeps [-256, 254] without loss
 BIAS_MAX = 4095        # 13-bit signed bias mantissa
@@ -295,6 +296,20 @@ class LoihiNetwork:
 
 
 def pad_steps(model_or_net, t: int) -> int:
-    """Steps to run so the last layer sees all ``t`` input steps: ``t`` plus one step of latency per layer."""
-    depth = model_or_net.depth if isinstance(model_or_net, LoihiNetwork) else len(lower(model_or_net).layers)
-    return int(t) + depth
+    """Steps to run so the last layer sees all ``t`` input steps: ``t`` plus one step of latency per layer.
+
+    ``model_or_net``: a :class:`LoihiNetwork`, or a model to export (a sequential stack: its ``Linear`` /
+    ``Conv2d`` synapses are counted, so no ``input_shape`` or ``allow_*`` flag is needed; :func:`lower` checks
+    the rest at export). ``t``: an integer >= 1.
+    """
+    t = validate.positive_int("t", t)
+    if isinstance(model_or_net, LoihiNetwork):
+        return t + model_or_net.depth
+    items = list(leaves(model_or_net)) if isinstance(model_or_net, torch.nn.Module) else []
+    opaque = [name for name, m in items if next(m.children(), None) is not None and not isinstance(m, (LIF, CubaLIF))]
+    depth = sum(isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)) for _, m in items)
+    if opaque or not depth:
+        raise ValueError(f"model_or_net must be a LoihiNetwork or a sequential stack of Linear/Conv2d synapses and "
+                         f"neurons, got {type(model_or_net).__name__}"
+                         + (f" with non-sequential modules {opaque}" if opaque else " without synapses"))
+    return t + depth

@@ -295,3 +295,23 @@ def test_export_command_refuses_a_checkpoint_trained_on_analog_input_for_lava(tm
         capsys.readouterr().err
     assert not (tmp_path / "m.net").exists()
     assert cli.main(["export", ckpt, "--format", "nir", "--out", str(tmp_path / "m.nir")]) == 0
+
+
+def test_pad_steps_counts_the_synapses_of_any_exportable_model_and_checks_t(tmp_path):
+    """pad_steps needs no input_shape (a conv net) or allow_reset_change (reset='subtract'): it gives what the
+    exported network's depth gives; t must be an integer >= 1."""
+    from neurosim.hardware import demo
+
+    conv = demo.digits_convnet()
+    sub = nn.Sequential(nn.Linear(4, 3), neurosim.LIF(reset="subtract"))
+    with pytest.warns(UserWarning, match="subtract"):
+        nets = [hw.export_lava(conv, tmp_path / "c.net", input_shape=(1, 8, 8)),
+                hw.export_lava(sub, tmp_path / "s.net", allow_reset_change=True)]
+    for model, net in zip((conv, sub), nets):
+        assert hw.pad_steps(model, 12) == hw.pad_steps(net, 12) == 12 + net.depth
+    assert hw.pad_steps(conv, 12) == 15
+    for t in (-5, 0, 2.7, True, "3"):
+        with pytest.raises(ValueError, match="t must be an integer >= 1"):
+            hw.pad_steps(demo.digits_mlp(), t)
+    with pytest.raises(ValueError, match="sequential stack .* without synapses"):
+        hw.pad_steps(nn.Sequential(neurosim.LIF()), 3)
