@@ -87,10 +87,12 @@ def run_lava_many(jobs, inspect=(), timeout: Optional[float] = None, return_volt
             if "cannot read the NetX file" in str(err):
                 raise
             input_shape = None  # (a block type only Lava itself runs: Lava checks)
-        if input_shape is not None and tuple(x.shape[2:]) != tuple(input_shape) and \
-                int(np.prod(x.shape[2:])) != int(np.prod(input_shape)):
+        # (the shape exactly; a flat input's features may come in any shape of that size, as LoihiNetwork takes them)
+        flat_ok = input_shape is not None and len(input_shape) == 1 and int(np.prod(x.shape[2:])) == input_shape[0]
+        if input_shape is not None and tuple(x.shape[2:]) != tuple(input_shape) and not flat_ok:
             raise ValueError(f"spikes: {str(path)!r} takes input steps of shape {tuple(input_shape)}, got "
-                             f"{tuple(x.shape[2:])} (spikes {tuple(x.shape)} are [T, B, *input_shape])")
+                             f"{tuple(x.shape[2:])} (spikes {tuple(x.shape)} must be "
+                             f"[T, B, {', '.join(map(str, input_shape))}])")
         steps = x.shape[0] if steps is None else validate.positive_int("steps", steps)
         if steps < x.shape[0]:
             raise ValueError(f"steps must be >= the input length T={x.shape[0]}, got {steps}")

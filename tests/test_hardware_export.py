@@ -315,3 +315,17 @@ def test_pad_steps_counts_the_synapses_of_any_exportable_model_and_checks_t(tmp_
             hw.pad_steps(demo.digits_mlp(), t)
     with pytest.raises(ValueError, match="sequential stack .* without synapses"):
         hw.pad_steps(nn.Sequential(neurosim.LIF()), 3)
+
+
+def test_run_lava_wants_a_conv_input_in_its_exact_shape(tmp_path):
+    """A (C, H, W) input takes spikes [T, B, C, H, W] only (the same number of values in another shape failed
+    inside Lava); a flat input takes any shape of its size, as the Loihi mode does."""
+    from neurosim.hardware import demo
+
+    hw.export_lava(demo.digits_convnet(), tmp_path / "c.net", input_shape=(1, 8, 8))
+    for shape in ((12, 2, 64), (12, 2, 8, 8), (12, 2, 1, 4, 16), (12, 2, 8, 8, 1)):
+        with pytest.raises(ValueError, match=r"spikes: .* takes input steps of shape \(1, 8, 8\), got .* must be "
+                                             r"\[T, B, 1, 8, 8\]"):
+            hw.run_lava(tmp_path / "c.net", torch.zeros(shape))
+        with pytest.raises(ValueError, match=r"x must have shape \[T, B, 1, 8, 8\]"):
+            hw.LoihiNetwork.from_netx(tmp_path / "c.net")(torch.zeros(shape))
