@@ -80,14 +80,21 @@ def _pair(v, what):
 
 
 def leaves(model: nn.Module, prefix: str = ""):
-    """Yield ``(name, module)`` for the modules of a sequential stack in execution order."""
-    if isinstance(model, nn.Sequential):
+    """Yield ``(name, module)`` for the modules of a sequential stack in execution order.
+
+    ``nn.Sequential`` and ``TimeDistributed`` are looked through only with their own ``forward``: a subclass that
+    overrides it (an input gain, a skip...) computes something else and is yielded whole, as non-sequential."""
+    if isinstance(model, nn.Sequential) and type(model).forward is nn.Sequential.forward:
         for name, child in model.named_children():
             yield from leaves(child, f"{prefix}.{name}" if prefix else name)
-    elif isinstance(model, TimeDistributed):
+    elif isinstance(model, TimeDistributed) and type(model).forward is TimeDistributed.forward:
         yield from leaves(model.module, prefix or "0")
     else:
         yield (prefix or type(model).__name__), model
+
+
+def _own_forward(m: nn.Module) -> str:
+    return " (it overrides forward: not a plain chain)" if isinstance(m, (nn.Sequential, TimeDistributed)) else ""
 
 
 ACTIVATION_PRODUCT = ("multiplies/adds two activations (attention products, residual sums); NetX and NIR chains "
@@ -219,9 +226,9 @@ def lower(model: nn.Module, input_shape=None, allow_reset_change: bool = False,
     items = list(leaves(model))
     if len(items) == 1 and len(list(items[0][1].children())) > 0 and not isinstance(items[0][1], (LIF, CubaLIF)):
         name, m = items[0]
-        raise ExportError([(name, f"{type(m).__name__} is not a sequential stack; export an nn.Sequential of "
-                                  "Linear/Conv2d/AvgPool2d/Flatten and LIF/CubaLIF modules (wrap per-timestep "
-                                  "layers in neurosim.layers.TimeDistributed)")] + _inexpressible(m))
+        raise ExportError([(name, f"{type(m).__name__} is not a sequential stack{_own_forward(m)}; export an "
+                                  "nn.Sequential of Linear/Conv2d/AvgPool2d/Flatten and LIF/CubaLIF modules (wrap "
+                                  "per-timestep layers in neurosim.layers.TimeDistributed)")] + _inexpressible(m))
     if input_shape is None:
         first = next((m for _, m in items if isinstance(m, (nn.Linear, nn.Conv2d))), None)
         if isinstance(first, nn.Linear):
@@ -344,7 +351,8 @@ def lower(model: nn.Module, input_shape=None, allow_reset_change: bool = False,
                             dilation=dilation, groups=int(m.groups), folded=[p[1] for p in pools])
             pre_ops = []
             continue
-        problems.append((name, f"{type(m).__name__} is not supported (supported: Linear, Conv2d, AvgPool2d, Flatten, "
+        problems.append((name, f"{type(m).__name__}{_own_forward(m)} is not supported (supported: Linear, Conv2d, "
+                               "AvgPool2d, Flatten, "
                                "Dropout/Identity, neurosim LIF/CubaLIF)"))
     if pending is not None:
         problems.append((pending.name, "the last synapse has no LIF/CubaLIF neuron: the exported network would emit "

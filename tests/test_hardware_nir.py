@@ -200,3 +200,27 @@ def test_subtract_reset_refused_for_nir():
     model = nn.Sequential(nn.Linear(4, 2), neurosim.LIF(beta=0.9, reset="subtract"))
     with pytest.raises(hw.ExportError, match="reset='subtract'"):
         hw.export_nir(model)
+
+
+def test_sequential_subclass_with_its_own_forward_is_refused():
+    """A Sequential (or TimeDistributed) subclass that overrides forward computes something else than its chain of
+    children (here an input gain): exporting the chain would change the network, so it is refused, also nested."""
+    class Scaled(nn.Sequential):
+        def forward(self, x):
+            return super().forward(2.0 * x)
+
+    class ScaledTD(TD):
+        def forward(self, x):
+            return super().forward(2.0 * x)
+
+    torch.manual_seed(0)
+    model = Scaled(nn.Linear(10, 6), lif(0.8, 0.4))
+    x = spikes_in((10,))
+    with torch.no_grad():
+        assert not torch.equal(model(x), nn.Sequential(*model)(x))          # (the chain is another network)
+    for bad, name in ((model, "Scaled"), (nn.Sequential(Scaled(nn.Linear(10, 6)), lif(0.8, 0.4)), "0"),
+                      (nn.Sequential(ScaledTD(nn.Linear(10, 6)), lif(0.8, 0.4)), "0")):
+        with pytest.raises(hw.ExportError, match=f"- {name}: .*it overrides forward: not a plain chain"):
+            hw.export_nir(bad)
+        with pytest.raises(hw.ExportError, match=f"- {name}: .*it overrides forward"):
+            hw.lower(bad)
