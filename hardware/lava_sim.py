@@ -84,9 +84,9 @@ def run_lava_many(jobs, inspect=(), timeout: Optional[float] = None, return_volt
         try:  # (a clear error for a file that is not a NetX network, and the input's shape, before Lava starts)
             input_shape = read_netx(path)[1]
         except ExportError as err:
-            if "cannot read the NetX file" in str(err):
+            if not all(name.startswith("layer/") for name, _ in err.problems):
                 raise
-            input_shape = None  # (a block type only Lava itself runs: Lava checks)
+            input_shape = None  # (layers or fields only Lava itself runs, e.g. delays: Lava checks)
         # (the shape exactly; a flat input's features may come in any shape of that size, as LoihiNetwork takes them)
         flat_ok = input_shape is not None and len(input_shape) == 1 and int(np.prod(x.shape[2:])) == input_shape[0]
         if input_shape is not None and tuple(x.shape[2:]) != tuple(input_shape) and not flat_ok:

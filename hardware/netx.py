@@ -103,11 +103,28 @@ def _str(g, key):
     return v.decode("ascii") if isinstance(v, bytes) else str(v)
 
 
+def _unmodelled(g, n) -> list:
+    """Why the fields of layer ``g`` (neuron ``n``) that Lava-DL acts on but the Loihi mode does not model make it
+    unreadable: non-zero synaptic ``delay``, non-zero ``messageBits`` (graded spikes), complex weights."""
+    import h5py
+
+    out = []
+    if "delay" in g and np.any(np.asarray(g["delay"][()], dtype=np.float64)):
+        out.append(f"synaptic delays (up to {np.max(g['delay'][()]):g} steps) are not simulated by the Loihi mode")
+    bits = int(_scalar(n, "messageBits") or 0) if "messageBits" in n else 0
+    if bits:
+        out.append(f"neuron messageBits {bits} (graded spikes) is not simulated by the Loihi mode (binary spikes: 0)")
+    if isinstance(g.get("weight"), h5py.Group):
+        out.append("complex weights (weight/real, weight/imag) are not simulated by the Loihi mode")
+    return out
+
+
 def read_netx(path):
     """Read a NetX file written by neurosim (or any dense/conv CUBA network) into Loihi-mode layers.
 
-    Returns ``(layers, input_shape)``. A file that is missing, not HDF5, or whose layers are malformed or of
-    a type the Loihi mode does not simulate raises :class:`ExportError` (a ``ValueError``) naming each problem.
+    Returns ``(layers, input_shape)``. A file that is missing, not HDF5, or whose layers are malformed, of a
+    type the Loihi mode does not simulate or carry fields Lava-DL acts on that it does not model (synaptic
+    delays, graded spikes, complex weights) raises :class:`ExportError` (a ``ValueError``) naming each problem.
     """
     import h5py
 
@@ -148,9 +165,17 @@ def read_netx(path):
                 if _str(n, "type") != "CUBA":
                     problems.append((where, f"neuron type {_str(n, 'type')!r} is not CUBA"))
                     continue
+                unmodelled = _unmodelled(g, n)
+                if unmodelled:
+                    problems += [(where, why) for why in unmodelled]
+                    continue
                 w = np.asarray(g["weight"][()], dtype=np.float64)
                 if not np.all(np.isfinite(w)) or np.any(w != np.rint(w)):
                     problems.append((where, "weights must be finite integers"))
+                    continue
+                if not np.any(w):
+                    problems.append((where, "all weights are zero (Lava's weight-bit optimiser divides by the "
+                                            "largest weight)"))
                     continue
                 w = w.astype(np.int64)
                 bias = np.asarray(g["bias"][()], dtype=np.float64).astype(np.int64) if "bias" in g else None

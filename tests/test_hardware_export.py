@@ -329,3 +329,25 @@ def test_run_lava_wants_a_conv_input_in_its_exact_shape(tmp_path):
             hw.run_lava(tmp_path / "c.net", torch.zeros(shape))
         with pytest.raises(ValueError, match=r"x must have shape \[T, B, 1, 8, 8\]"):
             hw.LoihiNetwork.from_netx(tmp_path / "c.net")(torch.zeros(shape))
+
+
+def test_netx_fields_lava_acts_on_but_the_loihi_mode_does_not_model_are_refused(tmp_path):
+    """Synaptic delays, graded spikes (messageBits) and all-zero weights: read_netx names each layer, instead of
+    reading a network that Lava runs differently (or not at all)."""
+    import h5py
+
+    path = tmp_path / "m.net"
+    hw.export_lava(small_mlp(), path)
+    with h5py.File(path, "r+") as f:
+        f["layer/1/delay"] = np.full(6, 3.0, dtype=np.float32)
+        f["layer/2/neuron/messageBits"] = 16
+    with pytest.raises(ValueError) as err:
+        hw.LoihiNetwork.from_netx(path)
+    assert "layer/1: synaptic delays (up to 3 steps) are not simulated" in str(err.value)
+    assert "layer/2: neuron messageBits 16 (graded spikes) is not simulated" in str(err.value)
+    with h5py.File(path, "r+") as f:
+        f["layer/1/delay"][...] = 0.0            # (zero delays are what Lava runs without them)
+        f["layer/2/neuron/messageBits"][...] = 0
+        f["layer/2/weight"][...] = 0.0
+    with pytest.raises(ValueError, match=r"cannot read the NetX file .*\n  - layer/2: all weights are zero"):
+        hw.read_netx(path)

@@ -172,3 +172,26 @@ def test_dense_weights_reach_lava_unchanged_in_every_sign_mode(signs, tmp_path):
     drive = x.sum(0).double() @ torch.as_tensor(q.weight, dtype=torch.float64).T           # [B, 3]
     assert spikes.sum() == 0 and drive.abs().min() > 0
     assert torch.equal(v, 64 * (drive + 11 * torch.as_tensor(q.bias, dtype=torch.float64)))
+
+
+def test_netx_delays_are_refused_by_the_loihi_mode_and_run_by_lava(tmp_path):
+    """A dense layer's ``delay`` (a NetX field Lava-DL honours) was read without complaint and simulated without it;
+    the Loihi mode now refuses it while run_lava still runs the file, where the delays show. All-zero delays are
+    what Lava runs without them: read, and spike for spike as Lava."""
+    import h5py
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 6), neurosim.LIF(beta=0.8, threshold=0.3, reset="zero"))
+    plain = hw.export_lava(model, tmp_path / "plain.net")
+    for name, delay in (("delayed", 3.0), ("zero", 0.0)):
+        hw.export_lava(model, tmp_path / f"{name}.net")
+        with h5py.File(tmp_path / f"{name}.net", "r+") as f:
+            f["layer/1/delay"] = np.full(6, delay, dtype=np.float32)
+    with pytest.raises(hw.ExportError, match="layer/1: synaptic delays"):
+        hw.LoihiNetwork.from_netx(tmp_path / "delayed.net")
+    x = (torch.rand(10, 2, 8, generator=torch.Generator().manual_seed(0)) < 0.5).float()
+    delayed, zero = hw.run_lava_many([(tmp_path / "delayed.net", x, 16), (tmp_path / "zero.net", x, 16)])
+    mine = plain(x, 16)
+    assert mine.sum() > 0 and not torch.equal(delayed[-1], mine)
+    assert torch.equal(hw.LoihiNetwork.from_netx(tmp_path / "zero.net")(x, 16), zero[-1])
+    assert torch.equal(zero[-1], mine)
