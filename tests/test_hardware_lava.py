@@ -50,7 +50,7 @@ def lava(tmp_path_factory):
     conv = demo.digits_convnet()
     demo.train_classifier(conv, ctr, ytr, epochs=6, lr=1e-2, progress=False)
     edge = edge_net()
-    with pytest.warns(UserWarning, match="subtract"):
+    with pytest.warns(UserWarning, match="subtract|CubaLIF"):
         edge_loihi = hw.export_lava(edge, tmp / "edge.net", input_shape=(4, 9, 9), allow_reset_change=True,
                                     allow_bias_change=True)
     g = torch.Generator().manual_seed(7)
