@@ -351,13 +351,14 @@ class Trainer:
             while self.epoch < cfg.epochs and not self.stopped_early:
                 train = self._train_epoch()
                 val = self.evaluate()
+                lr = self.optimizer.param_groups[0]["lr"]       # the rate this epoch trained with
                 self.scheduler.step(val["loss"])
                 improved = val["loss"] < self.best_val
                 if improved:
                     self.best_val, self.best_epoch, self.bad_epochs = val["loss"], self.epoch, 0
                 else:
                     self.bad_epochs += 1
-                row = {"epoch": self.epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
+                row = {"epoch": self.epoch + 1, "lr": lr}
                 row.update({f"train_{k}": v for k, v in train.items()})
                 row.update({f"val_{k}": v for k, v in val.items()})
                 row["train_time_s"] = self.train_time
