@@ -2,6 +2,8 @@
 the run's history, also after resumes, crashes and earlier runs in the same out_dir."""
 import csv
 
+import pytest
+
 from neurosim.training import TrainConfig, Trainer
 
 QUIET = dict(dataset="digits", num_steps=2, batch_size=256, patience=0, progress=False, tensorboard=False,
@@ -25,3 +27,42 @@ def test_the_lr_column_is_the_rate_the_epoch_trained_with(tmp_path):
     logged = {int(r["epoch"]): float(r["lr"]) for r in _rows(tmp_path)}
     assert len(set(used.values())) > 1          # the rate did change during the run
     assert logged == used
+
+
+def _tensorboard(out_dir):
+    """{tag: [(step, value), ...]} of what TensorBoard shows for ``out_dir``'s run (after its purges)."""
+    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    ea = accumulator.EventAccumulator(str(out_dir / "tb"))
+    ea.Reload()
+    return {tag: [(e.step, e.value) for e in ea.Scalars(tag)] for tag in ea.Tags()["scalars"]}
+
+
+def _from_csv(out_dir):
+    """The same {tag: [(step, value)]} as log.csv's rows say it (TensorBoard keeps float32)."""
+    rows = _rows(out_dir)
+    tags = {k.replace("_", "/", 1) if k.startswith(("train_", "val_")) else k: k for k in rows[0] if k != "epoch"}
+    return {tag: [(int(r["epoch"]), pytest.approx(float(r[k]), rel=1e-6)) for r in rows] for tag, k in tags.items()}
+
+
+def test_tensorboard_holds_the_history_after_a_resume_a_crash_and_an_earlier_run(tmp_path, monkeypatch):
+    from neurosim.training import logs
+
+    cfg = dict(QUIET, tensorboard=True, out_dir=str(tmp_path))
+    last = tmp_path / "checkpoints" / "last.pt"
+    Trainer(TrainConfig(**cfg, epochs=1, lr=0.05)).fit()          # an earlier run in the same out_dir
+    Trainer(TrainConfig(**cfg, epochs=2)).fit()                   # a fresh run there: the old curves go
+    Trainer(TrainConfig(**cfg, epochs=3)).fit(resume=last)        # resumed at an epoch boundary: none lost
+    assert len(_rows(tmp_path)) == 3 and _tensorboard(tmp_path) == _from_csv(tmp_path)
+
+    real = logs.TensorBoardLog.log
+
+    def crash_at_epoch_4(self, row):
+        if row["epoch"] == 4:
+            raise KeyboardInterrupt("killed after the checkpoint, before TensorBoard got the epoch")
+        real(self, row)
+    monkeypatch.setattr(logs.TensorBoardLog, "log", crash_at_epoch_4)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(TrainConfig(**cfg, epochs=4)).fit(resume=last)
+    monkeypatch.undo()
+    Trainer(TrainConfig(**cfg, epochs=4)).fit(resume=last)        # nothing left to train: the log is made whole
+    assert len(_rows(tmp_path)) == 4 and _tensorboard(tmp_path) == _from_csv(tmp_path)

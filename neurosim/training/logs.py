@@ -39,16 +39,21 @@ def write_json(path: Path, data: dict) -> Path:
 
 
 class TensorBoardLog:
-    """Scalars per epoch under ``folder``; ``start_epoch`` purges events a killed run wrote past it."""
+    """Scalars per epoch under ``folder`` (step: the epoch, from 1). Opening it purges every event ``folder`` holds,
+    from an earlier run there or from this run before a resume, and logs ``history`` again: TensorBoard shows the
+    run's history as log.csv does, with no epoch twice or missing (also one a crash between checkpoint and log
+    left out)."""
 
-    def __init__(self, folder: Path, start_epoch: int):
+    def __init__(self, folder: Path, history: list[dict] = ()):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as err:  # tensorboard is an optional dependency of neurosim
             warnings.warn(f"TensorBoard logging skipped: {err} (pip install tensorboard)", stacklevel=2)
             self.writer = None
             return
-        self.writer = SummaryWriter(log_dir=str(folder), purge_step=start_epoch if start_epoch > 0 else None)
+        self.writer = SummaryWriter(log_dir=str(folder), purge_step=1)
+        for row in history:
+            self.log(row)
 
     def log(self, row: dict) -> None:
         if self.writer is None:

@@ -346,7 +346,7 @@ class Trainer:
             self._check_writable()
             logs.write_json(self.paths["config"], cfg.to_dict())
             if cfg.tensorboard:
-                tb = logs.TensorBoardLog(self.paths["tensorboard"], start_epoch=self.epoch)
+                tb = logs.TensorBoardLog(self.paths["tensorboard"], self.history)
         try:
             while self.epoch < cfg.epochs and not self.stopped_early:
                 train = self._train_epoch()
