@@ -66,3 +66,27 @@ def test_tensorboard_holds_the_history_after_a_resume_a_crash_and_an_earlier_run
     monkeypatch.undo()
     Trainer(TrainConfig(**cfg, epochs=4)).fit(resume=last)        # nothing left to train: the log is made whole
     assert len(_rows(tmp_path)) == 4 and _tensorboard(tmp_path) == _from_csv(tmp_path)
+
+
+def test_log_csv_gets_the_final_epoch_a_crash_left_out(tmp_path, monkeypatch):
+    """Killed after the final epoch's checkpoint, before its log row: the resumed run has no epoch left to train,
+    and still ends with the uninterrupted run's log."""
+    from neurosim.training import logs
+
+    def cfg(out):
+        return TrainConfig(**QUIET, epochs=2, out_dir=str(out))
+    Trainer(cfg(tmp_path / "straight")).fit()
+    real = logs.write_csv
+
+    def crash_at_epoch_2(path, history):
+        if len(history) == 2:
+            raise KeyboardInterrupt("killed after the final checkpoint, before log.csv got the epoch")
+        return real(path, history)
+    monkeypatch.setattr(logs, "write_csv", crash_at_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg(tmp_path / "killed")).fit()
+    monkeypatch.undo()
+    assert len(_rows(tmp_path / "killed")) == 1
+    Trainer(cfg(tmp_path / "killed")).fit(resume=tmp_path / "killed" / "checkpoints" / "last.pt")
+    strip = [{k: v for k, v in r.items() if k != "train_time_s"} for r in _rows(tmp_path / "straight")]
+    assert [{k: v for k, v in r.items() if k != "train_time_s"} for r in _rows(tmp_path / "killed")] == strip

@@ -140,3 +140,34 @@ def test_a_resumed_run_draws_the_random_spike_masks_an_uninterrupted_one_would(t
     assert torch.equal(masks(0, 0), RandomSpikeMask(0.5, seed=3)(torch.ones(64)))
     assert not torch.equal(masks(0, 0), masks(1, 0)) and not torch.equal(masks(0, 0), masks(0, 1))
     assert torch.equal(masks(1, 1), masks(1, 1))
+
+
+def test_a_crash_between_the_checkpoints_of_an_improving_epoch_leaves_best_pt_right(tmp_path, monkeypatch):
+    """best.pt and last.pt are two files: killed after the first is written, the resumed run still ends with the
+    uninterrupted run's best.pt (before, last.pt came first and already named the epoch best; best.pt stayed an
+    epoch behind, and the resumed run had no reason to write it again)."""
+    from neurosim.training import TrainConfig, Trainer
+
+    def cfg(out):
+        return TrainConfig(**{**CFG, "epochs": 2, "save_every": 0, "tensorboard": False, "out_dir": str(out)})
+    straight = Trainer(cfg(tmp_path / "straight")).fit()
+    assert straight["best_epoch"] == 2               # the final epoch improves: both files are written
+
+    real, written = ckpt_io.save, []
+
+    def crash_at_the_second_file(path, payload):
+        if payload["epoch"] == 2:
+            written.append(path)
+            if len(written) == 2:
+                raise KeyboardInterrupt("killed between the two checkpoints")
+        return real(path, payload)
+    monkeypatch.setattr(ckpt_io, "save", crash_at_the_second_file)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg(tmp_path / "killed")).fit()
+    monkeypatch.undo()
+    resumed = Trainer(cfg(tmp_path / "killed")).fit(resume=tmp_path / "killed" / "checkpoints" / "last.pt")
+    assert resumed["best_epoch"] == 2
+    a, b = (ckpt_io.load(d / "checkpoints" / "best.pt") for d in (tmp_path / "killed", tmp_path / "straight"))
+    assert a["epoch"] == b["epoch"] == 2
+    for k, v in b["model"].items():
+        assert torch.equal(a["model"][k], v), k

@@ -368,7 +368,9 @@ class Trainer:
                 self.sums = MetricSums(self.device)
                 if cfg.patience and self.bad_epochs >= cfg.patience:
                     self.stopped_early = True
-                self._save(["last", "best"] if improved else ["last"])
+                # best.pt first: a crash before last.pt is written reruns the epoch, which writes best.pt again
+                # (the other way round, last.pt would name this epoch best while best.pt held an older one)
+                self._save(["best", "last"] if improved else ["last"])
                 if main:
                     logs.write_csv(self.paths["csv_log"], self.history)
                     if tb is not None:
@@ -396,6 +398,9 @@ class Trainer:
         }
         if self.dist.is_main:
             from . import plots   # matplotlib only when plotting
+
+            if self.history:      # (a crash after the final epoch's checkpoint left its row out; nothing reruns it)
+                logs.write_csv(self.paths["csv_log"], self.history)
 
             self._plots = plots
             paths = {k: str(v) for k, v in self.paths.items() if k != "tensorboard" or cfg.tensorboard}
