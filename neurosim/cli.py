@@ -143,7 +143,7 @@ def _config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace,
 
 
 def _cmd_train(parser, args) -> int:
-    from .training import Trainer
+    from .training import NonFiniteLoss, Trainer
 
     from .training.checkpoint import CheckpointError
     from .training.config import ConfigError
@@ -153,6 +153,9 @@ def _cmd_train(parser, args) -> int:
         summary = Trainer(cfg).fit(resume=resume)
     except (ConfigError, CheckpointError) as err:  # (a checkpoint of another run given to --resume, an unwritable
         parser.error(str(err))                     # --out-dir: found before the first step)
+    except NonFiniteLoss as err:                   # (a run that failed, not a usage error: status 1, no traceback)
+        print(f"neurosim train: error: {err}", file=sys.stderr)
+        return 1
     if "paths" in summary:
         best = ", ".join(f"{k} {v:.4g}" for k, v in summary["best"].items())
         print(f"neurosim train: {cfg.model} on {cfg.dataset}, {summary['epochs_run']} epochs on {summary['device']}"

@@ -37,6 +37,10 @@ from .registry import get_dataset, get_model
 Callback = Callable[[str, "Trainer"], None]
 
 
+class NonFiniteLoss(RuntimeError):
+    """The training or validation loss became NaN or infinite (a diverged run, or NaN/inf values in the data)."""
+
+
 def seed_layer_generators(model: nn.Module, seed: int, rank: int) -> None:
     """Layers with their own seeded generator (random spike masks) draw a stream of the run's ``seed`` and the
     process's ``rank`` too, as the global RNG does: before, every training seed and every rank drew the same masks.
@@ -231,17 +235,15 @@ class Trainer:
                    disable=not (cfg.progress and self.dist.is_main), leave=False, dynamic_ncols=True)
         refresh = max(1, self.steps_per_epoch // 10)
         t0 = time.perf_counter()
+        bad = torch.full((), -1, dtype=torch.long, device=self.device)   # this epoch's first step with a NaN/inf loss
         for x, y in self._batches():
-            x = x.to(self.device, non_blocking=True)
-            y = y.to(self.device, non_blocking=True)
-            with self._autocast():
-                out = self.ddp(x)
-            loss = self._loss(out, y)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-            self.optimizer.step()
+            try:
+                loss, out, y = self._step(x, y)
+            except Exception as err:   # NaN weights after a NaN loss fail the next step, in some layer's own check
+                if int(bad) >= 0:
+                    raise NonFiniteLoss(self._nonfinite_message(bad)) from err
+                raise
+            bad = torch.where((bad < 0) & ~torch.isfinite(loss.detach()), self.step_in_epoch + 1, bad)  # (no sync)
             self.sums.update(self.task, loss, out, y)
             self.step_in_epoch += 1
             self.global_step += 1
@@ -252,14 +254,43 @@ class Trainer:
             self._emit("step_end")
             if cfg.save_every and self.step_in_epoch % cfg.save_every == 0 and self.step_in_epoch < self.steps_per_epoch:
                 self.train_time += time.perf_counter() - t0
+                self._finite_metrics(bad)      # (no checkpoint of diverged weights)
                 self._save(["last"])
                 t0 = time.perf_counter()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.train_time += time.perf_counter() - t0
         bar.close()
+        return self._finite_metrics(bad)
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One optimizer step on the batch ``(x, y)``; returns (loss, output, y on the device)."""
+        x = x.to(self.device, non_blocking=True)
+        y = y.to(self.device, non_blocking=True)
+        with self._autocast():
+            out = self.ddp(x)
+        loss = self._loss(out, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        return loss, out, y
+
+    def _finite_metrics(self, bad: torch.Tensor) -> dict:
+        """The epoch's training metrics so far, summed over ranks (at the points where they sync anyway: checkpoints
+        and the epoch's end); :class:`NonFiniteLoss` if its loss is NaN or infinite (``bad``: the first such step)."""
         total = MetricSums(self.device, D.all_reduce_sum(self.sums.state, self.dist))
-        return total.compute(self.task, self.elements_per_sample)
+        metrics = total.compute(self.task, self.elements_per_sample)
+        if not math.isfinite(metrics.get("loss", 0.0)):
+            raise NonFiniteLoss(self._nonfinite_message(bad))
+        return metrics
+
+    def _nonfinite_message(self, bad: torch.Tensor) -> str:
+        step = int(bad)
+        where = f"step {step} of {self.steps_per_epoch}" if step >= 0 else "first on another process"
+        return (f"the training loss became NaN or infinite in epoch {self.epoch + 1}, {where}: the run diverged "
+                f"(a lower lr or a grad_clip may help) or the data hold NaN/inf values; no checkpoint holds that step")
 
     @torch.no_grad()
     def evaluate(self, indices: list[int] | None = None) -> dict:
@@ -351,6 +382,9 @@ class Trainer:
             while self.epoch < cfg.epochs and not self.stopped_early:
                 train = self._train_epoch()
                 val = self.evaluate()
+                if not math.isfinite(val["loss"]):
+                    raise NonFiniteLoss(f"the validation loss of epoch {self.epoch + 1} is {val['loss']} (the training "
+                                        f"loss was finite): the validation data or the model's outputs hold NaN/inf")
                 lr = self.optimizer.param_groups[0]["lr"]       # the rate this epoch trained with
                 self.scheduler.step(val["loss"])
                 improved = val["loss"] < self.best_val
@@ -403,7 +437,8 @@ class Trainer:
                 logs.write_csv(self.paths["csv_log"], self.history)
 
             self._plots = plots
-            paths = {k: str(v) for k, v in self.paths.items() if k != "tensorboard" or cfg.tensorboard}
+            paths = {k: str(v) for k, v in self.paths.items() if (k != "tensorboard" or cfg.tensorboard)
+                     and (k != "best_checkpoint" or self.best_epoch >= 0)}
             if cfg.plots and self.history:
                 plots.loss_curves(self.paths["loss_curve"], self.history,
                                   f"{cfg.model} on {cfg.dataset}: loss per epoch")
@@ -418,7 +453,7 @@ class Trainer:
     def _forecast_plot(self) -> Path:
         """Prediction vs target over the whole series with the best weights (then restores the last ones)."""
         last = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        if self.paths["best_checkpoint"].is_file():
+        if self.best_epoch >= 0 and self.paths["best_checkpoint"].is_file():   # (else: an earlier run's file)
             self.model.load_state_dict(ckpt_io.load(self.paths["best_checkpoint"])["model"])
         order = list(range(len(self.info.dataset)))
         pred, y = self.predict(order)
