@@ -70,10 +70,10 @@ def test_a_format_1_btspformer_loads_with_its_kernel_and_unused_settings(tmp_pat
 def test_an_unknown_format_is_refused(tmp_path):
     from neurosim.training.checkpoint import CheckpointError
 
-    assert ckpt_io.READS == (1, 2, 3) and ckpt_io.VERSION == 3
+    assert ckpt_io.READS == (1, 2, 3, 4) and ckpt_io.VERSION == 4
     fields = {k: {} for k in ckpt_io.REQUIRED_KEYS if k not in ("format", "version")}
-    ckpt_io.save(tmp_path / "x.pt", {**fields, "version": 4})
-    with pytest.raises(CheckpointError, match="has format version 4; this neurosim reads versions 1, 2, 3"):
+    ckpt_io.save(tmp_path / "x.pt", {**fields, "version": 5})
+    with pytest.raises(CheckpointError, match="has format version 5; this neurosim reads versions 1, 2, 3, 4"):
         ckpt_io.load(tmp_path / "x.pt")
 
 
@@ -107,3 +107,27 @@ def test_a_latency_run_before_format_3_keeps_its_log_code(tmp_path, model, optio
     assert load_trained(new)[1].encoder == "latency" and load_trained(old)[1].encoder == "latency_log"
     x = torch.tensor([[0.0, 0.25, 0.5, 1.0]])
     assert not torch.equal(encode(x, "latency", 4), encode(x, "latency_log", 4))
+
+
+def test_a_format_3_mid_epoch_checkpoint_resumes_with_its_one_tensor_of_metric_sums(tmp_path):
+    """Format 4 saves the epoch's partial metric sums per process; format 3 saved one tensor (rank 0's), which a
+    one-process run still resumes from exactly."""
+    def cfg(out):
+        return TrainConfig(dataset="damped_sine", encoder="direct", num_steps=2, batch_size=32, save_every=2,
+                           model_options={"hidden": [8]}, dataset_options={"n_points": 120, "seq_len": 8},
+                           out_dir=str(out), **QUIET)
+
+    def crash(event, trainer):
+        if event == "step_end" and trainer.global_step == 3:      # (3 steps per epoch; a checkpoint at step 2)
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg(tmp_path / "killed"), callbacks=[crash]).fit()
+    ck = ckpt_io.load(tmp_path / "killed" / "checkpoints" / "last.pt")
+    assert ck["step_in_epoch"] == 2 and len(ck["trainer"]["train_sums"]) == 1
+    ck["trainer"]["train_sums"] = ck["trainer"]["train_sums"][0]
+    old = _as_format_1(ckpt_io.save(tmp_path / "one_tensor.pt", ck), tmp_path / "v3.pt", version=3)
+    Trainer(cfg(tmp_path / "killed")).fit(resume=old)
+    Trainer(cfg(tmp_path / "straight")).fit()
+    a, b = (ckpt_io.load(tmp_path / d / "checkpoints" / "last.pt")["trainer"]["history"]
+            for d in ("killed", "straight"))
+    assert [{**r, "train_time_s": 0} for r in a] == [{**r, "train_time_s": 0} for r in b]

@@ -3,13 +3,15 @@ float tolerance of a one-process run: the global batches hold the same samples, 
 of equal halves, and the metrics are summed over ranks."""
 import json
 import os
+import shutil
 import subprocess
 import sys
+import textwrap
 
 import pytest
 import torch
 
-from neurosim.training import TrainConfig, get_dataset, get_model
+from neurosim.training import TrainConfig, Trainer, get_dataset, get_model
 from neurosim.training import checkpoint as ckpt_io
 from neurosim.training.trainer import seed_everything
 
@@ -57,20 +59,31 @@ def test_two_processes_match_one_process(tmp_path, device):
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
 
 
+def _torchrun(*args, ok=True):
+    """``torchrun --nproc_per_node=2 args`` on CPU (``args``: a script and its arguments, or ``-m module ...``);
+    its output. ``ok``: whether it must succeed (else fail)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *map(str, args)]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    if res.returncode != 0 and "ddress already in use" in res.stdout + res.stderr:
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert (res.returncode == 0) == ok, res.stdout + res.stderr
+    return res.stdout + res.stderr
+
+
+def _history(path):
+    return [{k: v for k, v in r.items() if k != "train_time_s"}
+            for r in ckpt_io.load(path / "checkpoints" / "last.pt")["trainer"]["history"]]
+
+
 def test_resumed_ddp_run_matches_uninterrupted_ddp_run(tmp_path):
     """Per-rank RNG states (rate coding draws differ per rank) come back on resume: 1 epoch + resume to 2
     equals 2 epochs straight, bit for bit."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     common = ["train", "--dataset", "digits", "--encoder", "rate", "--num-steps", "4", "--device", "cpu",
               "--no-progress", "--no-plots", "--no-tensorboard", "--opt", "hidden=[16]", "--batch-size", "128"]
 
     def torchrun(*args):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-               "neurosim.cli", *args]
-        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-        if res.returncode != 0 and "ddress already in use" in res.stdout + res.stderr:
-            res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-        assert res.returncode == 0, res.stdout + res.stderr
+        _torchrun("-m", "neurosim.cli", *args)
 
     torchrun(*common, "--epochs", "1", "--out-dir", str(tmp_path / "resumed"))
     torchrun("train", "--epochs", "2", "--out-dir", str(tmp_path / "resumed"), "--resume", "--no-progress")
@@ -83,3 +96,38 @@ def test_resumed_ddp_run_matches_uninterrupted_ddp_run(tmp_path):
         assert torch.equal(a["model"][k], v), k
     assert a["trainer"]["history"] == [{**r, "train_time_s": a["trainer"]["history"][i]["train_time_s"]}
                                        for i, r in enumerate(b["trainer"]["history"])]
+
+
+CRASH_AT = textwrap.dedent("""
+    import json, os, sys
+    from neurosim.training import TrainConfig, Trainer
+
+    def crash(event, trainer):           # every rank dies after this step (the last checkpoint: some steps before)
+        if event == "step_end" and trainer.global_step == int(sys.argv[2]):
+            os._exit(3)
+    Trainer(TrainConfig(**json.loads(sys.argv[1])), callbacks=[crash]).fit()
+""")
+
+
+def test_a_ddp_run_resumed_mid_epoch_matches_the_uninterrupted_one(tmp_path):
+    """Each rank's partial metric sums of the epoch come back to that rank: before, the checkpoint held rank 0's
+    only and every rank resumed with them, so the epoch's training metrics counted rank 0's first part twice and
+    lost rank 1's. Resumed by one process, rank 0 takes both ranks' sums."""
+    cfg = dict(dataset="damped_sine", encoder="direct", epochs=2, batch_size=64, lr=3e-3, seed=3, save_every=3,
+               patience=0, device="cpu", progress=False, tensorboard=False, plots=False)
+    (tmp_path / "crash.py").write_text(CRASH_AT)
+    # 8 steps per epoch: killed at epoch 2, step 5; its last checkpoint is from step 3
+    _torchrun(tmp_path / "crash.py", json.dumps({**cfg, "out_dir": str(tmp_path / "killed")}), 13, ok=False)
+    last = ckpt_io.load(tmp_path / "killed" / "checkpoints" / "last.pt")
+    assert (last["epoch"], last["step_in_epoch"]) == (1, 3) and len(last["trainer"]["train_sums"]) == 2
+    shutil.copy(tmp_path / "killed" / "checkpoints" / "last.pt", tmp_path / "mid_epoch.pt")
+    _torchrun("-m", "neurosim.cli", "train", "--resume", "--out-dir", tmp_path / "killed")
+    _torchrun(tmp_path / "crash.py", json.dumps({**cfg, "out_dir": str(tmp_path / "straight")}), 0)
+    assert _history(tmp_path / "killed") == _history(tmp_path / "straight")
+    a, b = (ckpt_io.load(tmp_path / d / "checkpoints" / "last.pt")["model"] for d in ("killed", "straight"))
+    assert all(torch.equal(a[k], v) for k, v in b.items())
+
+    # one process from the 2-process checkpoint: the same samples, so the same metrics within float tolerance
+    Trainer(TrainConfig(**cfg, out_dir=str(tmp_path / "one"))).fit(resume=tmp_path / "mid_epoch.pt")
+    for one, two in zip(_history(tmp_path / "one"), _history(tmp_path / "straight"), strict=True):
+        assert one == pytest.approx(two, rel=1e-4, abs=1e-7)

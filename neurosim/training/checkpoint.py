@@ -25,8 +25,10 @@ FORMAT = "neurosim.checkpoint"
 # 2: configs mean today's model defaults; a version-1 config is read through registry.upgrade_config (the EST's
 # masks in training only, the BTSP kernel at coincidence, settings the analog models never used)
 # 3: encoder "latency" is the linear per-input code; before, it was the batch-normalised log code ("latency_log")
-VERSION = 3
-READS = (1, 2, 3)
+# 4: the trainer's partial metric sums of the epoch ("train_sums") are a list, one per process; before, one tensor
+# (rank 0's: a mid-epoch resume under torchrun counted rank 0's part on every rank)
+VERSION = 4
+READS = (1, 2, 3, 4)
 REQUIRED_KEYS = ("format", "version", "model", "optimizer", "scheduler", "epoch", "step_in_epoch",
                  "global_step", "rng", "config", "trainer")
 

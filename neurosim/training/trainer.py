@@ -155,20 +155,22 @@ class Trainer:
                               f"{self.cfg.dataset!r}: {err}") from None
 
     # ---- checkpoints ------------------------------------------------------------------------------------------
-    def _state(self) -> dict:
+    def _state(self, sums: list[torch.Tensor]) -> dict:
         return {"best_val": self.best_val, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
-                "stopped_early": self.stopped_early, "history": self.history, "train_sums": self.sums.state.cpu(),
+                "stopped_early": self.stopped_early, "history": self.history, "train_sums": sums,
                 "world_size": self.dist.world_size, "train_time": self.train_time,
                 "train_samples": self.train_samples}
 
     def _save(self, which: Iterable[str]) -> None:
-        rngs = D.gather_objects(ckpt_io.rng_state(self.device, self.model), self.dist)   # collective: all ranks call it
+        # every rank's RNG states and partial metric sums, in rank order (collective: all ranks call it)
+        states = D.gather_objects((ckpt_io.rng_state(self.device, self.model), self.sums.state.cpu()), self.dist)
         if not self.dist.is_main:
             return
+        rngs, sums = (list(s) for s in zip(*states))
         payload = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                    "scheduler": self.scheduler.state_dict(), "epoch": self.epoch,
                    "step_in_epoch": self.step_in_epoch, "global_step": self.global_step, "rng": rngs,
-                   "config": self.cfg.to_dict(), "trainer": self._state()}
+                   "config": self.cfg.to_dict(), "trainer": self._state(sums)}
         for name in which:
             ckpt_io.save(self.paths[f"{name}_checkpoint"], payload)
 
@@ -195,12 +197,21 @@ class Trainer:
         self.best_val, self.best_epoch, self.bad_epochs = st["best_val"], st["best_epoch"], st["bad_epochs"]
         self.stopped_early, self.history = st["stopped_early"], list(st["history"])
         self.train_time, self.train_samples = st["train_time"], st["train_samples"]
-        self.sums = MetricSums(self.device, st["train_sums"])
+        self.sums = MetricSums(self.device, self._own_sums(st["train_sums"]))
         if len(ck["rng"]) == self.dist.world_size:
             ckpt_io.set_rng_state(ck["rng"][self.dist.rank], self.device, self.model)
         else:  # different number of processes: the data order still matches, the random streams cannot
             seed_everything(self.cfg.seed + self.dist.rank + 1_000_003 * self.global_step)
             seed_layer_generators(self.model, 1 + self.global_step, self.dist.rank)
+
+    def _own_sums(self, saved: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
+        """This rank's partial metric sums of the checkpoint's epoch: its own when the checkpoint holds one per
+        process, else (another number of processes) their total on rank 0 and zeros on the others, since the
+        epoch's metrics are sums over ranks. (Format 3 and before saved one tensor, rank 0's.)"""
+        saved = [saved] if torch.is_tensor(saved) else list(saved)
+        if len(saved) == self.dist.world_size:
+            return saved[self.dist.rank]
+        return torch.stack(saved).sum(0) if self.dist.is_main else torch.zeros_like(saved[0])
 
     # ---- loops ------------------------------------------------------------------------------------------------
     def _autocast(self):
