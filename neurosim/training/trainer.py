@@ -3,11 +3,13 @@
 One :class:`Trainer` handles classification (cross-entropy; accuracy) and regression/forecasting (MSE;
 MSE, MAE, R2). Models take batch-first input and return ``[B, outputs]``; how they use time is their business.
 
-Reproducibility: the split is fixed by ``seed``; each epoch's sample order comes from a
-``DistributedSampler`` seeded by ``seed`` and the epoch (also with one process), so a checkpoint only needs
-the epoch, the step inside it, the RNG states and the partial metric sums to continue a killed run exactly.
-Under torchrun each rank takes ``batch_size / world_size`` samples of every global batch, gradients are
-averaged by DistributedDataParallel, metrics are summed over ranks, and only rank 0 writes files.
+Reproducibility: the split is fixed by ``seed``; each epoch's sample order is a permutation seeded by ``seed``
+and the epoch (the one ``DistributedSampler`` draws), so a checkpoint only needs the epoch, the step inside it,
+the RNG states and the partial metric sums to continue a killed run exactly.
+Under torchrun the ranks share every global batch (``batch_size / world_size`` samples each; the last, smaller
+batch as evenly as it goes, no sample twice), each rank's loss weighted by its share, so that the gradients
+DistributedDataParallel averages are those of one process; metrics are summed over ranks, and only rank 0
+writes files.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt_io
@@ -124,9 +126,7 @@ class Trainer:
             self.optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience)
         self.loss_fn = nn.CrossEntropyLoss() if self.task == "classification" else nn.MSELoss()
         self.train_set = Subset(self.info.dataset, self.train_idx)
-        self.sampler = DistributedSampler(self.train_set, num_replicas=world, rank=self.dist.rank, shuffle=True,
-                                          seed=cfg.seed, drop_last=False)
-        self.steps_per_epoch = math.ceil(len(self.sampler) / self.local_batch)
+        self.steps_per_epoch = math.ceil(len(self.train_idx) / cfg.batch_size)
 
         self.epoch = 0
         self.step_in_epoch = 0
@@ -226,12 +226,21 @@ class Trainer:
         return self.loss_fn(out, y)
 
     def _batches(self):
-        """This rank's remaining batches of the current epoch (skipping those done before a resume)."""
-        self.sampler.set_epoch(self.epoch)
-        order = list(self.sampler)
-        batches = [order[i:i + self.local_batch] for i in range(0, len(order), self.local_batch)]
-        return self._loader(self.train_set, batch_sampler=batches[self.step_in_epoch:],
-                            pin_memory=self.device.type == "cuda")
+        """This rank's remaining batches of the current epoch (skipping those done before a resume), each as
+        ``((x, y), weight, size)``. Global batch i is the i-th slice of ``batch_size`` samples of the epoch's
+        permutation (the last one smaller, no sample twice); rank r takes every world-th sample of it from the
+        r-th on. ``size`` is the global batch's size, ``weight`` this rank's share of it times the number of ranks:
+        weighting the ranks' mean losses by it makes DDP's average of their gradients the gradient of the global
+        batch's mean loss, as one process computes it (weight 1 but for the last batch). A rank left without a
+        sample (a last batch smaller than the number of ranks) steps on its first sample at weight 0 (DDP needs
+        every rank's backward)."""
+        world, rank, size = self.dist.world_size, self.dist.rank, self.cfg.batch_size
+        order = torch.randperm(len(self.train_set), generator=torch.Generator().manual_seed(self.cfg.seed + self.epoch))
+        chunks = [order[i:i + size].tolist() for i in range(self.step_in_epoch * size, len(order), size)]
+        shares = [chunk[rank::world] for chunk in chunks]
+        batches = [share or chunk[:1] for share, chunk in zip(shares, chunks)]
+        loader = self._loader(self.train_set, batch_sampler=batches, pin_memory=self.device.type == "cuda")
+        return zip(loader, [len(share) * world / len(chunk) for share, chunk in zip(shares, chunks)], map(len, chunks))
 
     @staticmethod
     def _loader(dataset, **kwargs) -> DataLoader:
@@ -247,18 +256,19 @@ class Trainer:
         refresh = max(1, self.steps_per_epoch // 10)
         t0 = time.perf_counter()
         bad = torch.full((), -1, dtype=torch.long, device=self.device)   # this epoch's first step with a NaN/inf loss
-        for x, y in self._batches():
+        for (x, y), weight, size in self._batches():
             try:
-                loss, out, y = self._step(x, y)
+                loss, out, y = self._step(x, y, weight)
             except Exception as err:   # NaN weights after a NaN loss fail the next step, in some layer's own check
                 if int(bad) >= 0:
                     raise NonFiniteLoss(self._nonfinite_message(bad)) from err
                 raise
             bad = torch.where((bad < 0) & ~torch.isfinite(loss.detach()), self.step_in_epoch + 1, bad)  # (no sync)
-            self.sums.update(self.task, loss, out, y)
+            if weight:                         # (weight 0: a stand-in sample another rank counts)
+                self.sums.update(self.task, loss, out, y)
             self.step_in_epoch += 1
             self.global_step += 1
-            self.train_samples += y.shape[0] * self.dist.world_size
+            self.train_samples += size
             bar.update(1)
             if self.step_in_epoch % refresh == 0 and bar.disable is False:
                 bar.set_postfix(loss=f"{self.sums.compute(self.task).get('loss', float('nan')):.4f}")
@@ -274,15 +284,16 @@ class Trainer:
         bar.close()
         return self._finite_metrics(bad)
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One optimizer step on the batch ``(x, y)``; returns (loss, output, y on the device)."""
+    def _step(self, x: torch.Tensor, y: torch.Tensor, weight: float) -> tuple[torch.Tensor, ...]:
+        """One optimizer step on the batch ``(x, y)``, its mean loss weighted by ``weight`` (see :meth:`_batches`);
+        returns (the unweighted loss, output, y on the device)."""
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
         with self._autocast():
             out = self.ddp(x)
         loss = self._loss(out, y)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss if weight == 1 else loss * weight).backward()
         if self.cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
