@@ -58,9 +58,11 @@ def _key_value(text: str) -> tuple[str, object]:
         raise argparse.ArgumentTypeError(f"must look like KEY=VALUE, got {text!r}")
     import yaml
 
+    from .training.config import parse_yaml
+
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw else ""
+        value = parse_yaml(raw) if raw else ""
     except yaml.YAMLError as err:
         raise argparse.ArgumentTypeError(f"cannot parse value of {key!r}: {err}") from None
     return key, value

@@ -241,3 +241,25 @@ def test_export_stack_is_the_same_network_and_export_command_takes_trainer_check
             hb = layer(hb)
         assert torch.equal(hb, h)  # (the hidden spikes)
         torch.testing.assert_close(back[-1](hb, return_mem=True)[1], mem)  # (the readout's membrane: no leak)
+
+
+def test_exponent_notation_is_a_number_in_config_files_and_options(tmp_path):
+    """PyYAML follows YAML 1.1, whose floats need a dot and a signed exponent: `lr: 1e-3` was the string '1e-3'
+    and refused ("lr must be a finite number > 0, got '1e-3'"), as were --data-opt dt=1e-2 and --opt beta=5e-1."""
+    import yaml
+
+    from neurosim.training.config import load_config_file
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("lr: 1e-3\nweight_decay: 5E-4\ngrad_clip: 1.5e1\nmodel_options: {beta: 5e-1, hidden: [8]}\n")
+    parser = cli.build_parser()
+    args = parser.parse_args(["train", "--config", str(cfg), "--data-opt", "dt=1e-2", "--opt", "threshold=2e0"])
+    config, _ = cli._config_from_args(parser._subparsers._group_actions[0].choices["train"], args, {})
+    assert (config.lr, config.weight_decay, config.grad_clip) == (0.001, 0.0005, 15.0)
+    assert config.model_options == {"beta": 0.5, "hidden": [8], "threshold": 2.0}
+    assert config.dataset_options == {"dt": 0.01}
+    assert load_config_file(cfg)["lr"] == 0.001
+    # what YAML read before stays as it was: integers, words, quoted strings; PyYAML's own loader is untouched
+    for text, value in [("n=3", 3), ("x=e5", "e5"), ("x=1e", "1e"), ("s='1e-3'", "1e-3"), ("v=[1e-3, 2]", [0.001, 2])]:
+        assert cli._key_value(text) == (text.split("=")[0], value)
+    assert yaml.safe_load("1e-3") == "1e-3"

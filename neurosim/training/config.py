@@ -5,7 +5,9 @@ Precedence used by the command line: dataclass defaults < config file < explicit
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,10 @@ PRECISIONS = ("fp32", "bf16")
 # "latency": linear time-to-first-spike per input (zero never fires); "latency_log": the logarithmic code normalised
 # over the whole batch (snntorch.spikegen.latency(normalize=True)), what "latency" meant before checkpoint format 3
 ENCODERS = ("rate", "latency", "latency_log", "direct")
+
+# Numbers in exponent notation without a dot or without a sign in the exponent (1e-3, 5E2, 1.5e3): strings to
+# YAML 1.1's float resolver, which PyYAML follows; floats to YAML 1.2, JSON and Python.
+FLOAT_EXPONENT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
 
 # Fields that decide what a run computes: a resumed run must agree with its checkpoint on all of them.
 IDENTITY_FIELDS = ("model", "dataset", "encoder", "backend", "num_steps", "batch_size", "lr", "weight_decay",
@@ -116,6 +122,25 @@ class TrainConfig:
         return cls(**values)
 
 
+@functools.lru_cache(maxsize=None)
+def _yaml_loader():
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        """``yaml.SafeLoader`` that also reads :data:`FLOAT_EXPONENT` numbers as floats."""
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", FLOAT_EXPONENT, list("-+0123456789."))
+    return Loader
+
+
+def parse_yaml(text: str) -> Any:
+    """``yaml.safe_load(text)``, but ``1e-3`` is the number 0.001, not a string (:data:`FLOAT_EXPONENT`); the config
+    files' and the command line's KEY=VALUE parser."""
+    import yaml
+
+    return yaml.load(text, Loader=_yaml_loader())
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML (.yaml/.yml) or JSON (.json) config file into a dict."""
     path = Path(path)
@@ -127,9 +152,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         if suffix == ".json":
             data = json.loads(text)
         elif suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text) or {}
+            data = parse_yaml(text) or {}
         else:
             raise ValueError(f"config file must end in .json, .yaml or .yml, got {str(path)!r}")
     except (json.JSONDecodeError, ImportError) as err:
