@@ -142,3 +142,33 @@ def test_fit_sets_the_thread_count_back(tmp_path):
     Trainer(TrainConfig(epochs=1, num_steps=2, model_options={"hidden": [8]}, progress=False, tensorboard=False,
                         plots=False, out_dir=str(tmp_path), cpu_threads=before + 1, device="cpu")).fit()
     assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda ck: ck["trainer"].pop("train_samples"), "lacks trainer.train_samples"),
+    (lambda ck: ck["trainer"].pop("best_val"), "lacks trainer.best_val"),
+    (lambda ck: ck.update(trainer=[]), "malformed trainer: a list, not a mapping"),
+    (lambda ck: ck["trainer"].update(train_sums=torch.zeros(3)), "malformed trainer.train_sums"),
+    (lambda ck: ck["rng"][0].pop("numpy"), r"lacks rng\[0\].numpy"),
+    (lambda ck: ck["rng"][0]["python"].pop("internal"), r"lacks rng\[0\].python.internal"),
+    (lambda ck: ck["rng"][0].update(torch=[1, 2]), r"malformed rng\[0\].torch: a list, not a tensor"),
+])
+def test_a_checkpoint_missing_a_trainer_field_is_refused_before_anything_changes(run_dir, tmp_path, damage,
+                                                                                 message, capsys):
+    """A file with the format marker and every top-level key, but a field of the trainer's state or the RNG states
+    missing: before, _resume loaded the model and optimizer and then failed with a bare KeyError."""
+    from neurosim import cli
+
+    ck = ckpt_io.load(run_dir / "checkpoints" / "last.pt")
+    damage(ck)
+    bad = ckpt_io.save(tmp_path / "bad.pt", ck)
+    trainer = Trainer(TrainConfig(**{**TINY, "epochs": 2}, out_dir=str(tmp_path / "new")))
+    trainer._setup()
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    with pytest.raises(CheckpointError, match=message):
+        trainer._resume(bad)
+    assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    assert trainer.epoch == 0 and not trainer.optimizer.state_dict()["state"]
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["train", "--resume", str(bad), "--epochs", "2", "--out-dir", str(tmp_path / "new"), "--no-progress"])
+    assert exc.value.code == 2 and "bad.pt' " in capsys.readouterr().err

@@ -131,6 +131,16 @@ def check_state_dict(path, name: str, saved: dict, expected: dict) -> None:
                                   f"expected {tuple(v.shape)}")
 
 
+def check_fields(path, name: str, value: Any, keys: tuple[str, ...]) -> None:
+    """Raise :class:`CheckpointError` unless ``value`` (the part ``name`` of the file) is a dict holding ``keys``."""
+    if not isinstance(value, dict):
+        raise CheckpointError(f"checkpoint {str(path)!r} has a malformed {name}: a {type(value).__name__}, "
+                              f"not a mapping")
+    missing = [k for k in keys if k not in value]
+    if missing:
+        raise CheckpointError(f"checkpoint {str(path)!r} lacks {', '.join(f'{name}.{k}' for k in missing)}")
+
+
 # ---- RNG states as plain tensors / ints (all loadable with weights_only=True) -------------------------------
 
 def layer_generators(model: torch.nn.Module | None) -> dict:
@@ -155,6 +165,22 @@ def rng_state(device: torch.device | None = None, model: torch.nn.Module | None 
         "layers": {name: m.generator_states() for name, m in layer_generators(model).items()},
     }
     return state
+
+
+def check_rng_states(path, states: Any) -> None:
+    """Raise :class:`CheckpointError` unless ``states`` is a non-empty list of :func:`rng_state` dicts (one per
+    process), so that :func:`set_rng_state` cannot fail half way."""
+    if not isinstance(states, list) or not states:
+        raise CheckpointError(f"checkpoint {str(path)!r} holds no RNG states")
+    for i, state in enumerate(states):
+        check_fields(path, f"rng[{i}]", state, ("torch", "numpy", "python"))
+        check_fields(path, f"rng[{i}].numpy", state["numpy"], ("keys", "pos", "has_gauss", "cached_gaussian"))
+        check_fields(path, f"rng[{i}].python", state["python"], ("version", "internal", "gauss"))
+        for name, t in (("torch", state["torch"]), ("numpy.keys", state["numpy"]["keys"]),
+                        ("python.internal", state["python"]["internal"])):
+            if not torch.is_tensor(t):
+                raise CheckpointError(f"checkpoint {str(path)!r} has a malformed rng[{i}].{name}: a "
+                                      f"{type(t).__name__}, not a tensor")
 
 
 def set_rng_state(state: dict[str, Any], device: torch.device | None = None,

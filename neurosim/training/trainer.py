@@ -33,7 +33,7 @@ from . import distributed as D
 from . import logs
 from .config import IDENTITY_FIELDS, ConfigError, TrainConfig
 from .data import DataInfo, split_indices
-from .metrics import MetricSums, metric_names
+from .metrics import FIELDS, MetricSums, metric_names
 from .registry import get_dataset, get_model
 
 Callback = Callable[[str, "Trainer"], None]
@@ -155,6 +155,10 @@ class Trainer:
                               f"{self.cfg.dataset!r}: {err}") from None
 
     # ---- checkpoints ------------------------------------------------------------------------------------------
+    # the fields of a checkpoint's "trainer" section that _resume reads (_state writes these and "world_size")
+    RESUMED = ("best_val", "best_epoch", "bad_epochs", "stopped_early", "history", "train_sums", "train_time",
+               "train_samples")
+
     def _state(self, sums: list[torch.Tensor]) -> dict:
         return {"best_val": self.best_val, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
                 "stopped_early": self.stopped_early, "history": self.history, "train_sums": sums,
@@ -187,28 +191,33 @@ class Trainer:
         groups = self.optimizer.state_dict()["param_groups"]
         if [len(g["params"]) for g in saved_groups] != [len(g["params"]) for g in groups]:
             raise ckpt_io.CheckpointError(f"checkpoint {str(path)!r} holds an optimizer for other parameters")
-        if not isinstance(ck["rng"], list) or not ck["rng"]:
-            raise ckpt_io.CheckpointError(f"checkpoint {str(path)!r} holds no RNG states")
+        ckpt_io.check_rng_states(path, ck["rng"])
+        st = ck["trainer"]
+        ckpt_io.check_fields(path, "trainer", st, self.RESUMED)
+        sums = self._own_sums(path, st["train_sums"])
         self.model.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
         self.scheduler.load_state_dict(ck["scheduler"])
-        st = ck["trainer"]
         self.epoch, self.step_in_epoch, self.global_step = ck["epoch"], ck["step_in_epoch"], ck["global_step"]
         self.best_val, self.best_epoch, self.bad_epochs = st["best_val"], st["best_epoch"], st["bad_epochs"]
         self.stopped_early, self.history = st["stopped_early"], list(st["history"])
         self.train_time, self.train_samples = st["train_time"], st["train_samples"]
-        self.sums = MetricSums(self.device, self._own_sums(st["train_sums"]))
+        self.sums = MetricSums(self.device, sums)
         if len(ck["rng"]) == self.dist.world_size:
             ckpt_io.set_rng_state(ck["rng"][self.dist.rank], self.device, self.model)
         else:  # different number of processes: the data order still matches, the random streams cannot
             seed_everything(self.cfg.seed + self.dist.rank + 1_000_003 * self.global_step)
             seed_layer_generators(self.model, 1 + self.global_step, self.dist.rank)
 
-    def _own_sums(self, saved: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
+    def _own_sums(self, path, saved: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
         """This rank's partial metric sums of the checkpoint's epoch: its own when the checkpoint holds one per
         process, else (another number of processes) their total on rank 0 and zeros on the others, since the
         epoch's metrics are sums over ranks. (Format 3 and before saved one tensor, rank 0's.)"""
-        saved = [saved] if torch.is_tensor(saved) else list(saved)
+        saved = [saved] if torch.is_tensor(saved) else saved
+        if not isinstance(saved, list) or not saved or any(not torch.is_tensor(t) or t.shape != (len(FIELDS),)
+                                                           for t in saved):
+            raise ckpt_io.CheckpointError(f"checkpoint {str(path)!r} has a malformed trainer.train_sums (expected "
+                                          f"tensors of the {len(FIELDS)} metric sums, one per process)")
         if len(saved) == self.dist.world_size:
             return saved[self.dist.rank]
         return torch.stack(saved).sum(0) if self.dist.is_main else torch.zeros_like(saved[0])
