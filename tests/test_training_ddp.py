@@ -136,3 +136,32 @@ def test_a_ddp_run_resumed_mid_epoch_matches_the_uninterrupted_one(tmp_path):
     Trainer(TrainConfig(**cfg, out_dir=str(tmp_path / "one"))).fit(resume=tmp_path / "mid_epoch.pt")
     for one, two in zip(_history(tmp_path / "one"), _history(tmp_path / "straight"), strict=True):
         assert one == pytest.approx(two, rel=1e-4, abs=1e-7)
+
+
+def test_a_batch_size_the_processes_do_not_divide_is_a_usage_error(tmp_path):
+    """Before, a plain ValueError raised outside fit()'s clean-up: a traceback from every rank, exit code 1."""
+    out = _torchrun("-m", "neurosim.cli", "train", "--batch-size", "63", "--epochs", "1", "--device", "cpu",
+                    "--no-progress", "--out-dir", tmp_path, ok=False)
+    assert out.count("neurosim train: error: batch_size must be a multiple of the number of processes (2), "
+                     "got 63") == 2
+    assert "(exitcode: 2)" in out and "ValueError" not in out
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+def test_a_failed_set_up_leaves_the_process_group(monkeypatch, tmp_path):
+    """The set-up's errors (here: a batch size 2 processes do not divide) tear down the process group it joined, as
+    training's errors do (a real one-process gloo group that the set-up is told has 2 ranks)."""
+    import torch.distributed as dist
+
+    from neurosim.training import distributed as D
+    from neurosim.training.config import ConfigError
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        monkeypatch.setattr(D, "setup", lambda spec: (D.DistInfo(0, 2, 0, initialized_here=True), torch.device("cpu")))
+        with pytest.raises(ConfigError, match=r"multiple of the number of processes \(2\), got 63"):
+            Trainer(TrainConfig(batch_size=63, device="cpu", out_dir=str(tmp_path))).fit()
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -167,5 +167,6 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
 
 class ConfigError(ValueError):
-    """A configuration the dataset or model builder rejected (bad ``model_options``/``dataset_options``); raised
-    before any training step, so the command line reports it as a usage error (exit 2)."""
+    """A configuration the dataset or model builder rejected (bad ``model_options``/``dataset_options``), or a
+    ``batch_size`` the number of processes does not divide; raised before any training step, so the command line
+    reports it as a usage error (exit 2)."""

@@ -80,6 +80,8 @@ class Trainer:
             "best_checkpoint": self.ckpt_dir / "best.pt",
             "last_checkpoint": self.ckpt_dir / "last.pt",
         }
+        self.dist = D.DistInfo()        # (until _setup joins a process group, if torchrun started this process)
+        self.model = self.ddp = None
 
     # ---- set-up ---------------------------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -90,7 +92,8 @@ class Trainer:
             torch.set_num_threads(cfg.cpu_threads)
         world = self.dist.world_size
         if cfg.batch_size % world:
-            raise ValueError(f"batch_size must be a multiple of the number of processes ({world}), got {cfg.batch_size}")
+            raise ConfigError(f"batch_size must be a multiple of the number of processes ({world}), "
+                              f"got {cfg.batch_size}")
         self.local_batch = cfg.batch_size // world
 
         try:
@@ -361,8 +364,8 @@ class Trainer:
         """Train (continuing from the checkpoint ``resume`` if given); return the summary dict."""
         self._threads_before = None
         try:
-            self._setup()
             try:
+                self._setup()   # (joins the process group: what fails from here on leaves it)
                 summary = self._fit(resume)
             except BaseException:
                 self._release_ddp()
