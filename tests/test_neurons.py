@@ -179,6 +179,15 @@ def test_bad_arguments(kwargs, match):
         neurosim.LIF(**kwargs)
 
 
+@pytest.mark.parametrize("cls,flag", [("LIF", f) for f in ("learn_beta", "learn_threshold", "detach_reset")]
+                         + [("CubaLIF", f) for f in ("learn_alpha", "learn_beta", "learn_threshold", "detach_reset")])
+@pytest.mark.parametrize("value", ["no", "False", 0])
+def test_flags_must_be_booleans(cls, flag, value):
+    """A config file's "no" or "False" was taken as true (learn_beta="no" made beta trainable); STC-LIF refused them."""
+    with pytest.raises(ValueError, match=f"{flag} must be True or False; got {value!r}"):
+        getattr(neurosim, cls)(backend="torch", **{flag: value})
+
+
 def test_cuba_not_on_norse_and_detach_reset_needs_reference():
     with pytest.raises(ValueError, match="does not provide CubaLIF"):
         neurosim.CubaLIF(reset="zero", backend="norse")

@@ -22,6 +22,7 @@ RESETS = ("subtract", "zero")
 
 
 def _as_param(name, value, learn, lo, hi, lo_open=False):
+    validate.boolean(f"learn_{name}", learn)
     validate.in_range(name, value, lo, hi, lo_open=lo_open)
     t = torch.as_tensor(value, dtype=torch.float32).clone()
     return nn.Parameter(t) if learn else t
@@ -57,7 +58,7 @@ class _SpikingNeuron(nn.Module):
         validate.one_of("backend", backend, B.BACKENDS)
         self.reset = reset
         self.surrogate: Surrogate = make(surrogate, slope)
-        self.detach_reset = bool(detach_reset)
+        self.detach_reset = validate.boolean("detach_reset", detach_reset)  # ("False" was taken as true)
         self._register("threshold", _as_param("threshold", threshold, learn_threshold, 0.0, float("inf"), lo_open=True))
         self._backend_name = backend
         self._cache: dict = {}
@@ -162,10 +163,10 @@ class LIF(_SpikingNeuron):
         threshold: firing threshold (> 0).
         reset: ``"subtract"`` or ``"zero"``.
         surrogate: ``"fast_sigmoid"``, ``"arctan"``, ``"sigmoid"`` or a :class:`Surrogate`; ``slope`` its k.
-        learn_beta, learn_threshold: make the parameter trainable.
+        learn_beta, learn_threshold: make the parameter trainable (True or False).
         backend: ``"snntorch"``, ``"norse"``, ``"fused"`` or ``"torch"`` (see :mod:`neurosim.neurons.backends`
             for which modes each supports; an unsupported combination raises ``ValueError``).
-        detach_reset: cut the reset out of the gradient (snnTorch's behaviour, default).
+        detach_reset: cut the reset out of the gradient (snnTorch's behaviour, default; True or False).
     """
 
     kind = "lif"
@@ -188,7 +189,7 @@ class CubaLIF(_SpikingNeuron):
         m_t = \beta m_{t-1} + i_t - r_t\vartheta \;(\text{subtract}) \quad\text{or}\quad
         m_t = (1 - r_t)(\beta m_{t-1} + i_t) \;(\text{zero}),\qquad s_t = H(m_t - \vartheta)
 
-    Same arguments as :class:`LIF` plus ``alpha`` in [0, 1] and ``learn_alpha``.
+    Same arguments as :class:`LIF` plus ``alpha`` in [0, 1] and ``learn_alpha`` (True or False).
     """
 
     kind = "cuba"
