@@ -188,6 +188,33 @@ def test_flags_must_be_booleans(cls, flag, value):
         getattr(neurosim, cls)(backend="torch", **{flag: value})
 
 
+@pytest.mark.parametrize("cls", ["LIF", "CubaLIF"])
+def test_a_tensor_argument_is_copied_as_the_initial_value(cls):
+    """A tensor that requires grad (an nn.Parameter shared with another layer) was kept as a non-leaf copy: gradients
+    reached the caller's tensor, an optimiser moved it while the layer ran on with the old value, and the layer could
+    not be deep-copied. Now the layer holds a detached copy; learn_beta etc. train that copy."""
+    import copy
+
+    shared = torch.nn.Parameter(torch.tensor(0.9))
+    kw = dict(beta=shared, threshold=shared + 0.1) | ({"alpha": shared} if cls == "CubaLIF" else {})
+    x = torch.rand(6, 2, 3) * 2
+    fixed = getattr(neurosim, cls)(backend="torch", **kw)
+    names = ["beta", "threshold"] + (["alpha"] if cls == "CubaLIF" else [])
+    for name in names:
+        t = getattr(fixed, name)
+        assert t.is_leaf and not t.requires_grad and name in dict(fixed.named_buffers()), name
+    want = getattr(neurosim, cls)(backend="torch", **{k: float(v.detach()) for k, v in kw.items()})(x)
+    assert torch.equal(fixed(x), want)
+    with torch.no_grad():
+        shared.fill_(0.3)  # the caller's tensor changing later leaves the layer as it was made
+    assert torch.equal(fixed(x), want) and torch.equal(copy.deepcopy(fixed)(x), want)
+    learned = getattr(neurosim, cls)(backend="torch", learn_beta=True, **kw)
+    assert learned.beta is not shared and learned.beta.is_leaf and float(learned.beta) == pytest.approx(0.3)
+    learned(x, return_mem=True)[1].sum().backward()
+    assert learned.beta.grad is not None and shared.grad is None
+    copy.deepcopy(learned)
+
+
 def test_cuba_not_on_norse_and_detach_reset_needs_reference():
     with pytest.raises(ValueError, match="does not provide CubaLIF"):
         neurosim.CubaLIF(reset="zero", backend="norse")

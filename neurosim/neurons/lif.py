@@ -22,9 +22,13 @@ RESETS = ("subtract", "zero")
 
 
 def _as_param(name, value, learn, lo, hi, lo_open=False):
+    """The layer's own float32 copy of a parameter's initial ``value`` (a number or a tensor), checked to lie in
+    [lo, hi] (``lo_open``: (lo, hi]); an ``nn.Parameter`` when ``learn`` (``learn_{name}``, a bool). A tensor is
+    copied and detached: one that requires grad (say an ``nn.Parameter`` shared with another layer) gives the
+    initial value only; training it is ``learn_{name}=True``."""
     validate.boolean(f"learn_{name}", learn)
     validate.in_range(name, value, lo, hi, lo_open=lo_open)
-    t = torch.as_tensor(value, dtype=torch.float32).clone()
+    t = torch.as_tensor(value.detach() if torch.is_tensor(value) else value, dtype=torch.float32).clone()
     return nn.Parameter(t) if learn else t
 
 
@@ -167,6 +171,10 @@ class LIF(_SpikingNeuron):
         backend: ``"snntorch"``, ``"norse"``, ``"fused"`` or ``"torch"`` (see :mod:`neurosim.neurons.backends`
             for which modes each supports; an unsupported combination raises ``ValueError``).
         detach_reset: cut the reset out of the gradient (snnTorch's behaviour, default; True or False).
+
+    A tensor given as ``beta`` or ``threshold`` is copied as the initial value: the layer keeps its own parameter
+    (or buffer), not tied to the tensor given, even one that requires grad (say an ``nn.Parameter`` of another
+    layer); ``learn_beta`` / ``learn_threshold`` make the layer's copy trainable.
     """
 
     kind = "lif"
@@ -189,7 +197,8 @@ class CubaLIF(_SpikingNeuron):
         m_t = \beta m_{t-1} + i_t - r_t\vartheta \;(\text{subtract}) \quad\text{or}\quad
         m_t = (1 - r_t)(\beta m_{t-1} + i_t) \;(\text{zero}),\qquad s_t = H(m_t - \vartheta)
 
-    Same arguments as :class:`LIF` plus ``alpha`` in [0, 1] and ``learn_alpha`` (True or False).
+    Same arguments as :class:`LIF` plus ``alpha`` in [0, 1] and ``learn_alpha`` (True or False; a tensor ``alpha``
+    is copied as the initial value, as ``beta`` is).
     """
 
     kind = "cuba"
