@@ -369,10 +369,13 @@ def broadcasts_to(shape, target) -> bool:
 
 def neuron_param(name: str, value: torch.Tensor, neuron_shape) -> torch.Tensor:
     """A neuron parameter (or state) is a scalar or broadcasts to the neuron shape ``x.shape[1:]`` (a shape that
-    would broadcast ``x`` itself to more dimensions is an error, not a bigger output)."""
-    if value.numel() != 1 and not broadcasts_to(value.shape, neuron_shape):
+    would broadcast ``x`` itself to more dimensions is an error, not a bigger output: a one-element tensor too, such
+    as ``(1, 1, 1)`` for 2-D neurons, which the torch backends broadcast to a 3-D output and the fused kernel did
+    not)."""
+    if not broadcasts_to(value.shape, neuron_shape):
         raise ValueError(f"{name} of shape {tuple(value.shape)} must be a scalar or broadcastable to the neuron shape "
-                         f"x.shape[1:] = {tuple(neuron_shape)}")
+                         f"x.shape[1:] = {tuple(neuron_shape)} (at most {len(neuron_shape)} dimensions: it must not "
+                         "add dimensions to the output)")
     return value
 
 

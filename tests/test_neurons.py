@@ -260,9 +260,16 @@ def test_parameters_and_state_of_another_shape_or_nan_are_refused_on_every_backe
     from neurosim.neurons.functional import LIFState
 
     x = torch.randn(4, 2, 5)
-    for shape in [(1, 2, 5), (3,)]:  # (one would broadcast x to 4-D, the other not at all)
+    # (the first would broadcast x to 4-D, the second not at all; one element with more dims than the neurons gave
+    # a 4-D output on the torch backends and a 3-D one from the fused kernel)
+    for shape in [(1, 2, 5), (3,), (1, 1, 1)]:
         with pytest.raises(ValueError, match=r"beta of shape .* must be a scalar or broadcastable to the neuron shape"):
             neurosim.LIF(beta=torch.full(shape, 0.5), reset="zero", backend=backend)(x)
+    with pytest.raises(ValueError, match=r"threshold of shape \(1, 1, 1, 1\) .* \(at most 2 dimensions"):
+        neurosim.LIF(threshold=torch.ones(1, 1, 1, 1), reset="zero", backend=backend)(x)
+    if backend != "norse":
+        with pytest.raises(ValueError, match=r"alpha of shape \(1, 1, 1\) must be a scalar or broadcastable"):
+            neurosim.CubaLIF(alpha=torch.full((1, 1, 1), 0.5), reset="zero", backend=backend)(x)
     lif = neurosim.LIF(reset="zero", backend=backend)
     with pytest.raises(ValueError, match=r"state.mem of shape \(3, 5\) must broadcast to x.shape\[1:\] = \(2, 5\)"):
         lif(x, state=LIFState(torch.zeros(3, 5)))

@@ -172,6 +172,8 @@ def test_a_given_state_is_checked_like_the_lif_layers():
     with pytest.raises(ValueError, match=r"beta of shape \(4,\) must be a scalar or broadcastable to the neuron shape "
                                          r"x.shape\[1:\] = \(2, 4, 5, 6\)"):
         STCLIF(4, spatial_dims=2, beta=torch.full((4,), 0.5))(torch.zeros(3, 2, 4, 5, 6))
+    with pytest.raises(ValueError, match=r"threshold of shape \(1, 1, 1\) must be a scalar or broadcastable"):
+        STCLIF(4, threshold=torch.ones(1, 1, 1))(x)  # (one element, but a 3-D output for 2-D neurons)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
