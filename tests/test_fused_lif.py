@@ -348,9 +348,57 @@ def test_gpu_kernel_flags_nonfinite_input():
         assert got[label].startswith(want), (label, got[label])
 
 
+# ---------------------------------------------------------------- a NaN decay stays NaN, as in torch's clamp
+def nan_decay_results(device: str, interpret=None) -> dict:
+    """The fused backend with a NaN beta (LIF) or a NaN beta and alpha in other neurons (CubaLIF), a fixed one (so no
+    layer refuses it first), against the reference loop: spikes equal, membrane NaN in the same places. The kernel's
+    clamp into [0, 1] took a NaN as 0 (Triton's default min/max return the other operand), torch's keeps it."""
+    from neurosim.kernels.lif import BACKEND
+
+    g = torch.Generator().manual_seed(11)
+    x = (torch.rand(6, 2, 3, generator=g) * 1.5).to(device)
+    nan = float("nan")
+    out = {}
+    for kind in ("lif", "cuba"):
+        t = lambda v: torch.tensor(v, device=device)  # noqa: E731
+        if kind == "lif":
+            p = F.LIFParameters(t([0.9, nan, 0.8]), t(1.0), "zero")
+        else:
+            p = F.CubaLIFParameters(t([nan, 0.7, 0.6]), t([0.9, 0.85, nan]), t(1.0))
+        s, m, _ = BACKEND.run(kind, p, x, interpret=interpret)
+        rs, rm, _ = F.run_sequence(kind, p, x)
+        out[kind] = {"path": BACKEND.path(x, interpret), "spikes_equal": torch.equal(s.cpu(), rs.cpu()),
+                     "nan_where_reference": torch.equal(m.isnan().cpu(), rm.isnan().cpu()),
+                     "reference_nan": int(rm.isnan().sum()),
+                     "finite_equal": torch.equal(m.nan_to_num().cpu(), rm.nan_to_num().cpu())}
+    return out
+
+
+def _check_nan_decay(got, path):
+    for kind, res in got.items():
+        assert res["path"] == path, (kind, res)
+        assert res["reference_nan"] > 0 and res["nan_where_reference"] and res["spikes_equal"], (kind, res)
+        assert res["finite_equal"], (kind, res)
+
+
+def test_kernel_in_interpreter_keeps_a_nan_decay_nan():
+    env = dict(os.environ, NEUROSIM_TRITON_INTERPRET="1", TRITON_DEFAULT_FP_FUSION="0")
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--interpreter-nan-decay"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    _check_nan_decay(json.loads(proc.stdout.strip().splitlines()[-1]), "interpreter")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_kernel_keeps_a_nan_decay_nan():
+    _check_nan_decay(nan_decay_results("cuda"), "triton")
+
+
 # ---------------------------------------------------------------- child process entry point
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--interpreter":
     results = {name: compare_case(name, "cpu", interpret=True) for name in sys.argv[2:]}
     print(json.dumps(results))
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--interpreter-nonfinite":
     print(json.dumps(nonfinite_messages("cpu", interpret=True)))
+if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--interpreter-nan-decay":
+    print(json.dumps(nan_decay_results("cpu", interpret=True)))

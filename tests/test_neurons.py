@@ -370,6 +370,44 @@ def test_a_learnable_threshold_trained_to_zero_or_below_is_refused_at_the_next_f
         layer(x)
 
 
+@pytest.mark.parametrize("cls,name,backend", [("LIF", "beta", b) for b in ("torch", "snntorch", "norse", "fused")]
+                         + [("CubaLIF", n, b) for n in ("alpha", "beta") for b in ("torch", "snntorch", "fused")]
+                         + [("STCLIF", "beta", None)])
+def test_a_learnable_decay_trained_to_nan_is_refused_at_the_next_forward(cls, name, backend):
+    """A learnable beta or alpha that training took to NaN ran on: the torch backends gave a NaN membrane and no
+    spikes, the fused kernel took NaN as 0. It is refused at the next forward, as a threshold <= 0 is (read at once,
+    or queued inside deferred checks); a finite value outside [0, 1] runs clamped into it (snnTorch's rule)."""
+    from neurosim import validate
+    from neurosim.neurons.stc_lif import STCLIF
+
+    kw = {f"learn_{name}": True}
+    make = (lambda: STCLIF(3, **kw)) if cls == "STCLIF" else (
+        lambda: getattr(neurosim, cls)(reset="zero", backend=backend, **kw))
+    layer = make()
+    x = torch.rand(5, 2, 3) * 1.5
+    want = layer(x)
+    for bad in (float("nan"), float("inf")):
+        with torch.no_grad():
+            getattr(layer, name).fill_(bad)
+        with pytest.raises(ValueError, match=rf"^{name} contains 1 NaN/inf value\(s\); all values must be finite"):
+            layer(x)
+        # (deferred, Norse's own check of the clamped beta, 1 for inf, can come first)
+        also = "|backend='norse' needs beta < 1" if backend == "norse" else ""
+        with pytest.raises(ValueError, match=rf"^the layer: {name} contains NaN/inf{also}"):
+            with validate.deferred_checks(lambda: "the layer"):
+                layer(x)
+    with torch.no_grad():
+        getattr(layer, name).fill_(0.7)
+    assert layer(x).shape == want.shape
+    if backend != "norse":  # (Norse needs beta < 1)
+        with torch.no_grad():
+            getattr(layer, name).fill_(1.2)
+        clamped = make()
+        with torch.no_grad():
+            getattr(clamped, name).fill_(1.0)
+        assert torch.equal(layer(x), clamped(x))
+
+
 def test_a_layer_pickled_before_reset_was_a_property_still_runs():
     """Before, reset was a plain attribute in the layer's __dict__; the property then found no _reset."""
     import pickle

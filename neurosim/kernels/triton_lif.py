@@ -39,14 +39,15 @@ HALF_PI = 1.5707963267948966
 
 def _params(beta_ptr, th_ptr, alpha_ptr, cols, cmask, BETA_VEC: tl.constexpr, TH_VEC: tl.constexpr,
             ALPHA_VEC: tl.constexpr, CUBA: tl.constexpr):
-    # beta and alpha clamped to [0, 1] as in neurosim.neurons.functional; a 1-element parameter is broadcast
+    # beta and alpha clamped to [0, 1] as in neurosim.neurons.functional, a NaN kept as NaN as torch's clamp keeps
+    # it (Triton's default min/max return the other operand: a NaN beta ran as 0); a 1-element parameter is broadcast
     b = tl.load(beta_ptr + cols * BETA_VEC, mask=cmask, other=0.0)
-    b = tl.minimum(tl.maximum(b, 0.0), 1.0)
+    b = tl.minimum(tl.maximum(b, 0.0, propagate_nan=tl.PropagateNan.ALL), 1.0, propagate_nan=tl.PropagateNan.ALL)
     th = tl.load(th_ptr + cols * TH_VEC, mask=cmask, other=1.0)
     a = b
     if CUBA:
         a = tl.load(alpha_ptr + cols * ALPHA_VEC, mask=cmask, other=0.0)
-        a = tl.minimum(tl.maximum(a, 0.0), 1.0)
+        a = tl.minimum(tl.maximum(a, 0.0, propagate_nan=tl.PropagateNan.ALL), 1.0, propagate_nan=tl.PropagateNan.ALL)
     return b, th, a
 
 

@@ -13,7 +13,9 @@ CubaLIF: :math:`i_t = \alpha i_{t-1} + x_t`, then ``subtract``: :math:`m_t = \be
 ``zero``: :math:`m_t = (1 - r_t)(\beta m_{t-1} + i_t)` (snnTorch's ``Synaptic`` discards that step's input too).
 
 Spikes :math:`s_t = H(m_t - \vartheta)` with a surrogate gradient. ``beta`` and ``alpha`` are clamped to
-[0, 1] inside the step, as snnTorch does, so a learnable decay cannot leave the stable range.
+[0, 1] inside the step, as snnTorch does, so a learnable decay cannot leave the stable range (a NaN stays NaN, on
+every backend; the layers refuse a learnable one that became NaN/inf:
+:func:`neurosim.neurons.lif.check_learned_parameters`).
 The reported membrane trace is :math:`m_t` (before the reset that the next step applies).
 """
 from __future__ import annotations

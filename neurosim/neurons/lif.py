@@ -43,13 +43,22 @@ def check_state(state, kind: type, neuron_shape=None) -> None:
         validate.neuron_state(state, neuron_shape)
 
 
-def check_learned_threshold(threshold: torch.Tensor) -> None:
-    """A learnable threshold is > 0 at construction, but training can take it to 0 or below (every neuron then
-    fires on silence): checked at every forward of a layer whose threshold learns (a small read; queued inside
-    deferred checks). Not cached by the tensor's version: a fused optimizer step and ``.data`` updates leave that
-    unchanged. A fixed threshold is checked when it is made."""
-    if threshold.requires_grad:
-        validate.positive("threshold", threshold)
+def check_learned_parameters(p) -> None:
+    """What training can do to a learnable parameter that no backend can run, refused at every forward of a layer
+    that learns it (a small read each; queued inside deferred checks). Not cached by the tensor's version: a fused
+    optimizer step and ``.data`` updates leave that unchanged. Fixed parameters are checked when they are made.
+
+    * threshold: > 0 at construction, but training can take it to 0 or below (every neuron then fires on silence).
+    * beta, alpha (``p.alpha`` where ``p`` has one): in [0, 1] at construction; training can move them outside,
+      where every backend clamps them into [0, 1] (snnTorch's rule, :mod:`neurosim.neurons.functional`), but not to
+      NaN/inf (a NaN has no clamped value: the torch backends ran on with a NaN membrane and no spikes, the fused
+      kernel took it as 0)."""
+    if p.threshold.requires_grad:
+        validate.positive("threshold", p.threshold)
+    for name in ("beta", "alpha"):
+        value = getattr(p, name, None)
+        if value is not None and value.requires_grad:
+            validate.finite(name, value)
 
 
 class _SpikingNeuron(nn.Module):
@@ -119,7 +128,7 @@ class _SpikingNeuron(nn.Module):
         """
         validate.rank_at_least("x", x, 2, "[T, B, ...]")
         p = self.params()
-        check_learned_threshold(p.threshold)
+        check_learned_parameters(p)
         backend = B.get(self._backend_name)
         backend.check(self.kind, p)
         if state is not None:  # (every backend: snnTorch's would drop a state of another shape, silently)

@@ -37,7 +37,7 @@ from torch import nn
 
 from .. import validate
 from . import functional as F
-from .lif import _as_param, check_learned_threshold, check_state
+from .lif import _as_param, check_learned_parameters, check_state
 from .surrogate import Surrogate, make
 
 
@@ -162,7 +162,7 @@ class STCLIF(nn.Module):
         if x.shape[2] != self.channels:
             raise ValueError(f"x must have {self.channels} channels at dim 2 ([T, B, C, ...]), got shape {tuple(x.shape)}")
         p = self.params()
-        check_learned_threshold(p.threshold)
+        check_learned_parameters(p)
         for name in ("beta", "threshold"):
             validate.neuron_param(name, getattr(p, name), x.shape[1:])
         dtype = x.dtype  # (the LIF layers' precision rule: a 16-bit input runs with a float32 state)
