@@ -279,6 +279,30 @@ def test_parameters_and_state_of_another_shape_or_nan_are_refused_on_every_backe
         lif(x, state=(torch.zeros(2, 5),))
 
 
+@pytest.mark.parametrize("cls", ["LIF", "CubaLIF"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_an_input_without_time_steps_gives_empty_outputs_and_the_initial_state(cls, dtype):
+    """T = 0 failed with an IndexError from inside every backend (B = 0 worked). Now: spikes and membrane trace
+    [0, B, ...] in the precision rule's dtypes, the final state zeros or the given one (broadcast to the neurons), so
+    a stream continued through an empty chunk equals the whole."""
+    from neurosim.neurons.functional import CubaLIFState, LIFState
+
+    x = torch.rand(5, 2, 3).to(dtype) * 2
+    empty = x[:0]
+    given = torch.tensor([0.2, 0.5, 0.9])
+    given = LIFState(given) if cls == "LIF" else CubaLIFState(given * 0.5, given)
+    for backend in ("torch", "snntorch", "fused") + (("norse",) if cls == "LIF" else ()):
+        layer = getattr(neurosim, cls)(reset="zero", backend=backend)
+        spikes, mem, final = layer(empty, return_mem=True, return_state=True)
+        assert spikes.shape == mem.shape == (0, 2, 3) and spikes.dtype == dtype and mem.dtype == torch.float32
+        assert type(final) is type(given) and all(torch.equal(s, torch.zeros(2, 3)) for s in final), backend
+        _, final = layer(empty, state=given, return_state=True)
+        assert all(torch.equal(s, g.expand(2, 3)) for s, g in zip(final, given)), backend
+        first, state = layer(x[:2], return_state=True)
+        _, state = layer(empty, state=state, return_state=True)
+        assert torch.equal(torch.cat([first, layer(x[2:], state=state)]), layer(x)), backend
+
+
 def test_a_model_is_copied_and_saved_after_a_forward_on_the_snntorch_backend(tmp_path):
     """The snnTorch backend's cached neuron (holding its last step's tensors) is not copied or pickled."""
     import copy

@@ -45,6 +45,25 @@ def test_is_spiking_neuron_flag_and_state_continuation():
     assert torch.equal(torch.cat([a, b]), full)
 
 
+def test_an_input_without_time_steps_gives_empty_outputs_and_the_initial_state():
+    """T = 0 failed with an IndexError (B = 0 worked); now it gives what neurosim.LIF gives, and empty modulations."""
+    from neurosim.neurons.functional import LIFState
+
+    stc = STCLIF(4, groups=2)
+    _perturb(stc, seed=2)
+    x = _x((6, 3, 4), seed=4)
+    spikes, mem, final, (betas, gammas) = stc(x[:0], return_mem=True, return_state=True, return_modulation=True)
+    assert spikes.shape == mem.shape == betas.shape == gammas.shape == (0, 3, 4)
+    assert torch.equal(final.mem, torch.zeros(3, 4))
+    mem0 = torch.tensor([0.1, 0.9, 0.5, 0.95])
+    assert torch.equal(stc(x[:0], state=LIFState(mem0), return_state=True)[1].mem, mem0.expand(3, 4))
+    first, state = stc(x[:2], return_state=True)
+    _, state = stc(x[:0], state=state, return_state=True)
+    assert torch.equal(torch.cat([first, stc(x[2:], state=state)]), stc(x))
+    betas, gammas = STCLIF(4, temporal=False)(x[:0], return_modulation=True)[1]
+    assert betas is None and gammas.shape == (0, 3, 4)
+
+
 def _perturb(stc, seed, scale=1.5):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():

@@ -3,7 +3,8 @@
 Every backend implements the semantics of :mod:`neurosim.neurons.functional` and exposes
 
 * ``check(kind, p)``: raise ``ValueError`` for a combination it cannot express exactly (never approximate);
-* ``run(kind, p, x, state) -> (spikes, mem_trace, final_state)`` for ``x`` of shape ``[T, B, ...]``.
+* ``run(kind, p, x, state) -> (spikes, mem_trace, final_state)`` for ``x`` of shape ``[T, B, ...]`` (``T = 0``
+  included: :func:`neurosim.neurons.functional.no_steps`).
 
 =====================  ==========================  =============================================
 backend                LIF                          CubaLIF
@@ -89,6 +90,8 @@ class SnnTorchBackend:
         return neuron
 
     def run(self, kind, p, x, state=None, cache=None):
+        if not len(x):
+            return F.no_steps(kind, x, state)
         neuron = self._neuron(kind, p, {} if cache is None else cache)
         state = F.initial_state(kind, x[0]) if state is None else state
         spikes, mems = [], []
@@ -163,6 +166,8 @@ class NorseBackend:
             raise ValueError("backend='norse' needs beta < 1 (tau_mem_inv = 1 - beta must be > 0)")
 
     def run(self, kind, p, x, state=None):
+        if not len(x):
+            return F.no_steps(kind, x, state)
         from norse.torch import LIFBoxCell, LIFBoxParameters
         from norse.torch.functional.lif_box import LIFBoxFeedForwardState
 

@@ -92,8 +92,20 @@ def initial_state(kind: str, like: torch.Tensor):
     return LIFState(z) if kind == "lif" else CubaLIFState(z, z.clone())
 
 
+def no_steps(kind: str, x: torch.Tensor, state=None):
+    """What a run over ``x`` with no time steps (``T = 0``) returns, on every backend: empty spikes and membrane
+    trace (``[0, B, ...]``) and the initial state (zeros, or ``state`` broadcast to the neuron shape ``x.shape[1:]``,
+    the shape a final state has after any step)."""
+    neurons = x.shape[1:]
+    state = initial_state(kind, x.new_zeros(neurons)) if state is None else type(state)(*(s.expand(neurons)
+                                                                                          for s in state))
+    return x.new_zeros(x.shape), x.new_zeros(x.shape, dtype=state.mem.dtype), state
+
+
 def run_sequence(kind: str, p, x: torch.Tensor, state=None):
     """Step through ``x`` of shape ``[T, B, ...]``; returns ``(spikes, mem_trace, final_state)``."""
+    if not len(x):
+        return no_steps(kind, x, state)
     step = lif_step if kind == "lif" else cuba_lif_step
     state = initial_state(kind, x[0]) if state is None else state
     spikes, mems = [], []

@@ -168,26 +168,33 @@ class STCLIF(nn.Module):
         dtype = x.dtype  # (the LIF layers' precision rule: a 16-bit input runs with a float32 state)
         x = x.to(F.state_dtype(dtype))
         if state is None:
-            state = F.initial_state("lif", x[0])
+            state = F.initial_state("lif", x.new_zeros(x.shape[1:]))
         else:  # (a NaN state ran on, silently; a CubaLIFState lost its current; the circuits need the full shape)
             check_state(state, F.LIFState, x.shape[1:])
-            state = F.LIFState(state.mem.to(x.dtype).expand_as(x[0]))
-        spikes, mems, betas, gammas = [], [], [], []
-        for x_t in x:
-            prev = p.surrogate(state.mem - p.threshold)
-            mod = self.modulation(prev, p)
-            s, state = stc_lif_step(x_t, state, p, mod)
-            spikes.append(s)
-            mems.append(state.mem)
-            betas.append(mod.beta)
-            gammas.append(mod.gamma)
-        out = (torch.stack(spikes).to(dtype),)
+            state = F.LIFState(state.mem.to(x.dtype).expand(x.shape[1:]))
+        if len(x):
+            spikes, mems, betas, gammas = [], [], [], []
+            for x_t in x:
+                prev = p.surrogate(state.mem - p.threshold)
+                mod = self.modulation(prev, p)
+                s, state = stc_lif_step(x_t, state, p, mod)
+                spikes.append(s)
+                mems.append(state.mem)
+                betas.append(mod.beta)
+                gammas.append(mod.gamma)
+            spikes, mems = torch.stack(spikes), torch.stack(mems)
+            mods = tuple(None if v[0] is None else torch.stack(v) for v in (betas, gammas))
+        else:  # no time steps: empty outputs and the initial state, as neurosim.LIF gives
+            spikes, mems, state = F.no_steps("lif", x, state)
+            mods = tuple(None if c is None else x.new_zeros(x.shape) for c in (self.temporal_circuit,
+                                                                               self.spatial_circuit))
+        out = (spikes.to(dtype),)
         if return_mem:
-            out += (torch.stack(mems),)
+            out += (mems,)
         if return_state:
             out += (state,)
         if return_modulation:
-            out += (tuple(None if v[0] is None else torch.stack(v) for v in (betas, gammas)),)
+            out += (mods,)
         return out[0] if len(out) == 1 else out
 
     def extra_repr(self):
