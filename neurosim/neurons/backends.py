@@ -124,12 +124,6 @@ class _ScaleGrad(torch.autograd.Function):
         return g * ctx.scale, None
 
 
-def _detached_value_reset(z, v, reset, th):
-    # Norse's reset_value with the spike detached, which is how snnTorch resets.
-    z = z.detach()
-    return (1 - z) * v + z * reset
-
-
 class NorseBackend:
     r"""Steps Norse's ``LIFBoxCell`` with parameters mapped onto neurosim's semantics.
 
@@ -139,6 +133,13 @@ class NorseBackend:
     fast_sigmoid(k) -> Norse ``"super"`` on a membrane scaled by ``k`` and sigmoid(k) -> Norse ``"tanh"`` with
     ``alpha = k/2``; the constant factor between Norse's surrogate and neurosim's (``1/k`` resp. ``k/4``) is
     applied to the gradient of the spike output, so gradients agree exactly.
+
+    Equal in exact arithmetic, not in floating point: Norse's ``v + a (x / a - v)`` (on a membrane scaled by ``k``)
+    rounds otherwise than ``beta v + x``, so a membrane that lands exactly on the threshold in snnTorch could land
+    an ulp above it in Norse and fire, and the rounding carried on in Norse's state. So the values are snnTorch's:
+    the membrane and its reset are :func:`neurosim.neurons.functional.lif_membrane`'s, the spikes
+    ``mem > threshold`` (strict); Norse's cell, stepped each step from that membrane (after its reset), gives the
+    spikes their gradient (its surrogate through its own Euler step; the spike value passes straight through).
     """
 
     name = "norse"
@@ -171,8 +172,7 @@ class NorseBackend:
         from norse.torch import LIFBoxCell, LIFBoxParameters
         from norse.torch.functional.lif_box import LIFBoxFeedForwardState
 
-        beta = p.beta.clamp(0, 1)
-        a = 1 - beta
+        a = 1 - p.beta.clamp(0, 1)
         if bool((a <= 0).any()):
             raise ValueError("backend='norse' needs beta < 1 (tau_mem_inv = 1 - beta must be > 0)")
         k = p.surrogate.slope
@@ -188,21 +188,20 @@ class NorseBackend:
                 v_reset=torch.zeros((), device=x.device, dtype=x.dtype),
                 method=method,
                 alpha=alpha,
-                reset_method=_detached_value_reset,
             ),
             dt=1.0,
         )
-        mem = (F.initial_state("lif", x[0]) if state is None else state).mem
-        # Norse keeps the post-reset voltage; neurosim reports the pre-reset membrane m_t = beta v_{t-1} + x_t.
-        v = mem * scale * (1 - (mem > p.threshold).to(mem.dtype))
-        nstate = LIFBoxFeedForwardState(v=v)
+        st = F.initial_state("lif", x[0]) if state is None else state
         spikes, mems = [], []
         for x_t in x:
-            v_prev = nstate.v
-            z, nstate = cell(x_t * scale / a, nstate)
-            mems.append((beta * v_prev + x_t * scale) / scale)
-            spikes.append(_ScaleGrad.apply(z, gfactor))
-        return torch.stack(spikes), torch.stack(mems), F.LIFState(mems[-1])
+            # Norse's voltage: the membrane after the zero reset of a spike (detached, as snnTorch's reset)
+            v = st.mem * scale * (1 - (st.mem > p.threshold).to(st.mem.dtype))
+            z, _ = cell(x_t * scale / a, LIFBoxFeedForwardState(v=v))
+            st = F.lif_membrane(x_t, st, p)
+            s = (st.mem > p.threshold).to(z.dtype)
+            spikes.append(_ScaleGrad.apply(z + (s - z).detach(), gfactor))
+            mems.append(st.mem)
+        return torch.stack(spikes), torch.stack(mems), st
 
 
 _LOCAL = {"snntorch": SnnTorchBackend(), "norse": NorseBackend(), "torch": TorchBackend()}

@@ -58,15 +58,21 @@ def _reset_signal(mem: torch.Tensor, p) -> torch.Tensor:
     return r
 
 
-def lif_step(x: torch.Tensor, state: LIFState, p: LIFParameters):
-    """One LIF step; returns ``(spikes, new_state)``."""
+def lif_membrane(x: torch.Tensor, state: LIFState, p: LIFParameters) -> LIFState:
+    """The state after one LIF step (its spikes are ``H(mem - threshold)``: :func:`lif_step`)."""
     beta = p.beta.clamp(0, 1)
     r = _reset_signal(state.mem, p)
     if p.reset == "subtract":
         mem = beta * state.mem + x - r * p.threshold
     else:
         mem = beta * (1 - r) * state.mem + x
-    return p.surrogate(mem - p.threshold), LIFState(mem)
+    return LIFState(mem)
+
+
+def lif_step(x: torch.Tensor, state: LIFState, p: LIFParameters):
+    """One LIF step; returns ``(spikes, new_state)``."""
+    state = lif_membrane(x, state, p)
+    return p.surrogate(state.mem - p.threshold), state
 
 
 def cuba_lif_step(x: torch.Tensor, state: CubaLIFState, p: CubaLIFParameters):
