@@ -319,6 +319,47 @@ def test_an_input_without_time_steps_gives_empty_outputs_and_the_initial_state(c
         assert torch.equal(torch.cat([first, layer(x[2:], state=state)]), layer(x)), backend
 
 
+def _concurrently(fns):
+    """The results of the callables, run in threads that start together."""
+    import threading
+
+    barrier, out = threading.Barrier(len(fns)), [None] * len(fns)
+
+    def work(i):
+        barrier.wait()
+        out[i] = fns[i]()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(fns))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+@pytest.mark.parametrize("cls", ["LIF", "CubaLIF"])
+def test_the_snntorch_backend_runs_a_layer_in_several_threads_at_once(cls):
+    """The snnTorch backend kept one snnTorch neuron in the layer, and a neuron keeps its membrane on itself during
+    its forward: a layer called from two threads at once mixed the two runs, and so did nn.DataParallel's replicas
+    (one thread per GPU; a replica shares the layer's attributes, each wrote its own parameters onto the one
+    neuron). Each run is compared with the same run alone; the replicas stand in for torch.nn.parallel.replicate's
+    on the CPU (its _replicate_for_data_parallel, each replica given its own parameter tensors)."""
+    g = torch.Generator().manual_seed(3)
+    xs = [torch.rand(100, 8, 256, generator=g) * 0.5, torch.rand(100, 8, 256, generator=g) * 0.2 + 0.1]
+    make = lambda beta: getattr(neurosim, cls)(beta=beta, backend="snntorch")  # noqa: E731
+    layer = make(0.9)
+    want = [layer(x) for x in xs]
+    for _ in range(2):
+        got = _concurrently([lambda x=x: layer(x) for x in xs])
+        assert all(torch.equal(a, b) for a, b in zip(got, want))
+    replicas = [layer._replicate_for_data_parallel() for _ in xs]
+    replicas[1]._buffers["beta"] = torch.tensor(0.6)
+    want = [layer(xs[0]), make(0.6)(xs[1])]
+    for _ in range(2):
+        got = _concurrently([lambda r=r, x=x: r(x) for r, x in zip(replicas, xs)])
+        assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
 def test_a_model_is_copied_and_saved_after_a_forward_on_the_snntorch_backend(tmp_path):
     """The snnTorch backend's cached neuron (holding its last step's tensors) is not copied or pickled."""
     import copy

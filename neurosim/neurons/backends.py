@@ -70,17 +70,15 @@ class SnnTorchBackend:
                 "backend='fused' or 'torch'"
             )
 
-    def _neuron(self, kind, p, cache):
+    def _neuron(self, kind, p):
+        """A new ``snntorch.Leaky`` / ``Synaptic`` for one run. (A neuron keeps its membrane and reset on itself
+        between the lines of its forward: one kept by the layer mixed two runs of it in two threads at once, as
+        ``nn.DataParallel`` runs its replicas, which share the layer's attributes; and it held its last step's
+        tensors after the run.)"""
         import snntorch
 
-        key = (kind, p.reset, p.surrogate)
-        if cache.get("key") != key:
-            common = dict(threshold=1.0, spike_grad=p.surrogate.snntorch(), reset_mechanism=p.reset)
-            cache["key"] = key
-            cache["neuron"] = (
-                snntorch.Leaky(beta=0.5, **common) if kind == "lif" else snntorch.Synaptic(alpha=0.5, beta=0.5, **common)
-            )
-        neuron = cache["neuron"]
+        common = dict(threshold=1.0, spike_grad=p.surrogate.snntorch(), reset_mechanism=p.reset)
+        neuron = snntorch.Leaky(beta=0.5, **common) if kind == "lif" else snntorch.Synaptic(alpha=0.5, beta=0.5, **common)
         # neurosim owns the (possibly learnable) parameters: hand snnTorch the very tensors, so gradients reach them.
         neuron.beta = p.beta
         neuron.threshold = p.threshold
@@ -89,10 +87,10 @@ class SnnTorchBackend:
         neuron.graded_spikes_factor = neuron.graded_spikes_factor.to(p.beta.device)
         return neuron
 
-    def run(self, kind, p, x, state=None, cache=None):
+    def run(self, kind, p, x, state=None):
         if not len(x):
             return F.no_steps(kind, x, state)
-        neuron = self._neuron(kind, p, {} if cache is None else cache)
+        neuron = self._neuron(kind, p)
         state = F.initial_state(kind, x[0]) if state is None else state
         spikes, mems = [], []
         # (snnTorch replaces a state whose shape is not the input's by zeros: a broadcast one is expanded first)

@@ -74,20 +74,14 @@ class _SpikingNeuron(nn.Module):
         self.detach_reset = validate.boolean("detach_reset", detach_reset)  # ("False" was taken as true)
         self._register("threshold", _as_param("threshold", threshold, learn_threshold, 0.0, float("inf"), lo_open=True))
         self._backend_name = backend
-        self._cache: dict = {}
 
     def __setstate__(self, state):
-        # (a layer pickled before reset became a checked property kept it as a plain attribute)
+        # (a layer pickled before reset became a checked property kept it as a plain attribute; one pickled while
+        # the snnTorch backend kept a neuron in the layer has an empty _cache)
         if "reset" in state and "_reset" not in state:
             state["_reset"] = state.pop("reset")
+        state.pop("_cache", None)
         super().__setstate__(state)
-
-    def __getstate__(self):
-        # (the snnTorch backend's cached neuron holds its last step's tensors: not part of the layer's state, and not
-        # copyable or picklable; copy.deepcopy and torch.save of a model after a forward failed)
-        state = self.__dict__.copy()
-        state["_cache"] = {}
-        return state
 
     def _register(self, name, t):
         if isinstance(t, nn.Parameter):
@@ -115,7 +109,6 @@ class _SpikingNeuron(nn.Module):
         validate.one_of("backend", name, B.BACKENDS)
         B.get(name).check(self.kind, self.params())
         self._backend_name = name
-        self._cache = {}
 
     def params(self):  # pragma: no cover - defined by subclasses
         raise NotImplementedError
@@ -146,10 +139,7 @@ class _SpikingNeuron(nn.Module):
             xw = x.to(work)
             if state is not None:
                 state = type(state)(*(s.to(work) for s in state))
-            if backend.name == "snntorch":
-                spikes, mem, final = backend.run(self.kind, p, xw, state, cache=self._cache)
-            else:
-                spikes, mem, final = backend.run(self.kind, p, xw, state)
+            spikes, mem, final = backend.run(self.kind, p, xw, state)
             spikes = spikes.to(x.dtype)  # (snnTorch gives float32 spikes for float64 input)
         out = (spikes,)
         if return_mem:
