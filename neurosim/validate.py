@@ -222,7 +222,7 @@ POSITIVE = "must be > 0 everywhere (a finite number); a learnable one can reach 
 def positive(name: str, x: torch.Tensor) -> torch.Tensor:
     """Require every element of ``x`` (a learnable neuron threshold, changed by training) to be > 0 and finite.
     One read of ``x``, queued inside :func:`deferred_checks` like :func:`finite`."""
-    bad = ~(x.detach() > 0)
+    bad = ~((x.detach() > 0) & (x.detach() < math.inf))
     checks = _DEFERRED.get()
     if checks is not None:
         checks.add_flag(name, bad.any(), POSITIVE)

@@ -431,10 +431,11 @@ def test_a_learnable_threshold_trained_to_zero_or_below_is_refused_at_the_next_f
     with pytest.raises(ValueError, match=r"^the layer: threshold must be > 0 everywhere"):
         with validate.deferred_checks(lambda: "the layer"):
             layer(x)
-    with torch.no_grad():
-        layer.threshold.fill_(float("nan"))
-    with pytest.raises(ValueError, match="threshold must be > 0"):
-        layer(x)
+    for bad in (float("nan"), float("inf")):  # (an infinite threshold never fires: as refused as at construction)
+        with torch.no_grad():
+            layer.threshold.fill_(bad)
+        with pytest.raises(ValueError, match="threshold must be > 0"):
+            layer(x)
     with torch.no_grad():
         layer.threshold.fill_(0.7)
     assert layer(x).shape == x.shape
