@@ -225,7 +225,7 @@ def test_a_tensor_argument_is_copied_as_the_initial_value(cls):
         shared.fill_(0.3)  # the caller's tensor changing later leaves the layer as it was made
     assert torch.equal(fixed(x), want) and torch.equal(copy.deepcopy(fixed)(x), want)
     learned = getattr(neurosim, cls)(backend="torch", learn_beta=True, **kw)
-    assert learned.beta is not shared and learned.beta.is_leaf and float(learned.beta) == pytest.approx(0.3)
+    assert learned.beta is not shared and learned.beta.is_leaf and float(learned.beta.detach()) == pytest.approx(0.3)
     learned(x, return_mem=True)[1].sum().backward()
     assert learned.beta.grad is not None and shared.grad is None
     copy.deepcopy(learned)
