@@ -138,15 +138,18 @@ def _chain(graph):
     return order[:-1]
 
 
-def import_nir(graph, dt: float | None = None) -> nn.Sequential:
+def import_nir(graph, dt: float | None = None, allow_reset_change: bool = False) -> nn.Sequential:
     """Build a neurosim ``nn.Sequential`` (on ``[T, B, ...]``) from a chain-shaped NIR graph.
 
     ``dt`` defaults to ``graph.metadata["dt"]`` and else 1e-4 (snnTorch's convention). Supported nodes:
     Affine, Linear, Conv2d, Flatten, AvgPool2d, IF, LIF and CubaLIF with ``v_leak = 0`` and ``v_reset = 0``.
-    Anything else raises :class:`ExportError` listing each unsupported node.
+    Anything else raises :class:`ExportError` listing each unsupported node. A NIR CubaLIF keeps its synaptic
+    current after a spike, which neurosim's ``CubaLIF(reset="zero")`` drops: it is imported as that only with
+    ``allow_reset_change=True``, and warned about (as :func:`export_nir` does the other way).
     """
     import nir
 
+    allow_reset_change = validate.boolean("allow_reset_change", allow_reset_change)
     if isinstance(graph, (str, os.PathLike)):
         path = validate.input_file("graph", graph)
         try:
@@ -160,7 +163,7 @@ def import_nir(graph, dt: float | None = None) -> nn.Sequential:
         dt = float((graph.metadata or {}).get("dt", DT))
     if not (dt > 0 and np.isfinite(dt)):
         raise ValueError(f"dt must be a finite number > 0, got {dt!r}")
-    problems, mods = [], []
+    problems, mods, cuba = [], [], []
     for name in _chain(graph):
         node = graph.nodes[name]
         bad = [k for k in ("weight", "bias") if getattr(node, k, None) is not None
@@ -237,12 +240,21 @@ def import_nir(graph, dt: float | None = None) -> nn.Sequential:
                 if tau_syn < dt * (1 - _TOL):
                     problems.append((name, f"tau_syn={tau_syn:g} < dt={dt:g} gives a negative decay"))
                     continue
+                if not allow_reset_change:
+                    problems.append((name, "NIR's CubaLIF keeps the synaptic current after a spike, neurosim's "
+                                           "CubaLIF(reset='zero') drops the spiking step's input: pass "
+                                           "allow_reset_change=True to import it as that"))
+                    continue
                 alpha = max(0.0, 1 - dt / tau_syn)
                 gain *= w_in * dt / tau_syn
                 mods.append((name, CubaLIF(alpha=alpha, beta=beta, threshold=vth / gain, reset="zero")))
+                cuba.append(name)
         else:
             problems.append((name, f"NIR node {type(node).__name__} is not supported (Affine, Linear, Conv2d, "
                                    "Flatten, AvgPool2d, IF, LIF, CubaLIF)"))
     if problems:
         raise ExportError(problems, "the NIR graph cannot be imported")
+    if cuba:
+        warnings.warn(f"nodes {cuba}: NIR's CubaLIF imported as neurosim's CubaLIF(reset='zero'), which drops the "
+                      "synaptic current of the spiking step", stacklevel=2)
     return nn.Sequential(*[m for _, m in mods])

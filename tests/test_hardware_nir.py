@@ -112,7 +112,11 @@ def test_an_image_input_flattened_into_a_linear_round_trips():
 def test_cubalif_parameters_round_trip():
     model = nn.Sequential(nn.Linear(6, 4), neurosim.CubaLIF(alpha=0.6, beta=0.85, threshold=0.7, reset="zero"))
     with pytest.warns(UserWarning, match="CubaLIF's zero reset exported as NIR's"):
-        back = hw.import_nir(hw.export_nir(model, allow_reset_change=True))
+        graph = hw.export_nir(model, allow_reset_change=True)
+    with pytest.raises(hw.ExportError, match="NIR's CubaLIF keeps the synaptic current after a spike"):
+        hw.import_nir(graph)  # (the reset differs the other way too: refused unless allowed, then warned about)
+    with pytest.warns(UserWarning, match=r"NIR's CubaLIF imported as neurosim's CubaLIF\(reset='zero'\)"):
+        back = hw.import_nir(graph, allow_reset_change=True)
     n = back[1]
     assert isinstance(n, neurosim.CubaLIF)
     assert float(n.alpha) == pytest.approx(0.6, abs=1e-5)
