@@ -207,7 +207,10 @@ class LoihiNetwork:
 
     Build with :meth:`from_model` (quantizes a neurosim model) or :meth:`from_netx` (reads a NetX file).
     ``run(x, steps)`` takes binary input spikes ``[T, B, *input_shape]`` and returns the spikes of every
-    layer, ``[steps, B, *layer_shape]`` (float 0/1); ``__call__`` returns the last layer's.
+    layer, ``[steps, B, *layer_shape]`` (float 0/1); ``__call__`` returns the last layer's. ``run(...,
+    return_voltage=True)`` returns ``(spikes, v)`` with ``v`` ``[B, *out_shape]`` the output layer's membrane after
+    the last step, in Lava's integer units (what ``run_lava(..., return_voltage=True)`` reads from Lava): where a
+    never-firing readout integrator keeps a model's prediction.
     """
 
     def __init__(self, layers: list, input_shape: tuple):
@@ -250,7 +253,8 @@ class LoihiNetwork:
         a = torch.round(a).long()
         return (a + UV_MAX) % (2 * UV_MAX) - UV_MAX       # PyConvModelFixed: signed 24-bit clamp (wrap)
 
-    def run(self, x: torch.Tensor, steps: Optional[int] = None) -> list:
+    def run(self, x: torch.Tensor, steps: Optional[int] = None, return_voltage: bool = False):
+        return_voltage = validate.boolean("return_voltage", return_voltage)
         x = torch.as_tensor(x)
         validate.binary("x", x.float())
         shape = tuple(x.shape[2:])
@@ -289,7 +293,7 @@ class LoihiNetwork:
                 spikes.append(s.long())
             s_in = spikes
             outputs.append(torch.stack(spikes).float())
-        return outputs
+        return (outputs, v.double()) if return_voltage else outputs
 
     def __call__(self, x: torch.Tensor, steps: Optional[int] = None) -> torch.Tensor:
         return self.run(x, steps)[-1]

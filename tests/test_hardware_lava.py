@@ -172,6 +172,8 @@ def test_dense_weights_reach_lava_unchanged_in_every_sign_mode(signs, tmp_path):
     drive = x.sum(0).double() @ torch.as_tensor(q.weight, dtype=torch.float64).T           # [B, 3]
     assert spikes.sum() == 0 and drive.abs().min() > 0
     assert torch.equal(v, 64 * (drive + 11 * torch.as_tensor(q.bias, dtype=torch.float64)))
+    loihi_spikes, loihi_v = hw.LoihiNetwork.from_netx(tmp_path / "m.net").run(x, 11, return_voltage=True)
+    assert torch.equal(loihi_v, v) and loihi_spikes[-1].sum() == 0  # (the Loihi mode's membrane is Lava's)
 
 
 def test_netx_delays_are_refused_by_the_loihi_mode_and_run_by_lava(tmp_path):
