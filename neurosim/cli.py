@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"neurosim {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    demo = sub.add_parser("demo", help="train a small spiking MLP on scikit-learn's digits (about a minute on CPU)",
+    demo = sub.add_parser("demo", help="train a small spiking MLP on scikit-learn's digits (about 10 s on CPU)",
                           description="Train the small spiking MLP on the digits data set through the trainer "
                                       "and print the accuracy and where the outputs went.")
     _add_train_args(demo, demo=True)

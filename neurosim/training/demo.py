@@ -6,7 +6,7 @@ from .trainer import Trainer
 
 # Sized to finish in well under a minute on two CPU cores (see BENCHMARKS.md, "Training (issue 3)").
 # One CPU thread: the layers are too small for intra-op threads to pay off, and on a busy machine OpenMP
-# threads waiting for each other made it 20x slower (BENCHMARKS.md).
+# threads waiting for each other made it up to 48x slower (BENCHMARKS.md).
 DEMO_DEFAULTS = dict(model="spiking_mlp", dataset="digits", encoder="rate", num_steps=16, epochs=20, lr=2e-3,
                      batch_size=64, patience=5, cpu_threads=1, out_dir="runs/demo", model_options={"hidden": [128]})
 
