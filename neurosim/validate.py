@@ -216,6 +216,16 @@ def flag(name: str, x: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def refuse_if(name: str, bad: torch.Tensor, problem: str) -> None:
+    """Raise ``ValueError(f"{name} {problem}")`` when the one-element device tensor ``bad`` is true; inside
+    :func:`deferred_checks` the verdict is queued instead of read (no host-device synchronisation)."""
+    checks = _DEFERRED.get()
+    if checks is not None:
+        checks.add_flag(name, bad, problem)
+    elif bool(bad):
+        raise ValueError(f"{name} {problem}")
+
+
 POSITIVE = "must be > 0 everywhere (a finite number); a learnable one can reach 0 or below in training"
 
 

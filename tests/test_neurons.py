@@ -360,6 +360,32 @@ def test_the_snntorch_backend_runs_a_layer_in_several_threads_at_once(cls):
         assert all(torch.equal(a, b) for a, b in zip(got, want))
 
 
+@pytest.mark.parametrize("cls", ["LIF", "CubaLIF"])
+def test_the_snntorch_backend_keeps_no_tensor_of_a_finished_run(cls):
+    """The snnTorch neuron a backend keeps between runs holds its membrane on itself during a run; the last one
+    (with the run's autograd graph behind it) is let go when the run ends. Layers with a learnable and a fixed beta
+    take turns on it."""
+    import gc
+    import weakref
+
+    fixed, learned = (getattr(neurosim, cls)(backend="snntorch", learn_beta=lb) for lb in (False, True))
+    for layer in (fixed, learned, fixed):
+        x = torch.rand(5, 2, 3, requires_grad=True)
+        s, state = layer(x * 2.0, return_state=True)
+        final = weakref.ref(state.mem)
+        del s, state
+        gc.collect()
+        assert final() is None
+    # and it builds no new snnTorch neuron per run (snnTorch lists every neuron it builds, for good)
+    import snntorch
+
+    before = len(snntorch.SpikingNeuron.instances)
+    for _ in range(5):
+        fixed(x)
+        learned(x)
+    assert len(snntorch.SpikingNeuron.instances) == before
+
+
 def test_a_model_is_copied_and_saved_after_a_forward_on_the_snntorch_backend(tmp_path):
     """The snnTorch backend's cached neuron (holding its last step's tensors) is not copied or pickled."""
     import copy
@@ -474,7 +500,7 @@ def test_a_learnable_decay_trained_to_nan_is_refused_at_the_next_forward(cls, na
         with pytest.raises(ValueError, match=rf"^{name} contains 1 NaN/inf value\(s\); all values must be finite"):
             layer(x)
         # (deferred, Norse's own check of the clamped beta, 1 for inf, can come first)
-        also = "|backend='norse' needs beta < 1" if backend == "norse" else ""
+        also = "|the layer: beta must be < 1 for backend='norse'" if backend == "norse" else ""
         with pytest.raises(ValueError, match=rf"^the layer: {name} contains NaN/inf{also}"):
             with validate.deferred_checks(lambda: "the layer"):
                 layer(x)
@@ -518,3 +544,25 @@ def test_reset_is_checked_when_set_after_construction():
     with pytest.raises(ValueError, match="reset of an STCLIF is 'subtract' only"):
         stc.reset = "zero"
     assert stc.reset == "subtract"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (host-device synchronisation)")
+@pytest.mark.parametrize("backend", ["snntorch", "torch", "norse", "fused"])
+def test_a_cuda_forward_inside_deferred_checks_never_waits_for_the_gpu(backend):
+    """Inside deferred checks a LIF forward on CUDA queues its work and returns without a host-device
+    synchronisation. (The snnTorch backend copied its spike factor to the GPU at every call, a copy that waits for
+    the stream.)"""
+    from neurosim import validate
+
+    layer = neurosim.LIF(beta=0.8, threshold=0.5, reset="zero", backend=backend).cuda()  # (Norse: zero reset)
+    x = torch.rand(4, 8, 32, device="cuda")
+    with validate.deferred_checks(lambda: "the layer"):
+        layer(x)  # (warm-up: lazy imports, kernel compilation)
+    torch.cuda.synchronize()
+    with validate.deferred_checks(lambda: "the layer"):  # (its read-back at the block's end is the one sync)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            s = layer(x)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert s.shape == x.shape

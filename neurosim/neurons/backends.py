@@ -24,10 +24,12 @@ snnTorch after it) nor the arctan surrogate (Norse 1.1 has none), and needs ``be
 from __future__ import annotations
 
 import importlib
+import threading
 
 import torch
 
 from . import functional as F
+from .. import validate
 
 BACKENDS = ("snntorch", "norse", "fused", "torch")
 _MODULES = {
@@ -58,6 +60,19 @@ class TorchBackend:
         return F.run_sequence(kind, p, x, state)
 
 
+_ONES: dict = {}
+_EMPTY = torch.zeros(0)  # what a kept snnTorch neuron holds between runs (snnTorch's own initial membrane)
+
+
+def _one(device) -> torch.Tensor:
+    """A 0-d 1.0 on ``device``, made once: the factor snnTorch multiplies its spikes by. (Its own, made on the CPU,
+    moved to a GPU at every run was a host-to-device copy, which waits for the stream, in every LIF call.)"""
+    one = _ONES.get(device)
+    if one is None:
+        one = _ONES[device] = torch.ones((), device=device)
+    return one
+
+
 class SnnTorchBackend:
     """Steps ``snntorch.Leaky`` / ``snntorch.Synaptic`` over time."""
 
@@ -70,27 +85,51 @@ class SnnTorchBackend:
                 "backend='fused' or 'torch'"
             )
 
+    def __init__(self):
+        self._local = threading.local()
+
     def _neuron(self, kind, p):
-        """A new ``snntorch.Leaky`` / ``Synaptic`` for one run. (A neuron keeps its membrane and reset on itself
-        between the lines of its forward: one kept by the layer mixed two runs of it in two threads at once, as
-        ``nn.DataParallel`` runs its replicas, which share the layer's attributes; and it held its last step's
-        tensors after the run.)"""
+        """This thread's ``snntorch.Leaky`` / ``Synaptic`` for the kind, reset and surrogate, handed the layer's
+        parameters for one run. One per thread: a neuron keeps its membrane and reset on itself between the lines of
+        its forward, so one neuron run by two threads at once (a layer called from two threads, ``nn.DataParallel``'s
+        replicas) mixed the runs. Kept, not built per run: building one costs about as much as a 4-step run on a
+        GPU host (BENCHMARKS.md, "LIF call cost")."""
         import snntorch
 
-        common = dict(threshold=1.0, spike_grad=p.surrogate.snntorch(), reset_mechanism=p.reset)
-        neuron = snntorch.Leaky(beta=0.5, **common) if kind == "lif" else snntorch.Synaptic(alpha=0.5, beta=0.5, **common)
+        neurons = self._local.__dict__.setdefault("neurons", {})
+        learned = tuple(isinstance(t, torch.nn.Parameter) for t in (p.beta, p.threshold, getattr(p, "alpha", None)))
+        key = (kind, p.reset, p.surrogate, learned)  # (a Parameter cannot be replaced by a plain tensor in a module)
+        neuron = neurons.get(key)
+        if neuron is None:
+            common = dict(threshold=1.0, spike_grad=p.surrogate.snntorch(), reset_mechanism=p.reset)
+            neuron = neurons[key] = (snntorch.Leaky(beta=0.5, **common) if kind == "lif"
+                                     else snntorch.Synaptic(alpha=0.5, beta=0.5, **common))
         # neurosim owns the (possibly learnable) parameters: hand snnTorch the very tensors, so gradients reach them.
         neuron.beta = p.beta
         neuron.threshold = p.threshold
         if kind == "cuba":
             neuron.alpha = p.alpha
-        neuron.graded_spikes_factor = neuron.graded_spikes_factor.to(p.beta.device)
+        neuron.graded_spikes_factor = _one(p.beta.device)
         return neuron
+
+    @staticmethod
+    def _release(neuron):
+        """Drop the last step's tensors the neuron keeps on itself (its membrane holds the run's autograd graph)."""
+        for name in ("mem", "syn", "reset"):
+            if name in neuron._buffers or name in neuron.__dict__:
+                setattr(neuron, name, _EMPTY)
 
     def run(self, kind, p, x, state=None):
         if not len(x):
             return F.no_steps(kind, x, state)
         neuron = self._neuron(kind, p)
+        try:
+            return self._steps(neuron, kind, x, state)
+        finally:
+            self._release(neuron)
+
+    @staticmethod
+    def _steps(neuron, kind, x, state):
         state = F.initial_state(kind, x[0]) if state is None else state
         spikes, mems = [], []
         # (snnTorch replaces a state whose shape is not the input's by zeros: a broadcast one is expanded first)
@@ -171,8 +210,7 @@ class NorseBackend:
         from norse.torch.functional.lif_box import LIFBoxFeedForwardState
 
         a = 1 - p.beta.clamp(0, 1)
-        if bool((a <= 0).any()):
-            raise ValueError("backend='norse' needs beta < 1 (tau_mem_inv = 1 - beta must be > 0)")
+        validate.refuse_if("beta", (a <= 0).any(), "must be < 1 for backend='norse' (tau_mem_inv = 1 - beta must be > 0)")
         k = p.surrogate.slope
         if p.surrogate.name == "fast_sigmoid":
             scale, method, alpha, gfactor = k, "super", k, 1.0 / k
