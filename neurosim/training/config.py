@@ -16,7 +16,7 @@ from .. import validate
 
 OPTIMIZERS = ("adamw", "adam")
 PRECISIONS = ("fp32", "bf16")
-# "latency": linear time-to-first-spike per input (zero never fires); "latency_log": the logarithmic code normalised
+# "latency": linear time-to-first-spike per input (brightest first, zero last; RESULTS.md, "Trainer encoders"); "latency_log": the logarithmic code normalised
 # over the whole batch (snntorch.spikegen.latency(normalize=True)), what "latency" meant before checkpoint format 3
 ENCODERS = ("rate", "latency", "latency_log", "direct")
 

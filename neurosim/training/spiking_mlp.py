@@ -19,8 +19,8 @@ from .registry import register_model
 def encode(x: torch.Tensor, encoder: str, num_steps: int) -> torch.Tensor:
     """``[B, F]`` -> ``[T, B, F]`` with :mod:`neurosim.encoders` (global RNG, so checkpoints can restore it).
 
-    "rate": Bernoulli; "latency": each input on its own, intensity 1 at step 0, the threshold (0.01) at step T-1,
-    below it no spike (linear, normalised, clipped); "latency_log": the logarithmic code normalised by the largest
+    "rate": Bernoulli; "latency": each input on its own, intensity 1 at step 0 down to the threshold (0.01) and
+    below at step T-1 (linear, normalised, snnTorch's default of no clipping: a zero fires last); "latency_log": the logarithmic code normalised by the largest
     time in the batch, kept for checkpoints before format 3 (one sample's times depend on the others, and with
     zeros in the data every nonzero input fires in the first steps); "direct": the analog input at every step.
     """
@@ -31,7 +31,7 @@ def encode(x: torch.Tensor, encoder: str, num_steps: int) -> torch.Tensor:
     if encoder == "rate":
         return encoders.rate(x, num_steps)
     if encoder == "latency":
-        return encoders.latency(x, num_steps, linear=True, normalize=True, clip=True)
+        return encoders.latency(x, num_steps, linear=True, normalize=True)
     if encoder == "latency_log":
         return encoders.latency(x, num_steps, normalize=True)
     raise ValueError(f"encoder must be one of {', '.join(repr(e) for e in ENCODERS)}; got {encoder!r}")
