@@ -105,6 +105,11 @@ def test_a_latency_run_before_format_3_keeps_its_log_code(tmp_path, model, optio
     new = tmp_path / "run" / "checkpoints" / "last.pt"
     old = _as_format_1(new, tmp_path / "old.pt", version=version)
     assert load_trained(new)[1].encoder == "latency" and load_trained(old)[1].encoder == "latency_log"
+    # resuming it with the command it was trained with names the rename
+    with pytest.raises(ckpt_io.CheckpointError, match="called 'latency_log' now: resume with --encoder latency_log"):
+        Trainer(TrainConfig(model=model, dataset="digits", encoder="latency", num_steps=4, batch_size=256,
+                            model_options=options, out_dir=str(tmp_path / "run"), **{**QUIET, "epochs": 2})
+                ).fit(resume=str(old))
     x = torch.tensor([[0.0, 0.25, 0.5, 1.0]])
     assert not torch.equal(encode(x, "latency", 4), encode(x, "latency_log", 4))
 

@@ -36,6 +36,11 @@ from .data import DataInfo, split_indices
 from .metrics import FIELDS, MetricSums, metric_names
 from .registry import get_dataset, get_model
 
+# a run before checkpoint format 3 trained with encoder "latency" that is "latency_log" now (registry.upgrade_config)
+LATENCY_RENAME = ("encoder", "latency_log", "latency")
+RENAMED_LATENCY = (" (this run's 'latency' code, from before checkpoint format 3, is called 'latency_log' now: "
+                   "resume with --encoder latency_log, or with --resume and no --encoder)")
+
 Callback = Callable[[str, "Trainer"], None]
 
 
@@ -184,6 +189,7 @@ class Trainer:
     def _resume(self, path) -> None:
         ck = ckpt_io.load(path, map_location="cpu")
         diff = [f"{k}: checkpoint {ck['config'].get(k)!r} vs now {getattr(self.cfg, k)!r}"
+                + (RENAMED_LATENCY if (k, ck["config"].get(k), getattr(self.cfg, k)) == LATENCY_RENAME else "")
                 for k in IDENTITY_FIELDS if ck["config"].get(k) != getattr(self.cfg, k)]
         if diff:
             raise ckpt_io.CheckpointError(f"checkpoint {str(path)!r} was written by a different run ("
