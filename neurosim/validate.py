@@ -229,10 +229,15 @@ def refuse_if(name: str, bad: torch.Tensor, problem: str) -> None:
 POSITIVE = "must be > 0 everywhere (a finite number); a learnable one can reach 0 or below in training"
 
 
+def not_positive(x: torch.Tensor) -> torch.Tensor:
+    """Where ``x`` is not a finite number > 0 (NaN, inf, 0 or below)."""
+    return ~((x.detach() > 0) & (x.detach() < math.inf))
+
+
 def positive(name: str, x: torch.Tensor) -> torch.Tensor:
     """Require every element of ``x`` (a learnable neuron threshold, changed by training) to be > 0 and finite.
     One read of ``x``, queued inside :func:`deferred_checks` like :func:`finite`."""
-    bad = ~((x.detach() > 0) & (x.detach() < math.inf))
+    bad = not_positive(x)
     checks = _DEFERRED.get()
     if checks is not None:
         checks.add_flag(name, bad.any(), POSITIVE)
@@ -298,7 +303,10 @@ def positive_int(name: str, value, minimum: int = 1) -> int:
 
 
 def boolean(name: str, value) -> bool:
-    """A flag given as True or False (not a string such as "no", which Python would take as true)."""
+    """A flag given as True or False, or NumPy's ``np.True_`` / ``np.False_`` (not a string such as "no", which
+    Python would take as true, nor a number)."""
+    if type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_"):  # (NumPy 2 / 1)
+        return bool(value)
     if not isinstance(value, bool):
         raise ValueError(f"{name} must be True or False; got {value!r}")
     return value

@@ -52,12 +52,24 @@ def check_learned_parameters(p) -> None:
     * beta, alpha (``p.alpha`` where ``p`` has one): in [0, 1] at construction; training can move them outside,
       where every backend clamps them into [0, 1] (snnTorch's rule, :mod:`neurosim.neurons.functional`), but not to
       NaN/inf (a NaN has no clamped value: the torch backends ran on with a NaN membrane and no spikes, the fused
-      kernel took it as 0)."""
-    if p.threshold.requires_grad:
-        validate.positive("threshold", p.threshold)
-    for name in ("beta", "alpha"):
-        value = getattr(p, name, None)
-        if value is not None and value.requires_grad:
+      kernel took it as 0).
+
+    Outside deferred checks the learned parameters are read together, once (one host-device synchronisation a
+    forward, not one per parameter), and checked one by one, for the error, only when something is wrong."""
+    learned = [(name, value) for name, value in (("threshold", p.threshold), ("beta", p.beta),
+                                                  ("alpha", getattr(p, "alpha", None)))
+               if value is not None and value.requires_grad]
+    if not learned:
+        return
+    if len(learned) > 1 and validate.active_checks() is None:
+        bad = [validate.not_positive(v).any() if name == "threshold" else (~torch.isfinite(v.detach())).any()
+               for name, v in learned]
+        if not bool(torch.stack(bad).any()):
+            return
+    for name, value in learned:
+        if name == "threshold":
+            validate.positive(name, value)
+        else:
             validate.finite(name, value)
 
 
