@@ -73,7 +73,7 @@ def latency(data: torch.Tensor, num_steps: int, threshold: float = 0.01, tau: fl
     x = data if data.dtype == torch.float64 else data.float()
     t = _times(x, num_steps, threshold, tau, first_spike_time, linear, normalize, epsilon)
     step = torch.round(t).long()
-    kept = step[data >= threshold] if clip else step
+    kept = torch.where(data >= threshold, step, torch.zeros_like(step)) if clip else step  # (no boolean index)
     latest = int(kept.max()) if kept.numel() else 0
     if latest > num_steps - 1:
         raise ValueError(

@@ -7,7 +7,7 @@ from pathlib import Path
 from neurosim import validate
 
 from .graph import ExportError, changes, lower
-from .loihi import LoihiNetwork, quantize
+from .loihi import LoihiNetwork, quantize, refuse_analog_input
 from .netx import write_netx
 
 
@@ -31,10 +31,7 @@ def export_lava(model, path, input_shape=None, steps: int = 0, allow_reset_chang
     Returns the :class:`LoihiNetwork` (Loihi mode) of exactly what was written.
     """
     steps = validate.positive_int("steps", steps, minimum=0)
-    if getattr(model, "analog_input", False):
-        raise ExportError([("input", "the model takes analog input currents (trained with the 'direct' encoder), "
-                                     "but a NetX network's input takes binary spikes: train with a spike encoder "
-                                     "(rate, latency) to deploy on Lava, or export to NIR")])
+    refuse_analog_input(model)
     graph = lower(model, input_shape, allow_reset_change=allow_reset_change, allow_bias_change=allow_bias_change)
     for change in changes(graph, "Lava"):
         warnings.warn(change, stacklevel=2)

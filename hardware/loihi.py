@@ -202,6 +202,15 @@ def _decay(x: torch.Tensor, d: int) -> torch.Tensor:
     return torch.sign(p) * (p.abs() >> 12)
 
 
+def refuse_analog_input(model) -> None:
+    """A model marked ``analog_input`` (``SpikingMLP.export_stack`` of a model trained with the "direct" encoder)
+    cannot run on Loihi: a NetX network's input takes binary spikes."""
+    if getattr(model, "analog_input", False):
+        raise ExportError([("input", "the model takes analog input currents (trained with the 'direct' encoder), "
+                                     "but a NetX network's input takes binary spikes: train with a spike encoder "
+                                     "(rate, latency) to deploy on Lava, or export to NIR")])
+
+
 class LoihiNetwork:
     """Integer simulation of an exported network, bit-exact with Lava's fixed-point CPU models.
 
@@ -228,6 +237,7 @@ class LoihiNetwork:
     def from_model(cls, model, input_shape=None, allow_reset_change: bool = False,
                    allow_bias_change: bool = False) -> "LoihiNetwork":
         """What :func:`~neurosim.hardware.export_lava` would write (same arguments and refusals), unwritten."""
+        refuse_analog_input(model)
         graph = lower(model, input_shape, allow_reset_change=allow_reset_change, allow_bias_change=allow_bias_change)
         return cls(quantize(graph), graph.input_shape)
 

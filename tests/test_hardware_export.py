@@ -295,6 +295,11 @@ def test_export_command_refuses_a_checkpoint_trained_on_analog_input_for_lava(tm
         capsys.readouterr().err
     assert not (tmp_path / "m.net").exists()
     assert cli.main(["export", ckpt, "--format", "nir", "--out", str(tmp_path / "m.nir")]) == 0
+    from neurosim.training.restore import load_trained
+
+    stack = load_trained(ckpt)[0].export_stack()
+    with pytest.raises(hw.ExportError, match="analog input currents"):
+        hw.LoihiNetwork.from_model(stack)  # (the Loihi mode refuses what export_lava refuses)
 
 
 def test_pad_steps_counts_the_synapses_of_any_exportable_model_and_checks_t(tmp_path):
