@@ -14,7 +14,7 @@ def rate(data: torch.Tensor, num_steps: int, gain: float = 1.0, offset: float = 
         data: intensities ``[B, ...]``; ``p`` must lie in [0, 1] unless ``clamp=True`` (then it is clipped).
             float64 data is drawn in float64, any other dtype in float32 (as ``snntorch.spikegen.rate`` does).
         num_steps: T >= 1.
-        gain, offset: finite numbers.
+        gain, offset: finite numbers, or finite tensors that broadcast against ``data`` (per-feature gains).
         generator: a seeded ``torch.Generator`` for reproducible spikes (the global RNG when ``None``;
             with the same seed the draws equal ``snntorch.spikegen.rate``'s).
     Returns:
@@ -24,8 +24,8 @@ def rate(data: torch.Tensor, num_steps: int, gain: float = 1.0, offset: float = 
     validate.finite("data", data)
     validate.rank_at_least("data", data, 1, "[B, ...]")
     num_steps = validate.positive_int("num_steps", num_steps)
-    gain = validate.finite_float("gain", gain)
-    offset = validate.finite_float("offset", offset)
+    gain, offset = (validate.finite(n, v) if isinstance(v, torch.Tensor) else validate.finite_float(n, v)
+                    for n, v in (("gain", gain), ("offset", offset)))
     clamp = validate.boolean("clamp", clamp)
     x = data if data.dtype == torch.float64 else data.float()
     p = x.detach() * gain + offset

@@ -241,3 +241,14 @@ def test_cpg_positional_encoding_names_dim_when_too_short():
     assert positional_encoding("cpg", 4, dim=4).dim == 4
     lv = positional_encoding("cpg_lv2024", 64, dim=16)
     assert torch.equal(lv.code, E.cpg_code(64, 8, form="lv2024"))
+
+
+def test_rate_takes_per_feature_gains_as_tensors():
+    import numpy as np
+
+    x = torch.full((2, 3), 0.5)
+    gain = torch.tensor([0.0, 1.0, 2.0])
+    out = E.rate(x, 40, gain=gain, generator=torch.Generator().manual_seed(0), clamp=np.True_)
+    assert out[:, :, 0].sum() == 0 and out[:, :, 2].sum() == 80  # p = 0 and p = 1
+    with pytest.raises(ValueError, match="gain contains 1 NaN/inf"):
+        E.rate(x, 4, gain=torch.tensor([1.0, float("nan"), 1.0]))
