@@ -500,7 +500,7 @@ def test_a_learnable_decay_trained_to_nan_is_refused_at_the_next_forward(cls, na
         with pytest.raises(ValueError, match=rf"^{name} contains 1 NaN/inf value\(s\); all values must be finite"):
             layer(x)
         # (deferred, Norse's own check of the clamped beta, 1 for inf, can come first)
-        also = "|the layer: beta must be < 1 for backend='norse'" if backend == "norse" else ""
+        also = "|the layer: backend='norse' needs beta < 1" if backend == "norse" else ""
         with pytest.raises(ValueError, match=rf"^the layer: {name} contains NaN/inf{also}"):
             with validate.deferred_checks(lambda: "the layer"):
                 layer(x)

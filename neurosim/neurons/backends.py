@@ -161,6 +161,9 @@ class _ScaleGrad(torch.autograd.Function):
         return g * ctx.scale, None
 
 
+NORSE_BETA = "needs beta < 1 (tau_mem_inv = 1 - beta must be > 0)"
+
+
 class NorseBackend:
     r"""Steps Norse's ``LIFBoxCell`` with parameters mapped onto neurosim's semantics.
 
@@ -200,8 +203,8 @@ class NorseBackend:
             )
         if not p.detach_reset:
             raise ValueError("backend='norse' resets with a detached spike here; detach_reset=False needs 'fused'/'torch'")
-        if not p.beta.requires_grad and bool((p.beta >= 1).any()):
-            raise ValueError("backend='norse' needs beta < 1 (tau_mem_inv = 1 - beta must be > 0)")
+        # (at every forward: a learnable beta can reach 1, a fixed one be loaded at 1; queued inside deferred checks)
+        validate.refuse_if("backend='norse'", (p.beta >= 1).any(), NORSE_BETA)
 
     def run(self, kind, p, x, state=None):
         if not len(x):
@@ -209,8 +212,7 @@ class NorseBackend:
         from norse.torch import LIFBoxCell, LIFBoxParameters
         from norse.torch.functional.lif_box import LIFBoxFeedForwardState
 
-        a = 1 - p.beta.clamp(0, 1)
-        validate.refuse_if("beta", (a <= 0).any(), "must be < 1 for backend='norse' (tau_mem_inv = 1 - beta must be > 0)")
+        a = 1 - p.beta.clamp(0, 1)  # (> 0: check() refused beta >= 1)
         k = p.surrogate.slope
         if p.surrogate.name == "fast_sigmoid":
             scale, method, alpha, gfactor = k, "super", k, 1.0 / k
