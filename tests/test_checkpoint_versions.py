@@ -136,3 +136,20 @@ def test_a_format_3_mid_epoch_checkpoint_resumes_with_its_one_tensor_of_metric_s
     a, b = (ckpt_io.load(tmp_path / d / "checkpoints" / "last.pt")["trainer"]["history"]
             for d in ("killed", "straight"))
     assert [{**r, "train_time_s": 0} for r in a] == [{**r, "train_time_s": 0} for r in b]
+
+
+def test_a_history_before_format_4_records_the_rates_its_epochs_trained_with(tmp_path):
+    """Before format 4 an epoch's "lr" was the rate after its scheduler step (the next epoch's); read from such a
+    checkpoint, the history says the rate each epoch trained with, so a resumed run's log.csv has one meaning."""
+    Trainer(TrainConfig(model="spiking_mlp", dataset="digits", num_steps=2, batch_size=256, lr=0.05,
+                        model_options={"hidden": [8]}, out_dir=str(tmp_path / "run"), **{**QUIET, "epochs": 3})).fit()
+    ck = ckpt_io.load(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert [r["lr"] for r in ck["trainer"]["history"]] == [0.05] * 3
+    old_meaning = [0.025, 0.025, 0.0125]  # (after a step at epoch 1's end and one at epoch 3's)
+    ck["trainer"]["history"] = [{**r, "lr": lr} for r, lr in zip(ck["trainer"]["history"], old_meaning)]
+    ck["version"] = 3
+    ckpt_io.save(tmp_path / "old.pt", ck)
+    assert [r["lr"] for r in ckpt_io.load(tmp_path / "old.pt")["trainer"]["history"]] == [0.05, 0.025, 0.025]
+    ck["version"] = 4
+    ckpt_io.save(tmp_path / "new.pt", ck)  # (a format-4 history is read as written)
+    assert [r["lr"] for r in ckpt_io.load(tmp_path / "new.pt")["trainer"]["history"]] == old_meaning

@@ -26,7 +26,8 @@ FORMAT = "neurosim.checkpoint"
 # masks in training only, the BTSP kernel at coincidence, settings the analog models never used)
 # 3: encoder "latency" is the linear per-input code; before, it was the batch-normalised log code ("latency_log")
 # 4: the trainer's partial metric sums of the epoch ("train_sums") are a list, one per process; before, one tensor
-# (rank 0's: a mid-epoch resume under torchrun counted rank 0's part on every rank)
+# (rank 0's: a mid-epoch resume under torchrun counted rank 0's part on every rank); and the history's "lr" is the
+# rate an epoch trained with; before, the rate after its scheduler step (upgraded by _used_rates)
 VERSION = 4
 READS = (1, 2, 3, 4)
 REQUIRED_KEYS = ("format", "version", "model", "optimizer", "scheduler", "epoch", "step_in_epoch",
@@ -114,7 +115,21 @@ def load(path: str | Path, map_location="cpu") -> dict[str, Any]:
         from .registry import upgrade_config
 
         ckpt["config"] = upgrade_config(ckpt["config"], ckpt["version"])
+        if ckpt["version"] < 4:
+            _used_rates(ckpt)
     return ckpt
+
+
+def _used_rates(ckpt: dict) -> None:
+    """Before format 4 the history's "lr" of an epoch was the rate after its scheduler step, i.e. the next epoch's:
+    the rate epoch ``e`` trained with is the one recorded for ``e - 1`` (the configured ``lr`` for the first), so a
+    resumed run's log.csv and TensorBoard history carry one meaning."""
+    trainer = ckpt.get("trainer")
+    history = trainer.get("history") if isinstance(trainer, dict) else None
+    if not (isinstance(history, list) and history and all(isinstance(r, dict) and "lr" in r for r in history)):
+        return
+    used = [ckpt["config"].get("lr")] + [r["lr"] for r in history[:-1]]
+    trainer["history"] = [{**r, "lr": lr} for r, lr in zip(history, used)]
 
 
 def check_state_dict(path, name: str, saved: dict, expected: dict) -> None:
