@@ -278,3 +278,15 @@ def test_very_negative_queries_keep_their_weights():
     assert float(a[0, 1, 2].sum()) == pytest.approx(1.0, abs=1e-5)
     torch.testing.assert_close(a.double(), a_ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out.double(), out_ref, rtol=1e-5, atol=1e-5)
+
+
+def test_large_queries_give_finite_gradients():
+    """phi(u) took exp(u) of every u: above 88.7 in float32 (709 in float64) it overflowed to inf, and the backward
+    of the branch not taken turned that into NaN, while the forward stayed finite."""
+    from neurosim.layers.astro_attention import presynaptic_rate
+
+    for dtype, big in ((torch.float32, 100.0), (torch.float64, 800.0)):
+        u = torch.tensor([1.0, 50.0, big, -30.0], dtype=dtype, requires_grad=True)
+        presynaptic_rate(u).sum().backward()
+        want = torch.tensor([1.0, 1.0, 1.0, math.exp(-30.0)], dtype=dtype)
+        assert torch.allclose(u.grad, want, rtol=1e-6), dtype
