@@ -44,6 +44,7 @@ from torch.nn import functional as F
 
 from neurosim import validate
 from neurosim.layers import MatMul
+from neurosim.neurons.functional import state_dtype
 
 
 DEFAULT_LEAD = 1.0
@@ -57,11 +58,13 @@ def asymmetric_kernel(n: int, tau_et: torch.Tensor, tau_is: torch.Tensor, lead: 
     ``lead`` >= 0 steps (0: the maximum at ``j = i``).
     """
     lead = validate.non_negative_float("lead", lead)
-    idx = torch.arange(n, device=tau_et.device, dtype=tau_et.dtype)
-    shift = idx[:, None] - idx[None, :] - lead                           # (i - j) - lead
-    past = torch.exp(-shift.clamp(min=0) / tau_et)
-    near = torch.exp(shift.clamp(max=0) / tau_is)
-    return torch.where(shift >= 0, past, near)
+    # (positions as integers and the exponent in float32 at least: bfloat16 holds whole numbers only up to 256)
+    work = state_dtype(tau_et.dtype)
+    idx = torch.arange(n, device=tau_et.device)
+    shift = (idx[:, None] - idx[None, :]).to(work) - lead                # (i - j) - lead
+    past = torch.exp(-shift.clamp(min=0) / tau_et.to(work))
+    near = torch.exp(shift.clamp(max=0) / tau_is.to(work))
+    return torch.where(shift >= 0, past, near).to(tau_et.dtype)
 
 
 def btsp_update(weights: torch.Tensor, overlap: torch.Tensor, k_plus: torch.Tensor, k_minus: torch.Tensor) -> torch.Tensor:

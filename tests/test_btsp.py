@@ -236,3 +236,14 @@ def test_empty_window_is_refused_and_short_windows_read_the_envelope_tail(model_
     added = pos(x) - pos.table[:3]
     hand = torch.tensor([math.exp(-0.125), 1.0, math.exp(-0.5)])
     torch.testing.assert_close(added, hand[None, :, None].expand(1, 3, 8))
+
+
+def test_the_time_kernel_in_bfloat16_is_the_float32_kernel_rounded_beyond_256_positions():
+    """The kernel built its positions in tau's dtype: bfloat16 holds whole numbers only up to 256, so for longer
+    windows i - j was wrong and the peak moved away from ``lead`` (K[290, 289] was 0.88 instead of 1)."""
+    tau_et, tau_is = torch.tensor(2.0), torch.tensor(1.0)
+    ref = asymmetric_kernel(300, tau_et, tau_is, lead=1.0)
+    got = asymmetric_kernel(300, tau_et.bfloat16(), tau_is.bfloat16(), lead=1.0)
+    assert got.dtype == torch.bfloat16
+    assert torch.equal(got, ref.bfloat16())
+    assert float(got[290, 289]) == 1.0
