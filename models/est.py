@@ -180,6 +180,8 @@ class EnhancedSpikingTransformer(nn.Module):
         validate.rank_exactly("x", x, (3, 4), "[B, N, F] or [T, B, N, F]")
         if x.shape[-1] != self.cfg.in_features:
             raise ValueError(f"x must have in_features={self.cfg.in_features} in its last dim, got {tuple(x.shape)}")
+        if x.shape[-2] == 0 or x.dim() == 4 and x.shape[0] == 0:  # (a pooled readout of no tokens was NaN)
+            raise ValueError(f"x must hold at least one token (dim -2) and time step, got shape {tuple(x.shape)}")
         if x.dim() == 3:
             x = x.unsqueeze(0).expand(self.cfg.num_steps, *x.shape)
         return x

@@ -216,7 +216,12 @@ def _token_model(name: str, make_config):
             raise ValueError(f"model_options tokens={tokens} must divide the {feats} input features")
         encoder = cfg.encoder or "direct"
         validate.one_of("encoder", encoder, ENCODERS)
-        neuron = {"backend": cfg.backend, **opts.pop("neuron", {})}
+        neuron = dict(opts.pop("neuron", {}))
+        if neuron.get("backend", cfg.backend) != cfg.backend:  # (it overrode the run's, which config.json recorded)
+            raise ValueError(f"model_options neuron backend={neuron['backend']!r} for model {name!r} differs from the "
+                             f"run's backend={cfg.backend!r}: set the neuron backend with the run's backend "
+                             f"(--backend), which the run records")
+        neuron = {**neuron, "backend": cfg.backend}
         est_cfg = make_config(feats // tokens, info.num_outputs, num_steps=cfg.num_steps, max_len=max(tokens, 8),
                               readout="tokens" if forecast else "pool", neuron=NeuronSpec(**neuron), **opts)
         return TokenSequenceModel(EnhancedSpikingTransformer(est_cfg), tokens, encoder, cfg.num_steps, forecast)

@@ -307,3 +307,13 @@ def test_an_input_of_another_dtype_than_the_model_is_named():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert torch.isfinite(model(x.bfloat16()).float()).all()
         assert model.double()(x.double()).dtype == torch.float64
+
+
+def test_no_tokens_or_no_time_steps_are_refused_by_name():
+    """A pooled readout of no tokens returned NaN; the convolutional attention failed inside torch."""
+    for attention in ("linear", "conv"):
+        model = EnhancedSpikingTransformer(ESTConfig(5, 2, dim=8, depth=1, heads=2, num_steps=2, max_len=8,
+                                                     attention=attention))
+        for x in (torch.rand(2, 0, 5), torch.rand(0, 2, 4, 5)):
+            with pytest.raises(ValueError, match="x must hold at least one token"):
+                model(x)

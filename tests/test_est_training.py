@@ -62,3 +62,12 @@ def test_bad_model_options_name_the_option(capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", "--model", "est", "--opt", "tokens=7", *COMMON])
     assert "tokens=7 must divide the 64 input features" in capsys.readouterr().err
+
+
+def test_a_neuron_backend_in_model_options_must_be_the_runs(capsys):
+    """model_options neuron={"backend": ...} overrode the run's backend, which config.json recorded as used."""
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["train", "--model", "est", "--backend", "snntorch", "--opt", "neuron={backend: torch}", *COMMON])
+    assert exc.value.code == 2
+    assert "neuron backend='torch' for model 'est' differs from the run's backend='snntorch'" in \
+        capsys.readouterr().err
