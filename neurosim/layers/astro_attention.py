@@ -49,9 +49,10 @@ def presynaptic_rate(u: torch.Tensor) -> torch.Tensor:
     r""":math:`\phi(u) = \mathrm{elu}(u) + 1`, a positive firing rate, computed as :math:`u + 1` for :math:`u > 0` and
     :math:`e^u` below: to the float's relative precision (``elu + 1`` rounded to 0 below :math:`u \approx -16.6`
     in float32, so a row whose queries all lay there lost its weights). The exponential is taken of
-    :math:`\min(u, 0)` only: of a large :math:`u` it overflowed to inf, which the branch's zero gradient turned
-    into NaN."""
-    return torch.where(u > 0, u + 1, torch.exp(u.clamp(max=0)))
+    :math:`u \le 0` only: of a large :math:`u` it overflowed to inf, which the branch's zero gradient turned
+    into NaN. (Masked, not clamped: a selection, as in :func:`presynaptic_plasticity`, adds no arithmetic.)"""
+    pos = u > 0
+    return torch.where(pos, u + 1, torch.exp(u.masked_fill(pos, 0.0)))
 
 
 def presynaptic_plasticity(k: torch.Tensor, alpha: float) -> torch.Tensor:
