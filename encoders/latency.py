@@ -73,18 +73,15 @@ def latency(data: torch.Tensor, num_steps: int, threshold: float = 0.01, tau: fl
     x = data if data.dtype == torch.float64 else data.float()
     t = _times(x, num_steps, threshold, tau, first_spike_time, linear, normalize, epsilon)
     step = torch.round(t).long()
-    kept = torch.where(data >= threshold, step, torch.zeros_like(step)) if clip else step  # (no boolean index)
-    latest = int(kept.max()) if kept.numel() else 0
+    if clip:  # a clipped input's time may lie past T-1: it fires nowhere, so it needs no step
+        keep = data >= threshold
+        step = torch.where(keep, step, torch.zeros_like(step))
+    latest = int(step.max()) if step.numel() else 0
     if latest > num_steps - 1:
         raise ValueError(
             f"latency code needs {latest + 1} steps but num_steps={num_steps}: spike times must be in "
             f"[0, num_steps-1]; set normalize=True, lower tau or raise num_steps"
         )
     out = torch.zeros((num_steps,) + tuple(data.shape), dtype=x.dtype, device=data.device)
-    if clip:  # a clipped input's time may lie past T-1: it gets no spike, so it needs no step
-        step = torch.where(data >= threshold, step, torch.full_like(step, num_steps))
-        out = torch.cat([out, out[:1]])  # a spare last step to scatter the clipped inputs into, dropped below
-        out.scatter_(0, step.unsqueeze(0), 1.0)
-        return out[:num_steps].contiguous()
     out.scatter_(0, step.unsqueeze(0), 1.0)
-    return out
+    return out * keep.to(out.dtype) if clip else out

@@ -72,7 +72,6 @@ class CPGPositionalEncoding(_PositionalEncoding):
         super().__init__(max_len, mode)
         from neurosim.encoders import cpg_code
 
-        self.form = form
         self.register_buffer("code", cpg_code(max_len, num_oscillators, periods, threshold, form=form),
                              persistent=False)
 
