@@ -230,14 +230,14 @@ class NorseBackend:
             dt=1.0,
         )
         st = F.initial_state("lif", x[0]) if state is None else state
+        fired = (st.mem > p.threshold).to(st.mem.dtype)
         spikes, mems = [], []
         for x_t in x:
             # Norse's voltage: the membrane after the zero reset of a spike (detached, as snnTorch's reset)
-            v = st.mem * scale * (1 - (st.mem > p.threshold).to(st.mem.dtype))
-            z, _ = cell(x_t * scale / a, LIFBoxFeedForwardState(v=v))
+            z, _ = cell(x_t * scale / a, LIFBoxFeedForwardState(v=st.mem * scale * (1 - fired)))
             st = F.lif_membrane(x_t, st, p)
-            s = (st.mem > p.threshold).to(z.dtype)
-            spikes.append(_ScaleGrad.apply(z + (s - z).detach(), gfactor))
+            fired = (st.mem > p.threshold).to(z.dtype)  # (this step's spikes, and the next step's reset)
+            spikes.append(_ScaleGrad.apply(z + (fired - z).detach(), gfactor))
             mems.append(st.mem)
         return torch.stack(spikes), torch.stack(mems), st
 
