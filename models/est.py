@@ -53,7 +53,7 @@ class ESTConfig:
     astro_alpha: float = 0.25          # presynaptic exponent of the astro attention
     kernel_sizes: tuple = (3, 5, 7)    # Q/K kernel per layer (the last one repeats)
     causal: bool = True
-    pos_encoding: str = "cpg"          # "cpg", "cpg_lv2024", "sin", "learned", "none" (neurosim.layers.PE_KINDS)
+    pos_encoding: str = "cpg"          # "cpg", "cpg_lv2024", "sin", "learned", "none" (neurosim.layers.positional.PE_KINDS)
     pe_dim: int = 16
     tpu: bool = True
     tpu_kernel: int = 3

@@ -16,8 +16,9 @@ from .. import validate
 
 OPTIMIZERS = ("adamw", "adam")
 PRECISIONS = ("fp32", "bf16")
-# "latency": linear time-to-first-spike per input (brightest first, zero last; RESULTS.md, "Trainer encoders"); "latency_log": the logarithmic code normalised
-# over the whole batch (snntorch.spikegen.latency(normalize=True)), what "latency" meant before checkpoint format 3
+# "latency": linear time-to-first-spike per input (brightest first, zero last; RESULTS.md, "Trainer input codes");
+# "latency_log": the logarithmic code normalised over the whole batch (snntorch.spikegen.latency(normalize=True)),
+# what "latency" meant before checkpoint format 3
 ENCODERS = ("rate", "latency", "latency_log", "direct")
 
 # Numbers in exponent notation without a dot or without a sign in the exponent (1e-3, 5E2, 1.5e3): strings to

@@ -20,9 +20,10 @@ def encode(x: torch.Tensor, encoder: str, num_steps: int) -> torch.Tensor:
     """``[B, F]`` -> ``[T, B, F]`` with :mod:`neurosim.encoders` (global RNG, so checkpoints can restore it).
 
     "rate": Bernoulli; "latency": each input on its own, intensity 1 at step 0 down to the threshold (0.01) and
-    below at step T-1 (linear, normalised, snnTorch's default of no clipping: a zero fires last); "latency_log": the logarithmic code normalised by the largest
-    time in the batch, kept for checkpoints before format 3 (one sample's times depend on the others, and with
-    zeros in the data every nonzero input fires in the first steps); "direct": the analog input at every step.
+    below at step T-1 (linear, normalised, snnTorch's default of no clipping: a zero fires last); "latency_log":
+    the logarithmic code normalised by the largest time in the batch, kept for checkpoints before format 3 (one
+    sample's times depend on the others, and with zeros in the data every nonzero input fires in the first steps);
+    "direct": the analog input at every step.
     """
     if encoder == "direct":
         return x.unsqueeze(0).expand(num_steps, *x.shape)

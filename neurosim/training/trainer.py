@@ -4,8 +4,8 @@ One :class:`Trainer` handles classification (cross-entropy; accuracy) and regres
 MSE, MAE, R2). Models take batch-first input and return ``[B, outputs]``; how they use time is their business.
 
 Reproducibility: the split is fixed by ``seed``; each epoch's sample order is a permutation seeded by ``seed``
-and the epoch (the one ``DistributedSampler`` would draw; no sampler is used), so a checkpoint only needs the epoch, the step inside it,
-the RNG states and the partial metric sums to continue a killed run exactly.
+and the epoch (the one ``DistributedSampler`` would draw; no sampler is used), so a checkpoint only needs the
+epoch, the step inside it, the RNG states and the partial metric sums to continue a killed run exactly.
 Under torchrun the ranks share every global batch (``batch_size / world_size`` samples each; the last, smaller
 batch as evenly as it goes, no sample twice), each rank's loss weighted by its share, so that the gradients
 DistributedDataParallel averages are those of one process; metrics are summed over ranks, and only rank 0
