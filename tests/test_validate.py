@@ -143,3 +143,22 @@ def test_compaction_leaves_the_slots_a_captured_graph_adds_to(monkeypatch):
                 validate.finite("x", torch.ones(3))  # (three compactions)
             slot += float("nan")  # a later replay of the graph
             assert len(checks) == 7
+
+
+def test_broadcasts_to_agrees_with_torch_broadcast_shapes():
+    """validate.broadcasts_to (plain Python, called for every LIF parameter at every call) against torch's own rule:
+    broadcast_shapes(shape, target) == target, over every shape of up to 4 dims of sizes 0-3 and targets of up to 3."""
+    import itertools
+    sizes = (0, 1, 2, 3)
+    shapes = [s for n in range(5) for s in itertools.product(sizes, repeat=n)]
+    targets = [t for n in range(4) for t in itertools.product(sizes, repeat=n)]
+    checked = disagree = 0
+    for shape in shapes:
+        for target in targets:
+            try:
+                want = tuple(torch.broadcast_shapes(shape, target)) == target
+            except RuntimeError:
+                want = False
+            checked += 1
+            disagree += validate.broadcasts_to(shape, target) != want
+    assert checked == 341 * 85 and disagree == 0

@@ -120,7 +120,7 @@ class SnnTorchBackend:
                 setattr(neuron, name, _EMPTY)
 
     def run(self, kind, p, x, state=None):
-        if not len(x):
+        if not x.shape[0]:
             return F.no_steps(kind, x, state)
         neuron = self._neuron(kind, p)
         try:
@@ -207,7 +207,7 @@ class NorseBackend:
         validate.refuse_if("backend='norse'", (p.beta >= 1).any(), NORSE_BETA)
 
     def run(self, kind, p, x, state=None):
-        if not len(x):
+        if not x.shape[0]:
             return F.no_steps(kind, x, state)
         from norse.torch import LIFBoxCell, LIFBoxParameters
         from norse.torch.functional.lif_box import LIFBoxFeedForwardState

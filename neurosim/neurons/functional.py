@@ -110,7 +110,7 @@ def no_steps(kind: str, x: torch.Tensor, state=None):
 
 def run_sequence(kind: str, p, x: torch.Tensor, state=None):
     """Step through ``x`` of shape ``[T, B, ...]``; returns ``(spikes, mem_trace, final_state)``."""
-    if not len(x):
+    if not x.shape[0]:
         return no_steps(kind, x, state)
     step = lif_step if kind == "lif" else cuba_lif_step
     state = initial_state(kind, x[0]) if state is None else state

@@ -148,11 +148,12 @@ class _SpikingNeuron(nn.Module):
             spikes, mem, final = backend.run(self.kind, p, x, state, need_mem=return_mem)
         else:
             work = F.state_dtype(x.dtype)
-            xw = x.to(work)
+            xw = x if x.dtype == work else x.to(work)  # (a no-op .to still costs a few us a call)
             if state is not None:
                 state = type(state)(*(s.to(work) for s in state))
             spikes, mem, final = backend.run(self.kind, p, xw, state)
-            spikes = spikes.to(x.dtype)  # (snnTorch gives float32 spikes for float64 input)
+            if spikes.dtype != x.dtype:  # (snnTorch gives float32 spikes for float64 input)
+                spikes = spikes.to(x.dtype)
         out = (spikes,)
         if return_mem:
             out += (mem,)

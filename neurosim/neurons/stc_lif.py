@@ -172,7 +172,7 @@ class STCLIF(nn.Module):
         else:  # (a NaN state ran on, silently; a CubaLIFState lost its current; the circuits need the full shape)
             check_state(state, F.LIFState, x.shape[1:])
             state = F.LIFState(state.mem.to(x.dtype).expand(x.shape[1:]))
-        if len(x):
+        if x.shape[0]:
             spikes, mems, betas, gammas = [], [], [], []
             for x_t in x:
                 prev = p.surrogate(state.mem - p.threshold)
