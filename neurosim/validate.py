@@ -275,6 +275,14 @@ def rank_exactly(name: str, x: torch.Tensor, ks: Iterable[int], layout: str) -> 
     return x
 
 
+def holds_one(name: str, x: torch.Tensor, dim: int, what: str) -> torch.Tensor:
+    """Require ``x`` to hold at least one ``what`` (a token, a time step) along ``dim``: a layer that mixes along
+    an empty axis fails deep inside torch (a reshape, a convolution). A shape check: no device read."""
+    if x.shape[dim] == 0:
+        raise ValueError(f"{name} must hold at least one {what} (dim {dim}), got shape {tuple(x.shape)}")
+    return x
+
+
 def in_range(name: str, value, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False):
     """Check a scalar or every element of a tensor lies in [lo, hi] (open ends where asked)."""
     interval = ("(" if lo_open else "[") + f"{lo}, {hi}" + (")" if hi_open else "]")

@@ -1,5 +1,6 @@
 """Astrocyte-modulated attention: shapes, causal mask, rows as distributions, loop reference, MatMul routing."""
 import math
+import re
 
 import pytest
 import torch
@@ -119,6 +120,19 @@ def test_bad_input():
         layer(torch.randn(1, 3, 6))
     with pytest.raises(ValueError, match="dimensions"):
         layer(torch.randn(3, 8))
+
+
+@pytest.mark.parametrize("shape", [(2, 0, 8), (3, 2, 0, 8), (0, 2, 3, 8), (3, 0, 3, 8), (0, 3, 8)])
+def test_no_tokens_are_refused_by_name_other_empty_axes_pass(shape):
+    """No tokens (dim -2) failed deep inside torch (a reshape of 0 elements): refused, naming x. No time steps or
+    no samples give an empty output of the input's shape, as a per-step layer (a neuron) does."""
+    layer = AstroAttention(8, heads=2)
+    x = torch.rand(shape)
+    if shape[-2] == 0:
+        with pytest.raises(ValueError, match=re.escape(f"x must hold at least one token (dim -2), got shape {shape}")):
+            layer(x)
+    else:
+        assert layer(x).shape == x.shape
 
 
 @pytest.mark.parametrize("q_shape,k_shape,v_shape,name", [

@@ -1,5 +1,6 @@
 """Spiking transformer layers: binary outputs, causality (perturb the future), RSM statistics, references."""
 import math
+import re
 
 import pytest
 import torch
@@ -507,6 +508,21 @@ def test_token_axis_conv_refuses_x_that_is_not_rank_4(shape):
     # rank 5 was a reshape error, or with a middle dimension of 1 silently lost that dimension
     with pytest.raises(ValueError, match=r"^x must have .*\[T, B, N, C\]"):
         CausalConv1d(8, axis="tokens")(torch.rand(shape))
+
+
+@pytest.mark.parametrize("axis,dim,what", [("time", 0, "time step"), ("tokens", 2, "token")])
+def test_causal_conv_refuses_an_empty_convolved_axis(axis, dim, what):
+    # no time steps (axis="time") was a reshape error, no tokens (axis="tokens") a convolution error, inside torch
+    conv = CausalConv1d(4, 3, kernel_size=3, axis=axis)
+    shape = [3, 2, 5, 4]
+    shape[dim] = 0
+    with pytest.raises(ValueError, match=re.escape(f"x must hold at least one {what} (dim {dim}), got shape "
+                                                   f"{tuple(shape)}")):
+        conv(torch.rand(shape))
+    # the axis not convolved may be empty: an empty output, as a per-step layer gives
+    shape = [3, 2, 5, 4]
+    shape[2 - dim] = 0
+    assert conv(torch.rand(shape)).shape == (*shape[:3], 3)
 
 
 def test_time_axis_conv_keeps_any_middle_dimensions():

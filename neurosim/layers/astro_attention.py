@@ -171,7 +171,7 @@ class AstroAttention(AstroMixing):
         validate.rank_exactly("x", x, (3, 4), "[B, L, D] or [T, B, N, D]")
         if x.shape[-1] != self.dim:
             raise ValueError(f"x must have last dimension dim={self.dim}, got shape {tuple(x.shape)}")
-        n = x.shape[-2]
+        n = validate.holds_one("x", x, -2, "token").shape[-2]
         if n > self.max_len:
             raise ValueError(f"sequence length {n} exceeds max_len={self.max_len}")
         lead = x.shape[:-2]

@@ -43,7 +43,7 @@ class CausalConv1d(nn.Module):
     for ``axis="time"``. ``axis="time"`` convolves along ``T`` (the spike history of each token and channel);
     ``axis="tokens"`` convolves along ``N`` separately at every timestep (the convolution is applied per
     timestep). Left padding of ``(kernel_size - 1) * dilation`` zeros makes it causal; ``groups=channels``
-    gives a depthwise convolution.
+    gives a depthwise convolution. An empty convolved axis (no time steps, no tokens) is refused.
     """
 
     def __init__(self, channels: int, out_channels: int | None = None, kernel_size: int = 3, axis: str = "tokens",
@@ -63,11 +63,12 @@ class CausalConv1d(nn.Module):
         c = x.shape[-1]
         if self.axis == "time":
             # [T, B, ..., C] -> [B*..., C, T]
-            t = x.shape[0]
+            t = validate.holds_one("x", x, 0, "time step").shape[0]
             lead = x.shape[1:-1]
             y = x.reshape(t, -1, c).permute(1, 2, 0)
         else:
             validate.rank_exactly("x", x, (4,), "[T, B, N, C] for axis='tokens'")
+            validate.holds_one("x", x, 2, "token")
             t, b, n = x.shape[:3]
             y = x.reshape(t * b, n, c).transpose(1, 2)
         y = self.conv(Fn.pad(y, ((self.kernel_size - 1) * self.dilation, 0)))
