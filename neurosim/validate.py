@@ -290,7 +290,9 @@ def in_range(name: str, value, lo: float, hi: float, lo_open: bool = False, hi_o
         raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
     t = torch.as_tensor(value, dtype=torch.float64) if not torch.is_tensor(value) else value.detach().double()
     if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} must be finite, got {value}")
+        shown = value if not torch.is_tensor(value) or value.numel() == 1 else \
+            f"{int((~torch.isfinite(t)).sum())} NaN/inf value(s)"
+        raise ValueError(f"{name} must be finite and in {interval}, got {shown}")
     low_ok = (t > lo) if lo_open else (t >= lo)
     high_ok = (t < hi) if hi_open else (t <= hi)
     if not bool((low_ok & high_ok).all()):

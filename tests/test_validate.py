@@ -1,4 +1,6 @@
 """neurosim.validate.finite: one float64 sum decides, an exact count confirms and names the bad values."""
+import re
+
 import pytest
 import torch
 
@@ -162,3 +164,14 @@ def test_broadcasts_to_agrees_with_torch_broadcast_shapes():
             checked += 1
             disagree += validate.broadcasts_to(shape, target) != want
     assert checked == 341 * 85 and disagree == 0
+
+
+@pytest.mark.parametrize("bad", [[float("nan")], [float("inf"), float("nan")], [-float("inf")]])
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_in_range_names_the_range_for_a_non_finite_value(bad, as_tensor):
+    """A NaN or inf was refused as "must be finite" without the range allowed, and a tensor of many values was
+    printed whole; the count is shown (a number or one-element tensor: its value), as for finite()."""
+    value = torch.tensor([0.5] + bad) if as_tensor else bad[0]
+    shown = f"{len(bad)} NaN/inf value(s)" if as_tensor else f"{bad[0]}"
+    with pytest.raises(ValueError, match=r"^x must be finite and in \(0\.0, 1\.0\], got " + re.escape(shown) + "$"):
+        validate.in_range("x", value, 0.0, 1.0, lo_open=True)
