@@ -516,6 +516,46 @@ def test_a_learnable_decay_trained_to_nan_is_refused_at_the_next_forward(cls, na
         assert torch.equal(layer(x), clamped(x))
 
 
+@pytest.mark.parametrize("cls,name", [("LIF", "beta"), ("LIF", "threshold"), ("CubaLIF", "alpha"), ("CubaLIF", "beta"),
+                                      ("CubaLIF", "threshold"), ("STCLIF", "beta"), ("STCLIF", "threshold")])
+@pytest.mark.parametrize("learn", [False, True])
+def test_a_loaded_parameter_is_refused_where_making_or_running_the_layer_refuses_it(cls, name, learn):
+    """A NaN fixed beta loaded by load_state_dict ran on silently (a NaN membrane, no spikes), a threshold <= 0 fired
+    on silence. Loading refuses, naming the key, the values that making the layer refuses (a fixed parameter: it is
+    not checked at every forward) or that its next forward refuses (a learned one: a beta outside [0, 1] runs
+    clamped), before the layer holds them; the modules before it are loaded, as the error says."""
+    from neurosim.neurons.stc_lif import STCLIF
+
+    def make(**kw):
+        kw[f"learn_{name}"] = learn
+        return STCLIF(3, **kw) if cls == "STCLIF" else getattr(neurosim, cls)(backend="torch", **kw)
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), make())
+    x = torch.rand(4, 2, 3)
+    for value in (float("nan"), float("inf"), -float("inf"), -0.5, 0.0, 1.0, 1.5):
+        try:  # the reference: making the layer with the value (fixed), or running it with the value (learned)
+            ref = make() if learn else make(**{name: value})
+            if learn:
+                with torch.no_grad():
+                    getattr(ref, name).fill_(value)
+                ref(x)
+            refused = None
+        except ValueError as err:
+            refused = str(err)
+        before = getattr(model[1], name).detach().clone()
+        state = {**model.state_dict(), f"1.{name}": torch.tensor(value), "0.bias": torch.randn(3)}
+        if refused is None:
+            model.load_state_dict(state)
+            assert float(getattr(model[1], name).detach()) == value
+            continue
+        with pytest.raises(ValueError, match=rf"^1\.{name} .*\(refused by load_state_dict: the module '1' keeps its "
+                                             "previous values; the modules before it were loaded\)$") as err:
+            model.load_state_dict(state)
+        if not learn:
+            assert str(err.value).startswith(f"1.{refused} (")
+        assert torch.equal(getattr(model[1], name), before) and torch.equal(model[0].bias, state["0.bias"])
+
+
 def test_a_layer_pickled_before_reset_was_a_property_still_runs():
     """Before, reset was a plain attribute in the layer's __dict__; the property then found no _reset."""
     import pickle

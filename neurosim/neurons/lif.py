@@ -10,6 +10,8 @@ A given ``state`` is converted to that dtype.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -19,14 +21,17 @@ from . import functional as F
 from .surrogate import Surrogate, make
 
 RESETS = ("subtract", "zero")
+# the range (lo, hi, lo_open) a neuron parameter is made in, and a fixed one is loaded in (check_loaded)
+RANGES = {"threshold": (0.0, math.inf, True), "beta": (0.0, 1.0, False), "alpha": (0.0, 1.0, False)}
 
 
-def _as_param(name, value, learn, lo, hi, lo_open=False):
+def _as_param(name, value, learn):
     """The layer's own float32 copy of a parameter's initial ``value`` (a number or a tensor), checked to lie in
-    [lo, hi] (``lo_open``: (lo, hi]); an ``nn.Parameter`` when ``learn`` (``learn_{name}``, a bool). A tensor is
+    its range (:data:`RANGES`); an ``nn.Parameter`` when ``learn`` (``learn_{name}``, a bool). A tensor is
     copied and detached: one that requires grad (say an ``nn.Parameter`` shared with another layer) gives the
     initial value only; training it is ``learn_{name}=True``."""
     validate.boolean(f"learn_{name}", learn)
+    lo, hi, lo_open = RANGES[name]
     validate.in_range(name, value, lo, hi, lo_open=lo_open)
     t = torch.as_tensor(value.detach() if torch.is_tensor(value) else value, dtype=torch.float32).clone()
     return nn.Parameter(t) if learn else t
@@ -46,7 +51,8 @@ def check_state(state, kind: type, neuron_shape=None) -> None:
 def check_learned_parameters(p) -> None:
     """What training can do to a learnable parameter that no backend can run, refused at every forward of a layer
     that learns it (a small read each; queued inside deferred checks). Not cached by the tensor's version: a fused
-    optimizer step and ``.data`` updates leave that unchanged. Fixed parameters are checked when they are made.
+    optimizer step and ``.data`` updates leave that unchanged. Fixed parameters are checked when they are made and
+    when they are loaded (:func:`check_loaded`).
 
     * threshold: > 0 at construction, but training can take it to 0 or below (every neuron then fires on silence).
     * beta, alpha (``p.alpha`` where ``p`` has one): in [0, 1] at construction; training can move them outside,
@@ -73,7 +79,45 @@ def check_learned_parameters(p) -> None:
             validate.finite(name, value)
 
 
-class _SpikingNeuron(nn.Module):
+def check_loaded(layer: nn.Module, state_dict: dict, prefix: str = "") -> None:
+    """Refuse the values ``state_dict`` holds (keys ``prefix + name``) for a neuron layer's parameters that the
+    layer could not run, naming the key: for a fixed one (a buffer, not checked at every forward), a value outside
+    the range it is made in (:data:`RANGES`, NaN/inf included); for a learned one, what
+    :func:`check_learned_parameters` refuses (NaN/inf, a threshold not > 0; a beta or alpha outside [0, 1] runs
+    clamped). One read of each value, when loaded."""
+    for name, (lo, hi, lo_open) in RANGES.items():
+        value, own = state_dict.get(prefix + name), getattr(layer, name, None)
+        if not (torch.is_tensor(value) and torch.is_tensor(own)):
+            continue
+        if isinstance(own, nn.Parameter) and name != "threshold":
+            validate.finite_after_flag(prefix + name, value)
+        else:
+            validate.in_range(prefix + name, value, lo, hi, lo_open=lo_open)
+
+
+def check_loadable(model: nn.Module, state_dict: dict) -> None:
+    """:func:`check_loaded` for every neuron layer of ``model`` at once, before anything of ``state_dict`` is
+    loaded (``load_state_dict`` checks each layer as it comes to it, after the modules before it are loaded)."""
+    for name, layer in model.named_modules():
+        if isinstance(layer, ChecksLoadedParameters):
+            check_loaded(layer, state_dict, name + "." if name else "")
+
+
+class ChecksLoadedParameters(nn.Module):
+    """A neuron layer whose ``load_state_dict`` refuses parameter values it could not run (:func:`check_loaded`)
+    before loading any of its own: a NaN beta ran on silently with a NaN membrane and no spikes."""
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        try:
+            check_loaded(self, state_dict, prefix)
+        except ValueError as err:
+            where = f"the module {prefix[:-1]!r} keeps its previous values; the modules before it were loaded" \
+                if prefix else "this layer keeps its previous values"
+            raise ValueError(f"{err} (refused by load_state_dict: {where})") from None
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class _SpikingNeuron(ChecksLoadedParameters):
     kind = "lif"
     # protocol read by neurosim.energy (and anything else that must find the neurons of a network)
     is_spiking_neuron = True
@@ -84,7 +128,7 @@ class _SpikingNeuron(nn.Module):
         self.reset = reset
         self.surrogate: Surrogate = make(surrogate, slope)
         self.detach_reset = validate.boolean("detach_reset", detach_reset)  # ("False" was taken as true)
-        self._register("threshold", _as_param("threshold", threshold, learn_threshold, 0.0, float("inf"), lo_open=True))
+        self._register("threshold", _as_param("threshold", threshold, learn_threshold))
         self._backend_name = backend
 
     def __setstate__(self, state):
@@ -194,7 +238,7 @@ class LIF(_SpikingNeuron):
     def __init__(self, beta=0.9, threshold=1.0, reset="subtract", surrogate="fast_sigmoid", slope=None,
                  learn_beta=False, learn_threshold=False, backend="snntorch", detach_reset=True):
         super().__init__(threshold, reset, surrogate, slope, learn_threshold, backend, detach_reset)
-        self._register("beta", _as_param("beta", beta, learn_beta, 0.0, 1.0))
+        self._register("beta", _as_param("beta", beta, learn_beta))
         B.get(backend).check(self.kind, self.params())
 
     def params(self) -> F.LIFParameters:
@@ -218,8 +262,8 @@ class CubaLIF(_SpikingNeuron):
     def __init__(self, alpha=0.8, beta=0.9, threshold=1.0, reset="subtract", surrogate="fast_sigmoid", slope=None,
                  learn_alpha=False, learn_beta=False, learn_threshold=False, backend="snntorch", detach_reset=True):
         super().__init__(threshold, reset, surrogate, slope, learn_threshold, backend, detach_reset)
-        self._register("alpha", _as_param("alpha", alpha, learn_alpha, 0.0, 1.0))
-        self._register("beta", _as_param("beta", beta, learn_beta, 0.0, 1.0))
+        self._register("alpha", _as_param("alpha", alpha, learn_alpha))
+        self._register("beta", _as_param("beta", beta, learn_beta))
         B.get(backend).check(self.kind, self.params())
 
     def params(self) -> F.CubaLIFParameters:

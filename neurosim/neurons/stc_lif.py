@@ -37,7 +37,7 @@ from torch import nn
 
 from .. import validate
 from . import functional as F
-from .lif import _as_param, check_learned_parameters, check_state
+from .lif import ChecksLoadedParameters, _as_param, check_learned_parameters, check_state
 from .surrogate import Surrogate, make
 
 
@@ -74,7 +74,7 @@ def _group_conv(channels: int, groups: int, kernel_size: int, spatial_dims: int)
     return conv
 
 
-class STCLIF(nn.Module):
+class STCLIF(ChecksLoadedParameters):
     """Spatio-temporal-circuit LIF neuron layer; same ``[T, B, ...]`` interface as :class:`neurosim.LIF`.
 
     Args:
@@ -112,8 +112,8 @@ class STCLIF(nn.Module):
             raise ValueError(f"kernel_size must be odd (same-size output), got {self.kernel_size}")
         self.surrogate: Surrogate = make(surrogate, slope)
         self.detach_reset = bool(detach_reset)
-        for name, value, learn, lo_open in (("beta", beta, learn_beta, False), ("threshold", threshold, learn_threshold, True)):
-            t = _as_param(name, value, learn, 0.0, 1.0 if name == "beta" else float("inf"), lo_open=lo_open)
+        for name, value, learn in (("beta", beta, learn_beta), ("threshold", threshold, learn_threshold)):
+            t = _as_param(name, value, learn)
             if isinstance(t, nn.Parameter):
                 self.register_parameter(name, t)
             else:
