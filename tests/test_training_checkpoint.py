@@ -1,6 +1,7 @@
 """Checkpoint files: atomic writes, weights_only loading, clear errors for truncated/foreign/mismatching files."""
 import pickle
 import random
+import re
 
 import numpy as np
 import pytest
@@ -93,6 +94,31 @@ def test_resume_from_corrupt_or_mismatched_file_changes_nothing(run_dir, tmp_pat
         trainer._resume(tmp_path / "other.pt")
     assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
     assert trainer.epoch == 0 and trainer.global_step == 0
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 1.5])
+def test_a_checkpoint_whose_fixed_beta_is_bad_is_refused_by_name_before_anything_changes(run_dir, tmp_path, value):
+    """A NaN in a neuron's fixed (non-learned) beta resumed silently: the network ran on with a NaN membrane and no
+    spikes. Resuming (or rebuilding the model) refuses it as making that LIF refuses it, naming the file and key."""
+    from neurosim import LIF
+    from neurosim.training.restore import load_trained
+
+    with pytest.raises(ValueError) as made:
+        LIF(beta=value)
+    ck = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert not ck["model"]["neurons.0.beta"].requires_grad  # (a buffer: fixed)
+    ck["model"]["neurons.0.beta"] = torch.tensor(value)
+    torch.save(ck, tmp_path / "bad.pt")
+    message = re.escape(f"bad.pt' holds a value its model cannot run: neurons.0.{made.value}")
+    trainer = Trainer(TrainConfig(**{**TINY, "epochs": 2}, out_dir=str(tmp_path / "new")))
+    trainer._setup()
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    with pytest.raises(CheckpointError, match=message):
+        trainer._resume(tmp_path / "bad.pt")
+    assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    assert trainer.epoch == 0 and not trainer.optimizer.state_dict()["state"]
+    with pytest.raises(CheckpointError, match=message):
+        load_trained(tmp_path / "bad.pt")
 
 
 def test_write_is_atomic_when_the_writer_dies(tmp_path, monkeypatch):

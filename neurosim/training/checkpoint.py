@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .. import validate
+from ..neurons.lif import check_loadable
 
 FORMAT = "neurosim.checkpoint"
 # 2: configs mean today's model defaults; a version-1 config is read through registry.upgrade_config (the EST's
@@ -144,6 +145,15 @@ def check_state_dict(path, name: str, saved: dict, expected: dict) -> None:
             shape = tuple(saved[k].shape) if torch.is_tensor(saved[k]) else type(saved[k]).__name__
             raise CheckpointError(f"checkpoint {str(path)!r} does not fit this {name}: {k} has shape {shape}, "
                                   f"expected {tuple(v.shape)}")
+
+
+def check_neuron_values(path, model: torch.nn.Module, saved: dict) -> None:
+    """Raise :class:`CheckpointError` when ``saved`` (``model``'s state dict) holds a neuron parameter value that its
+    layer refuses to load (a NaN beta: :func:`neurosim.neurons.lif.check_loaded`), before anything is loaded."""
+    try:
+        check_loadable(model, saved)
+    except ValueError as err:
+        raise CheckpointError(f"checkpoint {str(path)!r} holds a value its model cannot run: {err}") from None
 
 
 def check_fields(path, name: str, value: Any, keys: tuple[str, ...]) -> None:

@@ -22,6 +22,7 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu"):
     info = get_dataset(cfg.dataset)(cfg)
     model = get_model(cfg.model)(info, cfg)
     ckpt_io.check_state_dict(path, "model", ck["model"], model.state_dict())
+    ckpt_io.check_neuron_values(path, model, ck["model"])
     model.load_state_dict(ck["model"])
     if info.val_indices is not None:
         val = list(info.val_indices)

@@ -196,6 +196,7 @@ class Trainer:
                                           + "; ".join(diff) + ")")
         # Check everything before changing anything, so a bad file leaves the trainer untouched.
         ckpt_io.check_state_dict(path, "model", ck["model"], self.model.state_dict())
+        ckpt_io.check_neuron_values(path, self.model, ck["model"])
         saved_groups = ck["optimizer"].get("param_groups", [])
         groups = self.optimizer.state_dict()["param_groups"]
         if [len(g["params"]) for g in saved_groups] != [len(g["params"]) for g in groups]:
