@@ -9,7 +9,7 @@
 Importing this package registers the energy counters of its layers and the models with the trainer's registry
 (``neurosim train --model est|spikformer|btspformer``).
 """
-from . import counters  # noqa: F401  (registers energy counters for masking and SEW connect functions)
+from . import counters  # noqa: F401  (registers the energy counters of this package's layers)
 from .btsp import BTSPPlasticity, asymmetric_kernel, btsp_update
 from .btspformer import AsymmetricPositionEmbedding, BTSPFormer, SpikingBTSPFormer, asymmetric_envelope
 from .est import ESTConfig, EnhancedSpikingTransformer, ablation_configs, spikformer, spikformer_config

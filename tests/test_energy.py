@@ -717,6 +717,70 @@ def test_counter_summary_adds_layer_info_and_a_report_note():
         register_counter(Gate, count_gate, overwrite=True, summary="not callable")
 
 
+_CORE_ONLY = """
+import json, sys, torch
+from neurosim.energy import profile
+from neurosim.layers import RandomSpikeMask, SpikeResidual, SpikingMLP
+
+torch.manual_seed(0)
+x = (torch.rand(4, 2, 6) < 0.4).float()
+out = {}
+for mode in ("sew_add", "sew_and"):
+    torch.manual_seed(1)
+    net = SpikeResidual(SpikingMLP(6), mode, rsm=RandomSpikeMask(0.5, "always", seed=3)).eval()
+    rep = profile(net, x, audit=True)
+    rows = {r.name: r for r in rep.layers}
+    rsm, connect = rows.get("rsm"), rows.get("connect")
+    out[mode] = {"not_counted": rep.not_counted, "rows": sorted(rows),
+                 "rsm": rsm and [rsm.counted, rsm.info, rsm.in_nnz, rsm.out_nnz],
+                 "connect": connect and [connect.type, connect.counted, connect.ann_acs, connect.acs, connect.note],
+                 "notes": rep.notes, "totals": [rep.totals()[k] for k in ("synops", "acs", "macs", "energy_pj")]}
+try:
+    profile(SpikeResidual(SpikingMLP(6), "sew_and").eval(), torch.rand(4, 2, 6))
+    out["error"] = None
+except ValueError as err:
+    out["error"] = str(err)
+out["models_imported"] = "neurosim.models" in sys.modules
+print(json.dumps(out))
+"""
+
+
+def test_core_layers_are_counted_without_importing_models():
+    """The counters of core layers (RandomSpikeMask, SEWConnect) are registered by the core: in a fresh process that
+    never imports neurosim.models, a mask is counted with its summary line, a SEW connect is one counted row, nothing
+    is listed as "not counted" (audit on), and a bad SEW AND input's error names the layer. The counts equal this
+    process's (where other tests may have imported neurosim.models)."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(neurosim.__file__))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", _CORE_ONLY], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["models_imported"] is False
+    for mode in ("sew_add", "sew_and"):
+        got = out[mode]
+        assert got["not_counted"] == [] and got["rsm"] and got["connect"], (mode, got)
+        counted, info, in_nnz, out_nnz = got["rsm"]
+        assert counted and info["rsm_ratio"] == 0.5 and info["rsm_mode"] == "always" and 0 < out_nnz < in_nnz
+        assert any(n.startswith("RSM rsm: ratio 0.5, mode 'always' -> masked") for n in got["notes"]), got["notes"]
+        assert got["connect"][:2] == ["SEWConnect", True]
+    assert out["sew_add"]["connect"][2] == 4 * 2 * 6  # an addition an element in the same-shape ANN
+    assert out["sew_and"]["connect"][2:4] == [0, 0] and "SEW AND: logic on spikes" in out["sew_and"]["connect"][4]
+    assert out["error"].startswith("layer 'connect' (SEWConnect): s must be a binary spike tensor"), out["error"]
+    # the same counts in this process
+    from neurosim.layers import RandomSpikeMask, SpikeResidual, SpikingMLP
+
+    torch.manual_seed(0)
+    x = (torch.rand(4, 2, 6) < 0.4).float()
+    for mode in ("sew_add", "sew_and"):
+        torch.manual_seed(1)
+        net = SpikeResidual(SpikingMLP(6), mode, rsm=RandomSpikeMask(0.5, "always", seed=3)).eval()
+        t = profile(net, x, audit=True).totals()
+        assert [t[k] for k in ("synops", "acs", "macs")] == out[mode]["totals"][:3]
+        assert t["energy_pj"] == pytest.approx(out[mode]["totals"][3])
+
+
 def test_norms_hand_counts():
     """Statistics computed per sample: 3 MACs per element (mean, variance, normalise+affine); running statistics at
     inference fold into 1 (SyncBatchNorm as BatchNorm; InstanceNorm with track_running_stats); RMSNorm: 2."""

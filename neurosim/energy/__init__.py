@@ -21,6 +21,7 @@ from . import elementwise  # noqa: F401  (registers the counters of activations,
 from . import attention  # noqa: F401  (registers the counter of torch's multi-head attention)
 from . import recurrent  # noqa: F401  (registers the counters of torch's RNN, GRU and LSTM layers and cells)
 from . import other_layers  # noqa: F401  (bilinear, similarity, distance, LRN, LP/fractional pools, bags, fold)
+from . import spike_layers  # noqa: F401  (registers the counters of neurosim's spike masking and SEW connect layers)
 from .hardware import CMOS45NM, LOIHI, HardwareProfile, get_profile, list_profiles, register_profile
 from .batches import profile_batches
 from .meter import EnergyMeter, profile

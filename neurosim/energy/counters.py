@@ -30,6 +30,7 @@ Conventions (all exact, from the actual tensors):
 * Padding, pixel and channel shuffles, max-unpooling, ``nn.Unfold`` (patches copied out) and dropout move or drop
   values: no arithmetic (counted as zero, not listed as "not counted").
 * Activation functions, softmax and the astrocyte terms of attention: :mod:`neurosim.energy.elementwise`.
+* neurosim's random spike masking and SEW connect functions: :mod:`neurosim.energy.spike_layers`.
 * The rest of ``torch.nn`` (bilinear, similarity and distance, local response normalisation, LP and fractional
   pooling, bags of embeddings, ``nn.Fold``): :mod:`neurosim.energy.other_layers`.
 """
