@@ -241,18 +241,49 @@ def test_audit_refuses_a_cuda_graph():
             meter.graphed(torch.zeros(1, 2))
 
 
+def _ops(row):
+    return (row.acs, row.macs, row.synops, row.ann_acs, row.ann_macs, round(row.energy_pj, 6), row.in_spikes)
+
+
 def test_mean_readout_hand_count():
+    """Mean counts as average pooling does (one AC per input element, the division a folded constant scale); its
+    readouts in an EST: every element of the head's output, then of the time average."""
     from neurosim.layers import Mean
 
     x = torch.randn(4, 3, 5)
     r = profile(Mean(0), x).layer("Mean")
-    assert (r.acs, r.macs, r.dense, r.dense_is_mac) == (3 * 15, 15, 45, False)   # 3 additions, 1 division an output
-    assert r.dense_other == 15  # (the same-shape ANN divides too: priced as MACs in its energy)
+    assert (r.acs, r.macs, r.dense, r.dense_is_mac, r.dense_other) == (4 * 3 * 5, 0, 4 * 3 * 5, False, 0)
     cfg = ESTConfig(2, 3, dim=16, depth=1, heads=2, max_len=16, pe_dim=8, num_steps=3, kernel_sizes=(2, 3),
                     readout="pool")
     rep = profile(EnhancedSpikingTransformer(cfg).eval(), torch.randn(2, 9, 2))
-    assert (rep.layer("time_mean").acs, rep.layer("time_mean").macs) == (2 * 2 * 9 * 3, 2 * 9 * 3)
-    assert (rep.layer("token_mean").acs, rep.layer("token_mean").macs) == (2 * 8 * 3, 2 * 3)
+    assert (rep.layer("time_mean").acs, rep.layer("time_mean").macs) == (3 * 2 * 9 * 3, 0)  # head output [T,B,N,3]
+    assert (rep.layer("token_mean").acs, rep.layer("token_mean").macs) == (2 * 9 * 3, 0)
+
+
+def test_mean_counts_as_average_pooling_real_and_spike_inputs():
+    """The same average (over the last dim of [2, 3, 8]) as Mean(-1), AvgPool1d(8) and AdaptiveAvgPool1d(1): the
+    same counts and energy. Real input: 48 ACs (one per element) = 43.2 pJ on cmos45nm, no MAC; spikes: one AC per
+    spike (hand count); silent or fully masked input: nothing."""
+    from neurosim.layers import Mean, RandomSpikeMask
+
+    g = torch.Generator().manual_seed(7)
+    real = torch.randn(2, 3, 8, generator=g)
+    spk = (torch.rand(2, 3, 8, generator=g) < 0.3).float()
+    layers = {"mean": Mean(-1), "avg": nn.AvgPool1d(8), "adaptive": nn.AdaptiveAvgPool1d(1)}
+    for name, layer in layers.items():
+        r = profile(layer, real).layers[0]
+        assert _ops(r) == (48, 0, 0, 48, 0, 43.2, False), name
+        n = int(spk.sum())
+        assert 0 < n < 48
+        assert _ops(profile(layer, spk).layers[0]) == (n, 0, 0, 48, 0, round(0.9 * n, 6), True), name
+        assert _ops(profile(layer, torch.zeros(2, 3, 8)).layers[0]) == (0, 0, 0, 48, 0, 0.0, True), name
+    # a mean over time (dim 0) of spikes: each spike once, wherever the dim is
+    s = (torch.rand(5, 2, 4, generator=g) < 0.4).float()
+    assert profile(Mean(0, keepdim=True), s).layer("Mean").acs == int(s.sum())
+    # masked spikes cost nothing: the mean after a mask counts only the spikes that survived it
+    net = nn.Sequential(RandomSpikeMask(0.5, "always", seed=1), Mean(-1)).eval()
+    rep = profile(net, spk)
+    assert rep.layer("1").acs == rep.layer("0").out_nnz < int(spk.sum())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the Triton counting reads and the fused LIF "

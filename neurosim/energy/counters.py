@@ -20,10 +20,11 @@ Conventions (all exact, from the actual tensors):
   ANN of the same shape scales as well).
 * :class:`neurosim.layers.Add` ``a + b``: an addition costs one AC where no binary operand is 0
   (adding a zero spike is free); real + real costs one AC per element.
-* :class:`neurosim.layers.Mean` (a readout over time or tokens): ``n_in - n_out`` additions (ACs) and one
-  division per output (a MAC, in the layer's ``dense_other``: its ``dense`` holds the additions).
-* Pooling: one AC per (input element, window holding it), counting only nonzero inputs when the input is
-  binary. Normalisation: MACs per element (BatchNorm and SyncBatchNorm at inference fold to 1 MAC per element, as
+* Pooling (average and max) and :class:`neurosim.layers.Mean` (a readout over time or tokens: one window per
+  output, holding the elements it averages): one AC per (input element, window holding it), counting only nonzero
+  inputs when the input is binary (:func:`window_sums`; silent or masked inputs cost nothing). An average's division
+  by the window size is a constant scale, folded into the next layer's weights at inference as BatchNorm's affine
+  is: not counted (in the same-shape ANN's figures neither). Normalisation: MACs per element (BatchNorm and SyncBatchNorm at inference fold to 1 MAC per element, as
   does an InstanceNorm that uses running statistics; LayerNorm, GroupNorm and an InstanceNorm that computes its
   statistics per sample: 3 per element (mean, variance, normalise+affine); RMSNorm: 2 (mean square,
   normalise+scale)). Neurons: one update per neuron per time step.
@@ -402,10 +403,20 @@ def count_conv_transpose(module: nn.modules.conv._ConvTransposeNd, args, output)
     return spike_or_dense(s, x.numel() * per_group_out * math.prod(k), weighted * per_group_out)
 
 
+def window_sums(s: TensorStats, pairs: int, spike_pairs, note: str = "") -> Count:
+    """The count of a layer that sums (or compares) its input over windows, pooling's convention: one AC per (input
+    element, window holding it), ``pairs`` in all (the same-shape ANN's figure, and the count for a real input); for
+    a binary input (``s``, the input's :func:`stats`) only its spikes count, ``spike_pairs`` (each spike weighted by
+    the windows holding it), so silent or masked inputs cost nothing. An average's division by the window size is
+    not counted (a constant scale, folded into the next layer at inference)."""
+    return Count(dense=pairs, dense_is_mac=False, spike_input=s, spike_count=spike_pairs, spike_kind="acs",
+                 note=note)
+
+
 def _count_windows(x, output, nd, fan, total) -> Count:
     s, exact = fan_stats(x, fan)
     lead = x.numel() // max(math.prod(x.shape[-nd:]), 1)
-    return Count(dense=total * lead, dense_is_mac=False, spike_input=s, spike_count=exact, spike_kind="acs")
+    return window_sums(s, total * lead, exact)
 
 
 _POOL_DIMS = {nn.MaxPool1d: 1, nn.AvgPool1d: 1, nn.AdaptiveAvgPool1d: 1, nn.AdaptiveMaxPool1d: 1,
@@ -532,10 +543,10 @@ def count_add(module: Add, args, output) -> Count:
 
 
 def count_mean(module: Mean, args, output) -> Count:
-    n_in, n_out = args[0].numel(), output.numel()
-    adds = n_in - n_out
-    return Count(dense=adds, dense_is_mac=False, acs=adds, macs=n_out, dense_also=n_out,
-                 note="mean: the additions as ACs, the division by the count 1 MAC per output")
+    """An average over ``dim``: counted as average pooling whose one window per output holds the elements averaged
+    (each input element in exactly one window): one AC per input element, per spike for a binary input."""
+    s = stats(args[0])
+    return window_sums(s, s.numel, s.nnz, note="mean: one AC per input element (per spike), as average pooling")
 
 
 def count_neuron(module, args, output) -> Count:
