@@ -479,6 +479,50 @@ def test_same_shape_ann_operations_by_kind(tmp_path):
     assert [(r["ann_macs"], r["ann_acs"]) for r in rows] == [("120", "0"), ("0", "24")]
 
 
+def test_a_products_in_rate_is_its_spike_operands_firing_rate():
+    """Real scores x spike V: the row is event-driven (SynOps) and its in rate is V's firing rate, not the scores'
+    nonzero fraction; with the spike operand first, or both, the first's; real x real, the first's (marked *)."""
+    from neurosim.layers import SpikingSelfAttention
+
+    g = torch.Generator().manual_seed(0)
+    scores = torch.relu(torch.randn(4, 2, 6, 6, generator=g)) * (torch.rand(4, 2, 6, 6, generator=g) < 0.1)
+    v = spikes(4, 2, 6, 8, p=0.3, seed=1)
+    a = spikes(4, 2, 6, 6, p=0.1, seed=2)
+    nz = lambda t: float((t != 0).float().mean())  # noqa: E731
+    assert abs(nz(scores) - nz(v)) > 0.1
+    cases = [((scores, v), nz(v), True), ((v.transpose(-1, -2), scores), nz(v), True), ((a, v), nz(a), True),
+             ((scores, scores), nz(scores), False)]
+    for args, rate, binary in cases:
+        rep = profile(MatMul(), args)
+        r = rep.layer("MatMul")
+        assert (r.in_rate, r.in_spikes) == (pytest.approx(rate), binary)
+        assert r.sparsity == pytest.approx(1 - rate) and json.loads(rep.to_json())["layers"][0]["in_rate"] == r.in_rate
+        row = rep.table().splitlines()[2].split()
+        assert row[-4] == f"{rate:.3f}" + ("" if binary else "*")
+    # per call, and per replayed forward: a call whose scores are all zero (binary too) rates its first operand
+    class Mix(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mm = MatMul()
+
+        def forward(self, a, b):
+            return self.mm(a, b)
+
+    mix, calls = Mix(), [(scores, v), (torch.zeros_like(scores), v)] * 2
+    want = 2 * int(v.count_nonzero()) / (2 * v.numel() + 2 * scores.numel())
+    for replay in (False, True):
+        with torch.no_grad(), EnergyMeter(mix, replay=replay) as meter:
+            for args in calls:
+                mix(*args)
+        assert meter.replayed == (3 if replay else 0)
+        assert meter.report().layer("mm").in_rate == pytest.approx(want)
+    torch.manual_seed(0)
+    block = SpikingSelfAttention(16, heads=2).train()  # (training-mode BatchNorm: the neurons fire)
+    rep = profile(block, spikes(4, 2, 6, 16, p=0.3, seed=3), rates="all")
+    av, sn_v = rep.layer("av_matmul"), rep.layer("sn_v")
+    assert av.in_spikes and sn_v.out_rate > 0.02 and av.in_rate == pytest.approx(sn_v.out_rate)
+
+
 def test_cli_main_on_checkpoint(tmp_path, monkeypatch, capsys):
     (tmp_path / "energy_cli_model.py").write_text(
         "import torch.nn as nn, neurosim\n"

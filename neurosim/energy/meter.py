@@ -1004,11 +1004,20 @@ class EnergyMeter:
                 if not _measured(sin):
                     all_spikes = False  # not read (rates="needed"): the layer's input rate is not measured
                 else:
-                    r.in_numel += sin.numel * w
-                    nnz = col(sin, NNZ)
-                    r.in_nnz += int(_total(nnz))
                     b_in = binary(sin)
                     two = cnt is not None and isinstance(cnt.spike_count, dict)
+                    s2 = cnt.spike_input2 if two else None
+                    nnz = col(sin, NNZ)
+                    if s2 is None:
+                        r.in_numel += sin.numel * w
+                        r.in_nnz += int(_total(nnz))
+                    else:
+                        # the in rate of a product or sum is its spike operand's: the second's where only it is spikes
+                        # (per call or replay; real scores x spike V: V's firing rate, not the scores' nonzero fraction)
+                        second = _pick(b_in, False, binary(s2))
+                        numel = _pick(second, s2.numel, sin.numel)
+                        r.in_numel += int(_total(numel)) if isinstance(numel, np.ndarray) else numel * w
+                        r.in_nnz += int(_total(_pick(second, col(s2, NNZ), nnz)))
                     if two:
                         # (a product or sum of two operands is event-driven when either one is spikes: real
                         # scores x spike values is SynOps as much as spikes x real weights)

@@ -20,9 +20,10 @@ class LayerReport:
 
     ``in_rate`` / ``out_rate``: fraction of nonzero elements (the firing rate when the tensor is spikes);
     ``sparsity = 1 - in_rate``; None when not measured (``in_numel`` / ``out_numel`` count only the elements
-    whose counts were read; see ``rates`` in :class:`~neurosim.energy.EnergyMeter`). ``in_spikes``: the input
-    was read and binary on every call. ``counted=False`` marks a
-    module no counter knows: its operations are missing from the totals.
+    whose counts were read; see ``rates`` in :class:`~neurosim.energy.EnergyMeter`). For a layer of two operands (a
+    product, a sum) the input counted is its spike operand: the first, unless only the second is binary (real
+    attention scores x spike V: V's firing rate). ``in_spikes``: the input was read and binary on every call (either
+    operand, for two). ``counted=False`` marks a module no counter knows: its operations are missing from the totals.
 
     ``dense``: the operations the ANN of the same shape does in this layer, MACs when ``dense_is_mac``, else
     additions; ``dense_other``: those it also does of the other kind (a transformer layer's GELU beside its
