@@ -479,6 +479,22 @@ def test_same_shape_ann_operations_by_kind(tmp_path):
     assert [(r["ann_macs"], r["ann_acs"]) for r in rows] == [("120", "0"), ("0", "24")]
 
 
+def test_sparsity_is_the_complement_of_the_in_rate_which_the_table_says():
+    """The terminal table has no sparsity column: sparsity is 1 - in rate exactly (CSV, JSON), and the table's footer
+    says so."""
+    import csv
+
+    rep = profile(nn.Sequential(nn.Linear(5, 4), neurosim.LIF(backend="torch")), spikes(4, 2, 5), rates="all")
+    assert "in rate: nonzero fraction of the input (of a product's or sum's spike operand); sparsity = 1 - in rate" \
+        in rep.table().splitlines()
+    rows = [r for r in csv.DictReader(io.StringIO(rep.to_csv())) if r["in_rate"]]
+    assert len(rows) == 2
+    for r in rows:
+        assert float(r["sparsity"]) == pytest.approx(1 - float(r["in_rate"]))
+    for r in json.loads(rep.to_json())["layers"]:
+        assert r["sparsity"] == pytest.approx(1 - r["in_rate"])
+
+
 def test_a_products_in_rate_is_its_spike_operands_firing_rate():
     """Real scores x spike V: the row is event-driven (SynOps) and its in rate is V's firing rate, not the scores'
     nonzero fraction; with the spike operand first, or both, the first's; real x real, the first's (marked *)."""

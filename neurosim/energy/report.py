@@ -18,12 +18,14 @@ from .hardware import HardwareProfile
 class LayerReport:
     """One module's counts over the profiled forward pass (all calls of the module added up).
 
-    ``in_rate`` / ``out_rate``: fraction of nonzero elements (the firing rate when the tensor is spikes);
-    ``sparsity = 1 - in_rate``; None when not measured (``in_numel`` / ``out_numel`` count only the elements
-    whose counts were read; see ``rates`` in :class:`~neurosim.energy.EnergyMeter`). For a layer of two operands (a
-    product, a sum) the input counted is its spike operand: the first, unless only the second is binary (real
-    attention scores x spike V: V's firing rate). ``in_spikes``: the input was read and binary on every call (either
-    operand, for two). ``counted=False`` marks a module no counter knows: its operations are missing from the totals.
+    ``in_rate`` / ``out_rate``: fraction of nonzero elements (the firing rate when the tensor is spikes); None when
+    not measured (``in_numel`` / ``out_numel`` count only the elements whose counts were read; see ``rates`` in
+    :class:`~neurosim.energy.EnergyMeter`). For a layer of two operands (a product, a sum) the input counted is its
+    spike operand: the first, unless only the second is binary (real attention scores x spike V: V's firing rate).
+    ``sparsity`` is ``1 - in_rate`` exactly (the fraction of zero inputs): the CSV and JSON give it, the terminal
+    table leaves it out as redundant with its "in rate" column. ``in_spikes``: the input was read and binary on
+    every call (either operand, for two). ``counted=False`` marks a module no counter knows: its operations are
+    missing from the totals.
 
     ``dense``: the operations the ANN of the same shape does in this layer, MACs when ``dense_is_mac``, else
     additions; ``dense_other``: those it also does of the other kind (a transformer layer's GELU beside its
@@ -221,6 +223,8 @@ class EnergyReport:
         lines = [f"hardware: {hw.name} ({hw.source})",
                  "ANN MACs / ANN ACs: what an ANN of the same shape computes (dense, every input a real value)",
                  "* input not binary on every call: counted as the same-shape ANN's operations, not as SynOps",
+                 "in rate: nonzero fraction of the input (of a product's or sum's spike operand); "
+                 "sparsity = 1 - in rate",
                  "rate -: not measured (tensors are read where a count needs them; rates='all' reads every layer)"]
         if t["ann_energy_pj"] is not None:
             lines.append(f"same-shape ANN: {_fmt_energy(t['ann_energy_pj'])}; SNN/ANN energy ratio: "
