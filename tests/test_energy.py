@@ -444,7 +444,7 @@ def test_outputs_csv_json_png(tmp_path):
     rep.to_json(tmp_path / "e.json")
     rep.plot(tmp_path / "e.png")
     rows = list(csv.DictReader(open(tmp_path / "e.csv")))
-    assert [r["name"] for r in rows] == ["0", "1", "2"] and int(rows[0]["synops"]) == rep.layer("0").synops
+    assert [r["name"] for r in rows] == ["0", "1", "2", "TOTAL"] and int(rows[0]["synops"]) == rep.layer("0").synops
     data = json.loads((tmp_path / "e.json").read_text())
     assert data["totals"]["synops"] == rep.totals()["synops"] and data["hardware"]["name"] == "cmos45nm"
     assert (tmp_path / "e.png").read_bytes()[:4] == b"\x89PNG"
@@ -476,7 +476,48 @@ def test_same_shape_ann_operations_by_kind(tmp_path):
     total = next(ln for ln in lines if ln.startswith("TOTAL"))
     assert lines[0].split()[2:6] == ["ANN", "MACs", "ANN", "ACs"] and total.split()[1:3] == ["120", "24"]
     rows = list(csv.DictReader(io.StringIO(rep.to_csv())))
-    assert [(r["ann_macs"], r["ann_acs"]) for r in rows] == [("120", "0"), ("0", "24")]
+    assert [(r["ann_macs"], r["ann_acs"], r["row"]) for r in rows] == [("120", "0", "layer"), ("0", "24", "layer"),
+                                                                      ("120", "24", "total")]
+
+
+class Uncounted(nn.Module):
+    """A leaf no counter knows (listed as "not counted")."""
+
+    def forward(self, x):
+        return x * 2
+
+
+def test_csv_names_its_hardware_and_ends_with_a_marked_totals_row(tmp_path):
+    """Every CSV row names the hardware profile its energy is priced on, and one last row (``row`` "total", name
+    "TOTAL") holds the totals: the sums of the layer rows, equal to the JSON's totals and the terminal's TOTAL row.
+    A plain CSV reader reads it as it is (every row the header's fields)."""
+    import csv
+
+    net = nn.Sequential(nn.Linear(5, 4), neurosim.LIF(backend="torch"), nn.Linear(4, 3))
+    rep = profile(net, spikes(4, 2, 5), hardware="loihi")
+    rep.to_csv(tmp_path / "e.csv")
+    rep.to_json(tmp_path / "e.json")
+    text = (tmp_path / "e.csv").read_text()
+    assert {len(r) for r in csv.reader(io.StringIO(text))} == {len(text.splitlines()[0].split(","))}
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert {r["hardware"] for r in rows} == {"loihi"}
+    assert [r["row"] for r in rows] == ["layer"] * 3 + ["total"] and rows[-1]["name"] == "TOTAL"
+    layers, total = rows[:-1], rows[-1]
+    data = json.loads((tmp_path / "e.json").read_text())
+    for key in ("ann_macs", "ann_acs", "macs", "synops", "acs", "neuron_updates", "energy_pj", "energy_paper_pj"):
+        assert float(total[key]) == pytest.approx(sum(float(r[key]) for r in layers)), key
+        assert float(total[key]) == pytest.approx(data["totals"][key]), key
+    extra = json.loads(total["info"])
+    assert extra["batch_size"] == 2 and extra["energy_per_sample_pj"] == pytest.approx(
+        data["totals"]["energy_per_sample_pj"])
+    assert total["counted"] == "True" and data["hardware"]["name"] == "loihi"
+    table_total = next(ln for ln in rep.table().splitlines() if ln.startswith("TOTAL")).split()
+    assert table_total[-5:-2] == [f"{int(total[k]):,}" for k in ("synops", "acs", "neuron_updates")]
+    # a layer missing from the totals: the totals row says so
+    rep = profile(nn.Sequential(nn.Linear(5, 4), Uncounted()), spikes(4, 2, 5))
+    total = list(csv.DictReader(io.StringIO(rep.to_csv())))[-1]
+    assert total["counted"] == "False" and "NOT COUNTED (no counter; missing from totals): 1" in total["note"]
+    assert json.loads(total["info"])["not_counted"] == ["1"] and total["hardware"] == "cmos45nm"
 
 
 def test_sparsity_is_the_complement_of_the_in_rate_which_the_table_says():

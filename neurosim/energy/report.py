@@ -87,7 +87,10 @@ class LayerReport:
 COLUMNS = ("name", "type", "calls", "counted", "dense", "dense_is_mac", "dense_other", "ann_macs", "ann_acs", "macs",
            "synops", "acs",
            "neuron_updates", "in_rate", "out_rate", "sparsity", "in_spikes", "synops_paper", "energy_pj",
-           "energy_paper_pj", "note", "info")
+           "energy_paper_pj", "note", "info", "hardware", "row")
+# CSV columns the totals row fills (the sums of the layers' values; the JSON's "totals" under the same keys)
+_CSV_TOTALS = ("dense", "dense_other", "ann_macs", "ann_acs", "macs", "synops", "acs", "neuron_updates", "synops_paper",
+               "energy_pj", "energy_paper_pj")
 
 
 def _umask() -> int:
@@ -175,6 +178,13 @@ class EnergyReport:
         t["not_counted"] = self.not_counted
         return t
 
+    def _summary_lines(self) -> list[str]:
+        """The report's lines about what is missing or notable (not counted, the counters' notes): the end of the
+        terminal footer and the note of the CSV's totals row."""
+        missing = self.not_counted
+        lines = ["NOT COUNTED (no counter; missing from totals): " + ", ".join(missing)] if missing else []
+        return lines + list(self.notes)
+
     # ----------------------------------------------------------------------------------------- renderings
     def to_dict(self) -> dict:
         return {"hardware": self.hardware.to_dict(), "batch_size": self.batch_size,
@@ -187,13 +197,26 @@ class EnergyReport:
         return text
 
     def to_csv(self, path=None) -> str:
+        """One row per layer (``row`` = "layer"), then one totals row (``row`` = "total", ``name`` "TOTAL"): the sums
+        of the count and energy columns (the JSON's "totals"); its ``counted`` is False when a layer is missing from
+        them, its ``note`` the report's lines (not counted, counters' notes) and its ``info`` the JSON
+        totals' other keys. Every row's ``hardware`` names the profile its energy columns are priced on. Plain CSV:
+        ``csv.DictReader`` / ``pandas.read_csv`` read it as it is (filter ``row == "layer"`` before summing)."""
         buf = io.StringIO()
         w = csv.writer(buf)
         w.writerow(COLUMNS)
+        hw = self.hardware.name
         for r in self.layers:
             d = r.to_dict()
             d["info"] = json.dumps(d["info"]) if d["info"] else ""
+            d.update(hardware=hw, row="layer")
             w.writerow(["" if d[c] is None else d[c] for c in COLUMNS])
+        t = self.totals()
+        d = {k: t[k] for k in _CSV_TOTALS}
+        extra = {k: t.get(k) for k in ("ann_energy_pj", "energy_ratio_vs_ann", "energy_per_sample_pj", "not_counted")}
+        d.update(name="TOTAL", counted=not t["not_counted"], note="; ".join(self._summary_lines()),
+                 info=json.dumps({"batch_size": self.batch_size, **extra}), hardware=hw, row="total")
+        w.writerow(["" if d.get(c) is None else d[c] for c in COLUMNS])
         text = buf.getvalue()
         if path is not None:
             _atomic_write(path, lambda f: f.write(text))
@@ -233,10 +256,7 @@ class EnergyReport:
                      f"{_fmt_energy(t['energy_paper_pj'])}")
         if self.batch_size:
             lines.append(f"batch size {self.batch_size}: {_fmt_energy(t['energy_per_sample_pj'])} per sample")
-        if t["not_counted"]:
-            lines.append("NOT COUNTED (no counter; missing from totals): " + ", ".join(t["not_counted"]))
-        lines += self.notes
-        return lines
+        return lines + self._summary_lines()
 
     def table(self) -> str:
         """Plain-text table (what ``print(report)`` shows)."""
