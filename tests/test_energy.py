@@ -520,6 +520,36 @@ def test_csv_names_its_hardware_and_ends_with_a_marked_totals_row(tmp_path):
     assert json.loads(total["info"])["not_counted"] == ["1"] and total["hardware"] == "cmos45nm"
 
 
+def test_figure_shows_neuron_updates_and_marks_layers_not_counted(tmp_path, monkeypatch):
+    """The figure ``plot`` saves: the operations panel has a neuron-updates series (the LIF's bar is its updates); a
+    layer no counter knows keeps its place with empty bars, a grey band and the label "not counted" in both panels.
+    ``report.figure()`` is that figure."""
+    import matplotlib.figure
+
+    net = nn.Sequential(nn.Linear(5, 4), neurosim.LIF(backend="torch"), Uncounted(), nn.Linear(4, 3))
+    rep = profile(net, spikes(4, 2, 5))
+    saved, savefig = [], matplotlib.figure.Figure.savefig
+
+    def keep(fig, *args, **kwargs):
+        saved.append(fig)
+        return savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
+    assert rep.plot(tmp_path / "e.png").read_bytes()[:4] == b"\x89PNG"
+    (fig,) = saved
+    ops, energy = fig.axes
+    bars = {c.get_label(): [p.get_height() for p in c] for c in ops.containers}
+    assert list(bars) == ["ANN MACs", "ANN ACs", "MACs", "SynOps", "ACs", "neuron updates"]
+    assert bars["neuron updates"] == [0, rep.layer("1").neuron_updates, 0, 0] and rep.layer("1").neuron_updates == 32
+    assert bars["SynOps"] == [rep.layer("0").synops, 0, 0, rep.layer("3").synops]
+    assert [t.get_text() for t in energy.get_xticklabels()] == ["0", "1", "2 (not counted)", "3"]
+    assert all(heights[2] == 0 for heights in bars.values())
+    assert all(any(t.get_text() == "not counted" for t in ax.texts) for ax in (ops, energy))
+    assert [c.get_label() for c in energy.containers] == ["MAC", "SynOp/AC", "neuron update"]
+    again = rep.figure()
+    assert [t.get_text() for t in again.axes[1].get_xticklabels()] == [t.get_text() for t in energy.get_xticklabels()]
+
+
 def test_sparsity_is_the_complement_of_the_in_rate_which_the_table_says():
     """The terminal table has no sparsity column: sparsity is 1 - in rate exactly (CSV, JSON), and the table's footer
     says so."""

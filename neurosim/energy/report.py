@@ -294,31 +294,27 @@ class EnergyReport:
                 return
         print(self.table(), file=file)
 
-    def plot(self, path) -> Path:
-        """Bar chart per layer: operations (log scale) and energy, split by kind. The file type follows the suffix of
-        ``path`` (``.png``, ``.pdf``, ``.svg``...; PNG when it has none)."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    def figure(self):
+        """The bar chart :meth:`plot` saves, as a :class:`matplotlib.figure.Figure` (not attached to pyplot: nothing
+        to close, no backend changed). Top: operations per layer (log scale) by kind, neuron updates included;
+        bottom: energy per layer, split by kind. A layer that was not counted (no counter, or arithmetic the audit
+        found outside modules) keeps its place, with an empty bar, a grey band and the label "not counted"."""
         import numpy as np
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
 
-        fmt = Path(path).suffix[1:].lower() or "png"
-        types = FigureCanvasAgg.get_supported_filetypes()
-        if fmt not in types:
-            raise ValueError(f"path: cannot plot to a {fmt!r} file; the suffix must be one of "
-                             f"{', '.join('.' + t for t in sorted(types))}")
-
-        rows = [r for r in self.layers if r.counted and (r.dense or r.macs or r.synops or r.acs or r.neuron_updates)]
-        names = [r.name for r in rows]
+        rows = [r for r in self.layers
+                if not r.counted or r.dense or r.macs or r.synops or r.acs or r.neuron_updates]
+        names = [r.name if r.counted else f"{r.name} (not counted)" for r in rows]
         x = np.arange(len(rows))
         hw = self.hardware
-        fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(6, 0.6 * len(rows) + 2), 8), sharex=True)
-        w = 0.16
-        for i, (key, label) in enumerate((("ann_macs", "ANN MACs"), ("ann_acs", "ANN ACs"), ("macs", "MACs"),
-                                          ("synops", "SynOps"), ("acs", "ACs"))):
-            ax1.bar(x + (i - 2) * w, [max(getattr(r, key), 0) for r in rows], w, label=label)
+        fig = Figure(figsize=(max(6, 0.6 * len(rows) + 2), 8))
+        ax1, ax2 = fig.subplots(2, 1, sharex=True)
+        kinds = (("ann_macs", "ANN MACs"), ("ann_acs", "ANN ACs"), ("macs", "MACs"), ("synops", "SynOps"),
+                 ("acs", "ACs"), ("neuron_updates", "neuron updates"))
+        w = 0.8 / len(kinds)
+        for i, (key, label) in enumerate(kinds):
+            ax1.bar(x + (i - (len(kinds) - 1) / 2) * w, [max(getattr(r, key), 0) if r.counted else 0 for r in rows],
+                    w, label=label)
         ax1.set_yscale("symlog")
         ax1.set_ylabel("operations")
         ax1.set_title(f"Operations per layer (batch {self.batch_size or '?'})")
@@ -329,9 +325,15 @@ class EnergyReport:
                  ("neuron update", [r.neuron_updates * hw.e_neuron_pj for r in rows])]
         bottom = np.zeros(len(rows))
         for label, vals in parts:
-            vals = np.asarray(vals) / 1e6
+            vals = np.asarray([v if r.counted else 0.0 for v, r in zip(vals, rows)], dtype=float) / 1e6
             ax2.bar(x, vals, 0.6, bottom=bottom, label=label)
             bottom += vals
+        for i, r in enumerate(rows):
+            if not r.counted:
+                for ax in (ax1, ax2):
+                    ax.axvspan(i - 0.45, i + 0.45, color="0.85", zorder=0)
+                    ax.text(i, 0.03, "not counted", transform=ax.get_xaxis_transform(), rotation=90, ha="center",
+                            va="bottom", fontsize=8, color="0.3")
         ax2.set_ylabel("energy (uJ)")
         ax2.set_xlabel("layer")
         ax2.set_title(f"Energy per layer on {hw.name}")
@@ -339,7 +341,17 @@ class EnergyReport:
         ax2.set_xticks(x)
         ax2.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
         fig.tight_layout()
-        try:
-            return _atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=120), mode="wb")
-        finally:
-            plt.close(fig)
+        return fig
+
+    def plot(self, path) -> Path:
+        """Save :meth:`figure` (operations and energy per layer, not-counted layers marked). The file type follows the
+        suffix of ``path`` (``.png``, ``.pdf``, ``.svg``...; PNG when it has none)."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        fmt = Path(path).suffix[1:].lower() or "png"
+        types = FigureCanvasAgg.get_supported_filetypes()
+        if fmt not in types:
+            raise ValueError(f"path: cannot plot to a {fmt!r} file; the suffix must be one of "
+                             f"{', '.join('.' + t for t in sorted(types))}")
+        fig = self.figure()
+        return _atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=120), mode="wb")
