@@ -187,6 +187,48 @@ def test_energy_command_rebuilds_a_trainer_checkpoint(tmp_path, capsys):
     assert code == 2 and "cut.pt' is truncated or not a torch file" in err
 
 
+class InlineResidual(torch.nn.Module):
+    """A user model whose residual ``x + self.lif(self.fc(x))`` is a plain torch call outside every module."""
+
+    def __init__(self):
+        super().__init__()
+        import neurosim
+
+        self.fc = torch.nn.Linear(5, 5)
+        self.lif = neurosim.LIF(backend="torch", threshold=0.5)
+        self.out = torch.nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.out(x + self.lif(self.fc(x)))
+
+
+def test_energy_command_prints_what_profile_prints(tmp_path, capsys):
+    """``neurosim energy`` audits by default and says so; what it prints is byte for byte what
+    ``profile(..., audit=True)`` prints for the same model and input (and with --no-audit, what profile's default
+    prints, which says the audit did not run and how to run it). The files it writes hold the same report."""
+    from neurosim.energy import profile
+
+    torch.manual_seed(0)
+    model = InlineResidual()
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    x = (torch.rand(4, 3, 5) < 0.4).float()
+    torch.save(x, tmp_path / "x.pt")
+    argv = ["energy", str(tmp_path / "m.pt"), "--model", f"{__name__}:InlineResidual", "--input",
+            str(tmp_path / "x.pt"), "--plain"]
+    for flags, audit, says in (([], True, "audit on: "), (["--no-audit"], False, "NOT CHECKED: ")):
+        capsys.readouterr()
+        assert cli.main(argv + flags + ["--json", str(tmp_path / "e.json"), "--csv", str(tmp_path / "e.csv")]) == 0
+        printed = capsys.readouterr().out
+        rep = profile(model.eval(), x, audit=audit)
+        rep.print(rich=False)
+        expected = capsys.readouterr().out
+        assert printed == expected + f"wrote {tmp_path / 'e.csv'}\nwrote {tmp_path / 'e.json'}\n"
+        assert any(line.startswith(says) for line in printed.splitlines()), printed
+        assert (tmp_path / "e.json").read_text() == rep.to_json() + "\n"
+        assert (tmp_path / "e.csv").read_bytes() == rep.to_csv().encode()
+    assert rep.not_counted == [] and profile(model, x, audit=True).not_counted == ["InlineResidual (functional)"]
+
+
 def test_energy_command_takes_a_batch_first_models_samples_as_its_batch(tmp_path):
     """The transformers take batch-first samples [B, L, F]: the report took dim 1 (the sequence) as the batch size,
     so the per-sample energy of a trained EST was L/B times its real value."""

@@ -487,6 +487,19 @@ class Uncounted(nn.Module):
         return x * 2
 
 
+class InlineResidual(nn.Module):
+    """A user model with an inline residual: ``x + self.lif(self.fc(x))`` runs outside every module."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(5, 5)
+        self.lif = neurosim.LIF(backend="torch", threshold=0.5)
+        self.out = nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.out(x + self.lif(self.fc(x)))
+
+
 def test_csv_names_its_hardware_and_ends_with_a_marked_totals_row(tmp_path):
     """Every CSV row names the hardware profile its energy is priced on, and one last row (``row`` "total", name
     "TOTAL") holds the totals: the sums of the layer rows, equal to the JSON's totals and the terminal's TOTAL row.
@@ -608,6 +621,33 @@ def test_a_products_in_rate_is_its_spike_operands_firing_rate():
     rep = profile(block, spikes(4, 2, 6, 16, p=0.3, seed=3), rates="all")
     av, sn_v = rep.layer("av_matmul"), rep.layer("sn_v")
     assert av.in_spikes and sn_v.out_rate > 0.02 and av.in_rate == pytest.approx(sn_v.out_rate)
+
+
+def test_report_says_when_the_functional_audit_did_not_run(tmp_path):
+    """profile's default skips the audit: its table, CSV and JSON say that arithmetic in plain torch calls outside
+    modules was not checked and how to check it; with audit=True the inline residual is listed as not counted and the
+    report says the audit ran."""
+    import csv
+
+    x = spikes(3, 2, 5, seed=2)
+    torch.manual_seed(0)
+    net = InlineResidual()
+    rep = profile(net, x)
+    assert rep.audited is False and rep.not_counted == []
+    line = rep.audit_note
+    assert line.startswith("NOT CHECKED: arithmetic in plain torch calls outside modules") and "audit=True" in line
+    assert line in rep.table().splitlines()
+    data = json.loads(rep.to_json())
+    assert data["audited"] is False and data["audit_note"] == line
+    total = list(csv.DictReader(io.StringIO(rep.to_csv())))[-1]
+    assert line in total["note"] and json.loads(total["info"])["audited"] is False
+    rep = profile(net, x, audit=True)
+    assert rep.audited is True and rep.not_counted == ["InlineResidual (functional)"]
+    assert rep.audit_note == ("audit on: arithmetic in plain torch calls outside counted layers was checked: found "
+                              "in 1 module(s), the '(functional)' rows not counted")
+    assert rep.audit_note in rep.table().splitlines() and json.loads(rep.to_json())["audited"] is True
+    rep = profile(nn.Sequential(nn.Linear(5, 4), neurosim.LIF(backend="torch")), x, audit=True)
+    assert rep.audit_note.endswith("was checked: none found")
 
 
 def test_cli_main_on_checkpoint(tmp_path, monkeypatch, capsys):

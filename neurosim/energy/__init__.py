@@ -12,8 +12,10 @@ attribute ``is_spiking_neuron = True`` (snnTorch, SpikingJelly and Norse neurons
 a neuron's child modules that hold parameters, e.g. STC-LIF's circuits, are counted as synapses). Modules no
 counter knows are listed as "not counted";
 ``profile(..., audit=True)`` also lists arithmetic done in plain torch calls outside every counted layer
-(:mod:`neurosim.energy.audit`). Under one :class:`EnergyMeter`, eager forwards after the first of an input
-signature are replayed from a recording of it (same counts, less host work: :mod:`neurosim.energy.replay`).
+(:mod:`neurosim.energy.audit`); without it (the default, for speed) the report says that this arithmetic was not
+checked. ``neurosim energy`` audits unless ``--no-audit`` and prints what ``profile(..., audit=True)`` prints.
+Under one :class:`EnergyMeter`, eager forwards after the first of an input signature are replayed from a recording
+of it (same counts, less host work: :mod:`neurosim.energy.replay`).
 """
 from .cli import add_arguments, cli_main
 from .counters import Count, TensorStats, is_spiking_neuron, register_counter, spike_or_dense, stats

@@ -174,6 +174,10 @@ def _check_outputs(args):
 def cli_main(args, load=None):
     """Run ``neurosim energy``; ``args`` is an argparse Namespace (see :func:`add_arguments`) or an argv list.
 
+    It prints what ``print(profile(model, inputs, audit=True))`` prints for the same model, inputs and hardware
+    (``--no-audit``: ``audit=False``, whose report says the arithmetic outside modules was not checked), then one
+    ``wrote PATH`` line per file written.
+
     Returns the :class:`~neurosim.energy.report.EnergyReport` (the caller's exit code is 0 when it returns).
     """
     from .meter import _first_tensor, profile

@@ -1100,7 +1100,7 @@ class EnergyMeter:
             notes.append(f"{unpriced:,} MACs are not priced: profile {hw.name!r} has no MAC energy "
                          "(real-valued layers run off this hardware)")
         return EnergyReport(hardware=hw, layers=rows, batch_size=batch_size, notes=notes,
-                            counting="+".join(sorted(counts.paths)))
+                            counting="+".join(sorted(counts.paths)), audited=self.audit)
 
 
 _NOTHING_TO_READ = frozenset((int, float, bool, str, DeviceCount, RowStats, TallyStats, type(None)))

@@ -151,6 +151,9 @@ class EnergyReport:
     notes: list[str] = field(default_factory=list)
     # how the per-tensor counts were computed: "kernel" (Triton, one read per tensor), "interpreter" or "torch"
     counting: str = ""
+    # whether the functional audit ran (profile(..., audit=True)): arithmetic in plain torch calls outside every
+    # counted layer is then listed as "not counted" rows; False: it was not checked (the report says so); None: unknown
+    audited: bool | None = None
 
     # -------------------------------------------------------------------------------------------- totals
     def layer(self, name: str) -> LayerReport:
@@ -178,17 +181,34 @@ class EnergyReport:
         t["not_counted"] = self.not_counted
         return t
 
+    @property
+    def audit_note(self) -> str:
+        """What the report says about arithmetic outside modules: checked (``audit=True``) or not, and how to check it
+        ("" when unknown). In the terminal footer, the JSON (``audit_note``) and the CSV's totals row."""
+        if self.audited is None:
+            return ""
+        if not self.audited:
+            return ("NOT CHECKED: arithmetic in plain torch calls outside modules (e.g. an inline residual x + f(x)) "
+                    "is neither counted nor listed; profile(..., audit=True) lists it as not counted (neurosim energy "
+                    "does unless --no-audit)")
+        found = sum(r.type == "functional" and not r.counted for r in self.layers)
+        return ("audit on: arithmetic in plain torch calls outside counted layers was checked: "
+                + (f"found in {found} module(s), the '(functional)' rows not counted" if found else "none found"))
+
     def _summary_lines(self) -> list[str]:
-        """The report's lines about what is missing or notable (not counted, the counters' notes): the end of the
-        terminal footer and the note of the CSV's totals row."""
+        """The report's lines about what is missing or notable (not counted, audit, the counters' notes): the end of
+        the terminal footer and the note of the CSV's totals row."""
         missing = self.not_counted
         lines = ["NOT COUNTED (no counter; missing from totals): " + ", ".join(missing)] if missing else []
+        if self.audit_note:
+            lines.append(self.audit_note)
         return lines + list(self.notes)
 
     # ----------------------------------------------------------------------------------------- renderings
     def to_dict(self) -> dict:
         return {"hardware": self.hardware.to_dict(), "batch_size": self.batch_size,
-                "layers": [r.to_dict() for r in self.layers], "totals": self.totals(), "notes": list(self.notes)}
+                "layers": [r.to_dict() for r in self.layers], "totals": self.totals(), "notes": list(self.notes),
+                "audited": self.audited, "audit_note": self.audit_note}
 
     def to_json(self, path=None) -> str:
         text = json.dumps(self.to_dict(), indent=2)
@@ -199,7 +219,7 @@ class EnergyReport:
     def to_csv(self, path=None) -> str:
         """One row per layer (``row`` = "layer"), then one totals row (``row`` = "total", ``name`` "TOTAL"): the sums
         of the count and energy columns (the JSON's "totals"); its ``counted`` is False when a layer is missing from
-        them, its ``note`` the report's lines (not counted, counters' notes) and its ``info`` the JSON
+        them, its ``note`` the report's lines (not counted, audit, counters' notes) and its ``info`` the JSON
         totals' other keys. Every row's ``hardware`` names the profile its energy columns are priced on. Plain CSV:
         ``csv.DictReader`` / ``pandas.read_csv`` read it as it is (filter ``row == "layer"`` before summing)."""
         buf = io.StringIO()
@@ -215,7 +235,8 @@ class EnergyReport:
         d = {k: t[k] for k in _CSV_TOTALS}
         extra = {k: t.get(k) for k in ("ann_energy_pj", "energy_ratio_vs_ann", "energy_per_sample_pj", "not_counted")}
         d.update(name="TOTAL", counted=not t["not_counted"], note="; ".join(self._summary_lines()),
-                 info=json.dumps({"batch_size": self.batch_size, **extra}), hardware=hw, row="total")
+                 info=json.dumps({"batch_size": self.batch_size, **extra, "audited": self.audited}), hardware=hw,
+                 row="total")
         w.writerow(["" if d.get(c) is None else d[c] for c in COLUMNS])
         text = buf.getvalue()
         if path is not None:
