@@ -911,6 +911,19 @@ try:
     out["error"] = None
 except ValueError as err:
     out["error"] = str(err)
+# every other kind of core layer, audited: nothing needs neurosim.models to be counted
+import neurosim.layers as L
+from torch import nn
+x4 = (torch.rand(3, 2, 5, 8) < 0.4).float()
+layers = {"attention": L.SpikeResidual(L.SpikingSelfAttention(8, heads=2, qk="conv"), "membrane",
+                                       rsm=L.RandomSpikeMask(0.3, "always")),
+          "astro": L.SpikeResidual(L.AstroSpikingAttention(8, heads=2), "sew_iand"),
+          "tpu": L.SpikeResidual(L.TemporalProcessingUnit(8), "sew_add"), "astro_attention": L.AstroAttention(8, 2),
+          "time_distributed": L.TimeDistributed(nn.Linear(8, 8)), "causal_conv": L.CausalConv1d(8),
+          "batchnorm": L.SpikeBatchNorm(8), "cpg": L.CPGPositionalEncoding(16, num_oscillators=4),
+          "sinusoidal": L.SinusoidalPositionalEncoding(16, dim=8, mode="add"),
+          "learned": L.LearnedPositionalEncoding(16, dim=8, mode="add"), "mean": L.Mean(0)}
+out["others"] = {name: profile(m.eval(), x4, audit=True).not_counted for name, m in layers.items()}
 out["models_imported"] = "neurosim.models" in sys.modules
 print(json.dumps(out))
 """
@@ -920,7 +933,8 @@ def test_core_layers_are_counted_without_importing_models():
     """The counters of core layers (RandomSpikeMask, SEWConnect) are registered by the core: in a fresh process that
     never imports neurosim.models, a mask is counted with its summary line, a SEW connect is one counted row, nothing
     is listed as "not counted" (audit on), and a bad SEW AND input's error names the layer. The counts equal this
-    process's (where other tests may have imported neurosim.models)."""
+    process's (where other tests may have imported neurosim.models). Every other kind of neurosim.layers layer is
+    counted there too (audited)."""
     import subprocess
 
     root = os.path.dirname(os.path.dirname(neurosim.__file__))
@@ -939,6 +953,7 @@ def test_core_layers_are_counted_without_importing_models():
     assert out["sew_add"]["connect"][2] == 4 * 2 * 6  # an addition an element in the same-shape ANN
     assert out["sew_and"]["connect"][2:4] == [0, 0] and "SEW AND: logic on spikes" in out["sew_and"]["connect"][4]
     assert out["error"].startswith("layer 'connect' (SEWConnect): s must be a binary spike tensor"), out["error"]
+    assert len(out["others"]) == 11 and all(v == [] for v in out["others"].values()), out["others"]
     # the same counts in this process
     from neurosim.layers import RandomSpikeMask, SpikeResidual, SpikingMLP
 
