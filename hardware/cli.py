@@ -14,14 +14,38 @@ import sys
 from pathlib import Path
 
 
+def _sizes(text: str) -> tuple:
+    """One ``--input-shape`` word: sizes separated by commas ("1,8,8"; "1 8 8" gives three words)."""
+    try:
+        sizes = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"must be positive integers, F or C,H,W (e.g. 64 or 1,8,8), got {text!r}")
+    return sizes
+
+
+def _input_shape(parser: argparse.ArgumentParser, words) -> tuple | None:
+    """The ``--input-shape`` words as one shape, ``(F,)`` or ``(C, H, W)`` (else a usage error)."""
+    if words is None:
+        return None
+    shape = tuple(v for word in words for v in word)
+    if len(shape) not in (1, 3):
+        parser.error(f"argument --input-shape: one time step of one sample is F (features) or C,H,W, got "
+                     f"{len(shape)} sizes {','.join(map(str, shape))}")
+    return shape
+
+
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     p = parser or argparse.ArgumentParser(prog="neurosim export",
                                           description="Export a trained model to Lava-DL NetX (HDF5) or NIR")
     p.add_argument("checkpoint", help="checkpoint file of the trained model")
     p.add_argument("--format", required=True, choices=("lava", "nir"), help="lava: NetX HDF5; nir: NIR HDF5 graph")
     p.add_argument("--out", required=True, help="output file")
-    p.add_argument("--input-shape", type=int, nargs="+", default=None,
-                   help="shape of one input timestep, e.g. 64 or 1 8 8 (needed when the first layer is a Conv2d)")
+    p.add_argument("--input-shape", type=_sizes, nargs="+", default=None, metavar="SHAPE",
+                   help="shape of one time step of one sample: F features or C,H,W, e.g. 64 or 1,8,8 (1 8 8 works "
+                        "too); needed when the first layer is a Conv2d. (neurosim energy's --input-shape is a whole "
+                        "input T,B,...)")
     p.add_argument("--steps", type=int, default=0, help="steps per sample stored in the NetX file (informative)")
     p.add_argument("--allow-reset-change", action="store_true",
                    help="export reset='subtract' neurons as reset-to-zero, and CubaLIF neurons, whose zero reset "
@@ -102,7 +126,9 @@ def load_exportable(path):
 
 def cli_main(argv=None, load_model=None) -> int:
     """Entry point of ``neurosim export``; returns the exit status (errors are printed, status 2)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    shape = _input_shape(parser, args.input_shape)
     from .graph import ExportError
 
     from neurosim import validate
@@ -113,7 +139,6 @@ def cli_main(argv=None, load_model=None) -> int:
             raise ValueError(f"--out {args.out!r}: {problem}")
         model = (load_model or load_exportable)(args.checkpoint)
         model.eval()
-        shape = tuple(args.input_shape) if args.input_shape else None
         if args.format == "lava":
             from .export import export_lava
             net = export_lava(model, args.out, input_shape=shape, steps=args.steps,

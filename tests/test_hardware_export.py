@@ -356,3 +356,25 @@ def test_netx_fields_lava_acts_on_but_the_loihi_mode_does_not_model_are_refused(
         f["layer/2/weight"][...] = 0.0
     with pytest.raises(ValueError, match=r"cannot read the NetX file .*\n  - layer/2: all weights are zero"):
         hw.read_netx(path)
+
+
+def test_export_command_takes_the_input_shape_with_commas_or_spaces(tmp_path, capsys):
+    """--input-shape is comma-separated as neurosim energy's (1,8,8), and the old space-separated form (1 8 8) still
+    works; a shape of another rank or a non-integer size is a usage error naming --input-shape."""
+    from neurosim.hardware import demo
+
+    conv = lambda path: demo.digits_convnet()  # noqa: E731 - (a Conv2d first: the input shape is needed)
+    for i, words in enumerate((["1,8,8"], ["1", "8", "8"], ["1,8", "8"])):
+        out = tmp_path / f"c{i}.net"
+        assert cli_main(["c.pt", "--format", "lava", "--out", str(out), "--input-shape", *words], load_model=conv) == 0
+        assert hw.LoihiNetwork.from_netx(out).input_shape == (1, 8, 8)
+    capsys.readouterr()
+    for words, message in ((["8,8"], "got 2 sizes 8,8"), (["1,x,8"], "got '1,x,8'"), (["1,0,8"], "got '1,0,8'"),
+                           (["8,"], "got '8,'")):
+        with pytest.raises(SystemExit) as exc:
+            cli_main(["c.pt", "--format", "nir", "--out", str(tmp_path / "c.nir"), "--input-shape", *words],
+                     load_model=conv)
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and "usage: neurosim export" in err, err
+        assert "error: argument --input-shape: " in err and message in err, err
+    assert not (tmp_path / "c.nir").exists()
