@@ -56,6 +56,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     return p
 
 
+# What the export functions' errors tell a Python caller to pass, as the command line spells it.
+FLAGS = {"allow_reset_change=True": "--allow-reset-change", "allow_bias_change=True": "--allow-bias-change",
+         "input_shape=(C, H, W)": "--input-shape C,H,W"}
+
 # The functions a checkpoint of save_exportable may name to rebuild its model. A checkpoint is data, and the loader
 # calls the function it names with the keyword arguments it holds: only these are trusted (register_builder).
 BUILDERS = {"neurosim.hardware.demo:digits_mlp"}
@@ -159,6 +163,8 @@ def cli_main(argv=None, load_model=None) -> int:
                 tmp.unlink(missing_ok=True)
             print(f"wrote {args.out}: NIR graph with {len(graph.nodes)} nodes")
     except (ExportError, ValueError) as err:
+        if isinstance(err, ExportError):
+            err = err.reworded(FLAGS)
         print(f"neurosim export: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -30,8 +30,18 @@ class ExportError(ValueError):
 
     def __init__(self, problems, what="the model cannot be exported"):
         self.problems = list(problems)
+        self.what = what
         lines = [f"  - {name}: {why}" for name, why in self.problems]
         super().__init__(f"{what} ({len(self.problems)} problem(s)):\n" + "\n".join(lines))
+
+    def reworded(self, words: dict) -> "ExportError":
+        """The same error with each ``old: new`` of ``words`` replaced in its reasons: the reasons name the export
+        functions' keyword arguments (``allow_reset_change=True``), a command names its own flags instead."""
+        def reword(why: str) -> str:
+            for old, new in words.items():
+                why = why.replace(old, new)
+            return why
+        return ExportError([(name, reword(why)) for name, why in self.problems], self.what)
 
 
 @dataclass

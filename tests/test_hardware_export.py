@@ -378,3 +378,31 @@ def test_export_command_takes_the_input_shape_with_commas_or_spaces(tmp_path, ca
         assert exc.value.code == 2 and "usage: neurosim export" in err, err
         assert "error: argument --input-shape: " in err and message in err, err
     assert not (tmp_path / "c.nir").exists()
+
+
+def test_export_command_refusals_name_its_flags_and_the_functions_their_keywords(tmp_path, capsys):
+    """A refusal told a command-line user to "pass allow_reset_change=True": the command names its flags
+    (--allow-reset-change, --allow-bias-change, --input-shape), the Python functions their keyword arguments."""
+    from neurosim.hardware import demo
+
+    subtract = nn.Sequential(nn.Linear(8, 3), neurosim.LIF(reset="subtract"))
+    cases = [(subtract, ["pass --allow-reset-change to export with reset-to-zero"]),
+             (small_mlp(cuba=True), ["Use LIF, or pass --allow-reset-change to export it so",
+                                     "Train without bias, or pass --allow-bias-change to export it so"]),
+             (demo.digits_convnet(), ["the first synapse is a Conv2d: pass --input-shape C,H,W"])]
+    for model, expected in cases:
+        for fmt in ("lava", "nir"):
+            out = tmp_path / f"m.{fmt}"
+            assert cli_main(["m.pt", "--format", fmt, "--out", str(out)], load_model=lambda p: model) == 2
+            err = capsys.readouterr().err
+            assert err.startswith("neurosim export: error: the model cannot be exported")
+            for text in expected:
+                assert text in err or (fmt == "nir" and "bias" in text), (text, err)  # (NIR keeps CubaLIF biases)
+            assert "=True" not in err and "input_shape=" not in err, err
+            assert not out.exists()
+    with pytest.raises(hw.ExportError) as err:
+        hw.export_lava(small_mlp(cuba=True), tmp_path / "m.net")
+    assert "pass allow_reset_change=True" in str(err.value) and "pass allow_bias_change=True" in str(err.value)
+    assert "--allow" not in str(err.value)
+    with pytest.raises(hw.ExportError, match=r"pass input_shape=\(C, H, W\)"):
+        hw.export_nir(demo.digits_convnet())
