@@ -25,6 +25,16 @@ def _sizes(text: str) -> tuple:
     return sizes
 
 
+def _steps(text: str) -> int:
+    try:
+        steps = int(text)
+    except ValueError:
+        steps = -1
+    if steps < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return steps
+
+
 def _input_shape(parser: argparse.ArgumentParser, words) -> tuple | None:
     """The ``--input-shape`` words as one shape, ``(F,)`` or ``(C, H, W)`` (else a usage error)."""
     if words is None:
@@ -46,7 +56,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="shape of one time step of one sample: F features or C,H,W, e.g. 64 or 1,8,8 (1 8 8 works "
                         "too); needed when the first layer is a Conv2d. (neurosim energy's --input-shape is a whole "
                         "input T,B,...)")
-    p.add_argument("--steps", type=int, default=0, help="steps per sample stored in the NetX file (informative)")
+    p.add_argument("--steps", type=_steps, default=None,
+                   help="lava: steps per sample stored in the NetX file (informative; default 0)")
     p.add_argument("--allow-reset-change", action="store_true",
                    help="export reset='subtract' neurons as reset-to-zero, and CubaLIF neurons, whose zero reset "
                         "Lava and NIR do not reproduce (a dynamics change)")
@@ -133,6 +144,13 @@ def cli_main(argv=None, load_model=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     shape = _input_shape(parser, args.input_shape)
+    if args.format == "nir":  # (options that do nothing there are refused, not ignored)
+        lava_only = {"--allow-bias-change": (args.allow_bias_change, "NIR's CubaLIF takes the bias through its "
+                                             "synaptic current as neurosim's does, so the NIR export keeps it exactly"),
+                     "--steps": (args.steps is not None, "it is stored in the NetX file; a NIR graph has no such field")}
+        given = [f"{flag} applies to --format lava only ({why})" for flag, (on, why) in lava_only.items() if on]
+        if given:
+            parser.error("; ".join(given))
     from .graph import ExportError
 
     from neurosim import validate
@@ -145,7 +163,7 @@ def cli_main(argv=None, load_model=None) -> int:
         model.eval()
         if args.format == "lava":
             from .export import export_lava
-            net = export_lava(model, args.out, input_shape=shape, steps=args.steps,
+            net = export_lava(model, args.out, input_shape=shape, steps=args.steps or 0,
                               allow_reset_change=args.allow_reset_change, allow_bias_change=args.allow_bias_change)
             print(f"wrote {args.out}: NetX network, {net.depth} layers, input {net.input_shape}")
         else:

@@ -406,3 +406,30 @@ def test_export_command_refusals_name_its_flags_and_the_functions_their_keywords
     assert "--allow" not in str(err.value)
     with pytest.raises(hw.ExportError, match=r"pass input_shape=\(C, H, W\)"):
         hw.export_nir(demo.digits_convnet())
+
+
+def test_export_command_refuses_lava_only_options_with_nir(tmp_path, capsys):
+    """--allow-bias-change and --steps were accepted with --format nir and did nothing (NIR keeps a CubaLIF's bias
+    exactly; a NIR graph stores no steps): each is a usage error naming it, and nothing is written."""
+    base = ["m.pt", "--format", "nir", "--out", str(tmp_path / "m.nir"), "--allow-reset-change"]
+    for flags, named in ((["--allow-bias-change"], ["--allow-bias-change"]), (["--steps", "4"], ["--steps"]),
+                         (["--steps", "0", "--allow-bias-change"], ["--allow-bias-change", "--steps"])):
+        with pytest.raises(SystemExit) as exc:
+            cli_main(base + flags, load_model=lambda p: small_mlp(cuba=True))
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and "usage: neurosim export" in err
+        for flag in named:
+            assert f"{flag} applies to --format lava only" in err, err
+    assert not (tmp_path / "m.nir").exists()
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["m.pt", "--format", "lava", "--out", str(tmp_path / "m.net"), "--steps", "-1"])
+    assert exc.value.code == 2 and "argument --steps: must be an integer >= 0, got '-1'" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="CubaLIF"):  # (the same options with lava, and nir without them: written)
+        assert cli_main(["m.pt", "--format", "lava", "--out", str(tmp_path / "m.net"), "--steps", "4",
+                         "--allow-reset-change", "--allow-bias-change"], load_model=lambda p: small_mlp(cuba=True)) == 0
+        assert cli_main(base, load_model=lambda p: small_mlp(cuba=True)) == 0
+    import h5py
+
+    with h5py.File(tmp_path / "m.net") as f:
+        assert int(f["simulation/tSample"][()]) == 4
+    assert (tmp_path / "m.nir").exists()
