@@ -2,7 +2,8 @@
 
 * :func:`export_lava` / :func:`run_lava` / :class:`LoihiNetwork` (quantized Loihi-mode simulation);
 * :func:`export_nir` / :func:`import_nir`;
-* :func:`cli_main` for ``neurosim export``.
+* :func:`cli_main` for ``neurosim export``, and :func:`save_exportable` / :func:`load_exportable` /
+  :func:`register_builder` for the checkpoints it reads that name the function building their model.
 
 Heavy dependencies (h5py, nir, the Lava environment) are imported only when used.
 """
@@ -22,6 +23,9 @@ _EXPORTS = {
     "export_nir": "nir_io",
     "import_nir": "nir_io",
     "cli_main": "cli",
+    "save_exportable": "cli",
+    "load_exportable": "cli",
+    "register_builder": "cli",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -3,7 +3,9 @@
 ``cli_main(argv, load_model=None)``: ``load_model(path) -> nn.Module`` rebuilds the trained model from a
 checkpoint (``neurosim.cli`` passes the trainer's loader). The default loader reads files written by
 :func:`save_exportable`: ``{"builder": "neurosim.<module>:<function>", "kwargs": {...}, "state_dict": ...}``,
-loaded with ``torch.load(weights_only=True)``.
+loaded with ``torch.load(weights_only=True)``. A file neither reads (a plain state dict) is built by
+``--model package.module:function`` (``--model-kwargs JSON``), loaded by the loader ``neurosim energy`` uses for
+the same options (:func:`neurosim.energy.cli.default_load`), so both commands read the same files.
 """
 from __future__ import annotations
 
@@ -56,6 +58,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="shape of one time step of one sample: F features or C,H,W, e.g. 64 or 1,8,8 (1 8 8 works "
                         "too); needed when the first layer is a Conv2d. (neurosim energy's --input-shape is a whole "
                         "input T,B,...)")
+    p.add_argument("--model", default=None, metavar="PACKAGE.MODULE:FUNCTION",
+                   help="for a plain state dict (not a checkpoint of neurosim train or save_exportable): the function "
+                        "that builds its network, as neurosim energy's --model")
+    p.add_argument("--model-kwargs", default=None, metavar="JSON",
+                   help="JSON keyword arguments for --model, e.g. '{\"hidden\": 32}'")
     p.add_argument("--steps", type=_steps, default=None,
                    help="lava: steps per sample stored in the NetX file (informative; default 0)")
     p.add_argument("--allow-reset-change", action="store_true",
@@ -99,6 +106,10 @@ def save_exportable(model, path, builder: str, **kwargs) -> Path:
     return path
 
 
+class NoBuilder(ValueError):
+    """A checkpoint that does not say how to build its model (no "builder": a plain state dict)."""
+
+
 def load_exportable(path):
     import torch
     from torch import nn
@@ -113,8 +124,9 @@ def load_exportable(path):
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same clear message
         raise ValueError(f"checkpoint {str(path)!r} cannot be read ({type(err).__name__}: {err})") from None
     if not isinstance(ckpt, dict) or not {"builder", "state_dict"} <= set(ckpt):
-        raise ValueError(f"checkpoint {str(path)!r} has no 'builder'/'state_dict': pass a model loader "
-                         "(neurosim export uses the trainer's) or write it with save_exportable")
+        raise NoBuilder(f"checkpoint {str(path)!r} has no 'builder'/'state_dict', so it does not say how to build "
+                        "its model: write the model with neurosim.hardware.save_exportable, or build it and load "
+                        "the state dict yourself")
     spec, kwargs = str(ckpt["builder"]), ckpt.get("kwargs", {})
     if spec not in BUILDERS:
         raise ValueError(f"checkpoint {str(path)!r} names the builder {spec!r}, which is not registered: a checkpoint "
@@ -139,11 +151,34 @@ def load_exportable(path):
     return model
 
 
+def _load_model(args, load_model):
+    """The model of ``args.checkpoint``: the loader's (a trainer checkpoint, a file of save_exportable), or, for a
+    plain state dict, the network ``--model`` builds, loaded as ``neurosim energy --model`` loads it."""
+    path = args.checkpoint
+    try:
+        model = (load_model or load_exportable)(path)
+    except NoBuilder:
+        if args.model is None:
+            raise ValueError(f"checkpoint {path!r} does not say how to build its model (a plain state dict?): give "
+                             "--model package.module:function (and --model-kwargs JSON) building the network it is "
+                             "for, as neurosim energy takes it; or export a checkpoint of neurosim train, or one "
+                             "written from Python with neurosim.hardware.save_exportable") from None
+        from neurosim.energy.cli import default_load
+
+        return default_load(path, argparse.Namespace(model=args.model, model_kwargs=args.model_kwargs or "{}"))[0]
+    if args.model is not None:
+        raise ValueError(f"--model: {path!r} builds its own model (a checkpoint of neurosim train or "
+                         "save_exportable); --model and --model-kwargs are for plain state-dict files")
+    return model
+
+
 def cli_main(argv=None, load_model=None) -> int:
     """Entry point of ``neurosim export``; returns the exit status (errors are printed, status 2)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     shape = _input_shape(parser, args.input_shape)
+    if args.model_kwargs is not None and args.model is None:
+        parser.error("--model-kwargs needs --model (the function it is passed to)")
     if args.format == "nir":  # (options that do nothing there are refused, not ignored)
         lava_only = {"--allow-bias-change": (args.allow_bias_change, "NIR's CubaLIF takes the bias through its "
                                              "synaptic current as neurosim's does, so the NIR export keeps it exactly"),
@@ -159,7 +194,7 @@ def cli_main(argv=None, load_model=None) -> int:
         problem = validate.output_problem(args.out)
         if problem:
             raise ValueError(f"--out {args.out!r}: {problem}")
-        model = (load_model or load_exportable)(args.checkpoint)
+        model = _load_model(args, load_model)
         model.eval()
         if args.format == "lava":
             from .export import export_lava

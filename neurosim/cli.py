@@ -223,7 +223,8 @@ def _export_command(sub) -> None:
         _optional_command(sub, "export", "neurosim.hardware.cli", help_text)
         return
     p = sub.add_parser("export", help=help_text, description=f"{help_text}. Trainer checkpoints (neurosim train) "
-                       "rebuild their own model.")
+                       "and files of neurosim.hardware.save_exportable rebuild their own model; a plain state dict "
+                       "needs --model (as for neurosim energy).")
     build(p)
 
     def run(parser, args):

@@ -285,6 +285,35 @@ def test_export_stack_is_the_same_network_and_export_command_takes_trainer_check
         torch.testing.assert_close(back[-1](hb, return_mem=True)[1], mem)  # (the readout's membrane: no leak)
 
 
+def test_export_and_energy_read_the_same_plain_state_dict_with_model(tmp_path, capsys):
+    """neurosim energy builds a plain state dict's network with --model package.module:function (--model-kwargs);
+    neurosim export told such a file's user to "pass a model loader", which a command cannot: it takes the same
+    options (through energy's loader), and a trainer checkpoint, which rebuilds itself, refuses them in both."""
+    from neurosim.hardware import demo
+    from neurosim.training import TrainConfig, Trainer
+
+    torch.save(demo.digits_mlp(hidden=8).state_dict(), tmp_path / "plain.pt")
+    plain = str(tmp_path / "plain.pt")
+    spec = ["--model", "neurosim.hardware.demo:digits_mlp", "--model-kwargs", '{"hidden": 8}']
+    assert cli.main(["export", plain, "--format", "nir", "--out", str(tmp_path / "m.nir")]) == 2
+    err = capsys.readouterr().err
+    assert "give --model package.module:function" in err and "neurosim.hardware.save_exportable" in err, err
+    assert cli.main(["export", plain, "--format", "nir", "--out", str(tmp_path / "m.nir"), *spec]) == 0
+    assert cli.main(["energy", plain, "--plain", "--input-shape", "4,2,64", *spec]) == 0
+    assert (tmp_path / "m.nir").exists() and "wrote" in capsys.readouterr().out
+
+    out = tmp_path / "run"
+    Trainer(TrainConfig(epochs=1, num_steps=3, model_options={"hidden": [8], "reset": "zero"}, progress=False,
+                        tensorboard=False, plots=False, out_dir=str(out))).fit()
+    ckpt = str(out / "checkpoints" / "best.pt")
+    capsys.readouterr()
+    assert cli.main(["export", ckpt, "--format", "lava", "--out", str(tmp_path / "m.net"), *spec]) == 2
+    assert "--model: " in (err := capsys.readouterr().err) and "builds its own model" in err, err
+    assert not (tmp_path / "m.net").exists()
+    code, err = _fails(["energy", ckpt, *spec], capsys)
+    assert code == 2 and "--model and --model-kwargs" in err and "rebuilds its own model" in err, err
+
+
 def test_exponent_notation_is_a_number_in_config_files_and_options(tmp_path):
     """PyYAML follows YAML 1.1, whose floats need a dot and a signed exponent: `lr: 1e-3` was the string '1e-3'
     and refused ("lr must be a finite number > 0, got '1e-3'"), as were --data-opt dt=1e-2 and --opt beta=5e-1."""

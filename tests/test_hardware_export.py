@@ -433,3 +433,41 @@ def test_export_command_refuses_lava_only_options_with_nir(tmp_path, capsys):
     with h5py.File(tmp_path / "m.net") as f:
         assert int(f["simulation/tSample"][()]) == 4
     assert (tmp_path / "m.nir").exists()
+
+
+def test_export_command_builds_a_plain_state_dict_with_model_as_energy_does(tmp_path, capsys):
+    """A plain state dict got "pass a model loader (neurosim export uses the trainer's) or write it with
+    save_exportable", which a command-line user cannot act on. The message names what they can do, and --model /
+    --model-kwargs build its network with the loader neurosim energy uses for the same options."""
+    import json
+
+    from neurosim.hardware import demo, save_exportable as exported_save
+
+    assert exported_save is save_exportable  # (the name the message gives: neurosim.hardware.save_exportable)
+    model = demo.digits_mlp(hidden=8)
+    torch.save(model.state_dict(), tmp_path / "plain.pt")
+    base = [str(tmp_path / "plain.pt"), "--format", "lava"]
+    assert cli_main(base + ["--out", str(tmp_path / "a.net")]) == 2
+    err = capsys.readouterr().err
+    for text in ("does not say how to build its model", "give --model package.module:function (and --model-kwargs",
+                 "neurosim train", "neurosim.hardware.save_exportable"):
+        assert text in err, (text, err)
+    assert "model loader" not in err and not (tmp_path / "a.net").exists()
+    with pytest.raises(ValueError, match="write the model with neurosim.hardware.save_exportable, or build it"):
+        hw.load_exportable(tmp_path / "plain.pt")  # (the Python function's own words)
+
+    spec = ["--model", "neurosim.hardware.demo:digits_mlp", "--model-kwargs", json.dumps({"hidden": 8})]
+    assert cli_main(base + ["--out", str(tmp_path / "a.net"), *spec]) == 0
+    ckpt = save_exportable(model, tmp_path / "m.pt", "neurosim.hardware.demo:digits_mlp", hidden=8)
+    assert cli_main([str(ckpt), "--format", "lava", "--out", str(tmp_path / "b.net")]) == 0
+    a, b = hw.LoihiNetwork.from_netx(tmp_path / "a.net"), hw.LoihiNetwork.from_netx(tmp_path / "b.net")
+    assert all(np.array_equal(x.weight, y.weight) for x, y in zip(a.layers, b.layers))
+    capsys.readouterr()
+    assert cli_main(base + ["--out", str(tmp_path / "c.net"), "--model", "neurosim.hardware.demo:digits_mlp"]) == 2
+    assert "does not fit the network --model 'neurosim.hardware.demo:digits_mlp' builds" in capsys.readouterr().err
+    assert cli_main([str(ckpt), "--format", "nir", "--out", str(tmp_path / "c.nir"), *spec]) == 2
+    assert "--model: " in (err := capsys.readouterr().err) and "builds its own model" in err, err
+    with pytest.raises(SystemExit) as exc:
+        cli_main(base + ["--out", str(tmp_path / "c.net"), "--model-kwargs", "{}"])
+    assert exc.value.code == 2 and "--model-kwargs needs --model" in capsys.readouterr().err
+    assert not (tmp_path / "c.net").exists() and not (tmp_path / "c.nir").exists()
