@@ -1,13 +1,16 @@
 """Running exported NetX files on Lava's CPU simulator, from the main environment.
 
 lava-dl 0.6.0 needs Python 3.10 (torch < 2.4, numpy < 2), so it lives in its own virtual environment:
-``$NEUROSIM_LAVA_VENV`` or ``<repo>/.venv-lava``, created by ``scripts/lava_env.sh`` when missing (a few
-minutes, once). :func:`run_lava` writes the input spikes to an ``.npz`` in a temporary folder, runs
-``lava_runner.py`` (next to this file) with the Lava interpreter, and reads the spikes back.
+``$NEUROSIM_LAVA_VENV`` or ``<repo>/.venv-lava``, created by ``scripts/lava_env.sh`` on first use when missing
+(a few minutes and several GB, once; the installer's output goes to stderr as it runs). :func:`run_lava` writes the
+input spikes to an ``.npz`` in a temporary folder, runs ``lava_runner.py`` (next to this file) with the Lava
+interpreter, and reads the spikes back.
 """
 from __future__ import annotations
 
+import collections
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -43,13 +46,34 @@ def lava_python(create: bool = True) -> Path:
         if not script.is_file():
             raise LavaError(f"no Lava environment at {venv} and no scripts/lava_env.sh to create it; set "
                             "NEUROSIM_LAVA_VENV to an environment with lava-dl 0.6.0 (Python 3.10)")
-        print(f"neurosim: creating the Lava environment in {venv} (scripts/lava_env.sh)", file=sys.stderr)
-        env = dict(os.environ, NEUROSIM_LAVA_VENV=str(venv))
-        res = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
-        if res.returncode != 0 or not py.exists():
-            raise LavaError(f"scripts/lava_env.sh failed (exit {res.returncode}):\n{res.stdout[-3000:]}\n"
-                            f"{res.stderr[-3000:]}")
+        print(f"neurosim: no Lava environment at {venv}: creating it with scripts/lava_env.sh (lava-dl 0.6.0 on "
+              "Python 3.10: a few minutes and several GB, once; set NEUROSIM_LAVA_VENV to use an existing one)",
+              file=sys.stderr, flush=True)
+        code, tail = _run_installer(["bash", str(script)], dict(os.environ, NEUROSIM_LAVA_VENV=str(venv)))
+        if code != 0 or not py.exists():
+            how = f"failed (exit {code})" if code != 0 else f"left no interpreter at {py}"
+            raise LavaError(f"scripts/lava_env.sh {how} creating the Lava environment in {venv}; its last lines:\n"
+                            + "".join(tail).rstrip())
     return py
+
+
+def _run_installer(cmd, env, keep: int = 40):
+    """Run ``cmd``, copying each line of its output (stdout and stderr) to ``sys.stderr`` as it comes, indented;
+    return ``(exit code, its last keep lines)``. Interrupted, it ends the installer's process group."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            errors="replace", bufsize=1, start_new_session=True)
+    tail = collections.deque(maxlen=keep)
+    try:
+        for line in proc.stdout:
+            tail.append(line)
+            sys.stderr.write("  | " + line)
+            sys.stderr.flush()
+        return proc.wait(), list(tail)
+    finally:
+        proc.stdout.close()
+        if proc.poll() is None:  # (an interrupt, or an error writing the output: no pip left running behind)
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait()
 
 
 def _spikes_np(spikes) -> np.ndarray:

@@ -22,6 +22,7 @@ fi
 echo "neurosim: creating the Lava environment in $VENV (lava-dl 0.6.0; a few minutes, several GB)" >&2
 rm -rf "$VENV"
 "$PY" -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check "lava-dl==0.6.0" "lava-nc==0.10.0" "h5py"
+# (not -q: each "Collecting"/"Downloading ... (size)" line shows the progress; no progress bar, the output may be a pipe)
+"$VENV/bin/python" -m pip install --progress-bar off --disable-pip-version-check "lava-dl==0.6.0" "lava-nc==0.10.0" "h5py"
 "$VENV/bin/python" -c 'import lava.lib.dl.netx, lava.proc.lif.process' 
 echo "$want" > "$stamp"

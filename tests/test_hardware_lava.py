@@ -197,3 +197,52 @@ def test_netx_delays_are_refused_by_the_loihi_mode_and_run_by_lava(tmp_path):
     assert mine.sum() > 0 and not torch.equal(delayed[-1], mine)
     assert torch.equal(hw.LoihiNetwork.from_netx(tmp_path / "zero.net")(x, 16), zero[-1])
     assert torch.equal(zero[-1], mine)
+
+
+def test_creating_the_lava_environment_streams_the_installers_output(tmp_path, monkeypatch):
+    """The first run_lava creates a multi-GB environment; its installer's output (the "a few minutes, several GB"
+    line, pip's lines) was captured and dropped, so nothing showed for minutes. Each line now goes to stderr as it
+    comes (the fake installer waits until its first line was seen), and a failure's error keeps its last lines."""
+    import io
+    import sys
+
+    from neurosim.hardware import lava_sim
+
+    seen = tmp_path / "seen"
+
+    class Stderr(io.StringIO):
+        def write(self, text):
+            if "Collecting lava-dl" in text:
+                seen.touch()
+            return super().write(text)
+
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "lava_env.sh").write_text(
+        'echo "neurosim: creating the Lava environment (a few minutes, several GB)" >&2\n'
+        'echo "Collecting lava-dl==0.6.0"\n'
+        'for i in $(seq 200); do [ -e "$SEEN" ] && break; sleep 0.05; done\n'
+        '[ -e "$SEEN" ] || { echo "nothing was shown while the installer ran" >&2; exit 3; }\n'
+        '[ -n "$FAIL" ] && { echo "ERROR: No matching distribution found for lava-dl==0.6.0" >&2; exit 1; }\n'
+        'mkdir -p "$NEUROSIM_LAVA_VENV/bin" && ln -s "$(type -P true)" "$NEUROSIM_LAVA_VENV/bin/python"\n'
+        'echo ok > "$NEUROSIM_LAVA_VENV/.neurosim-lava-stamp"\n')
+    monkeypatch.setattr(lava_sim, "REPO", tmp_path)
+    monkeypatch.setenv("NEUROSIM_LAVA_VENV", str(tmp_path / "venv"))
+    monkeypatch.setenv("SEEN", str(seen))
+    monkeypatch.setattr(sys, "stderr", Stderr())
+    assert lava_sim.lava_python() == tmp_path / "venv" / "bin" / "python"
+    lines = sys.stderr.getvalue().splitlines()
+    assert "a few minutes and several GB" in lines[0] and "NEUROSIM_LAVA_VENV" in lines[0]
+    assert lines[1:] == ["  | neurosim: creating the Lava environment (a few minutes, several GB)",
+                         "  | Collecting lava-dl==0.6.0"]
+    monkeypatch.setattr(sys, "stderr", Stderr())
+    assert lava_sim.lava_python() == tmp_path / "venv" / "bin" / "python"  # (made once: nothing runs, nothing shown)
+    assert sys.stderr.getvalue() == ""
+
+    seen.unlink()
+    monkeypatch.setenv("NEUROSIM_LAVA_VENV", str(tmp_path / "venv2"))
+    monkeypatch.setenv("FAIL", "1")
+    with pytest.raises(hw.LavaError) as err:
+        lava_sim.lava_python()
+    assert "scripts/lava_env.sh failed (exit 1)" in str(err.value)
+    assert str(err.value).endswith("Collecting lava-dl==0.6.0\nERROR: No matching distribution found for lava-dl==0.6.0")
+    assert "  | ERROR: No matching distribution" in sys.stderr.getvalue()
