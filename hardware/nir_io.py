@@ -18,6 +18,10 @@ keeps the spikes of every neuron equal under Euler discretisation (:math:`\beta 
   average pooling is folded into the next synapse (:mod:`neurosim.hardware.graph`), so importers that lack
   ``AvgPool2d`` (Norse) still read the graph.
 
+Nodes are named by layer ``i`` (the model's own module names are Sequential indices, and folded pooling has
+none): ``syn{i}`` for the synapse, the neuron by its NIR type (``lif{i}``, ``if{i}``, ``cubalif{i}``), ``flatten{i}``,
+and ``input`` / ``output``. :func:`import_nir` follows the edges and ignores the names.
+
 NIR neurons reset to ``v_reset`` in the spiking step. For LIF that is neurosim's ``reset="zero"`` spike for
 spike; for CubaLIF the synaptic current after a spike is kept (neurosim's zero reset drops the spiking step's
 input), and ``reset="subtract"`` has no NIR form: both are exported only with ``allow_reset_change=True``.
@@ -90,9 +94,10 @@ def export_nir(model, input_shape=None, dt: float = DT, allow_reset_change: bool
                                  r=_full(shape, 1 / (1 - n.beta)), v_leak=_full(shape, 0.0),
                                  v_threshold=_full(shape, n.threshold), w_in=_full(shape, 1 / (1 - n.alpha)),
                                  v_reset=_full(shape, 0.0))
-        nodes[f"syn{i}"], nodes[f"lif{i}"] = syn, neuron
-        edges += [(prev, f"syn{i}"), (f"syn{i}", f"lif{i}")]
-        prev = f"lif{i}"
+        name = f"{type(neuron).__name__.lower()}{i}"  # (named by its NIR type: lif0, if1, cubalif2)
+        nodes[f"syn{i}"], nodes[name] = syn, neuron
+        edges += [(prev, f"syn{i}"), (f"syn{i}", name)]
+        prev = name
     nodes["output"] = nir.Output(output_type=np.array(graph.output_shape))
     edges.append((prev, "output"))
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata={"dt": dt, "source": "neurosim"})

@@ -100,6 +100,25 @@ def test_round_trip_through_neurosim_import(case):
         assert torch.equal(back(x), model(x))
 
 
+def test_nir_neuron_nodes_are_named_by_their_type():
+    """Node names are made per layer (the model's module names are Sequential indices): a readout integrator,
+    NIR's IF, was named lif1. A neuron node is named by its NIR type, and imports as before."""
+    types = lambda g: {name: type(node).__name__ for name, node in g.nodes.items()}  # noqa: E731
+    graph = hw.export_nir(readout())
+    assert types(graph) == {"input": "Input", "syn0": "Affine", "lif0": "LIF", "syn1": "Affine", "if1": "IF",
+                            "output": "Output"}
+    assert [tuple(e) for e in graph.edges] == [("input", "syn0"), ("syn0", "lif0"), ("lif0", "syn1"),
+                                               ("syn1", "if1"), ("if1", "output")]
+    cuba = nn.Sequential(TD(nn.Flatten()), nn.Linear(64, 5, bias=False),
+                         neurosim.CubaLIF(alpha=0.5, beta=0.9, threshold=0.3, reset="zero"))
+    with pytest.warns(UserWarning, match="CubaLIF's zero reset"):
+        graph = hw.export_nir(cuba, input_shape=(1, 8, 8), allow_reset_change=True)
+    assert types(graph) == {"input": "Input", "flatten0": "Flatten", "syn0": "Linear", "cubalif0": "CubaLIF",
+                            "output": "Output"}
+    with pytest.warns(UserWarning, match="CubaLIF"):
+        assert isinstance(hw.import_nir(graph, allow_reset_change=True)[-1], neurosim.CubaLIF)
+
+
 def test_an_image_input_flattened_into_a_linear_round_trips():
     model = nn.Sequential(TD(nn.Flatten()), nn.Linear(64, 5), lif(0.8, 0.3))
     x = spikes_in((1, 8, 8), seed=3)
