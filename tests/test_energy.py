@@ -694,6 +694,10 @@ def test_cli_main_on_checkpoint(tmp_path, monkeypatch, capsys):
       "--json", "ck.pt/o.json"], "ck.pt' is a file, not a directory"),
     (["--model", "energy_cli_model:build", "--model-kwargs", '{"hidden": 6}', "--input-shape", "3,2,5",
       "--samples", "8"], "--samples picks a trainer checkpoint's validation samples"),
+    (["--model", "energy_cli_model:build", "--model-kwargs", '{"hidden": 6}', "--input-shape", "3,2,5",
+      "--seed", "-1"], "--seed must be an integer >= 0, got -1"),
+    (["--model", "energy_cli_model:build", "--model-kwargs", '{"hidden": 6}', "--input-shape", "3,2,5",
+      "--seed", str(2 ** 64)], "--seed must be an integer in [0, 2**64 - 1]"),
 ])
 def test_cli_errors_name_the_option(argv, message, tmp_path, monkeypatch):
     """Every bad option or file of ``neurosim energy`` (state-dict path) is a ValueError naming it (the command

@@ -180,8 +180,6 @@ def cli_main(args, load=None):
 
     Returns the :class:`~neurosim.energy.report.EnergyReport` (the caller's exit code is 0 when it returns).
     """
-    from .meter import _first_tensor, profile
-
     if not isinstance(args, argparse.Namespace):
         args = add_arguments(argparse.ArgumentParser(prog="neurosim energy")).parse_args(args)
     validate.input_file("checkpoint", args.checkpoint)
@@ -190,7 +188,25 @@ def cli_main(args, load=None):
     samples = getattr(args, "samples", None)
     if samples is not None:
         validate.positive_int("--samples", samples)
+    if validate.positive_int("--seed", args.seed, minimum=0) >= 2 ** 64:
+        raise ValueError(f"--seed must be an integer in [0, 2**64 - 1], got {args.seed}")
     _check_outputs(args)
+    # every random draw of the run (the random input, a checkpoint's input code, a spike mask without a seed of its
+    # own) comes from --seed, so the same seed gives the same report; the caller's RNG state is left as it was
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(args.seed)
+        report = _run(args, load, device, hardware, samples)
+    for path, write in ((args.csv, report.to_csv), (args.json, report.to_json), (args.plot, report.plot)):
+        if path:
+            write(path)
+            print(f"wrote {path}")
+    return report
+
+
+def _run(args, load, device, hardware, samples):
+    """Load, profile and print (cli_main's seeded part)."""
+    from .meter import _first_tensor, profile
+
     model, inputs, *rest = (load or default_load)(args.checkpoint, args)
     batch_dim = rest[0] if rest else 1
     if inputs is None:
@@ -205,8 +221,4 @@ def cli_main(args, load=None):
     report = profile(model, inputs, hardware=hardware, require_spikes=args.require_spikes,
                      audit=getattr(args, "audit", True), batch_size=batch)
     report.print(rich=False if args.plain else None)
-    for path, write in ((args.csv, report.to_csv), (args.json, report.to_json), (args.plot, report.plot)):
-        if path:
-            write(path)
-            print(f"wrote {path}")
     return report
