@@ -175,6 +175,9 @@ class TokenSequenceModel(nn.Module):
     Forecasting (a window of L values): L tokens of one value each, causal, the last token's output is the
     next-step prediction. ``encoder`` "direct" feeds the analog tokens at every SNN step (the EST embeds them with a
     Linear + spiking neuron); "rate"/"latency" turn them into spikes with :mod:`neurosim.encoders` first.
+    ``forward(x) = forward_spikes(encode(x))``, as in the spiking MLP: the encoder turns data into input spikes and
+    the network starts at its first synaptic layer (what ``neurosim energy`` profiles, on input encoded and seeded
+    beforehand, like the README's ``profile(est.net, est.encode(x))``).
     """
 
     def __init__(self, net: nn.Module, tokens: int, encoder: str, num_steps: int, last_token: bool):
@@ -189,9 +192,13 @@ class TokenSequenceModel(nn.Module):
         steps = encode(x, self.encoder, self.num_steps)          # [T, B, F]
         return steps.reshape(*steps.shape[:2], self.tokens, -1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.net(self.encode(x))
+    def forward_spikes(self, s: torch.Tensor) -> torch.Tensor:
+        """The network on encoded input ``[T, B, tokens, F/tokens]`` (:meth:`encode`'s output)."""
+        y = self.net(s)
         return y[:, -1] if self.last_token else y
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_spikes(self.encode(x))
 
 
 EST_OPTIONS = {"dim": 32, "depth": 2, "heads": 4, "tokens": None}

@@ -281,6 +281,30 @@ def test_energy_command_is_reproducible_and_seeded_for_every_model(est_rate_chec
     assert synops("--seed", "1") != first
 
 
+def test_energy_command_leaves_an_est_input_encoder_out_like_the_spiking_mlps(est_rate_checkpoint, tmp_path,
+                                                                             capsys):
+    """The encoder turns data into input spikes; the network's energy starts at its first synaptic layer (the
+    README's ``profile(est.net, est.encode(x))``). For spiking_mlp the command profiled the network on encoded input,
+    but an EST checkpoint was profiled with its rate encoder inside, which the report then listed as "NOT COUNTED:
+    TokenSequenceModel (functional)". Now the EST is profiled like the MLP: its encoded, seeded input into the
+    network, nothing left uncounted."""
+    from neurosim.energy import profile
+    from neurosim.training.restore import load_trained
+
+    report = _energy_json([est_rate_checkpoint, "--samples", "8"], tmp_path / "e.json")
+    printed = capsys.readouterr().out
+    assert report["totals"]["not_counted"] == [] and "NOT COUNTED" not in printed
+    assert report["layers"][0]["name"] == "model.net.embed" and report["batch_size"] == 8
+    model, _, info, val = load_trained(est_rate_checkpoint)
+    torch.manual_seed(0)                                # (the command's default --seed)
+    spikes = model.encode(torch.stack([info.dataset[i][0] for i in val[:8]]))
+    assert spikes.shape == (2, 8, 8, 8) and set(spikes.unique().tolist()) == {0.0, 1.0}
+    expected = profile(model.net, spikes, audit=True)
+    assert [r["name"] for r in report["layers"]] == ["model.net." + r.name for r in expected.layers]
+    assert report["totals"]["synops"] == expected.totals()["synops"]
+    assert report["totals"]["energy_pj"] == pytest.approx(expected.totals()["energy_pj"])
+
+
 def test_export_stack_is_the_same_network_and_export_command_takes_trainer_checkpoints(tmp_path, capsys):
     import torch
     from neurosim.training import TrainConfig, Trainer

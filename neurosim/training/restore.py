@@ -43,8 +43,9 @@ class SpikeInput(nn.Module):
 
 
 def takes_spikes(model: nn.Module) -> bool:
-    """Whether the model encodes its own input (``encode``/``forward_spikes``): then it can take time-major spikes
-    ``[T, B, ...]``; the others (the transformers, the frame predictor) take batch-first samples ``[B, ...]``."""
+    """Whether the model encodes its own input (``encode``/``forward_spikes``: the spiking MLP, the EST and Spikformer):
+    then it can take time-major spikes ``[T, B, ...]``; the others (the BTSPFormer family, the frame predictor) take
+    batch-first samples ``[B, ...]``."""
     return hasattr(model, "encode") and hasattr(model, "forward_spikes")
 
 
