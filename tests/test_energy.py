@@ -533,6 +533,35 @@ def test_csv_names_its_hardware_and_ends_with_a_marked_totals_row(tmp_path):
     assert json.loads(total["info"])["not_counted"] == ["1"] and total["hardware"] == "cmos45nm"
 
 
+class UncountedWithInlineMean(nn.Module):
+    """A leaf no counter knows, and a time mean in a plain torch call (the audit's "(functional)" row)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(5, 4)
+        self.odd = Uncounted()
+
+    def forward(self, x):
+        return self.odd(self.fc(x)).mean(0)
+
+
+def test_terminal_table_gives_each_not_counted_rows_reason():
+    """A not-counted row read only "not counted" in the terminal table; why (no counter for its type, or the
+    operations the audit found in plain torch calls) was only in the CSV and JSON. The row now says it, compactly (the
+    operations without their element counts, which the CSV and JSON keep), spanning the empty count columns without
+    widening them."""
+    rep = profile(UncountedWithInlineMean(), spikes(4, 2, 5), audit=True)
+    assert rep.not_counted == ["odd", "UncountedWithInlineMean (functional)"]
+    lines = rep.table().splitlines()
+    row = {ln.split()[0]: ln for ln in lines}
+    assert row["odd"].split(None, 2)[2] == "not counted: no counter registered for this module type"
+    assert row["UncountedWithInlineMean"].split(None, 3)[3] == "not counted: mean x1 in plain torch calls"
+    assert "mean x1 (8 elements)" in rep.layer("UncountedWithInlineMean (functional)").note   # (the JSON's full note)
+    rule = lines[1]
+    assert set(rule) == {"-"} and len(row["fc"]) == len(row["TOTAL"]) == len(rule) == len(lines[0])
+    assert lines[0].index("ANN MACs") == len("UncountedWithInlineMean (functional)  functional  ")
+
+
 def test_figure_shows_neuron_updates_and_marks_layers_not_counted(tmp_path, monkeypatch):
     """The figure ``plot`` saves: the operations panel has a neuron-updates series (the LIF's bar is its updates); a
     layer no counter knows keeps its place with empty bars, a grey band and the label "not counted" in both panels.

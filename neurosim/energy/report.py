@@ -6,6 +6,7 @@ import errno
 import io
 import json
 import os
+import re
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -134,6 +135,19 @@ def _fmt_rate(rate: float | None) -> str:
     return "-" if rate is None else f"{rate:.3f}"
 
 
+_AUDIT_PREFIX = "arithmetic in this module's forward that no counter counts: "  # (audit.describe's notes)
+
+
+def _not_counted_reason(r: "LayerReport") -> str:
+    """A not-counted row's reason, short enough for its table row: the operations the audit found in plain torch
+    calls (without their element counts, which the CSV and JSON keep), or the first clause of the layer's note."""
+    note = r.note or "no counter registered for this module type"
+    if r.type == "functional" and note.startswith(_AUDIT_PREFIX):
+        ops = re.sub(r" \([\d,]+ elements?\)", "", note[len(_AUDIT_PREFIX):])
+        return f"{ops} in plain torch calls"
+    return re.split(r"[:;]", note, maxsplit=1)[0].strip()
+
+
 def _fmt_energy(pj: float) -> str:
     for unit, scale in (("J", 1e12), ("mJ", 1e9), ("uJ", 1e6), ("nJ", 1e3)):
         if abs(pj) >= scale:
@@ -244,12 +258,14 @@ class EnergyReport:
         return text
 
     def _rows(self):
+        """The table's head and rows (the last one TOTAL). A not-counted row is three cells: its name, type and
+        "not counted: <reason>", which spans the count columns (they are empty for it)."""
         head = ["layer", "type", "ANN MACs", "ANN ACs", "MACs", "SynOps", "ACs", "neuron upd", "in rate", "out rate",
                 "energy"]
         rows = []
         for r in self.layers:
             if not r.counted:
-                rows.append([r.name, r.type, "not counted"] + [""] * (len(head) - 3))
+                rows.append([r.name, r.type, f"not counted: {_not_counted_reason(r)}"])
                 continue
             star = "" if r.in_spikes or r.in_rate is None else "*"
             rows.append([r.name, r.type, _fmt_int(r.ann_macs), _fmt_int(r.ann_acs), _fmt_int(r.macs),
@@ -282,9 +298,18 @@ class EnergyReport:
     def table(self) -> str:
         """Plain-text table (what ``print(report)`` shows)."""
         head, rows = self._rows()
-        widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
-        line = lambda cells: "  ".join(str(c).rjust(w) if i >= 2 else str(c).ljust(w)  # noqa: E731
-                                       for i, (c, w) in enumerate(zip(cells, widths)))
+        full = [r for r in rows if len(r) == len(head)]
+        widths = [max(len(str(x)) for x in col) for col in zip(head, *full)]
+        for r in rows:  # (a not-counted row's name and type; its reason spans the count columns)
+            if len(r) < len(head):
+                widths[:2] = [max(w, len(str(c))) for w, c in zip(widths[:2], r[:2])]
+
+        def line(cells):
+            if len(cells) < len(head):
+                return "  ".join([str(c).ljust(w) for c, w in zip(cells[:2], widths)] + [str(cells[2])])
+            return "  ".join(str(c).rjust(w) if i >= 2 else str(c).ljust(w)
+                             for i, (c, w) in enumerate(zip(cells, widths)))
+
         out = [line(head), "-" * (sum(widths) + 2 * (len(widths) - 1))]
         out += [line(r) for r in rows[:-1]]
         out += ["-" * (sum(widths) + 2 * (len(widths) - 1)), line(rows[-1])]
@@ -307,7 +332,7 @@ class EnergyReport:
                 for i, h in enumerate(head):
                     tab.add_column(h, justify="right" if i >= 2 else "left")
                 for r in rows:
-                    tab.add_row(*[str(c) for c in r], end_section=r is rows[-2])
+                    tab.add_row(*[str(c) for c in r] + [""] * (len(head) - len(r)), end_section=r is rows[-2])
                 con = Console(file=file)
                 con.print(tab)
                 for ln in self._footer():
