@@ -305,6 +305,14 @@ def test_energy_command_leaves_an_est_input_encoder_out_like_the_spiking_mlps(es
     assert report["totals"]["energy_pj"] == pytest.approx(expected.totals()["energy_pj"])
 
 
+def test_energy_command_refuses_an_input_rate_it_would_not_use(est_rate_checkpoint, capsys):
+    """--input-rate is the firing probability of --input-shape's random input: without --input-shape the command
+    profiled the checkpoint's validation samples and ignored the rate without a word. It is a usage error now."""
+    code, err = _fails(["energy", str(est_rate_checkpoint), "--input-rate", "0.2"], capsys)
+    assert code == 2 and "usage: neurosim energy" in err and "Traceback" not in err
+    assert "error: --input-rate 0.2 is the firing probability of the random input of --input-shape" in err
+
+
 def test_export_stack_is_the_same_network_and_export_command_takes_trainer_checkpoints(tmp_path, capsys):
     import torch
     from neurosim.training import TrainConfig, Trainer

@@ -723,6 +723,11 @@ def test_cli_main_on_checkpoint(tmp_path, monkeypatch, capsys):
       "--json", "ck.pt/o.json"], "ck.pt' is a file, not a directory"),
     (["--model", "energy_cli_model:build", "--model-kwargs", '{"hidden": 6}', "--input-shape", "3,2,5",
       "--samples", "8"], "--samples picks a trainer checkpoint's validation samples"),
+    (["--model", "energy_cli_model:build", "--model-kwargs", '{"hidden": 6}', "--input", "junk.pt",
+      "--input-rate", "0.5"], "--input-rate 0.5 is the firing probability of the random input of --input-shape, "
+                              "which was not given"),
+    (["--model", "energy_cli_model:build", "--model-kwargs", '{"hidden": 6}', "--input", "junk.pt",
+      "--input-shape", "3,2,5"], "--input and --input-shape both give the input ('junk.pt', '3,2,5'): give one"),
     (["--model", "energy_cli_model:build", "--model-kwargs", '{"hidden": 6}', "--input-shape", "3,2,5",
       "--seed", "-1"], "--seed must be an integer >= 0, got -1"),
     (["--model", "energy_cli_model:build", "--model-kwargs", '{"hidden": 6}', "--input-shape", "3,2,5",

@@ -27,6 +27,9 @@ from .. import validate
 from .hardware import get_profile, list_profiles
 
 
+DEFAULT_INPUT_RATE = 0.2  # --input-rate's default: the firing probability of --input-shape's random input
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("checkpoint", help="saved checkpoint (.pt)")
     parser.add_argument("--hardware", default="cmos45nm",
@@ -36,7 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--model-kwargs", default="{}", help="JSON keyword arguments for --model")
     parser.add_argument("--input", default=None, help="tensor file [T, B, ...] to feed the model")
     parser.add_argument("--input-shape", default=None, help="T,B,... of random spike input (with --input-rate)")
-    parser.add_argument("--input-rate", type=float, default=0.2, help="firing probability of random input")
+    parser.add_argument("--input-rate", type=float, default=None,
+                        help=f"firing probability of the random input of --input-shape, in [0, 1] (default "
+                             f"{DEFAULT_INPUT_RATE}); only with --input-shape")
     parser.add_argument("--samples", type=int, default=None,
                         help="trainer checkpoints: how many validation samples to profile (default 64)")
     parser.add_argument("--seed", type=int, default=0)
@@ -157,9 +162,24 @@ def _inputs(args):
         validate.positive_int(f"--input-shape[{i}]", v)
     if len(shape) < 2:
         raise ValueError(f"--input-shape needs at least 2 dimensions [T, B, ...], got {args.input_shape!r}")
-    validate.in_range("--input-rate", args.input_rate, 0.0, 1.0)
+    rate = DEFAULT_INPUT_RATE if args.input_rate is None else args.input_rate
     g = torch.Generator().manual_seed(args.seed)
-    return (torch.rand(shape, generator=g) < args.input_rate).float()
+    return (torch.rand(shape, generator=g) < rate).float()
+
+
+def _check_input_options(args):
+    """The input options that go together: --input-rate only with --input-shape, and one of --input and
+    --input-shape (an option the run would not use is refused, not ignored)."""
+    rate = getattr(args, "input_rate", None)
+    if args.input is not None and args.input_shape is not None:
+        raise ValueError(f"--input and --input-shape both give the input ({args.input!r}, {args.input_shape!r}): "
+                         "give one")
+    if rate is not None:
+        if args.input_shape is None:
+            raise ValueError(f"--input-rate {rate:g} is the firing probability of the random input of --input-shape, "
+                             "which was not given (without it the input is --input's tensor or a trainer "
+                             "checkpoint's validation samples): give --input-shape or leave --input-rate out")
+        validate.in_range("--input-rate", rate, 0.0, 1.0)
 
 
 def _check_outputs(args):
@@ -190,6 +210,7 @@ def cli_main(args, load=None):
         validate.positive_int("--samples", samples)
     if validate.positive_int("--seed", args.seed, minimum=0) >= 2 ** 64:
         raise ValueError(f"--seed must be an integer in [0, 2**64 - 1], got {args.seed}")
+    _check_input_options(args)
     _check_outputs(args)
     # every random draw of the run (the random input, a checkpoint's input code, a spike mask without a seed of its
     # own) comes from --seed, so the same seed gives the same report; the caller's RNG state is left as it was
