@@ -313,6 +313,21 @@ def test_energy_command_refuses_an_input_rate_it_would_not_use(est_rate_checkpoi
     assert "error: --input-rate 0.2 is the firing probability of the random input of --input-shape" in err
 
 
+def test_energy_command_refuses_more_samples_than_the_validation_set_holds(est_rate_checkpoint, tmp_path, capsys):
+    """--samples 100000 was cut to the validation set's size without a word (the only sign: "batch size 359"). It
+    is a usage error naming how many there are; that many is accepted."""
+    from neurosim.training.restore import load_trained
+
+    available = len(load_trained(est_rate_checkpoint)[3])
+    code, err = _fails(["energy", str(est_rate_checkpoint), "--samples", "100000"], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert (f"error: --samples 100000: this checkpoint's dataset has only {available} validation samples; give at "
+            f"most {available}") in err
+    code, err = _fails(["energy", str(est_rate_checkpoint), "--samples", str(available + 1)], capsys)
+    assert code == 2 and f"only {available} validation samples" in err
+    assert _energy_json([est_rate_checkpoint, "--samples", available], tmp_path / "e.json")["batch_size"] == available
+
+
 def test_export_stack_is_the_same_network_and_export_command_takes_trainer_checkpoints(tmp_path, capsys):
     import torch
     from neurosim.training import TrainConfig, Trainer

@@ -86,7 +86,11 @@ def energy_loader(path, args):
     model, x = time_major_inputs(path, num_samples=64 if samples is None else samples,
                                  seed=getattr(args, "seed", 0))
     # (the samples' dim: a batch-first model's dim 1 is its sequence, which the report took as the batch size)
-    return model, (None if own_input else x), (1 if isinstance(model, SpikeInput) else 0)
+    batch_dim = 1 if isinstance(model, SpikeInput) else 0
+    if samples is not None and x.shape[batch_dim] < samples:  # (time_major_inputs took them all)
+        raise ValueError(f"--samples {samples}: this checkpoint's dataset has only {x.shape[batch_dim]} validation "
+                         f"samples; give at most {x.shape[batch_dim]}")
+    return model, (None if own_input else x), batch_dim
 
 
 def export_loader(path):
