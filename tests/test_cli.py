@@ -328,6 +328,39 @@ def test_energy_command_refuses_more_samples_than_the_validation_set_holds(est_r
     assert _energy_json([est_rate_checkpoint, "--samples", available], tmp_path / "e.json")["batch_size"] == available
 
 
+def test_energy_command_input_of_the_wrong_rank_names_the_checkpoints_layout(est_rate_checkpoint, tmp_path, capsys):
+    """--input-shape / --input must be in the layout the checkpoint's model takes: time-major [T, B, ...] spikes for
+    a model that encodes its input (the EST: [T, B, tokens, features]), batch-first [B, ...] for the others (the
+    BTSPFormer: [B, L]). A shape of another rank failed inside the model (the BTSPFormer's "x must have 2 dimensions
+    [B, F]"), or ran on a misread layout; it is a usage error naming the checkpoint's layout now, and the help says
+    which layout goes with which model."""
+    from neurosim.training import TrainConfig, Trainer
+
+    code, err = _fails(["energy", str(est_rate_checkpoint), "--input-shape", "4,2,64"], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert ("error: --input-shape 4,2,64 has 3 dims, but this checkpoint's model takes time-major [T, B, 8, 8] "
+            "(4 dims), e.g. --input-shape 2,64,8,8") in err
+    torch.save((torch.rand(2, 5, 64) < 0.3).float(), tmp_path / "x.pt")
+    code, err = _fails(["energy", str(est_rate_checkpoint), "--input", str(tmp_path / "x.pt")], capsys)
+    assert code == 2 and f"--input {str(tmp_path / 'x.pt')!r} (a tensor of shape (2, 5, 64)) has 3 dims, but " \
+                         "this checkpoint's model takes time-major [T, B, 8, 8]" in err
+    assert _energy_json([est_rate_checkpoint, "--input-shape", "3,5,8,8"], tmp_path / "e.json")["batch_size"] == 5
+    out = tmp_path / "btsp"
+    Trainer(TrainConfig(model="btspformer", dataset="damped_sine", epochs=1, progress=False, tensorboard=False,
+                        plots=False, out_dir=str(out), device="cpu", dataset_options={"n_points": 200, "seq_len": 8},
+                        model_options={"model_dim": 8, "layers": 1, "heads": 2})).fit()
+    btsp = out / "checkpoints" / "last.pt"
+    code, err = _fails(["energy", str(btsp), "--input-shape", "4,2,8"], capsys)
+    assert code == 2 and "error: --input-shape 4,2,8 has 3 dims, but this checkpoint's model takes batch-first " \
+                         "[B, 8] (2 dims)" in err
+    assert _energy_json([btsp, "--input-shape", "2,8"], tmp_path / "e.json")["batch_size"] == 2
+    with pytest.raises(SystemExit):
+        cli.main(["energy", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "time-major T,B,... (its encoded spikes) for a model that encodes its input (spiking_mlp, est, " in text
+    assert "batch-first B,... for the others (btspformer," in text
+
+
 def test_export_stack_is_the_same_network_and_export_command_takes_trainer_checkpoints(tmp_path, capsys):
     import torch
     from neurosim.training import TrainConfig, Trainer

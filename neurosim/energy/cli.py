@@ -6,13 +6,14 @@ Wiring into the ``neurosim`` command (neurosim/cli.py)::
     neurosim.energy.add_arguments(sub)
     sub.set_defaults(func=lambda a: neurosim.energy.cli_main(a, load=<trainer's loader or None>))
 
-``load(checkpoint_path, args) -> (model, inputs or None[, batch_dim])`` rebuilds the model of a checkpoint (the
-training code knows its format); ``batch_dim`` is the inputs' sample dimension, for the per-sample energy (default 1,
-``[T, B, ...]``; 0 for a model that takes batch-first samples). Without one, the checkpoint is a state dict (or a
-dict holding one under "model" / "state_dict" / "model_state") and ``--model package.module:builder`` builds the
-network.
-Inputs: ``--input x.pt`` (a saved tensor ``[T, B, ...]``) or ``--input-shape T,B,... --input-rate p``
-(Bernoulli spikes, seeded), unless the loader returns some.
+``load(checkpoint_path, args) -> (model, inputs or None[, batch_dim[, input_shape]])`` rebuilds the model of a
+checkpoint (the training code knows its format); ``batch_dim`` is the inputs' sample dimension, for the per-sample
+energy (default 1, ``[T, B, ...]``; 0 for a model that takes batch-first samples); ``input_shape``, the shape of an
+input the model takes, makes an ``--input`` / ``--input-shape`` of another rank an error naming that layout.
+Without one, the checkpoint is a state dict (or a dict holding one under "model" / "state_dict" / "model_state")
+and ``--model package.module:builder`` builds the network.
+Inputs: ``--input x.pt`` (a saved tensor) or ``--input-shape T,B,... --input-rate p`` (Bernoulli 0/1 values,
+seeded), in the layout the model takes, unless the loader returns some.
 """
 from __future__ import annotations
 
@@ -37,13 +38,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "fields of neurosim.energy.HardwareProfile")
     parser.add_argument("--model", default=None, help="builder 'package.module:function' returning the nn.Module")
     parser.add_argument("--model-kwargs", default="{}", help="JSON keyword arguments for --model")
-    parser.add_argument("--input", default=None, help="tensor file [T, B, ...] to feed the model")
-    parser.add_argument("--input-shape", default=None, help="T,B,... of random spike input (with --input-rate)")
+    parser.add_argument("--input", default=None,
+                        help="tensor file (torch.save) to feed the model, in the layout of --input-shape")
+    parser.add_argument("--input-shape", default=None, metavar="SHAPE",
+                        help="comma-separated shape of a random 0/1 input (1 with probability --input-rate) in the "
+                             "layout the checkpoint's model takes: time-major T,B,... (its encoded spikes) for a "
+                             "model that encodes its input (spiking_mlp, est, spikformer; on digits e.g. 4,64,64 and "
+                             "4,64,8,8), batch-first B,... for the others (btspformer, vanilla_transformer, "
+                             "astro_transformer, spiking_btspformer, frame_predictor; e.g. 64,16: 0/1 values in "
+                             "place of their samples), T,B,... for a --model network. A shape of another rank is an "
+                             "error naming the checkpoint's layout")
     parser.add_argument("--input-rate", type=float, default=None,
                         help=f"firing probability of the random input of --input-shape, in [0, 1] (default "
                              f"{DEFAULT_INPUT_RATE}); only with --input-shape")
     parser.add_argument("--samples", type=int, default=None,
-                        help="trainer checkpoints: how many validation samples to profile (default 64)")
+                        help="trainer checkpoints: how many validation samples to profile (default 64, or all "
+                             "of them when there are fewer; more than there are is an error)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--require-spikes", action="append", default=None, metavar="PATTERN",
@@ -146,11 +156,33 @@ def default_load(path, args):
     return model, None
 
 
-def _inputs(args):
+def _layout(shape, batch_dim: int) -> str:
+    """The layout of an input of ``shape`` whose dim ``batch_dim`` counts the samples: "time-major [T, B, 64]"."""
+    dims = [str(d) for d in shape]
+    if batch_dim < len(dims):
+        dims[batch_dim] = "B"
+    if batch_dim == 1:
+        dims[0] = "T"
+        kind = "time-major "
+    else:
+        kind = "batch-first " if batch_dim == 0 else ""
+    return f"{kind}[{', '.join(dims)}] ({len(dims)} dims)"
+
+
+def _inputs(args, example=None):
+    """The input of --input / --input-shape; ``example``: ``(shape, batch_dim)`` of an input the model takes (from
+    the loader), whose rank the given input must have."""
+    def check_rank(what, rank):
+        if example is not None and rank != len(example[0]):
+            shape, batch_dim = example
+            raise ValueError(f"{what} has {rank} dims, but this checkpoint's model takes {_layout(shape, batch_dim)}, "
+                             f"e.g. --input-shape {','.join(str(d) for d in shape)}")
+
     if args.input is not None:
         x = _load_tensor_file("--input", args.input)
         if not torch.is_tensor(x):
             raise ValueError(f"--input must hold one tensor [T, B, ...], got {type(x).__name__}")
+        check_rank(f"--input {args.input!r} (a tensor of shape {tuple(x.shape)})", x.dim())
         return x
     if args.input_shape is None:
         raise ValueError("give --input FILE or --input-shape T,B,... (the checkpoint loader returned no inputs)")
@@ -160,6 +192,7 @@ def _inputs(args):
         raise ValueError(f"--input-shape must be comma-separated integers T,B,..., got {args.input_shape!r}")
     for i, v in enumerate(shape):
         validate.positive_int(f"--input-shape[{i}]", v)
+    check_rank(f"--input-shape {args.input_shape}", len(shape))
     if len(shape) < 2:
         raise ValueError(f"--input-shape needs at least 2 dimensions [T, B, ...], got {args.input_shape!r}")
     rate = DEFAULT_INPUT_RATE if args.input_rate is None else args.input_rate
@@ -234,7 +267,7 @@ def _run(args, load, device, hardware, samples):
         if samples is not None:
             raise ValueError("--samples picks a trainer checkpoint's validation samples; this run takes its input "
                              "from --input / --input-shape")
-        inputs = _inputs(args)
+        inputs = _inputs(args, (tuple(rest[1]), batch_dim) if len(rest) > 1 and rest[1] is not None else None)
     model = model.to(device).eval()
     inputs = inputs.to(device) if torch.is_tensor(inputs) else inputs
     first = _first_tensor(inputs)

@@ -66,7 +66,9 @@ def energy_loader(path, args):
     """``load`` hook for :func:`neurosim.energy.cli_main`: trainer checkpoints rebuild themselves (their model, and
     ``--samples`` validation samples encoded as in training unless ``--input`` / ``--input-shape`` give the input,
     and the inputs' batch dimension: 1 for time-major spikes, 0 for a batch-first model); any other torch file goes
-    to the energy module's own loader (state dict + ``--model``). A truncated or unreadable file is an error."""
+    to the energy module's own loader (state dict + ``--model``). A truncated or unreadable file is an error.
+    Last, the shape of the input it would feed (so that an ``--input`` / ``--input-shape`` of another layout is
+    refused, naming this one)."""
     try:
         ckpt_io.load(path)
     except ckpt_io.ForeignCheckpoint:
@@ -90,7 +92,7 @@ def energy_loader(path, args):
     if samples is not None and x.shape[batch_dim] < samples:  # (time_major_inputs took them all)
         raise ValueError(f"--samples {samples}: this checkpoint's dataset has only {x.shape[batch_dim]} validation "
                          f"samples; give at most {x.shape[batch_dim]}")
-    return model, (None if own_input else x), batch_dim
+    return model, (None if own_input else x), batch_dim, tuple(x.shape)
 
 
 def export_loader(path):
