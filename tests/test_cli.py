@@ -187,6 +187,19 @@ def test_energy_command_rebuilds_a_trainer_checkpoint(tmp_path, capsys):
     assert code == 2 and "cut.pt' is truncated or not a torch file" in err
 
 
+def test_energy_help_states_the_defaults_and_describes_every_option(capsys):
+    """`neurosim energy --help` did not give the defaults of --hardware and --input-rate and had no description for
+    --seed and --device."""
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["energy", "--help"])
+    assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for phrase in ("(default cmos45nm)", "--input-rate INPUT_RATE firing probability", "(default 0.2)",
+                   "--seed SEED seed of every random draw (default 0)",
+                   "--device DEVICE where the model runs: cpu (default), cuda or cuda:N"):
+        assert phrase in text, phrase
+
+
 class InlineResidual(torch.nn.Module):
     """A user model whose residual ``x + self.lif(self.fc(x))`` is a plain torch call outside every module."""
 

@@ -34,8 +34,8 @@ DEFAULT_INPUT_RATE = 0.2  # --input-rate's default: the firing probability of --
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("checkpoint", help="saved checkpoint (.pt)")
     parser.add_argument("--hardware", default="cmos45nm",
-                        help=f"energy profile: one of {', '.join(list_profiles())}, or a JSON file with the "
-                             "fields of neurosim.energy.HardwareProfile")
+                        help=f"energy profile: one of {', '.join(list_profiles())} (default cmos45nm), or a JSON "
+                             "file with the fields of neurosim.energy.HardwareProfile")
     parser.add_argument("--model", default=None, help="builder 'package.module:function' returning the nn.Module")
     parser.add_argument("--model-kwargs", default="{}", help="JSON keyword arguments for --model")
     parser.add_argument("--input", default=None,
@@ -54,8 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--samples", type=int, default=None,
                         help="trainer checkpoints: how many validation samples to profile (default 64, or all "
                              "of them when there are fewer; more than there are is an error)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of every random draw (default 0): --input-shape's input, a trainer checkpoint's "
+                             "input encoding (e.g. the rate code), spike masks without a seed of their own; the same "
+                             "seed gives the same report")
+    parser.add_argument("--device", default="cpu", help="where the model runs: cpu (default), cuda or cuda:N")
     parser.add_argument("--require-spikes", action="append", default=None, metavar="PATTERN",
                         help="layer name / glob whose input must be binary (repeatable)")
     parser.add_argument("--csv", default=None, help="write the per-layer table as CSV")
