@@ -562,6 +562,15 @@ def test_terminal_table_gives_each_not_counted_rows_reason():
     assert lines[0].index("ANN MACs") == len("UncountedWithInlineMean (functional)  functional  ")
 
 
+def test_footer_of_a_hardware_profile_without_a_source_says_so():
+    """A profile without a ``source`` (a user's JSON file) made the footer read "hardware: mychip ()"."""
+    net = nn.Sequential(nn.Linear(5, 4), neurosim.LIF(backend="torch"))
+    lines = profile(net, spikes(3, 2, 5), hardware={"name": "mychip", "e_mac_pj": 1.0, "e_ac_pj": 0.1}).table()
+    assert "hardware: mychip (source not given)" in lines.splitlines() and "()" not in lines
+    cited = profile(net, spikes(3, 2, 5), hardware={"name": "c", "e_mac_pj": 1.0, "e_ac_pj": 0.1, "source": "me"})
+    assert "hardware: c (me)" in cited.table().splitlines()
+
+
 def test_figure_shows_neuron_updates_and_marks_layers_not_counted(tmp_path, monkeypatch):
     """The figure ``plot`` saves: the operations panel has a neuron-updates series (the LIF's bar is its updates); a
     layer no counter knows keeps its place with empty bars, a grey band and the label "not counted" in both panels.

@@ -280,7 +280,7 @@ class EnergyReport:
     def _footer(self) -> list[str]:
         t = self.totals()
         hw = self.hardware
-        lines = [f"hardware: {hw.name} ({hw.source})",
+        lines = [f"hardware: {hw.name} ({hw.source.strip() or 'source not given'})",
                  "ANN MACs / ANN ACs: what an ANN of the same shape computes (dense, every input a real value)",
                  "* input not binary on every call: counted as the same-shape ANN's operations, not as SynOps",
                  "in rate: nonzero fraction of the input (of a product's or sum's spike operand); "
