@@ -200,6 +200,17 @@ def test_profile_batches_bad_arguments():
         EnergyMeter(lin).graphed(spikes(2, 3, 4))
 
 
+def test_profile_batches_refuses_no_batch_before_drawing_its_progress_bar(capsys):
+    """``profile_batches(net, [])`` drew an empty "energy: 0batch" progress bar, then raised."""
+    lin = nn.Linear(4, 2)
+    for empty in ([], (x for x in [])):
+        with pytest.raises(ValueError, match="batches: got no batch; pass an iterable of at least one input"):
+            profile_batches(lin, empty, progress=True)
+        assert capsys.readouterr().err == ""
+    one = iter([spikes(2, 3, 4)])                # (a one-shot iterator: its first batch, peeked, is still profiled)
+    assert profile_batches(lin, one, progress=False).batch_size == 3
+
+
 # ---------------------------------------------------------------- GPU (CUDA graphs)
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: CUDA graphs (the CPU tests check the "
                           "replay weighting with a simulated capture)")

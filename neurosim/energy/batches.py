@@ -1,6 +1,7 @@
 """Profiling a model over many input batches (a validation set) under one meter, with one report."""
 from __future__ import annotations
 
+import itertools
 import warnings
 
 import torch
@@ -49,6 +50,11 @@ def profile_batches(model: nn.Module, batches, hardware="cmos45nm", require_spik
     meter = EnergyMeter(model, hardware=hardware, require_spikes=require_spikes, counting=counting, rates=rates)
     graph, samples, n = None, 0, 0
     total = len(batches) if hasattr(batches, "__len__") else None
+    batches = iter(batches)
+    try:  # (an empty input is refused before the progress bar is drawn)
+        batches = itertools.chain([next(batches)], batches)
+    except StopIteration:
+        raise ValueError("batches: got no batch; pass an iterable of at least one input") from None
     with meter, torch.set_grad_enabled(grad):
         for inputs in tqdm(batches, total=total, desc="energy", unit="batch", disable=not progress):
             first = _first_tensor(inputs)
@@ -71,6 +77,4 @@ def profile_batches(model: nn.Module, batches, hardware="cmos45nm", require_spik
                 graph(inputs)
             else:
                 _call(model, inputs)
-    if n == 0:
-        raise ValueError("batches: got no batch; pass an iterable of at least one input")
     return meter.report(batch_size=samples or None)
