@@ -471,3 +471,19 @@ def test_export_command_builds_a_plain_state_dict_with_model_as_energy_does(tmp_
         cli_main(base + ["--out", str(tmp_path / "c.net"), "--model-kwargs", "{}"])
     assert exc.value.code == 2 and "--model-kwargs needs --model" in capsys.readouterr().err
     assert not (tmp_path / "c.net").exists() and not (tmp_path / "c.nir").exists()
+
+
+def test_demo_accuracy_scores_tied_outputs_as_the_average_over_every_order_of_the_outputs():
+    """demo.accuracy shares a sample among tied top outputs; reference: the first-argmax accuracy averaged over all
+    orderings of the output neurons (what a random tie-break gives on average), on counts that tie often."""
+    import itertools
+    from neurosim.hardware import demo
+    g = torch.Generator().manual_seed(3)
+    spikes = (torch.rand(3, 40, 4, generator=g) < 0.4).float()  # 3 steps, 40 samples, 4 outputs: many ties
+    y = torch.randint(0, 4, (40,), generator=g)
+    counts = spikes.sum(0)
+    orders = list(itertools.permutations(range(4)))
+    ref = sum(float((torch.tensor(p)[counts[:, list(p)].argmax(-1)] == y).float().mean()) for p in orders) / len(orders)
+    tied = int(((counts == counts.max(-1, keepdim=True).values).sum(-1) > 1).sum())
+    assert tied >= 10  # (the case is about ties)
+    assert demo.accuracy(spikes, y) == pytest.approx(100 * ref, abs=1e-4)  # (float32 means)
