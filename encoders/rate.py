@@ -15,8 +15,9 @@ def rate(data: torch.Tensor, num_steps: int, gain: float = 1.0, offset: float = 
             float64 data is drawn in float64, any other dtype in float32 (as ``snntorch.spikegen.rate`` does).
         num_steps: T >= 1.
         gain, offset: finite numbers, or finite tensors that broadcast against ``data`` (per-feature gains).
-        generator: a seeded ``torch.Generator`` for reproducible spikes (the global RNG when ``None``;
-            with the same seed the draws equal ``snntorch.spikegen.rate``'s).
+        generator: a seeded ``torch.Generator`` on ``data``'s device type for reproducible spikes (the global RNG
+            when ``None``; with the same seed the draws equal ``snntorch.spikegen.rate``'s). Anything else is a
+            ``ValueError`` naming ``generator``.
     Returns:
         float spikes ``[T, B, ...]`` (float64 for float64 data). They carry no gradient: a Bernoulli draw has
         none, so the output is detached rather than handing back a graph whose gradient is zero.
@@ -27,6 +28,7 @@ def rate(data: torch.Tensor, num_steps: int, gain: float = 1.0, offset: float = 
     gain, offset = (validate.finite(n, v) if isinstance(v, torch.Tensor) else validate.finite_float(n, v)
                     for n, v in (("gain", gain), ("offset", offset)))
     clamp = validate.boolean("clamp", clamp)
+    validate.generator("generator", generator, data.device)
     x = data if data.dtype == torch.float64 else data.float()
     p = x.detach() * gain + offset
     if clamp:

@@ -387,6 +387,19 @@ def device(name: str, spec) -> torch.device:
     return dev
 
 
+def generator(name: str, value, device=None):
+    """A ``torch.Generator`` or None (the global RNG). With ``device`` (where the draws are made), a generator of
+    that device type: torch draws on CUDA with a CUDA generator only, on the CPU with a CPU one."""
+    if value is None:
+        return None
+    if not isinstance(value, torch.Generator):
+        raise ValueError(f"{name} must be a torch.Generator or None; got {type(value).__name__} {value!r}")
+    if device is not None and value.device.type != torch.device(device).type:
+        raise ValueError(f"{name} is a generator on {value.device.type!r} but the draws are on "
+                         f"{torch.device(device).type!r}; pass torch.Generator(device={torch.device(device).type!r})")
+    return value
+
+
 def broadcasts_to(shape, target) -> bool:
     """Whether a tensor of ``shape`` broadcasts to ``target`` without growing it: no more dimensions than
     ``target``, each trailing one 1 or equal to its match. (Plain Python: ``torch.broadcast_shapes`` takes about

@@ -252,3 +252,23 @@ def test_rate_takes_per_feature_gains_as_tensors():
     assert out[:, :, 0].sum() == 0 and out[:, :, 2].sum() == 80  # p = 0 and p = 1
     with pytest.raises(ValueError, match="gain contains 1 NaN/inf"):
         E.rate(x, 4, gain=torch.tensor([1.0, float("nan"), 1.0]))
+
+
+@pytest.mark.parametrize("bad", [5, "0", 0.5, torch.tensor(3), torch.Generator().manual_seed(0).get_state()])
+def test_rate_generator_must_be_a_torch_generator(bad):
+    # (torch.bernoulli raised its own TypeError, listing its overloads, for anything but a Generator)
+    with pytest.raises(ValueError, match=rf"^generator must be a torch\.Generator or None; got {type(bad).__name__} "):
+        E.rate(_data(), 4, generator=bad)
+    assert E.rate(_data(), 4, generator=None).shape == (4, 5, 7)
+
+
+def test_generator_check_names_a_device_mismatch():
+    from neurosim import validate
+
+    g = torch.Generator()
+    assert validate.generator("generator", g, torch.device("cpu")) is g
+    assert validate.generator("generator", None, "cuda") is None
+    # (no CUDA here: the device of the draws is given, and a CPU generator cannot draw on it)
+    with pytest.raises(ValueError, match=r"^generator is a generator on 'cpu' but the draws are on 'cuda'; pass "
+                                         r"torch\.Generator\(device='cuda'\)"):
+        validate.generator("generator", g, "cuda:0")
