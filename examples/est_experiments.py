@@ -319,8 +319,12 @@ def main(argv=None):
     if args.summarize:
         print(summarize(args.summarize))
         if args.plot:
-            plot_rsm(args.summarize, args.plot)
-        return
+            try:
+                plot_rsm(args.summarize, args.plot)
+            except NothingToPlot as err:
+                print(f"--plot: {err}", file=sys.stderr)
+                return 1
+        return 0
     small = args.suite == "smoke"
     steps = args.steps or (20 if small else 600)
     jobs = jobs_for(args.suite, args.seeds, args.device, steps, small, args.backend)
@@ -366,6 +370,7 @@ def main(argv=None):
                 fh.write(json.dumps(run_one(j)) + "\n")
                 fh.flush()
     print(summarize(path))
+    return 0
 
 
 # ------------------------------------------------------------------------------------------------ tables
@@ -415,23 +420,33 @@ def summarize(path) -> str:
     return "\n".join(out)
 
 
+class NothingToPlot(ValueError):
+    """The results file holds no run that the plot draws."""
+
+
 def plot_rsm(path, png):
-    """Score and SynOps against the mask ratio (mean and std over seeds), one panel per task."""
+    """Score and SynOps against the mask ratio (mean and std over seeds), one panel per task with RSM runs, one line
+    per mask mode with runs (a single ratio is a single point). A file without RSM runs raises
+    :class:`NothingToPlot` and writes no PNG."""
+    rows = [json.loads(line) for line in open(path) if json.loads(line)["group"] == "rsm"]
+    if not rows:
+        raise NothingToPlot(f"{path} holds no RSM sweep runs (group 'rsm': --suite rsm or all), so there is "
+                            f"nothing to plot; {png} not written")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in open(path) if json.loads(line)["group"] == "rsm"]
     tasks = sorted({r["task"] for r in rows})
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         ax2 = ax.twinx()
         for mode, style in (("always", "-o"), ("train", "--s")):
+            if not any(r["task"] == task and r["rsm_mode"] == mode for r in rows):
+                continue
+            # ratio 0 masks nothing in either mode: its runs start both lines
             sel = [r for r in rows if r["task"] == task and (r["rsm_mode"] == mode or r["rsm_ratio"] == 0)]
             ratios = sorted({r["rsm_ratio"] for r in sel})
-            if len(ratios) < 2:
-                continue
             score = [[r.get("accuracy", r.get("r2")) for r in sel if r["rsm_ratio"] == q] for q in ratios]
             syn = [[r["synops"] for r in sel if r["rsm_ratio"] == q] for q in ratios]
             ax.errorbar(ratios, [np.mean(v) for v in score], [np.std(v) for v in score], fmt=style, color="C0",
@@ -450,4 +465,4 @@ def plot_rsm(path, png):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -86,6 +86,47 @@ def test_smoke_suite_runs_every_task(tmp_path):
     assert "Smoke" in E.summarize(tmp_path / "results.jsonl")
 
 
+def _row(group="smoke", task="forecast_damped", seed=0, variant="EST (full)", score=0.3, **kw):
+    """A results.jsonl row as run_one writes it (made up: no training)."""
+    r = dict(group=group, task=task, variant=variant, overrides={}, seed=seed, device="cpu", steps=3, small=True,
+             backend="snntorch", final_train_loss=1.0, seconds=1.0, rsm_mode="always", rsm_ratio=0.5,
+             residual="membrane", pos_encoding="cpg", synops=100.0, macs=10.0, energy_nj=1.0)
+    r.update(accuracy=score) if task == "digits" else r.update(mse=0.1, r2=score)
+    r.update(kw)
+    return r
+
+
+def _rsm(task, seed, ratio, mode="always", **kw):
+    return _row("rsm", task, seed, rsm_ratio=ratio, rsm_mode=mode,
+                overrides={"rsm_ratio": ratio, "rsm_mode": mode}, **kw)
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_plot_of_a_file_without_rsm_runs_says_there_is_nothing_to_plot(tmp_path, capsys):
+    # (a smoke file crashed inside matplotlib: "Number of columns must be a positive integer, not 0")
+    f = _write(tmp_path / "results.jsonl", [_row(), _row(task="digits", variant="Spikformer baseline")])
+    png = tmp_path / "rsm.png"
+    assert E.main(["--summarize", str(f), "--plot", str(png)]) == 1
+    out = capsys.readouterr()
+    assert "### Smoke" in out.out                                       # the tables are still printed
+    assert f"--plot: {f} holds no RSM sweep runs" in out.err and "nothing to plot" in out.err
+    assert not png.exists()
+
+
+def test_plot_draws_whatever_rsm_runs_there_are(tmp_path, recwarn):
+    # one task with one ratio of one mode (a sweep cut short), beside runs of other groups: a point, no empty panel
+    # (the old code skipped lines of fewer than two ratios, and matplotlib warned of a legend with nothing in it)
+    f = _write(tmp_path / "results.jsonl", [_row(), _rsm("digits", 0, 0.25, "train"), _rsm("digits", 1, 0.25, "train")])
+    png = tmp_path / "rsm.png"
+    assert E.main(["--summarize", str(f), "--plot", str(png)]) == 0
+    assert png.is_file() and png.stat().st_size > 0
+    assert not [w for w in recwarn if "legend" in str(w.message)]
+
+
 def test_population_rates_are_known_and_counts_poisson():
     counts, rates = E.population(400, 30, seed=0)
     assert counts.shape == rates.shape == (400, 30, 16)
