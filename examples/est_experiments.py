@@ -9,6 +9,10 @@ the EST section of RESULTS.md come from (RESULTS.md lists the CPU reruns of the 
     python examples/est_experiments.py --summarize runs/est/results.jsonl                     # tables
     python examples/est_experiments.py --suite smoke --device cpu --out runs/smoke            # tiny CPU check
 
+Each run appends a line to ``OUT/results.jsonl``; a re-run into the same ``--out`` skips the runs (configuration and
+seed) already there, so a run cut off by ``--budget-s`` or a crash resumes. ``--summarize`` counts each
+(configuration, seed) once (the last line of a repeated one) and says so when a file repeats runs.
+
 The "astro attention" ablation rows (issue 8: the full EST with astrocyte-modulated attention in place of the
 convolutional SSA) were added later, on CPU::
 
@@ -338,6 +342,13 @@ def main(argv=None):
         jobs = [j for j in jobs if j["overrides"].get("rsm_mode", args.rsm_mode) == args.rsm_mode]
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "results.jsonl")
+    if os.path.exists(path):  # a re-run into the same --out resumes: the runs already there are not run again
+        done = {run_key(r) for r in load_rows(path)[0]}
+        left = [j for j in jobs if run_key(j) not in done]
+        if len(left) < len(jobs):
+            print(f"{len(jobs) - len(left)} of {len(jobs)} runs are already in {path}: skipped (to run them again, "
+                  f"use another --out or take their lines out of the file)", flush=True)
+        jobs = left
     start = time.time()
     from tqdm import tqdm
 
@@ -374,6 +385,31 @@ def main(argv=None):
 
 
 # ------------------------------------------------------------------------------------------------ tables
+# What makes two rows the same run: its configuration and seed (not the device: a CPU rerun of a GPU run's seed is
+# that seed again). lr and batch are job keys with defaults in run_one, absent from the suites' jobs.
+RUN_KEYS = ("group", "task", "variant", "overrides", "seed", "steps", "small", "backend", "lr", "batch")
+
+
+def run_key(r: dict) -> str:
+    """The identity of a job or results row (see RUN_KEYS), as a string."""
+    return json.dumps([r.get(k) for k in RUN_KEYS], sort_keys=True)
+
+
+def load_rows(path):
+    """The runs of a results.jsonl, each (configuration, seed) once: of a run that appears on several lines (run
+    again into the same file) the last line is kept, in the place of the first. Returns ``(rows, repeated)``,
+    ``repeated`` mapping each such run's key to its number of lines."""
+    latest, lines = {}, {}
+    with open(path) as fh:
+        for line in fh:
+            if line.strip():
+                r = json.loads(line)
+                k = run_key(r)
+                latest[k] = r
+                lines[k] = lines.get(k, 0) + 1
+    return list(latest.values()), {k: n for k, n in lines.items() if n > 1}
+
+
 def _ms(vals, fmt):
     vals = np.asarray(vals, dtype=float)
     sd = vals.std(ddof=1) if len(vals) > 1 else float("nan")
@@ -381,7 +417,7 @@ def _ms(vals, fmt):
 
 
 def summarize(path) -> str:
-    rows = [json.loads(line) for line in open(path)]
+    rows, repeated = load_rows(path)
     out = []
 
     def metric(r):
@@ -417,6 +453,13 @@ def summarize(path) -> str:
                    f"R2 {_ms([e['r2'] for e in ema], '{:.4f}')}, MSE {np.mean([e['mse'] for e in ema]):.4f}.")
     secs = [r["seconds"] for r in rows]
     out.append(f"\n{len(rows)} runs, {np.mean(secs):.1f} s per run on average.")
+    if repeated:
+        shown = [f"{r['group']} {r['task']} {r['variant']!r} {json.dumps(r['overrides'], sort_keys=True)} seed "
+                 f"{r['seed']} ({repeated[run_key(r)]} lines)" for r in rows if run_key(r) in repeated]
+        more = f"; and {len(shown) - 5} more" if len(shown) > 5 else ""
+        out.append(f"\nNote: {len(repeated)} runs appear on more than one line of {path} (the same configuration and "
+                   f"seed, run again into the same file); each is counted once, its last line: "
+                   f"{'; '.join(shown[:5])}{more}.")
     return "\n".join(out)
 
 
@@ -428,7 +471,7 @@ def plot_rsm(path, png):
     """Score and SynOps against the mask ratio (mean and std over seeds), one panel per task with RSM runs, one line
     per mask mode with runs (a single ratio is a single point). A file without RSM runs raises
     :class:`NothingToPlot` and writes no PNG."""
-    rows = [json.loads(line) for line in open(path) if json.loads(line)["group"] == "rsm"]
+    rows = [r for r in load_rows(path)[0] if r["group"] == "rsm"]
     if not rows:
         raise NothingToPlot(f"{path} holds no RSM sweep runs (group 'rsm': --suite rsm or all), so there is "
                             f"nothing to plot; {png} not written")

@@ -127,6 +127,37 @@ def test_plot_draws_whatever_rsm_runs_there_are(tmp_path, recwarn):
     assert not [w for w in recwarn if "legend" in str(w.message)]
 
 
+def test_summary_counts_a_repeated_run_once_and_says_so(tmp_path):
+    # (a second run into the same --out appended the same seeds again: "± 0.0000 (n=2)" from one seed)
+    f = _write(tmp_path / "results.jsonl", [_row(seed=0, score=0.1), _row(seed=1, score=0.3), _row(seed=0, score=0.5)])
+    text = E.summarize(f)
+    assert "| forecast_damped | EST (full) | r2 | 0.4000 ± 0.1414 (n=2) |" in text      # seeds 0 (last line) and 1
+    assert "2 runs," in text
+    assert (f"Note: 1 runs appear on more than one line of {f} (the same configuration and seed, run again into the "
+            f"same file); each is counted once, its last line: smoke forecast_damped 'EST (full)' {{}} seed 0 "
+            f"(2 lines).") in text
+    assert "Note:" not in E.summarize(_write(tmp_path / "once.jsonl", [_row(seed=0), _row(seed=1)]))
+    # another device is the same seed again; other steps are another configuration
+    rows, repeated = E.load_rows(_write(tmp_path / "dev.jsonl", [_row(), _row(device="cuda"), _row(steps=4)]))
+    assert len(rows) == 2 and list(repeated.values()) == [2]
+
+
+def test_rerun_into_the_same_out_skips_the_runs_already_there(tmp_path, monkeypatch, capsys):
+    jobs = E.jobs_for("smoke", [0], "cpu", 2, small=True)
+    _write(tmp_path / "results.jsonl", [dict(_row(), **j) for j in jobs])         # seed 0 done
+    ran = []
+    monkeypatch.setattr(E, "run_one", lambda job: ran.append(job) or dict(_row(), **job))
+    monkeypatch.setattr(E, "ema_baseline", lambda seed: dict(mse=1.0, r2=0.0))     # (the summary's, not needed)
+    assert E.main(["--suite", "smoke", "--seeds", "0", "--steps", "2", "--out", str(tmp_path)]) == 0
+    assert ran == [] and "3 of 3 runs are already in" in capsys.readouterr().out
+    assert E.main(["--suite", "smoke", "--seeds", "0", "1", "--steps", "2", "--out", str(tmp_path)]) == 0
+    assert [j["seed"] for j in ran] == [1, 1, 1]                                 # only the new seed
+    assert E.main(["--suite", "smoke", "--seeds", "0", "--steps", "3", "--out", str(tmp_path)]) == 0
+    assert len(ran) == 6                                                         # other steps: other runs
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 9 and E.load_rows(tmp_path / "results.jsonl")[1] == {}
+
+
 def test_population_rates_are_known_and_counts_poisson():
     counts, rates = E.population(400, 30, seed=0)
     assert counts.shape == rates.shape == (400, 30, 16)
