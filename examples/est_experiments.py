@@ -419,6 +419,11 @@ def _ms(vals, fmt):
 def summarize(path) -> str:
     rows, repeated = load_rows(path)
     out = []
+    # training settings that differ between the file's runs split table rows (not averaged as if seeds), labelled
+    varying = [k for k in ("steps", "small", "backend", "lr", "batch") if len({r.get(k) for r in rows}) > 1]
+
+    def setting(r):
+        return f" [{', '.join(f'{k} {r.get(k)}' for k in varying)}]" if varying else ""
 
     def metric(r):
         return ("accuracy", r["accuracy"]) if "accuracy" in r else ("r2", r["r2"])
@@ -432,11 +437,11 @@ def summarize(path) -> str:
         out.append("|---|---|---|---|---|---|---|")
         keys = []
         for r in sel:
-            k = (r["task"], keyf(r))
+            k = (r["task"], keyf(r) + setting(r))
             if k not in keys:
                 keys.append(k)
         for task, key in keys:
-            g = [r for r in sel if r["task"] == task and keyf(r) == key]
+            g = [r for r in sel if r["task"] == task and keyf(r) + setting(r) == key]
             name = metric(g[0])[0]
             out.append(f"| {task} | {key} | {name} | {_ms([metric(r)[1] for r in g], '{:.4f}')} | "
                        f"{_ms([r['synops'] for r in g], '{:.3g}')} | {np.mean([r['macs'] for r in g]):.3g} | "

@@ -142,6 +142,17 @@ def test_summary_counts_a_repeated_run_once_and_says_so(tmp_path):
     assert len(rows) == 2 and list(repeated.values()) == [2]
 
 
+def test_summary_keeps_runs_of_other_training_settings_apart(tmp_path):
+    # (a rerun with other --steps into the same --out was averaged with the first as one more seed)
+    f = _write(tmp_path / "results.jsonl", [_row(seed=0, score=0.1), _row(seed=1, score=0.3),
+                                             _row(seed=0, score=0.5, steps=20)])
+    text = E.summarize(f)
+    assert "| forecast_damped | EST (full) [steps 3] | r2 | 0.2000 ± 0.1414 (n=2) |" in text
+    assert "| forecast_damped | EST (full) [steps 20] | r2 | 0.5000 ± nan (n=1) |" in text
+    assert "| forecast_damped | EST (full) | r2 | 0.2000 ± 0.1414 (n=2) |" in E.summarize(   # one setting: no label
+        _write(tmp_path / "one.jsonl", [_row(seed=0, score=0.1), _row(seed=1, score=0.3)]))
+
+
 def test_rerun_into_the_same_out_skips_the_runs_already_there(tmp_path, monkeypatch, capsys):
     jobs = E.jobs_for("smoke", [0], "cpu", 2, small=True)
     _write(tmp_path / "results.jsonl", [dict(_row(), **j) for j in jobs])         # seed 0 done
