@@ -46,9 +46,11 @@ import torch
 import torch.nn.functional as Fn
 from torch import nn
 
+from neurosim import validate
 from neurosim.encoders import rate
 from neurosim.layers import MatMul, NeuronSpec
 from neurosim.models import ESTConfig, EnhancedSpikingTransformer, ablation_configs
+from neurosim.neurons import BACKENDS
 
 E_AC_PJ, E_MAC_PJ = 0.9, 4.6  # 45 nm, 32-bit float (Horowitz 2014)
 
@@ -303,14 +305,51 @@ def _worker_init():
     torch.set_num_threads(1)
 
 
+def _int_at_least(minimum):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+def _check_filters(ap, args, jobs):
+    """--tasks / --variants / --pe / --rsm-mode name what the suite has, and together leave a run: else a usage
+    error naming the allowed values (a misspelt name ran 0 jobs)."""
+    suite = f"--suite {args.suite}"
+    suites_with = {"PE runs": ("pe", "all", "smoke"), "RSM runs": ("rsm", "all")}
+
+    def check(flag, given, values, what, runs=None):
+        allowed = list(dict.fromkeys(v for v in values if v is not None))
+        if not allowed:
+            ap.error(f"{flag}: {suite} has no {runs} (--suite {', '.join(suites_with[runs])} have them)")
+        bad = [v for v in given if v not in allowed]
+        if bad:
+            ap.error(f"{flag}: {', '.join(repr(v) for v in bad)} {'is' if len(bad) == 1 else 'are'} not among the "
+                     f"{what}s of {suite}; choose from {', '.join(repr(v) for v in allowed)}")
+
+    if args.tasks:
+        check("--tasks", args.tasks, [j["task"] for j in jobs], "task")
+    if args.variants:
+        check("--variants", args.variants, [j["variant"] for j in jobs], "variant")
+    if args.pe:
+        check("--pe", args.pe, [j["overrides"].get("pos_encoding") for j in jobs], "positional encoding", "PE runs")
+    if args.rsm_mode:
+        check("--rsm-mode", [args.rsm_mode], [j["overrides"].get("rsm_mode") for j in jobs], "RSM mode", "RSM runs")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--suite", default="smoke", choices=["all", "ablation", "pe", "rsm", "smoke"])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--backend", default="snntorch", help="neuron backend of every model")
-    ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--seeds", type=_int_at_least(0), nargs="+", default=[0, 1, 2])
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    ap.add_argument("--backend", default="snntorch", choices=BACKENDS, help="neuron backend of every model")
+    ap.add_argument("--steps", type=_int_at_least(1), default=None)
+    ap.add_argument("--workers", type=_int_at_least(1), default=1)
     ap.add_argument("--tasks", nargs="+", default=None, help="only these tasks (default: all of the suite)")
     ap.add_argument("--variants", nargs="+", default=None, help="only these model variants (see ablation_configs)")
     ap.add_argument("--pe", nargs="+", default=None, help="only PE runs of these positional encodings")
@@ -320,8 +359,20 @@ def main(argv=None):
     ap.add_argument("--summarize", default=None, help="print markdown tables from a results.jsonl and exit")
     ap.add_argument("--plot", default=None, help="with --summarize: also draw the RSM sweep into this PNG")
     args = ap.parse_args(argv)
+    if args.plot and not args.summarize:
+        ap.error("--plot draws the runs of a results file: give the file with --summarize (e.g. --summarize "
+                 "OUT/results.jsonl --plot rsm.png)")
     if args.summarize:
-        print(summarize(args.summarize))
+        try:
+            validate.input_file("--summarize", args.summarize)
+            problem = validate.output_problem(args.plot) if args.plot else None
+            if problem:
+                raise ValueError(f"--plot {args.plot!r} cannot be written: {problem}")
+            print(summarize(args.summarize))
+        except BadResults as err:
+            ap.error(f"--summarize: {err}")
+        except ValueError as err:
+            ap.error(str(err))
         if args.plot:
             try:
                 plot_rsm(args.summarize, args.plot)
@@ -329,9 +380,21 @@ def main(argv=None):
                 print(f"--plot: {err}", file=sys.stderr)
                 return 1
         return 0
+    repeated = sorted({s for s in args.seeds if args.seeds.count(s) > 1})
+    if repeated:
+        ap.error(f"--seeds: {', '.join(map(str, repeated))} given more than once")
+    try:
+        validate.device("--device", args.device)
+    except ValueError as err:
+        ap.error(str(err))
+    problem = validate.output_problem(os.path.join(args.out, "results.jsonl"))
+    if problem:
+        ap.error(f"--out {args.out!r} cannot hold results.jsonl: {problem}")
     small = args.suite == "smoke"
     steps = args.steps or (20 if small else 600)
     jobs = jobs_for(args.suite, args.seeds, args.device, steps, small, args.backend)
+    _check_filters(ap, args, jobs)
+    planned = len(jobs)
     if args.tasks:
         jobs = [j for j in jobs if j["task"] in args.tasks]
     if args.variants:
@@ -340,10 +403,18 @@ def main(argv=None):
         jobs = [j for j in jobs if j["overrides"].get("pos_encoding") in args.pe]
     if args.rsm_mode:
         jobs = [j for j in jobs if j["overrides"].get("rsm_mode", args.rsm_mode) == args.rsm_mode]
+    if not jobs:
+        given = " ".join(f"{flag} {' '.join(map(repr, v))}" for flag, v in (
+            ("--tasks", args.tasks), ("--variants", args.variants), ("--pe", args.pe),
+            ("--rsm-mode", [args.rsm_mode] if args.rsm_mode else None)) if v)
+        ap.error(f"{given}: no run of --suite {args.suite} ({planned} planned) matches these filters together")
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "results.jsonl")
     if os.path.exists(path):  # a re-run into the same --out resumes: the runs already there are not run again
-        done = {run_key(r) for r in load_rows(path)[0]}
+        try:
+            done = {run_key(r) for r in load_rows(path)[0]}
+        except BadResults as err:
+            ap.error(f"--out: {err}")
         left = [j for j in jobs if run_key(j) not in done]
         if len(left) < len(jobs):
             print(f"{len(jobs) - len(left)} of {len(jobs)} runs are already in {path}: skipped (to run them again, "
@@ -395,15 +466,34 @@ def run_key(r: dict) -> str:
     return json.dumps([r.get(k) for k in RUN_KEYS], sort_keys=True)
 
 
+class BadResults(ValueError):
+    """A results file holds a line that is not a run of this script."""
+
+
+ROW_KEYS = ("group", "task", "variant", "overrides", "seed", "seconds", "synops", "macs", "energy_nj", "rsm_ratio",
+            "rsm_mode", "pos_encoding")
+
+
 def load_rows(path):
     """The runs of a results.jsonl, each (configuration, seed) once: of a run that appears on several lines (run
     again into the same file) the last line is kept, in the place of the first. Returns ``(rows, repeated)``,
-    ``repeated`` mapping each such run's key to its number of lines."""
+    ``repeated`` mapping each such run's key to its number of lines. A line that is not a run of this script
+    raises :class:`BadResults` naming it."""
     latest, lines = {}, {}
     with open(path) as fh:
-        for line in fh:
+        for n, line in enumerate(fh, 1):
             if line.strip():
-                r = json.loads(line)
+                try:
+                    r = json.loads(line.strip())
+                except json.JSONDecodeError as err:
+                    at = err.msg if err.msg.endswith(" at") else err.msg + " at"
+                    raise BadResults(f"{path} line {n} is not JSON ({at} column {err.colno}; a line cut short?)"
+                                     ) from None
+                missing = [k for k in ROW_KEYS if k not in r] if isinstance(r, dict) else ["a JSON object"]
+                if not missing and "r2" not in r and "accuracy" not in r:
+                    missing = ["r2 or accuracy"]
+                if missing:
+                    raise BadResults(f"{path} line {n} is not a run of this script: it lacks {', '.join(missing)}")
                 k = run_key(r)
                 latest[k] = r
                 lines[k] = lines.get(k, 0) + 1
@@ -418,6 +508,8 @@ def _ms(vals, fmt):
 
 def summarize(path) -> str:
     rows, repeated = load_rows(path)
+    if not rows:
+        return f"{path} holds no runs."
     out = []
     # training settings that differ between the file's runs split table rows (not averaged as if seeds), labelled
     varying = [k for k in ("steps", "small", "backend", "lr", "batch") if len({r.get(k) for r in rows}) > 1]
@@ -508,6 +600,7 @@ def plot_rsm(path, png):
         ax.legend(loc="lower left", fontsize=8)
         ax2.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(png)), exist_ok=True)
     fig.savefig(png, dpi=120)
     plt.close(fig)
 

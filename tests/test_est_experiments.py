@@ -2,8 +2,11 @@
 import importlib.util
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -167,6 +170,75 @@ def test_rerun_into_the_same_out_skips_the_runs_already_there(tmp_path, monkeypa
     assert len(ran) == 6                                                         # other steps: other runs
     lines = (tmp_path / "results.jsonl").read_text().splitlines()
     assert len(lines) == 9 and E.load_rows(tmp_path / "results.jsonl")[1] == {}
+
+
+SMOKE_TASKS = "choose from 'population', 'digits', 'forecast_damped'"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--summarize", "nope.jsonl"], "--summarize 'nope.jsonl' does not exist"),
+    (["--summarize", "."], "--summarize '.' is a directory, not a file"),
+    (["--backend", "foo"], "argument --backend: invalid choice: 'foo' (choose from 'snntorch', 'norse', 'fused', "
+                           "'torch')"),
+    (["--tasks", "nope"], f"--tasks: 'nope' is not among the tasks of --suite smoke; {SMOKE_TASKS}"),
+    (["--tasks", "digits", "nope", "x"],
+     f"--tasks: 'nope', 'x' are not among the tasks of --suite smoke; {SMOKE_TASKS}"),
+    (["--suite", "pe", "--tasks", "digits"], "--tasks: 'digits' is not among the tasks of --suite pe; choose from "
+                                             "'forecast_damped', 'forecast_multisine'"),
+    (["--variants", "EST"], "--variants: 'EST' is not among the variants of --suite smoke; choose from 'EST (full)', "
+                            "'Spikformer baseline'"),
+    (["--suite", "pe", "--pe", "cpgg"], "--pe: 'cpgg' is not among the positional encodings of --suite pe; choose "
+                                        "from 'cpg', 'cpg_lv2024', 'sin', 'learned', 'none'"),
+    (["--suite", "ablation", "--pe", "cpg"],
+     "--pe: --suite ablation has no PE runs (--suite pe, all, smoke have them)"),
+    (["--rsm-mode", "train"], "--rsm-mode: --suite smoke has no RSM runs (--suite rsm, all have them)"),
+    (["--suite", "all", "--tasks", "forecast_multisine", "--variants", "- TPU"],
+     "--tasks 'forecast_multisine' --variants '- TPU': no run of --suite all (144 planned) matches these filters "
+     "together"),
+    (["--steps", "0"], "argument --steps: must be an integer >= 1, got 0"),
+    (["--workers", "0"], "argument --workers: must be an integer >= 1, got 0"),
+    (["--seeds", "-1"], "argument --seeds: must be an integer >= 0, got -1"),
+    (["--seeds", "0", "1", "0"], "--seeds: 0 given more than once"),
+    (["--device", "gpu"], "--device must be 'cpu', 'cuda' or 'cuda:N'; got 'gpu'"),
+    (["--plot", "rsm.png"], "--plot draws the runs of a results file: give the file with --summarize"),
+])
+def test_bad_arguments_are_usage_errors_naming_the_allowed_values(tmp_path, monkeypatch, capsys, args, message):
+    # (were: FileNotFoundError, a ValueError traceback from inside the first run, or 0 runs and "nan s per run")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(E, "run_one", lambda job: pytest.fail("a job ran"))
+    with pytest.raises(SystemExit) as exc:
+        E.main(args + ["--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.startswith("usage: ") and f"error: {message}" in err, err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "rsm.png").exists()
+
+
+def test_unreadable_results_files_are_usage_errors(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(E, "run_one", lambda job: pytest.fail("a job ran"))
+    good = json.dumps(_row())
+    no_score = _row()
+    no_score["R2"] = no_score.pop("r2")
+    for text, message in ((good + "\n" + good[:40] + "\n", "line 2 is not JSON (Unterminated string starting at "
+                                                          "column 28; a line cut short?)"),
+                          ('{"a": 1}\n', "line 1 is not a run of this script: it lacks group, task, variant"),
+                          ("[1]\n", "line 1 is not a run of this script: it lacks a JSON object"),
+                          (json.dumps(no_score) + "\n", "line 1 is not a run of this script: it lacks r2 or accuracy")):
+        f = tmp_path / "results.jsonl"
+        f.write_text(text)
+        for args, flag in ((["--summarize", str(f)], "--summarize"), (["--out", str(tmp_path)], "--out")):
+            with pytest.raises(SystemExit) as exc:
+                E.main(args)
+            err = capsys.readouterr().err
+            assert exc.value.code == 2 and f"error: {flag}: {f} {message}" in err, err
+    f.write_text("")
+    assert E.main(["--summarize", str(f)]) == 0 and capsys.readouterr().out == f"{f} holds no runs.\n"
+
+
+def test_the_command_line_reports_a_bad_argument_without_a_traceback(tmp_path):
+    res = subprocess.run([sys.executable, str(ROOT / "examples" / "est_experiments.py"), "--tasks", "nope", "--out",
+                          str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert f"error: --tasks: 'nope' is not among the tasks of --suite smoke; {SMOKE_TASKS}" in res.stderr
 
 
 def test_population_rates_are_known_and_counts_poisson():
