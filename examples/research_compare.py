@@ -12,6 +12,11 @@
 Jobs run in parallel processes (one GPU is shared). ``--budget_s`` stops every job at the first epoch end after
 that many seconds (the epochs actually run are reported), so the whole comparison fits a fixed time.
 Writes ``results.json`` (every job) and ``results.md`` (mean +- std over seeds) into --out.
+
+Every job records the firing rate of each spiking layer on (up to 64) validation samples at its best epoch (the
+weights whose scores are reported; ``firing_rates`` in results.json). A layer that fired no spike there makes
+everything after it constant, so its model's scores say nothing about its neurons: the script warns, naming the
+model, seed and layer, and results.md says so under the table.
 """
 from __future__ import annotations
 
@@ -26,6 +31,56 @@ from pathlib import Path
 
 SINE_MODELS = ("btspformer", "spiking_btspformer", "vanilla_transformer", "astro_transformer")
 NEURONS = ("lif", "stc_lif")
+
+
+FIRING_SAMPLES = 64
+
+
+class FiringRates:
+    """Trainer callback: at the end of each epoch that is the best so far, the firing rate (spikes per neuron per
+    step) of every spiking neuron module of ``trainer.model`` on the first :data:`FIRING_SAMPLES` validation samples.
+    ``rates`` holds the best epoch's (``samples``: on how many samples), None for a model without spiking neurons.
+    The pass runs in eval mode without touching the random number generators, so the training run is the one
+    without the callback."""
+
+    def __init__(self):
+        self.rates, self.samples = None, 0
+
+    def __call__(self, event, trainer):
+        if event != "epoch_end" or trainer.best_epoch != trainer.epoch - 1:
+            return
+        import torch
+
+        from neurosim.neurons import firing_rates, record_spikes, spiking_neurons
+
+        model = trainer.model
+        if not spiking_neurons(model):
+            return
+        data = trainer.info.dataset
+        x = torch.stack([data[i][0] for i in trainer.val_idx[:FIRING_SAMPLES]]).to(trainer.device)
+        self.samples = len(x)
+        training = model.training
+        model.eval()
+        try:
+            with torch.random.fork_rng(devices=[trainer.device] if trainer.device.type == "cuda" else []):
+                self.rates = dict(firing_rates(record_spikes(model, x)))
+        finally:
+            model.train(training)
+
+
+def silent_layers(result: dict) -> list[str]:
+    """The spiking layers of a job's model that fired no spike on the validation samples at its best epoch."""
+    return [name for name, rate in (result.get("firing_rates") or {}).items() if rate == 0]
+
+
+def silence_warning(result: dict) -> str | None:
+    silent = silent_layers(result)
+    if not silent:
+        return None
+    return (f"WARNING: {result['model']} seed {result['seed']}: spiking layer{'s' if len(silent) > 1 else ''} "
+            f"{', '.join(silent)} fired no spike on {result['firing_samples']} validation samples at the best epoch, "
+            f"so what follows {'them' if len(silent) > 1 else 'it'} is constant and this model's scores do not "
+            f"measure its neurons (train longer: --quick is a smoke test; or check the layer's input and threshold)")
 
 
 def _deadline(stop_at: float):
@@ -45,8 +100,11 @@ def sine_job(model: str, seed: int, out: str, stop_at: float, quick: bool, use_g
     kw = dict(seq_len=16, num_samples=120, batch_size=32, epochs=1, model_dim=8, heads=2, layers=1) if quick else {}
     cfg = X.seed_config(model, use_gpu=use_gpu, seed=seed, out_dir=out, progress=False, **kw)
     cfg.tensorboard = False
-    metrics = X.run(cfg, callbacks=[_deadline(stop_at)])
+    rates = FiringRates()
+    metrics = X.run(cfg, callbacks=[_deadline(stop_at), rates])
     metrics["task"] = "damped_sine"
+    if rates.rates is not None:
+        metrics["firing_rates"], metrics["firing_samples"] = rates.rates, rates.samples
     return metrics
 
 
@@ -64,14 +122,16 @@ def digits_job(neuron: str, seed: int, out: str, stop_at: float, quick: bool, us
                       model_options={"neuron": neuron, "channels": 4 if quick else 16,
                                      **({"groups": 2 if quick else 4} if neuron == "stc_lif" else {})},
                       dataset_options={**data, "canvas": 16, "seed": 0}).validate()
-    trainer = Trainer(cfg, callbacks=[_deadline(stop_at)])
+    rates = FiringRates()
+    trainer = Trainer(cfg, callbacks=[_deadline(stop_at), rates])
     summary = trainer.fit()
     return {"task": "moving_digits", "model": f"frame_predictor[{neuron}]", "seed": seed, "device": summary["device"],
             "epochs_run": summary["epochs_run"], "best_epoch": summary["best_epoch"],
             "stopped_by_budget": getattr(trainer, "budget_stopped", False),
             "parameters": sum(p.numel() for p in trainer.model.parameters()),
             "val": {"mse": summary["best"]["mse"], "mae": summary["best"]["mae"]},
-            "train_time_s": summary["train_time_s"]}
+            "train_time_s": summary["train_time_s"], "firing_rates": rates.rates,
+            "firing_samples": rates.samples}
 
 
 def _mean_std(values):
@@ -103,6 +163,12 @@ def table(results: list[dict]) -> str:
         lines.append("")
         lines.append(f"Persistence baseline (predict the window's last value), damped sine validation split: "
                      f"MSE {base[0]['mse']:.2e}, MAE {base[0]['mae']:.2e}.")
+    silent = [f"{r['model']} seed {r['seed']}: {', '.join(silent_layers(r))}"
+              for r in sorted(results, key=lambda r: (r["model"], r["seed"])) if silent_layers(r)]
+    if silent:
+        lines.append("")
+        lines.append(f"Silent spiking layers (no spike on up to {FIRING_SAMPLES} validation samples at the best epoch; "
+                     f"the rows of these models do not measure their neurons): {'; '.join(silent)}.")
     return "\n".join(lines) + "\n"
 
 
@@ -131,6 +197,8 @@ def main(argv=None):
     if a.workers <= 1:
         for fn, name, seed, path in jobs:
             results.append(fn(name, seed, path, stop_at, a.quick, a.use_gpu))
+            if silence_warning(results[-1]):
+                print(silence_warning(results[-1]), flush=True)
     else:
         with ProcessPoolExecutor(a.workers, mp_context=get_context("spawn")) as pool:
             futs = {pool.submit(fn, name, seed, path, stop_at, a.quick, a.use_gpu): (name, seed)
@@ -142,6 +210,8 @@ def main(argv=None):
                     r = results[-1]
                     print(f"[{time.time() - t0:6.1f}s] {r['model']} seed {seed}: val MSE {r['val']['mse']:.3e} "
                           f"MAE {r['val']['mae']:.3e} ({r['epochs_run']} epochs)", flush=True)
+                    if silence_warning(r):
+                        print(silence_warning(r), flush=True)
                 except Exception as err:  # report and keep the other jobs
                     print(f"[{time.time() - t0:6.1f}s] {name} seed {seed} FAILED: {err!r}", flush=True)
                 (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -118,6 +118,58 @@ def test_comparison_script_quick(tmp_path):
     assert btsp["plasticity"]["mean_row_tv"] > 0 and btsp["plasticity"]["val_without_plasticity"]["mse"] > 0
 
 
+def _compare_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("research_compare", ROOT / "examples/research_compare.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_comparison_script_names_a_silent_spiking_layer(tmp_path, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from torch.utils.data import TensorDataset
+
+    from neurosim.models import FramePredictor
+
+    mod = _compare_script()
+    # the callback, on a frame predictor whose second layer gets no input current
+    torch.manual_seed(0)
+    model = FramePredictor("lif", 4).train()
+    with torch.no_grad():
+        model.conv2.weight.zero_()
+        model.conv2.bias.zero_()
+    frames = moving_digits(8, 4, 12, seed=0)
+    trainer = SimpleNamespace(model=model, info=SimpleNamespace(dataset=TensorDataset(frames[:, :-1], frames[:, 1:])),
+                              val_idx=list(range(8)), device=torch.device("cpu"), epoch=1, best_epoch=0)
+    cb = mod.FiringRates()
+    rng = torch.get_rng_state()
+    cb("epoch_start", trainer)
+    assert cb.rates is None
+    cb("epoch_end", trainer)
+    assert set(cb.rates) == {"lif1", "lif2"} and cb.rates["lif1"] > 0 and cb.rates["lif2"] == 0 and cb.samples == 8
+    assert model.training and torch.equal(torch.get_rng_state(), rng)
+    trainer.epoch = 2                                   # an epoch that did not improve: the best epoch's rates stay
+    cb.rates["lif1"] = 0.5
+    cb("epoch_end", trainer)
+    assert cb.rates["lif1"] == 0.5
+    # the script: a warning naming model, seed and layer, and a note under the table
+    silent = {"task": "moving_digits", "model": "frame_predictor[lif]", "seed": 0, "epochs_run": 1, "parameters": 1,
+              "val": {"mse": 0.1, "mae": 0.2}, "firing_rates": {"lif1": 0.01, "lif2": 0.0}, "firing_samples": 5}
+    monkeypatch.setattr(mod, "digits_job", lambda neuron, seed, *a: dict(silent, model=f"frame_predictor[{neuron}]",
+                                                                         seed=seed))
+    mod.main(["--quick", "--only", "digits", "--seeds", "0", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    for neuron in ("lif", "stc_lif"):
+        assert (f"WARNING: frame_predictor[{neuron}] seed 0: spiking layer lif2 fired no spike on 5 validation "
+                f"samples at the best epoch, so what follows it is constant") in out
+    assert ("Silent spiking layers (no spike on up to 64 validation samples at the best epoch; the rows of these "
+            "models do not measure their neurons): frame_predictor[lif] seed 0: lif2; frame_predictor[stc_lif] seed "
+            "0: lif2.") in (tmp_path / "results.md").read_text()
+
+
 # --------------------------------------------------------------- run settings a model does not use are refused
 def _build(model, dataset="damped_sine", **fields):
     from neurosim.training import TrainConfig
