@@ -116,6 +116,15 @@ def test_comparison_script_quick(tmp_path):
     assert "btspformer" in md and "Persistence baseline" in md
     btsp = next(r for r in results if r["model"] == "btspformer")
     assert btsp["plasticity"]["mean_row_tv"] > 0 and btsp["plasticity"]["val_without_plasticity"]["mse"] > 0
+    # every spiking layer fires at the best epoch, so the frame predictors' scores differ (with 3 training steps
+    # their second layer never fired: both readouts were constant, with the same MSE 8.98e-02 and MAE 2.08e-01)
+    spiking = {r["model"]: r["firing_rates"] for r in results if r.get("firing_rates")}
+    assert set(spiking) == {"spiking_btspformer", "frame_predictor[lif]", "frame_predictor[stc_lif]"}
+    assert set(spiking["frame_predictor[lif]"]) == {"lif1", "lif2"}
+    assert all(rate > 0 for rates in spiking.values() for rate in rates.values()), spiking
+    lif, stc = (next(r for r in results if r["model"] == f"frame_predictor[{n}]") for n in ("lif", "stc_lif"))
+    assert lif["val"]["mse"] != stc["val"]["mse"] and lif["val"]["mae"] != stc["val"]["mae"]
+    assert "Silent" not in md
 
 
 def _compare_script():
