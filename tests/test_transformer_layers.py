@@ -539,3 +539,13 @@ def test_time_axis_conv_keeps_any_middle_dimensions():
             if src >= 0:
                 ref[t] += x[src] @ w[:, :, j].T
     torch.testing.assert_close(conv(x), ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("bad", [5, "0", torch.tensor(1), __import__("random").Random(0)])
+@pytest.mark.parametrize("ratio", [0.0, 0.5])
+def test_random_spike_mask_refuses_a_generator_that_is_not_one_by_name(bad, ratio):
+    x = (torch.rand(3, 4) < 0.5).float()
+    with pytest.raises(ValueError, match="generator must be a torch.Generator or None"):
+        random_spike_mask(x, ratio, generator=bad)
+    torch.testing.assert_close(random_spike_mask(x, ratio, generator=torch.Generator().manual_seed(0)),
+                               random_spike_mask(x, ratio, generator=torch.Generator().manual_seed(0)))

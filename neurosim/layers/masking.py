@@ -19,6 +19,7 @@ MODES = ("train", "always")
 def random_spike_mask(x: torch.Tensor, ratio: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Drop each element of ``x`` with probability ``ratio`` in [0, 1) (ratio 0 returns ``x`` itself)."""
     _ratio(ratio)
+    generator = validate.generator("generator", generator, x.device)
     if ratio == 0.0:
         return x
     keep = torch.rand(x.shape, generator=generator, device=x.device) >= ratio
