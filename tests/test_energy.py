@@ -159,6 +159,99 @@ def test_add_residual_counts():
     assert profile(Add(), (real, real)).layer("Add").acs == 4
 
 
+class EditedOutputs(nn.Module):
+    """Products and sums whose outputs the forward then edits in place, outside any module: a causal mask on the
+    spike x spike scores, the spike + spike residual sum zeroed, the real x spike product doubled and a SEW ADD
+    zeroed. ``edit``: ``"none"``; ``"before"``, each edit before the tensor's next use by a module (the scores by the
+    product with ``v``, the sum by ``fc``); ``"after"``, after it. Takes spikes ``q, k, v`` ``[T, B, N, d]``."""
+
+    def __init__(self, edit="before", d=4):
+        super().__init__()
+        from neurosim.layers import SEWConnect
+
+        self.qk, self.av, self.add, self.fc, self.sew = MatMul(0.125), MatMul(), Add(), nn.Linear(d, 3), SEWConnect()
+        self.edit = edit
+
+    def forward(self, q, k, v):
+        before, after = self.edit == "before", self.edit == "after"
+        n = q.shape[-2]
+        causal = torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1)
+        scores = self.qk(q, k.transpose(-1, -2))  # spike x spike
+        if before:
+            scores.masked_fill_(causal, 0.0)
+        y = self.av(scores, v)  # real x spike
+        if after:
+            scores.masked_fill_(causal, 0.0)
+        s = self.add(q, v)  # spike + spike
+        if before:
+            s.mul_(0)
+        z = self.fc(s)
+        if after:
+            s.mul_(0)
+        e = self.sew(k, v)  # spike + spike (SEW ADD)
+        if before or after:
+            e.zero_()
+            y.mul_(2)
+        return y, z, e
+
+
+def edited_reference(q, k, v) -> dict:
+    """Hand counts of :class:`EditedOutputs`'s products and sums, from torch's products of the same operands (the
+    edits come after they are computed)."""
+    return {"qk": int((q @ k.transpose(-1, -2)).sum()),  # product terms whose two spikes are 1
+            # product terms whose spike (v) is 1: the scores are real
+            "av": int((torch.ones(q.shape[:-1] + q.shape[-2:-1]) @ v).sum()),
+            "add": int(torch.count_nonzero(q * v)), "sew": int(torch.count_nonzero(k * v))}  # both spikes 1
+
+
+def edited_counts(rep) -> dict:
+    return {"qk": rep.layer("qk").synops, "av": rep.layer("av").synops, "add": rep.layer("add").acs,
+            "sew": rep.layer("sew").acs}
+
+
+def test_a_product_s_count_is_of_its_values_before_the_caller_masks_them():
+    """The audit's case: spike x spike scores masked in place after the product returned. The product's count came
+    from its output, read after the forward: 103 SynOps reported, 171 computed (the products q @ k^T, summed)."""
+    torch.manual_seed(0)
+
+    class Causal(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qk, self.av = MatMul(0.125), MatMul()
+
+        def forward(self, q, k, v):
+            sc = self.qk(q, k.transpose(-1, -2))
+            sc.masked_fill_(torch.ones(6, 6, dtype=torch.bool).triu(1), 0.0)
+            return self.av(sc, v)
+
+    q, k, v = [(torch.rand(2, 2, 6, 4) < 0.5).float() for _ in range(3)]
+    rep = profile(Causal(), (q, k, v), reuse=False)
+    assert rep.layer("qk").synops == int((q @ k.mT).sum()) == 171
+    assert "changed" not in rep.layer("qk").note
+
+
+@pytest.mark.parametrize("edit", ["before", "after"])
+def test_products_and_sums_count_the_values_they_computed_before_an_in_place_edit(edit):
+    """Spike x spike products and spike + spike sums are counted from their outputs; an edit in place after the
+    layer returned (a mask, a zeroing) changed the count (the sum's ACs beyond its own dense count). A first profile
+    (hooked), then profile called again (the kept meter records, then hooks: a forward that edits a tensor after a
+    layer used it is not replayed), and several forwards under one meter. The real x spike product counts its
+    operands (unchanged by the edit of its output)."""
+    import neurosim.models  # noqa: F401  (registers SEWConnect's counter)
+
+    model = EditedOutputs(edit)
+    inputs = [[spikes(2, 2, 6, 4, p=0.5, seed=3 * i + j) for j in range(3)] for i in range(3)]
+    for q, k, v in inputs:
+        rep = profile(model, (q, k, v))
+        assert edited_counts(rep) == edited_reference(q, k, v)
+        assert rep.layer("add").acs <= rep.layer("add").dense and not any("changed" in r.note for r in rep.layers)
+    with torch.no_grad(), EnergyMeter(model) as meter:
+        for x in inputs:
+            model(*x)
+    want = [edited_reference(*x) for x in inputs]
+    assert edited_counts(meter.report()) == {n: sum(w[n] for w in want) for n in want[0]}
+
+
 def brute_transposed_synops(x, conv, out_spatial):
     """Independent reference: every kernel tap of every spike, counted when it lands inside the output."""
     nd = len(conv.kernel_size)

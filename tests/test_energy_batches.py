@@ -284,3 +284,22 @@ def test_gpu_graph_with_a_late_in_place_change_equals_eager_batches():
     graphed = profile_batches(net, xs, cuda_graph=True, progress=False)
     same_report(graphed, eager)
     assert graphed.layer("fc1").synops > 0 and not graphed.layer("lif").note
+
+
+@cuda
+@pytest.mark.parametrize("edit", ["before", "after"])
+def test_gpu_graph_counts_products_and_sums_before_an_in_place_edit(edit):
+    """Products and sums counted from their outputs, which the forward edits in place after they return
+    (test_energy.EditedOutputs): the graph launches their reads as they return (with the batch waiting), so its
+    replays count the values computed, as eager batches and the hand counts do, with no note."""
+    import neurosim.models  # noqa: F401  (registers SEWConnect's counter)
+    from test_energy import EditedOutputs, edited_counts, edited_reference
+
+    net = EditedOutputs(edit).cuda()
+    xs = [tuple(spikes(2, 2, 6, 4, p=0.5, seed=3 * i + j, device="cuda") for j in range(3)) for i in range(4)]
+    want = [edited_reference(*(t.cpu() for t in x)) for x in xs]
+    eager = profile_batches(net, xs, cuda_graph=False, progress=False)
+    graphed = profile_batches(net, xs, cuda_graph=True, progress=False)
+    same_report(graphed, eager)
+    assert edited_counts(graphed) == {n: sum(w[n] for w in want) for n in want[0]}
+    assert not any("changed" in r.note for r in graphed.layers)

@@ -737,6 +737,22 @@ def replayed_counts(device="cpu"):
                     model(xi)
             out[f"{name}_{replay}"] = {"report": json.loads(meter.report().to_json()), "replayed": meter.replayed,
                                        "counting": meter.report().counting.replace("interpreter", "kernel")}
+    # products and sums recorded unedited, then edited in place after they return (test_energy.EditedOutputs): the
+    # replays read their outputs as they return (the kernel launched from the read's own plan)
+    import neurosim.models  # noqa: F401  (registers SEWConnect's counter)
+    from test_energy import EditedOutputs, edited_reference
+
+    g = torch.Generator().manual_seed(12)
+    xs = [tuple((torch.rand(2, 2, 6, 4, generator=g) < 0.5).float().to(device) for _ in range(3)) for _ in range(4)]
+    for edit in ("before", "after"):
+        model = EditedOutputs("none").to(device)
+        with torch.no_grad(), EnergyMeter(model, counting="kernel") as meter:
+            for i, x in enumerate(xs):
+                model.edit = edit if i >= 2 else "none"
+                model(*x)
+        want = [edited_reference(*(t.cpu() for t in x)) for x in xs]
+        out[f"edited_{edit}"] = {"report": json.loads(meter.report().to_json()), "replayed": meter.replayed,
+                                 "want": {n: sum(w[n] for w in want) for n in want[0]}}
     return out
 
 
@@ -749,6 +765,12 @@ def check_replayed_counts(got):
         assert replayed["counting"] == hooked["counting"] == "kernel+neuron kernel", name
         assert replayed["report"] == hooked["report"], name
         assert replayed["report"]["totals"]["synops"] > 0, name
+    for edit in ("before", "after"):
+        got_edit = got[f"edited_{edit}"]
+        layer = {r["name"]: r for r in got_edit["report"]["layers"]}
+        assert {n: layer[n]["synops"] + layer[n]["acs"] for n in got_edit["want"]} == got_edit["want"], edit
+        assert got_edit["replayed"] == (3 if edit == "after" else 1), edit
+        assert not any("changed" in r["note"] for r in layer.values()), edit
 
 
 def second_device_results():
@@ -816,8 +838,9 @@ def _metered(model, x, batching, forwards=1):
                     for s in meter._slots:
                         s.calls.clear()
                         s.notes.clear()
+                    meter._cache.clear()  # (as before a graph's capture: its rows are made anew, under their keys)
                 log.clear()
-                model(x)
+                model(*x) if isinstance(x, tuple) else model(x)
                 meter._counts.flush()
                 per_forward.append(list(log))
     finally:
@@ -836,6 +859,17 @@ def batched_counts(device="cpu"):
     x = (torch.rand(3, 2, 6) * 0.6).to(device)
     out["late"] = {"batched_once": _metered(late, x, True), "batched_twice": _metered(late, x, True, forwards=2),
                    "unbatched": _metered(late, x, False)}
+    # products and sums counted from their outputs, which the forward then edits in place: their reads are launched
+    # as the layers return (with the batch waiting), not left to wait past the edits
+    import neurosim.models  # noqa: F401  (registers SEWConnect's counter)
+    from test_energy import EditedOutputs, edited_reference
+
+    qkv = tuple((torch.rand(2, 2, 6, 4, generator=torch.Generator().manual_seed(s)) < 0.5).float().to(device)
+                for s in (21, 22, 23))
+    out["edited"] = {edit: {"batched": _metered(EditedOutputs(edit).to(device), qkv, True),
+                            "unbatched": _metered(EditedOutputs(edit).to(device), qkv, False)}
+                     for edit in ("before", "after")}
+    out["edited"]["want"] = edited_reference(*(t.cpu() for t in qkv))
     return out
 
 
@@ -856,6 +890,14 @@ def check_batched_counts(got, counts):
     twice, per_forward = late["batched_twice"]
     assert twice == ref
     assert len(per_forward[1]) > len(per_forward[0])
+    want = got["edited"]["want"]
+    for edit in ("before", "after"):
+        (ref, _), (batched, (launches,)) = got["edited"][edit]["unbatched"], got["edited"][edit]["batched"]
+        layer = {r["name"]: r for r in ref["layers"]}
+        assert {n: layer[n]["synops"] + layer[n]["acs"] for n in want} == want, edit
+        # batched from the first forward on (no warm-up to learn from): the same report, in fewer launches
+        assert batched == ref and len(launches) < sum(launches), edit
+        assert not any("changed" in r["note"] for r in ref["layers"]), edit
 
 
 # ---------------------------------------------------------------- child process entry point

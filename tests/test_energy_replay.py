@@ -199,6 +199,40 @@ def test_in_place_changes_are_not_replayed():
     assert "changed in place" not in notes["fc2"]
 
 
+@pytest.mark.parametrize("edit", ["before", "after"])
+def test_replayed_products_and_sums_count_their_values_before_an_in_place_edit(edit):
+    """Recorded without edits, then forwards that edit the outputs of spike x spike and real x spike products and of
+    spike + spike sums in place (test_energy.EditedOutputs). A replay read those outputs when the forward ended,
+    edited. Now it reads them as their calls return: ``"after"`` (each edit after the tensor's last use by a module)
+    replays every forward, with no warning or note; ``"before"`` gives the replay up at the next module given the
+    edited tensor, and the hooks count the calls it matched from the rows read as they returned. Hand counts, as
+    hooked forwards give; ``profile_batches`` (eager on CPU: replayed) too."""
+    import warnings
+
+    import neurosim.models  # noqa: F401  (registers SEWConnect's counter)
+    from test_energy import EditedOutputs, edited_counts, edited_reference
+
+    model = EditedOutputs("none")
+    inputs = [[spikes((2, 2, 6, 4), 1, seed=10 * i + j)[0] for j in range(3)] for i in range(5)]
+    want = [edited_reference(*x) for x in inputs]
+    total = {n: sum(w[n] for w in want) for n in want[0]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (no "changed tensors in place" warning)
+        with torch.no_grad(), EnergyMeter(model) as meter:
+            for i, x in enumerate(inputs):
+                model.edit = edit if i >= 2 else "none"
+                model(*x)
+        # "before": the 2nd forward replayed, the 3rd gives up, the 4th records again (not used: it edits), the 5th
+        # is hooked
+        assert meter.replayed == (4 if edit == "after" else 1)
+        rep = meter.report()
+    assert edited_counts(rep) == total
+    assert not any("changed" in r.note for r in rep.layers)
+    model.edit = edit
+    batches = profile_batches(model, inputs, progress=False)
+    assert edited_counts(batches) == total and not any("changed" in r.note for r in batches.layers)
+
+
 def test_each_input_signature_has_its_recording_and_profile_batches_replays():
     """A smaller last batch is recorded apart; profile_batches on CPU replays every batch after the first of a
     shape, and its report equals the hooked one."""

@@ -92,18 +92,23 @@ def stats(x: torch.Tensor) -> TensorStats:
                        x.sum(dtype=torch.float64) if x.is_floating_point() else None)
 
 
-def output_stats(x: torch.Tensor) -> TensorStats:
-    """:func:`stats` of a counter's module *output*. Inside a meter its counts are read together with the next
-    layer's read of the same tensor (no extra pass)."""
+def output_stats(x: torch.Tensor, rates_only: bool = False) -> TensorStats:
+    """:func:`stats` of a counter's module *output*, as the module returned it. Inside a meter its counts are taken
+    when the module returns (a read queued on the device then, so that a change the caller makes to the output in
+    place afterwards, ``y.masked_fill_(...)``, cannot alter them); the next layer reading the same tensor reuses
+    them. ``rates_only=True``: no operation count depends on them (a rate, a report line): they are read later,
+    together with the next layer's read of the tensor, and a change made in place before then is noted in the
+    report instead."""
     meter = IN_METER.get()
     if meter is not None:
-        return meter._output_stats(x)
+        return meter._output_stats(x, rates_only)
     return stats(x)
 
 
 def scaled_sum(x: torch.Tensor, inv_scale: float):
     """``sum(round(x * inv_scale))`` over the finite elements of a module output ``x`` (float32 products), as a
-    0-d int64 tensor; inside a meter, from the same read that counts ``x`` as the next layer's input."""
+    0-d int64 tensor; inside a meter, from the read that counts ``x`` when its module returns (see
+    :func:`output_stats`), which the next layer reading ``x`` reuses."""
     meter = IN_METER.get()
     if meter is not None:
         return meter._scaled_sum(x, inv_scale)
@@ -509,7 +514,8 @@ def count_matmul(module: MatMul, args, output) -> Count:
     dense = math.prod(batch) * m * k * n
     if module.scale != 0 and k <= _EXACT_PRODUCTS.get(output.dtype, 0):
         # when both operands are binary, out[i, j] = scale * (terms whose two operands are 1): summed from the
-        # output itself (in the read that counts it as the next layer's input), no pass over a or b
+        # output itself, no pass over a or b (inside a meter read as the product returns, before the caller can
+        # change it in place; the next layer reading it reuses that read)
         both = scaled_sum(output, 1.0 / module.scale)
     else:
         a_col = a2.sum(-2, dtype=torch.float64)  # [..., k]: ones in each column of a (when a is binary)
@@ -536,7 +542,7 @@ def count_add(module: Add, args, output) -> Count:
     # an addition is needed where no binary operand is 0; a broadcast operand repeats its spikes
     first, second = sa.nnz * (n // max(sa.numel, 1)), sb.nnz * (n // max(sb.numel, 1))
     # both binary: a + b is nonzero where either is 1, so the positions where both are 1 number
-    # first + second - nonzeros(a + b), counted from the output (no pass over a * b)
+    # first + second - nonzeros(a + b), counted from the output as it was returned (no pass over a * b)
     counts = {"both": first + second - output_stats(output).nnz, "first": first, "second": second}
     return Count(dense=n, dense_is_mac=False, spike_input=sa, spike_input2=sb, spike_count=counts,
                  spike_kind="acs")

@@ -234,10 +234,12 @@ class CountBuffer:
             self.bufs[device][1] = used
 
     def stats(self, x: torch.Tensor, fan: torch.Tensor | None = None, defer: bool = False,
-              inv_scale: float | None = None, optional: bool = False) -> RowStats:
+              inv_scale: float | None = None, optional: bool = False, at_once: bool = False) -> RowStats:
         """A new row for ``x``: counted now (with ``fan``, and the ISUM column when ``inv_scale`` is given), or
         deferred (``defer=True``: ``x`` is kept; :meth:`want_sum` may still ask for the ISUM column); a deferred
-        row is ``optional`` when it is to be dropped unless a consumer forces it (:meth:`release`)."""
+        row is ``optional`` when it is to be dropped unless a consumer forces it (:meth:`release`). ``at_once``:
+        while :attr:`batching`, the read is launched now with the rows waiting, not left to wait for more (its
+        values are those of this moment: a module's output that the caller may change in place next)."""
         dev, row = self._row(x.device)
         key = None
         if self.batching:  # the key a batched read is learned by (see the module docstring)
@@ -252,6 +254,8 @@ class CountBuffer:
             (self.optional if optional else self.pending).append(st)
         else:
             self._count(st, x, fan)
+            if at_once and self._batch:
+                self.read_batch()
         return st
 
     def tally_row(self, x: torch.Tensor, slots: int) -> tuple["TallyStats", torch.Tensor]:
@@ -292,8 +296,9 @@ class CountBuffer:
             st = self.stats(x, inv_scale=inv_scale)
         return st.isum
 
-    def force(self, st: RowStats, fan: torch.Tensor | None = None):
-        """Count a deferred row now (with ``fan`` for its FANW column); no-op when already counted."""
+    def force(self, st: RowStats, fan: torch.Tensor | None = None, at_once: bool = False):
+        """Count a deferred row now (with ``fan`` for its FANW column; ``at_once``: see :meth:`stats`); no-op when
+        already counted."""
         x = st.pending
         if x is None:
             return
@@ -303,6 +308,8 @@ class CountBuffer:
         if x._version != st.version and st.on_change is not None:
             st.on_change()
         self._count(st, x, fan)
+        if at_once and self._batch:
+            self.read_batch()
 
     def flush(self):
         """Count every deferred row that will be counted and read the batched ones; drop the optional ones. Ends a

@@ -55,7 +55,9 @@ class _Slot:
     # recording it was recorded in: neurosim.energy.replay)
     calls: list = field(default_factory=list)
 
-    CHANGED_OUTPUT = "output changed in place before it was counted: its output counts are of the changed values"
+    # (the output of a layer whose operation counts depend on it is read as the layer returns, EnergyMeter._at_return:
+    # this is about the rate read later, with the next layer's read of the tensor)
+    CHANGED_OUTPUT = "output changed in place before it was counted: its output rate is of the changed values"
     CHANGED_READ = ("a tensor its counter read was changed in place before the read ran (a CUDA graph's batched "
                     "read): its counts are of the changed values")
 
@@ -324,11 +326,16 @@ class EnergyMeter:
             work; a replayed forward keeps its activations until it ends). ``False``: every forward is hooked. A
             replay notices a tensor changed in place after its layer used it by torch's version counter, and warns;
             a change torch does not record (through ``.data``, a numpy view, a custom kernel writing in place) goes
-            unseen, and the replay counts the changed values: use ``replay=False`` for such models.
+            unseen, and the replay counts the changed values: use ``replay=False`` for such models. (The outputs
+            whose values decide a count, see below, are read as their calls return in a replay too.)
 
     Every tensor is read once: a layer's output is counted when the next layer starts (or by that layer's
     counter, when it needs the tensor's fan-out-weighted count: convolutions, pooling), its counts go to a
-    device buffer, and :meth:`report` reads the buffer back once.
+    device buffer, and :meth:`report` reads the buffer back once. The exception is an output whose values decide the
+    layer's own count (a product or a sum of two spike tensors: ``MatMul``, ``Add``, SEW ADD): it is read as the
+    layer returns, so that code editing it in place afterwards (``scores.masked_fill_(mask, 0)``) does not change
+    the count of the operation computed; the next layer reuses that read (a fan-weighted count, conv or pooling,
+    reads it again).
 
     While the ``with`` block runs, torch's fused transformer fast path (``torch.backends.mha``, a process-wide
     switch) is off: in inference it runs ``nn.TransformerEncoderLayer`` and ``nn.MultiheadAttention`` as one fused
@@ -393,6 +400,7 @@ class EnergyMeter:
         self._thread = None  # the thread that entered the block: forwards of other threads are not its own
         self._failed = None  # (exception, slot): the innermost counted layer the last exception came out of
         self._stamp = None  # what the recordings were made under: the slots wrapped and their modules' settings
+        self._handed = None  # (output, its row) a replay given up read when the call returned (_give_up)
         self._quick = None  # while a block runs: what a forward compares to see a setting changed (_settings_moved)
 
     # ----------------------------------------------------------------------------------------- hooking
@@ -600,13 +608,22 @@ class EnergyMeter:
         that differed runs its own hooks)."""
         self._replaying = None
         rp.ok = False
-        for s in rp.changed_slots(self._slots):  # the hooks now read values changed since the call
+        # the outputs it read as their calls returned (a count their values decide): the hooks count those calls
+        # from these rows, not from the tensors as they are now
+        handed = rp.handover(self._counts)
+        for s in rp.changed_slots(self._slots, handed=handed):  # the hooks now read values changed since the call
             s.notes.add(CHANGED_LATE)
         self._running.clear()  # (the pre-hooks of the calls still running push them again)
-        for idx, args, kwargs, out in rp.events:
+        for k, (idx, args, kwargs, out) in enumerate(rp.events):
             s = self._slots[idx]
             if out is OPEN:
                 s.pre(s.module, args)
+            elif k in handed:
+                self._handed = (out, handed[k])
+                try:
+                    s.post(s.module, args, kwargs, out)
+                finally:
+                    self._handed = None
             else:
                 s.post(s.module, args, kwargs, out)
 
@@ -811,6 +828,9 @@ class EnergyMeter:
 
     def _defer(self, x: torch.Tensor, slot: _Slot, optional: bool = False) -> RowStats:
         """``x``'s row, deferred if new; ``optional``: dropped unless a consumer asks (a required row stays so)."""
+        handed = self._handed
+        if handed is not None and handed[0] is x:
+            return handed[1]
         k, st = self._cache.lookup(x)
         if st is None:
             st = self._counts.stats(x, defer=True, optional=optional)
@@ -820,11 +840,43 @@ class EnergyMeter:
             self._counts.require(st)
         return st
 
-    def _output_stats(self, x: torch.Tensor) -> RowStats:
-        return self._defer(x, self._counting)
+    def _output_stats(self, x: torch.Tensor, rates_only: bool = False) -> RowStats:
+        return self._defer(x, self._counting) if rates_only else self._at_return(x)
 
     def _scaled_sum(self, x: torch.Tensor, inv_scale: float) -> DeviceCount:
-        return self._counts.want_sum(self._defer(x, self._counting), x, inv_scale)
+        return self._at_return(x, inv_scale).isum
+
+    def _at_return(self, x: torch.Tensor, inv_scale: float | None = None) -> RowStats:
+        """The row of ``x``, a counted module's output that an operation count depends on (a product's or a sum's
+        of two spike tensors), counted now, as the module returns it: the read is queued on the device before any
+        later operation can change ``x`` in place (on a GPU, stream order then has it read the values as
+        computed; while a CUDA graph is captured, the batch of reads waiting is launched with it). The next layer
+        reading ``x`` reuses it while ``x`` is unchanged. ``inv_scale``: its ISUM column too
+        (:meth:`CountBuffer.want_sum`). A forward being recorded notes the read as one that its replays run
+        when this call returns (:mod:`neurosim.energy.replay`); a replay given up hands the row it read then to
+        the hooks (:meth:`_give_up`)."""
+        handed = self._handed
+        if handed is not None and handed[0] is x:
+            return handed[1]
+        counts, rec = self._counts, self._recording
+        if rec is not None:
+            rec.timed = True
+        try:
+            k, st = self._cache.lookup(x)
+            if st is None:
+                st = counts.stats(x, inv_scale=inv_scale, at_once=True)
+                self._cache.put(x, st, k)
+            else:  # (a tensor seen before: an output that is a view of a tensor the meter has a row for)
+                if inv_scale is not None and st.inv_scale != inv_scale:
+                    if st.pending is not None and st.inv_scale is None:
+                        st.inv_scale = inv_scale
+                    else:  # counted without that factor: a read of its own
+                        st = counts.stats(x, inv_scale=inv_scale, at_once=True)
+                counts.force(st, at_once=True)  # (nothing when counted)
+        finally:
+            if rec is not None:
+                rec.timed = False
+        return st
 
     def _make_hook(self, slot: _Slot):
         def hook(module, args, kwargs, output):

@@ -20,9 +20,12 @@ calls (no counter, no cache, no launch), each call is checked against the record
 and dtypes, and the watched tensors' layout, aliasing and in-place changes), and when the forward ends every recorded
 read runs on the new tensors, :data:`~neurosim.kernels.stats.MAX_BATCH` tensors a launch with their launch arguments
 made once (:func:`~neurosim.kernels.stats.plan_many`), into the recording's own zeroed block of rows (where the fused
-neuron kernels also tallied their spikes), which is then copied to new rows of the count buffer. The calls' counts are
-the recorded ones, read from each replay's rows (:class:`Replays`, which the report evaluates once over all replays,
-as it does a CUDA graph's). The counts are those the hooks would give: same reads, same rules.
+neuron kernels also tallied their spikes), which is then copied to new rows of the count buffer. The exception: a
+read the hooks take as a call returns (the output of a product or a sum of two spike tensors, whose values decide its
+count, :meth:`~neurosim.energy.EnergyMeter._at_return`) runs as that call's return is matched, one launch from its
+own plan, so that an edit of the output in place afterwards (a causal mask on attention scores) cannot change it.
+The calls' counts are the recorded ones, read from each replay's rows (:class:`Replays`, which the report evaluates
+once over all replays, as it does a CUDA graph's). The counts are those the hooks would give: same reads, same rules.
 
 A forward that changes the meter's own decisions (its fused neuron kernels told to stop tallying spikes that a
 fan-weighted read counts anyway) is not kept as the recording: the next forward is recorded instead.
@@ -36,10 +39,13 @@ after it was noted, or when the tensors noted in one forward would hold more tha
 forward keeps every noted tensor until it ends (its reads run then), so its peak memory is that of a forward that
 keeps its activations (as training does). ``EnergyMeter(replay=False)`` meters every forward with the hooks.
 
-Because the reads run when the forward ends, a tensor changed in place after the layer that used it, and before
-the end, is read changed. Torch's version counter shows such a change (the meter then warns and hooks the next
+Because the other reads run when the forward ends, a tensor changed in place after the layer that used it, and
+before the end, is read changed. Torch's version counter shows such a change (the meter then warns and hooks the next
 forwards), except one made through ``.data`` or outside torch (a numpy view, a custom kernel): models that do that
-need ``replay=False``.
+need ``replay=False``. A change after its last use by a wrapped module to a tensor whose reads all ran as their
+calls returned changes no count: the replay goes on, without a warning. A replay given up (a change the recording did
+not make, seen by the next module given the tensor) hands the rows it read as calls returned to the hooks, which
+count those calls from them.
 """
 from __future__ import annotations
 
@@ -160,8 +166,10 @@ class Template:
     it was the anchor itself (then only those changes are checked). ``members[group]``: ``(k, slot)`` for the anchor
     and each value that is the anchor itself (an in-place change of the anchor after the forward noted it changes
     them all; a recording keeps no in-place change between their notes, so they noted the anchor's version).
-    ``reads``: ``(k, j, group, view, row, fan, inv_scale, path)``, the tensor at position ``(k, j)`` (the anchor of
-    ``group``), or ``view`` (size, stride, offset) of its storage, read into ``row`` of the block."""
+    ``reads``: ``(k, j, group, view, row, fan, inv_scale, path, at, mine)``, the tensor at position ``(k, j)`` (the
+    anchor of ``group``), or ``view`` (size, stride, offset) of its storage, read into ``row`` of the block: when the
+    forward ends, or, ``at`` not None, when step ``at`` (a call's exit) matches (a count the call's output values
+    decide, :meth:`EnergyMeter._at_return`); ``mine``: that read is of the call's output itself."""
 
     def __init__(self, codes, sigs, watch, groups, reads, tallies, calls, device, base, nrows, paths, counts):
         self.steps = [_step(c, sig, w) for c, sig, w in zip(codes, sigs, watch)] + [(None, SIG, None, None)]
@@ -176,6 +184,12 @@ class Template:
         self.device, self.base, self.nrows, self.paths = device, base, nrows, paths
         self.replays = Replays(counts, device, base, nrows)  # the weight of its calls once replayed
         self.scratch = self.regions = self.torch_reads = self.batches = None
+        # step -> the reads run when it matches (a call's exit): [(group, view, copy, row, fan, inv_scale, plan or
+        # None (torch ops), interpret, mine, numel)]; None when there are none
+        self.timed = None
+        # the groups that reads at the forward's end take a tensor from (an in-place change of another group's
+        # storage after its reads ran changes no count)
+        self.end_groups = frozenset(r[2] for r in reads if r[8] is None)
         self.dirty = False  # a replay started and did not finish (its block holds tallies)
 
     def plan(self, events: list):
@@ -186,11 +200,26 @@ class Template:
         self.scratch = torch.zeros(self.nrows, COLS, dtype=torch.int64, device=self.device)
         self.regions = [tally_region(self.scratch, off, n) for off, n in self.tallies]
         self.torch_reads, kernel, self.batches = [], [], []
-        for k, j, g, view, off, fan, inv, path in self.reads:
-            if path == "torch":
+        timed: dict = {}
+        for k, j, g, view, off, fan, inv, path, at, mine in self.reads:
+            if at is not None:
+                x = _resolve(_values(events[k])[j], view, False)
+                plan, copy = None, False
+                if path != "torch":
+                    from ..kernels import stats as K
+
+                    read = kernel_view(x, fan is None)
+                    copy = read is not x
+                    plan = K.plan_many([read], self.scratch, [off], [inv], [fan])
+                    if plan is None:
+                        continue  # (an empty tensor: nothing to read)
+                timed.setdefault(at, []).append((g, view, copy, off, fan, inv, plan, path == "interpreter", mine,
+                                                 x.numel()))
+            elif path == "torch":
                 self.torch_reads.append(((g, view, False), off, fan, inv))
             else:
                 kernel.append((k, j, g, view, off, fan, inv, path == "interpreter"))
+        self.timed = timed or None
         if not kernel:
             return
         from ..kernels import stats as K
@@ -248,7 +277,11 @@ class Recorder:
         # the tensor, its version)
         self.positions: list = []
         self._storages: dict = {}  # storage address -> (first position, its version, bytes)
-        self.reads: list = []  # (position, view or None, row, fan map, inv_scale, storage address, path)
+        # (position, view or None, row, fan map, inv_scale, storage address, path, step or None, mine): a read, and
+        # for one the meter takes as a call returns (timed, see Template) the step of that exit and whether it is of
+        # the call's output itself
+        self.reads: list = []
+        self.timed = False  # the reads made now are taken as a call returns (EnergyMeter._at_return)
         self.tallies: list = []  # (row, slots)
         self.problem = ""
         self.device = None
@@ -295,7 +328,13 @@ class Recorder:
                 self.problem = "a counted tensor is a reinterpretation of another dtype"
                 return
             view = (tuple(x.shape), tuple(x.stride()), x.storage_offset())
-        self.reads.append((first[0], view, row, fan, inv_scale, p, path))
+        at = mine = None
+        if self.timed:
+            at = len(self.codes) - 1  # (the exit just noted: the meter's hook for it is running)
+            out = self.events[at][3]
+            mine = (isinstance(out, torch.Tensor) and out.untyped_storage().data_ptr() == p
+                    and _layout(out)[:4] == _layout(x)[:4])
+        self.reads.append((first[0], view, row, fan, inv_scale, p, path, at, mine))
 
     def tally(self, row: int, slots: int):
         self.tallies.append((row, slots))
@@ -329,7 +368,7 @@ class Recorder:
                 calls.append((i, call[:4]))
         # every value on the storage of a read tensor is watched: layout, and the storage's in-place changes
         groups = {}
-        for *_, p, _ in self.reads:
+        for _, _, _, _, _, p, *_ in self.reads:
             groups.setdefault(p, len(groups))
         watch = [None] * len(self.codes)
         for (k, j), p, ver0, v, ver in self.positions:
@@ -342,8 +381,8 @@ class Recorder:
                 else:  # (``same``: the anchor itself, then only its in-place changes are checked)
                     w.append((j, g, _layout(v), ver - ver0, v is _values(self.events[a[0]])[a[1]]))
         watch = [None if w is None else tuple(w) for w in watch]
-        reads = [(k, j, groups[p], view, row - base, fan, inv, path)
-                 for (k, j), view, row, fan, inv, p, path in self.reads]
+        reads = [(k, j, groups[p], view, row - base, fan, inv, path, at, mine)
+                 for (k, j), view, row, fan, inv, p, path, at, mine in self.reads]
         tallies = [(row - base, n) for row, n in self.tallies]
         template = Template(self.codes, self.sigs, watch, len(groups), reads, tallies, calls, dev, base, nrows,
                             set(counts.paths), counts)
@@ -396,9 +435,10 @@ class Replayer:
         self.events: list = []  # (slot index, args, kwargs, output or OPEN) a step, for the reads or a fallback
         # each group's first value, and its _version then (the reads take their tensors from these)
         self.anchors: list = [None] * template.groups
-        # (step, watched tensor, its _version when noted) for watched values other than the anchors and the anchors
-        # themselves, whose in-place changes the anchors show (Template.members)
+        # (step, watched tensor, its _version when noted, its group) for watched values other than the anchors and
+        # the anchors themselves, whose in-place changes the anchors show (Template.members)
         self.noted: list = []
+        self.timed = template.timed  # step -> the reads run as it matches (Template.timed), or None
         if template.dirty:  # (a replay that did not finish left tallies in the block)
             template.scratch.zero_()
         template.dirty = True
@@ -431,9 +471,24 @@ class Replayer:
             if ok:
                 self.k = k + 1
                 self.events.append(event)
+                if self.timed is not None and k in self.timed:
+                    self._read_timed(self.timed[k])
                 return True
         self.ok = False
         return False
+
+    def _read_timed(self, reads: list):
+        """The reads the recording took as this call returned (a count its output values decide), run now, before
+        anything later in the forward can change the tensors in place."""
+        block, anchors = self.t.scratch, self.anchors
+        for g, view, copy, off, fan, inv, plan, interpret, _, _ in reads:
+            x = _resolve(anchors[g][0], view, copy)
+            if plan is None:
+                _count_torch(x.detach(), block[off], fan, inv)
+            else:
+                from ..kernels import stats as K
+
+                K.launch_plan(plan, [x], block, interpret)
 
     def _watched(self, watch: tuple, k: int, vals: tuple) -> bool:
         """The values of step ``k`` that share a read tensor's storage (``watch``, see :class:`Template`): as
@@ -456,7 +511,7 @@ class Replayer:
                 continue  # (its later in-place changes are the anchor's: Template.members)
             if _layout(v) != layout or v.untyped_storage().data_ptr() != a[0].untyped_storage().data_ptr():
                 return False
-            self.noted.append((k, v, ver))
+            self.noted.append((k, v, ver, g))
         return True
 
     def row(self, x: torch.Tensor):
@@ -488,7 +543,7 @@ class Replayer:
                     slots[i].notes.add(call[0].note)
         t.replays.add(base)  # (its tally regions are folded by the recording's, Replays.base on)
         counts.paths |= t.paths
-        return self.changed_slots(slots)
+        return self.changed_slots(slots, t.end_groups)
 
     def _read(self, block: torch.Tensor):
         """The recorded reads of this forward's tensors (each group's anchor, or a view of its storage) into
@@ -504,14 +559,39 @@ class Replayer:
                     K.launch_plan(plan, [_resolve(anchors[g][0], view, copy) for g, view, copy in where], block,
                                   interpret)
 
-    def changed_slots(self, slots) -> list:
-        """The slots of the calls that noted a watched tensor since changed in place (for a replay given up: the
-        hooks read the noted tensors now)."""
-        found = {self.events[k][0] for k, v, ver in self.noted if v._version != ver}
+    def changed_slots(self, slots, groups=None, handed=()) -> list:
+        """The slots of the calls that noted a watched tensor since changed in place: at the forward's end, of the
+        ``groups`` whose reads ran then (a group read only as its call returned was read before the change); for a
+        replay given up, of every group (the hooks read the noted tensors now) but at the steps in ``handed``,
+        whose call's output the hooks get as it was read when the call returned."""
+        found = {self.events[k][0] for k, v, ver, g in self.noted
+                 if v._version != ver and (groups is None or g in groups) and k not in handed}
         for g, a in enumerate(self.anchors):
-            if a is not None and a[0]._version != a[1]:
-                found.update(i for k, i in self.t.members[g] if k < self.k)
+            if a is not None and a[0]._version != a[1] and (groups is None or g in groups):
+                found.update(i for k, i in self.t.members[g] if k < self.k and k not in handed)
         return [slots[i] for i in sorted(found)]
+
+    def handover(self, counts) -> dict:
+        """For a replay given up: step -> the row of the call's output read as that call returned (a timed read of
+        the output itself), copied from the block to a new row of the count buffer, for the hooks to count the call
+        with (its output may have changed in place since)."""
+        out = {}
+        if self.timed is None:
+            return out
+        t = self.t
+        for k, reads in self.timed.items():
+            if k >= self.k:
+                continue
+            for _, _, _, off, _, inv, _, _, mine, numel in reads:
+                if mine:
+                    dev, row = counts._row(t.device)
+                    counts.bufs[dev][0][row].copy_(t.scratch[off])
+                    st = RowStats(counts, numel, dev, row)
+                    st.inv_scale = inv
+                    out[k] = st
+        if out:
+            counts.paths |= t.paths
+        return out
 
 
 OPEN = object()  # an event's output while the call runs

@@ -19,7 +19,7 @@ from .counters import Count, count_add, register_counter
 
 def count_mask(module: RandomSpikeMask, args, output) -> Count:
     # the summary compares the mask's input and output nonzeros: both are read, whatever the meter's ``rates``
-    C.output_stats(output)
+    C.output_stats(output, rates_only=True)
     return Count(dense=0, spike_input=C.stats(args[0]), note="spike masking: dropped spikes cost nothing",
                  info={"ratio": module.ratio, "mode": module.mode, "training": module.training,
                        "active": module.active})
