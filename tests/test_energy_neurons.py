@@ -152,3 +152,66 @@ def test_audit_lists_a_product_inside_a_neuron():
     note = rep.layer("1 (functional)").note
     assert "mm x4 (60 elements)" in note and "mul" not in note   # the neuron's element-wise update is its own
     assert rep.layer("1").neuron_updates == 4 * 3 * 5
+
+
+class NormedLoop(nn.Module):
+    """A normalisation (its input is not read for a count; ``norm=False``: none), a neuron of another library, a
+    Linear: a NaN reaching the neuron vanishes in its threshold test, so the Linear reads only finite spikes."""
+
+    def __init__(self, neuron, n=6, norm=True):
+        super().__init__()
+        self.norm, self.lif, self.fc = nn.LayerNorm(n) if norm else nn.Identity(), neuron, nn.Linear(n, 3)
+
+    def forward(self, x):
+        if isinstance(self.lif, snn.Leaky):  # one call a time step, the membrane passed along
+            mem, out = self.lif.init_leaky(), []
+            for x_t in x:
+                spk, mem = self.lif(self.norm(x_t), mem)
+                out.append(self.fc(spk))
+            return torch.stack(out)
+        h = self.lif(self.norm(x))
+        return self.fc(h[0] if isinstance(h, tuple) else h)
+
+
+@pytest.mark.parametrize("kind", ["spikingjelly", "snntorch", "norse"])
+def test_a_nan_into_another_library_s_neuron_is_named_under_rates_needed(kind):
+    """Only rates="all" read such a neuron's input, so under the default a NaN that reached it (through a norm, or
+    given to it) vanished without a word: 27 SynOps reported for the audit's SpikingJelly model. The meter now reads
+    it, in its usual reads (neurosim's own neurons check their input themselves: not read). Hooked, replayed
+    (profile called again) and under profile_batches."""
+    from neurosim.energy import EnergyMeter, profile_batches
+
+    def neuron():
+        return {"spikingjelly": lambda: sj_neuron.LIFNode(step_mode="m"), "snntorch": lambda: snn.Leaky(beta=0.8),
+                "norse": lambda: norse.LIF()}[kind]()
+
+    torch.manual_seed(3)
+    x = torch.rand(3, 2, 6) * 3
+    bad = x.clone()
+    bad[0, 0, 0] = float("nan")
+    for norm in (True, False):
+        model = NormedLoop(neuron(), norm=norm).eval()
+        where = rf"^layer 'lif' \({type(model.lif).__name__}\): its input contains NaN"
+        rep = profile(model, x)
+        assert rep.layer("lif").in_rate is not None  # (the read gives the neuron's input rate too)
+        with pytest.raises(ValueError, match=where):
+            profile(model, bad)
+        profile(model, x)
+        profile(model, x)  # (recorded, then replayed)
+        with pytest.raises(ValueError, match=where):
+            profile(model, bad)
+        with pytest.raises(ValueError, match=where):
+            profile_batches(model, [x, x, bad], progress=False)
+        with torch.no_grad(), EnergyMeter(model) as meter:
+            for xi in (x, x, bad):
+                model(xi)
+        assert meter.replayed == 2  # (the NaN in a replayed forward)
+        with pytest.raises(ValueError, match=where):
+            meter.report()
+    # neurosim's neurons check their input themselves: under rates="needed" the meter does not read it
+    import neurosim
+
+    lif = nn.Sequential(nn.LayerNorm(6), neurosim.LIF(backend="torch"), nn.Linear(6, 3))
+    assert profile(lif, x, reuse=False).layer("1").in_rate is None
+    with pytest.raises(ValueError, match=r"^layer '1' \(LIF\): x contains NaN"):
+        profile(lif, bad, reuse=False)

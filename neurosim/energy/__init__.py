@@ -9,8 +9,9 @@ MACs (real-valued inputs), other ACs (residual additions, pooling), neuron updat
 energy. Conventions: :mod:`neurosim.energy.counters`; hardware numbers and their sources:
 :mod:`neurosim.energy.hardware`. New layer types: :func:`register_counter`; new neurons: set the class
 attribute ``is_spiking_neuron = True`` (snnTorch, SpikingJelly and Norse neurons are recognised as they are;
-a neuron's child modules that hold parameters, e.g. STC-LIF's circuits, are counted as synapses). Modules no
-counter knows are listed as "not counted";
+a neuron's child modules that hold parameters, e.g. STC-LIF's circuits, are counted as synapses; the meter reads a
+neuron's input to check it for NaN/inf unless its class sets ``checks_finite_input = True``, as neurosim's do, and
+checks them itself). Modules no counter knows are listed as "not counted";
 ``profile(..., audit=True)`` also lists arithmetic done in plain torch calls outside every counted layer
 (:mod:`neurosim.energy.audit`); without it (the default, for speed) the report says that this arithmetic was not
 checked. ``neurosim energy`` audits unless ``--no-audit`` and prints what ``profile(..., audit=True)`` prints.

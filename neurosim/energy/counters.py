@@ -48,7 +48,7 @@ from torch import nn
 
 from ..layers import Add, MatMul, Mean
 # the neurons of snnTorch, SpikingJelly and Norse count like neurosim's: one update per neuron and time step
-from ..neurons.protocol import is_spiking_neuron, is_spiking_neuron_class
+from ..neurons.protocol import checks_own_input, is_spiking_neuron, is_spiking_neuron_class
 from .device_counts import rounded_scaled_sum
 
 Number = "int | float | torch.Tensor"

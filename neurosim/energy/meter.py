@@ -44,6 +44,7 @@ class _Slot:
     counter: object  # callable or None (not counted)
     require: bool = False  # its spike-deciding input must be binary (require_spikes)
     neuron: bool = False  # a spiking neuron: its output (spikes) is always counted
+    check_input: bool = False  # a neuron that does not check its input for NaN/inf itself: the meter reads it
     reread: bool = False  # a neuron whose spikes a fan-map counter reads anyway: its kernel is not asked to count them
     first_call: int = -1
     module_ref: object = None  # a kept meter between profile calls: a weak reference to the module (module None)
@@ -305,12 +306,15 @@ class EnergyMeter:
             CPU unless ``NEUROSIM_TRITON_INTERPRET=1``), ``"torch"`` or ``"kernel"``. Same counts either way.
         rates: which tensors are read for rates alone. ``"needed"`` (default): a tensor is read when an operation
             count depends on it (the input of a synaptic layer, pooling, a product or an addition, the output of
-            a product or an addition), when it is a spiking neuron's output (its firing rate), or when it is the
-            input of a layer named by ``require_spikes``; other layers' inputs and outputs (the real-valued
+            a product or an addition), when it is a spiking neuron's output (its firing rate), when it is the
+            input of a layer named by ``require_spikes``, or when it is the input of a spiking neuron that does not
+            check it for NaN/inf itself (snnTorch, SpikingJelly, Norse: a NaN vanishes in a neuron's threshold
+            test, ``NaN > threshold`` being False, so nothing after the neuron would see it;
+            :func:`neurosim.neurons.protocol.checks_own_input`); other layers' inputs and outputs (the real-valued
             currents between a synaptic layer, its normalisation and its neurons) get a rate only if one of these
             reads covers them, else the report says "not measured" (None). ``"all"``: every input and output of
-            every hooked layer is read (up to three times as many reads in a spiking transformer).
-            Operation counts and energy are the same either way.
+            every hooked layer is read (up to three times as many reads in a spiking transformer), and a NaN/inf is
+            named at the first layer whose input holds it. Operation counts and energy are the same either way.
         defer_checks: run the layers' own NaN/inf input checks (:func:`neurosim.validate.finite`, the fused
             kernel's flag) as :func:`neurosim.validate.deferred_checks`: verdicts stay on the device and are read
             once when the ``with`` block ends, so the forward never waits for the GPU mid-way; the error names
@@ -436,8 +440,9 @@ class EnergyMeter:
         slot = self._slots[idx] if idx is not None else None
         if slot is None or slot.module is not module or slot.counter is not counter:
             require = bool(self.require) and any(fnmatch.fnmatchcase(name, p) for p in self.require)
-            slot = _Slot(name, module, counter, require=require,
-                         neuron=counter is C.count_neuron or C.is_spiking_neuron(module))
+            neuron = counter is C.count_neuron or C.is_spiking_neuron(module)
+            slot = _Slot(name, module, counter, require=require, neuron=neuron,
+                         check_input=neuron and not C.checks_own_input(module))
             idx = self._known[name, id(module)] = len(self._slots)
             self._slots.append(slot)
         if slot.post is None:  # (a new layer, or one of a meter entered again: __exit__ let its hooks go)
@@ -903,8 +908,13 @@ class EnergyMeter:
                 finally:
                     C.IN_METER.reset(token)
             full = self.rates_all or slot.require
-            # rates="needed": an input's row only if it has one already (counted or deferred), without a read
-            ins = [self._stats(t) if full else self._cache.get(t) for t in _tensors(args)]
+            # rates="needed": an input's row only if it has one already (counted or deferred), without a read; but
+            # the input of a neuron that does not check it itself is read, for its NaN/inf check (a NaN vanishes in
+            # the neuron's threshold test: nothing after it would see it)
+            tensors = _tensors(args)
+            ins = [self._stats(t) if full else self._cache.get(t) for t in tensors]
+            if slot.check_input and ins and not full:
+                ins[0] = self._stats(tensors[0])
             sin = cnt.spike_input if cnt is not None and cnt.spike_input is not None else (ins[0] if ins else None)
             out = _first_tensor(output)
             sout = None

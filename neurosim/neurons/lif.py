@@ -121,6 +121,7 @@ class _SpikingNeuron(ChecksLoadedParameters):
     kind = "lif"
     # protocol read by neurosim.energy (and anything else that must find the neurons of a network)
     is_spiking_neuron = True
+    checks_finite_input = True  # forward checks x for NaN/inf (the energy meter need not read it: protocol.py)
 
     def __init__(self, threshold, reset, surrogate, slope, learn_threshold, backend, detach_reset):
         super().__init__()

@@ -27,6 +27,15 @@ def is_spiking_neuron_class(cls: type) -> bool:
     return bool(getattr(cls, "is_spiking_neuron", False)) or _peer_neuron(cls)
 
 
+def checks_own_input(module: nn.Module) -> bool:
+    """Whether the spiking neuron ``module`` checks its input for NaN/inf itself: a class with
+    ``checks_finite_input = True`` (neurosim's neurons: :func:`neurosim.validate.finite`, or the fused kernel's flag,
+    on every call). A NaN reaching a neuron vanishes in its threshold test (``NaN > threshold`` is False), so
+    :mod:`neurosim.energy` reads the input of every other neuron (those of snnTorch, SpikingJelly, Norse, and any class
+    with the protocol alone) to check it."""
+    return bool(getattr(type(module), "checks_finite_input", False))
+
+
 def single_step(module: nn.Module) -> bool:
     """Whether one call of the neuron ``module`` advances one time step, its output without a time dim:
     snnTorch's neurons, Norse's cells, SpikingJelly's neurons in ``step_mode="s"``. neurosim's neurons, Norse's

@@ -92,6 +92,7 @@ class STCLIF(ChecksLoadedParameters):
     """
 
     is_spiking_neuron = True
+    checks_finite_input = True  # forward checks x for NaN/inf (the energy meter need not read it: protocol.py)
     kind = "stc_lif"
 
     def __init__(self, channels: int, spatial_dims: int = 0, groups: int = 1, kernel_size: int = 3,
