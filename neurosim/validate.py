@@ -48,6 +48,7 @@ class DeferredChecks:
         # while a CUDA graph is captured: value -> a slot that the graph adds the value to at every replay (a
         # non-finite sum or a nonzero flag then stays so over all replays)
         self.accumulate: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self.failed = None  # the label (where()'s object) of the bad check check() last raised for
 
     def __len__(self):
         """Checks queued since the last :meth:`check`."""
@@ -138,6 +139,7 @@ class DeferredChecks:
                   if (it[4] == "sum" and not math.isfinite(v)) or (it[4] == "flag" and v)]
         if found:
             _, label, name = min(found, key=lambda f: f[0])
+            self.failed = label  # (the object where() gave: the energy meter compares it with its layers)
             label = str(label)  # (made now: where() may return any object naming the place)
             name, problem = name if isinstance(name, tuple) else (name, "contains NaN/inf value(s); all values must "
                                                                         "be finite")

@@ -404,6 +404,54 @@ def test_nan_and_non_binary_errors_name_the_layer():
         profile(net, x, require_spikes=3)
 
 
+def _nan_input(*shape):
+    x = torch.rand(*shape) * 3
+    x[0, 0, 0] = float("nan")
+    return x
+
+
+def test_a_nan_checked_by_a_neurosim_neuron_names_it_where_it_was_first_seen():
+    """neurosim's neurons check their input themselves (validate.finite, a deferred check naming the layer
+    running): hooked, replayed, with defer_checks=False. Two cases named no layer or the wrong one under
+    rates="needed": a neuron the meter does not wrap (not a registered child) ran outside every counted layer,
+    and its error named nothing; a residual addition that reads the NaN input after the neuron was named instead of
+    the neuron (the meter's reads were preferred to the deferred checks), where rates="all" names the neuron."""
+    from neurosim.layers import Add
+
+    x = _nan_input(3, 2, 4)
+    lif = nn.Sequential(neurosim.LIF(backend="torch"), nn.Linear(4, 3))
+    for _ in range(3):  # hooked, recorded, replayed
+        with pytest.raises(ValueError, match=r"^layer '0' \(LIF\): x contains NaN"):
+            profile(lif, x)
+    with pytest.raises(ValueError, match=r"^layer '0' \(LIF\) failed: x contains 1 NaN"):
+        with torch.no_grad(), EnergyMeter(lif, defer_checks=False):
+            lif(x)
+
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lif, self.add = neurosim.LIF(backend="torch"), Add()
+
+        def forward(self, x):
+            return self.add(self.lif(x), x)
+
+    for rates in ("needed", "all"):
+        with pytest.raises(ValueError, match=r"^layer 'lif' \(LIF\): (x|its input) contains NaN"):
+            profile(Residual(), x, rates=rates, reuse=False)
+
+    class Unwrapped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+            self.__dict__["neurons"] = [neurosim.LIF(backend="torch")]  # (not a child module: never wrapped)
+
+        def forward(self, x):
+            return self.fc(self.neurons[0](x))
+
+    with pytest.raises(ValueError, match=r"^model 'Unwrapped': x contains NaN"):
+        profile(Unwrapped(), x, reuse=False)
+
+
 def test_a_two_operand_layer_is_event_driven_when_either_operand_is_spikes():
     """Real x spike products and sums are counted as SynOps / ACs (the spikes pick what is done), so
     require_spikes and the report's binary-input flag accept spikes in either operand: require_spikes=True failed on a

@@ -318,7 +318,8 @@ class EnergyMeter:
         defer_checks: run the layers' own NaN/inf input checks (:func:`neurosim.validate.finite`, the fused
             kernel's flag) as :func:`neurosim.validate.deferred_checks`: verdicts stay on the device and are read
             once when the ``with`` block ends, so the forward never waits for the GPU mid-way; the error names
-            the layer that was running. ``False``: each check reads its verdict at once (a host sync per check).
+            the layer that was running (the model, outside every counted layer), or an earlier layer whose input
+            the meter read held the NaN. ``False``: each check reads its verdict at once (a host sync per check).
         audit: also watch the torch operations the model's modules run themselves, outside every hooked layer
             (``x.mean(0)`` or ``a * b`` in a container's ``forward``), and list them in the report as "not
             counted" rows ``<module> (functional)`` (:mod:`neurosim.energy.audit`). A Python call per aten
@@ -405,6 +406,7 @@ class EnergyMeter:
         self._failed = None  # (exception, slot): the innermost counted layer the last exception came out of
         self._stamp = None  # what the recordings were made under: the slots wrapped and their modules' settings
         self._handed = None  # (output, its row) a replay given up read when the call returned (_give_up)
+        self._outside = ""  # what labels a check outside every counted layer (_where): the model, while a block runs
         self._quick = None  # while a block runs: what a forward compares to see a setting changed (_settings_moved)
 
     # ----------------------------------------------------------------------------------------- hooking
@@ -673,6 +675,7 @@ class EnergyMeter:
             # inference) run a layer without calling its modules, which would then be neither counted nor listed
             _FASTPATH.off()
             self._fast_off = True
+            self._outside = _ModelLabel(self.model)
             if self.defer_checks:
                 checks = validate.deferred_checks(where=self._where)
                 checks.__enter__()
@@ -741,8 +744,9 @@ class EnergyMeter:
             self._fast_off = False
 
     def _where(self):
-        """The innermost layer running: labels a deferred NaN/inf check (its str(), made only for an error)."""
-        return self._running[-1] if self._running else ""
+        """The innermost layer running: labels a deferred NaN/inf check (its str(), made only for an error); outside
+        every counted layer (the model's own code, a neuron module the meter did not walk to), the model."""
+        return self._running[-1] if self._running else self._outside
 
     def __exit__(self, exc_type, exc, tb):
         if self._audit is not None:
@@ -773,7 +777,9 @@ class EnergyMeter:
             try:
                 checks.__exit__(exc_type, exc, tb)  # reads the deferred checks (when no exception is pending)
             except ValueError:
-                self._check_finite(self._host_values())  # the first counted layer whose input held NaN/inf
+                # the first counted layer whose input held NaN/inf, if it came before the layer whose check failed
+                failed = checks.checks.failed
+                self._check_finite(self._host_values(), upto=failed if isinstance(failed, _Slot) else None)
                 raise
         return False
 
@@ -1008,11 +1014,15 @@ class EnergyMeter:
             return ev
         return get
 
-    def _check_finite(self, host):
+    def _check_finite(self, host, upto: _Slot | None = None):
+        """Raise ValueError naming the first layer (in the order of their first return) one of whose inputs the meter
+        read held NaN/inf; ``upto``: none after that layer (a later one is not where the NaN was first seen)."""
         if not self._graphed and self._none_bad(host):
             return
         ev_for = self._evaluators(host)
         for s in self._ran():
+            if upto is not None and s.first_call > upto.first_call >= 0:
+                break
             for _, _, _, ins, w in s.calls:
                 if not _weight(w):
                     continue  # a graph never replayed: its rows were never counted
@@ -1192,6 +1202,18 @@ def _mha_fastpath(enabled):
     if enabled is not None:
         mha.set_fastpath_enabled(enabled)
     return was
+
+
+class _ModelLabel:
+    """Labels a NaN/inf check made outside every counted layer (its ``str()``, made only for an error)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, model):
+        self.name = type(getattr(model, "_orig_mod", model)).__name__
+
+    def __str__(self):
+        return f"model {self.name!r}"
 
 
 class _FastPathOff:
