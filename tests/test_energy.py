@@ -452,6 +452,68 @@ def test_a_nan_checked_by_a_neurosim_neuron_names_it_where_it_was_first_seen():
         profile(Unwrapped(), x, reuse=False)
 
 
+def test_a_nan_reaching_the_model_output_is_named():
+    """A NaN that meets no layer whose input the meter reads and no neuron on its way out (a norm, softmax or mean
+    last; a NaN weight in the head) was reported by nobody, under either rates. The meter checks the model's output
+    tensors (one float64 sum a forward, a deferred check): hooked, replayed, in profile_batches, per output of a
+    tuple or dict."""
+    from neurosim.energy import profile_batches
+    from neurosim.layers import Mean
+
+    head = nn.Linear(4, 3)
+    with torch.no_grad():
+        head.weight[0, 0] = float("nan")
+    net = nn.Sequential(neurosim.LIF(backend="torch"), head)
+    x = torch.rand(3, 2, 4)
+    for rates in ("needed", "all"):
+        with pytest.raises(ValueError, match=r"^model 'Sequential': output contains NaN"):
+            profile(net, x, rates=rates, reuse=False)
+    bad = _nan_input(3, 2, 4)
+    for last in (nn.LayerNorm(4), nn.Softmax(-1), Mean(0)):
+        net = nn.Sequential(last)
+        for _ in range(3):  # hooked, recorded, replayed
+            with pytest.raises(ValueError, match=r"^model 'Sequential': output contains NaN"):
+                profile(net, bad)
+        with pytest.raises(ValueError, match=r"^model 'Sequential': output contains NaN"):
+            profile_batches(net, [x, x, bad], progress=False)
+
+    class Two(nn.Module):
+        def __init__(self, as_dict):
+            super().__init__()
+            self.norm, self.as_dict = nn.LayerNorm(4), as_dict
+
+        def forward(self, x):
+            y = (x.shape[0], self.norm(x))  # (a number too: not checked)
+            return {"steps": y[0], "logits": y[1]} if self.as_dict else y
+
+    with pytest.raises(ValueError, match=r"^model 'Two': output\[1\] contains NaN"):
+        profile(Two(False), bad, reuse=False)
+    with pytest.raises(ValueError, match=r"^model 'Two': output\['logits'\] contains NaN"):
+        profile(Two(True), bad, reuse=False)
+    assert profile(Two(True), x, reuse=False).layer("norm").calls == 1
+
+
+@pytest.mark.parametrize("op", ["LayerNorm", "BatchNorm1d", "ReLU", "Softmax", "Mean"])
+@pytest.mark.parametrize("then", ["Linear", "LIF", "LIFNode", "output"])
+def test_a_nan_through_layers_whose_input_is_not_read_is_named_where_first_seen(op, then):
+    """The audit's cases: a NaN into a norm, an eval BatchNorm, ReLU, softmax or a Mean (layers whose counts do not
+    read their input) is named, under rates="needed", by the first place that sees it: a Linear after it (its input
+    read for its count), a neurosim LIF (its own check), a SpikingJelly neuron (its input read by the meter, where
+    the NaN vanishes) or, with nothing after it, the model's output (which nobody checked)."""
+    from spikingjelly.activation_based import neuron as sj_neuron
+
+    from neurosim.layers import Mean
+
+    first = {"LayerNorm": lambda: nn.LayerNorm(4), "BatchNorm1d": lambda: nn.BatchNorm1d(2).eval(),
+             "ReLU": nn.ReLU, "Softmax": lambda: nn.Softmax(-1), "Mean": lambda: Mean(0, keepdim=True)}[op]()
+    layers = [first] + {"Linear": [nn.Linear(4, 3)], "LIF": [neurosim.LIF(backend="torch"), nn.Linear(4, 3)],
+                        "LIFNode": [sj_neuron.LIFNode(step_mode="m"), nn.Linear(4, 3)], "output": []}[then]
+    where = {"Linear": r"layer '1' \(Linear\): its input", "LIF": r"layer '1' \(LIF\): x",
+             "LIFNode": r"layer '1' \(LIFNode\): its input", "output": r"model 'Sequential': output"}[then]
+    with pytest.raises(ValueError, match=rf"^{where} contains NaN"):
+        profile(nn.Sequential(*layers), _nan_input(3, 2, 4), reuse=False)
+
+
 def test_a_two_operand_layer_is_event_driven_when_either_operand_is_spikes():
     """Real x spike products and sums are counted as SynOps / ACs (the spikes pick what is done), so
     require_spikes and the report's binary-input flag accept spikes in either operand: require_spikes=True failed on a
@@ -526,7 +588,7 @@ def test_meter_defers_the_layers_own_checks_and_names_the_layer_running():
     with pytest.raises(ValueError, match=r"^layer '1' \(_Inner\): current contains NaN/inf"):
         with neurosim.energy.EnergyMeter(net) as meter:
             net(x)  # no error here: the check's verdict stays on the device until the block ends
-            assert len(meter._checks.checks) == 1
+            assert len(meter._checks.checks) == 2  # (_Inner's and the model's output's)
     with pytest.raises(ValueError, match=r"^layer '1' \(_Inner\): current contains NaN/inf"):
         profile(net, x)
     with pytest.raises(ValueError, match=r"^layer '1' \(_Inner\) failed: current contains 8 NaN/inf"):  # at once
@@ -555,7 +617,8 @@ def test_long_metered_loops_keep_their_checks_bounded_and_name_a_late_nan(monkey
         for _ in range(40):
             net(x)
             held.append(len(meter._checks.checks._items))
-        assert len(meter._checks.checks) == 80 and meter.replayed == 39  # (the LIF's check and _Inner's)
+        # (the LIF's check, _Inner's and the model's output's)
+        assert len(meter._checks.checks) == 120 and meter.replayed == 39
     assert max(held) < 8
     assert meter.report().layer("2").calls == 40
     with pytest.raises(ValueError, match=r"^layer '2' \(_Inner\): current contains NaN/inf"):

@@ -96,9 +96,10 @@ def simulated_replays(net, xs):
                 assert rows.shape == history.rows.shape[1:]  # the same forward takes the same rows
                 for s, n0 in zip(meter._slots, marks):
                     del s.calls[n0:]
-        # the layers' deferred NaN/inf checks (the LIFs') went to the adding slots, the tap's tensors to slots
+        # the deferred NaN/inf checks (the LIFs' and the model output's) went to the adding slots, the tap's tensors
+        # to slots
         items = checks._live
-        assert len(items) == 2 * len(xs) and check_slots.used == len(items) and slots.used == 2
+        assert len(items) == 3 * len(xs) and check_slots.used == len(items) and slots.used == 2
         assert all(v.untyped_storage().data_ptr() == check_slots.buf.untyped_storage().data_ptr()
                    for _, _, _, v, _ in items)
     return meter.report(batch_size=sum(x.shape[1] for x in xs))

@@ -308,18 +308,18 @@ class EnergyMeter:
             count depends on it (the input of a synaptic layer, pooling, a product or an addition, the output of
             a product or an addition), when it is a spiking neuron's output (its firing rate), when it is the
             input of a layer named by ``require_spikes``, or when it is the input of a spiking neuron that does not
-            check it for NaN/inf itself (snnTorch, SpikingJelly, Norse: a NaN vanishes in a neuron's threshold
-            test, ``NaN > threshold`` being False, so nothing after the neuron would see it;
-            :func:`neurosim.neurons.protocol.checks_own_input`); other layers' inputs and outputs (the real-valued
-            currents between a synaptic layer, its normalisation and its neurons) get a rate only if one of these
-            reads covers them, else the report says "not measured" (None). ``"all"``: every input and output of
-            every hooked layer is read (up to three times as many reads in a spiking transformer), and a NaN/inf is
-            named at the first layer whose input holds it. Operation counts and energy are the same either way.
+            check it for NaN/inf itself (snnTorch, SpikingJelly, Norse: see "NaN/inf" below); other layers' inputs
+            and outputs (the real-valued currents between a synaptic layer, its normalisation and its neurons) get
+            a rate only if one of these reads covers them, else the report says "not measured" (None). ``"all"``:
+            every input and output of every hooked layer is read (up to three times as many reads in a spiking
+            transformer), and a NaN/inf is named at the first layer whose input holds it. Operation counts and
+            energy are the same either way.
         defer_checks: run the layers' own NaN/inf input checks (:func:`neurosim.validate.finite`, the fused
-            kernel's flag) as :func:`neurosim.validate.deferred_checks`: verdicts stay on the device and are read
-            once when the ``with`` block ends, so the forward never waits for the GPU mid-way; the error names
-            the layer that was running (the model, outside every counted layer), or an earlier layer whose input
-            the meter read held the NaN. ``False``: each check reads its verdict at once (a host sync per check).
+            kernel's flag) and the meter's check of the model's output as :func:`neurosim.validate.deferred_checks`:
+            verdicts stay on the device and are read once when the ``with`` block ends, so the forward never waits
+            for the GPU mid-way; the error names the layer that was running (the model, outside every counted
+            layer), or an earlier layer whose input the meter read held the NaN. ``False``: each check reads its
+            verdict at once (a host sync per check).
         audit: also watch the torch operations the model's modules run themselves, outside every hooked layer
             (``x.mean(0)`` or ``a * b`` in a container's ``forward``), and list them in the report as "not
             counted" rows ``<module> (functional)`` (:mod:`neurosim.energy.audit`). A Python call per aten
@@ -333,6 +333,22 @@ class EnergyMeter:
             a change torch does not record (through ``.data``, a numpy view, a custom kernel writing in place) goes
             unseen, and the replay counts the changed values: use ``replay=False`` for such models. (The outputs
             whose values decide a count, see below, are read as their calls return in a replay too.)
+
+    NaN/inf: a NaN or inf in the model's input, or one made on the way (a NaN weight), passes through most operations
+    (normalisation, activations, softmax, means, sums, products) until a place that sees it. Under
+    ``rates="needed"`` these are: (1) the input of every layer the meter reads the input of for an operation count
+    (Linear, convolutions, pooling, products, additions, multi-head attention) or for ``require_spikes``; (2) the
+    input of every spiking neuron, where a NaN would otherwise vanish (``NaN > threshold`` is False): neurosim's
+    neurons check it themselves, the meter reads the others' (snnTorch, SpikingJelly, Norse, a class with the neuron
+    protocol alone: :func:`neurosim.neurons.protocol.checks_own_input`); (3) the model's output (each floating-point
+    tensor in it: one float64 sum a forward, a deferred check), for a NaN that meets none of these on its way out
+    (norm, softmax or mean last). The ValueError names the first layer (in the order of their first return) that saw
+    it, ``"layer 'name' (Type): ..."``, or ``"model 'Name': output contains NaN/inf ..."``. Not caught: a NaN that an
+    operation comparing values drops before any of these (``nn.Threshold``, ``nn.Hardshrink``, a functional
+    ``x > 0``), or one in a tensor that none of them receives (a branch whose result is dropped). ``rates="all"``
+    reads every input: it names the first layer whose input holds the NaN. The checks of neurons and of the output
+    raise when the ``with`` block ends; what the meter's reads found, when the block ends with an error and in
+    :meth:`report` (which :func:`profile` calls).
 
     Every tensor is read once: a layer's output is counted when the next layer starts (or by that layer's
     counter, when it needs the tensor's fan-out-weighted count: convolutions, pooling), its counts go to a
@@ -514,17 +530,22 @@ class EnergyMeter:
             self._failed = (exc, slot)
 
     def _root(self, h: _Wrapped):
-        """``forward`` of the model itself: a recorded or replayed forward when replay is on."""
+        """``forward`` of the model itself: a recorded or replayed forward when replay is on; its output checked for
+        NaN/inf (:meth:`_check_output`)."""
         me = self._thread
 
         def forward(*args, **kwargs):
             call = h.call
-            if _get_ident() != me:
+            if _get_ident() != me or self._forward:  # (another thread's forward; the model calling itself)
                 return call(*args, **kwargs)
-            if not self._forward:
-                _no_inference_tensors(args, kwargs)
+            _no_inference_tensors(args, kwargs)
+            out = run(call, args, kwargs)
+            self._check_output(out)
+            return out
+
+        def run(call, args, kwargs):
             # (batching: a CUDA graph's warm-ups and capture, neurosim.energy.graph, which meter with the hooks)
-            if self._forward or not self.replay or self.audit or self._counts.batching:
+            if not self.replay or self.audit or self._counts.batching:
                 return call(*args, **kwargs)
             try:
                 key = (signature(args, strict=True), signature(kwargs, strict=True), torch.is_grad_enabled())
@@ -548,6 +569,21 @@ class EnergyMeter:
                 self._forward = False
 
         return forward
+
+    def _check_output(self, out):
+        """The model's output tensors (a tensor, or those in a tuple, list or dict), floating point, checked for
+        NaN/inf as the layers' own checks are (a deferred check, read when the block ends): the last place a NaN in
+        the input can still be seen when no layer the meter reads, and no neuron, was on its way (the output of a
+        norm, a softmax, a mean). One float64 sum of each (a model's output is mostly small: logits)."""
+        if isinstance(out, torch.Tensor):
+            if out.is_floating_point():
+                validate.finite("output", out)
+            return
+        items = (out.items() if isinstance(out, dict) else enumerate(out) if isinstance(out, (tuple, list))
+                 else ())
+        for k, v in items:
+            if isinstance(v, torch.Tensor) and v.is_floating_point():
+                validate.finite(f"output[{k!r}]", v)
 
     def _recorded(self, key, call, args, kwargs):
         counts = self._counts
@@ -745,7 +781,8 @@ class EnergyMeter:
 
     def _where(self):
         """The innermost layer running: labels a deferred NaN/inf check (its str(), made only for an error); outside
-        every counted layer (the model's own code, a neuron module the meter did not walk to), the model."""
+        every counted layer (the model's own code, a neuron module the meter did not walk to, its output), the
+        model."""
         return self._running[-1] if self._running else self._outside
 
     def __exit__(self, exc_type, exc, tb):
@@ -1449,7 +1486,9 @@ def profile(model: nn.Module, inputs, hardware="cmos45nm", require_spikes=None, 
         grad: run with autograd enabled (default: under ``torch.no_grad()``).
         counting: ``"auto"``, ``"torch"`` or ``"kernel"``: see :class:`EnergyMeter` (same counts).
         rates: ``"needed"`` or ``"all"``: which layers' input/output rates are measured, see :class:`EnergyMeter`
-            (same operation counts and energy).
+            (same operation counts and energy). Either way a NaN/inf in the inputs raises a ValueError naming where
+            it was first seen (``"all"``: the first layer whose input holds it); which NaNs ``"needed"`` catches is
+            listed under "NaN/inf" in :class:`EnergyMeter`.
         audit: list the arithmetic the model's modules run as plain torch functions, outside every counted
             layer, as "not counted" rows (see :class:`EnergyMeter`; slower, for checking coverage).
         batch_size: the samples ``inputs`` holds, for the per-sample energy (default: dim 1 of the first input
