@@ -469,12 +469,15 @@ def test_a_nan_reaching_the_model_output_is_named():
         with pytest.raises(ValueError, match=r"^model 'Sequential': output contains NaN"):
             profile(net, x, rates=rates, reuse=False)
     bad = _nan_input(3, 2, 4)
-    for last in (nn.LayerNorm(4), nn.Softmax(-1), Mean(0)):
+    # (Mean reads its input, to count spikes or elements as average pooling does: the NaN is named there first)
+    for last, seen in ((nn.LayerNorm(4), r"^model 'Sequential': output contains NaN"),
+                       (nn.Softmax(-1), r"^model 'Sequential': output contains NaN"),
+                       (Mean(0), r"^layer '0' \(Mean\): its input contains NaN")):
         net = nn.Sequential(last)
         for _ in range(3):  # hooked, recorded, replayed
-            with pytest.raises(ValueError, match=r"^model 'Sequential': output contains NaN"):
+            with pytest.raises(ValueError, match=seen):
                 profile(net, bad)
-        with pytest.raises(ValueError, match=r"^model 'Sequential': output contains NaN"):
+        with pytest.raises(ValueError, match=seen):
             profile_batches(net, [x, x, bad], progress=False)
 
     class Two(nn.Module):
@@ -496,8 +499,8 @@ def test_a_nan_reaching_the_model_output_is_named():
 @pytest.mark.parametrize("op", ["LayerNorm", "BatchNorm1d", "ReLU", "Softmax", "Mean"])
 @pytest.mark.parametrize("then", ["Linear", "LIF", "LIFNode", "output"])
 def test_a_nan_through_layers_whose_input_is_not_read_is_named_where_first_seen(op, then):
-    """The audit's cases: a NaN into a norm, an eval BatchNorm, ReLU, softmax or a Mean (layers whose counts do not
-    read their input) is named, under rates="needed", by the first place that sees it: a Linear after it (its input
+    """The audit's cases: a NaN into a norm, an eval BatchNorm, ReLU or softmax (layers whose counts do not read their
+    input; a Mean does, and is named itself) is named, under rates="needed", by the first place that sees it: a Linear after it (its input
     read for its count), a neurosim LIF (its own check), a SpikingJelly neuron (its input read by the meter, where
     the NaN vanishes) or, with nothing after it, the model's output (which nobody checked)."""
     from spikingjelly.activation_based import neuron as sj_neuron
@@ -510,6 +513,8 @@ def test_a_nan_through_layers_whose_input_is_not_read_is_named_where_first_seen(
                         "LIFNode": [sj_neuron.LIFNode(step_mode="m"), nn.Linear(4, 3)], "output": []}[then]
     where = {"Linear": r"layer '1' \(Linear\): its input", "LIF": r"layer '1' \(LIF\): x",
              "LIFNode": r"layer '1' \(LIFNode\): its input", "output": r"model 'Sequential': output"}[then]
+    if op == "Mean":  # (Mean reads its input, to count spikes or elements as average pooling does)
+        where = r"layer '0' \(Mean\): its input"
     with pytest.raises(ValueError, match=rf"^{where} contains NaN"):
         profile(nn.Sequential(*layers), _nan_input(3, 2, 4), reuse=False)
 

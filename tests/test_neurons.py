@@ -549,7 +549,7 @@ def test_a_loaded_parameter_is_refused_where_making_or_running_the_layer_refuses
             assert float(getattr(model[1], name).detach()) == value
             continue
         with pytest.raises(ValueError, match=rf"^1\.{name} .*\(refused by load_state_dict: the module '1' keeps its "
-                                             "previous values; the modules before it were loaded\)$") as err:
+                                             r"previous values; the modules before it were loaded\)$") as err:
             model.load_state_dict(state)
         if not learn:
             assert str(err.value).startswith(f"1.{refused} (")
