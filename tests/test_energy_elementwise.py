@@ -304,4 +304,4 @@ def test_gpu_astro_est_counts_and_audit(backend):
     assert gpu.not_counted == [] == cpu.not_counted and gpu.counting != cpu.counting
     for name in ("layers.0.attn.block.astro", "time_mean"):
         a, b = cpu.layer(name), gpu.layer(name)
-        assert (a.macs, a.acs, a.dense) == (b.macs, b.acs, b.dense) and a.macs > 0
+        assert (a.macs, a.acs, a.dense) == (b.macs, b.acs, b.dense) and a.macs + a.acs > 0  # (the mean: ACs only)
