@@ -104,11 +104,17 @@ def _add_train_args(p: argparse.ArgumentParser, demo: bool) -> None:
                    help="bfloat16 autocast")
     r.add_argument("--cpu-threads", type=_int_at_least(0), default=SUP,
                    help="torch threads when training on CPU (0: torch's default)")
-    r.add_argument("--out-dir", metavar="DIR", default=SUP, help="where logs, checkpoints and plots go")
+    r.add_argument("--out-dir", metavar="DIR", default=SUP, help="where logs, checkpoints and plots go"
+                   + (" (an earlier run's files there are replaced, unless --resume)" if demo else ""))
     r.add_argument("--save-every", type=_int_at_least(0), default=SUP,
                    help="also write the last checkpoint every N steps inside an epoch (0: end of epoch only)")
-    r.add_argument("--resume", nargs="?", const="auto", metavar="CHECKPOINT", default=SUP,
-                   help="continue a killed run (default checkpoint: OUT_DIR/checkpoints/last.pt)")
+    again = r.add_mutually_exclusive_group()
+    again.add_argument("--resume", nargs="?", const="auto", metavar="CHECKPOINT", default=SUP,
+                       help="continue a killed run (default checkpoint: OUT_DIR/checkpoints/last.pt)")
+    if not demo:  # (the demo replaces an earlier run in its out dir: see run_demo)
+        again.add_argument("--overwrite", action="store_true", default=SUP,
+                           help="replace an earlier run in OUT_DIR: remove the files a run writes there (nothing "
+                                "else) before training; without it (or --resume) such a run is an error")
     r.add_argument("--no-progress", dest="progress", action="store_false", default=SUP, help="no progress bar")
     r.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=SUP)
     r.add_argument("--no-plots", dest="plots", action="store_false", default=SUP)
@@ -121,8 +127,8 @@ def _config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace,
     from .training.distributed import resolve_device
     from .training.registry import get_dataset, get_model
 
-    flags = {k: v for k, v in vars(args).items() if k not in ("command", "handler", "config", "resume", "opt",
-                                                              "data_opt", "_argv")}
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "handler", "config", "resume", "overwrite",
+                                                              "opt", "data_opt", "_argv")}
     try:
         file_values = load_config_file(args.config) if getattr(args, "config", None) else {}
         cfg = TrainConfig.from_dict({**base, **file_values, **flags})
@@ -144,19 +150,30 @@ def _config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace,
     return cfg, resume
 
 
-def _cmd_train(parser, args) -> int:
-    from .training import NonFiniteLoss, Trainer
+def _fit(parser, fit):
+    """``fit()``'s summary; its usage errors exit 2 argparse-style, a failed run is None (no traceback)."""
+    from .training import NonFiniteLoss, RunExists
 
     from .training.checkpoint import CheckpointError
     from .training.config import ConfigError
 
-    cfg, resume = _config_from_args(parser, args, {})
     try:
-        summary = Trainer(cfg).fit(resume=resume)
+        return fit()
+    except RunExists as err:
+        parser.error(err.advice("--resume", "--overwrite", "--out-dir"))
     except (ConfigError, CheckpointError) as err:  # (a checkpoint of another run given to --resume, an unwritable
         parser.error(str(err))                     # --out-dir: found before the first step)
     except NonFiniteLoss as err:                   # (a run that failed, not a usage error: status 1, no traceback)
-        print(f"neurosim train: error: {err}", file=sys.stderr)
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+    return None
+
+
+def _cmd_train(parser, args) -> int:
+    from .training import Trainer
+
+    cfg, resume = _config_from_args(parser, args, {})
+    summary = _fit(parser, lambda: Trainer(cfg).fit(resume=resume, overwrite=getattr(args, "overwrite", False)))
+    if summary is None:
         return 1
     if "paths" in summary:
         best = ", ".join(f"{k} {v:.4g}" for k, v in summary["best"].items())
@@ -171,8 +188,7 @@ def _cmd_demo(parser, args) -> int:
     from .training.demo import DEMO_DEFAULTS, run_demo
 
     cfg, resume = _config_from_args(parser, args, dict(DEMO_DEFAULTS))
-    run_demo(cfg, resume=resume)
-    return 0
+    return 0 if _fit(parser, lambda: run_demo(cfg, resume=resume)) is not None else 1
 
 
 def _optional_command(sub, name: str, module: str, help_text: str, load: str | None = None) -> None:

@@ -461,3 +461,60 @@ def test_exponent_notation_is_a_number_in_config_files_and_options(tmp_path):
     for text, value in [("n=3", 3), ("x=e5", "e5"), ("x=1e", "1e"), ("s='1e-3'", "1e-3"), ("v=[1e-3, 2]", [0.001, 2])]:
         assert cli._key_value(text) == (text.split("=")[0], value)
     assert yaml.safe_load("1e-3") == "1e-3"
+
+
+TINY = ["--epochs", "1", "--num-steps", "2", "--opt", "hidden=[8]", "--no-progress", "--device", "cpu"]
+
+
+def test_training_into_an_earlier_run_needs_resume_or_overwrite(tmp_path, capsys):
+    """A second run in the same --out-dir replaced the first one's checkpoints, log and summary and left the rest
+    (its prediction.png, its TensorBoard events next to the new run's). Now it is refused; --overwrite removes the
+    files a run writes (nothing else) first."""
+    out = tmp_path / "a"
+    sine = ["--dataset", "damped_sine", "--data-opt", "n_points=100", "--data-opt", "seq_len=8"]
+    assert cli.main(["train", *sine, *TINY, "--out-dir", str(out)]) == 0
+    (out / "notes.txt").write_text("mine")
+    (out / "tb" / "mine").mkdir()
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    code, err = _fails(["train", *TINY, "--out-dir", str(out)], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert (f"error: {out} already holds a run (checkpoints/last.pt, checkpoints/best.pt, summary.json and 5 more); "
+            "pass --resume to continue it, --overwrite to replace it, or another --out-dir") in err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before          # nothing touched
+    code, err = _fails(["train", *TINY, "--out-dir", str(out), "--resume", "--overwrite"], capsys)
+    assert code == 2 and "argument --overwrite: not allowed with argument --resume" in err
+
+    assert cli.main(["train", *TINY, "--out-dir", str(out), "--overwrite"]) == 0
+    assert json.loads((out / "summary.json").read_text())["dataset"] == "digits"
+    assert not (out / "prediction.png").exists()                                         # the sine run's plot went
+    assert len(list((out / "tb").glob("events.out.tfevents.*"))) == 1                    # the new run's only
+    assert (out / "notes.txt").read_text() == "mine" and (out / "tb" / "mine").is_dir()  # not the run's: kept
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["train", *TINY, "--no-plots", "--out-dir", str(tmp_path / "empty")]) == 0   # an empty folder
+
+
+def test_the_trainer_refuses_an_earlier_run_unless_told_to_overwrite_it(tmp_path):
+    from neurosim.training import RunExists, TrainConfig, Trainer
+
+    cfg = TrainConfig(epochs=1, num_steps=2, model_options={"hidden": [8]}, progress=False, tensorboard=False,
+                      plots=False, device="cpu", out_dir=str(tmp_path))
+    Trainer(cfg).fit()
+    with pytest.raises(RunExists, match=r"already holds a run \(checkpoints/last.pt, .*pass resume=True to continue "
+                                         r"it, overwrite=True to replace it, or another out_dir"):
+        Trainer(cfg).fit()
+    with pytest.raises(ValueError, match="resume and overwrite=True exclude each other"):
+        Trainer(cfg).fit(resume=tmp_path / "checkpoints" / "last.pt", overwrite=True)
+    assert Trainer(cfg).fit(overwrite=True)["epochs_run"] == 1
+
+
+def test_demo_replaces_its_earlier_run_and_says_so(tmp_path, capsys):
+    """`neurosim demo` (scripts/demo.sh) must keep working when run again into its out dir."""
+    args = ["demo", *TINY, "--no-tensorboard", "--no-plots", "--out-dir", str(tmp_path)]
+    assert cli.main(args) == 0
+    (tmp_path / "energy.csv").write_text("not the trainer's")
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert f"neurosim demo: replaced the earlier run in {tmp_path} (checkpoints/last.pt" in out
+    assert (tmp_path / "energy.csv").read_text() == "not the trainer's"
+    code, err = _fails(["demo", "--opt", "beta=abc", "--out-dir", str(tmp_path / "b")], capsys)
+    assert code == 2 and "neurosim demo: error: beta must be a number in [0.0, 1.0], got 'abc'" in err

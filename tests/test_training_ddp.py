@@ -165,3 +165,19 @@ def test_a_failed_set_up_leaves_the_process_group(monkeypatch, tmp_path):
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def test_under_torchrun_rank_0_decides_about_an_earlier_run_in_out_dir(tmp_path):
+    """Every rank gets rank 0's refusal (none trains on alone, waiting for the others); with --overwrite rank 0
+    removes the earlier run before any rank goes on."""
+    args = ["-m", "neurosim.cli", "train", "--dataset", "damped_sine", "--data-opt", "n_points=100", "--epochs", "1",
+            "--device", "cpu", "--no-progress", "--no-plots", "--no-tensorboard", "--out-dir", tmp_path]
+    Trainer(TrainConfig(dataset="damped_sine", dataset_options={"n_points": 100}, epochs=1, device="cpu",
+                        progress=False, plots=False, out_dir=str(tmp_path))).fit()
+    before = (tmp_path / "summary.json").read_text()
+    out = _torchrun(*args, ok=False)
+    assert out.count(f"neurosim train: error: {tmp_path} already holds a run") == 2 and "(exitcode: 2)" in out
+    assert (tmp_path / "summary.json").read_text() == before
+    _torchrun(*args, "--overwrite")
+    assert json.loads((tmp_path / "summary.json").read_text())["world_size"] == 2
+    assert not list((tmp_path / "tb").glob("events.out.tfevents.*"))    # (the earlier run's, removed)

@@ -50,7 +50,7 @@ def test_tensorboard_holds_the_history_after_a_resume_a_crash_and_an_earlier_run
     cfg = dict(QUIET, tensorboard=True, out_dir=str(tmp_path))
     last = tmp_path / "checkpoints" / "last.pt"
     Trainer(TrainConfig(**cfg, epochs=1, lr=0.05)).fit()          # an earlier run in the same out_dir
-    Trainer(TrainConfig(**cfg, epochs=2)).fit()                   # a fresh run there: the old curves go
+    Trainer(TrainConfig(**cfg, epochs=2)).fit(overwrite=True)     # a fresh run there: the old curves go
     Trainer(TrainConfig(**cfg, epochs=3)).fit(resume=last)        # resumed at an epoch boundary: none lost
     assert len(_rows(tmp_path)) == 3 and _tensorboard(tmp_path) == _from_csv(tmp_path)
 

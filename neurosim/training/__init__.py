@@ -8,8 +8,8 @@ from .checkpoint import CheckpointError
 from .config import TrainConfig, load_config_file
 from .data import DataInfo, split_indices
 from .registry import get_dataset, get_model, list_datasets, list_models, register_dataset, register_model
-from .trainer import NonFiniteLoss, Trainer
+from .trainer import NonFiniteLoss, RunExists, Trainer
 
-__all__ = ["Trainer", "TrainConfig", "load_config_file", "CheckpointError", "NonFiniteLoss", "DataInfo",
-           "split_indices", "register_model", "register_dataset", "get_model", "get_dataset", "list_models",
-           "list_datasets"]
+__all__ = ["Trainer", "TrainConfig", "load_config_file", "CheckpointError", "NonFiniteLoss", "RunExists",
+           "DataInfo", "split_indices", "register_model", "register_dataset", "get_model", "get_dataset",
+           "list_models", "list_datasets"]

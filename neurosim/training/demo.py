@@ -16,9 +16,15 @@ def demo_config(**overrides) -> TrainConfig:
 
 
 def run_demo(cfg: TrainConfig, resume=None, echo=print) -> dict:
-    summary = Trainer(cfg).fit(resume=resume)
+    """Train and report. A demo that does not resume replaces an earlier run in ``cfg.out_dir`` (the files a run
+    writes there, nothing else: ``Trainer.fit(overwrite=True)``) and says so, so that it can be run again."""
+    trainer = Trainer(cfg)
+    earlier = trainer.earlier_run() if resume is None else []
+    summary = trainer.fit(resume=resume, overwrite=resume is None)
     if "paths" in summary:  # rank 0
         best = summary["best"]
+        if earlier:
+            echo(f"neurosim demo: replaced the earlier run in {cfg.out_dir} ({', '.join(earlier)})")
         echo(f"neurosim demo: spiking MLP ({cfg.num_steps} time steps, {cfg.encoder} code) on digits, "
              f"{summary['epochs_run']} epochs on {summary['device']}")
         echo(f"  validation accuracy {best['accuracy']:.3f} (best epoch {summary['best_epoch']}), "

@@ -28,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
+from .. import validate
 from . import checkpoint as ckpt_io
 from . import distributed as D
 from . import logs
@@ -46,6 +47,24 @@ Callback = Callable[[str, "Trainer"], None]
 
 class NonFiniteLoss(RuntimeError):
     """The training or validation loss became NaN or infinite (a diverged run, or NaN/inf values in the data)."""
+
+
+class RunExists(ConfigError):
+    """``out_dir`` holds an earlier run's outputs (``files``, relative to it) and :meth:`Trainer.fit` was asked
+    neither to resume that run nor to overwrite it."""
+
+    def __init__(self, out_dir, files):
+        self.out_dir, self.files = str(out_dir), list(files)
+        super().__init__(self.advice())
+
+    def __reduce__(self):  # (rank 0 sends it to the other ranks)
+        return RunExists, (self.out_dir, self.files)
+
+    def advice(self, resume: str = "resume=True", overwrite: str = "overwrite=True", out_dir: str = "out_dir") -> str:
+        """The message, naming the caller's options (the command line's are its flags)."""
+        shown = ", ".join(self.files[:3]) + (f" and {len(self.files) - 3} more" if len(self.files) > 3 else "")
+        return (f"{self.out_dir} already holds a run ({shown}); pass {resume} to continue it, {overwrite} to replace "
+                f"it, or another {out_dir}")
 
 
 def seed_layer_generators(model: nn.Module, seed: int, rank: int) -> None:
@@ -84,6 +103,7 @@ class Trainer:
             "loss_curve": self.out_dir / "loss_curve.png",
             "best_checkpoint": self.ckpt_dir / "best.pt",
             "last_checkpoint": self.ckpt_dir / "last.pt",
+            "prediction_plot": self.out_dir / "prediction.png",    # (forecasting runs with plots only)
         }
         self.dist = D.DistInfo()        # (until _setup joins a process group, if torchrun started this process)
         self.model = self.ddp = None
@@ -367,13 +387,20 @@ class Trainer:
             cb(event, self)
 
     # ---- the run ----------------------------------------------------------------------------------------------
-    def fit(self, resume: str | Path | None = None) -> dict:
-        """Train (continuing from the checkpoint ``resume`` if given); return the summary dict."""
+    def fit(self, resume: str | Path | None = None, overwrite: bool = False) -> dict:
+        """Train (continuing from the checkpoint ``resume`` if given); return the summary dict.
+
+        Without ``resume``, an earlier run's outputs in ``out_dir`` (:meth:`earlier_run`) are an error
+        (:class:`RunExists`) unless ``overwrite=True``, which removes them (and nothing else there) first."""
+        validate.boolean("overwrite", overwrite)
+        if overwrite and resume is not None:
+            raise ValueError("resume and overwrite=True exclude each other: resuming continues the run in out_dir, "
+                             "overwriting removes it")
         self._threads_before = None
         try:
             try:
                 self._setup()   # (joins the process group: what fails from here on leaves it)
-                summary = self._fit(resume)
+                summary = self._fit(resume, overwrite)
             except BaseException:
                 self._release_ddp()
                 D.teardown(self.dist, ok=False)
@@ -394,6 +421,47 @@ class Trainer:
             self.ddp = self.model
             gc.collect()
 
+    def earlier_run(self) -> list[str]:
+        """The outputs of an earlier run found in ``out_dir`` (the files this trainer writes, and TensorBoard event
+        files), relative to it; empty for an empty or new folder."""
+        found = []
+        for key in ("last_checkpoint", "best_checkpoint", "summary", "config", "csv_log", "tensorboard", "loss_curve",
+                    "prediction_plot"):
+            path = self.paths[key]
+            if path.is_file() or key == "tensorboard" and any(path.glob("events.out.tfevents.*")):
+                found.append(str(path.relative_to(self.out_dir)) if path.is_relative_to(self.out_dir) else str(path))
+        return found
+
+    def _remove_earlier_run(self) -> None:
+        """Remove the outputs this trainer writes (and temporary files of an interrupted write of them) from
+        ``out_dir``, nothing else: the TensorBoard folder loses its event files only."""
+        for key, path in self.paths.items():
+            if key == "tensorboard":
+                doomed = list(path.glob("events.out.tfevents.*"))
+            else:
+                doomed = [path] if path.is_file() else []
+                doomed += list(path.parent.glob(f".{path.name}.tmp-*"))
+            for f in doomed:
+                f.unlink()
+
+    def _prepare_out_dir(self, resume, overwrite: bool) -> Exception | None:
+        """On rank 0: refuse an earlier run in ``out_dir`` (a fresh run that may not overwrite it) or remove it,
+        then check the run's files can be written; the error, or None."""
+        try:
+            earlier = self.earlier_run() if resume is None else []
+            if earlier and not overwrite:
+                raise RunExists(self.out_dir, earlier)
+            if overwrite:
+                try:
+                    self._remove_earlier_run()
+                except OSError as err:
+                    raise ckpt_io.CheckpointError(f"cannot remove the earlier run in out_dir {str(self.cfg.out_dir)!r}"
+                                                  f" ({type(err).__name__}: {err})") from None
+            self._check_writable()
+        except (RunExists, ckpt_io.CheckpointError) as err:
+            return err
+        return None
+
     def _check_writable(self):
         """The run's directory and its checkpoints can be written, before an epoch is spent (a checkpoint that cannot
         be saved would lose it)."""
@@ -408,14 +476,17 @@ class Trainer:
             raise ckpt_io.CheckpointError(f"out_dir {str(self.cfg.out_dir)!r} cannot hold this run's files "
                                           f"({type(err).__name__}: {err})") from None
 
-    def _fit(self, resume) -> dict:
+    def _fit(self, resume, overwrite: bool) -> dict:
         cfg = self.cfg
         if resume is not None:
             self._resume(resume)
         main = self.dist.is_main
+        # rank 0 decides (and removes); every rank waits for its verdict, so none writes or trains on its own
+        problem = D.gather_objects(self._prepare_out_dir(resume, overwrite) if main else None, self.dist)[0]
+        if problem is not None:
+            raise problem
         tb = None
         if main:
-            self._check_writable()
             logs.write_json(self.paths["config"], cfg.to_dict())
             if cfg.tensorboard:
                 tb = logs.TensorBoardLog(self.paths["tensorboard"], self.history)
@@ -479,7 +550,7 @@ class Trainer:
 
             self._plots = plots
             paths = {k: str(v) for k, v in self.paths.items() if (k != "tensorboard" or cfg.tensorboard)
-                     and (k != "best_checkpoint" or self.best_epoch >= 0)}
+                     and (k != "best_checkpoint" or self.best_epoch >= 0) and k != "prediction_plot"}
             if cfg.plots and self.history:
                 plots.loss_curves(self.paths["loss_curve"], self.history,
                                   f"{cfg.model} on {cfg.dataset}: loss per epoch")
@@ -500,7 +571,7 @@ class Trainer:
         pred, y = self.predict(order)
         self.model.load_state_dict(last)
         val = set(self.val_idx)
-        path = self.out_dir / "prediction.png"
+        path = self.paths["prediction_plot"]
         return self._plots.prediction_vs_target(path, y.reshape(len(order), -1)[:, 0].tolist(),
                                           pred.reshape(len(order), -1)[:, 0].tolist(), [i in val for i in order],
                                           f"{self.cfg.model} on {self.cfg.dataset}: prediction vs target (best epoch)")
