@@ -171,3 +171,25 @@ def test_a_crash_between_the_checkpoints_of_an_improving_epoch_leaves_best_pt_ri
     assert a["epoch"] == b["epoch"] == 2
     for k, v in b["model"].items():
         assert torch.equal(a["model"][k], v), k
+
+
+
+def test_fit_resume_true_continues_the_runs_own_last_checkpoint(tmp_path):
+    """The command line's bare --resume means OUT_DIR/checkpoints/last.pt; fit(resume=True) was a TypeError
+    ("expected str, bytes or os.PathLike object, not bool")."""
+    from neurosim.training import CheckpointError, RunExists, TrainConfig, Trainer
+
+    def cfg(epochs, out=tmp_path):
+        return TrainConfig(**{**CFG, "epochs": epochs, "save_every": 0, "tensorboard": False, "out_dir": str(out),
+                              "num_steps": 2, "batch_size": 256, "model_options": {"hidden": [8]}})
+    Trainer(cfg(1)).fit()
+    assert Trainer(cfg(2)).fit(resume=True)["epochs_run"] == 2
+    with pytest.raises(RunExists):                   # False: a fresh run, as None
+        Trainer(cfg(3)).fit(resume=False)
+    with pytest.raises(ValueError, match=r"resume must be a checkpoint path, True \(this run's own checkpoint "
+                                         r"'.*last.pt'\) or None; got 1"):
+        Trainer(cfg(3)).fit(resume=1)
+    with pytest.raises(CheckpointError, match=r"checkpoint 'auto' does not exist \(resume=True continues the run"):
+        Trainer(cfg(3)).fit(resume="auto")
+    with pytest.raises(CheckpointError, match=r"new/checkpoints/last.pt' does not exist"):
+        Trainer(cfg(1, tmp_path / "new")).fit(resume=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import gc
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -387,12 +388,14 @@ class Trainer:
             cb(event, self)
 
     # ---- the run ----------------------------------------------------------------------------------------------
-    def fit(self, resume: str | Path | None = None, overwrite: bool = False) -> dict:
-        """Train (continuing from the checkpoint ``resume`` if given); return the summary dict.
+    def fit(self, resume: str | Path | bool | None = None, overwrite: bool = False) -> dict:
+        """Train, continuing from the checkpoint ``resume`` if given (``True``: this run's own last checkpoint,
+        ``out_dir/checkpoints/last.pt``, as the command line's bare ``--resume``); return the summary dict.
 
         Without ``resume``, an earlier run's outputs in ``out_dir`` (:meth:`earlier_run`) are an error
         (:class:`RunExists`) unless ``overwrite=True``, which removes them (and nothing else there) first."""
         validate.boolean("overwrite", overwrite)
+        resume = self._resume_path(resume)
         if overwrite and resume is not None:
             raise ValueError("resume and overwrite=True exclude each other: resuming continues the run in out_dir, "
                              "overwriting removes it")
@@ -411,6 +414,21 @@ class Trainer:
         finally:
             if self._threads_before is not None:
                 torch.set_num_threads(self._threads_before)
+
+    def _resume_path(self, resume) -> Path | None:
+        """``fit``'s ``resume`` as a checkpoint path (None: a fresh run)."""
+        if resume is None or resume is False:
+            return None
+        last = str(self.paths["last_checkpoint"])
+        if resume is True:
+            return Path(last)
+        if not isinstance(resume, (str, os.PathLike)):
+            raise ValueError(f"resume must be a checkpoint path, True (this run's own checkpoint {last!r}) or None; "
+                             f"got {resume!r}")
+        if not Path(resume).exists():
+            raise ckpt_io.CheckpointError(f"checkpoint {str(resume)!r} does not exist (resume=True continues the run "
+                                          f"in out_dir from {last!r})")
+        return Path(resume)
 
     def _release_ddp(self) -> None:
         """Drop the DDP wrapper (its reducer holds the process group's gloo/NCCL work objects) before the group
