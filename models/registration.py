@@ -78,6 +78,13 @@ def _seq_len(info, name: str) -> int:
     return info.input_shape[0]
 
 
+def _check_frames(info, name: str) -> None:
+    if info.task != "regression" or len(info.input_shape) != 3 or info.num_outputs != math.prod(info.input_shape):
+        raise ValueError(f"model {name!r} needs a frame-prediction dataset (input frames [T, H, W], the next frames as "
+                         f"regression target, e.g. moving_digits), got task={info.task!r}, "
+                         f"input_shape={info.input_shape}, num_outputs={info.num_outputs}")
+
+
 TRANSFORMER_OPTIONS = {"model_dim": 64, "heads": 4, "layers": 2, "dropout": 0.1}
 
 
@@ -107,8 +114,9 @@ def build_spiking_btspformer(info, cfg):
 def build_frame_predictor(info, cfg):
     """model_options: neuron ("lif" or "stc_lif"), channels, beta, threshold, and groups (stc_lif only, default 4).
     The frames are the input current, one SNN step per frame: no encoder, no num_steps; backend picks the LIF
-    backend (neuron="lif" only)."""
+    backend (neuron="lif" only). The dataset gives frames [T, H, W] and the next frames as target (moving_digits)."""
     _refuse_unused(cfg, "frame_predictor", _frame_predictor_unused(cfg.model_options))
+    _check_frames(info, "frame_predictor")
     neuron = cfg.model_options.get("neuron", "lif")
     o = _options(cfg, "frame_predictor", {"neuron": "lif", "channels": 16, "beta": 0.8, "threshold": 1.0,
                                           "groups": None})

@@ -297,3 +297,17 @@ def test_the_btspformer_scripts_cli_line_is_the_same_run():
     mb = get_model(ref.model)(b, ref)
     assert str(ma) == str(mb)
     assert all(torch.equal(p, q) for p, q in zip(ma.state_dict().values(), mb.state_dict().values()))
+
+
+@pytest.mark.parametrize("dataset", ["digits", "damped_sine"])
+def test_frame_predictor_refuses_a_dataset_without_frames(tmp_path, dataset, capsys):
+    """frame_predictor on digits or the sine window failed in its first forward ("x must have 4 dimensions
+    [B, T, H, W], got shape (64, 64)": a traceback, exit 1, config.json, checkpoints/ and tb/ left behind); like
+    est on moving_digits, it is refused before anything is made."""
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["train", "--model", "frame_predictor", "--dataset", dataset, "--epochs", "1", "--no-progress",
+                  "--out-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "Traceback" not in err
+    assert "model 'frame_predictor' needs a frame-prediction dataset (input frames [T, H, W]" in err
+    assert not (tmp_path / "run").exists()
