@@ -518,3 +518,17 @@ def test_demo_replaces_its_earlier_run_and_says_so(tmp_path, capsys):
     assert (tmp_path / "energy.csv").read_text() == "not the trainer's"
     code, err = _fails(["demo", "--opt", "beta=abc", "--out-dir", str(tmp_path / "b")], capsys)
     assert code == 2 and "neurosim demo: error: beta must be a number in [0.0, 1.0], got 'abc'" in err
+
+
+@pytest.mark.parametrize("option, message", [
+    ("amplitude=abc", "amplitude must be a finite number, got 'abc'"),   # (was: could not convert string to float)
+    # finite, but the float32 series overflows to inf (the model then failed on NaN/inf inputs: a traceback)
+    ("amplitude=1e39", "amplitude=1e+39 with gamma=0.1 gives values beyond float32's range (the series is stored "
+                       "as float32"),
+    ("gamma=-100", "amplitude=1.0 with gamma=-100.0 gives values beyond float32's range"),
+])
+def test_damped_sine_options_are_named_when_refused(tmp_path, option, message, capsys):
+    code, err = _fails(["train", "--dataset", "damped_sine", "--data-opt", option, *TINY, "--out-dir",
+                        str(tmp_path / "run")], capsys)
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()

@@ -6,7 +6,6 @@ builder fixes the split itself (``train_indices``/``val_indices``).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -85,11 +84,12 @@ def damped_sine(cfg) -> DataInfo:
     seq_len = validate.positive_int("seq_len", o["seq_len"])
     n_points = validate.positive_int("n_points", o["n_points"], minimum=seq_len + 2)
     dt = validate.positive_float("dt", o["dt"])
-    for k in ("amplitude", "gamma", "omega", "phi"):
-        if not math.isfinite(float(o[k])):
-            raise ValueError(f"{k} must be finite, got {o[k]!r}")
-    series = damped_sine_series(n_points, dt, float(o["amplitude"]), float(o["gamma"]), float(o["omega"]),
-                                float(o["phi"]))
+    amplitude, gamma, omega, phi = (validate.finite_float(k, o[k]) for k in ("amplitude", "gamma", "omega", "phi"))
+    series = damped_sine_series(n_points, dt, amplitude, gamma, omega, phi)
+    if not bool(torch.isfinite(series).all()):   # (finite options, but past float32's range somewhere)
+        raise ValueError(f"amplitude={amplitude!r} with gamma={gamma!r} gives values beyond float32's range (the "
+                         f"series is stored as float32: |amplitude| * exp(-gamma t) must stay below "
+                         f"{torch.finfo(torch.float32).max:.3g} for t up to {(n_points - 1) * dt:g})")
     windows = series.unfold(0, seq_len, 1)[:-1].contiguous()     # [N, seq_len]
     targets = series[seq_len:].contiguous()                      # [N]
     return DataInfo(TensorDataset(windows, targets), "regression", 1, (seq_len,), time_ordered=True)
