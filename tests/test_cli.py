@@ -532,3 +532,45 @@ def test_damped_sine_options_are_named_when_refused(tmp_path, option, message, c
                         str(tmp_path / "run")], capsys)
     assert code == 2 and message in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+class _Pairs(torch.utils.data.Dataset):
+    """A map-style dataset that is no TensorDataset (its labels are read sample by sample)."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], int(self.y[i])
+
+
+def _labels_up_to(top, tensors=True):
+    def build(cfg):
+        from torch.utils.data import TensorDataset
+
+        from neurosim.training.data import DataInfo
+
+        x = torch.rand(40, 4, generator=torch.Generator().manual_seed(0))
+        y = torch.arange(40) % (top + 1)
+        return DataInfo(TensorDataset(x, y) if tensors else _Pairs(x, y), "classification", 10, (4,))
+    return build
+
+
+@pytest.mark.parametrize("tensors", [True, False])
+def test_labels_past_num_outputs_are_refused_before_training(tmp_path, tensors, capsys):
+    """A dataset whose labels reach num_outputs failed at its first batch with torch's bare 'IndexError: Target 12 is
+    out of bounds.' (a device-side assert on CUDA)."""
+    from neurosim.training import register_dataset
+
+    register_dataset("labels_to_12", _labels_up_to(12, tensors), overwrite=True)
+    register_dataset("labels_to_9", _labels_up_to(9, tensors), overwrite=True)
+    run = ["train", "--encoder", "direct", *TINY, "--no-tensorboard", "--no-plots"]
+    code, err = _fails([*run, "--dataset", "labels_to_12", "--out-dir", str(tmp_path / "bad")], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert ("dataset 'labels_to_12' has class labels from 0 to 12, but its num_outputs is 10: the labels must lie "
+            "in 0..9") in err
+    assert not (tmp_path / "bad").exists()
+    assert cli.main([*run, "--dataset", "labels_to_9", "--out-dir", str(tmp_path / "good")]) == 0

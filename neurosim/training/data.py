@@ -21,7 +21,7 @@ TASKS = ("classification", "regression")
 class DataInfo:
     dataset: Dataset
     task: str                        # "classification" | "regression"
-    num_outputs: int                 # classes, or regression targets per sample
+    num_outputs: int                 # classes (labels 0..num_outputs-1), or regression targets per sample
     input_shape: tuple               # shape of one sample, without the batch dimension
     train_indices: list | None = None
     val_indices: list | None = None

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Subset, TensorDataset
 from tqdm.auto import tqdm
 
 from .. import validate
@@ -132,6 +132,7 @@ class Trainer:
             self.train_idx, self.val_idx = split_indices(len(self.info.dataset), cfg.val_fraction, cfg.seed)
         self.task = self.info.task
         self.elements_per_sample = self.info.num_outputs if self.task == "regression" else 1
+        self._check_labels()
 
         seed_everything(cfg.seed)                       # identical initial weights on every rank
         try:
@@ -168,6 +169,25 @@ class Trainer:
         self.train_time = 0.0
         self.train_samples = 0
         self.sums = MetricSums(self.device)
+
+    def _check_labels(self) -> None:
+        """A classification dataset's integer labels are class indices below its num_outputs (else cross-entropy
+        fails at the first batch holding one: an IndexError on CPU, a device-side assert on CUDA), found before any
+        directory is made. A TensorDataset's label tensor is read directly; another dataset is read once."""
+        if self.task != "classification":
+            return
+        data = self.info.dataset
+        if isinstance(data, TensorDataset):
+            labels = data.tensors[1]
+        else:
+            labels = [torch.as_tensor(data[i][1]) for i in range(len(data))]
+            labels = torch.stack(labels) if labels and all(t.ndim == 0 for t in labels) else torch.zeros(0)
+        if labels.is_floating_point() or labels.ndim != 1 or not labels.numel():
+            return   # (no class indices: soft targets, class probabilities per sample)
+        lo, hi, n = int(labels.min()), int(labels.max()), self.info.num_outputs
+        if lo < 0 or hi >= n:
+            raise ConfigError(f"dataset {self.cfg.dataset!r} has class labels from {lo} to {hi}, but its num_outputs "
+                              f"is {n}: the labels must lie in 0..{n - 1} (one model output per class)")
 
     def _check_encoding(self) -> None:
         """The model's encoder takes this dataset's samples (a rate encoder needs values in [0, 1]; a forecasting
