@@ -218,6 +218,7 @@ EST_ALLOWED = frozenset(EST_OPTIONS) | ({f.name for f in fields(ESTConfig)}
 def _token_model(name: str, make_config):
     def build(info, cfg):
         from neurosim.layers import NeuronSpec
+        from neurosim.layers.neuron import as_spec
         from neurosim.training.spiking_mlp import ENCODERS
 
         if len(info.input_shape) != 1:
@@ -231,7 +232,9 @@ def _token_model(name: str, make_config):
             raise ValueError(f"model_options tokens={tokens} must divide the {feats} input features")
         encoder = cfg.encoder or "direct"
         validate.one_of("encoder", encoder, ENCODERS)
-        neuron = dict(opts.pop("neuron", {}))
+        neuron = opts.pop("neuron", None)
+        neuron = {} if neuron is None else neuron
+        as_spec(neuron, "model_options neuron")   # (a mapping of NeuronSpec's fields)
         if neuron.get("backend", cfg.backend) != cfg.backend:  # (it overrode the run's, which config.json recorded)
             raise ValueError(f"model_options neuron backend={neuron['backend']!r} for model {name!r} differs from the "
                              f"run's backend={cfg.backend!r}: set the neuron backend with the run's backend "

@@ -574,3 +574,17 @@ def test_labels_past_num_outputs_are_refused_before_training(tmp_path, tensors, 
             "in 0..9") in err
     assert not (tmp_path / "bad").exists()
     assert cli.main([*run, "--dataset", "labels_to_9", "--out-dir", str(tmp_path / "good")]) == 0
+
+
+@pytest.mark.parametrize("value, message", [
+    ("{foo: 1}", "model_options neuron has unknown key(s) 'foo'; allowed keys: beta, threshold, reset, surrogate, "
+                 "slope, backend"),          # (was: TypeError: NeuronSpec.__init__() got an unexpected keyword argument)
+    ("{reset:zero}", "model_options neuron has unknown key(s) 'reset:zero' (YAML needs a space after the colon: "
+                     "{reset: zero}); allowed keys: beta"),
+    ("lif", "model_options neuron must be a NeuronSpec, a dict of its fields (beta, threshold, reset, surrogate, "
+            "slope, backend) or None; got 'lif'"),     # (was: dictionary update sequence element #0 has length 1)
+])
+def test_a_bad_neuron_option_is_a_usage_error_listing_the_keys(tmp_path, value, message, capsys):
+    code, err = _fails(["train", "--model", "est", "--opt", f"neuron={value}", "--epochs", "1", "--device", "cpu",
+                        "--out-dir", str(tmp_path / "run")], capsys)
+    assert code == 2 and message in err and "Traceback" not in err

@@ -1,7 +1,7 @@
 """One description of the spiking neuron used throughout a network, so every layer can run on any backend."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 from .. import validate
 from ..neurons import BACKENDS, LIF
@@ -32,12 +32,20 @@ class NeuronSpec:
         return LIF(**kw)
 
 
-def as_spec(neuron) -> NeuronSpec:
-    """Accept a :class:`NeuronSpec`, a dict of its fields, or ``None`` (defaults)."""
+def as_spec(neuron, name: str = "neuron") -> NeuronSpec:
+    """Accept a :class:`NeuronSpec`, a dict of its fields, or ``None`` (defaults); ``name`` names ``neuron`` in
+    errors (another key is a ValueError listing the fields, not a TypeError)."""
     if neuron is None:
         return NeuronSpec()
     if isinstance(neuron, NeuronSpec):
         return neuron
-    if isinstance(neuron, dict):
-        return NeuronSpec(**neuron)
-    raise ValueError(f"neuron must be a NeuronSpec, a dict of its fields or None; got {type(neuron).__name__}")
+    allowed = [f.name for f in fields(NeuronSpec)]
+    if not isinstance(neuron, dict):
+        raise ValueError(f"{name} must be a NeuronSpec, a dict of its fields ({', '.join(allowed)}) or None; "
+                         f"got {neuron!r}")
+    unknown = [k for k in neuron if k not in allowed]
+    if unknown:  # ({reset:zero} in YAML is the key 'reset:zero': a value needs a space after the colon)
+        hint = " (YAML needs a space after the colon: {reset: zero})" if any(":" in str(k) for k in unknown) else ""
+        raise ValueError(f"{name} has unknown key(s) {', '.join(map(repr, unknown))}{hint}; allowed keys: "
+                         f"{', '.join(allowed)}")
+    return NeuronSpec(**neuron)
