@@ -219,7 +219,7 @@ def _token_model(name: str, make_config):
     def build(info, cfg):
         from neurosim.layers import NeuronSpec
         from neurosim.layers.neuron import as_spec
-        from neurosim.training.spiking_mlp import ENCODERS
+        from neurosim.training.spiking_mlp import ENCODERS, refuse_norse_reset
 
         if len(info.input_shape) != 1:
             raise ValueError(f"model {name!r} takes flat samples [F] (got input_shape={info.input_shape})")
@@ -239,6 +239,8 @@ def _token_model(name: str, make_config):
             raise ValueError(f"model_options neuron backend={neuron['backend']!r} for model {name!r} differs from the "
                              f"run's backend={cfg.backend!r}: set the neuron backend with the run's backend "
                              f"(--backend), which the run records")
+        refuse_norse_reset(cfg, name, neuron.get("reset", NeuronSpec.reset), "\"neuron={reset: zero}\"",
+                           "neuron={'reset': 'zero'}")
         neuron = {**neuron, "backend": cfg.backend}
         est_cfg = make_config(feats // tokens, info.num_outputs, num_steps=cfg.num_steps, max_len=max(tokens, 8),
                               readout="tokens" if forecast else "pool", neuron=NeuronSpec(**neuron), **opts)

@@ -588,3 +588,22 @@ def test_a_bad_neuron_option_is_a_usage_error_listing_the_keys(tmp_path, value, 
     code, err = _fails(["train", "--model", "est", "--opt", f"neuron={value}", "--epochs", "1", "--device", "cpu",
                         "--out-dir", str(tmp_path / "run")], capsys)
     assert code == 2 and message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    # a string read character by character ("hidden must be an integer >= 1, got '2'"); [] built no spiking neuron
+    (["--opt", "hidden=256,128"], "hidden must be a layer size >= 1 or a non-empty list of them, such as [256, 128]; "
+                                  "got '256,128'"),
+    (["--opt", "hidden=[]"], "hidden must be a layer size >= 1 or a non-empty list of them, such as [256, 128]; got []"),
+    # norse resets to zero only: the refusal names the option that makes the model train there
+    (["--model", "est", "--backend", "norse"], "backend='norse' supports reset='zero' only, and the neurons of model "
+     "'est' reset by 'subtract': give them zero reset with --opt \"neuron={reset: zero}\" (model_options "
+     "neuron={'reset': 'zero'}) to train on norse"),
+    (["--backend", "norse"], "the neurons of model 'spiking_mlp' reset by 'subtract': give them zero reset with --opt "
+                             "reset=zero (model_options reset='zero')"),
+])
+def test_model_option_errors_say_what_is_expected(tmp_path, argv, message, capsys):
+    code, err = _fails(["train", *argv, "--epochs", "1", "--device", "cpu", "--out-dir", str(tmp_path / "run")],
+                       capsys)
+    assert code == 2 and message in err
+    assert not (tmp_path / "run").exists()

@@ -46,10 +46,17 @@ class SpikingMLP(nn.Module):
         validate.one_of("encoder", encoder, ENCODERS)
         self.encoder = encoder
         self.num_steps = validate.positive_int("num_steps", num_steps)
-        hidden = [hidden] if isinstance(hidden, int) else list(hidden)
-        sizes = [validate.positive_int("in_features", in_features)] + [validate.positive_int("hidden", h) for h in hidden]
+        layers = list(hidden) if isinstance(hidden, (list, tuple)) else [hidden]
+        try:   # (a string such as "256,128" was read character by character; [] built no spiking layer at all)
+            layers = [validate.positive_int("hidden", h) for h in layers] or None
+        except ValueError:
+            layers = None
+        if layers is None:
+            raise ValueError(f"hidden must be a layer size >= 1 or a non-empty list of them, such as [256, 128]; "
+                             f"got {hidden!r}")
+        sizes = [validate.positive_int("in_features", in_features)] + layers
         self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
-        self.neurons = nn.ModuleList(LIF(beta=beta, threshold=threshold, reset=reset, backend=backend) for _ in hidden)
+        self.neurons = nn.ModuleList(LIF(beta=beta, threshold=threshold, reset=reset, backend=backend) for _ in layers)
         self.readout = nn.Linear(sizes[-1], validate.positive_int("num_outputs", num_outputs))
         self.time_mean = Mean(0)
 
@@ -88,15 +95,26 @@ class SpikingMLP(nn.Module):
         return stack
 
 
+def refuse_norse_reset(cfg, name: str, reset: str, flag: str, option: str) -> None:
+    """Backend "norse" resets to zero only (:mod:`neurosim.neurons.backends`): model ``name``, whose neurons reset by
+    ``reset``, is refused with the option (``--opt`` ``flag``, model_options ``option``) that makes it train there."""
+    if cfg.backend == "norse" and reset != "zero":
+        raise ValueError(f"backend='norse' supports reset='zero' only, and the neurons of model {name!r} reset by "
+                         f"{reset!r}: give them zero reset with --opt {flag} (model_options {option}) to train on "
+                         f"norse, or use backend 'snntorch', 'fused' or 'torch'")
+
+
 def build(info, cfg) -> SpikingMLP:
-    """Registry builder: options ``hidden`` (list or int, default [128]), ``beta`` (0.9), ``threshold`` (1.0),
-    ``reset`` ("subtract"; "zero" exports exactly to Lava-DL / NIR)."""
+    """Registry builder: options ``hidden`` (a layer size or a non-empty list of them, default [128]), ``beta``
+    (0.9), ``threshold`` (1.0), ``reset`` ("subtract"; "zero" exports exactly to Lava-DL / NIR, and trains on
+    backend "norse")."""
     allowed = {"hidden": [128], "beta": 0.9, "threshold": 1.0, "reset": "subtract"}
     unknown = sorted(set(cfg.model_options) - set(allowed))
     if unknown:
         raise ValueError(f"unknown model_options {', '.join(unknown)} for model 'spiking_mlp'; "
                          f"allowed: {', '.join(sorted(allowed))}")
     opts = {**allowed, **cfg.model_options}
+    refuse_norse_reset(cfg, "spiking_mlp", opts["reset"], "reset=zero", "reset='zero'")
     encoder = cfg.encoder or ("rate" if info.task == "classification" else "direct")
     in_features = 1
     for s in info.input_shape:
