@@ -68,46 +68,77 @@ def _key_value(text: str) -> tuple[str, object]:
     return key, value
 
 
+def _shown(value) -> str:
+    """A TrainConfig default as the command line writes it."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, dict):
+        return " ".join(f"{k}={v}" for k, v in value.items()) or "none"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _add_train_args(p: argparse.ArgumentParser, demo: bool) -> None:
+    """The train/demo options. Each defaults to SUPPRESS, so that only flags given override the layers below them
+    (see _config_from_args); its help text shows the default it gets: TrainConfig's, or the demo's own."""
     from .neurons import BACKENDS
-    from .training.config import ENCODERS, OPTIMIZERS
+    from .training.config import ENCODERS, OPTIMIZERS, TrainConfig
+    from .training.demo import DEMO_DEFAULTS
+
+    defaults = {**TrainConfig().to_dict(), **(DEMO_DEFAULTS if demo else {})}
+
+    def d(field: str, none: str = "", what: str = "") -> str:
+        return f" (default: {what}{none if defaults[field] is None else _shown(defaults[field])})"
 
     g = p.add_argument_group("what to train")
     if not demo:
         g.add_argument("--config", metavar="FILE", default=SUP, help="YAML or JSON file of TrainConfig fields")
         g.add_argument("--model", metavar="NAME", default=SUP,
-                       help="registered model (built in: spiking_mlp; models register est, spikformer, ...)")
-        g.add_argument("--dataset", metavar="NAME", default=SUP, help="registered dataset: digits, damped_sine, ...")
+                       help="registered model (built in: spiking_mlp; models register est, spikformer, ...)"
+                       + d("model"))
+        g.add_argument("--dataset", metavar="NAME", default=SUP,
+                       help="registered dataset: digits, damped_sine, ..." + d("dataset"))
     g.add_argument("--opt", metavar="KEY=VALUE", action="append", type=_key_value, default=SUP,
-                   help="model option (repeatable), e.g. --opt hidden=[256,128]")
+                   help="model option (repeatable), e.g. --opt hidden=[256,128]" + d("model_options"))
     g.add_argument("--data-opt", metavar="KEY=VALUE", action="append", type=_key_value, default=SUP,
-                   help="dataset option (repeatable), e.g. --data-opt seq_len=16")
-    g.add_argument("--encoder", choices=ENCODERS, default=SUP, help="input spike code (default: per model/task)")
-    g.add_argument("--backend", choices=BACKENDS, default=SUP, help="LIF backend")
-    g.add_argument("--num-steps", type=_int_at_least(1), default=SUP, help="time steps T")
+                   help="dataset option (repeatable), e.g. --data-opt seq_len=16" + d("dataset_options"))
+    g.add_argument("--encoder", choices=ENCODERS, default=SUP, help="input spike code"
+                   + d("encoder", none="per model/task"))
+    g.add_argument("--backend", choices=BACKENDS, default=SUP, help="LIF backend" + d("backend"))
+    g.add_argument("--num-steps", type=_int_at_least(1), default=SUP, help="time steps T" + d("num_steps"))
     h = p.add_argument_group("optimisation")
-    h.add_argument("--epochs", type=_int_at_least(1), default=SUP)
-    h.add_argument("--lr", type=_float_in(0, float("inf"), True, True), default=SUP, help="learning rate")
-    h.add_argument("--batch-size", type=_int_at_least(1), default=SUP, help="global batch size (all processes)")
-    h.add_argument("--weight-decay", type=_float_in(0, float("inf"), False, True), default=SUP)
-    h.add_argument("--optimizer", choices=OPTIMIZERS, default=SUP)
-    h.add_argument("--lr-factor", type=_float_in(0, 1, True, True), default=SUP, help="ReduceLROnPlateau factor")
-    h.add_argument("--lr-patience", type=_int_at_least(0), default=SUP, help="ReduceLROnPlateau patience (epochs)")
-    h.add_argument("--patience", type=_int_at_least(0), default=SUP, help="early-stopping patience (0: off)")
+    h.add_argument("--epochs", type=_int_at_least(1), default=SUP,
+                   help="epochs to train at most (early stopping may end sooner)" + d("epochs"))
+    h.add_argument("--lr", type=_float_in(0, float("inf"), True, True), default=SUP, help="learning rate" + d("lr"))
+    h.add_argument("--batch-size", type=_int_at_least(1), default=SUP,
+                   help="global batch size (all processes)" + d("batch_size"))
+    h.add_argument("--weight-decay", type=_float_in(0, float("inf"), False, True), default=SUP,
+                   help="the optimizer's weight decay" + d("weight_decay"))
+    h.add_argument("--optimizer", choices=OPTIMIZERS, default=SUP, help="optimizer" + d("optimizer"))
+    h.add_argument("--lr-factor", type=_float_in(0, 1, True, True), default=SUP,
+                   help="ReduceLROnPlateau factor" + d("lr_factor"))
+    h.add_argument("--lr-patience", type=_int_at_least(0), default=SUP,
+                   help="ReduceLROnPlateau patience (epochs)" + d("lr_patience"))
+    h.add_argument("--patience", type=_int_at_least(0), default=SUP,
+                   help="early-stopping patience (epochs without a lower validation loss; 0: off)" + d("patience"))
     h.add_argument("--grad-clip", type=_float_in(0, float("inf"), False, True), default=SUP,
-                   help="max gradient norm (0: off)")
-    h.add_argument("--seed", type=_int_at_least(0), default=SUP)
-    h.add_argument("--val-fraction", type=_float_in(0, 1, True, True), default=SUP)
+                   help="max gradient norm (0: off)" + d("grad_clip"))
+    h.add_argument("--seed", type=_int_at_least(0), default=SUP,
+                   help="seed of the split, the initial weights, the sample order and the spike codes" + d("seed"))
+    h.add_argument("--val-fraction", type=_float_in(0, 1, True, True), default=SUP,
+                   help="share of the samples held out for validation (unless the dataset fixes its split)"
+                   + d("val_fraction"))
     r = p.add_argument_group("run")
-    r.add_argument("--device", type=_device, default=SUP, help="auto (CUDA when present), cpu, cuda, cuda:N")
+    r.add_argument("--device", type=_device, default=SUP,
+                   help="auto (CUDA when present), cpu, cuda, cuda:N" + d("device"))
     r.add_argument("--bf16", dest="precision", action="store_const", const="bf16", default=SUP,
-                   help="bfloat16 autocast")
+                   help="bfloat16 autocast" + d("precision"))
     r.add_argument("--cpu-threads", type=_int_at_least(0), default=SUP,
-                   help="torch threads when training on CPU (0: torch's default)")
+                   help="torch threads when training on CPU (0: torch's default)" + d("cpu_threads"))
     r.add_argument("--out-dir", metavar="DIR", default=SUP, help="where logs, checkpoints and plots go"
-                   + (" (an earlier run's files there are replaced, unless --resume)" if demo else ""))
+                   + (" (an earlier run's files there are replaced, unless --resume)" if demo else "") + d("out_dir"))
     r.add_argument("--save-every", type=_int_at_least(0), default=SUP,
-                   help="also write the last checkpoint every N steps inside an epoch (0: end of epoch only)")
+                   help="also write the last checkpoint every N steps inside an epoch (0: end of epoch only)"
+                   + d("save_every"))
     again = r.add_mutually_exclusive_group()
     again.add_argument("--resume", nargs="?", const="auto", metavar="CHECKPOINT", default=SUP,
                        help="continue a killed run (default checkpoint: OUT_DIR/checkpoints/last.pt)")
@@ -115,9 +146,12 @@ def _add_train_args(p: argparse.ArgumentParser, demo: bool) -> None:
         again.add_argument("--overwrite", action="store_true", default=SUP,
                            help="replace an earlier run in OUT_DIR: remove the files a run writes there (nothing "
                                 "else) before training; without it (or --resume) such a run is an error")
-    r.add_argument("--no-progress", dest="progress", action="store_false", default=SUP, help="no progress bar")
-    r.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=SUP)
-    r.add_argument("--no-plots", dest="plots", action="store_false", default=SUP)
+    r.add_argument("--no-progress", dest="progress", action="store_false", default=SUP,
+                   help="no progress bar" + d("progress", what="progress bar "))
+    r.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=SUP,
+                   help="no TensorBoard scalars (OUT_DIR/tb)" + d("tensorboard", what="TensorBoard "))
+    r.add_argument("--no-plots", dest="plots", action="store_false", default=SUP,
+                   help="no loss and prediction plots" + d("plots", what="plots "))
 
 
 def _config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace, base: dict):

@@ -607,3 +607,43 @@ def test_model_option_errors_say_what_is_expected(tmp_path, argv, message, capsy
                        capsys)
     assert code == 2 and message in err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "demo"])
+def test_help_shows_every_options_default_and_flags_still_layer(command, capsys):
+    """The options default to SUPPRESS (so that a config file is not overridden by defaults) and --help showed no
+    default at all; several options had no help text."""
+    import argparse
+
+    from neurosim.training.config import TrainConfig
+    from neurosim.training.demo import DEMO_DEFAULTS
+
+    defaults = {**TrainConfig().to_dict(), **(DEMO_DEFAULTS if command == "demo" else {})}
+    parser = cli.build_parser()
+    sub = parser._subparsers._group_actions[0].choices[command]
+    shown = 0
+    for action in sub._actions:
+        assert action.help, action.option_strings                       # every option says what it does
+        field = {"opt": "model_options", "data_opt": "dataset_options"}.get(action.dest, action.dest)
+        if field in defaults:
+            assert action.default is argparse.SUPPRESS, field
+            assert "(default: " in action.help, (field, action.help)
+            shown += 1
+    assert shown == len(TrainConfig.field_names()) - (2 if command == "demo" else 0)   # (demo: no model/dataset)
+    assert not set(vars(parser.parse_args([command]))) & set(TrainConfig.field_names())
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    epochs, lr, out_dir = (20, 0.002, "runs/demo") if command == "demo" else (10, 0.001, "runs/train")
+    assert f"--epochs EPOCHS epochs to train at most (early stopping may end sooner) (default: {epochs})" in out
+    assert f"--lr LR learning rate (default: {lr})" in out and f"(default: {out_dir})" in out
+    assert "--seed SEED seed of the split" in out and "--weight-decay WEIGHT_DECAY the optimizer's weight decay" in out
+    assert "--no-plots no loss and prediction plots (default: plots on)" in out
+    assert "--bf16 bfloat16 autocast (default: fp32)" in out and "(default: 0.2)" in out
+    if command == "demo":
+        assert "(default: hidden=[128])" in out and "--encoder {rate,latency,latency_log,direct} input spike code " \
+                                                     "(default: rate)" in out
+    else:
+        assert "--encoder {rate,latency,latency_log,direct} input spike code (default: per model/task)" in out
+        assert "--model NAME registered model (built in: spiking_mlp; models register est, spikformer, ...) " \
+               "(default: spiking_mlp)" in out
