@@ -210,6 +210,9 @@ def _cmd_train(parser, args) -> int:
     if summary is None:
         return 1
     if "paths" in summary:
+        if summary["nothing_to_train"]:
+            why = summary["nothing_to_train"].replace(">= epochs", ">= --epochs")
+            print(f"neurosim train: {why}: nothing to train")
         best = ", ".join(f"{k} {v:.4g}" for k, v in summary["best"].items())
         print(f"neurosim train: {cfg.model} on {cfg.dataset}, {summary['epochs_run']} epochs on {summary['device']}"
               f" x{summary['world_size']}; best epoch {summary['best_epoch']}: {best}")

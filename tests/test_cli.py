@@ -647,3 +647,21 @@ def test_help_shows_every_options_default_and_flags_still_layer(command, capsys)
         assert "--encoder {rate,latency,latency_log,direct} input spike code (default: per model/task)" in out
         assert "--model NAME registered model (built in: spiking_mlp; models register est, spikformer, ...) " \
                "(default: spiking_mlp)" in out
+
+
+def test_resuming_with_fewer_epochs_than_run_says_nothing_is_trained(tmp_path, capsys):
+    """--resume --epochs 2 on a run at epoch 4 trained nothing, printed '4 epochs', and summary.json said
+    config.epochs 2 next to epochs_run 4."""
+    run = ["train", *TINY, "--no-tensorboard", "--no-plots", "--out-dir", str(tmp_path)]
+    assert cli.main([*run, "--epochs", "2"]) == 0
+    capsys.readouterr()
+    assert cli.main(["train", "--out-dir", str(tmp_path), "--resume", "--epochs", "1"]) == 0
+    assert "neurosim train: already at epoch 2 >= --epochs 1: nothing to train" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["epochs_run"] == summary["config"]["epochs"] == 2
+    assert summary["nothing_to_train"] == "already at epoch 2 >= epochs 1"
+    assert json.loads((tmp_path / "config.json").read_text())["epochs"] == 2
+    assert cli.main(["train", "--out-dir", str(tmp_path), "--resume", "--epochs", "3"]) == 0
+    assert "nothing to train" not in capsys.readouterr().out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["epochs_run"] == summary["config"]["epochs"] == 3 and summary["nothing_to_train"] is None

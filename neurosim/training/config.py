@@ -39,7 +39,9 @@ class TrainConfig:
     ``save_every`` writes the "last" checkpoint every that many optimizer steps inside an epoch as well
     (0: only at the end of each epoch); resuming from it replays the rest of the epoch exactly.
     ``patience`` (early stopping) and ``lr_patience`` (ReduceLROnPlateau) count epochs without a lower
-    validation loss; ``patience=0`` disables early stopping.
+    validation loss; ``patience=0`` disables early stopping. ``epochs`` is the number of epochs the run trains to:
+    a run resumed with fewer than it has already run trains nothing and records the number it has run instead
+    (config.json and summary.json then say ``epochs`` equal to ``epochs_run``).
     """
 
     model: str = "spiking_mlp"

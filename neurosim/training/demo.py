@@ -25,6 +25,8 @@ def run_demo(cfg: TrainConfig, resume=None, echo=print) -> dict:
         best = summary["best"]
         if earlier:
             echo(f"neurosim demo: replaced the earlier run in {cfg.out_dir} ({', '.join(earlier)})")
+        if summary["nothing_to_train"]:
+            echo(f"neurosim demo: {summary['nothing_to_train'].replace('>= epochs', '>= --epochs')}: nothing to train")
         echo(f"neurosim demo: spiking MLP ({cfg.num_steps} time steps, {cfg.encoder} code) on digits, "
              f"{summary['epochs_run']} epochs on {summary['device']}")
         echo(f"  validation accuracy {best['accuracy']:.3f} (best epoch {summary['best_epoch']}), "

@@ -13,6 +13,7 @@ writes files.
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import gc
 import math
@@ -108,6 +109,7 @@ class Trainer:
         }
         self.dist = D.DistInfo()        # (until _setup joins a process group, if torchrun started this process)
         self.model = self.ddp = None
+        self.nothing_to_train = None    # (why a resumed fit() had no epoch left to train)
 
     # ---- set-up ---------------------------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -413,7 +415,10 @@ class Trainer:
         ``out_dir/checkpoints/last.pt``, as the command line's bare ``--resume``); return the summary dict.
 
         Without ``resume``, an earlier run's outputs in ``out_dir`` (:meth:`earlier_run`) are an error
-        (:class:`RunExists`) unless ``overwrite=True``, which removes them (and nothing else there) first."""
+        (:class:`RunExists`) unless ``overwrite=True``, which removes them (and nothing else there) first.
+        A resumed run with no epoch left (already at ``epochs``, or stopped early) trains nothing and says why in
+        the summary's ``"nothing_to_train"`` (else None); its config records ``epochs`` as the epochs it has run
+        when fewer were asked for."""
         validate.boolean("overwrite", overwrite)
         resume = self._resume_path(resume)
         if overwrite and resume is not None:
@@ -515,9 +520,15 @@ class Trainer:
                                           f"({type(err).__name__}: {err})") from None
 
     def _fit(self, resume, overwrite: bool) -> dict:
-        cfg = self.cfg
+        self.nothing_to_train = None
         if resume is not None:
             self._resume(resume)
+            if self.stopped_early or self.epoch >= self.cfg.epochs:
+                self.nothing_to_train = (f"stopped early at epoch {self.epoch}" if self.stopped_early else
+                                         f"already at epoch {self.epoch} >= epochs {self.cfg.epochs}")
+                # the run's length, not a smaller number asked for (config.epochs >= epochs_run in summary.json)
+                self.cfg = dataclasses.replace(self.cfg, epochs=max(self.cfg.epochs, self.epoch))
+        cfg = self.cfg
         main = self.dist.is_main
         # rank 0 decides (and removes); every rank waits for its verdict, so none writes or trains on its own
         problem = D.gather_objects(self._prepare_out_dir(resume, overwrite) if main else None, self.dist)[0]
@@ -571,6 +582,7 @@ class Trainer:
         summary = {
             "task": self.task, "model": cfg.model, "dataset": cfg.dataset, "device": str(self.device),
             "world_size": self.dist.world_size, "epochs_run": len(self.history), "stopped_early": self.stopped_early,
+            "nothing_to_train": self.nothing_to_train,
             "best_epoch": self.best_epoch + 1,
             "best": {k[4:]: v for k, v in best.items() if k.startswith("val_")},
             "final": {k: v for k, v in (self.history[-1] if self.history else {}).items()},
