@@ -215,7 +215,7 @@ def _cmd_train(parser, args) -> int:
             print(f"neurosim train: {why}: nothing to train")
         best = ", ".join(f"{k} {v:.4g}" for k, v in summary["best"].items())
         print(f"neurosim train: {cfg.model} on {cfg.dataset}, {summary['epochs_run']} epochs on {summary['device']}"
-              f" x{summary['world_size']}; best epoch {summary['best_epoch']}: {best}")
+              f" x{summary['world_size']}; best epoch {summary['best_epoch']} (lowest validation loss): {best}")
         for key, path in summary["paths"].items():
             print(f"  {key:<16} {path}")
     return 0

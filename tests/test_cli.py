@@ -121,7 +121,7 @@ def test_config_file_then_flags(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["epochs_run"] == 1 and summary["num_train"] + summary["num_val"] == 100 - 8
     printed = capsys.readouterr().out
-    assert "best epoch 1" in printed and str(out / "prediction.png") in printed
+    assert "best epoch 1 (lowest validation loss): loss " in printed and str(out / "prediction.png") in printed
 
 
 def test_console_script_is_installed():
@@ -515,6 +515,10 @@ def test_demo_replaces_its_earlier_run_and_says_so(tmp_path, capsys):
     assert cli.main(args) == 0
     out = capsys.readouterr().out
     assert f"neurosim demo: replaced the earlier run in {tmp_path} (checkpoints/last.pt" in out
+    # "best" is the lowest validation loss, not the highest accuracy: the report says so
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert (f"validation accuracy {summary['best']['accuracy']:.3f}, loss {summary['best']['loss']:.4f} at epoch 1, "
+            "the best (lowest validation loss)") in out
     assert (tmp_path / "energy.csv").read_text() == "not the trainer's"
     code, err = _fails(["demo", "--opt", "beta=abc", "--out-dir", str(tmp_path / "b")], capsys)
     assert code == 2 and "neurosim demo: error: beta must be a number in [0.0, 1.0], got 'abc'" in err

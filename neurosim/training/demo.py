@@ -29,8 +29,8 @@ def run_demo(cfg: TrainConfig, resume=None, echo=print) -> dict:
             echo(f"neurosim demo: {summary['nothing_to_train'].replace('>= epochs', '>= --epochs')}: nothing to train")
         echo(f"neurosim demo: spiking MLP ({cfg.num_steps} time steps, {cfg.encoder} code) on digits, "
              f"{summary['epochs_run']} epochs on {summary['device']}")
-        echo(f"  validation accuracy {best['accuracy']:.3f} (best epoch {summary['best_epoch']}), "
-             f"loss {best['loss']:.4f}; {summary['train_samples_per_s']:.0f} training samples/s")
+        echo(f"  validation accuracy {best['accuracy']:.3f}, loss {best['loss']:.4f} at epoch {summary['best_epoch']}, "
+             f"the best (lowest validation loss); {summary['train_samples_per_s']:.0f} training samples/s")
         for key, path in summary["paths"].items():
             echo(f"  {key:<16} {path}")
     return summary
