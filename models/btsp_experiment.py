@@ -234,15 +234,17 @@ def save_model(path: Path, model: torch.nn.Module, cfg: TrainConfig) -> Path:
     return ckpt_io.atomic_write(path, write)
 
 
-def run(cfg: TrainConfig, prefix: str | None = None, callbacks=()) -> dict:
+def run(cfg: TrainConfig, prefix: str | None = None, callbacks=(), overwrite: bool = False) -> dict:
     """Train, restore the best weights, write every output file; return the metrics dict.
 
     ``callbacks`` are the trainer's (``cb(event, trainer)``); one that sets ``trainer.budget_stopped`` is reported.
+    ``overwrite``: replace an earlier run's trainer outputs in ``out_dir`` (``Trainer.fit(overwrite=True)``; without
+    it they are an error, :class:`neurosim.training.RunExists`).
     """
     prefix = prefix or cfg.model
     out = Path(cfg.out_dir)
     trainer = make_trainer(cfg, callbacks)
-    summary = trainer.fit()
+    summary = trainer.fit(overwrite=overwrite)
     best = trainer.paths["best_checkpoint"]
     trainer.model.load_state_dict(ckpt_io.load(best, map_location=trainer.device)["model"])
     val = trainer.evaluate()

@@ -37,6 +37,25 @@ def test_seed_command_writes_every_output(tmp_path):
     summary = json.loads((tmp_path / "logs/summary.json").read_text())
     assert summary["num_train"] == 128 and summary["num_val"] == 32          # 80/20 split of 160 windows
     assert "Finished" not in res.stderr and "MSE" in res.stdout
+    # run again into the same folder: refused, the earlier run kept; --overwrite replaces it
+    res = subprocess.run(cmd + ["--epochs", "1"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert (f"main.py: error: {tmp_path} already holds a run (checkpoints/last.pt, checkpoints/best.pt, "
+            "logs/summary.json and 3 more); pass --overwrite to replace it, or another --out_dir") in res.stderr
+    assert len((tmp_path / "logs/log.csv").read_text().strip().splitlines()) == 3
+    res = subprocess.run(cmd + ["--epochs", "1", "--overwrite"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert len((tmp_path / "logs/log.csv").read_text().strip().splitlines()) == 2
+    assert len(list((tmp_path / "logs/tb").glob("events.out.tfevents.*"))) == 1
+
+
+def test_a_setting_the_builder_refuses_is_reported_like_a_bad_flag(tmp_path):
+    """--dropout 1.5 passed the command line and failed in fit(): a ConfigError traceback from run(), exit 1."""
+    res = subprocess.run([sys.executable, str(ROOT / "examples/btspformer/main.py"), "--epochs", "1", "--num_samples",
+                          "200", "--model_dim", "16", "--heads", "2", "--layers", "1", "--dropout", "1.5",
+                          "--out_dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "main.py: error: dropout must be" in res.stderr
 
 
 def test_bad_flag_is_reported():

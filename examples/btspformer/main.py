@@ -8,11 +8,14 @@ and checkpoints/ into --out_dir (default: the current folder). Same run through 
 ``neurosim train --model btspformer --dataset damped_sine --data-opt seq_len=50 --data-opt n_points=10050
 --data-opt dt=0.01 --epochs 100 --batch-size 128 --lr 1e-3 --patience 10 --lr-patience 4`` (a test checks the two
 give one configuration). ``--model`` also takes spiking_btspformer, vanilla_transformer and astro_transformer.
+An earlier run's outputs in --out_dir are an error unless --overwrite replaces them.
 """
 import argparse
 import json
 
 from neurosim.models.btsp_experiment import DEFAULT_DT, run, seed_config
+from neurosim.training import CheckpointError, RunExists
+from neurosim.training.config import ConfigError
 
 MODELS = ("btspformer", "spiking_btspformer", "vanilla_transformer", "astro_transformer")
 
@@ -39,6 +42,8 @@ def main(argv=None):
     ap.add_argument("--num_steps", type=int, default=None,
                     help="simulation steps of spiking_btspformer (default 4; the other models take none)")
     ap.add_argument("--no_progress", action="store_true", help="hide the progress bars")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace an earlier run's outputs in --out_dir (without it they are an error)")
     a = ap.parse_args(argv)
     try:
         cfg = seed_config(a.model, a.seq_len, a.num_samples, a.batch_size, a.epochs, a.lr, a.use_gpu, a.model_dim,
@@ -46,7 +51,12 @@ def main(argv=None):
                           num_steps=a.num_steps, out_dir=a.out_dir, progress=not a.no_progress)
     except ValueError as err:
         ap.error(str(err))
-    metrics = run(cfg, prefix=a.model)
+    try:   # (what the builders refuse, e.g. --dropout 1.5, is found in fit(), before the first step)
+        metrics = run(cfg, prefix=a.model, overwrite=a.overwrite)
+    except RunExists as err:
+        ap.error(err.advice(None, "--overwrite", "--out_dir"))
+    except (ConfigError, CheckpointError) as err:
+        ap.error(str(err))
     print(json.dumps(metrics, indent=2))
     print(f"final validation MSE {metrics['val']['mse']:.3e}  MAE {metrics['val']['mae']:.3e}")
     return metrics

@@ -62,11 +62,12 @@ class RunExists(ConfigError):
     def __reduce__(self):  # (rank 0 sends it to the other ranks)
         return RunExists, (self.out_dir, self.files)
 
-    def advice(self, resume: str = "resume=True", overwrite: str = "overwrite=True", out_dir: str = "out_dir") -> str:
-        """The message, naming the caller's options (the command line's are its flags)."""
+    def advice(self, resume: str | None = "resume=True", overwrite: str = "overwrite=True",
+               out_dir: str = "out_dir") -> str:
+        """The message, naming the caller's options (the command line's are its flags; ``resume`` None: none)."""
         shown = ", ".join(self.files[:3]) + (f" and {len(self.files) - 3} more" if len(self.files) > 3 else "")
-        return (f"{self.out_dir} already holds a run ({shown}); pass {resume} to continue it, {overwrite} to replace "
-                f"it, or another {out_dir}")
+        ways = ([f"{resume} to continue it"] if resume else []) + [f"{overwrite} to replace it"]
+        return f"{self.out_dir} already holds a run ({shown}); pass {', '.join(ways)}, or another {out_dir}"
 
 
 def seed_layer_generators(model: nn.Module, seed: int, rank: int) -> None:
