@@ -93,7 +93,8 @@ def _deadline(stop_at: float):
     return cb
 
 
-def sine_job(model: str, seed: int, out: str, stop_at: float, quick: bool, use_gpu: bool) -> dict:
+def sine_job(model: str, seed: int, out: str, stop_at: float, quick: bool, use_gpu: bool,
+             overwrite: bool = False) -> dict:
     import torch
 
     from neurosim.models import btsp_experiment as X
@@ -103,14 +104,15 @@ def sine_job(model: str, seed: int, out: str, stop_at: float, quick: bool, use_g
     cfg = X.seed_config(model, use_gpu=use_gpu, seed=seed, out_dir=out, progress=False, **kw)
     cfg.tensorboard = False
     rates = FiringRates()
-    metrics = X.run(cfg, callbacks=[_deadline(stop_at), rates])
+    metrics = X.run(cfg, callbacks=[_deadline(stop_at), rates], overwrite=overwrite)
     metrics["task"] = "damped_sine"
     if rates.rates is not None:
         metrics["firing_rates"], metrics["firing_samples"] = rates.rates, rates.samples
     return metrics
 
 
-def digits_job(neuron: str, seed: int, out: str, stop_at: float, quick: bool, use_gpu: bool) -> dict:
+def digits_job(neuron: str, seed: int, out: str, stop_at: float, quick: bool, use_gpu: bool,
+               overwrite: bool = False) -> dict:
     import torch
 
     from neurosim.training import TrainConfig, Trainer
@@ -127,7 +129,7 @@ def digits_job(neuron: str, seed: int, out: str, stop_at: float, quick: bool, us
                       dataset_options={**data, "canvas": 16, "seed": 0}).validate()
     rates = FiringRates()
     trainer = Trainer(cfg, callbacks=[_deadline(stop_at), rates])
-    summary = trainer.fit()
+    summary = trainer.fit(overwrite=overwrite)
     return {"task": "moving_digits", "model": f"frame_predictor[{neuron}]", "seed": seed, "device": summary["device"],
             "epochs_run": summary["epochs_run"], "best_epoch": summary["best_epoch"],
             "stopped_by_budget": getattr(trainer, "budget_stopped", False),
@@ -185,6 +187,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="tiny settings (a smoke test on the CPU: its scores mean "
                     "little, but every spiking layer fires)")
     ap.add_argument("--only", choices=("sine", "digits"), default=None)
+    ap.add_argument("--overwrite", action="store_true", help="replace the runs an earlier comparison left in --out")
     a = ap.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -196,16 +199,20 @@ def main(argv=None):
         jobs += [(digits_job, n, s, str(out / f"digits_{n}_s{s}")) for n in NEURONS for s in a.seeds]
     # longest first, so the slow spiking runs are not left for last
     jobs.sort(key=lambda j: (j[1] != "spiking_btspformer", j[1] != "stc_lif"))
+    earlier = [p for _, _, _, p in jobs if (Path(p) / "checkpoints" / "last.pt").is_file()]
+    if earlier and not a.overwrite:  # (refused before any job trains, not by each job's trainer)
+        ap.error(f"--out {out} already holds runs of an earlier comparison ({', '.join(earlier[:3])}"
+                 f"{' and more' if len(earlier) > 3 else ''}); pass --overwrite to replace them, or another --out")
     results = []
     t0 = time.time()
     if a.workers <= 1:
         for fn, name, seed, path in jobs:
-            results.append(fn(name, seed, path, stop_at, a.quick, a.use_gpu))
+            results.append(fn(name, seed, path, stop_at, a.quick, a.use_gpu, a.overwrite))
             if silence_warning(results[-1]):
                 print(silence_warning(results[-1]), flush=True)
     else:
         with ProcessPoolExecutor(a.workers, mp_context=get_context("spawn")) as pool:
-            futs = {pool.submit(fn, name, seed, path, stop_at, a.quick, a.use_gpu): (name, seed)
+            futs = {pool.submit(fn, name, seed, path, stop_at, a.quick, a.use_gpu, a.overwrite): (name, seed)
                     for fn, name, seed, path in jobs}
             for fut in as_completed(futs):
                 name, seed = futs[fut]

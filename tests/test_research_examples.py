@@ -330,3 +330,26 @@ def test_frame_predictor_refuses_a_dataset_without_frames(tmp_path, dataset, cap
     assert exc.value.code == 2 and "Traceback" not in err
     assert "model 'frame_predictor' needs a frame-prediction dataset (input frames [T, H, W]" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_comparison_script_refuses_an_earlier_comparisons_runs_unless_overwrite(tmp_path, monkeypatch, capsys):
+    """A second comparison into the same --out stopped in its first job with the trainer's RunExists traceback;
+    it is refused before any job trains, naming --overwrite, which each job's trainer then gets."""
+    mod = _compare_script()
+    (tmp_path / "digits_lif_s0" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "digits_lif_s0" / "checkpoints" / "last.pt").write_bytes(b"")
+    args = ["--quick", "--seeds", "0", "--only", "digits", "--out", str(tmp_path)]
+    with pytest.raises(SystemExit) as err:
+        mod.main(args)
+    assert err.value.code == 2 and "--overwrite" in capsys.readouterr().err
+
+    seen = []
+
+    def job(neuron, seed, out, stop_at, quick, use_gpu, overwrite=False):
+        seen.append(overwrite)
+        raise KeyboardInterrupt  # (stop after the first job's arguments are seen)
+
+    monkeypatch.setattr(mod, "digits_job", job)
+    with pytest.raises(KeyboardInterrupt):
+        mod.main(args + ["--overwrite"])
+    assert seen == [True]
