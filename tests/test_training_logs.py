@@ -68,6 +68,30 @@ def test_tensorboard_holds_the_history_after_a_resume_a_crash_and_an_earlier_run
     assert len(_rows(tmp_path)) == 4 and _tensorboard(tmp_path) == _from_csv(tmp_path)
 
 
+def test_tensorboard_shows_the_history_whatever_the_names_of_the_old_event_files(tmp_path):
+    """TensorBoard reads a folder's event files in the order of their names. Two written in the same second by one
+    process are told apart by a counter (``...<pid>.9``, ``...<pid>.10``), so an older file could sort last and its
+    steps win over the history logged again on a resume (CI: the crash-and-resume test above failed so). Opening
+    the log removes the old files: an old file named to sort last leaves no trace."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from neurosim.training import logs
+
+    tb = tmp_path / "tb"
+    stale = SummaryWriter(log_dir=str(tb))
+    for step in (1, 2, 3, 4):
+        stale.add_scalar("val/loss", 99.0, step)
+    stale.close()
+    (old,) = tb.glob("events.out.tfevents.*")
+    old.rename(tb / "events.out.tfevents.9999999999.zz.1.9")
+    history = [{"epoch": e, "val_loss": 1.0 / e, "lr": 0.001} for e in (1, 2, 3)]
+    log = logs.TensorBoardLog(tb, history)
+    log.close()
+    shown = _tensorboard(tmp_path)
+    assert [step for step, _ in shown["val/loss"]] == [1, 2, 3]
+    assert [v for _, v in shown["val/loss"]] == pytest.approx([1.0, 0.5, 1 / 3])
+
+
 def test_log_csv_gets_the_final_epoch_a_crash_left_out(tmp_path, monkeypatch):
     """Killed after the final epoch's checkpoint, before its log row: the resumed run has no epoch left to train,
     and still ends with the uninterrupted run's log."""

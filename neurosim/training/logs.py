@@ -39,10 +39,12 @@ def write_json(path: Path, data: dict) -> Path:
 
 
 class TensorBoardLog:
-    """Scalars per epoch under ``folder`` (step: the epoch, from 1). Opening it purges every event ``folder`` holds,
-    from an earlier run there or from this run before a resume, and logs ``history`` again: TensorBoard shows the
-    run's history as log.csv does, with no epoch twice or missing (also one a crash between checkpoint and log
-    left out)."""
+    """Scalars per epoch under ``folder`` (step: the epoch, from 1). Opening it removes the event files ``folder``
+    holds, from this run before a resume (an earlier run's are refused or removed by :meth:`Trainer.fit`), and logs
+    ``history`` again: TensorBoard shows the run's history as log.csv does, with no epoch twice or missing (also one
+    a crash between checkpoint and log left out). (Removed, not purged by step: TensorBoard reads event files in the
+    order of their names, and two written in the same second by one process are named by a counter, so that
+    ``...tfevents.<s>.<host>.<pid>.10`` sorted before ``...9`` and the older file's steps won.)"""
 
     def __init__(self, folder: Path, history: list[dict] = ()):
         try:
@@ -51,6 +53,8 @@ class TensorBoardLog:
             warnings.warn(f"TensorBoard logging skipped: {err} (pip install tensorboard)", stacklevel=2)
             self.writer = None
             return
+        for old in Path(folder).glob("events.out.tfevents.*"):
+            old.unlink()
         self.writer = SummaryWriter(log_dir=str(folder), purge_step=1)
         for row in history:
             self.log(row)
