@@ -47,6 +47,7 @@ import torch.nn.functional as Fn
 from torch import nn
 
 from neurosim import validate
+from neurosim.cli import int_at_least
 from neurosim.encoders import rate
 from neurosim.layers import MatMul, NeuronSpec
 from neurosim.models import ESTConfig, EnhancedSpikingTransformer, ablation_configs
@@ -305,18 +306,6 @@ def _worker_init():
     torch.set_num_threads(1)
 
 
-def _int_at_least(minimum):
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
-        return value
-    return parse
-
-
 def _check_filters(ap, args, jobs):
     """--tasks / --variants / --pe / --rsm-mode name what the suite has, and together leave a run: else a usage
     error naming the allowed values (a misspelt name ran 0 jobs)."""
@@ -345,11 +334,11 @@ def _check_filters(ap, args, jobs):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--suite", default="smoke", choices=["all", "ablation", "pe", "rsm", "smoke"])
-    ap.add_argument("--seeds", type=_int_at_least(0), nargs="+", default=[0, 1, 2])
+    ap.add_argument("--seeds", type=int_at_least(0), nargs="+", default=[0, 1, 2])
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     ap.add_argument("--backend", default="snntorch", choices=BACKENDS, help="neuron backend of every model")
-    ap.add_argument("--steps", type=_int_at_least(1), default=None)
-    ap.add_argument("--workers", type=_int_at_least(1), default=1)
+    ap.add_argument("--steps", type=int_at_least(1), default=None)
+    ap.add_argument("--workers", type=int_at_least(1), default=1)
     ap.add_argument("--tasks", nargs="+", default=None, help="only these tasks (default: all of the suite)")
     ap.add_argument("--variants", nargs="+", default=None, help="only these model variants (see ablation_configs)")
     ap.add_argument("--pe", nargs="+", default=None, help="only PE runs of these positional encodings")

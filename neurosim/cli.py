@@ -18,7 +18,7 @@ SUP = argparse.SUPPRESS
 
 
 # ---- argument types (raise ArgumentTypeError -> "argument --x: ..." and exit 2) -----------------------------
-def _int_at_least(minimum: int):
+def int_at_least(minimum: int):
     def parse(text: str) -> int:
         try:
             v = int(text)
@@ -104,25 +104,25 @@ def _add_train_args(p: argparse.ArgumentParser, demo: bool) -> None:
     g.add_argument("--encoder", choices=ENCODERS, default=SUP, help="input spike code"
                    + d("encoder", none="per model/task"))
     g.add_argument("--backend", choices=BACKENDS, default=SUP, help="LIF backend" + d("backend"))
-    g.add_argument("--num-steps", type=_int_at_least(1), default=SUP, help="time steps T" + d("num_steps"))
+    g.add_argument("--num-steps", type=int_at_least(1), default=SUP, help="time steps T" + d("num_steps"))
     h = p.add_argument_group("optimisation")
-    h.add_argument("--epochs", type=_int_at_least(1), default=SUP,
+    h.add_argument("--epochs", type=int_at_least(1), default=SUP,
                    help="epochs to train at most (early stopping may end sooner)" + d("epochs"))
     h.add_argument("--lr", type=_float_in(0, float("inf"), True, True), default=SUP, help="learning rate" + d("lr"))
-    h.add_argument("--batch-size", type=_int_at_least(1), default=SUP,
+    h.add_argument("--batch-size", type=int_at_least(1), default=SUP,
                    help="global batch size (all processes)" + d("batch_size"))
     h.add_argument("--weight-decay", type=_float_in(0, float("inf"), False, True), default=SUP,
                    help="the optimizer's weight decay" + d("weight_decay"))
     h.add_argument("--optimizer", choices=OPTIMIZERS, default=SUP, help="optimizer" + d("optimizer"))
     h.add_argument("--lr-factor", type=_float_in(0, 1, True, True), default=SUP,
                    help="ReduceLROnPlateau factor" + d("lr_factor"))
-    h.add_argument("--lr-patience", type=_int_at_least(0), default=SUP,
+    h.add_argument("--lr-patience", type=int_at_least(0), default=SUP,
                    help="ReduceLROnPlateau patience (epochs)" + d("lr_patience"))
-    h.add_argument("--patience", type=_int_at_least(0), default=SUP,
+    h.add_argument("--patience", type=int_at_least(0), default=SUP,
                    help="early-stopping patience (epochs without a lower validation loss; 0: off)" + d("patience"))
     h.add_argument("--grad-clip", type=_float_in(0, float("inf"), False, True), default=SUP,
                    help="max gradient norm (0: off)" + d("grad_clip"))
-    h.add_argument("--seed", type=_int_at_least(0), default=SUP,
+    h.add_argument("--seed", type=int_at_least(0), default=SUP,
                    help="seed of the split, the initial weights, the sample order and the spike codes" + d("seed"))
     h.add_argument("--val-fraction", type=_float_in(0, 1, True, True), default=SUP,
                    help="share of the samples held out for validation (unless the dataset fixes its split)"
@@ -132,11 +132,11 @@ def _add_train_args(p: argparse.ArgumentParser, demo: bool) -> None:
                    help="auto (CUDA when present), cpu, cuda, cuda:N" + d("device"))
     r.add_argument("--bf16", dest="precision", action="store_const", const="bf16", default=SUP,
                    help="bfloat16 autocast" + d("precision"))
-    r.add_argument("--cpu-threads", type=_int_at_least(0), default=SUP,
+    r.add_argument("--cpu-threads", type=int_at_least(0), default=SUP,
                    help="torch threads when training on CPU (0: torch's default)" + d("cpu_threads"))
     r.add_argument("--out-dir", metavar="DIR", default=SUP, help="where logs, checkpoints and plots go"
                    + (" (an earlier run's files there are replaced, unless --resume)" if demo else "") + d("out_dir"))
-    r.add_argument("--save-every", type=_int_at_least(0), default=SUP,
+    r.add_argument("--save-every", type=int_at_least(0), default=SUP,
                    help="also write the last checkpoint every N steps inside an epoch (0: end of epoch only)"
                    + d("save_every"))
     again = r.add_mutually_exclusive_group()
