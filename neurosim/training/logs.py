@@ -38,6 +38,9 @@ def write_json(path: Path, data: dict) -> Path:
     return atomic_write_text(path, json.dumps(_json_safe(data), indent=2, sort_keys=True) + "\n")
 
 
+EVENT_FILES = "events.out.tfevents.*"  # (the files TensorBoard's writers name so, in a run's tb folder)
+
+
 class TensorBoardLog:
     """Scalars per epoch under ``folder`` (step: the epoch, from 1). Opening it removes the event files ``folder``
     holds, from this run before a resume (an earlier run's are refused or removed by :meth:`Trainer.fit`), and logs
@@ -53,7 +56,7 @@ class TensorBoardLog:
             warnings.warn(f"TensorBoard logging skipped: {err} (pip install tensorboard)", stacklevel=2)
             self.writer = None
             return
-        for old in Path(folder).glob("events.out.tfevents.*"):
+        for old in Path(folder).glob(EVENT_FILES):
             old.unlink()
         self.writer = SummaryWriter(log_dir=str(folder), purge_step=1)
         for row in history:

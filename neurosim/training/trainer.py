@@ -472,7 +472,7 @@ class Trainer:
         for key in ("last_checkpoint", "best_checkpoint", "summary", "config", "csv_log", "tensorboard", "loss_curve",
                     "prediction_plot"):
             path = self.paths[key]
-            if path.is_file() or key == "tensorboard" and any(path.glob("events.out.tfevents.*")):
+            if path.is_file() or key == "tensorboard" and any(path.glob(logs.EVENT_FILES)):
                 found.append(str(path.relative_to(self.out_dir)) if path.is_relative_to(self.out_dir) else str(path))
         return found
 
@@ -481,7 +481,7 @@ class Trainer:
         ``out_dir``, nothing else: the TensorBoard folder loses its event files only."""
         for key, path in self.paths.items():
             if key == "tensorboard":
-                doomed = list(path.glob("events.out.tfevents.*"))
+                doomed = list(path.glob(logs.EVENT_FILES))
             else:
                 doomed = [path] if path.is_file() else []
                 doomed += list(path.parent.glob(f".{path.name}.tmp-*"))
